@@ -1,0 +1,620 @@
+"""Learning-rate schedules as pure ``step -> lr`` functions.
+
+Every factory here validates its arguments in plain Python and returns a closure
+made only of ``jnp`` ops, so the schedule works on Python ints, numpy and JAX
+integer scalars or arrays of steps, under ``jax.jit`` and ``jax.vmap``, and
+anywhere Optax takes a schedule (``optax.sgd(learning_rate=schedule)``,
+``optax.join_schedules``, ``optax.inject_hyperparams``).
+
+Step semantics (one rule for every schedule): ``schedule(t)`` is the learning
+rate of update ``t`` (0-based, Optax's ``count``), which equals PyTorch's lr
+after ``t`` calls of ``scheduler.step()``.
+
+Steps are clipped to ``[0, 2**31 - 1]``: a negative step is treated as step 0,
+and steps beyond the int32 range are not supported. Integer steps are reduced
+with exact integer arithmetic (cycle index, position inside the cycle) before
+anything is converted to float32, so even ``2**31 - 1`` gives an exact cycle
+position. Float steps are accepted too (the formulas are continuous inside a
+cycle) and are computed in float32. The result is always a float32 array with
+the shape of ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+__all__ = [
+    "Schedule",
+    "cosine_restart_steps",
+    "cosine_restarts",
+    "cyclic",
+    "exp_range",
+    "exponential_sweep",
+    "linear_sweep",
+    "step_decay",
+    "triangular",
+    "triangular2",
+]
+
+Schedule = Callable[[ArrayLike], jax.Array]
+
+_MAX_STEP = 2**31 - 1
+# Upper bound on the number of restart cycles tabulated for period_mult > 1;
+# the table is baked into every jitted program that uses the schedule.
+_MAX_CYCLES = 2**16
+_CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+
+
+# --------------------------------------------------------------------------
+# Argument validation (plain Python, before any tracing).
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_float(name: str, value, allowed: str, ok: Callable[[float], bool]) -> float:
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"{name} must be a real number {allowed}, got {value!r}")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a real number {allowed}, got {value!r}"
+        ) from None
+    if not math.isfinite(result) or not ok(result):
+        raise ValueError(f"{name} must be a real number {allowed}, got {value!r}")
+    return result
+
+
+def _nonnegative(name: str, value) -> float:
+    return _check_float(name, value, ">= 0", lambda v: v >= 0)
+
+
+def _positive(name: str, value) -> float:
+    return _check_float(name, value, "> 0", lambda v: v > 0)
+
+
+# --------------------------------------------------------------------------
+# Step handling (traced code: jnp only, no Python branch on values).
+
+
+def _as_step(step: ArrayLike) -> jax.Array:
+    """Returns the step clipped to ``[0, 2**31 - 1]`` as int32 (or float32)."""
+    t = jnp.asarray(step)
+    if jnp.issubdtype(t.dtype, jnp.integer):
+        # Clip in the input's own dtype first so int64 / uint32 don't wrap.
+        if t.dtype.itemsize >= 4:
+            t = jnp.clip(t, 0, _MAX_STEP)
+        return t.astype(jnp.int32).clip(0)
+    # bool and floating steps: float32 arithmetic.
+    return jnp.clip(t.astype(jnp.float32), 0.0, float(_MAX_STEP))
+
+
+def _divmod(t: jax.Array, period: int) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(t // period, t % period)`` as float32, exact for integer ``t``."""
+    if jnp.issubdtype(t.dtype, jnp.integer):
+        q = t // period
+        r = t - q * period
+        return q.astype(jnp.float32), r.astype(jnp.float32)
+    q = jnp.floor(t / period)
+    # Float rounding of t / period may put r just outside [0, period].
+    r = jnp.clip(t - q * period, 0.0, float(period))
+    return q, r
+
+
+def _f32(x) -> jax.Array:
+    return jnp.asarray(x, dtype=jnp.float32)
+
+
+def _half_cosine(pos: jax.Array, period: jax.Array) -> jax.Array:
+    """Returns ``(1 + cos(pi * pos / period)) / 2`` to a few float32 ulps.
+
+    Written as ``cos(a)**2`` in the first half of the cycle and
+    ``sin(pi/2 - a)**2`` in the second half (``a = pi * pos / (2 * period)``),
+    both with a small argument, so the value stays accurate relative to itself
+    near the end of the cycle, where ``1 + cos`` would cancel.
+    """
+    a = (jnp.pi / 2) * (pos / period)
+    b = (jnp.pi / 2) * ((period - pos) / period)
+    return jnp.where(2 * pos <= period, jnp.cos(a) ** 2, jnp.sin(b) ** 2)
+
+
+# --------------------------------------------------------------------------
+# LR range test sweeps.
+
+
+def _check_sweep_steps(num_steps) -> int:
+    return _check_int("num_steps", num_steps, 2)
+
+
+def exponential_sweep(init_value: float, end_value: float, num_steps: int) -> Schedule:
+    """Geometric sweep from ``init_value`` to ``end_value`` (the LR range test).
+
+    ``lr(t) = init * exp(log(end / init) * min(t, n - 1) / (n - 1))``, so
+    ``lr(0) = init_value``, ``lr(num_steps - 1) = end_value`` exactly (as
+    float32), constant ``end_value`` after. This is pytorch-lr-finder's rule
+    (fastai's ``(end/init)**(t/n)`` never reaches ``end``).
+
+    Args:
+      init_value: lr at step 0, > 0.
+      end_value: lr at step ``num_steps - 1`` and after, > 0. May be smaller
+        than ``init_value`` (a decreasing sweep).
+      num_steps: number of steps of the sweep, an integer >= 2.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: if a value is not > 0 or ``num_steps`` is not an integer >= 2.
+
+    >>> s = exponential_sweep(1e-3, 10.0, num_steps=5)
+    >>> [round(float(s(t)), 6) for t in range(6)]
+    [0.001, 0.01, 0.1, 1.0, 10.0, 10.0]
+    """
+    init = _positive("init_value", init_value)
+    end = _positive("end_value", end_value)
+    n = _check_sweep_steps(num_steps)
+    log_ratio = math.log(end / init)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = jnp.minimum(_as_step(step), n - 1)
+        frac = t.astype(jnp.float32) / (n - 1)
+        lr = init * jnp.exp(log_ratio * frac)
+        return jnp.where(t >= n - 1, _f32(end), lr).astype(jnp.float32)
+
+    return schedule
+
+
+def linear_sweep(init_value: float, end_value: float, num_steps: int) -> Schedule:
+    """Linear sweep from ``init_value`` to ``end_value``, constant after.
+
+    ``lr(t) = init + (end - init) * min(t, n - 1) / (n - 1)``; ``lr(0) =
+    init_value``, ``lr(num_steps - 1) = end_value`` exactly (as float32).
+
+    Args:
+      init_value: lr at step 0, >= 0.
+      end_value: lr at step ``num_steps - 1`` and after, >= 0 (may be smaller
+        than or equal to ``init_value``).
+      num_steps: number of steps of the sweep, an integer >= 2.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: if a value is negative or ``num_steps`` is not an integer >= 2.
+
+    >>> s = linear_sweep(0.0, 1.0, num_steps=5)
+    >>> [float(s(t)) for t in range(6)]
+    [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    init = _nonnegative("init_value", init_value)
+    end = _nonnegative("end_value", end_value)
+    n = _check_sweep_steps(num_steps)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = jnp.minimum(_as_step(step), n - 1)
+        frac = t.astype(jnp.float32) / (n - 1)
+        lr = init + (end - init) * frac
+        return jnp.where(t >= n - 1, _f32(end), lr).astype(jnp.float32)
+
+    return schedule
+
+
+# --------------------------------------------------------------------------
+# Cyclical learning rates (Smith 2017; PyTorch CyclicLR).
+
+
+def cyclic(
+    base_value: float,
+    peak_value: float,
+    step_size: int,
+    mode: str = "triangular",
+    gamma: float = 1.0,
+    step_size_down: int | None = None,
+) -> Schedule:
+    """Cyclical learning rate, equal to PyTorch's ``CyclicLR``.
+
+    A cycle has ``total = up + down`` steps (``up = step_size``, ``down =
+    step_size_down or step_size``). With ``cycle = 1 + t // total`` and
+    ``r = t % total``::
+
+        f  = r / up                 if r <= up   (rising)
+           = (total - r) / down     otherwise    (falling)
+        lr = base + (peak - base) * f * scale
+
+    with ``scale = 1`` (``"triangular"``), ``1 / 2**(cycle - 1)``
+    (``"triangular2"``, the amplitude halves every cycle) or ``gamma**t``
+    (``"exp_range"``, ``t`` the total step count, computed as
+    ``exp(t * log(gamma))`` in float32: relative error about
+    ``3 * t * |log(gamma)| * 2**-24``, i.e. an absolute error below
+    ``(peak - base) * 2**-24``). Same as ``torch.optim.lr_scheduler.CyclicLR(
+    base_lr=base, max_lr=peak, step_size_up=step_size,
+    step_size_down=step_size_down, mode=mode, gamma=gamma)`` after ``t`` calls
+    of ``step()``.
+
+    Args:
+      base_value: lowest lr, >= 0.
+      peak_value: highest lr, >= ``base_value``.
+      step_size: steps from base to peak, an integer >= 1.
+      mode: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``.
+      gamma: decay per step for ``"exp_range"``, in (0, 1]; validated but
+        unused by the other modes.
+      step_size_down: steps from peak back to base, an integer >= 1; defaults
+        to ``step_size``.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument (the message names it and its value).
+
+    >>> s = cyclic(1e-3, 6e-3, step_size=2000)
+    >>> [round(float(s(t)), 6) for t in (0, 1000, 2000, 3000, 4000)]
+    [0.001, 0.0035, 0.006, 0.0035, 0.001]
+    """
+    base = _nonnegative("base_value", base_value)
+    peak = _check_float(
+        "peak_value", peak_value, f">= base_value ({base})", lambda v: v >= base
+    )
+    up = _check_int("step_size", step_size, 1)
+    down = (
+        up
+        if step_size_down is None
+        else _check_int("step_size_down", step_size_down, 1)
+    )
+    if mode not in _CYCLIC_MODES:
+        raise ValueError(f"mode must be one of {_CYCLIC_MODES}, got {mode!r}")
+    g = _check_float("gamma", gamma, "in (0, 1]", lambda v: 0 < v <= 1)
+    total = up + down
+    log_gamma = math.log(g)
+    height = peak - base
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = _as_step(step)
+        q, r = _divmod(t, total)
+        f = jnp.where(r <= up, r / up, (total - r) / down)
+        if mode == "triangular":
+            scale = 1.0
+        elif mode == "triangular2":
+            scale = jnp.exp2(-q)  # exact: 1 / 2**(cycle - 1), cycle = q + 1
+        else:
+            scale = jnp.exp(t.astype(jnp.float32) * log_gamma)
+        return (base + height * (f * scale)).astype(jnp.float32)
+
+    return schedule
+
+
+def triangular(
+    base_value: float,
+    peak_value: float,
+    step_size: int,
+    step_size_down: int | None = None,
+) -> Schedule:
+    """Triangular cycle: ``cyclic(..., mode="triangular")`` (constant amplitude).
+
+    Args:
+      base_value: lowest lr, >= 0.
+      peak_value: highest lr, >= ``base_value``.
+      step_size: steps from base to peak, an integer >= 1.
+      step_size_down: steps from peak back to base; defaults to ``step_size``.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument.
+
+    >>> s = triangular(0.0, 1.0, step_size=4, step_size_down=2)
+    >>> [float(s(t)) for t in range(8)]
+    [0.0, 0.25, 0.5, 0.75, 1.0, 0.5, 0.0, 0.25]
+    """
+    return cyclic(
+        base_value, peak_value, step_size, "triangular", step_size_down=step_size_down
+    )
+
+
+def triangular2(
+    base_value: float,
+    peak_value: float,
+    step_size: int,
+    step_size_down: int | None = None,
+) -> Schedule:
+    """Triangular cycle whose amplitude halves every cycle.
+
+    ``cyclic(..., mode="triangular2")``: ``scale = 1 / 2**(cycle - 1)``.
+
+    Args:
+      base_value: lowest lr, >= 0.
+      peak_value: highest lr of the first cycle, >= ``base_value``.
+      step_size: steps from base to peak, an integer >= 1.
+      step_size_down: steps from peak back to base; defaults to ``step_size``.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument.
+
+    >>> s = triangular2(1e-3, 6e-3, step_size=2000)
+    >>> round(float(s(6000)), 6)
+    0.0035
+    """
+    return cyclic(
+        base_value, peak_value, step_size, "triangular2", step_size_down=step_size_down
+    )
+
+
+def exp_range(
+    base_value: float,
+    peak_value: float,
+    step_size: int,
+    gamma: float,
+    step_size_down: int | None = None,
+) -> Schedule:
+    """Triangular cycle whose amplitude decays as ``gamma**t`` (``t`` total steps).
+
+    ``cyclic(..., mode="exp_range", gamma=gamma)``.
+
+    Args:
+      base_value: lowest lr, >= 0.
+      peak_value: highest lr before decay, >= ``base_value``.
+      step_size: steps from base to peak, an integer >= 1.
+      gamma: decay per step, in (0, 1].
+      step_size_down: steps from peak back to base; defaults to ``step_size``.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument.
+
+    >>> s = exp_range(1e-3, 6e-3, step_size=2000, gamma=0.99994)
+    >>> round(float(s(2000)), 7)
+    0.0054346
+    """
+    return cyclic(
+        base_value,
+        peak_value,
+        step_size,
+        "exp_range",
+        gamma=gamma,
+        step_size_down=step_size_down,
+    )
+
+
+# --------------------------------------------------------------------------
+# SGDR: cosine annealing with warm restarts.
+
+
+def _check_restart_args(
+    first_period, period_mult, warmup_steps
+) -> tuple[int, float, int]:
+    first = _check_int("first_period", first_period, 1)
+    mult = _check_float("period_mult", period_mult, ">= 1", lambda v: v >= 1)
+    warmup = _check_int("warmup_steps", warmup_steps, 0)
+    if warmup >= first:
+        raise ValueError(
+            f"warmup_steps must be an integer in [0, first_period) = [0, {first}), "
+            f"got {warmup_steps!r}"
+        )
+    return first, mult, warmup
+
+
+def _cycle_starts(first: int, mult: float, limit: int) -> np.ndarray:
+    """Returns the start steps (int64) of every cycle starting at or before ``limit``.
+
+    Cycle ``i`` starts at ``round(first * (mult**i - 1) / (mult - 1))`` (for
+    ``mult > 1``): the rounded cumulative sum of the float periods
+    ``first * mult**j``, so the integer periods never drift from the geometric
+    series and are exact for an integer ``mult``. The returned array ends with
+    the start of the first cycle beyond ``limit`` (its sentinel).
+    """
+    starts = [0]
+    i = 0
+    while starts[-1] <= limit:
+        i += 1
+        if len(starts) > _MAX_CYCLES:
+            raise ValueError(
+                f"period_mult must be >= 1 and not so close to 1 that more than "
+                f"{_MAX_CYCLES} cycles start before step 2**31 (first_period="
+                f"{first}); got {mult!r}: use period_mult=1 or a larger value"
+            )
+        if float(mult).is_integer():
+            m = int(mult)
+            nxt = first * (m**i - 1) // (m - 1)
+        else:
+            nxt = round(first * math.expm1(i * math.log(mult)) / (mult - 1))
+        starts.append(max(nxt, starts[-1] + 1))
+    return np.asarray(starts, dtype=np.int64)
+
+
+def cosine_restarts(
+    peak_value: float,
+    first_period: int,
+    period_mult: float = 1.0,
+    min_value: float = 0.0,
+    peak_decay: float = 1.0,
+    warmup_steps: int = 0,
+) -> Schedule:
+    """Cosine annealing with warm restarts (SGDR, Loshchilov & Hutter 2017).
+
+    Cycle ``i`` has ``T_i`` steps and peak ``peak_i = peak_value *
+    peak_decay**i``. With ``T_cur`` steps into the cycle and ``w =
+    warmup_steps``::
+
+        lr = min + (peak_i - min) * T_cur / w                          T_cur < w
+        lr = min + (peak_i - min) * (1 + cos(pi * (T_cur - w) / (T_i - w))) / 2
+
+    Cycle boundaries: with ``period_mult == 1`` every cycle has
+    ``first_period`` steps; with ``period_mult = m > 1`` cycle ``i`` starts at
+    step ``round(first_period * (m**i - 1) / (m - 1))`` (the rounded
+    cumulative sum of the periods ``first_period * m**j``), so ``T_i`` is an
+    integer >= 1 and exactly ``first_period * m**i`` for an integer ``m``.
+    :func:`cosine_restart_steps` returns the last step of each cycle.
+
+    With ``peak_decay=1`` and ``warmup_steps=0`` it equals PyTorch's
+    ``CosineAnnealingWarmRestarts(T_0=first_period, T_mult=period_mult,
+    eta_min=min_value)`` for integer ``period_mult``, and Keras'
+    ``CosineDecayRestarts(first_decay_steps, t_mul, m_mul, alpha)`` up to the
+    integer rounding of the boundaries (``m_mul`` is ``peak_decay``). The lr
+    never reaches ``min_value`` at an integer step: it jumps back to the peak
+    at the first step of the next cycle.
+
+    Args:
+      peak_value: lr at the start of the first cycle (after warmup), >=
+        ``min_value``.
+      first_period: steps of the first cycle, an integer >= 1.
+      period_mult: factor by which each period grows, a real number >= 1
+        (non-integer allowed; shrinking periods are not supported).
+      min_value: lr the cosine anneals towards, >= 0.
+      peak_decay: factor applied to the peak at each restart, in (0, 1].
+      warmup_steps: steps of linear warmup from ``min_value`` to ``peak_i`` at
+        the start of every cycle, an integer in ``[0, first_period)``.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument, or if ``period_mult`` is so close to 1
+        that more than 65536 cycles start before step ``2**31``.
+
+    >>> s = cosine_restarts(0.1, first_period=10, period_mult=2)
+    >>> [round(float(s(t)), 6) for t in (0, 5, 9, 10, 29, 30)]
+    [0.1, 0.05, 0.002447, 0.1, 0.000616, 0.1]
+    """
+    first, mult, warmup = _check_restart_args(first_period, period_mult, warmup_steps)
+    lo = _nonnegative("min_value", min_value)
+    peak = _check_float(
+        "peak_value", peak_value, f">= min_value ({lo})", lambda v: v >= lo
+    )
+    decay = _check_float("peak_decay", peak_decay, "in (0, 1]", lambda v: 0 < v <= 1)
+    log2_decay = math.log2(decay)  # exact for powers of two, e.g. 0.5 -> -1
+
+    if mult == 1.0:
+
+        def locate(t):
+            cycle, pos = _divmod(t, first)
+            return cycle, pos, _f32(first)
+
+    else:
+        bounds = _cycle_starts(first, mult, _MAX_STEP)
+        # All starts but the sentinel fit in int32; periods may exceed it.
+        starts = bounds[:-1].astype(np.int32)
+        periods = np.diff(bounds).astype(np.float32)
+
+        def locate(t):
+            table = jnp.asarray(starts, dtype=t.dtype)
+            cycle = jnp.searchsorted(table, t, side="right") - 1
+            pos = (t - table[cycle]).astype(jnp.float32)
+            return cycle.astype(jnp.float32), pos, jnp.asarray(periods)[cycle]
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        cycle, pos, period = locate(_as_step(step))
+        if decay == 1.0:
+            height = peak - lo
+        else:
+            height = peak * jnp.exp2(cycle * log2_decay) - lo
+        if warmup == 0:
+            f = _half_cosine(pos, period)
+        else:
+            f = jnp.where(
+                pos < warmup,
+                pos / warmup,
+                _half_cosine(jnp.maximum(pos - warmup, 0.0), period - warmup),
+            )
+        return (lo + height * f).astype(jnp.float32)
+
+    return schedule
+
+
+def cosine_restart_steps(
+    first_period: int,
+    period_mult: float = 1.0,
+    *,
+    num_steps: int,
+) -> np.ndarray:
+    """Last step of every cycle of :func:`cosine_restarts` before ``num_steps``.
+
+    These are the steps just before each restart, where the lr is lowest: the
+    snapshot points of Snapshot Ensembles. Step ``e + 1`` starts the next cycle
+    (lr back at its peak). Only complete cycles count: an end step ``e`` is
+    returned when ``e < num_steps``, i.e. when training ``num_steps`` updates
+    (steps ``0 .. num_steps - 1``) runs through it.
+
+    Args:
+      first_period: steps of the first cycle, an integer >= 1.
+      period_mult: factor by which each period grows, a real number >= 1 (same
+        rule as :func:`cosine_restarts`).
+      num_steps: number of training steps, an integer >= 0, < 2**31.
+
+    Returns:
+      A 1-D int64 numpy array of increasing step indices.
+
+    Raises:
+      ValueError: on a bad argument.
+
+    >>> cosine_restart_steps(10, 2, num_steps=100).tolist()
+    [9, 29, 69]
+    >>> cosine_restart_steps(5, num_steps=20).tolist()
+    [4, 9, 14, 19]
+    """
+    first, mult, _ = _check_restart_args(first_period, period_mult, 0)
+    n = _check_int("num_steps", num_steps, 0)
+    if n > _MAX_STEP + 1:
+        raise ValueError(f"num_steps must be an integer <= 2**31, got {num_steps!r}")
+    if mult == 1.0:
+        return np.arange(first - 1, n, first, dtype=np.int64)
+    ends = _cycle_starts(first, mult, n)[1:] - 1
+    return ends[ends < n]
+
+
+# --------------------------------------------------------------------------
+# Step decay.
+
+
+def step_decay(init_value: float, factor: float, step_size: int) -> Schedule:
+    """Multiplies the lr by ``factor`` every ``step_size`` steps.
+
+    ``lr(t) = init * factor**(t // step_size)``, equal to PyTorch's
+    ``StepLR(step_size, gamma=factor)`` and to Keras' ``ExponentialDecay(init,
+    step_size, factor, staircase=True)``. Computed as ``exp2(k * log2(factor))``
+    (exact for powers of two).
+
+    Args:
+      init_value: lr of the first ``step_size`` steps, >= 0.
+      factor: multiplier, in (0, 1] (a growing lr would overflow at large
+        steps).
+      step_size: steps between changes, an integer >= 1.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument.
+
+    >>> s = step_decay(0.1, 0.5, step_size=30)
+    >>> [round(float(s(t)), 6) for t in (0, 29, 30, 60, 90)]
+    [0.1, 0.1, 0.05, 0.025, 0.0125]
+    """
+    init = _nonnegative("init_value", init_value)
+    fac = _check_float("factor", factor, "in (0, 1]", lambda v: 0 < v <= 1)
+    size = _check_int("step_size", step_size, 1)
+    log2_factor = math.log2(fac)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        k, _ = _divmod(_as_step(step), size)
+        return (init * jnp.exp2(k * log2_factor)).astype(jnp.float32)
+
+    return schedule
