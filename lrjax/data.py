@@ -728,31 +728,30 @@ def _load_tfds(
 
 
 def _tfds_arrays(
-    source: Sequence[dict], what: str, image_key: str, label_key: str, batch: int = 1024
+    source: Sequence[dict], what: str, image_key: str, label_key: str
 ) -> tuple[np.ndarray, np.ndarray]:
+    # One example at a time: batched __getitems__ is broken under
+    # tfds.testing.mock_data (4.9.10), and decoding dominates either way.
     n = len(source)
     if n == 0:
         raise DatasetError(f"{what}: no examples")
     images: np.ndarray | None = None
     labels = np.empty(n, np.int32)
-    get_many = getattr(source, "__getitems__", None)
-    for start in range(0, n, batch):
-        idx = list(range(start, min(start + batch, n)))
-        examples = get_many(idx) if get_many else [source[i] for i in idx]
-        for i, ex in zip(idx, examples, strict=True):
-            image = np.asarray(ex[image_key])
-            if images is None:
-                if image.dtype != np.uint8:
-                    raise DatasetError(f"{what}: images are {image.dtype}, not uint8")
-                shape = image.shape[:-1] if image.shape[-1:] == (1,) else image.shape
-                images = np.empty((n, *shape), np.uint8)
-            try:
-                images[i] = image.reshape(images.shape[1:])
-            except ValueError as e:
-                raise DatasetError(
-                    f"{what}: example {i} is {image.shape}, expected "
-                    f"{images.shape[1:]}; variable-size images are not supported"
-                ) from e
-            labels[i] = ex[label_key]
+    for i in range(n):
+        example = source[i]
+        image = np.asarray(example[image_key])
+        if images is None:
+            if image.dtype != np.uint8:
+                raise DatasetError(f"{what}: images are {image.dtype}, not uint8")
+            shape = image.shape[:-1] if image.shape[-1:] == (1,) else image.shape
+            images = np.empty((n, *shape), np.uint8)
+        try:
+            images[i] = image.reshape(images.shape[1:])
+        except ValueError as e:
+            raise DatasetError(
+                f"{what}: example {i} is {image.shape}, expected "
+                f"{images.shape[1:]}; variable-size images are not supported"
+            ) from e
+        labels[i] = example[label_key]
     assert images is not None
     return images, labels
