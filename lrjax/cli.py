@@ -1,0 +1,132 @@
+"""Pieces shared by the command lines: one-line errors, output dirs, JAX setup."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr with exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def fail(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer, got {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def optimizer_factory(name: str):
+    """``name -> (learning_rate -> optax.GradientTransformation)``."""
+    import optax
+
+    factories = {
+        "sgd": optax.sgd,
+        "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+        "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+        "adam": optax.adam,
+        "adamw": lambda lr: optax.adamw(lr, weight_decay=1e-4),
+    }
+    if name not in factories:
+        raise UsageError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+    return factories[name]
+
+
+def prepare_out_dir(out: str | None, kind: str, force: bool) -> Path:
+    """Creates the output directory; refuses a non-empty one unless ``force``.
+
+    The default is a new timestamped directory under ``runs/``.
+    """
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{kind}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path("runs") / f"{kind}-{stamp}-{n}"
+    else:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--out {out} exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()) and not force:
+            raise UsageError(
+                f"--out {out} is not empty; pass --force to write into it "
+                f"(files of the same name are replaced) or choose another directory"
+            )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".lrjax-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(
+            f"cannot write to output directory {path}: {e.strerror}"
+        ) from None
+    return path
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Writes via a temp file in the same directory and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(tmp, mode) as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def setup_jax(cpu_devices: int | None = None) -> None:
+    """Persistent compilation cache, and optionally several XLA host devices.
+
+    Must run before JAX initialises its backends (the first array op).
+    """
+    import jax
+
+    if cpu_devices and cpu_devices > 1:
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    cache = os.environ.get("LRJAX_JAX_CACHE") or os.path.join(
+        os.environ.get("LRJAX_CACHE_DIR")
+        or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lrjax"
+        ),
+        "jax_cache",
+    )
+    if cache != "off":
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

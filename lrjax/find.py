@@ -1,0 +1,244 @@
+"""``python -m lrjax.find``: the learning-rate range test from the command line.
+
+Defaults reproduce the seed recipe on real Fashion-MNIST: MLP 784-300-100-10, SGD,
+batch 32, an exponential sweep from 1e-5 to 10 over one epoch, one seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+
+from lrjax.cli import (
+    OPTIMIZERS,
+    ArgumentParser,
+    UsageError,
+    fail,
+    int_at_least,
+    optimizer_factory,
+    positive_float,
+    prepare_out_dir,
+    setup_jax,
+    write_atomic,
+)
+from lrjax.finder import DEFAULT_METHOD, METHODS
+
+PROG = "lrjax.find"
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m lrjax.find",
+        description="LR range test: sweep the learning rate over one epoch, record "
+        "the loss, and suggest a learning rate.",
+    )
+    p.add_argument(
+        "--dataset",
+        default="fashion_mnist",
+        help="fashion_mnist (default), mnist, or tfds:NAME",
+    )
+    p.add_argument("--data-dir", default=None, help="directory with the IDX files")
+    p.add_argument("--hidden", default="300,100", help="hidden sizes (default 300,100)")
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--min-lr", type=positive_float, default=1e-5)
+    p.add_argument("--max-lr", type=positive_float, default=10.0)
+    p.add_argument(
+        "--steps",
+        type=int_at_least(2),
+        default=None,
+        help="sweep length (default: one epoch)",
+    )
+    p.add_argument("--mode", default="exponential", choices=("exponential", "linear"))
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        choices=METHODS,
+        help=f"suggestion reported as suggested_lr (default {DEFAULT_METHOD})",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int_at_least(1),
+        default=1,
+        help="independent runs in one compiled program (default 1)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=0.98,
+        metavar="BETA",
+        help="EMA factor of the smoothed loss (default 0.98)",
+    )
+    p.add_argument(
+        "--diverge-threshold",
+        type=float,
+        default=4.0,
+        metavar="X",
+        help="diverged when smoothed loss > X x best (default 4)",
+    )
+    p.add_argument("--out", default=None, help="output directory (default runs/find-*)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--json", action="store_true", help="print the JSON result")
+    p.add_argument("--no-plot", action="store_true", help="do not write lr_find.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def _check(args) -> None:
+    if args.min_lr >= args.max_lr:
+        raise UsageError(
+            f"--min-lr must be < --max-lr, got {args.min_lr:g} >= {args.max_lr:g}"
+        )
+    if not 0.0 <= args.smooth < 1.0:
+        raise UsageError(f"--smooth must be in [0, 1), got {args.smooth}")
+    if not args.diverge_threshold > 1.0:
+        raise UsageError(
+            f"--diverge-threshold must be > 1, got {args.diverge_threshold}"
+        )
+
+
+def _csv(result) -> str:
+    import numpy as np
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    losses = np.atleast_2d(result.losses)
+    smoothed = np.atleast_2d(result.smoothed_losses)
+    if result.seeds == 1:
+        w.writerow(["step", "lr", "loss", "smoothed_loss"])
+    else:
+        cols = []
+        for k in range(result.seeds):
+            cols += [f"loss_seed{k}", f"smoothed_loss_seed{k}"]
+        w.writerow(["step", "lr", *cols])
+    for i, lr in enumerate(result.lrs):
+        row = [i, repr(float(lr))]
+        for k in range(result.seeds):
+            row += [repr(float(losses[k, i])), repr(float(smoothed[k, i]))]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _summary(r, out, total_s) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    lines = [
+        f"suggested lr: {fmt(r.suggested_lr)}  (method: {r.method})",
+        "suggestions:  " + "  ".join(f"{m}={fmt(v)}" for m, v in r.suggestions.items()),
+        f"diverged at:  {fmt(r.diverged_at_lr)}"
+        + ("" if r.diverged_at_lr is not None else " (did not diverge)"),
+    ]
+    if r.spread is not None:
+        lines.append(
+            f"over {r.seeds} seeds: {r.method} from {fmt(r.spread['min'])} "
+            f"to {fmt(r.spread['max'])}"
+        )
+    t = r.timings
+    lines += [
+        f"steps run:    {r.steps_run} of {r.config['num_steps']}"
+        + (f" x {r.seeds} seeds" if r.seeds > 1 else ""),
+        f"time:         compile {t['compile_s']:.2f} s, run {t['run_s']:.2f} s, "
+        f"total {total_s:.2f} s on {r.device}",
+        f"written to:   {out}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    try:
+        args = build_parser().parse_args(argv)
+        _check(args)
+        from lrjax.models import parse_hidden
+
+        hidden = parse_hidden(args.hidden)
+    except (UsageError, ValueError) as e:
+        return fail(PROG, str(e))
+
+    seeds = args.seeds
+    cores = os.cpu_count() or 1
+    setup_jax(max(d for d in range(1, min(cores, seeds) + 1) if seeds % d == 0))
+
+    import jax
+    import numpy as np
+
+    from lrjax.data import DatasetError, load_dataset
+    from lrjax.finder import lr_range_test
+    from lrjax.models import mlp
+
+    try:
+        ds = load_dataset(args.dataset, args.data_dir)
+        n = len(ds.y_train)
+        if args.batch_size > n:
+            raise UsageError(
+                f"--batch-size {args.batch_size} is larger than the training set "
+                f"({n} examples)"
+            )
+        opt = optimizer_factory(args.optimizer)
+        out = prepare_out_dir(args.out, "find", args.force)
+    except (UsageError, DatasetError) as e:
+        return fail(PROG, str(e))
+
+    input_size = int(np.prod(ds.x_train.shape[1:]))
+    key = jax.random.key(args.seed)
+
+    def init(k):
+        return mlp(input_size, ds.num_classes, hidden, key=k)[1]
+
+    apply, params = mlp(input_size, ds.num_classes, hidden, key=key)
+    result = lr_range_test(
+        apply,
+        params if seeds == 1 else init,
+        opt,
+        ds.x_train,
+        ds.y_train,
+        key=key,
+        batch_size=args.batch_size,
+        mode=args.mode,
+        init_value=args.min_lr,
+        end_value=args.max_lr,
+        num_steps=args.steps,
+        smooth_beta=args.smooth,
+        diverge_threshold=args.diverge_threshold,
+        seeds=seeds,
+        method=args.method,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    result.config.update(
+        dataset=args.dataset,
+        optimizer=args.optimizer,
+        hidden=list(hidden),
+        seed=args.seed,
+        method=args.method,
+    )
+    doc = result.to_json()
+    write_atomic(out / "lr_find.json", json.dumps(doc, indent=1) + "\n")
+    write_atomic(out / "lr_find.csv", _csv(result))
+    if not args.no_plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from lrjax.plots import plot_range_test
+
+        fig, ax = plt.subplots(figsize=(8, 5))
+        plot_range_test(result, ax)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        write_atomic(out / "lr_find.png", buf.getvalue())
+    if args.json:
+        print(json.dumps(doc))
+    elif not args.quiet:
+        print(_summary(result, out, time.perf_counter() - t_start))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
