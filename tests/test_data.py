@@ -625,4 +625,4 @@ def test_real_fashion_mnist(monkeypatch, tmp_path, count_reads):
     warm_s = time.perf_counter() - start
     assert len(count_reads) == 4  # the warm load read only the cache
     np.testing.assert_array_equal(warm.x_train, ds.x_train)
-    assert warm_s < cold / 3, (cold, warm_s)
+    assert warm_s < cold / 2, (cold, warm_s)  # typically 28 ms vs 500 ms
