@@ -415,28 +415,29 @@ def _check_restart_args(
 def _cycle_starts(first: int, mult: float, limit: int) -> np.ndarray:
     """Returns the start steps (int64) of every cycle starting at or before ``limit``.
 
-    Cycle ``i`` starts at ``round(first * (mult**i - 1) / (mult - 1))`` (for
-    ``mult > 1``): the rounded cumulative sum of the float periods
-    ``first * mult**j``, so the integer periods never drift from the geometric
-    series and are exact for an integer ``mult``. The returned array ends with
+    Cycle ``i`` starts at ``round(sum(first * mult**j for j < i))`` (for
+    ``mult > 1``; Python's ``round``, ties to even): the rounded running sum of
+    the float periods, so the integer periods never drift from the geometric
+    series, and are exact for an integer ``mult``. The returned array ends with
     the start of the first cycle beyond ``limit`` (its sentinel).
     """
     starts = [0]
+    cum = 0.0  # running float sum of the periods first * mult**j, j < i
     i = 0
     while starts[-1] <= limit:
-        i += 1
         if len(starts) > _MAX_CYCLES:
             raise ValueError(
                 f"period_mult must be >= 1 and not so close to 1 that more than "
                 f"{_MAX_CYCLES} cycles start before step 2**31 (first_period="
                 f"{first}); got {mult!r}: use period_mult=1 or a larger value"
             )
-        if float(mult).is_integer():
-            m = int(mult)
-            nxt = first * (m**i - 1) // (m - 1)
+        if float(mult).is_integer():  # exact integers, as in PyTorch
+            nxt = starts[-1] + first * int(mult) ** i
         else:
-            nxt = round(first * math.expm1(i * math.log(mult)) / (mult - 1))
+            cum += first * mult**i
+            nxt = round(cum)
         starts.append(max(nxt, starts[-1] + 1))
+        i += 1
     return np.asarray(starts, dtype=np.int64)
 
 
@@ -450,8 +451,10 @@ def cosine_restarts(
 ) -> Schedule:
     """Cosine annealing with warm restarts (SGDR, Loshchilov & Hutter 2017).
 
-    Cycle ``i`` has ``T_i`` steps and peak ``peak_i = peak_value *
-    peak_decay**i``. With ``T_cur`` steps into the cycle and ``w =
+    Cycle ``i`` has ``T_i`` steps and peak ``peak_i = min + (peak_value - min)
+    * peak_decay**i`` (the height above ``min_value`` decays, so the lr stays in
+    ``[min_value, peak_value]``; with ``min_value=0`` this is ``peak_value *
+    peak_decay**i``). With ``T_cur`` steps into the cycle and ``w =
     warmup_steps``::
 
         lr = min + (peak_i - min) * T_cur / w                          T_cur < w
@@ -459,9 +462,10 @@ def cosine_restarts(
 
     Cycle boundaries: with ``period_mult == 1`` every cycle has
     ``first_period`` steps; with ``period_mult = m > 1`` cycle ``i`` starts at
-    step ``round(first_period * (m**i - 1) / (m - 1))`` (the rounded
-    cumulative sum of the periods ``first_period * m**j``), so ``T_i`` is an
-    integer >= 1 and exactly ``first_period * m**i`` for an integer ``m``.
+    step ``round(sum(first_period * m**j for j < i))`` (the rounded running sum
+    of the float periods, summed in float64, ties to even), so ``T_i`` is an
+    integer >= 1 within 1 of ``first_period * m**i``, and exactly that for an
+    integer ``m``.
     :func:`cosine_restart_steps` returns the last step of each cycle.
 
     With ``peak_decay=1`` and ``warmup_steps=0`` it equals PyTorch's
@@ -479,7 +483,8 @@ def cosine_restarts(
       period_mult: factor by which each period grows, a real number >= 1
         (non-integer allowed; shrinking periods are not supported).
       min_value: lr the cosine anneals towards, >= 0.
-      peak_decay: factor applied to the peak at each restart, in (0, 1].
+      peak_decay: factor applied to the peak's height above ``min_value`` at
+        each restart, in (0, 1] (Keras' ``m_mul``).
       warmup_steps: steps of linear warmup from ``min_value`` to ``peak_i`` at
         the start of every cycle, an integer in ``[0, first_period)``.
 
@@ -525,7 +530,7 @@ def cosine_restarts(
         if decay == 1.0:
             height = peak - lo
         else:
-            height = peak * jnp.exp2(cycle * log2_decay) - lo
+            height = (peak - lo) * jnp.exp2(cycle * log2_decay)
         if warmup == 0:
             f = _half_cosine(pos, period)
         else:

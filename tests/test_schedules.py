@@ -1,0 +1,550 @@
+"""Tests for lrjax.schedules against independent references.
+
+References: the worked values of the papers / REFERENCE.md, plain-Python float64
+simulations written like stateful schedulers (counters advanced one step at a
+time, not the closed form), and PyTorch's own schedulers where torch imports.
+
+Tolerances come from float32 rounding: each float32 op adds a relative error of
+at most u = 2**-24 (XLA's exp/cos/sin: about 2 u), and every schedule sums
+positive terms (no cancellation; the cosine is evaluated as cos**2 / sin**2 of a
+small angle), so the relative error is a small multiple of u, counted below per
+schedule.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lrjax import schedules as S
+
+U = 2.0**-24  # unit roundoff of float32
+TINY = float(np.finfo(np.float32).tiny)
+# cyclic: r/up, f*scale, height*(.), base+(.) plus rounding of base and height.
+RTOL_CYCLIC = 8 * U
+# cosine: pos/T, *pi/2 (and pi/2's own rounding), cos or sin (2u), squared,
+# height*f, lo+(.), rounding of peak and lo: about 12 u; keep a margin.
+RTOL_COSINE = 16 * U
+
+
+def rtol_exp(z):
+    """Relative error bound of exp(z) with z = a * b formed in float32.
+
+    Both factors are rounded (2 u) and multiplied (1 u): |dz| <= 3 u |z|, hence
+    exp is off by a factor exp(3 u |z|) ~ 1 + 3 u |z|, plus 2 u for exp itself.
+    """
+    return (3 * np.abs(z) + 2) * U
+
+
+# ---------------------------------------------------------------------------
+# Stateful float64 references (one step at a time, like a torch scheduler).
+
+
+def ref_cyclic(base, peak, up, down, mode, gamma, n):
+    out = []
+    pos, cycle = 0, 1  # steps into the current cycle, 1-based cycle count
+    for t in range(n):
+        frac = pos / up if pos <= up else (up + down - pos) / down
+        if mode == "triangular":
+            scale = 1.0
+        elif mode == "triangular2":
+            scale = 0.5 ** (cycle - 1)
+        else:
+            scale = gamma**t
+        out.append(base + (peak - base) * frac * scale)
+        pos += 1
+        if pos == up + down:
+            pos, cycle = 0, cycle + 1
+    return np.array(out)
+
+
+def ref_sgdr(peak, first, mult, lo, decay, warmup, n):
+    """SGDR like torch's CosineAnnealingWarmRestarts.step(), plus decay/warmup.
+
+    Cycle ends are the rounded running sums of the float periods first*mult**i.
+    """
+    out = []
+    i = 0  # cycle index
+    cum_float = float(first)  # unrounded end of cycle i
+    t_i, t_cur, height = first, 0, peak - lo  # height of the peak above lo
+    for _ in range(n):
+        if t_cur < warmup:
+            frac = t_cur / warmup
+        else:
+            frac = (1 + math.cos(math.pi * (t_cur - warmup) / (t_i - warmup))) / 2
+        out.append(lo + height * frac)
+        t_cur += 1
+        if t_cur >= t_i:
+            end = round(cum_float)
+            i += 1
+            cum_float += first * mult**i
+            t_i = round(cum_float) - end
+            t_cur = 0
+            height *= decay
+    return np.array(out)
+
+
+def same(actual, desired):
+    """Equal up to a few ulps (the cosine's error budget).
+
+    XLA may compile the same expression differently in different programs (FMA
+    contraction, x / c as x * (1 / c)), so eager, jit, vmap and scan results of
+    one schedule can differ in the last bit or two.
+    """
+    assert np.asarray(actual).dtype == np.float32
+    np.testing.assert_allclose(actual, desired, rtol=RTOL_COSINE, atol=TINY)
+
+
+def check(actual, desired, rtol):
+    """|actual - desired| <= rtol * |desired| elementwise (rtol may be an array)."""
+    actual = np.asarray(actual)
+    assert actual.dtype == np.float32
+    desired = np.asarray(desired, np.float64)
+    err = np.abs(actual.astype(np.float64) - desired)
+    # Subnormal lrs may be flushed to zero by XLA on CPU.
+    bound = np.broadcast_to(rtol * np.abs(desired) + TINY, err.shape)
+    bad = np.flatnonzero(err > bound)
+    assert bad.size == 0, (
+        (
+            f"{bad.size} mismatches, first at index {bad[0]}: "
+            f"got {actual.flat[bad[0]]!r}, want {desired.flat[bad[0]]!r}, err/|want| = "
+            f"{err.flat[bad[0]] / abs(desired.flat[bad[0]]):.3g} > rtol "
+            f"{bound.flat[bad[0]] / abs(desired.flat[bad[0]]):.3g}"
+        )
+        if bad.size
+        else ""
+    )
+
+
+# ---------------------------------------------------------------------------
+# Worked values.
+
+
+def test_cyclic_worked_values():
+    tri = S.triangular(1e-3, 6e-3, 2000)
+    for t, want in [(0, 1e-3), (1000, 3.5e-3), (2000, 6e-3), (4000, 1e-3)]:
+        assert float(tri(t)) == pytest.approx(want, rel=RTOL_CYCLIC)
+    tri2 = S.triangular2(1e-3, 6e-3, 2000)
+    assert float(tri2(6000)) == pytest.approx(3.5e-3, rel=RTOL_CYCLIC)
+    exr = S.exp_range(1e-3, 6e-3, 2000, gamma=0.99994)
+    assert float(exr(2000)) == pytest.approx(5.4346e-3, abs=5e-8)
+
+
+def test_sgdr_worked_values():
+    s = S.cosine_restarts(0.1, first_period=10, period_mult=2)
+    want = {0: 0.1, 5: 0.05, 9: 0.002447, 10: 0.1, 29: 0.000616, 30: 0.1}
+    for t, v in want.items():
+        assert float(s(t)) == pytest.approx(v, abs=5e-7)
+
+
+def test_sweep_endpoints_exact():
+    s = S.exponential_sweep(1e-5, 10.0, 100)
+    assert float(s(0)) == np.float32(1e-5)
+    assert float(s(99)) == np.float32(10.0)
+    assert float(s(10**6)) == np.float32(10.0)
+    lin = S.linear_sweep(0.3, 0.1, 7)
+    assert float(lin(0)) == np.float32(0.3)
+    assert float(lin(6)) == np.float32(0.1)
+    assert float(lin(-4)) == np.float32(0.3)  # negative steps act as step 0
+
+
+# ---------------------------------------------------------------------------
+# Against the stateful float64 references, plain and under jit.
+
+N = 6000
+STEPS = np.arange(N)
+
+CYCLIC_CONFIGS = [
+    (1e-3, 6e-3, 2000, None, "triangular", 1.0),
+    (0.0, 1.0, 7, 3, "triangular", 1.0),
+    (1e-4, 1e-1, 300, 900, "triangular2", 1.0),
+    (1e-3, 6e-3, 500, 120, "exp_range", 0.9995),
+    (1e-3, 6e-3, 2000, None, "exp_range", 0.99994),
+]
+
+
+@pytest.mark.parametrize("base,peak,up,down,mode,gamma", CYCLIC_CONFIGS)
+def test_cyclic_matches_stateful_reference(base, peak, up, down, mode, gamma):
+    s = S.cyclic(base, peak, up, mode=mode, gamma=gamma, step_size_down=down)
+    want = ref_cyclic(base, peak, up, down or up, mode, gamma, N)
+    rtol = RTOL_CYCLIC + rtol_exp(STEPS * math.log(gamma))
+    check(s(STEPS), want, rtol)
+    check(jax.jit(s)(jnp.asarray(STEPS)), want, rtol)
+
+
+SGDR_CONFIGS = [
+    # peak, first, mult, lo, decay, warmup
+    (0.1, 10, 1, 0.0, 1.0, 0),
+    (0.1, 10, 2, 0.0, 1.0, 0),
+    (0.05, 7, 3, 1e-4, 1.0, 0),
+    (0.2, 10, 1.5, 1e-3, 0.5, 0),
+    (0.2, 100, 1, 0.0, 0.8, 10),
+    (1.0, 13, 2, 0.01, 0.5, 4),
+    (0.3, 5, 1.25, 0.0, 0.9, 2),
+]
+
+
+@pytest.mark.parametrize("peak,first,mult,lo,decay,warmup", SGDR_CONFIGS)
+def test_cosine_restarts_matches_stateful_reference(
+    peak, first, mult, lo, decay, warmup
+):
+    s = S.cosine_restarts(peak, first, mult, lo, decay, warmup)
+    want = ref_sgdr(peak, first, mult, lo, decay, warmup, N)
+    # peak_decay**i as exp2(i * log2(decay)): exact for 0.5, else rtol_exp.
+    n_cycles = len(S.cosine_restart_steps(first, mult, num_steps=N)) + 1
+    rtol = RTOL_COSINE + rtol_exp(n_cycles * math.log(decay))
+    check(s(STEPS), want, rtol)
+    check(jax.jit(s)(jnp.asarray(STEPS)), want, rtol)
+
+
+@pytest.mark.parametrize("peak,first,mult,lo,decay,warmup", SGDR_CONFIGS)
+def test_restart_steps_consistent(peak, first, mult, lo, decay, warmup):
+    s = S.cosine_restarts(peak, first, mult, lo, decay, warmup)
+    ends = S.cosine_restart_steps(first, mult, num_steps=N - 1)
+    assert ends.dtype == np.int64 and len(ends) >= 2
+    assert np.all(np.diff(ends) >= first) and ends[-1] < N - 1
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    periods = ends - starts + 1
+    cycles = np.arange(len(ends) + 1)
+    heights = (peak - lo) * decay**cycles  # peak_i - lo
+    # peak_decay**i is exp2(i * log2(decay)) in float32.
+    rtol = RTOL_COSINE + rtol_exp(cycles * math.log(decay))
+    lr = np.asarray(s(STEPS))
+    if warmup == 0:
+        # The restart step is back at the decayed peak ...
+        check(lr[ends + 1], lo + heights[1:], rtol[1:])
+        # ... and the lr rises only there.
+        np.testing.assert_array_equal(np.flatnonzero(np.diff(lr) > 0), ends)
+    else:
+        # ... or, with warmup, back at min and rising.
+        check(lr[ends + 1], np.full(len(ends), lo), RTOL_COSINE)
+    # The cycle's last step is one cosine step above min.
+    tail = np.sin(np.pi / (2 * (periods - warmup))) ** 2
+    check(lr[ends], lo + heights[:-1] * tail, rtol[:-1])
+
+
+def test_restart_steps_values():
+    assert S.cosine_restart_steps(10, 2, num_steps=71).tolist() == [9, 29, 69]
+    assert S.cosine_restart_steps(10, 2, num_steps=69).tolist() == [9, 29]
+    assert S.cosine_restart_steps(10, num_steps=0).tolist() == []
+    # Float multiplier: ends at round(10 * (1.5**i - 1) / 0.5) - 1.
+    want = [round(10 * (1.5**i - 1) / 0.5) - 1 for i in range(1, 8)]
+    assert S.cosine_restart_steps(10, 1.5, num_steps=want[-1] + 1).tolist() == want
+
+
+def test_exponential_sweep_matches_stateful_reference():
+    init, end, n = 1e-7, 10.0, 1719
+    lr, want = init, []
+    ratio = (end / init) ** (1 / (n - 1))
+    for t in range(N):
+        want.append(lr if t < n - 1 else end)
+        lr *= ratio
+    s = S.exponential_sweep(init, end, n)
+    rtol = rtol_exp(math.log(end / init)) + 2 * U
+    check(s(STEPS), want, rtol)
+    check(jax.jit(s)(jnp.asarray(STEPS)), want, rtol)
+
+
+def test_linear_sweep_matches_stateful_reference():
+    init, end, n = 0.0, 2.0, 1000
+    want = [init + (end - init) * min(t, n - 1) / (n - 1) for t in range(N)]
+    s = S.linear_sweep(init, end, n)
+    check(s(STEPS), want, 4 * U)
+    check(jax.jit(s)(jnp.asarray(STEPS)), want, 4 * U)
+
+
+@pytest.mark.parametrize("init,factor,size", [(0.1, 0.5, 30), (0.3, 0.9, 250)])
+def test_step_decay_matches_stateful_reference(init, factor, size):
+    lr, want = init, []
+    for t in range(N):
+        want.append(lr)
+        if (t + 1) % size == 0:
+            lr *= factor
+    s = S.step_decay(init, factor, size)
+    rtol = rtol_exp(N // size * math.log(factor)) + 2 * U
+    check(s(STEPS), want, rtol)
+    check(jax.jit(s)(jnp.asarray(STEPS)), want, rtol)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch equality (torch only in these tests).
+
+
+def torch_lrs(make_scheduler, n):
+    torch = pytest.importorskip("torch")
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = make_scheduler(torch, opt)
+    lrs = []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()  # before sched.step(), or torch warns
+        sched.step()
+    return np.array(lrs)
+
+
+@pytest.mark.parametrize(
+    "up,down,mode,gamma",
+    [
+        (200, None, "triangular", 1.0),
+        (150, 350, "triangular", 1.0),
+        (100, None, "triangular2", 1.0),
+        (60, 140, "triangular2", 1.0),
+        (250, 100, "exp_range", 0.9993),
+    ],
+)
+def test_cyclic_equals_torch(up, down, mode, gamma):
+    n = 2000
+    want = torch_lrs(
+        lambda torch, opt: torch.optim.lr_scheduler.CyclicLR(
+            opt,
+            base_lr=1e-4,
+            max_lr=3e-2,
+            step_size_up=up,
+            step_size_down=down,
+            mode=mode,
+            gamma=gamma,
+            cycle_momentum=False,
+        ),
+        n,
+    )
+    s = S.cyclic(1e-4, 3e-2, up, mode=mode, gamma=gamma, step_size_down=down)
+    check(s(np.arange(n)), want, RTOL_CYCLIC + rtol_exp(n * math.log(gamma)))
+
+
+@pytest.mark.parametrize("t0,tmult,eta_min", [(10, 1, 0.0), (10, 2, 1e-3), (7, 3, 0.0)])
+def test_cosine_restarts_equals_torch(t0, tmult, eta_min):
+    n = 2000
+    want = torch_lrs(
+        lambda torch, opt: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            opt, T_0=t0, T_mult=tmult, eta_min=eta_min
+        ),
+        n,
+    )
+    s = S.cosine_restarts(1.0, t0, tmult, min_value=eta_min)
+    check(s(np.arange(n)), want, RTOL_COSINE)
+
+
+def test_step_decay_equals_torch():
+    n = 1000
+    want = torch_lrs(
+        lambda torch, opt: torch.optim.lr_scheduler.StepLR(
+            opt, step_size=30, gamma=0.7
+        ),
+        n,
+    )
+    s = S.step_decay(1.0, 0.7, 30)
+    check(s(np.arange(n)), want, rtol_exp(n // 30 * math.log(0.7)) + 2 * U)
+
+
+# ---------------------------------------------------------------------------
+# Input types, vmap, giant steps.
+
+ALL = {
+    "exponential_sweep": (S.exponential_sweep(1e-6, 1.0, 500), 1e-6, 1.0),
+    "linear_sweep": (S.linear_sweep(1e-3, 0.5, 500), 1e-3, 0.5),
+    "triangular": (S.triangular(1e-3, 6e-3, 2000, 777), 1e-3, 6e-3),
+    "triangular2": (S.triangular2(1e-3, 6e-3, 2000), 1e-3, 6e-3),
+    "exp_range": (S.exp_range(1e-3, 6e-3, 2000, 0.99994), 1e-3, 6e-3),
+    "sgdr1": (S.cosine_restarts(0.1, 10, 1, 1e-4, 0.9), 1e-4, 0.1),
+    "sgdr2": (S.cosine_restarts(0.1, 10, 2, 1e-4, 0.5, 3), 1e-4, 0.1),
+    "sgdr1.1": (S.cosine_restarts(0.1, 3, 1.1, 0.0), 0.0, 0.1),
+    "step_decay": (S.step_decay(0.1, 0.5, 7), 0.0, 0.1),
+}
+BIG = np.array([2**31 - 1, 2**31 - 2, 2**31 - 2000, 2**30 + 3, 2**24 + 1])
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_input_types_vmap_and_giant_steps(name):
+    s, lo, hi = ALL[name]
+    t = np.arange(0, 5000, 37)
+    want = np.asarray(s(t))
+    assert want.dtype == np.float32 and want.shape == t.shape
+    for ints in (t.astype(np.int32), t.astype(np.int64), jnp.asarray(t, jnp.int32)):
+        np.testing.assert_array_equal(s(ints), want)
+    same(jax.vmap(s)(jnp.asarray(t)), want)
+    same(jax.jit(jax.vmap(s))(jnp.asarray(t)), want)
+    np.testing.assert_array_equal([float(s(int(x))) for x in t[:5]], want[:5])
+    np.testing.assert_array_equal(s(np.int16(7)), s(7))
+    assert s(3).shape == () and s(3).dtype == jnp.float32
+    # Negative steps act as step 0.
+    np.testing.assert_array_equal(s(np.array([-1, -(2**31)])), [want[0]] * 2)
+    big = np.asarray(jax.jit(s)(BIG))
+    assert big.dtype == np.float32 and np.all(np.isfinite(big))
+    assert np.all(big >= np.float32(lo)) and np.all(big <= np.float32(hi))
+    same(s(BIG.astype(np.int64)), big)
+    same(s(BIG.astype(np.uint32)), big)
+
+
+def test_giant_steps_exact_cycle_position():
+    # Integer arithmetic keeps the position inside the cycle exact at 2**31 - 1.
+    t = 2**31 - 1
+    tri = S.triangular(0.0, 1.0, 1000, 333)
+    r = t % 1333
+    want = r / 1000 if r <= 1000 else (1333 - r) / 333
+    assert float(tri(t)) == pytest.approx(want, rel=RTOL_CYCLIC)
+    sgdr = S.cosine_restarts(1.0, 1000)
+    want = (1 + math.cos(math.pi * (t % 1000) / 1000)) / 2
+    assert float(sgdr(t)) == pytest.approx(want, rel=RTOL_COSINE)
+    sgdr2 = S.cosine_restarts(1.0, 10, 2)
+    n = int(math.log2(t / 10 + 1))
+    want = (1 + math.cos(math.pi * (t - 10 * (2**n - 1)) / (10 * 2**n))) / 2
+    assert float(sgdr2(t)) == pytest.approx(want, rel=RTOL_COSINE)
+    assert float(S.triangular2(0.1, 1.0, 10)(t)) == np.float32(0.1)
+    assert float(S.exp_range(0.1, 1.0, 10, 0.999)(t)) == np.float32(0.1)
+
+
+def test_float_steps_follow_the_formula():
+    s = S.cosine_restarts(1.0, 10)
+    assert float(s(2.5)) == pytest.approx((1 + math.cos(math.pi / 4)) / 2, rel=1e-6)
+    assert float(S.triangular(0.0, 1.0, 4)(1.5)) == pytest.approx(0.375, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Inside optax.
+
+
+def run_sgd(opt, n):
+    """Per-step updates of sgd on loss = sum(params): update t is -lr(t)."""
+    params = jnp.zeros(3)
+
+    @jax.jit
+    def train(params):
+        def body(carry, _):
+            params, state = carry
+            grads = jnp.ones_like(params)
+            updates, state = opt.update(grads, state, params)
+            lr = getattr(state, "hyperparams", {}).get("learning_rate", jnp.nan)
+            return (optax.apply_updates(params, updates), state), (updates[0], lr)
+
+        _, out = jax.lax.scan(body, (params, opt.init(params)), length=n)
+        return out
+
+    return train(params)
+
+
+@pytest.mark.parametrize("name", ["triangular", "exp_range", "sgdr2", "step_decay"])
+def test_sgd_applies_exactly_the_schedule(name):
+    s = ALL[name][0]
+    n = 3000
+    updates, _ = run_sgd(optax.sgd(learning_rate=s), n)
+    want = np.asarray(s(np.arange(n)))
+    same(-updates, want)
+    # The test can fail: the lr of the next step is not the same.
+    assert not np.allclose(-updates[:-1], want[1:], rtol=RTOL_COSINE, atol=0)
+
+
+def test_inject_hyperparams_reads_the_schedule():
+    s = ALL["sgdr2"][0]
+    n = 500
+    updates, lrs = run_sgd(optax.inject_hyperparams(optax.sgd)(learning_rate=s), n)
+    same(lrs, s(np.arange(n)))
+    same(-updates, s(np.arange(n)))
+
+
+def test_join_schedules_warmup_then_restarts():
+    warm = optax.linear_schedule(0.0, 0.1, 50)
+    restarts = S.cosine_restarts(0.1, 100, 2, min_value=1e-4, peak_decay=0.5)
+    joined = optax.join_schedules([warm, restarts], boundaries=[50])
+    t = np.arange(2000)
+    want = np.where(t < 50, warm(t), restarts(np.maximum(t - 50, 0)))
+    same(jax.jit(joined)(jnp.asarray(t)), want)
+    updates, _ = run_sgd(optax.sgd(learning_rate=joined), 2000)
+    same(-updates, want)
+
+
+# ---------------------------------------------------------------------------
+# Argument validation.
+
+BAD = [
+    (
+        S.exponential_sweep,
+        (0.0, 1.0, 10),
+        "init_value must be a real number > 0, got 0.0",
+    ),
+    (S.exponential_sweep, (1e-3, -1.0, 10), "end_value .* got -1.0"),
+    (S.exponential_sweep, (1e-3, 1.0, 1), "num_steps must be an integer >= 2, got 1"),
+    (
+        S.exponential_sweep,
+        (1e-3, 1.0, 10.0),
+        "num_steps must be an integer >= 2, got 10.0",
+    ),
+    (S.exponential_sweep, (1e-3, math.inf, 10), "end_value .* got inf"),
+    (S.exponential_sweep, (math.nan, 1.0, 10), "init_value .* got nan"),
+    (
+        S.linear_sweep,
+        (-1.0, 1.0, 10),
+        "init_value must be a real number >= 0, got -1.0",
+    ),
+    (S.linear_sweep, (0.0, "1", 10), "end_value .* got '1'"),
+    (S.linear_sweep, (0.0, 1.0, True), "num_steps must be an integer >= 2, got True"),
+    (S.cyclic, (-1e-3, 6e-3, 10), "base_value .* >= 0, got -0.001"),
+    (S.cyclic, (6e-3, 1e-3, 10), r"peak_value .* >= base_value \(0.006\), got 0.001"),
+    (S.cyclic, (1e-3, 6e-3, 0), "step_size must be an integer >= 1, got 0"),
+    (S.cyclic, (1e-3, 6e-3, 2.5), "step_size must be an integer >= 1, got 2.5"),
+    (S.cyclic, (1e-3, 6e-3, 10, "cosine"), "mode must be one of .* got 'cosine'"),
+    (S.cyclic, (1e-3, 6e-3, 10, "exp_range", 0.0), r"gamma .* in \(0, 1\], got 0.0"),
+    (S.cyclic, (1e-3, 6e-3, 10, "exp_range", 1.5), r"gamma .* in \(0, 1\], got 1.5"),
+    (S.cyclic, (1e-3, 6e-3, 10, "triangular", 1.0, 0), "step_size_down .* >= 1, got 0"),
+    (S.triangular, (1e-3, 6e-3, -3), "step_size must be an integer >= 1, got -3"),
+    (S.triangular2, (1e-3, 6e-3, 10, False), "step_size_down .* got False"),
+    (S.exp_range, (1e-3, 6e-3, 10, -0.5), r"gamma .* got -0.5"),
+    (S.cosine_restarts, (0.1, 0), "first_period must be an integer >= 1, got 0"),
+    (
+        S.cosine_restarts,
+        (0.1, 10, 0.5),
+        "period_mult must be a real number >= 1, got 0.5",
+    ),
+    (S.cosine_restarts, (0.1, 10, 1, -1e-3), "min_value .* >= 0, got -0.001"),
+    (
+        S.cosine_restarts,
+        (0.1, 10, 1, 0.2),
+        r"peak_value .* >= min_value \(0.2\), got 0.1",
+    ),
+    (S.cosine_restarts, (0.1, 10, 1, 0.0, 0.0), r"peak_decay .* in \(0, 1\], got 0.0"),
+    (S.cosine_restarts, (0.1, 10, 1, 0.0, 1.5), r"peak_decay .* got 1.5"),
+    (
+        S.cosine_restarts,
+        (0.1, 10, 1, 0.0, 1.0, 10),
+        r"warmup_steps .* \[0, 10\), got 10",
+    ),
+    (S.cosine_restarts, (0.1, 10, 1, 0.0, 1.0, -1), "warmup_steps .* >= 0, got -1"),
+    (S.cosine_restarts, (0.1, 1, 1 + 1e-9), "period_mult .* got 1.000000001"),
+    (S.step_decay, (0.1, 0.0, 10), r"factor .* in \(0, 1\], got 0.0"),
+    (S.step_decay, (0.1, 2.0, 10), r"factor .* got 2.0"),
+    (S.step_decay, (-0.1, 0.5, 10), "init_value .* got -0.1"),
+    (S.step_decay, (0.1, 0.5, None), "step_size must be an integer >= 1, got None"),
+]
+
+
+@pytest.mark.parametrize("factory,args,match", BAD)
+def test_bad_arguments_raise(factory, args, match):
+    with pytest.raises(ValueError, match=match):
+        factory(*args)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(first_period=0, num_steps=5), "first_period .* got 0"),
+        (dict(first_period=5, period_mult=0.9, num_steps=5), "period_mult .* got 0.9"),
+        (
+            dict(first_period=5, num_steps=-1),
+            "num_steps must be an integer >= 0, got -1",
+        ),
+        (dict(first_period=5, num_steps=2**31 + 1), "num_steps .* <= 2\\*\\*31"),
+    ],
+)
+def test_bad_restart_steps_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        S.cosine_restart_steps(**kwargs)
+
+
+def test_numpy_scalars_accepted_as_arguments():
+    s = S.cyclic(
+        np.float32(0.0), np.float64(1.0), np.int64(4), step_size_down=np.int32(2)
+    )
+    assert float(s(4)) == 1.0
