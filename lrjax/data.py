@@ -436,6 +436,7 @@ def _load_idx_dataset(
             reason = _download(spec, _cache_root() / spec.name)
             if reason is None:
                 paths, _ = _locate(spec, data_dir)
+                reason = "downloaded, yet the files are still incomplete"
         else:
             reason = "download=False"
         if paths is None:
@@ -676,12 +677,13 @@ def _load_tfds(
             f"tfds:{name} needs the optional extra: pip install 'lrjax[tfds]'"
         ) from e
     data_dir = None if data_dir is None else os.fspath(data_dir)
+    # Random access needs ArrayRecord files; data_source only asks for them when
+    # data_dir is None, so ask always (a TFRecord-only copy cannot be read anyway).
+    kwargs = {"data_dir": data_dir, "builder_kwargs": {"file_format": "array_record"}}
     try:
-        train = tfds.data_source(
-            name, split="train", data_dir=data_dir, download=download
-        )
+        train = tfds.data_source(name, split="train", download=download, **kwargs)
         # Built after data_source so that a fresh download has filled in the splits.
-        builder = tfds.builder(name, data_dir=data_dir)
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
         splits = set(builder.info.splits.keys())
         if not splits or "test" in splits:  # mock_data knows no splits
             test_split = "test"
@@ -692,9 +694,7 @@ def _load_tfds(
                 f"tfds:{name} has no test or validation split (splits: "
                 f"{', '.join(sorted(splits))})"
             )
-        test = tfds.data_source(
-            name, split=test_split, data_dir=data_dir, download=False
-        )
+        test = tfds.data_source(name, split=test_split, download=False, **kwargs)
         image_key, label_key = builder.info.supervised_keys or ("image", "label")
         label_feature = builder.info.features[label_key]
         num_classes = getattr(label_feature, "num_classes", None)
@@ -702,7 +702,14 @@ def _load_tfds(
         raise
     except Exception as e:  # surface TFDS's reason in one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DatasetError(f"tfds:{name}: {type(e).__name__}: {reason}") from e
+        hint = (
+            ""
+            if download
+            else "; is it prepared as array_record in "
+            f"{data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'}? "
+            "download=True fetches it"
+        )
+        raise DatasetError(f"tfds:{name}: {type(e).__name__}: {reason}{hint}") from e
     if not num_classes:
         raise DatasetError(
             f"tfds:{name}: feature {label_key!r} is not a ClassLabel; only supervised "

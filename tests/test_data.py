@@ -551,6 +551,14 @@ def test_tfds_unknown_dataset_is_one_line_error():
     assert message.startswith("tfds:no_such_dataset_xyz: DatasetNotFoundError")
 
 
+def test_tfds_not_prepared_without_download(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    message = load_err(name="tfds:mnist", data_dir=tmp_path / "tfds")
+    assert message.startswith("tfds:mnist: ")
+    assert f"prepared as array_record in {tmp_path / 'tfds'}?" in message
+    assert "download=True fetches it" in message
+
+
 def test_tfds_missing_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     assert load_err(name="tfds:mnist") == (
