@@ -265,10 +265,11 @@ def read_idx(path: str | os.PathLike[str], *, magic: int | None = None) -> np.nd
 
     Example:
         >>> import gzip, os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte.gz")
-        >>> with gzip.open(path, "wb") as f:
-        ...     _ = f.write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 0, 9]))
-        >>> read_idx(path, magic=0x801)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "labels-idx1-ubyte.gz")
+        ...     with gzip.open(path, "wb") as f:  # magic 0x801, 3 labels: 7 0 9
+        ...         _ = f.write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 0, 9]))
+        ...     read_idx(path, magic=0x801)
         array([7, 0, 9], dtype=uint8)
     """
     path = Path(path)
