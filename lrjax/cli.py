@@ -117,7 +117,15 @@ def setup_jax(cpu_devices: int | None = None) -> None:
     """
     import jax
 
-    if cpu_devices and cpu_devices > 1:
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # private API moved: leave the device count alone
+        started = True
+    else:
+        started = backends_are_initialized()
+    if cpu_devices and cpu_devices > 1 and not started:
+        # One XLA host device per core, so a vmapped population (seeds, lrs) is
+        # sharded over the cores. Only the CPU backend reads this setting.
         jax.config.update("jax_num_cpu_devices", cpu_devices)
     cache = os.environ.get("LRJAX_JAX_CACHE") or os.path.join(
         os.environ.get("LRJAX_CACHE_DIR")

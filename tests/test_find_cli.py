@@ -1,0 +1,193 @@
+"""``python -m lrjax.find`` in-process: outputs agree with each other, bad input is
+one line and exit code 2, nothing a user saved is overwritten."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from lrjax import find
+
+
+def run(capsys, *argv):
+    code = find.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_outputs_exist_and_agree(tiny_fashion_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys,
+        "--data-dir",
+        str(tiny_fashion_mnist),
+        "--out",
+        str(out),
+        "--hidden",
+        "32",
+        "--steps",
+        "60",
+        "--batch-size",
+        "16",
+        "--min-lr",
+        "1e-3",
+        "--max-lr",
+        "1",
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "lr_find.csv",
+        "lr_find.json",
+        "lr_find.png",
+    ]
+    doc = json.loads((out / "lr_find.json").read_text())
+    for k in (
+        "suggested_lr",
+        "method",
+        "suggestions",
+        "diverged_at_lr",
+        "lrs",
+        "losses",
+        "smoothed_losses",
+        "seeds",
+        "spread",
+        "steps_run",
+        "timings",
+        "device",
+        "config",
+    ):
+        assert k in doc
+    assert doc["seeds"] == 1 and doc["spread"] is None
+    assert doc["method"] == "balanced" and set(doc["timings"]) >= {"compile_s", "run_s"}
+    assert doc["config"]["num_steps"] == 60 and doc["config"]["hidden"] == [32]
+    n = doc["steps_run"]
+    assert len(doc["lrs"]) == len(doc["losses"]) == n
+    assert doc["lrs"][0] == pytest.approx(1e-3, rel=1e-6)
+    with (out / "lr_find.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n
+    np.testing.assert_allclose([float(r["lr"]) for r in rows], doc["lrs"])
+    np.testing.assert_allclose([float(r["loss"]) for r in rows], doc["losses"])
+    np.testing.assert_allclose(
+        [float(r["smoothed_loss"]) for r in rows], doc["smoothed_losses"]
+    )
+    assert f"suggested lr: {doc['suggested_lr']:.4g}" in stdout
+    assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_flag_several_seeds(tiny_fashion_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys,
+        "--data-dir",
+        str(tiny_fashion_mnist),
+        "--out",
+        str(out),
+        "--json",
+        "--hidden",
+        "16",
+        "--steps",
+        "40",
+        "--seeds",
+        "2",
+        "--no-plot",
+        "--method",
+        "minimum",
+        "--optimizer",
+        "adam",
+        "--min-lr",
+        "1e-4",
+        "--max-lr",
+        "1",
+    )
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc == json.loads((out / "lr_find.json").read_text())
+    assert doc["seeds"] == 2 and np.shape(doc["losses"]) == (2, doc["steps_run"])
+    assert len(doc["spread"]["per_seed"]) == 2
+    assert doc["suggested_lr"] == doc["suggestions"]["minimum"]
+    assert not (out / "lr_find.png").exists()
+    header = (out / "lr_find.csv").read_text().splitlines()[0]
+    assert header == (
+        "step,lr,loss_seed0,smoothed_loss_seed0,loss_seed1,smoothed_loss_seed1"
+    )
+
+
+def test_existing_output_is_never_overwritten(tiny_fashion_mnist, tmp_path, capsys):
+    out = tmp_path / "saved"
+    out.mkdir()
+    (out / "lr_find.json").write_text("precious")
+    args = [
+        "--data-dir",
+        str(tiny_fashion_mnist),
+        "--out",
+        str(out),
+        "--hidden",
+        "8",
+        "--steps",
+        "10",
+        "--no-plot",
+        "--quiet",
+    ]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--force" in err and err.count("\n") == 1
+    assert (out / "lr_find.json").read_text() == "precious"
+    code, _, err = run(capsys, *args, "--force")
+    assert code == 0, err
+    assert json.loads((out / "lr_find.json").read_text())["steps_run"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--min-lr", "0"], "--min-lr: must be a finite number > 0, got 0"),
+        (["--min-lr", "-1"], "--min-lr: must be a finite number > 0, got -1"),
+        (["--min-lr", "1", "--max-lr", "0.1"], "--min-lr must be < --max-lr"),
+        (["--steps", "1"], "--steps: must be >= 2, got 1"),
+        (["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+        (["--batch-size", "100000"], "--batch-size 100000 is larger than"),
+        (["--optimizer", "lion"], "invalid choice: 'lion'"),
+        (["--method", "best"], "invalid choice: 'best'"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--hidden", "300,x"], "hidden must be a comma-separated list"),
+        (["--smooth", "1.5"], "--smooth must be in [0, 1)"),
+        (["--diverge-threshold", "0.5"], "--diverge-threshold must be > 1"),
+        (["--seeds", "0"], "--seeds: must be >= 1, got 0"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tiny_fashion_mnist, capsys, argv, needle):
+    code, out, err = run(capsys, "--data-dir", str(tiny_fashion_mnist), *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("lrjax.find: error: ")
+    assert needle in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_missing_or_corrupt_dataset_exit_2(tiny_fashion_mnist, tmp_path, capsys):
+    code, _, err = run(
+        capsys, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")
+    )
+    assert code == 2 and "not found" in err and err.count("\n") == 1
+    (tiny_fashion_mnist / "train-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    code, _, err = run(
+        capsys, "--data-dir", str(tiny_fashion_mnist), "--out", str(tmp_path / "o2")
+    )
+    assert code == 2 and "train-labels-idx1-ubyte.gz" in err
+    assert err.count("\n") == 1
+
+
+def test_unwritable_out_exit_2(tiny_fashion_mnist, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(
+        capsys, "--data-dir", str(tiny_fashion_mnist), "--out", str(blocker / "sub")
+    )
+    assert code == 2 and "cannot write to output directory" in err
+    code, _, err = run(
+        capsys, "--data-dir", str(tiny_fashion_mnist), "--out", str(blocker)
+    )
+    assert code == 2 and "is not a directory" in err
