@@ -11,12 +11,13 @@ rate of update ``t`` (0-based, Optax's ``count``), which equals PyTorch's lr
 after ``t`` calls of ``scheduler.step()``.
 
 Steps are clipped to ``[0, 2**31 - 1]``: a negative step is treated as step 0,
-and steps beyond the int32 range are not supported. Integer steps are reduced
-with exact integer arithmetic (cycle index, position inside the cycle) before
-anything is converted to float32, so even ``2**31 - 1`` gives an exact cycle
-position. Float steps are accepted too (the formulas are continuous inside a
-cycle) and are computed in float32. The result is always a float32 array with
-the shape of ``step``.
+and a larger host integer (Python int, numpy array) as ``2**31 - 1``. (JAX
+arrays are int32 unless x64 is enabled, so they cannot hold larger steps.)
+Integer steps are reduced with exact integer arithmetic (cycle index, position
+inside the cycle) before anything is converted to float32, so even
+``2**31 - 1`` gets an exact cycle position. Float steps are accepted too (the
+formulas are continuous inside a cycle) and are computed in float32. The
+result is always a float32 array with the shape of ``step``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ __all__ = [
 Schedule = Callable[[ArrayLike], jax.Array]
 
 _MAX_STEP = 2**31 - 1
+# Half-cycle lengths of cyclic(): up + down must fit in int32.
+_MAX_PERIOD = 2**30
 # Upper bound on the number of restart cycles tabulated for period_mult > 1;
 # the table is baked into every jitted program that uses the schedule.
 _MAX_CYCLES = 2**16
@@ -56,11 +59,13 @@ _CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 # Argument validation (plain Python, before any tracing).
 
 
-def _check_int(name: str, value, minimum: int) -> int:
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
     return int(value)
 
 
@@ -92,6 +97,11 @@ def _positive(name: str, value) -> float:
 
 def _as_step(step: ArrayLike) -> jax.Array:
     """Returns the step clipped to ``[0, 2**31 - 1]`` as int32 (or float32)."""
+    # Host integers beyond int32 would wrap or fail in jnp.asarray: clip first.
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        step = min(max(int(step), 0), _MAX_STEP)
+    elif isinstance(step, np.ndarray) and np.issubdtype(step.dtype, np.integer):
+        step = np.clip(step, 0, _MAX_STEP).astype(np.int32)
     t = jnp.asarray(step)
     if jnp.issubdtype(t.dtype, jnp.integer):
         # Clip in the input's own dtype first so int64 / uint32 don't wrap.
@@ -136,7 +146,7 @@ def _half_cosine(pos: jax.Array, period: jax.Array) -> jax.Array:
 
 
 def _check_sweep_steps(num_steps) -> int:
-    return _check_int("num_steps", num_steps, 2)
+    return _check_int("num_steps", num_steps, 2, _MAX_STEP + 1)
 
 
 def exponential_sweep(init_value: float, end_value: float, num_steps: int) -> Schedule:
@@ -238,11 +248,11 @@ def cyclic(
     (``"triangular2"``, the amplitude halves every cycle) or ``gamma**t``
     (``"exp_range"``, ``t`` the total step count, computed as
     ``exp(t * log(gamma))`` in float32: relative error about
-    ``3 * t * |log(gamma)| * 2**-24``, i.e. an absolute error below
-    ``(peak - base) * 2**-24``). Same as ``torch.optim.lr_scheduler.CyclicLR(
-    base_lr=base, max_lr=peak, step_size_up=step_size,
-    step_size_down=step_size_down, mode=mode, gamma=gamma)`` after ``t`` calls
-    of ``step()``.
+    ``(3 * t * |log(gamma)| + 2) * 2**-24``, i.e. an absolute error of at most
+    about ``3 * (peak - base) * 2**-24`` since ``z * exp(-z) <= 1/e``). Same
+    as ``torch.optim.lr_scheduler.CyclicLR(base_lr=base, max_lr=peak,
+    step_size_up=step_size, step_size_down=step_size_down, mode=mode,
+    gamma=gamma)`` after ``t`` calls of ``step()``.
 
     Args:
       base_value: lowest lr, >= 0.
@@ -268,11 +278,11 @@ def cyclic(
     peak = _check_float(
         "peak_value", peak_value, f">= base_value ({base})", lambda v: v >= base
     )
-    up = _check_int("step_size", step_size, 1)
+    up = _check_int("step_size", step_size, 1, _MAX_PERIOD)
     down = (
         up
         if step_size_down is None
-        else _check_int("step_size_down", step_size_down, 1)
+        else _check_int("step_size_down", step_size_down, 1, _MAX_PERIOD)
     )
     if mode not in _CYCLIC_MODES:
         raise ValueError(f"mode must be one of {_CYCLIC_MODES}, got {mode!r}")
@@ -401,7 +411,7 @@ def exp_range(
 def _check_restart_args(
     first_period, period_mult, warmup_steps
 ) -> tuple[int, float, int]:
-    first = _check_int("first_period", first_period, 1)
+    first = _check_int("first_period", first_period, 1, _MAX_STEP)
     mult = _check_float("period_mult", period_mult, ">= 1", lambda v: v >= 1)
     warmup = _check_int("warmup_steps", warmup_steps, 0)
     if warmup >= first:
@@ -562,7 +572,7 @@ def cosine_restart_steps(
       first_period: steps of the first cycle, an integer >= 1.
       period_mult: factor by which each period grows, a real number >= 1 (same
         rule as :func:`cosine_restarts`).
-      num_steps: number of training steps, an integer >= 0, < 2**31.
+      num_steps: number of training steps, an integer in ``[0, 2**31]``.
 
     Returns:
       A 1-D int64 numpy array of increasing step indices.
@@ -576,9 +586,7 @@ def cosine_restart_steps(
     [4, 9, 14, 19]
     """
     first, mult, _ = _check_restart_args(first_period, period_mult, 0)
-    n = _check_int("num_steps", num_steps, 0)
-    if n > _MAX_STEP + 1:
-        raise ValueError(f"num_steps must be an integer <= 2**31, got {num_steps!r}")
+    n = _check_int("num_steps", num_steps, 0, _MAX_STEP + 1)
     if mult == 1.0:
         return np.arange(first - 1, n, first, dtype=np.int64)
     ends = _cycle_starts(first, mult, n)[1:] - 1
@@ -615,7 +623,7 @@ def step_decay(init_value: float, factor: float, step_size: int) -> Schedule:
     """
     init = _nonnegative("init_value", init_value)
     fac = _check_float("factor", factor, "in (0, 1]", lambda v: 0 < v <= 1)
-    size = _check_int("step_size", step_size, 1)
+    size = _check_int("step_size", step_size, 1, _MAX_STEP)
     log2_factor = math.log2(fac)
 
     def schedule(step: ArrayLike) -> jax.Array:
