@@ -95,13 +95,36 @@ def _positive(name: str, value) -> float:
 # Step handling (traced code: jnp only, no Python branch on values).
 
 
+def _clip_host(step: ArrayLike) -> ArrayLike:
+    """Clips host integers to ``[0, 2**31 - 1]``; JAX values pass unchanged.
+
+    Python ints and numpy integer arrays beyond int32 would fail or wrap when
+    converted to a JAX array (int32 unless x64 is enabled), so they are clipped
+    on the host before they reach ``jit``.
+    """
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        return min(max(int(step), 0), _MAX_STEP)
+    if isinstance(step, np.ndarray) and np.issubdtype(step.dtype, np.integer):
+        return np.clip(step, 0, _MAX_STEP).astype(np.int32)
+    return step
+
+
+def _compiled(fn: Callable[[ArrayLike], jax.Array]) -> Schedule:
+    """Returns ``fn`` under ``jax.jit``, behind the host-side step clipping.
+
+    One compiled program per input shape and dtype makes eager calls (logging,
+    plotting) cheap; inside an outer ``jit``, ``vmap`` or Optax it is inlined.
+    """
+    jitted = jax.jit(fn)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        return jitted(_clip_host(step))
+
+    return schedule
+
+
 def _as_step(step: ArrayLike) -> jax.Array:
     """Returns the step clipped to ``[0, 2**31 - 1]`` as int32 (or float32)."""
-    # Host integers beyond int32 would wrap or fail in jnp.asarray: clip first.
-    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
-        step = min(max(int(step), 0), _MAX_STEP)
-    elif isinstance(step, np.ndarray) and np.issubdtype(step.dtype, np.integer):
-        step = np.clip(step, 0, _MAX_STEP).astype(np.int32)
     t = jnp.asarray(step)
     if jnp.issubdtype(t.dtype, jnp.integer):
         # Clip in the input's own dtype first so int64 / uint32 don't wrap.
@@ -184,7 +207,7 @@ def exponential_sweep(init_value: float, end_value: float, num_steps: int) -> Sc
         lr = init * jnp.exp(log_ratio * frac)
         return jnp.where(t >= n - 1, _f32(end), lr).astype(jnp.float32)
 
-    return schedule
+    return _compiled(schedule)
 
 
 def linear_sweep(init_value: float, end_value: float, num_steps: int) -> Schedule:
@@ -219,7 +242,7 @@ def linear_sweep(init_value: float, end_value: float, num_steps: int) -> Schedul
         lr = init + (end - init) * frac
         return jnp.where(t >= n - 1, _f32(end), lr).astype(jnp.float32)
 
-    return schedule
+    return _compiled(schedule)
 
 
 # --------------------------------------------------------------------------
@@ -303,7 +326,7 @@ def cyclic(
             scale = jnp.exp(t.astype(jnp.float32) * log_gamma)
         return (base + height * (f * scale)).astype(jnp.float32)
 
-    return schedule
+    return _compiled(schedule)
 
 
 def triangular(
@@ -480,9 +503,10 @@ def cosine_restarts(
 
     With ``peak_decay=1`` and ``warmup_steps=0`` it equals PyTorch's
     ``CosineAnnealingWarmRestarts(T_0=first_period, T_mult=period_mult,
-    eta_min=min_value)`` for integer ``period_mult``, and Keras'
-    ``CosineDecayRestarts(first_decay_steps, t_mul, m_mul, alpha)`` up to the
-    integer rounding of the boundaries (``m_mul`` is ``peak_decay``). The lr
+    eta_min=min_value)`` for integer ``period_mult``. With ``min_value=0`` it
+    equals Keras' ``CosineDecayRestarts(peak_value, first_period, t_mul,
+    m_mul=peak_decay, alpha=0)`` up to Keras' fractional cycle boundaries for
+    a non-integer ``t_mul`` (Keras also decays a nonzero floor). The lr
     never reaches ``min_value`` at an integer step: it jumps back to the peak
     at the first step of the next cycle.
 
@@ -551,7 +575,7 @@ def cosine_restarts(
             )
         return (lo + height * f).astype(jnp.float32)
 
-    return schedule
+    return _compiled(schedule)
 
 
 def cosine_restart_steps(
@@ -630,4 +654,4 @@ def step_decay(init_value: float, factor: float, step_size: int) -> Schedule:
         k, _ = _divmod(_as_step(step), size)
         return (init * jnp.exp2(k * log2_factor)).astype(jnp.float32)
 
-    return schedule
+    return _compiled(schedule)
