@@ -88,3 +88,53 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return ax
+
+
+def plot_grid(result, ax: Axes | None = None, suggestions=None) -> Axes:
+    """Final validation accuracy vs lr (log axis): mean over seeds, min-max band.
+
+    Args:
+      result: a :class:`lrjax.population.GridResult`.
+      ax: the Axes to draw on (a new figure when None).
+      suggestions: optional ``{method: lr}`` (e.g. a range test's
+        ``suggestions``), each drawn as a vertical line.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 5))
+    lrs = np.asarray(result.lrs)
+    acc = np.asarray(result.val_accuracy)[:, :, -1]  # [num_lrs, seeds]
+    mean = acc.mean(axis=1)
+    if acc.shape[1] > 1:
+        ax.fill_between(
+            lrs,
+            acc.min(axis=1),
+            acc.max(axis=1),
+            color="tab:blue",
+            alpha=0.25,
+            label=f"{acc.shape[1]} seeds (min-max)",
+        )
+    ax.plot(lrs, mean, "o-", color="tab:blue", lw=1.6, ms=4, label="mean over seeds")
+    ax.plot(
+        [result.best_lr],
+        [result.best_accuracy],
+        marker="*",
+        color="gold",
+        mec="black",
+        ms=14,
+        ls="none",
+        label=f"best {result.best_lr:.3g} ({result.best_accuracy:.3f})",
+    )
+    for m, lr in (suggestions or {}).items():
+        if lr is None:
+            continue
+        color, _ = _METHOD_STYLE.get(m, ("gray", "x"))
+        ax.axvline(lr, color=color, ls="--", lw=1.2, label=f"{m}: {lr:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"validation accuracy after {result.epochs} epoch(s)")
+    ax.set_title(f"LR grid: {len(lrs)} lrs x {result.seeds} seed(s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return ax

@@ -1,0 +1,93 @@
+"""``python -m lrjax.grid`` in-process on tiny IDX files: outputs, and bad input as one
+line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lrjax import grid
+
+
+def run(capsys, *argv):
+    code = grid.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_grid_with_find_writes_json_and_png(tiny_fashion_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys,
+        "--data-dir", str(tiny_fashion_mnist), "--out", str(out),
+        "--hidden", "16", "--batch-size", "20", "--optimizer", "momentum",
+        "--min-lr", "1e-3", "--max-lr", "1", "--num", "4", "--seeds", "2",
+        "--epochs", "2", "--schedule", "cosine", "--find", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["grid.json", "grid.png"]
+    doc = json.loads((out / "grid.json").read_text())
+    assert json.loads(stdout) == doc
+    np.testing.assert_allclose(doc["lrs"], [1e-3, 1e-2, 1e-1, 1.0], rtol=1e-12)
+    acc = np.array(doc["val_accuracy"], dtype=float)
+    assert acc.shape == (4, 2, 2)  # [lr][seed][epoch]
+    assert np.array(doc["val_loss"], dtype=float).shape == (4, 2, 2)
+    final = acc[:, :, -1].mean(axis=1)
+    assert doc["best_lr"] == pytest.approx(doc["lrs"][int(np.argmax(final))])
+    assert doc["memory"]["members"] == 8 and doc["memory"]["state_bytes"] > 0
+    assert set(doc["timings"]) >= {"compile_s", "run_s"} and doc["device"]
+    assert doc["config"]["schedule"] == "cosine" and doc["config"]["hidden"] == [16]
+    assert doc["steps_per_epoch"] == 600 // 20
+    rt = doc["range_test"]
+    assert set(rt["suggestions"]) >= {"steep", "valley", "minimum", "divergence"}
+    assert len(rt["spread"]["per_seed"]) == 2  # the range test ran with --seeds
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_names_the_best_lr(tiny_fashion_mnist, tmp_path, capsys):
+    code, stdout, err = run(
+        capsys,
+        "--data-dir", str(tiny_fashion_mnist), "--out", str(tmp_path / "o"),
+        "--hidden", "16", "--batch-size", "50", "--num", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((tmp_path / "o" / "grid.json").read_text())
+    assert f"best lr: {doc['best_lr']:.4g}" in stdout
+    assert "range_test" not in doc
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--min-lr", "1", "--max-lr", "0.1"], "--min-lr must be < --max-lr"),
+        (["--min-lr", "-1"], "must be a finite number > 0, got -1"),
+        (["--num", "1"], "must be >= 2, got 1"),
+        (["--epochs", "0"], "must be >= 1, got 0"),
+        (["--seeds", "zero"], "expected an integer, got 'zero'"),
+        (["--schedule", "linear"], "invalid choice: 'linear'"),
+        (["--hidden", "16,x"], "hidden must be a comma-separated list"),
+        (["--batch-size", "100000"], "--batch-size 100000 is larger than the training"),
+        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tiny_fashion_mnist, tmp_path, capsys, argv, message
+):
+    base = ["--data-dir", str(tiny_fashion_mnist), "--out", str(tmp_path / "o")]
+    code, out, err = run(capsys, *base, *argv)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("lrjax.grid: error: ")
+    assert message in err
+
+
+def test_refuses_a_non_empty_out_dir(tiny_fashion_mnist, tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("mine")
+    code, _, err = run(
+        capsys, "--data-dir", str(tiny_fashion_mnist), "--out", str(tmp_path / "o")
+    )
+    assert code == 2 and "is not empty; pass --force" in err
+    assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
