@@ -1,0 +1,178 @@
+"""Population speed: 36 models (12 lrs x 3 seeds), one epoch, three ways.
+
+* ``sequential``: the one-member program (the same step, scan and evaluation as a
+  population member, without vmap), compiled once, then run for each of the 36
+  models one after another;
+* ``vmap x1``: ``lr_grid`` on one device;
+* ``vmap xN``: ``lr_grid`` with the population axis sharded over N XLA host devices
+  (``jax_num_cpu_devices``, one per core) or the local accelerators.
+
+Each variant runs in its own subprocess (the device count is fixed when JAX
+starts), compiles first and times the run with ``block_until_ready``. MLP 300-100,
+Fashion-MNIST, SGD, batch 32 by default.
+
+    python benchmarks/bench_population.py [--n-train 55000] [--devices 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LRS = (1e-3, 3.0)
+
+
+def child(args) -> dict:
+    from lrjax.cli import setup_jax
+
+    setup_jax(args.child_devices)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from lrjax.data import load_dataset
+    from lrjax.finder import describe_devices
+    from lrjax.models import mlp
+    from lrjax.population import lr_grid
+    from lrjax.training import (
+        batch_indices,
+        init_state,
+        make_evaluate,
+        make_optimizer,
+        make_step,
+        scan_steps,
+    )
+
+    ds = load_dataset("fashion_mnist")
+    n = args.n_train
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    key = jax.random.key(0)
+    apply, _ = mlp(784, 10, (300, 100), key=key)
+
+    def init(k):
+        return mlp(784, 10, (300, 100), key=k)[1]
+
+    lrs = np.geomspace(*LRS, args.num_lrs)
+    if args.child == "population":
+        r = lr_grid(
+            apply, init, optax.sgd, x, y, ds.x_val, ds.y_val,
+            lrs=lrs, seeds=args.seeds, epochs=1, batch_size=args.batch_size, key=key,
+        )  # fmt: skip
+        return {
+            "variant": f"vmap x{args.child_devices}",
+            "compile_s": r.timings["compile_s"],
+            "run_s": r.timings["run_s"],
+            "device": r.device,
+            "memory": r.memory,
+            "best_lr": r.best_lr,
+        }
+
+    # sequential: one member's program, compiled once, run model after model
+    def make_tx(lr):
+        return make_optimizer(optax.sgd, lambda t: lr * jnp.ones((), jnp.float32))
+
+    evaluate = make_evaluate(apply)
+
+    def member_epoch(lr, state, idx, data, val):
+        state, m = scan_steps(make_step(apply, make_tx(lr)))(state, idx, data)
+        return state, evaluate(state.params, *val)
+
+    steps = n // args.batch_size
+    data = (jnp.asarray(x), jnp.asarray(y))
+    val = (jnp.asarray(ds.x_val), jnp.asarray(ds.y_val))
+    init_member = jax.jit(lambda lr, p: init_state(p, make_tx(lr)))
+    run = jax.jit(member_epoch, donate_argnums=1)
+    members = []
+    for s in range(args.seeds):
+        sk = jax.random.fold_in(key, s)
+        idx = batch_indices(sk, n, args.batch_size, steps)
+        p = init(jax.random.fold_in(sk, 1))
+        members += [(jnp.float32(lr), p, idx) for lr in lrs]
+    lr0, p0, i0 = members[0]
+    t0 = time.perf_counter()
+    compiled = run.lower(lr0, init_member(lr0, p0), i0, data, val).compile()
+    compile_s = time.perf_counter() - t0
+    run_s = 0.0
+    for lr, p, idx in members:
+        state = jax.block_until_ready(init_member(lr, p))
+        t0 = time.perf_counter()
+        state, ev = compiled(lr, state, idx, data, val)
+        jax.block_until_ready(ev)
+        run_s += time.perf_counter() - t0
+    return {
+        "variant": "sequential",
+        "compile_s": compile_s,
+        "run_s": run_s,
+        "per_model_s": run_s / len(members),
+        "device": describe_devices(jax.devices()[:1]),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--num-lrs", type=int, default=12)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-train", type=int, default=55000)
+    p.add_argument("--devices", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "population.json")
+    )
+    p.add_argument(
+        "--child", choices=("population", "sequential"), help=argparse.SUPPRESS
+    )
+    p.add_argument("--child-devices", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+
+    common = [
+        "--num-lrs", str(args.num_lrs), "--seeds", str(args.seeds),
+        "--batch-size", str(args.batch_size), "--n-train", str(args.n_train),
+    ]  # fmt: skip
+    variants = [("sequential", 1), ("population", 1)]
+    if args.devices > 1:
+        variants.append(("population", args.devices))
+    runs = []
+    for kind, d in variants:
+        cmd = [sys.executable, __file__, *common, "--child", kind]
+        cmd += ["--child-devices", str(d)]
+        load = os.getloadavg()[0]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r["load_avg_1min_before"] = load
+        runs.append(r)
+        print(json.dumps(r), flush=True)
+    seq = runs[0]["run_s"]
+    for r in runs:
+        r["vs_sequential"] = r["run_s"] / seq
+    doc = {
+        "description": f"{args.num_lrs * args.seeds} models (MLP 300-100, SGD, batch "
+        f"{args.batch_size}, {args.n_train} examples), one epoch + evaluation",
+        "command": "python benchmarks/bench_population.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu_count": os.cpu_count(),
+        "runs": runs,
+        "target": "spread population <= 0.8x sequential",
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    for r in runs:
+        print(
+            f"{r['variant']:>12}: run {r['run_s']:7.2f} s  compile {r['compile_s']:.2f}"
+            f" s  {r['vs_sequential']:.2f}x sequential  on {r['device']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

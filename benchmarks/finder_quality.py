@@ -1,0 +1,297 @@
+"""How good is each range-test suggestion? Regret against a vmapped lr grid.
+
+For every setting (optimizer x batch size; MLP 300-100 on Fashion-MNIST, 55000
+training / 5000 validation images) this runs:
+
+1. the range test (``lrjax.lr_range_test``, K seeds, one epoch, stop at divergence);
+2. a grid (``lrjax.population.lr_grid``) of log-spaced lrs x 3 seeds for a few
+   epochs, spanning a default window widened to contain every per-seed suggestion.
+
+Per suggestion method: the suggested lr (median over range-test seeds and per seed),
+its spread factor (max/min over seeds), and the REGRET in percentage points: the
+best mean-over-seeds validation accuracy of the grid minus the grid's accuracy at
+the suggested lr (interpolated linearly in log lr), at the median and at each seed's
+suggestion (min/max). Besides the finder's methods it scores a few fixed rules
+computed from the same curves (``div/K``: the lr where the loss diverged, / K;
+``vd@a``: ``valley**(1-a) * divergence**a``, a point between valley and divergence).
+
+    python benchmarks/finder_quality.py                       # all settings
+    python benchmarks/finder_quality.py --settings sgd:32 --quick   # smoke test
+
+Writes benchmarks/results/finder_quality.json (after every setting) and prints a
+markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lrjax.cli import optimizer_factory, setup_jax, write_atomic  # noqa: E402
+
+SWEEPS = {  # range-test sweep (init, end) and the grid's default window
+    "sgd": ((1e-5, 10.0), (1e-3, 3.0)),
+    "momentum": ((1e-5, 10.0), (1e-4, 1.0)),
+    "adam": ((1e-6, 1.0), (1e-5, 0.1)),
+}
+FINDER_METHODS = ("steep", "valley", "minimum", "divergence", "balanced")
+DIV_FRACTIONS = (4, 8, 16)
+VD_POINTS = (0.25, 0.75)
+
+
+def derived_rules(per_method, div_lrs):
+    """Per-seed lrs of the extra rules, from the finder's own per-seed numbers."""
+    out = {}
+    for k in DIV_FRACTIONS:
+        out[f"div/{k}"] = [None if d is None else d / k for d in div_lrs]
+    for a in VD_POINTS:
+        out[f"vd@{a}"] = [
+            None if v is None or d is None else v ** (1 - a) * d**a
+            for v, d in zip(per_method["valley"], per_method["divergence"], strict=True)
+        ]
+    return out
+
+
+def median(values):
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else math.sqrt(v[mid - 1] * v[mid])
+
+
+def grid_lrs(window, per_seed_all, per_decade=4, min_points=12):
+    lo, hi = window
+    vals = [v for vs in per_seed_all for v in vs if v is not None]
+    if vals:
+        lo = max(1e-7, min(lo, min(vals) / 1.15))
+        hi = min(20.0, max(hi, max(vals) * 1.15))
+    n = max(min_points, int(math.ceil(per_decade * math.log10(hi / lo))) + 1)
+    import numpy as np
+
+    return np.geomspace(lo, hi, n)
+
+
+def score(grid, lrs_per_seed, epoch=-1):
+    import numpy as np
+
+    from lrjax.population import accuracy_at
+
+    best = float(np.max(np.mean(grid.val_accuracy[:, :, epoch], axis=1)))
+    med = median(lrs_per_seed)
+
+    def regret(lr):
+        acc = accuracy_at(grid, lr, epoch)
+        return None if acc is None else 100.0 * (best - acc)
+
+    per_seed = [None if v is None else regret(v) for v in lrs_per_seed]
+    valid = [r for r in per_seed if r is not None]
+    found = [v for v in lrs_per_seed if v is not None]
+    return {
+        "lr_median": med,
+        "lr_per_seed": lrs_per_seed,
+        "spread_factor": max(found) / min(found) if found else None,
+        "regret_pp": None if med is None else regret(med),
+        "regret_pp_per_seed": per_seed,
+        "regret_pp_min": min(valid) if valid else None,
+        "regret_pp_max": max(valid) if valid else None,
+        "missing_seeds": sum(v is None for v in lrs_per_seed),
+    }
+
+
+def run_setting(opt_name, batch_size, args, ds):
+    import jax
+    import numpy as np
+
+    from lrjax.finder import lr_range_test
+    from lrjax.models import mlp
+    from lrjax.population import lr_grid
+
+    n = args.n_train or len(ds.y_train)
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    key = jax.random.key(args.seed)
+    apply, _ = mlp(784, ds.num_classes, (300, 100), key=key)
+
+    def init(k):
+        return mlp(784, ds.num_classes, (300, 100), key=k)[1]
+
+    opt = optimizer_factory(opt_name)
+    (s0, s1), window = SWEEPS[opt_name]
+    t0 = time.perf_counter()
+    rt = lr_range_test(
+        apply,
+        init,
+        opt,
+        x,
+        y,
+        key=key,
+        batch_size=batch_size,
+        init_value=s0,
+        end_value=s1,
+        seeds=args.range_seeds,
+    )
+    range_s = time.perf_counter() - t0
+    per_method = {m: rt.spread["per_method"][m] for m in FINDER_METHODS}
+    rules = {**per_method, **derived_rules(per_method, rt.spread["diverged_at_lr"])}
+    lrs = grid_lrs(window, list(rules.values()))
+    print(
+        f"[{opt_name}:{batch_size}] range test {range_s:.1f}s; grid {len(lrs)} lrs "
+        f"{lrs[0]:.3g}..{lrs[-1]:.3g} x {args.grid_seeds} seeds x {args.epochs} ep",
+        flush=True,
+    )
+    # A different key from the range test's: the grid judges the suggestion on
+    # fresh initialisations and batch orders.
+    t0 = time.perf_counter()
+    grid = lr_grid(
+        apply,
+        init,
+        opt,
+        x,
+        y,
+        ds.x_val,
+        ds.y_val,
+        lrs=lrs,
+        seeds=args.grid_seeds,
+        epochs=args.epochs,
+        batch_size=batch_size,
+        key=jax.random.fold_in(key, 1000),
+    )
+    grid_s = time.perf_counter() - t0
+    mean_acc = np.mean(grid.val_accuracy, axis=1)  # [lrs, epochs]
+    result = {
+        "optimizer": opt_name,
+        "batch_size": batch_size,
+        "range_test": {
+            "sweep": [s0, s1],
+            "seeds": args.range_seeds,
+            "steps_run": rt.steps_run,
+            "diverged_at_lr": rt.spread["diverged_at_lr"],
+            "timings": rt.timings,
+            "wall_s": range_s,
+        },
+        "grid": {
+            "lrs": lrs.tolist(),
+            "seeds": args.grid_seeds,
+            "epochs": args.epochs,
+            "mean_val_accuracy": mean_acc.tolist(),  # [lr][epoch]
+            "val_accuracy": grid.val_accuracy.tolist(),
+            "best_lr": grid.best_lr,
+            "best_accuracy": grid.best_accuracy,
+            "best_lr_epoch1": float(lrs[int(np.argmax(mean_acc[:, 0]))]),
+            "best_accuracy_epoch1": float(np.max(mean_acc[:, 0])),
+            "timings": grid.timings,
+            "memory": grid.memory,
+            "wall_s": grid_s,
+        },
+        "methods": {m: score(grid, v) for m, v in rules.items()},
+        "methods_epoch1": {m: score(grid, v, epoch=0) for m, v in rules.items()},
+        "device": grid.device,
+    }
+    return result
+
+
+def fmt(v, spec=".3g"):
+    return "-" if v is None else format(v, spec)
+
+
+def table(results) -> str:
+    lines = [
+        "| setting | grid best lr (acc) | method | suggested lr (median) | "
+        "per-seed min-max | spread x | regret pp (median) | regret pp min-max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        g = r["grid"]
+        name = f"{r['optimizer']} b{r['batch_size']}"
+        for m, s in r["methods"].items():
+            found = [v for v in s["lr_per_seed"] if v is not None]
+            lines.append(
+                f"| {name} | {g['best_lr']:.3g} ({100 * g['best_accuracy']:.1f}%) "
+                f"| {m} | {fmt(s['lr_median'])} | "
+                f"{fmt(min(found) if found else None)}-"
+                f"{fmt(max(found) if found else None)} | "
+                f"{fmt(s['spread_factor'], '.2f')} | {fmt(s['regret_pp'], '.2f')} | "
+                f"{fmt(s['regret_pp_min'], '.2f')}-{fmt(s['regret_pp_max'], '.2f')} |"
+            )
+    return "\n".join(lines)
+
+
+def summary(results) -> dict:
+    """Per method: worst regret over settings (median and per-seed) and spread."""
+    out = {}
+    for m in results[0]["methods"]:
+        regs = [r["methods"][m]["regret_pp"] for r in results]
+        seed_max = [r["methods"][m]["regret_pp_max"] for r in results]
+        spreads = [r["methods"][m]["spread_factor"] for r in results]
+        ok = all(v is not None for v in regs + seed_max + spreads)
+        out[m] = {
+            "worst_regret_pp": max(regs) if ok else None,
+            "worst_seed_regret_pp": max(seed_max) if ok else None,
+            "worst_spread_factor": max(spreads) if ok else None,
+            "meets_targets": bool(ok and max(regs) <= 0.5 and max(spreads) <= 2.0),
+        }
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--settings",
+        default="sgd:32,sgd:256,adam:32,adam:256,momentum:32,momentum:256",
+    )
+    p.add_argument("--range-seeds", type=int, default=5)
+    p.add_argument("--grid-seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=None, help="subset (smoke tests)")
+    p.add_argument("--quick", action="store_true", help="5500 examples, 1 epoch")
+    p.add_argument("--devices", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--out",
+        default=str(Path(__file__).parent / "results" / "finder_quality.json"),
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_train, args.epochs = args.n_train or 5500, 1
+    setup_jax(args.devices)
+
+    import jax
+
+    from lrjax.data import load_dataset
+
+    print(f"devices: {jax.devices()}", flush=True)
+    ds = load_dataset("fashion_mnist")
+    results = []
+    t0 = time.perf_counter()
+    for item in args.settings.split(","):
+        opt_name, bs = item.split(":")
+        results.append(run_setting(opt_name, int(bs), args, ds))
+        doc = {
+            "description": "regret of range-test suggestions against a vmapped lr "
+            "grid; MLP 300-100, Fashion-MNIST (55000 train / 5000 validation)",
+            "command": "python benchmarks/finder_quality.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
+            "config": vars(args),
+            "results": results,
+            "summary": summary(results),
+            "table_markdown": table(results),
+            "total_s": time.perf_counter() - t0,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(args.out), json.dumps(doc, indent=1) + "\n")
+        print(table(results[-1:]), flush=True)
+    print()
+    print(table(results))
+    print(json.dumps(summary(results), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
