@@ -83,14 +83,18 @@ def build_parser() -> ArgumentParser:
       "its suggestion (the peak of cyclic schedules)")
     a("--lr-method", default=None,
       choices=("steep", "valley", "minimum", "divergence", "balanced"),
-      help="which range-test suggestion --lr auto uses (default balanced)")
+      help="which range-test suggestion --lr auto uses (default: divergence, i.e. "
+      "half the lr where the loss blew up, as the PEAK of cyclic, restart and "
+      "onecycle schedules; balanced for constant and step)")
     a("--schedule", default=DEFAULT_SCHEDULE, choices=SCHEDULES,
       help=f"lr schedule (default {DEFAULT_SCHEDULE})")
     a("--cycle-epochs", type=positive_float, default=None,
       help="cosine_restarts: first period; cyclic: a full cycle (up + down), in "
-      "epochs (default: epochs / snapshots, or 5)")
-    a("--period-mult", type=positive_float, default=1.0,
-      help="cosine_restarts: period multiplier T_mult (>= 1, default 1)")
+      "epochs (default: ceil(epochs / snapshots) with --snapshots, else 2 for "
+      "cosine_restarts (2+4+8+16 = 30 epochs) and 5 for the others)")
+    a("--period-mult", type=positive_float, default=None,
+      help="cosine_restarts: period multiplier T_mult (>= 1; default 2, or 1 with "
+      "--snapshots as in Huang et al.)")
     a("--peak-decay", type=positive_float, default=1.0,
       help="cosine_restarts: peak multiplier per restart (in (0, 1], default 1)")
     a("--min-lr", type=nonneg_float, default=0.0,
@@ -132,6 +136,9 @@ def _check(args) -> None:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.period_mult is None:
+        huang = args.snapshots and args.cycle_epochs is None
+        args.period_mult = 1.0 if (huang or args.schedule != "cosine_restarts") else 2.0
     if args.period_mult < 1:
         raise UsageError(f"--period-mult must be >= 1, got {args.period_mult:g}")
     if args.peak_decay > 1:
@@ -167,10 +174,10 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     base = args.base_lr if args.base_lr is not None else peak / 10
     if args.cycle_epochs is not None:
         cycle_epochs = args.cycle_epochs
-    elif args.snapshots:
+    elif args.snapshots and args.period_mult == 1:
         cycle_epochs = math.ceil(args.epochs / args.snapshots)  # Huang: P = ceil(T/M)
-        if args.schedule == "cosine_restarts" and args.period_mult != 1:
-            cycle_epochs = 5.0
+    elif s == "cosine_restarts":
+        cycle_epochs = 2.0
     else:
         cycle_epochs = 5.0
     cycle = max(1, round(cycle_epochs * steps_per_epoch))
@@ -332,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.lr == "auto":
         from lrjax.finder import lr_range_test
 
-        method = args.lr_method or "balanced"
+        method = args.lr_method or (
+            "balanced" if args.schedule in ("constant", "step") else "divergence"
+        )
         t0 = time.perf_counter()
         rt = lr_range_test(apply, params, opt, ds.x_train, ds.y_train,
                            key=jax.random.fold_in(key, 2), batch_size=args.batch_size,
@@ -419,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     if snap_steps is not None:
         metrics["snapshots"] = [
             {"epoch": e, "step": int(s) + 1, "test_accuracy": a}
-            for e, s, a in zip(result.snapshot_epochs, result.snapshot_steps, strict=False,
-                               result.snapshot_test_accuracy or [])
+            for e, s, a in zip(result.snapshot_epochs, result.snapshot_steps,
+                               result.snapshot_test_accuracy or [], strict=False)
         ]
         curve = result.ensemble_curve or []
         metrics["ensemble_curve"] = [{"m": i + 1, "test_accuracy": a}

@@ -447,7 +447,7 @@ def fit(
             }
 
         def save():
-            if ckpt is not None:
+            if ckpt is not None and ckpt.latest_step() != int(carry.state.step):
                 ckpt.save(
                     int(carry.state.step),
                     _checkpoint_tree(carry, best_params, key),
@@ -472,11 +472,14 @@ def fit(
                     "steps": partial["steps"] + len(loss),
                 }
                 if writer is not None:
-                    for j in range(0, len(loss), log_every):
-                        s = step0 + min(j + log_every, len(loss))
-                        window = loss[j : j + log_every]
+                    # At global steps s = k * log_every: the mean loss of the
+                    # window's updates in this chunk, and the lr update s-1 applied.
+                    first = -(step0 + 1) % log_every
+                    for j in range(first, len(loss), log_every):
+                        window = loss[max(0, j + 1 - log_every) : j + 1]
+                        s = step0 + j + 1
                         writer.add_scalar("train/loss", float(window.mean()), s)
-                        writer.add_scalar("train/lr", float(lrs[s - step0 - 1]), s)
+                        writer.add_scalar("train/lr", float(lrs[j]), s)
                 bar.update(hi - lo, float(loss[-1]), float(lrs[-1]))
                 chunk_pos += 1
                 if should_stop is not None and should_stop():

@@ -1,0 +1,142 @@
+"""Reproduces the training results table: ``python benchmarks/train_results.py``.
+
+Every variant runs ``python -m lrjax.train`` in-process (``lrjax.train.main``) on
+real Fashion-MNIST, 30 epochs, batch 32, for 3 seeds, into
+``runs/results/<variant>/seed<k>/``. A run whose ``metrics.json`` exists is not
+run again, so the script can be stopped and restarted. The summary (mean and
+spread over seeds of the final test accuracy, each snapshot's test accuracy and
+the last-m ensemble curve) goes to ``benchmarks/results/train_results.json``.
+
+    python benchmarks/train_results.py                 # everything
+    python benchmarks/train_results.py --only default  # one variant
+    python benchmarks/train_results.py --summarize     # only rebuild the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "train_results.json"
+COMMON = ["--epochs", "30", "--batch-size", "32", "--quiet", "--no-plot"]
+
+# name -> (what it tests, extra argv). Every variant tried is listed here.
+VARIANTS = {
+    "default": (
+        "--lr auto with the default schedule: SGD, SGDR peak = range test's "
+        "divergence/2, T0 = 2 epochs, T_mult = 2 (cycles 2+4+8+16), 4 snapshots",
+        ["--lr", "auto", "--snapshots", "4"],
+    ),
+    "huang_balanced": (
+        "Huang et al.: M = 6 cycles of 5 epochs, peak = balanced suggestion "
+        "(~0.05)",
+        ["--lr", "auto", "--lr-method", "balanced", "--snapshots", "6"],
+    ),
+    "huang_divergence": (
+        "M = 6 cycles of 5 epochs, peak = divergence/2 (~0.25): larger restarts "
+        "for more diverse snapshots",
+        ["--lr", "auto", "--lr-method", "divergence", "--snapshots", "6"],
+    ),
+    "huang_divergence_wd": (
+        "as huang_divergence plus weight decay 5e-4 (sgd + add_decayed_weights)",
+        ["--lr", "auto", "--lr-method", "divergence", "--snapshots", "6",
+         "--weight-decay", "5e-4"],
+    ),
+    "three_long_cycles": (
+        "M = 3 cycles of 10 epochs, peak = divergence/2",
+        ["--lr", "auto", "--lr-method", "divergence", "--snapshots", "3"],
+    ),
+}
+SEEDS = (0, 1, 2)
+
+
+def run_one(name: str, seed: int, runs: Path) -> dict:
+    from lrjax.train import main
+
+    logdir = runs / name / f"seed{seed}"
+    metrics = logdir / "metrics.json"
+    if not metrics.exists():
+        argv = [*COMMON, *VARIANTS[name][1], "--seed", str(seed),
+                "--logdir", str(logdir), "--force"]
+        print(f"[{name} seed {seed}] python -m lrjax.train {' '.join(argv)}",
+              flush=True)
+        rc = main(argv)
+        if rc != 0:
+            raise SystemExit(f"{name} seed {seed} failed with exit code {rc}")
+    return json.loads(metrics.read_text())
+
+
+def stats(values) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()),
+            "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "values": a.tolist()}
+
+
+def summarize(runs: Path) -> dict:
+    doc: dict = {"variants": {}, "seeds": list(SEEDS), "common_argv": COMMON}
+    for name, (what, extra) in VARIANTS.items():
+        ms = []
+        for seed in SEEDS:
+            f = runs / name / f"seed{seed}" / "metrics.json"
+            if f.exists():
+                ms.append(json.loads(f.read_text()))
+        if not ms:
+            continue
+        v = {"description": what, "argv": extra, "runs": len(ms),
+             "lr": stats([m["lr"] for m in ms]),
+             "test_accuracy": stats([m["test_accuracy"] for m in ms]),
+             "mean_epoch_s": stats([m["timings"]["mean_epoch_s"] for m in ms]),
+             "device": ms[0]["device"]}
+        if "snapshots" in ms[0]:
+            snaps = np.array([[s["test_accuracy"] for s in m["snapshots"]] for m in ms])
+            curve = np.array([[e["test_accuracy"] for e in m["ensemble_curve"]]
+                              for m in ms])
+            best_single = snaps.max(1)
+            best_ens = curve.max(1)
+            v["snapshot_test_accuracy_mean"] = snaps.mean(0).tolist()
+            v["ensemble_curve_mean"] = curve.mean(0).tolist()  # last m, m = 1..M
+            v["best_single_snapshot"] = stats(best_single)
+            v["best_ensemble"] = stats(best_ens)
+            v["best_ensemble_m"] = [int(np.argmax(c)) + 1 for c in curve]
+            v["ensemble_all"] = stats(curve[:, -1])
+            v["gain_pp"] = stats(100 * (best_ens - best_single))
+        doc["variants"][name] = v
+    return doc
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="*", default=None, choices=list(VARIANTS))
+    p.add_argument("--runs", default=str(ROOT / "runs" / "results"))
+    p.add_argument("--summarize", action="store_true")
+    args = p.parse_args(argv)
+    runs = Path(args.runs)
+    if not args.summarize:
+        for name in args.only or VARIANTS:
+            for seed in SEEDS:
+                run_one(name, seed, runs)
+                OUT.parent.mkdir(parents=True, exist_ok=True)
+                OUT.write_text(json.dumps(summarize(runs), indent=1) + "\n")
+    doc = summarize(runs)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(doc, indent=1) + "\n")
+    for name, v in doc["variants"].items():
+        t = v["test_accuracy"]
+        line = (f"{name:22s} n={v['runs']} test {100 * t['mean']:.2f} "
+                f"[{100 * t['min']:.2f}, {100 * t['max']:.2f}]")
+        if "best_ensemble" in v:
+            line += (f"  best single {100 * v['best_single_snapshot']['mean']:.2f}"
+                     f"  best ens {100 * v['best_ensemble']['mean']:.2f}"
+                     f"  gain {v['gain_pp']['mean']:+.2f} pp")
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
