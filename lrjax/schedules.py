@@ -4,7 +4,9 @@ Every factory here validates its arguments in plain Python and returns a closure
 made only of ``jnp`` ops, so the schedule works on Python ints, numpy and JAX
 integer scalars or arrays of steps, under ``jax.jit`` and ``jax.vmap``, and
 anywhere Optax takes a schedule (``optax.sgd(learning_rate=schedule)``,
-``optax.join_schedules``, ``optax.inject_hyperparams``).
+``optax.join_schedules``, ``optax.inject_hyperparams``). Each schedule is
+wrapped in ``jax.jit`` (one compiled program per input shape and dtype), so
+eager calls for logging or plotting are cheap too.
 
 Step semantics (one rule for every schedule): ``schedule(t)`` is the learning
 rate of update ``t`` (0-based, Optax's ``count``), which equals PyTorch's lr
