@@ -93,8 +93,8 @@ def build_parser() -> ArgumentParser:
       "epochs (default: ceil(epochs / snapshots) with --snapshots, else 2 for "
       "cosine_restarts (2+4+8+16 = 30 epochs) and 5 for the others)")
     a("--period-mult", type=positive_float, default=None,
-      help="cosine_restarts: period multiplier T_mult (>= 1; default 2, or 1 with "
-      "--snapshots as in Huang et al.)")
+      help="cosine_restarts: period multiplier T_mult (>= 1; default 1 with "
+      "--snapshots (Huang et al.) or --cycle-epochs, else 2)")
     a("--peak-decay", type=positive_float, default=1.0,
       help="cosine_restarts: peak multiplier per restart (in (0, 1], default 1)")
     a("--min-lr", type=nonneg_float, default=0.0,
@@ -137,8 +137,9 @@ def _check(args) -> None:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.period_mult is None:
-        huang = args.snapshots and args.cycle_epochs is None
-        args.period_mult = 1.0 if (huang or args.schedule != "cosine_restarts") else 2.0
+        # SGDR 2+4+8+16 only when nothing fixes the cycles; else constant cycles.
+        fixed = args.snapshots or args.cycle_epochs is not None
+        args.period_mult = 1.0 if (fixed or args.schedule != "cosine_restarts") else 2.0
     if args.period_mult < 1:
         raise UsageError(f"--period-mult must be >= 1, got {args.period_mult:g}")
     if args.peak_decay > 1:
@@ -175,12 +176,17 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     if args.cycle_epochs is not None:
         cycle_epochs = args.cycle_epochs
     elif args.snapshots and args.period_mult == 1:
-        cycle_epochs = math.ceil(args.epochs / args.snapshots)  # Huang: P = ceil(T/M)
+        # Huang et al.: M cycles over the T steps of training. P = T // M (not
+        # ceil) so that all M cycles complete; equal to ceil(T/M) when M | T.
+        cycle_epochs = None
     elif s == "cosine_restarts":
         cycle_epochs = 2.0
     else:
         cycle_epochs = 5.0
-    cycle = max(1, round(cycle_epochs * steps_per_epoch))
+    if cycle_epochs is None:
+        cycle = max(1, total // args.snapshots)
+    else:
+        cycle = max(1, round(cycle_epochs * steps_per_epoch))
     snaps = None
     ends = []
     if s == "constant":

@@ -1,0 +1,192 @@
+"""``python -m lrjax.train`` in-process on a tiny IDX dataset (the real data path)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import signal
+import struct
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from lrjax import data, train, trainer
+
+# Same persistent compilation cache as test_trainer.py (see there for why).
+JAX_CACHE = Path(tempfile.gettempdir()) / f"lrjax-tests-jax-cache-{os.getuid()}"
+jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+N_TRAIN, N_VAL, N_TEST = 512, 5000, 128  # load_dataset holds out 5000 for val
+BASE = ["--dataset", "mnist", "--hidden", "16", "--quiet", "--seed", "3"]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    code = 0x08  # unsigned byte
+    header = struct.pack(">HBB", 0, code, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), 1))
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """MNIST's code path with 8x8 images: 512 train, 5000 val, 128 test."""
+    rng = np.random.default_rng(0)
+    templates = rng.integers(0, 200, (10, 8, 8))
+    d = tmp_path / "idx"
+    d.mkdir()
+    for prefix, n in (("train", N_TRAIN + N_VAL), ("t10k", N_TEST)):
+        y = rng.integers(0, 10, n)
+        x = np.clip(templates[y] + rng.integers(-90, 90, (n, 8, 8)), 0, 255)
+        write_idx(d / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", y)
+    spec = data._SPECS["mnist"]
+    files = tuple(f._replace(raw_sha256=None) for f in spec.files)
+    small = dataclasses.replace(
+        spec, image_shape=(8, 8), train_count=N_TRAIN + N_VAL, test_count=N_TEST,
+        files=files,
+    )
+    monkeypatch.setitem(data._SPECS, "mnist", small)
+    monkeypatch.setenv("LRJAX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LRJAX_JAX_CACHE", str(JAX_CACHE))
+    monkeypatch.delenv("LRJAX_DATA_DIR", raising=False)
+
+    def no_network(*args, **kwargs):
+        pytest.fail("a test touched the network")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    return ["--data-dir", str(d), *BASE]
+
+
+def one_line_error(capsys, rc) -> str:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lrjax.train: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--epochs", "-1"], "--epochs must be >= 0"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--patience", "-2"], "--patience must be >= 0"),
+        (["--snapshots", "2", "--schedule", "constant"], "needs a cyclic schedule"),
+        (["--snapshots", "5", "--epochs", "2", "--cycle-epochs", "1"],
+         "more than the 2 complete cycles"),
+        (["--schedule", "cosine"], "invalid choice"),
+        (["--hidden", "300,x"], "hidden must be"),
+        (["--hidden", ""], "hidden must be"),
+        (["--lr", "fast"], "--lr"),
+        (["--lr", "-1"], "--lr"),
+        (["--optimizer", "rmsprop"], "invalid choice"),
+        (["--batch-size", "100000"], "larger than the training set"),
+        (["--period-mult", "0.5"], "--period-mult must be >= 1"),
+        (["--resume"], "no checkpoint in"),
+        (["--resume", "--force", "--logdir", "x"], "exclude each other"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys, argv, needle):
+    logdir = ["--logdir", str(tmp_path / "run")] if "--logdir" not in argv else []
+    rc = train.main([*tiny, *logdir, *argv])
+    assert needle in one_line_error(capsys, rc)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_existing_logdir_refused_and_resume_without_checkpoint(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    line = one_line_error(capsys, train.main([*tiny, "--logdir", str(run)]))
+    assert "--resume" in line and "--force" in line
+    line = one_line_error(capsys, train.main([*tiny, "--logdir", str(run), "--resume"]))
+    assert "no checkpoint" in line
+    line = one_line_error(capsys, train.main([*tiny, "--resume"]))
+    assert "--resume needs --logdir" in line
+    assert (run / "keep.txt").read_text() == "mine"
+
+
+def read(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
+
+
+def without_times(m: dict) -> dict:
+    m = dict(m)
+    m.pop("timings")
+    m["history"] = [{k: v for k, v in h.items() if k != "time_s"} for h in m["history"]]
+    return m
+
+
+SNAP_ARGS = ["--lr", "0.1", "--epochs", "3", "--cycle-epochs", "1", "--snapshots", "3",
+             "--patience", "5", "--chunks", "2"]
+
+
+def test_full_run_writes_metrics_plot_events_checkpoints(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(out), "--json"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    m = read(out)
+    assert json.loads(stdout.strip().splitlines()[-1]) == m
+    for k in ("test_accuracy", "val_accuracy", "best_epoch", "epochs_run",
+              "stopped_early", "lr", "schedule", "timings", "device", "snapshots",
+              "ensemble_test_accuracy", "ensemble_curve"):
+        assert k in m, k
+    assert m["epochs_run"] == 3 and m["lr"] == 0.1 and not m["stopped_early"]
+    assert m["schedule"]["name"] == "cosine_restarts"
+    assert [s["epoch"] for s in m["snapshots"]] == [1.0, 2.0, 3.0]
+    assert [e["m"] for e in m["ensemble_curve"]] == [1, 2, 3]
+    assert m["ensemble_curve"][0]["test_accuracy"] == m["snapshots"][-1][
+        "test_accuracy"
+    ]
+    assert m["test_accuracy"] > 0.3
+    assert {"compile_s", "run_s", "epoch_s"} <= set(m["timings"])
+    png = (out / "learning_curves.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) < 300_000
+    assert list(out.glob("events.out.tfevents.*"))
+    assert (out / "checkpoints" / "latest").is_dir()
+    assert (out / "checkpoints" / "best").is_dir()
+
+
+def test_lr_auto_uses_the_range_test_suggestion(tiny, tmp_path):
+    out = tmp_path / "auto"
+    rc = train.main([*tiny, "--lr", "auto", "--schedule", "constant", "--epochs", "1",
+                     "--logdir", str(out), "--no-plot"])
+    assert rc == 0
+    m = read(out)
+    assert m["lr_finder"]["method"] == "balanced"
+    assert m["lr"] == m["lr_finder"]["suggested_lr"] > 0
+    assert m["history"][0]["lr"] == pytest.approx(m["lr"], rel=1e-6)
+
+
+def test_sigterm_saves_exits_143_and_resume_is_identical(tiny, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    assert train.main([*tiny, *SNAP_ARGS, "--logdir", str(full), "--no-plot"]) == 0
+
+    calls = []
+    original = trainer.ProgressBar.update
+
+    def update(self, *a):  # a real signal, delivered between two chunks
+        calls.append(1)
+        if len(calls) == 3:  # after the first chunk of epoch 2
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *a)
+
+    monkeypatch.setattr(trainer.ProgressBar, "update", update)
+    cut = tmp_path / "cut"
+    rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot"])
+    assert rc == 143
+    assert not (cut / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    monkeypatch.setattr(trainer.ProgressBar, "update", original)
+    rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot", "--resume"])
+    assert rc == 0
+    assert without_times(read(cut)) == without_times(read(full))
