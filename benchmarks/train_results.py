@@ -30,7 +30,7 @@ VARIANTS = {
     "default": (
         "--lr auto with the default schedule: SGD, SGDR peak = range test's "
         "divergence/2, T0 = 2 epochs, T_mult = 2 (cycles 2+4+8+16), 4 snapshots",
-        ["--lr", "auto", "--snapshots", "4"],
+        ["--lr", "auto", "--period-mult", "2", "--snapshots", "4"],
     ),
     "huang_balanced": (
         "Huang et al.: M = 6 cycles of 5 epochs, peak = balanced suggestion "
@@ -50,6 +50,17 @@ VARIANTS = {
     "three_long_cycles": (
         "M = 3 cycles of 10 epochs, peak = divergence/2",
         ["--lr", "auto", "--lr-method", "divergence", "--snapshots", "3"],
+    ),
+    "huang_peak_0.5": (
+        "M = 6 cycles of 5 epochs, fixed peak 0.5 (near the range test's "
+        "divergence lr itself, not half of it)",
+        ["--lr", "0.5", "--snapshots", "6"],
+    ),
+    "nesterov_huang": (
+        "Nesterov momentum 0.9, M = 6 cycles of 5 epochs, peak = the range "
+        "test's divergence/2 for that optimizer",
+        ["--optimizer", "nesterov", "--lr", "auto", "--lr-method", "divergence",
+         "--snapshots", "6"],
     ),
 }
 SEEDS = (0, 1, 2)
