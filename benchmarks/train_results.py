@@ -62,6 +62,18 @@ VARIANTS = {
         ["--optimizer", "nesterov", "--lr", "auto", "--lr-method", "divergence",
          "--snapshots", "6"],
     ),
+    "long_first_15+3x5": (
+        "a long first cycle of 15 epochs, then 3 cycles of 5, peak = "
+        "divergence/2, M = 4: snapshots of similar quality",
+        ["--lr", "auto", "--lr-method", "divergence", "--first-cycle-epochs", "15",
+         "--cycle-epochs", "5", "--snapshots", "4"],
+    ),
+    "long_first_18+4x3": (
+        "a long first cycle of 18 epochs, then 4 cycles of 3, peak = "
+        "divergence/2, M = 5",
+        ["--lr", "auto", "--lr-method", "divergence", "--first-cycle-epochs", "18",
+         "--cycle-epochs", "3", "--snapshots", "5"],
+    ),
 }
 SEEDS = (0, 1, 2)
 

@@ -92,6 +92,9 @@ def build_parser() -> ArgumentParser:
       help="cosine_restarts: first period; cyclic: a full cycle (up + down), in "
       "epochs (default: ceil(epochs / snapshots) with --snapshots, else 2 for "
       "cosine_restarts (2+4+8+16 = 30 epochs) and 5 for the others)")
+    a("--first-cycle-epochs", type=positive_float, default=None,
+      help="cosine_restarts: a longer first cycle of this many epochs, then "
+      "cycles of --cycle-epochs (default 5)")
     a("--period-mult", type=positive_float, default=None,
       help="cosine_restarts: period multiplier T_mult (>= 1; default 1 with "
       "--snapshots (Huang et al.) or --cycle-epochs, else 2)")
@@ -167,14 +170,25 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     import optax
 
     from lrjax import schedules
-    from lrjax.snapshots import snapshot_steps
 
     total = args.epochs * steps_per_epoch
     s = args.schedule
     desc: dict = {"name": s, "peak_lr": peak}
     base = args.base_lr if args.base_lr is not None else peak / 10
+    first = None
+    if args.first_cycle_epochs is not None:
+        if s != "cosine_restarts":
+            raise UsageError("--first-cycle-epochs needs --schedule cosine_restarts")
+        first = round(args.first_cycle_epochs * steps_per_epoch)
+        if not 1 <= first < total:
+            raise UsageError(
+                f"--first-cycle-epochs must be shorter than --epochs, got "
+                f"{args.first_cycle_epochs:g} of {args.epochs}"
+            )
     if args.cycle_epochs is not None:
         cycle_epochs = args.cycle_epochs
+    elif first is not None:
+        cycle_epochs = 5.0
     elif args.snapshots and args.period_mult == 1:
         # Huang et al.: M cycles over the T steps of training. P = T // M (not
         # ceil) so that all M cycles complete; equal to ceil(T/M) when M | T.
@@ -207,6 +221,15 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
         ends = schedules.cosine_restart_steps(cycle, args.period_mult, num_steps=total)
         desc.update(first_period_steps=cycle, period_mult=args.period_mult,
                     peak_decay=args.peak_decay, min_lr=args.min_lr)
+        if first is not None:
+            # One long cosine first, then the restarts: a join of two schedules.
+            head = schedules.cosine_restarts(peak, first, 1.0, args.min_lr)
+            sched = optax.join_schedules([head, sched], [first])
+            rest = schedules.cosine_restart_steps(
+                cycle, args.period_mult, num_steps=total - first
+            )
+            ends = np.concatenate([[first - 1], first + rest])
+            desc.update(first_period_steps=first, then_period_steps=cycle)
     else:
         if base > peak:
             raise UsageError(f"--base-lr {base:g} is above the peak lr {peak:g}")
@@ -222,9 +245,9 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
                 f"--snapshots {args.snapshots} is more than the {len(ends)} complete "
                 f"cycles of {cycle} steps in {args.epochs} epochs"
             )
-        snaps = snapshot_steps(cycle, args.period_mult, num_steps=total,
-                               num_snapshots=args.snapshots) if (
-            s == "cosine_restarts") else np.asarray(ends[-args.snapshots:])
+        # The last M cycle ends (for cosine_restarts without a long first cycle
+        # this is lrjax.snapshots.snapshot_steps).
+        snaps = np.asarray(ends[-args.snapshots :], np.int64)
     desc["cycle_ends"] = [int(e) for e in ends]
     return sched, desc, snaps
 

@@ -388,7 +388,9 @@ def fit(
     history: list[dict[str, Any]] = []
     es = {"best": None, "best_epoch": None, "wait": 0}
     epoch, chunk_pos = 0, 0
-    partial = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+    empty = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "lr": None, "lr_min": None,
+             "lr_max": None}
+    partial = dict(empty)  # sums over this epoch's steps so far; lr of the last
     stopped_early = False
 
     ckpt = None
@@ -466,10 +468,16 @@ def fit(
                 loss = np.asarray(m["loss"], np.float64)
                 acc = np.asarray(m["accuracy"], np.float64)
                 lrs = np.asarray(m["lr"], np.float64)
+                lo_lr, hi_lr = float(lrs.min()), float(lrs.max())
                 partial = {
                     "loss": partial["loss"] + float(loss.sum()),
                     "accuracy": partial["accuracy"] + float(acc.sum()),
                     "steps": partial["steps"] + len(loss),
+                    "lr": float(lrs[-1]),
+                    "lr_min": lo_lr if partial["lr_min"] is None
+                    else min(partial["lr_min"], lo_lr),
+                    "lr_max": hi_lr if partial["lr_max"] is None
+                    else max(partial["lr_max"], hi_lr),
                 }
                 if writer is not None:
                     # At global steps s = k * log_every: the mean loss of the
@@ -491,7 +499,6 @@ def fit(
                 break
             ev = eval_c(carry.state.params, *val)
             val_loss, val_acc = float(ev["loss"]), float(ev["accuracy"])
-            lr_last = float(lrs[-1])
             epoch += 1
             chunk_pos = 0
             rec = {
@@ -501,11 +508,11 @@ def fit(
                 "train_accuracy": partial["accuracy"] / partial["steps"],
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
-                "lr": lr_last,
-                "lr_min": float(lrs.min()),
-                "lr_max": float(lrs.max()),
+                "lr": partial["lr"],  # applied by the epoch's last update
+                "lr_min": partial["lr_min"],
+                "lr_max": partial["lr_max"],
             }
-            partial = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+            partial = dict(empty)
             if num_snaps:
                 count = int(carry.snaps.count)
                 rec["snapshots"] = count

@@ -167,26 +167,64 @@ def test_lr_auto_uses_the_range_test_suggestion(tiny, tmp_path):
     assert m["history"][0]["lr"] == pytest.approx(m["lr"], rel=1e-6)
 
 
-def test_sigterm_saves_exits_143_and_resume_is_identical(tiny, tmp_path, monkeypatch):
+def test_signals_save_exit_130_143_and_resume_is_identical(
+    tiny, tmp_path, monkeypatch
+):
     full = tmp_path / "full"
     assert train.main([*tiny, *SNAP_ARGS, "--logdir", str(full), "--no-plot"]) == 0
-
-    calls = []
     original = trainer.ProgressBar.update
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def update(self, *a):  # a real signal, delivered between two chunks
-        calls.append(1)
-        if len(calls) == 3:  # after the first chunk of epoch 2
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, *a)
+    for signum, code, at in ((signal.SIGINT, 130, 3), (signal.SIGTERM, 143, 4)):
+        calls = []
 
-    monkeypatch.setattr(trainer.ProgressBar, "update", update)
-    cut = tmp_path / "cut"
-    rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot"])
-    assert rc == 143
-    assert not (cut / "metrics.json").exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
-    monkeypatch.setattr(trainer.ProgressBar, "update", original)
-    rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot", "--resume"])
-    assert rc == 0
-    assert without_times(read(cut)) == without_times(read(full))
+        def update(self, *a, signum=signum, at=at, calls=calls):
+            calls.append(1)  # a real signal, delivered while a chunk is done
+            if len(calls) == at:  # after the 1st / 2nd chunk of epoch 2
+                signal.raise_signal(signum)
+            return original(self, *a)
+
+        monkeypatch.setattr(trainer.ProgressBar, "update", update)
+        cut = tmp_path / f"cut{code}"
+        rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot"])
+        assert rc == code
+        assert not (cut / "metrics.json").exists()
+        assert {s: signal.getsignal(s) for s in handlers} == handlers  # restored
+        monkeypatch.setattr(trainer.ProgressBar, "update", original)
+        argv = [*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot", "--resume"]
+        assert train.main(argv) == 0
+        assert without_times(read(cut)) == without_times(read(full))
+
+
+def schedule_of(argv, steps_per_epoch=100, peak=0.2):
+    args = train.build_parser().parse_args(argv)
+    train._check(args)
+    return train.make_schedule(args, peak, steps_per_epoch)
+
+
+def test_schedules_and_snapshot_points():
+    # Default: SGDR with T0 = 2 epochs and T_mult = 2 (2+4+8+16 = 30 epochs).
+    sched, desc, snaps = schedule_of([])
+    assert desc["cycle_ends"] == [199, 599, 1399, 2999] and snaps is None
+    assert float(sched(0)) == pytest.approx(0.2) == float(sched(200))
+    # Huang et al.: M cycles of P = T // M steps, T_mult = 1, eta_min = 0.
+    sched, desc, snaps = schedule_of(["--snapshots", "6"])
+    assert snaps.tolist() == [499, 999, 1499, 1999, 2499, 2999]
+    assert float(sched(250)) == pytest.approx(0.1, rel=1e-5)
+    # A long first cycle then short ones; the snapshots are the last M ends.
+    sched, desc, snaps = schedule_of(
+        ["--first-cycle-epochs", "15", "--cycle-epochs", "5", "--snapshots", "3"]
+    )
+    assert desc["cycle_ends"] == [1499, 1999, 2499, 2999]
+    assert snaps.tolist() == [1999, 2499, 2999]
+    assert float(sched(1499)) < 1e-6 and float(sched(1500)) == pytest.approx(0.2)
+    assert float(sched(750)) == pytest.approx(0.1, rel=1e-5)
+    # Triangular cycles end at their lowest lr; M cycles over T here as well.
+    _, desc, snaps = schedule_of(["--schedule", "triangular", "--snapshots", "2"])
+    assert snaps.tolist() == [1499, 2999]
+    _, desc, snaps = schedule_of(
+        ["--schedule", "triangular", "--cycle-epochs", "4", "--snapshots", "2"]
+    )
+    assert snaps.tolist() == [2399, 2799]
+    with pytest.raises(train.UsageError, match="first-cycle-epochs needs"):
+        schedule_of(["--schedule", "triangular", "--first-cycle-epochs", "3"])
