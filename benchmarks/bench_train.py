@@ -89,18 +89,32 @@ def main(argv=None) -> int:
     xv, yv = jnp.asarray(ds.x_val), jnp.asarray(ds.y_val)
 
     def lrjax(**kw):
-        r = trainer.fit(apply, params, optax.sgd, ds, key=jax.random.key(1),
-                        learning_rate=sched, epochs=args.epochs, batch_size=32,
-                        evaluate_test=False, **kw)
+        r = trainer.fit(
+            apply,
+            params,
+            optax.sgd,
+            ds,
+            key=jax.random.key(1),
+            learning_rate=sched,
+            epochs=args.epochs,
+            batch_size=32,
+            evaluate_test=False,
+            **kw,
+        )
         return r.timings["epoch_s"], r.timings["compile_s"]
 
     variants = {
         "lrjax": lambda: lrjax(),
         "lrjax_snapshots_dus": lambda: lrjax(snapshot_steps=ends),
-        "lrjax_snapshots_cond": lambda: lrjax(snapshot_steps=ends,
-                                              _snapshot_write_cond=True),
-        "hand_written": lambda: (hand_written(apply, params, x, y, xv, yv, sched, 32,
-                                              args.epochs, jax.random.key(1)), None),
+        "lrjax_snapshots_cond": lambda: lrjax(
+            snapshot_steps=ends, _snapshot_write_cond=True
+        ),
+        "hand_written": lambda: (
+            hand_written(
+                apply, params, x, y, xv, yv, sched, 32, args.epochs, jax.random.key(1)
+            ),
+            None,
+        ),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     compile_s: dict[str, list[float]] = {k: [] for k in variants}
@@ -110,8 +124,9 @@ def main(argv=None) -> int:
             times[name] += t
             if c is not None:
                 compile_s[name].append(c)
-            print(f"repeat {r} {name:22s} " + " ".join(f"{v:.3f}" for v in t),
-                  flush=True)
+            print(
+                f"repeat {r} {name:22s} " + " ".join(f"{v:.3f}" for v in t), flush=True
+            )
     # Other processes share the 2 cores: the minimum is the least disturbed
     # epoch, the median shows the typical one; ratios use both.
     med = {k: float(np.median(v)) for k, v in times.items()}
@@ -138,12 +153,14 @@ def main(argv=None) -> int:
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     for k, v in med.items():
         print(f"{k:22s} median epoch {v:.3f} s, min {best[k]:.3f} s")
-    print(f"lrjax / hand-written: {doc['ratio_lrjax_vs_hand']:.3f}x; snapshot write "
-          f"dus {doc['ratio_snapshots_dus_vs_none']:.3f}x, cond "
-          f"{doc['ratio_snapshots_cond_vs_none']:.3f}x of no snapshots (medians); "
-          f"minima: {doc['ratio_lrjax_vs_hand_min']:.3f}x, "
-          f"{doc['ratio_snapshots_dus_vs_none_min']:.3f}x, "
-          f"{doc['ratio_snapshots_cond_vs_none_min']:.3f}x")
+    print(
+        f"lrjax / hand-written: {doc['ratio_lrjax_vs_hand']:.3f}x; snapshot write "
+        f"dus {doc['ratio_snapshots_dus_vs_none']:.3f}x, cond "
+        f"{doc['ratio_snapshots_cond_vs_none']:.3f}x of no snapshots (medians); "
+        f"minima: {doc['ratio_lrjax_vs_hand_min']:.3f}x, "
+        f"{doc['ratio_snapshots_dus_vs_none_min']:.3f}x, "
+        f"{doc['ratio_snapshots_cond_vs_none_min']:.3f}x"
+    )
     return 0
 
 

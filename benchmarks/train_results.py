@@ -33,8 +33,7 @@ VARIANTS = {
         ["--lr", "auto", "--period-mult", "2", "--snapshots", "4"],
     ),
     "huang_balanced": (
-        "Huang et al.: M = 6 cycles of 5 epochs, peak = balanced suggestion "
-        "(~0.05)",
+        "Huang et al.: M = 6 cycles of 5 epochs, peak = balanced suggestion (~0.05)",
         ["--lr", "auto", "--lr-method", "balanced", "--snapshots", "6"],
     ),
     "huang_divergence": (
@@ -44,8 +43,16 @@ VARIANTS = {
     ),
     "huang_divergence_wd": (
         "as huang_divergence plus weight decay 5e-4 (sgd + add_decayed_weights)",
-        ["--lr", "auto", "--lr-method", "divergence", "--snapshots", "6",
-         "--weight-decay", "5e-4"],
+        [
+            "--lr",
+            "auto",
+            "--lr-method",
+            "divergence",
+            "--snapshots",
+            "6",
+            "--weight-decay",
+            "5e-4",
+        ],
     ),
     "three_long_cycles": (
         "M = 3 cycles of 10 epochs, peak = divergence/2",
@@ -59,20 +66,48 @@ VARIANTS = {
     "nesterov_huang": (
         "Nesterov momentum 0.9, M = 6 cycles of 5 epochs, peak = the range "
         "test's divergence/2 for that optimizer",
-        ["--optimizer", "nesterov", "--lr", "auto", "--lr-method", "divergence",
-         "--snapshots", "6"],
+        [
+            "--optimizer",
+            "nesterov",
+            "--lr",
+            "auto",
+            "--lr-method",
+            "divergence",
+            "--snapshots",
+            "6",
+        ],
     ),
     "long_first_15+3x5": (
         "a long first cycle of 15 epochs, then 3 cycles of 5, peak = "
         "divergence/2, M = 4: snapshots of similar quality",
-        ["--lr", "auto", "--lr-method", "divergence", "--first-cycle-epochs", "15",
-         "--cycle-epochs", "5", "--snapshots", "4"],
+        [
+            "--lr",
+            "auto",
+            "--lr-method",
+            "divergence",
+            "--first-cycle-epochs",
+            "15",
+            "--cycle-epochs",
+            "5",
+            "--snapshots",
+            "4",
+        ],
     ),
     "long_first_18+4x3": (
         "a long first cycle of 18 epochs, then 4 cycles of 3, peak = "
         "divergence/2, M = 5",
-        ["--lr", "auto", "--lr-method", "divergence", "--first-cycle-epochs", "18",
-         "--cycle-epochs", "3", "--snapshots", "5"],
+        [
+            "--lr",
+            "auto",
+            "--lr-method",
+            "divergence",
+            "--first-cycle-epochs",
+            "18",
+            "--cycle-epochs",
+            "3",
+            "--snapshots",
+            "5",
+        ],
     ),
 }
 SEEDS = (0, 1, 2)
@@ -84,10 +119,18 @@ def run_one(name: str, seed: int, runs: Path) -> dict:
     logdir = runs / name / f"seed{seed}"
     metrics = logdir / "metrics.json"
     if not metrics.exists():
-        argv = [*COMMON, *VARIANTS[name][1], "--seed", str(seed),
-                "--logdir", str(logdir), "--force"]
-        print(f"[{name} seed {seed}] python -m lrjax.train {' '.join(argv)}",
-              flush=True)
+        argv = [
+            *COMMON,
+            *VARIANTS[name][1],
+            "--seed",
+            str(seed),
+            "--logdir",
+            str(logdir),
+            "--force",
+        ]
+        print(
+            f"[{name} seed {seed}] python -m lrjax.train {' '.join(argv)}", flush=True
+        )
         rc = main(argv)
         if rc != 0:
             raise SystemExit(f"{name} seed {seed} failed with exit code {rc}")
@@ -96,9 +139,13 @@ def run_one(name: str, seed: int, runs: Path) -> dict:
 
 def stats(values) -> dict:
     a = np.asarray(values, np.float64)
-    return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()),
-            "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-            "values": a.tolist()}
+    return {
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "values": a.tolist(),
+    }
 
 
 def summarize(runs: Path) -> dict:
@@ -111,15 +158,20 @@ def summarize(runs: Path) -> dict:
                 ms.append(json.loads(f.read_text()))
         if not ms:
             continue
-        v = {"description": what, "argv": extra, "runs": len(ms),
-             "lr": stats([m["lr"] for m in ms]),
-             "test_accuracy": stats([m["test_accuracy"] for m in ms]),
-             "mean_epoch_s": stats([m["timings"]["mean_epoch_s"] for m in ms]),
-             "device": ms[0]["device"]}
+        v = {
+            "description": what,
+            "argv": extra,
+            "runs": len(ms),
+            "lr": stats([m["lr"] for m in ms]),
+            "test_accuracy": stats([m["test_accuracy"] for m in ms]),
+            "mean_epoch_s": stats([m["timings"]["mean_epoch_s"] for m in ms]),
+            "device": ms[0]["device"],
+        }
         if "snapshots" in ms[0]:
             snaps = np.array([[s["test_accuracy"] for s in m["snapshots"]] for m in ms])
-            curve = np.array([[e["test_accuracy"] for e in m["ensemble_curve"]]
-                              for m in ms])
+            curve = np.array(
+                [[e["test_accuracy"] for e in m["ensemble_curve"]] for m in ms]
+            )
             best_single = snaps.max(1)
             best_ens = curve.max(1)
             v["snapshot_test_accuracy_mean"] = snaps.mean(0).tolist()
@@ -133,11 +185,43 @@ def summarize(runs: Path) -> dict:
     return doc
 
 
+def markdown(doc: dict) -> str:
+    """The results table of docs/train_readme.md (mean [min, max] over seeds)."""
+
+    def pct(st):
+        return f"{100 * st['mean']:.2f} [{100 * st['min']:.2f}, {100 * st['max']:.2f}]"
+
+    rows = [
+        "| variant | peak lr (mean) | final test acc % | best single snapshot % "
+        "| best last-m ensemble % (m) | gain pp (mean [min, max]) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in doc["variants"].items():
+        row = [
+            f"`{name}` (n={v['runs']})",
+            f"{v['lr']['mean']:.3g}",
+            pct(v["test_accuracy"]),
+        ]
+        if "best_ensemble" in v:
+            g = v["gain_pp"]
+            ms = ",".join(str(m) for m in v["best_ensemble_m"])
+            row += [
+                pct(v["best_single_snapshot"]),
+                f"{pct(v['best_ensemble'])} ({ms})",
+                f"{g['mean']:+.2f} [{g['min']:+.2f}, {g['max']:+.2f}]",
+            ]
+        else:
+            row += ["-", "-", "-"]
+        rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="*", default=None, choices=list(VARIANTS))
     p.add_argument("--runs", default=str(ROOT / "runs" / "results"))
     p.add_argument("--summarize", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="print the table")
     args = p.parse_args(argv)
     runs = Path(args.runs)
     if not args.summarize:
@@ -151,13 +235,19 @@ def main(argv=None) -> int:
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     for name, v in doc["variants"].items():
         t = v["test_accuracy"]
-        line = (f"{name:22s} n={v['runs']} test {100 * t['mean']:.2f} "
-                f"[{100 * t['min']:.2f}, {100 * t['max']:.2f}]")
+        line = (
+            f"{name:22s} n={v['runs']} test {100 * t['mean']:.2f} "
+            f"[{100 * t['min']:.2f}, {100 * t['max']:.2f}]"
+        )
         if "best_ensemble" in v:
-            line += (f"  best single {100 * v['best_single_snapshot']['mean']:.2f}"
-                     f"  best ens {100 * v['best_ensemble']['mean']:.2f}"
-                     f"  gain {v['gain_pp']['mean']:+.2f} pp")
+            line += (
+                f"  best single {100 * v['best_single_snapshot']['mean']:.2f}"
+                f"  best ens {100 * v['best_ensemble']['mean']:.2f}"
+                f"  gain {v['gain_pp']['mean']:+.2f} pp"
+            )
         print(line)
+    if args.markdown:
+        print(markdown(doc))
     return 0
 
 

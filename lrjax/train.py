@@ -76,55 +76,123 @@ def build_parser() -> ArgumentParser:
     a("--data-dir", default=None, help="directory with the IDX files")
     a("--hidden", default="300,100", help="hidden sizes (default 300,100)")
     a("--optimizer", default="sgd", choices=OPTIMIZERS)
-    a("--weight-decay", type=nonneg_float, default=None,
-      help="decoupled weight decay (adamw; added to the gradient for sgd/momentum)")
-    a("--lr", type=lr_value, default="auto",
-      help="learning rate, or 'auto' (default): run the range test first and use "
-      "its suggestion (the peak of cyclic schedules)")
-    a("--lr-method", default=None,
-      choices=("steep", "valley", "minimum", "divergence", "balanced"),
-      help="which range-test suggestion --lr auto uses (default: divergence, i.e. "
-      "half the lr where the loss blew up, as the PEAK of cyclic, restart and "
-      "onecycle schedules; balanced for constant and step)")
-    a("--schedule", default=DEFAULT_SCHEDULE, choices=SCHEDULES,
-      help=f"lr schedule (default {DEFAULT_SCHEDULE})")
-    a("--cycle-epochs", type=positive_float, default=None,
-      help="cosine_restarts: first period; cyclic: a full cycle (up + down), in "
-      "epochs (default: ceil(epochs / snapshots) with --snapshots, else 2 for "
-      "cosine_restarts (2+4+8+16 = 30 epochs) and 5 for the others)")
-    a("--first-cycle-epochs", type=positive_float, default=None,
-      help="cosine_restarts: a longer first cycle of this many epochs, then "
-      "cycles of --cycle-epochs (default 5)")
-    a("--period-mult", type=positive_float, default=None,
-      help="cosine_restarts: period multiplier T_mult (>= 1; default 1 with "
-      "--snapshots (Huang et al.) or --cycle-epochs, else 2)")
-    a("--peak-decay", type=positive_float, default=1.0,
-      help="cosine_restarts: peak multiplier per restart (in (0, 1], default 1)")
-    a("--min-lr", type=nonneg_float, default=0.0,
-      help="cosine_restarts: eta_min (default 0)")
-    a("--base-lr", type=nonneg_float, default=None,
-      help="cyclic schedules: lowest lr (default lr / 10)")
-    a("--gamma", type=positive_float, default=0.99994,
-      help="exp_range: decay per step (default 0.99994)")
-    a("--step-epochs", type=positive_float, default=10.0,
-      help="step: epochs between decays (default 10)")
-    a("--factor", type=positive_float, default=0.5,
-      help="step: decay factor (default 0.5)")
+    a(
+        "--weight-decay",
+        type=nonneg_float,
+        default=None,
+        help="decoupled weight decay (adamw; added to the gradient for sgd/momentum)",
+    )
+    a(
+        "--lr",
+        type=lr_value,
+        default="auto",
+        help="learning rate, or 'auto' (default): run the range test first and use "
+        "its suggestion (the peak of cyclic schedules)",
+    )
+    a(
+        "--lr-method",
+        default=None,
+        choices=("steep", "valley", "minimum", "divergence", "balanced"),
+        help="which range-test suggestion --lr auto uses (default: divergence, i.e. "
+        "half the lr where the loss blew up, as the PEAK of cyclic, restart and "
+        "onecycle schedules; balanced for constant and step)",
+    )
+    a(
+        "--schedule",
+        default=DEFAULT_SCHEDULE,
+        choices=SCHEDULES,
+        help=f"lr schedule (default {DEFAULT_SCHEDULE})",
+    )
+    a(
+        "--cycle-epochs",
+        type=positive_float,
+        default=None,
+        help="cosine_restarts: first period; cyclic: a full cycle (up + down), in "
+        "epochs (default: ceil(epochs / snapshots) with --snapshots, else 2 for "
+        "cosine_restarts (2+4+8+16 = 30 epochs) and 5 for the others)",
+    )
+    a(
+        "--first-cycle-epochs",
+        type=positive_float,
+        default=None,
+        help="cosine_restarts: a longer first cycle of this many epochs, then "
+        "cycles of --cycle-epochs (default 5)",
+    )
+    a(
+        "--period-mult",
+        type=positive_float,
+        default=None,
+        help="cosine_restarts: period multiplier T_mult (>= 1; default 1 with "
+        "--snapshots (Huang et al.) or --cycle-epochs, else 2)",
+    )
+    a(
+        "--peak-decay",
+        type=positive_float,
+        default=1.0,
+        help="cosine_restarts: peak multiplier per restart (in (0, 1], default 1)",
+    )
+    a(
+        "--min-lr",
+        type=nonneg_float,
+        default=0.0,
+        help="cosine_restarts: eta_min (default 0)",
+    )
+    a(
+        "--base-lr",
+        type=nonneg_float,
+        default=None,
+        help="cyclic schedules: lowest lr (default lr / 10)",
+    )
+    a(
+        "--gamma",
+        type=positive_float,
+        default=0.99994,
+        help="exp_range: decay per step (default 0.99994)",
+    )
+    a(
+        "--step-epochs",
+        type=positive_float,
+        default=10.0,
+        help="step: epochs between decays (default 10)",
+    )
+    a(
+        "--factor",
+        type=positive_float,
+        default=0.5,
+        help="step: decay factor (default 0.5)",
+    )
     a("--epochs", type=int, default=30, help="epochs (default 30)")
     a("--batch-size", type=int, default=32, help="batch size (default 32)")
-    a("--patience", type=int, default=0,
-      help="early stopping patience in epochs (0 = off, default)")
+    a(
+        "--patience",
+        type=int,
+        default=0,
+        help="early stopping patience in epochs (0 = off, default)",
+    )
     a("--monitor", default="val_loss", choices=("val_loss", "val_accuracy"))
-    a("--snapshots", type=int, default=0, metavar="M",
-      help="snapshot ensemble of the last M cycle ends (a cyclic schedule)")
+    a(
+        "--snapshots",
+        type=int,
+        default=0,
+        metavar="M",
+        help="snapshot ensemble of the last M cycle ends (a cyclic schedule)",
+    )
     a("--seed", type=int, default=0)
     a("--logdir", default=None, help="output directory (default runs/train-*)")
     a("--resume", action="store_true", help="continue from --logdir's checkpoint")
     a("--force", action="store_true", help="replace an existing --logdir")
-    a("--max-to-keep", type=int_at_least(1), default=2,
-      help="latest checkpoints kept (default 2)")
-    a("--chunks", type=int_at_least(1), default=8,
-      help="compiled chunks per epoch (default 8)")
+    a(
+        "--max-to-keep",
+        type=int_at_least(1),
+        default=2,
+        help="latest checkpoints kept (default 2)",
+    )
+    a(
+        "--chunks",
+        type=int_at_least(1),
+        default=8,
+        help="compiled chunks per epoch (default 8)",
+    )
     a("--json", action="store_true", help="print metrics.json to stdout")
     a("--quiet", action="store_true", help="no progress bar or epoch lines")
     a("--no-plot", action="store_true", help="do not write learning_curves.png")
@@ -219,8 +287,12 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
             peak, cycle, args.period_mult, args.min_lr, args.peak_decay
         )
         ends = schedules.cosine_restart_steps(cycle, args.period_mult, num_steps=total)
-        desc.update(first_period_steps=cycle, period_mult=args.period_mult,
-                    peak_decay=args.peak_decay, min_lr=args.min_lr)
+        desc.update(
+            first_period_steps=cycle,
+            period_mult=args.period_mult,
+            peak_decay=args.peak_decay,
+            min_lr=args.min_lr,
+        )
         if first is not None:
             # One long cosine first, then the restarts: a join of two schedules.
             head = schedules.cosine_restarts(peak, first, 1.0, args.min_lr)
@@ -354,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
 
     input_size = int(np.prod(ds.x_train.shape[1:]))
     key = jax.random.key(args.seed)
-    apply, params = mlp(input_size, ds.num_classes, hidden,
-                        key=jax.random.fold_in(key, 0))
+    apply, params = mlp(
+        input_size, ds.num_classes, hidden, key=jax.random.fold_in(key, 0)
+    )
     progress = not args.quiet and sys.stderr.isatty()
     say = (lambda *a: None) if (args.quiet or args.json) else print
 
@@ -372,40 +445,68 @@ def main(argv: list[str] | None = None) -> int:
             "balanced" if args.schedule in ("constant", "step") else "divergence"
         )
         t0 = time.perf_counter()
-        rt = lr_range_test(apply, params, opt, ds.x_train, ds.y_train,
-                           key=jax.random.fold_in(key, 2), batch_size=args.batch_size,
-                           method=method, progress=progress)
+        rt = lr_range_test(
+            apply,
+            params,
+            opt,
+            ds.x_train,
+            ds.y_train,
+            key=jax.random.fold_in(key, 2),
+            batch_size=args.batch_size,
+            method=method,
+            progress=progress,
+        )
         if rt.suggested_lr is None:
-            return fail(PROG, "--lr auto: the range test gave no suggestion; "
-                        "pass --lr FLOAT")
+            return fail(
+                PROG, "--lr auto: the range test gave no suggestion; pass --lr FLOAT"
+            )
         peak = float(rt.suggested_lr)
-        finder_doc = {"method": method, "suggested_lr": peak,
-                      "suggestions": rt.suggestions,
-                      "diverged_at_lr": rt.diverged_at_lr,
-                      "time_s": time.perf_counter() - t0}
+        finder_doc = {
+            "method": method,
+            "suggested_lr": peak,
+            "suggestions": rt.suggestions,
+            "diverged_at_lr": rt.diverged_at_lr,
+            "time_s": time.perf_counter() - t0,
+        }
         say(f"lr auto: range test suggests {peak:.4g} ({method})")
     else:
         peak = float(args.lr)
     if not args.resume:
-        write_atomic(resume_meta, json.dumps(
-            {"argv": list(sys.argv[1:] if argv is None else argv), "lr": peak,
-             "lr_finder": finder_doc}, indent=1) + "\n")
+        write_atomic(
+            resume_meta,
+            json.dumps(
+                {
+                    "argv": list(sys.argv[1:] if argv is None else argv),
+                    "lr": peak,
+                    "lr_finder": finder_doc,
+                },
+                indent=1,
+            )
+            + "\n",
+        )
     sched, sched_desc, snap_steps = make_schedule(args, peak, steps_per_epoch)
 
     def summary(rec):
         extra = ""
         if "ensemble_val_accuracy" in rec:
-            extra = (f"  ensemble({rec['snapshots']}) val_acc "
-                     f"{rec['ensemble_val_accuracy']:.4f}")
-        say(f"epoch {rec['epoch']:3d}/{args.epochs}  loss {rec['train_loss']:.4f}  "
+            extra = (
+                f"  ensemble({rec['snapshots']}) val_acc "
+                f"{rec['ensemble_val_accuracy']:.4f}"
+            )
+        say(
+            f"epoch {rec['epoch']:3d}/{args.epochs}  loss {rec['train_loss']:.4f}  "
             f"acc {rec['train_accuracy']:.4f}  val_loss {rec['val_loss']:.4f}  "
             f"val_acc {rec['val_accuracy']:.4f}  lr {rec['lr']:.4g}  "
-            f"{rec['time_s']:.2f}s{extra}")
+            f"{rec['time_s']:.2f}s{extra}"
+        )
 
     try:
         with trainer.stop_on_signals() as received:
             result = trainer.fit(
-                apply, params, opt, ds,
+                apply,
+                params,
+                opt,
+                ds,
                 key=jax.random.fold_in(key, 1),
                 learning_rate=sched,
                 epochs=args.epochs,
@@ -426,17 +527,19 @@ def main(argv: list[str] | None = None) -> int:
     except (trainer.CheckpointError, ValueError) as e:
         return fail(PROG, str(e))
     if result.interrupted:
-        print(f"{PROG}: stopped by signal {signum} at step {result.step}; checkpoint "
-              f"saved in {out / 'checkpoints'}; continue with --resume",
-              file=sys.stderr)
+        print(
+            f"{PROG}: stopped by signal {signum} at step {result.step}; checkpoint "
+            f"saved in {out / 'checkpoints'}; continue with --resume",
+            file=sys.stderr,
+        )
         return 128 + int(signum)
 
     metrics = {
         "test_accuracy": result.test["accuracy"] if result.test else None,
         "test_loss": result.test["loss"] if result.test else None,
         "val_accuracy": result.history[result.best_epoch - 1]["val_accuracy"]
-        if (result.best_epoch and args.patience) else
-        (result.history[-1]["val_accuracy"] if result.history else None),
+        if (result.best_epoch and args.patience)
+        else (result.history[-1]["val_accuracy"] if result.history else None),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
@@ -457,16 +560,23 @@ def main(argv: list[str] | None = None) -> int:
     if snap_steps is not None:
         metrics["snapshots"] = [
             {"epoch": e, "step": int(s) + 1, "test_accuracy": a}
-            for e, s, a in zip(result.snapshot_epochs, result.snapshot_steps,
-                               result.snapshot_test_accuracy or [], strict=False)
+            for e, s, a in zip(
+                result.snapshot_epochs,
+                result.snapshot_steps,
+                result.snapshot_test_accuracy or [],
+                strict=False,
+            )
         ]
         curve = result.ensemble_curve or []
-        metrics["ensemble_curve"] = [{"m": i + 1, "test_accuracy": a}
-                                     for i, a in enumerate(curve)]
+        metrics["ensemble_curve"] = [
+            {"m": i + 1, "test_accuracy": a} for i, a in enumerate(curve)
+        ]
         metrics["ensemble_test_accuracy"] = curve[-1] if curve else None
         metrics["best_ensemble"] = (
             {"m": int(np.argmax(curve)) + 1, "test_accuracy": max(curve)}
-            if curve else None)
+            if curve
+            else None
+        )
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if not args.no_plot:
         _plot(metrics, out)
@@ -474,14 +584,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(metrics))
     else:
         t = result.timings
-        say(f"test accuracy {metrics['test_accuracy']:.4f}"
-            + (f"  ensemble({len(curve)}) {metrics['ensemble_test_accuracy']:.4f}"
-               if snap_steps is not None and curve else "")
+        say(
+            f"test accuracy {metrics['test_accuracy']:.4f}"
+            + (
+                f"  ensemble({len(curve)}) {metrics['ensemble_test_accuracy']:.4f}"
+                if snap_steps is not None and curve
+                else ""
+            )
             + f"  best epoch {result.best_epoch}  epochs {result.epochs_run}"
-            + ("  (stopped early)" if result.stopped_early else ""))
-        say(f"time: compile {t['compile_s']:.2f} s, train {t['run_s']:.2f} s "
+            + ("  (stopped early)" if result.stopped_early else "")
+        )
+        say(
+            f"time: compile {t['compile_s']:.2f} s, train {t['run_s']:.2f} s "
             f"({t['mean_epoch_s'] or 0:.2f} s/epoch) on {result.device}; "
-            f"written to {out}")
+            f"written to {out}"
+        )
     return 0
 
 

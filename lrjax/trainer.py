@@ -388,8 +388,14 @@ def fit(
     history: list[dict[str, Any]] = []
     es = {"best": None, "best_epoch": None, "wait": 0}
     epoch, chunk_pos = 0, 0
-    empty = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "lr": None, "lr_min": None,
-             "lr_max": None}
+    empty = {
+        "loss": 0.0,
+        "accuracy": 0.0,
+        "steps": 0,
+        "lr": None,
+        "lr_min": None,
+        "lr_max": None,
+    }
     partial = dict(empty)  # sums over this epoch's steps so far; lr of the last
     stopped_early = False
 
@@ -400,9 +406,10 @@ def fit(
         if resume and ckpt is not None and ckpt.latest_step() is not None:
             template = _checkpoint_tree(carry, best_params, key)
             tree, meta = ckpt.restore(template)
-            if meta.get("steps_per_epoch") != steps_per_epoch or meta.get(
-                "num_snapshots"
-            ) != num_snaps:
+            if (
+                meta.get("steps_per_epoch") != steps_per_epoch
+                or meta.get("num_snapshots") != num_snaps
+            ):
                 raise CheckpointError(
                     f"checkpoint in {checkpoint_dir} is from a different run "
                     f"(steps per epoch {meta.get('steps_per_epoch')}, snapshots "
@@ -458,8 +465,9 @@ def fit(
 
         while epoch < epochs and not stopped_early and not interrupted:
             t_epoch = time.perf_counter()
-            idx = batch_indices(jax.random.fold_in(key, epoch), n, batch_size,
-                                steps_per_epoch)
+            idx = batch_indices(
+                jax.random.fold_in(key, epoch), n, batch_size, steps_per_epoch
+            )
             bar.start(epoch + 1, epochs, steps_per_epoch, int(bounds[chunk_pos]))
             while chunk_pos < len(bounds) - 1:
                 lo, hi = int(bounds[chunk_pos]), int(bounds[chunk_pos + 1])
@@ -474,9 +482,11 @@ def fit(
                     "accuracy": partial["accuracy"] + float(acc.sum()),
                     "steps": partial["steps"] + len(loss),
                     "lr": float(lrs[-1]),
-                    "lr_min": lo_lr if partial["lr_min"] is None
+                    "lr_min": lo_lr
+                    if partial["lr_min"] is None
                     else min(partial["lr_min"], lo_lr),
-                    "lr_max": hi_lr if partial["lr_max"] is None
+                    "lr_max": hi_lr
+                    if partial["lr_max"] is None
                     else max(partial["lr_max"], hi_lr),
                 }
                 if writer is not None:
@@ -529,8 +539,9 @@ def fit(
                 better = False
             if better:
                 es = {"best": value, "best_epoch": epoch, "wait": 0}
-                best_params = jax.tree.map(lambda a: jnp.array(a, copy=True),
-                                           carry.state.params)
+                best_params = jax.tree.map(
+                    lambda a: jnp.array(a, copy=True), carry.state.params
+                )
             else:
                 es = {**es, "wait": es["wait"] + 1}
                 if patience and es["wait"] >= patience:
@@ -572,8 +583,10 @@ def fit(
         if ckpt is not None:
             ckpt.close()
 
-    final = best_params if (restore_best and es["best_epoch"] is not None) else (
-        carry.state.params
+    final = (
+        best_params
+        if (restore_best and es["best_epoch"] is not None)
+        else (carry.state.params)
     )
     result = FitResult(
         params=final,

@@ -49,7 +49,10 @@ def tiny(tmp_path, monkeypatch):
     spec = data._SPECS["mnist"]
     files = tuple(f._replace(raw_sha256=None) for f in spec.files)
     small = dataclasses.replace(
-        spec, image_shape=(8, 8), train_count=N_TRAIN + N_VAL, test_count=N_TEST,
+        spec,
+        image_shape=(8, 8),
+        train_count=N_TRAIN + N_VAL,
+        test_count=N_TEST,
         files=files,
     )
     monkeypatch.setitem(data._SPECS, "mnist", small)
@@ -80,8 +83,10 @@ def one_line_error(capsys, rc) -> str:
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--patience", "-2"], "--patience must be >= 0"),
         (["--snapshots", "2", "--schedule", "constant"], "needs a cyclic schedule"),
-        (["--snapshots", "5", "--epochs", "2", "--cycle-epochs", "1"],
-         "more than the 2 complete cycles"),
+        (
+            ["--snapshots", "5", "--epochs", "2", "--cycle-epochs", "1"],
+            "more than the 2 complete cycles",
+        ),
         (["--schedule", "cosine"], "invalid choice"),
         (["--hidden", "300,x"], "hidden must be"),
         (["--hidden", ""], "hidden must be"),
@@ -125,8 +130,20 @@ def without_times(m: dict) -> dict:
     return m
 
 
-SNAP_ARGS = ["--lr", "0.1", "--epochs", "3", "--cycle-epochs", "1", "--snapshots", "3",
-             "--patience", "5", "--chunks", "2"]
+SNAP_ARGS = [
+    "--lr",
+    "0.1",
+    "--epochs",
+    "3",
+    "--cycle-epochs",
+    "1",
+    "--snapshots",
+    "3",
+    "--patience",
+    "5",
+    "--chunks",
+    "2",
+]
 
 
 def test_full_run_writes_metrics_plot_events_checkpoints(tiny, tmp_path, capsys):
@@ -136,17 +153,28 @@ def test_full_run_writes_metrics_plot_events_checkpoints(tiny, tmp_path, capsys)
     assert rc == 0
     m = read(out)
     assert json.loads(stdout.strip().splitlines()[-1]) == m
-    for k in ("test_accuracy", "val_accuracy", "best_epoch", "epochs_run",
-              "stopped_early", "lr", "schedule", "timings", "device", "snapshots",
-              "ensemble_test_accuracy", "ensemble_curve"):
+    for k in (
+        "test_accuracy",
+        "val_accuracy",
+        "best_epoch",
+        "epochs_run",
+        "stopped_early",
+        "lr",
+        "schedule",
+        "timings",
+        "device",
+        "snapshots",
+        "ensemble_test_accuracy",
+        "ensemble_curve",
+    ):
         assert k in m, k
     assert m["epochs_run"] == 3 and m["lr"] == 0.1 and not m["stopped_early"]
     assert m["schedule"]["name"] == "cosine_restarts"
     assert [s["epoch"] for s in m["snapshots"]] == [1.0, 2.0, 3.0]
     assert [e["m"] for e in m["ensemble_curve"]] == [1, 2, 3]
-    assert m["ensemble_curve"][0]["test_accuracy"] == m["snapshots"][-1][
-        "test_accuracy"
-    ]
+    assert (
+        m["ensemble_curve"][0]["test_accuracy"] == m["snapshots"][-1]["test_accuracy"]
+    )
     assert m["test_accuracy"] > 0.3
     assert {"compile_s", "run_s", "epoch_s"} <= set(m["timings"])
     png = (out / "learning_curves.png").read_bytes()
@@ -158,8 +186,20 @@ def test_full_run_writes_metrics_plot_events_checkpoints(tiny, tmp_path, capsys)
 
 def test_lr_auto_uses_the_range_test_suggestion(tiny, tmp_path):
     out = tmp_path / "auto"
-    rc = train.main([*tiny, "--lr", "auto", "--schedule", "constant", "--epochs", "1",
-                     "--logdir", str(out), "--no-plot"])
+    rc = train.main(
+        [
+            *tiny,
+            "--lr",
+            "auto",
+            "--schedule",
+            "constant",
+            "--epochs",
+            "1",
+            "--logdir",
+            str(out),
+            "--no-plot",
+        ]
+    )
     assert rc == 0
     m = read(out)
     assert m["lr_finder"]["method"] == "balanced"
@@ -167,9 +207,7 @@ def test_lr_auto_uses_the_range_test_suggestion(tiny, tmp_path):
     assert m["history"][0]["lr"] == pytest.approx(m["lr"], rel=1e-6)
 
 
-def test_signals_save_exit_130_143_and_resume_is_identical(
-    tiny, tmp_path, monkeypatch
-):
+def test_signals_save_exit_130_143_and_resume_is_identical(tiny, tmp_path, monkeypatch):
     full = tmp_path / "full"
     assert train.main([*tiny, *SNAP_ARGS, "--logdir", str(full), "--no-plot"]) == 0
     original = trainer.ProgressBar.update
