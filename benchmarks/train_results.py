@@ -109,6 +109,20 @@ VARIANTS = {
             "5",
         ],
     ),
+    "default_nesterov": (
+        "the default schedule (SGDR 2+4+8+16, peak = divergence/2) with Nesterov "
+        "momentum 0.9 instead of plain SGD, 4 snapshots",
+        [
+            "--optimizer",
+            "nesterov",
+            "--lr",
+            "auto",
+            "--period-mult",
+            "2",
+            "--snapshots",
+            "4",
+        ],
+    ),
 }
 SEEDS = (0, 1, 2)
 

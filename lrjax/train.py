@@ -267,6 +267,10 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
         cycle_epochs = 5.0
     if cycle_epochs is None:
         cycle = max(1, total // args.snapshots)
+        if s == "cosine_restarts" and total % args.snapshots:
+            # The T mod M leftover steps go into the first cycle, so that the
+            # last cycle ends at the last step instead of restarting at the peak.
+            first = cycle + total % args.snapshots
     else:
         cycle = max(1, round(cycle_epochs * steps_per_epoch))
     snaps = None

@@ -249,6 +249,11 @@ def test_schedules_and_snapshot_points():
     sched, desc, snaps = schedule_of(["--snapshots", "6"])
     assert snaps.tolist() == [499, 999, 1499, 1999, 2499, 2999]
     assert float(sched(250)) == pytest.approx(0.1, rel=1e-5)
+    # M does not divide T: the first cycle takes the leftover steps, so the
+    # last cycle still ends at the last step (no restart at the very end).
+    sched, desc, snaps = schedule_of(["--snapshots", "7"])
+    assert snaps.tolist() == [432 + k * 428 - 1 for k in range(7)]  # 3000 = 7 * 428 + 4
+    assert snaps[-1] == 2999 and float(sched(2999)) < 1e-4
     # A long first cycle then short ones; the snapshots are the last M ends.
     sched, desc, snaps = schedule_of(
         ["--first-cycle-epochs", "15", "--cycle-epochs", "5", "--snapshots", "3"]
