@@ -161,6 +161,9 @@ def main(argv=None) -> int:
         "command": "python benchmarks/bench_population.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpu_count": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "note": "load_avg_1min_before: the machine is shared; other processes "
+        "competing for its cores slow every variant unevenly",
         "runs": runs,
         "target": "spread population <= 0.8x sequential",
     }

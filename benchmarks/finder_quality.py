@@ -223,6 +223,33 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
+def pivot(results, methods=None) -> str:
+    """Methods x settings: median suggestion, regret pp (seed min-max), spread."""
+    methods = methods or list(results[0]["methods"])
+    head = [f"{r['optimizer']} b{r['batch_size']}" for r in results]
+    lines = [
+        "| method | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(results),
+        "| grid best lr (val acc) | "
+        + " | ".join(
+            f"{r['grid']['best_lr']:.3g} ({100 * r['grid']['best_accuracy']:.1f}%)"
+            for r in results
+        )
+        + " |",
+    ]
+    for m in methods:
+        cells = []
+        for r in results:
+            s = r["methods"][m]
+            cells.append(
+                f"{fmt(s['lr_median'])}: **{fmt(s['regret_pp'], '.2f')}** "
+                f"({fmt(s['regret_pp_min'], '.2f')}-{fmt(s['regret_pp_max'], '.2f')})"
+                f" x{fmt(s['spread_factor'], '.2f')}"
+            )
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summary(results) -> dict:
     """Per method: worst regret over settings (median and per-seed) and spread."""
     out = {}
@@ -236,6 +263,59 @@ def summary(results) -> dict:
             "worst_seed_regret_pp": max(seed_max) if ok else None,
             "worst_spread_factor": max(spreads) if ok else None,
             "meets_targets": bool(ok and max(regs) <= 0.5 and max(spreads) <= 2.0),
+        }
+    return out
+
+
+def rule_scan(results) -> dict:
+    """Worst regret over settings of one-parameter rule families on the same curves.
+
+    ``vd@a``: ``valley**(1-a) * divergence**a`` (a in [0, 1]; 0.5 is balanced);
+    ``div/k``: the lr where the loss diverged / k; ``min*c``: the lr of the
+    smoothed minimum / 10 * c. Computed from the stored per-seed suggestions and
+    grid curves, so it needs no new training. The parameters are chosen ON these
+    settings: a rule picked here is fitted, not validated.
+    """
+    import numpy as np
+
+    from lrjax.population import GridResult
+
+    def grid_of(r):
+        acc = np.asarray(r["grid"]["val_accuracy"], np.float64)
+        return GridResult(
+            np.asarray(r["grid"]["lrs"]), acc.shape[1], acc.shape[2], acc, acc,
+            acc, acc, 0.0, 0.0, 0, {}, "", {}, {},
+        )  # fmt: skip
+
+    families = {}
+    for a in np.round(np.arange(0.0, 1.0001, 0.05), 2):
+        families[f"vd@{a:g}"] = lambda m, d, a=a: [
+            None if v is None or x is None else v ** (1 - a) * x**a
+            for v, x in zip(m["valley"], m["divergence"], strict=True)
+        ]
+    for k in (2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32):
+        families[f"div/{k}"] = lambda m, d, k=k: [
+            None if x is None else x / k for x in d
+        ]
+    for c in (1, 2, 3, 5, 8):
+        families[f"min*{c}"] = lambda m, d, c=c: [
+            None if x is None else x * c for x in m["minimum"]
+        ]
+    out = {}
+    for name, rule in families.items():
+        regs, seed_regs, spreads = [], [], []
+        for r in results:
+            m = {k: v["lr_per_seed"] for k, v in r["methods"].items()}
+            s = score(grid_of(r), rule(m, r["range_test"]["diverged_at_lr"]))
+            regs.append(s["regret_pp"])
+            seed_regs.append(s["regret_pp_max"])
+            spreads.append(s["spread_factor"])
+        ok = all(v is not None for v in regs + seed_regs + spreads)
+        out[name] = {
+            "regret_pp": regs,
+            "worst_regret_pp": max(regs) if ok else None,
+            "worst_seed_regret_pp": max(seed_regs) if ok else None,
+            "worst_spread_factor": max(spreads) if ok else None,
         }
     return out
 
@@ -257,7 +337,31 @@ def main(argv=None) -> int:
         "--out",
         default=str(Path(__file__).parent / "results" / "finder_quality.json"),
     )
+    p.add_argument(
+        "--analyze",
+        action="store_true",
+        help="only add the rule-family scan to an existing --out JSON",
+    )
     args = p.parse_args(argv)
+    if args.analyze:
+        doc = json.loads(Path(args.out).read_text())
+        doc["rule_scan"] = rule_scan(doc["results"])
+        doc["pivot_markdown"] = pivot(doc["results"])
+        print(doc["pivot_markdown"])
+        write_atomic(Path(args.out), json.dumps(doc, indent=1) + "\n")
+        names = [r["optimizer"] + ":" + str(r["batch_size"]) for r in doc["results"]]
+        print(
+            "rule  worst-median-regret  worst-seed-regret  worst-spread  "
+            + " ".join(names)
+        )
+        for name, v in doc["rule_scan"].items():
+            regs = " ".join(fmt(x, ".2f") for x in v["regret_pp"])
+            print(
+                f"{name:8} {fmt(v['worst_regret_pp'], '.2f'):>6} "
+                f"{fmt(v['worst_seed_regret_pp'], '.2f'):>6} "
+                f"{fmt(v['worst_spread_factor'], '.2f'):>6}  {regs}"
+            )
+        return 0
     if args.quick:
         args.n_train, args.epochs = args.n_train or 5500, 1
     setup_jax(args.devices)
