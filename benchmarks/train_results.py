@@ -109,19 +109,27 @@ VARIANTS = {
             "5",
         ],
     ),
-    "default_nesterov": (
-        "the default schedule (SGDR 2+4+8+16, peak = divergence/2) with Nesterov "
-        "momentum 0.9 instead of plain SGD, 4 snapshots",
+    "default_nesterov_balanced": (
+        "the default schedule (SGDR 2+4+8+16) with Nesterov momentum 0.9 and the "
+        "balanced suggestion as peak (divergence/2 diverged with momentum, see "
+        "nesterov_huang), 4 snapshots",
         [
             "--optimizer",
             "nesterov",
             "--lr",
             "auto",
+            "--lr-method",
+            "balanced",
             "--period-mult",
             "2",
             "--snapshots",
             "4",
         ],
+    ),
+    "onecycle_auto": (
+        "--lr auto --schedule onecycle: optax.cosine_onecycle_schedule over the 30 "
+        "epochs, peak = divergence/2 (no snapshots: one cycle)",
+        ["--lr", "auto", "--schedule", "onecycle"],
     ),
 }
 SEEDS = (0, 1, 2)
@@ -151,6 +159,91 @@ def run_one(name: str, seed: int, runs: Path) -> dict:
     return json.loads(metrics.read_text())
 
 
+def load_snapshots(run_dir: Path, hidden=(300, 100)):
+    """The stacked snapshots ``[M, ...]`` from the run's latest checkpoint.
+
+    Read without a template: the carry's leaves are ``TrainState`` then the
+    ``SnapshotBuffer`` (one leaf per param leaf, ``[M + 1, ...]``, then count).
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    from lrjax.models import mlp
+
+    d = (run_dir / "checkpoints" / "latest").absolute()
+    mngr = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions())
+    out = mngr.restore(
+        mngr.latest_step(),
+        args=ocp.args.Composite(state=ocp.args.StandardRestore()),
+    )
+    mngr.close()
+    carry = out["state"]["carry"]
+    keys = sorted(carry)
+    _, params = mlp(784, 10, hidden, key=jax.random.key(0))
+    treedef = jax.tree.structure(params)
+    count = int(carry[keys[-1]])
+    leaves = [np.asarray(carry[k])[:count] for k in keys[-1 - treedef.num_leaves : -1]]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def analyze(run_dir: Path, ds) -> dict:
+    """Choices made on the VALIDATION split, judged on test.
+
+    * ``val_m``: the last-m ensemble with the best validation accuracy;
+    * ``weighted``: weights over the M snapshots' softmax outputs fitted on
+      validation (minimum NLL over the simplex, 300 Adam steps on logits of the
+      weights) -- the "prediction weighting" idea.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from lrjax.models import mlp
+    from lrjax.snapshots import ensemble_curve, member_probs
+
+    apply, _ = mlp(784, 10, key=jax.random.key(0))
+    stacked = load_snapshots(run_dir)
+    v_single, v_ens = ensemble_curve(apply, stacked, ds.x_val, ds.y_val)
+    t_single, t_ens = ensemble_curve(apply, stacked, ds.x_test, ds.y_test)
+    m_val = int(np.argmax(v_ens[::-1]))  # ties: the larger m
+    m_val = len(v_ens) - m_val
+    pv = member_probs(apply, stacked, jnp.asarray(ds.x_val))
+    pt = member_probs(apply, stacked, jnp.asarray(ds.x_test))
+    yv = jnp.asarray(ds.y_val)
+
+    def nll(z):
+        w = jax.nn.softmax(z)
+        p = jnp.einsum("m,mnc->nc", w, pv)
+        return -jnp.mean(jnp.log(p[jnp.arange(len(yv)), yv] + 1e-12))
+
+    tx = optax.adam(0.05)
+    z = jnp.zeros(pv.shape[0])
+    st = tx.init(z)
+
+    @jax.jit
+    def upd(z, st):
+        g = jax.grad(nll)(z)
+        u, st = tx.update(g, st)
+        return optax.apply_updates(z, u), st
+
+    for _ in range(300):
+        z, st = upd(z, st)
+    w = jax.nn.softmax(z)
+    weighted = float(
+        jnp.mean(jnp.argmax(jnp.einsum("m,mnc->nc", w, pt), -1) == ds.y_test)
+    )
+    return {
+        "val_single": v_single.tolist(),
+        "val_ensemble_curve": v_ens.tolist(),
+        "val_selected_m": m_val,
+        "val_selected_m_test_accuracy": float(t_ens[m_val - 1]),
+        "val_selected_single": int(np.argmax(v_single)) + 1,
+        "val_selected_single_test_accuracy": float(t_single[int(np.argmax(v_single))]),
+        "weights": np.asarray(w).tolist(),
+        "weighted_test_accuracy": weighted,
+    }
+
+
 def stats(values) -> dict:
     a = np.asarray(values, np.float64)
     return {
@@ -162,14 +255,33 @@ def stats(values) -> dict:
     }
 
 
+_DS = []
+
+
+def posthoc(run_dir: Path) -> dict:
+    """:func:`analyze`, cached in ``posthoc.json`` next to ``metrics.json``."""
+    f = run_dir / "posthoc.json"
+    if f.exists():
+        return json.loads(f.read_text())
+    if not _DS:
+        from lrjax.data import load_dataset
+
+        _DS.append(load_dataset("fashion_mnist"))
+    doc = analyze(run_dir, _DS[0])
+    f.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
 def summarize(runs: Path) -> dict:
     doc: dict = {"variants": {}, "seeds": list(SEEDS), "common_argv": COMMON}
     for name, (what, extra) in VARIANTS.items():
-        ms = []
+        ms, post = [], []
         for seed in SEEDS:
             f = runs / name / f"seed{seed}" / "metrics.json"
             if f.exists():
                 ms.append(json.loads(f.read_text()))
+                if "snapshots" in ms[-1]:
+                    post.append(posthoc(f.parent))
         if not ms:
             continue
         v = {
@@ -195,6 +307,16 @@ def summarize(runs: Path) -> dict:
             v["best_ensemble_m"] = [int(np.argmax(c)) + 1 for c in curve]
             v["ensemble_all"] = stats(curve[:, -1])
             v["gain_pp"] = stats(100 * (best_ens - best_single))
+            # Chosen on validation, judged on test (no test-set selection).
+            vm = np.array([q["val_selected_m_test_accuracy"] for q in post])
+            vs = np.array([q["val_selected_single_test_accuracy"] for q in post])
+            wt = np.array([q["weighted_test_accuracy"] for q in post])
+            v["val_selected_m"] = [q["val_selected_m"] for q in post]
+            v["val_selected_ensemble"] = stats(vm)
+            v["val_selected_single"] = stats(vs)
+            v["val_weighted_ensemble"] = stats(wt)
+            v["gain_val_selected_pp"] = stats(100 * (vm - vs))
+            v["gain_weighted_vs_best_single_pp"] = stats(100 * (wt - best_single))
         doc["variants"][name] = v
     return doc
 
@@ -207,8 +329,10 @@ def markdown(doc: dict) -> str:
 
     rows = [
         "| variant | peak lr (mean) | final test acc % | best single snapshot % "
-        "| best last-m ensemble % (m) | gain pp (mean [min, max]) |",
-        "|---|---|---|---|---|---|",
+        "| best last-m ensemble % (m) | gain pp (mean [min, max]) "
+        "| val-chosen m: ensemble % vs val-chosen single % (m) "
+        "| val-weighted ensemble % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, v in doc["variants"].items():
         row = [
@@ -223,9 +347,13 @@ def markdown(doc: dict) -> str:
                 pct(v["best_single_snapshot"]),
                 f"{pct(v['best_ensemble'])} ({ms})",
                 f"{g['mean']:+.2f} [{g['min']:+.2f}, {g['max']:+.2f}]",
+                f"{pct(v['val_selected_ensemble'])} vs "
+                f"{pct(v['val_selected_single'])} "
+                f"({','.join(str(m) for m in v['val_selected_m'])})",
+                pct(v["val_weighted_ensemble"]),
             ]
         else:
-            row += ["-", "-", "-"]
+            row += ["-"] * 5
         rows.append("| " + " | ".join(row) + " |")
     return "\n".join(rows)
 
