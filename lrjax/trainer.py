@@ -296,7 +296,7 @@ def fit(
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], Any] | None = None,
-    _snapshot_write_cond: bool = False,
+    snapshot_write: str = "cond",
 ) -> FitResult:
     """Trains ``apply``/``params`` on ``dataset`` for ``epochs`` epochs.
 
@@ -329,6 +329,11 @@ def fit(
       on_epoch: called with each epoch's history record (for a summary line).
       should_stop: polled between chunks; when truthy the run saves a checkpoint
         and returns with ``interrupted=True``.
+      snapshot_write: how the scan writes the snapshot buffer: ``"cond"`` (a
+        ``lax.cond`` that copies the params only at a snapshot step; measured
+        +0.3% epoch time) or ``"dus"`` (a ``dynamic_update_slice`` into slot
+        ``where(is_end, count, M)`` at every step, slot M being scratch: no
+        branch, but a params-sized copy per step, measured +30% on the MLP).
 
     Raises:
       ValueError: bad arguments. CheckpointError: an unreadable checkpoint.
@@ -368,7 +373,11 @@ def fit(
         batch_sharding = jax.sharding.NamedSharding(mesh, P("data"))
         replicated = jax.sharding.NamedSharding(mesh, P())
     step = make_step(apply, tx, batch_sharding=batch_sharding)
-    chunk = _chunk_fn(step, num_snaps, _snapshot_write_cond)
+    if snapshot_write not in ("cond", "dus"):
+        raise ValueError(
+            f"snapshot_write must be 'cond' or 'dus', got {snapshot_write!r}"
+        )
+    chunk = _chunk_fn(step, num_snaps, snapshot_write == "cond")
     run = jax.jit(chunk, donate_argnums=0)
     evaluate = jax.jit(make_evaluate(apply))
 
