@@ -45,6 +45,18 @@ CYCLIC = ("triangular", "triangular2", "exp_range", "cosine_restarts")
 DEFAULT_SCHEDULE = "cosine_restarts"
 
 
+def default_lr_method(schedule: str, optimizer: str) -> str:
+    """The suggestion ``--lr auto`` uses when ``--lr-method`` is not given.
+
+    Half the divergence lr is a good PEAK for plain SGD on a schedule that spends
+    little time there; with momentum it diverged (1 of 3 seeds, see
+    docs/train_readme.md), and a constant lr must be lower: ``balanced`` then.
+    """
+    if optimizer == "sgd" and schedule not in ("constant", "step"):
+        return "divergence"
+    return "balanced"
+
+
 def lr_value(text: str):
     if text == "auto":
         return text
@@ -95,7 +107,7 @@ def build_parser() -> ArgumentParser:
         choices=("steep", "valley", "minimum", "divergence", "balanced"),
         help="which range-test suggestion --lr auto uses (default: divergence, i.e. "
         "half the lr where the loss blew up, as the PEAK of cyclic, restart and "
-        "onecycle schedules; balanced for constant and step)",
+        "onecycle schedules with plain sgd; balanced otherwise)",
     )
     a(
         "--schedule",
@@ -445,9 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.lr == "auto":
         from lrjax.finder import lr_range_test
 
-        method = args.lr_method or (
-            "balanced" if args.schedule in ("constant", "step") else "divergence"
-        )
+        method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
         t0 = time.perf_counter()
         rt = lr_range_test(
             apply,

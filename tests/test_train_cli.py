@@ -240,6 +240,14 @@ def schedule_of(argv, steps_per_epoch=100, peak=0.2):
     return train.make_schedule(args, peak, steps_per_epoch)
 
 
+def test_default_lr_method():
+    assert train.default_lr_method("cosine_restarts", "sgd") == "divergence"
+    assert train.default_lr_method("onecycle", "sgd") == "divergence"
+    assert train.default_lr_method("constant", "sgd") == "balanced"
+    assert train.default_lr_method("cosine_restarts", "nesterov") == "balanced"
+    assert train.default_lr_method("triangular", "adam") == "balanced"
+
+
 def test_schedules_and_snapshot_points():
     # Default: SGDR with T0 = 2 epochs and T_mult = 2 (2+4+8+16 = 30 epochs).
     sched, desc, snaps = schedule_of([])
