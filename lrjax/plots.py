@@ -90,6 +90,85 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     return ax
 
 
+def plot_learning_curves(history, ax) -> Axes:
+    """Loss and accuracy per epoch, the lr on a second axis, snapshots marked.
+
+    Args:
+      history: a list of per-epoch records (``FitResult.history``) or a
+        ``metrics.json`` dict holding one under ``"history"``.
+      ax: one Axes (accuracy only) or a pair ``(loss_ax, accuracy_ax)``.
+
+    Returns:
+      The accuracy Axes.
+    """
+    if isinstance(history, dict):
+        history = history["history"]
+    axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [None, ax]
+    loss_ax, acc_ax = axes[0], axes[-1]
+    epoch = np.array([h["epoch"] for h in history])
+
+    def lr_twin(a):
+        # Linear: a log axis would be dominated by the ~0 lr at cycle ends.
+        t = a.twinx()
+        t.fill_between(
+            epoch,
+            [h["lr_min"] for h in history],
+            [h["lr_max"] for h in history],
+            color="0.85",
+            alpha=0.5,
+            step="pre",
+            label="lr range in epoch",
+        )
+        t.plot(
+            epoch,
+            [h["lr_max"] for h in history],
+            color="0.5",
+            lw=1,
+            ls="--",
+            drawstyle="steps-pre",
+            label="lr (max in epoch)",
+        )
+        t.set_ylim(bottom=0)
+        t.set_ylabel("learning rate (dashed)")
+        a.set_zorder(t.get_zorder() + 1)
+        a.patch.set_visible(False)
+        return t
+
+    if loss_ax is not None:
+        loss_ax.plot(epoch, [h["train_loss"] for h in history], label="train loss")
+        loss_ax.plot(epoch, [h["val_loss"] for h in history], label="val loss")
+        loss_ax.set_xlabel("epoch")
+        loss_ax.set_ylabel("loss")
+        loss_ax.legend(loc="upper center")
+        lr_twin(loss_ax)
+    acc_ax.plot(epoch, [h["train_accuracy"] for h in history], label="train acc")
+    acc_ax.plot(epoch, [h["val_accuracy"] for h in history], label="val acc")
+    snaps = [h for h in history if "ensemble_val_accuracy" in h]
+    if snaps:
+        acc_ax.scatter(
+            [h["epoch"] for h in snaps],
+            [h["val_accuracy"] for h in snaps],
+            marker="o",
+            facecolors="none",
+            edgecolors="k",
+            zorder=3,
+            label="snapshot (val acc)",
+        )
+        acc_ax.plot(
+            [h["epoch"] for h in snaps],
+            [h["ensemble_val_accuracy"] for h in snaps],
+            "k*-",
+            ms=8,
+            label="ensemble of snapshots so far",
+        )
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.legend(loc="lower center")
+    if loss_ax is None:
+        lr_twin(acc_ax)
+    return acc_ax
+
+
 def plot_grid(result, ax: Axes | None = None, suggestions=None) -> Axes:
     """Final validation accuracy vs lr (log axis): mean over seeds, min-max band.
 
