@@ -459,17 +459,21 @@ def main(argv: list[str] | None = None) -> int:
 
         method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
         t0 = time.perf_counter()
-        rt = lr_range_test(
-            apply,
-            params,
-            opt,
-            ds.x_train,
-            ds.y_train,
-            key=jax.random.fold_in(key, 2),
-            batch_size=args.batch_size,
-            method=method,
-            progress=progress,
-        )
+        try:
+            rt = lr_range_test(
+                apply,
+                params,
+                opt,
+                ds.x_train,
+                ds.y_train,
+                key=jax.random.fold_in(key, 2),
+                batch_size=args.batch_size,
+                method=method,
+                progress=progress,
+            )
+        except KeyboardInterrupt:  # before any training: nothing to save
+            print(f"{PROG}: interrupted during the range test", file=sys.stderr)
+            return 130
         if rt.suggested_lr is None:
             return fail(
                 PROG, "--lr auto: the range test gave no suggestion; pass --lr FLOAT"
