@@ -114,11 +114,12 @@ def lrjax_run(x, y, repeats: int, seeds: int = 1) -> dict:
 
 def seeds_on_host_devices(n_devices: int, seeds: int) -> dict:
     """Runs :func:`lrjax_run` in a subprocess with ``n_devices`` XLA host devices."""
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
-    )
+    # The flags python -m lrjax.find --seeds K sets (lrjax.cli.setup_jax): one
+    # host device per core, each on one thread.
+    flags = f"--xla_force_host_platform_device_count={n_devices}"
+    if n_devices > 1:
+        flags += " --xla_cpu_multi_thread_eigen=false"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks'); import bench_find as b;"
         f"x, y = b._data(); print(json.dumps(b.lrjax_run(x, y, 2, seeds={seeds})))"

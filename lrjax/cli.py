@@ -125,8 +125,15 @@ def setup_jax(cpu_devices: int | None = None) -> None:
         started = backends_are_initialized()
     if cpu_devices and cpu_devices > 1 and not started:
         # One XLA host device per core, so a vmapped population (seeds, lrs) is
-        # sharded over the cores. Only the CPU backend reads this setting.
+        # sharded over the cores, each device on one thread: with Eigen's shared
+        # pool every device would spread over every core and they would contend
+        # (8 seeds on 2 cores: 5.6x one seed with the pool, 4.3x without; see
+        # benchmarks/bench_find.py). Only the CPU backend reads these settings.
         jax.config.update("jax_num_cpu_devices", cpu_devices)
+        flag = "--xla_cpu_multi_thread_eigen=false"
+        flags = os.environ.get("XLA_FLAGS", "")
+        if flag not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
     cache = os.environ.get("LRJAX_JAX_CACHE") or os.path.join(
         os.environ.get("LRJAX_CACHE_DIR")
         or os.path.join(

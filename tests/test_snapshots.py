@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,14 +12,6 @@ from lrjax import schedules, snapshots
 from lrjax.models import mlp
 from lrjax.trainer import Carry, _chunk_fn
 from lrjax.training import batch_indices, init_state, make_optimizer, make_step
-
-# Every fit builds new closures that compile to the same programs; JAX's
-# persistent compilation cache turns those repeated compiles into lookups (this
-# file runs about 3x faster). Set before the first compile of the session.
-JAX_CACHE = Path(tempfile.gettempdir()) / f"lrjax-tests-jax-cache-{os.getuid()}"
-jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def synthetic(n, seed=0, size=8, classes=10):

@@ -5,23 +5,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
 import signal
 import struct
-import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from lrjax import data, train, trainer
-
-# Same persistent compilation cache as test_trainer.py (see there for why).
-JAX_CACHE = Path(tempfile.gettempdir()) / f"lrjax-tests-jax-cache-{os.getuid()}"
-jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 N_TRAIN, N_VAL, N_TEST = 512, 5000, 128  # load_dataset holds out 5000 for val
 BASE = ["--dataset", "mnist", "--hidden", "16", "--quiet", "--seed", "3"]
@@ -57,7 +48,7 @@ def tiny(tmp_path, monkeypatch):
     )
     monkeypatch.setitem(data._SPECS, "mnist", small)
     monkeypatch.setenv("LRJAX_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("LRJAX_JAX_CACHE", str(JAX_CACHE))
+    monkeypatch.setenv("LRJAX_JAX_CACHE", "off")  # keep the session cache (conftest)
     monkeypatch.delenv("LRJAX_DATA_DIR", raising=False)
 
     def no_network(*args, **kwargs):

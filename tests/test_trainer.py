@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -19,15 +18,6 @@ import pytest
 from lrjax import schedules, trainer
 from lrjax.data import Dataset
 from lrjax.models import mlp
-
-# Every fit builds new closures that compile to the same programs; JAX's
-# persistent compilation cache turns those repeated compiles into lookups (this
-# file runs about 3x faster). Set before the first compile of the session.
-JAX_CACHE = Path(tempfile.gettempdir()) / f"lrjax-tests-jax-cache-{os.getuid()}"
-jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
 
 N, BATCH = 512, 32
 SPE = N // BATCH  # steps per epoch

@@ -1,0 +1,37 @@
+"""The public API is explicit and pinned; importing lrjax never imports a CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import lrjax
+
+PUBLIC = {
+    "CheckpointError", "Dataset", "DatasetError", "FitResult", "GridResult",
+    "METHODS", "RangeTestResult", "Schedule", "SnapshotBuffer", "TrainState",
+    "accuracy_at", "cosine_restart_steps", "cosine_restarts", "cyclic", "data_mesh",
+    "ensemble_curve", "ensemble_predict", "exp_range", "exponential_sweep", "fit",
+    "find_divergence", "init_buffer", "linear_sweep", "load_dataset", "lr_grid",
+    "lr_range_test", "make_evaluate", "make_optimizer", "make_step", "member_probs",
+    "mlp", "plot_grid", "plot_learning_curves", "plot_range_test", "smooth",
+    "snapshot_steps", "step_decay", "stop_on_signals", "suggest", "triangular",
+    "triangular2",
+}  # fmt: skip
+
+
+def test_public_names_are_pinned():
+    names = {n for n in vars(lrjax) if not n.startswith("_")}
+    modules = {n for n in names if type(getattr(lrjax, n)).__name__ == "module"}
+    assert names - modules == PUBLIC
+
+
+def test_import_does_not_load_the_command_lines():
+    code = (
+        "import sys, lrjax; "
+        "print(sorted(m for m in ('lrjax.find', 'lrjax.train', 'lrjax.grid') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]"
