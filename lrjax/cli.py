@@ -52,6 +52,32 @@ def int_at_least(low: int):
     return parse
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The data, model and optimizer flags shared by find, grid and train."""
+    p.add_argument(
+        "--dataset",
+        default="fashion_mnist",
+        help="fashion_mnist (default), mnist, or tfds:NAME",
+    )
+    p.add_argument("--data-dir", default=None, help="directory with the IDX files")
+    p.add_argument("--hidden", default="300,100", help="hidden sizes (default 300,100)")
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+
+
+def save_png(fig, path: Path, dpi: int = 110) -> None:
+    """Saves a matplotlib figure atomically as PNG and closes it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
 def optimizer_factory(name: str):
     """``name -> (learning_rate -> optax.GradientTransformation)``."""
     import optax

@@ -14,14 +14,15 @@ import sys
 import time
 
 from lrjax.cli import (
-    OPTIMIZERS,
     ArgumentParser,
     UsageError,
+    add_model_args,
     fail,
     int_at_least,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
+    save_png,
     setup_jax,
     write_atomic,
 )
@@ -36,15 +37,7 @@ def build_parser() -> ArgumentParser:
         description="LR range test: sweep the learning rate over one epoch, record "
         "the loss, and suggest a learning rate.",
     )
-    p.add_argument(
-        "--dataset",
-        default="fashion_mnist",
-        help="fashion_mnist (default), mnist, or tfds:NAME",
-    )
-    p.add_argument("--data-dir", default=None, help="directory with the IDX files")
-    p.add_argument("--hidden", default="300,100", help="hidden sizes (default 300,100)")
-    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
-    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    add_model_args(p)
     p.add_argument("--min-lr", type=positive_float, default=1e-5)
     p.add_argument("--max-lr", type=positive_float, default=10.0)
     p.add_argument(
@@ -228,11 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
         fig, ax = plt.subplots(figsize=(8, 5))
         plot_range_test(result, ax)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        write_atomic(out / "lr_find.png", buf.getvalue())
+        save_png(fig, out / "lr_find.png")
     if args.json:
         print(json.dumps(doc))
     elif not args.quiet:

@@ -9,21 +9,21 @@ marked on the plot, so a suggestion can be checked against the ground truth.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
 import time
 
 from lrjax.cli import (
-    OPTIMIZERS,
     ArgumentParser,
     UsageError,
+    add_model_args,
     fail,
     int_at_least,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
+    save_png,
     setup_jax,
     write_atomic,
 )
@@ -38,15 +38,7 @@ def build_parser() -> ArgumentParser:
         description="Train one model per learning rate (and seed) in one compiled "
         "program and report validation accuracy per lr.",
     )
-    p.add_argument(
-        "--dataset",
-        default="fashion_mnist",
-        help="fashion_mnist (default), mnist, or tfds:NAME",
-    )
-    p.add_argument("--data-dir", default=None, help="directory with the IDX files")
-    p.add_argument("--hidden", default="300,100", help="hidden sizes (default 300,100)")
-    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
-    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    add_model_args(p)
     p.add_argument("--min-lr", type=positive_float, default=1e-3)
     p.add_argument("--max-lr", type=positive_float, default=1.0)
     p.add_argument(
@@ -239,11 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     plot_grid(result, ax, suggestions=None if find is None else find.suggestions)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(out / "grid.png", buf.getvalue())
+    save_png(fig, out / "grid.png")
     if args.json:
         print(json.dumps(doc))
     elif not args.quiet:
