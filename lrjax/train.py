@@ -11,7 +11,6 @@ saving a checkpoint (continue with ``--resume``).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
@@ -20,13 +19,14 @@ import time
 from pathlib import Path
 
 from lrjax.cli import (
-    OPTIMIZERS,
     ArgumentParser,
     UsageError,
+    add_model_args,
     fail,
     int_at_least,
     optimizer_factory,
     positive_float,
+    save_png,
     setup_jax,
     write_atomic,
 )
@@ -84,10 +84,7 @@ def build_parser() -> ArgumentParser:
         "snapshot ensembles.",
     )
     a = p.add_argument
-    a("--dataset", default="fashion_mnist", help="fashion_mnist, mnist or tfds:NAME")
-    a("--data-dir", default=None, help="directory with the IDX files")
-    a("--hidden", default="300,100", help="hidden sizes (default 300,100)")
-    a("--optimizer", default="sgd", choices=OPTIMIZERS)
+    add_model_args(p)
     a(
         "--weight-decay",
         type=nonneg_float,
@@ -174,7 +171,6 @@ def build_parser() -> ArgumentParser:
         help="step: decay factor (default 0.5)",
     )
     a("--epochs", type=int, default=30, help="epochs (default 30)")
-    a("--batch-size", type=int, default=32, help="batch size (default 32)")
     a(
         "--patience",
         type=int,
@@ -217,8 +213,6 @@ def _check(args) -> None:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.period_mult is None:
         # SGDR 2+4+8+16 only when nothing fixes the cycles; else constant cycles.
         fixed = args.snapshots or args.cycle_epochs is not None
@@ -392,11 +386,7 @@ def _plot(metrics: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     plot_learning_curves(metrics, ax)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    write_atomic(out / "learning_curves.png", buf.getvalue())
+    save_png(fig, out / "learning_curves.png", dpi=90)
 
 
 def main(argv: list[str] | None = None) -> int:
