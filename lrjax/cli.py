@@ -65,6 +65,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
 
 
+def load_data(args: argparse.Namespace):
+    """Loads ``--dataset`` (from ``--data-dir``) and checks ``--batch-size``.
+
+    Raises:
+      lrjax.data.DatasetError: missing, corrupt or unknown dataset.
+      UsageError: a batch larger than the training split.
+    """
+    from lrjax.data import load_dataset
+
+    ds = load_dataset(args.dataset, args.data_dir)
+    n = len(ds.y_train)
+    if args.batch_size > n:
+        raise UsageError(
+            f"--batch-size {args.batch_size} is larger than the training set "
+            f"({n} examples)"
+        )
+    return ds
+
+
 def save_png(fig, path: Path, dpi: int = 110) -> None:
     """Saves a matplotlib figure atomically as PNG and closes it."""
     import io

@@ -19,6 +19,7 @@ from lrjax.cli import (
     add_model_args,
     fail,
     int_at_least,
+    load_data,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
@@ -159,18 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import numpy as np
 
-    from lrjax.data import DatasetError, load_dataset
+    from lrjax.data import DatasetError
     from lrjax.finder import lr_range_test
     from lrjax.models import mlp
 
     try:
-        ds = load_dataset(args.dataset, args.data_dir)
-        n = len(ds.y_train)
-        if args.batch_size > n:
-            raise UsageError(
-                f"--batch-size {args.batch_size} is larger than the training set "
-                f"({n} examples)"
-            )
+        ds = load_data(args)
         opt = optimizer_factory(args.optimizer)
         out = prepare_out_dir(args.out, "find", args.force)
     except (UsageError, DatasetError) as e:

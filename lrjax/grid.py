@@ -20,6 +20,7 @@ from lrjax.cli import (
     add_model_args,
     fail,
     int_at_least,
+    load_data,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
@@ -144,13 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from lrjax.population import lr_grid
 
     try:
-        ds = data.load_dataset(args.dataset, args.data_dir)
-        n = len(ds.y_train)
-        if args.batch_size > n:
-            raise UsageError(
-                f"--batch-size {args.batch_size} is larger than the training set "
-                f"({n} examples)"
-            )
+        ds = load_data(args)
         if len(ds.y_val) == 0:
             raise UsageError(f"dataset {args.dataset} has no validation split")
         opt = optimizer_factory(args.optimizer)
@@ -182,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
     lrs = np.geomspace(args.min_lr, args.max_lr, args.num)
-    steps = n // args.batch_size
+    steps = len(ds.y_train) // args.batch_size
     result = lr_grid(
         apply,
         init,

@@ -24,6 +24,7 @@ from lrjax.cli import (
     add_model_args,
     fail,
     int_at_least,
+    load_data,
     optimizer_factory,
     positive_float,
     save_png,
@@ -405,17 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from lrjax import trainer
-    from lrjax.data import DatasetError, load_dataset
+    from lrjax.data import DatasetError
     from lrjax.models import mlp
 
     try:
-        ds = load_dataset(args.dataset, args.data_dir)
-        n = len(ds.y_train)
-        if args.batch_size > n:
-            raise UsageError(
-                f"--batch-size {args.batch_size} is larger than the training set "
-                f"({n} examples)"
-            )
+        ds = load_data(args)
         ndev = jax.local_device_count()
         if args.batch_size % ndev:
             raise UsageError(
@@ -423,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"devices ({ndev}) for data-parallel training"
             )
         opt = _optimizer(args)
-        steps_per_epoch = n // args.batch_size
+        steps_per_epoch = len(ds.y_train) // args.batch_size
         # Validate the schedule before any work (auto's peak is unknown: use 1).
         make_schedule(args, 1.0 if args.lr == "auto" else args.lr, steps_per_epoch)
         out = _prepare_logdir(args)
