@@ -240,13 +240,20 @@ def test_default_lr_method():
 
 
 def test_schedules_and_snapshot_points():
-    # Default: SGDR with T0 = 2 epochs and T_mult = 2 (2+4+8+16 = 30 epochs).
+    # Default: SGDR with T0 = 2 epochs and T_mult = 2 (2+4+8+16 = 30 epochs),
+    # each restart's peak 0.8 times the previous one.
     sched, desc, snaps = schedule_of([])
     assert desc["cycle_ends"] == [199, 599, 1399, 2999] and snaps is None
-    assert float(sched(0)) == pytest.approx(0.2) == float(sched(200))
+    assert desc["peak_decay"] == 0.8
+    assert float(sched(0)) == pytest.approx(0.2)
+    assert float(sched(200)) == pytest.approx(0.16, rel=1e-5)
+    assert float(sched(1400)) == pytest.approx(0.2 * 0.8**3, rel=1e-5)
+    _, desc, _ = schedule_of(["--peak-decay", "1"])
+    assert desc["peak_decay"] == 1.0
     # Huang et al.: M cycles of P = T // M steps, T_mult = 1, eta_min = 0.
     sched, desc, snaps = schedule_of(["--snapshots", "6"])
     assert snaps.tolist() == [499, 999, 1499, 1999, 2499, 2999]
+    assert desc["peak_decay"] == 1.0 and float(sched(2500)) == pytest.approx(0.2)
     assert float(sched(250)) == pytest.approx(0.1, rel=1e-5)
     # M does not divide T: the first cycle takes the leftover steps, so the
     # last cycle still ends at the last step (no restart at the very end).
