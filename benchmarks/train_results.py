@@ -427,7 +427,7 @@ def summarize(runs: Path) -> dict:
 
 
 def markdown(doc: dict) -> str:
-    """The results table of docs/train_readme.md (mean [min, max] over seeds)."""
+    """The results table of README.md "Training" (mean [min, max] over seeds)."""
 
     def pct(st):
         return f"{100 * st['mean']:.2f} [{100 * st['min']:.2f}, {100 * st['max']:.2f}]"

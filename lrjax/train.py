@@ -52,7 +52,7 @@ def default_lr_method(schedule: str, optimizer: str) -> str:
 
     Half the divergence lr is a good PEAK for plain SGD on a schedule that spends
     little time there; with momentum it diverged (1 of 3 seeds, see
-    docs/train_readme.md), and a constant lr must be lower: ``balanced`` then.
+    README.md "Training"), and a constant lr must be lower: ``balanced`` then.
     """
     if optimizer == "sgd" and schedule not in ("constant", "step"):
         return "divergence"
@@ -225,7 +225,7 @@ def _check(args) -> None:
         raise UsageError(f"--period-mult must be >= 1, got {args.period_mult:g}")
     if args.peak_decay is None:
         # 0.8 for SGDR with growing periods: 90.03% vs 89.92% mean test accuracy
-        # over 5 seeds (docs/train_readme.md, default_peak_decay_0.8); Huang et
+        # over 5 seeds (README.md "Training", variant default_peak_decay_0.8); Huang et
         # al.'s equal cycles keep equal peaks.
         growing = args.schedule == "cosine_restarts" and args.period_mult > 1
         args.peak_decay = DEFAULT_PEAK_DECAY if growing else 1.0
