@@ -52,6 +52,16 @@ def int_at_least(low: int):
     return parse
 
 
+def hidden_sizes(text: str) -> tuple[int, ...]:
+    """``--hidden 300,100`` -> ``(300, 100)``; argparse reports a bad value."""
+    from lrjax.models import parse_hidden
+
+    try:
+        return parse_hidden(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The data, model and optimizer flags shared by find, grid and train."""
     p.add_argument(
@@ -60,7 +70,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="fashion_mnist (default), mnist, or tfds:NAME",
     )
     p.add_argument("--data-dir", default=None, help="directory with the IDX files")
-    p.add_argument("--hidden", default="300,100", help="hidden sizes (default 300,100)")
+    p.add_argument(
+        "--hidden",
+        type=hidden_sizes,
+        default=(300, 100),
+        help="hidden sizes (default 300,100)",
+    )
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
 

@@ -147,11 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _check(args)
-        from lrjax.models import parse_hidden
-
-        hidden = parse_hidden(args.hidden)
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
+    hidden = args.hidden
 
     seeds = args.seeds
     cores = os.cpu_count() or 1

@@ -127,11 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _check(args)
-        from lrjax.models import parse_hidden
-
-        hidden = parse_hidden(args.hidden)
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
+    hidden = args.hidden
 
     population = args.num * args.seeds
     setup_jax(min(os.cpu_count() or 1, population))
