@@ -41,8 +41,9 @@ def smooth(losses: np.ndarray, beta: float = 0.98) -> np.ndarray:
     """Bias-corrected exponential moving average, as fastai and Lightning use.
 
     ``avg_i = beta * avg_{i-1} + (1 - beta) * loss_i`` (``avg_{-1} = 0``) and
-    ``smoothed_i = avg_i / (1 - beta**(i + 1))``. Once a loss is non-finite every
-    later smoothed value is NaN.
+    ``smoothed_i = avg_i / (1 - beta**(i + 1))`` along the last axis (leading axes,
+    e.g. seeds, are smoothed independently). Once a loss is non-finite every later
+    smoothed value is NaN.
 
     >>> smooth(np.array([1.0, 2.0, 3.0]), beta=0.5).round(4).tolist()
     [1.0, 1.6667, 2.4286]
@@ -51,13 +52,13 @@ def smooth(losses: np.ndarray, beta: float = 0.98) -> np.ndarray:
         raise ValueError(f"smoothing beta must be in [0, 1), got {beta}")
     losses = np.asarray(losses, np.float64)
     out = np.empty_like(losses)
-    avg = 0.0
-    for i, loss in enumerate(losses):
-        avg = beta * avg + (1.0 - beta) * loss
-        out[i] = avg / (1.0 - beta ** (i + 1))
-    bad = ~np.isfinite(losses)
-    if bad.any():
-        out[int(np.argmax(bad)) :] = np.nan
+    avg = np.zeros(losses.shape[:-1])
+    for i in range(losses.shape[-1]):  # vectorised over leading (seed) axes
+        avg = beta * avg + (1.0 - beta) * losses[..., i]
+        out[..., i] = avg / (1.0 - beta ** (i + 1))
+    # NaN from the first non-finite loss on, per row.
+    bad = np.logical_or.accumulate(~np.isfinite(losses), axis=-1)
+    out[bad] = np.nan
     return out
 
 
@@ -410,15 +411,18 @@ def lr_range_test(
         losses_parts.append(loss_c.reshape(seeds, -1) if seeds > 1 else loss_c[None])
         lr_parts.append(lr_c.reshape(seeds, -1)[0] if seeds > 1 else lr_c)
         steps_run = min(num_steps, (c + 1) * chunk_len)
-        losses_so_far = np.concatenate(losses_parts, axis=1)[:, :steps_run]
-        for k in range(seeds):
-            sm = smooth(losses_so_far[k], smooth_beta)
-            diverged[k] = find_divergence(
-                losses_so_far[k], sm, diverge_threshold, rebound
-            )
+        # Smoothing is causal: the prefix's values never change, and the last
+        # chunk's arrays are the result.
+        losses = np.concatenate(losses_parts, axis=1)[:, :steps_run]
+        smoothed = smooth(losses, smooth_beta)
+        diverged = [
+            find_divergence(losses[k], smoothed[k], diverge_threshold, rebound)
+            for k in range(seeds)
+        ]
         if bar is not None:
             bar.update(steps_run - bar.n)
-            bar.set_postfix(lr=f"{lr_c.ravel()[-1]:.3g}", loss=f"{sm[-1]:.3f}")
+            last = smoothed[-1, -1]
+            bar.set_postfix(lr=f"{lr_c.ravel()[-1]:.3g}", loss=f"{last:.3f}")
         if stop_on_divergence and all(d is not None for d in diverged):
             break
     run_s = time.perf_counter() - t0
@@ -427,8 +431,6 @@ def lr_range_test(
     del state
 
     lrs = np.concatenate(lr_parts)[:steps_run]
-    losses = np.concatenate(losses_parts, axis=1)[:, :steps_run]
-    smoothed = np.stack([smooth(row, smooth_beta) for row in losses])
     per_seed = [suggest(lrs, smoothed[k], diverged[k]) for k in range(seeds)]
     suggestions = {
         m: _median([s[m] for s in per_seed], at_least=(seeds + 1) // 2) for m in METHODS

@@ -39,6 +39,16 @@ def test_smooth_matches_the_bias_corrected_sum():
     assert finder.smooth(losses, 0.0).tolist() == losses.tolist()
 
 
+def test_smooth_treats_leading_axes_as_independent_rows():
+    rng = np.random.default_rng(1)
+    rows = rng.uniform(0.5, 2.5, (3, 50))
+    rows[1, 20] = np.nan
+    both = finder.smooth(rows)
+    for k in range(3):
+        np.testing.assert_array_equal(both[k], finder.smooth(rows[k]))
+    assert np.isnan(both[1, 20:]).all() and np.isfinite(both[[0, 2]]).all()
+
+
 def test_smooth_is_nan_after_the_first_non_finite_loss():
     out = finder.smooth(np.array([1.0, 2.0, np.inf, 1.0]))
     assert np.isfinite(out[:2]).all() and np.isnan(out[2:]).all()
