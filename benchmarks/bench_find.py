@@ -167,7 +167,7 @@ def main() -> None:
 
     import jax
 
-    from lrjax.finder import describe_devices
+    from lrjax.training import describe_devices
 
     device = describe_devices()
     print(f"device: {device}", flush=True)

@@ -39,11 +39,11 @@ def child(args) -> dict:
     import optax
 
     from lrjax.data import load_dataset
-    from lrjax.finder import describe_devices
     from lrjax.models import mlp
     from lrjax.population import lr_grid
     from lrjax.training import (
         batch_indices,
+        describe_devices,
         init_state,
         make_evaluate,
         make_optimizer,

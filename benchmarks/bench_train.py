@@ -31,7 +31,13 @@ import optax
 from lrjax import schedules, snapshots, trainer
 from lrjax.data import load_dataset
 from lrjax.models import mlp
-from lrjax.training import as_inputs, batch_indices, cross_entropy, make_evaluate
+from lrjax.training import (
+    as_inputs,
+    batch_indices,
+    cross_entropy,
+    describe_devices,
+    make_evaluate,
+)
 
 OUT = Path(__file__).resolve().parent / "results" / "train_bench.json"
 
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
     ds = load_dataset("fashion_mnist")
-    device = trainer.describe_device()
+    device = describe_devices(jax.local_devices())
     print(f"device: {device}")
     spe = len(ds.y_train) // 32
     sched = schedules.cosine_restarts(0.1, 5 * spe)

@@ -24,6 +24,7 @@ from lrjax.training import (
     Apply,
     OptimizerFactory,
     batch_indices,
+    describe_devices,
     init_state,
     make_optimizer,
     make_step,
@@ -235,13 +236,6 @@ class RangeTestResult:
             "device": self.device,
             "config": self.config,
         }
-
-
-def describe_devices(devices: Sequence[jax.Device] | None = None) -> str:
-    """E.g. ``"cpu x2 (cpu)"`` or ``"gpu x1 (NVIDIA H100 80GB HBM3)"``."""
-    devices = list(devices if devices is not None else jax.devices())
-    d = devices[0]
-    return f"{d.platform} x{len(devices)} ({d.device_kind})"
 
 
 def _check_range_args(init_value, end_value, num_steps, mode, seeds, beta, threshold):

@@ -32,11 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax.finder import describe_devices
 from lrjax.training import (
     Apply,
     OptimizerFactory,
     batch_indices,
+    describe_devices,
     init_state,
     make_evaluate,
     make_optimizer,

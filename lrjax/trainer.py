@@ -36,6 +36,7 @@ from lrjax import snapshots as snap_lib
 from lrjax.training import (
     TrainState,
     batch_indices,
+    describe_devices,
     init_state,
     make_evaluate,
     make_optimizer,
@@ -128,12 +129,6 @@ def stop_on_signals(
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def describe_device() -> str:
-    devs = jax.local_devices()
-    kinds = sorted({d.device_kind for d in devs})
-    return f"{len(devs)} x {', '.join(kinds)} ({jax.default_backend()})"
 
 
 def data_mesh(batch_size: int, devices=None) -> jax.sharding.Mesh:
@@ -611,7 +606,7 @@ def fit(
         if snap_arr is None
         else ((snap_arr + 1) / steps_per_epoch).tolist(),
         timings={},
-        device=describe_device(),
+        device=describe_devices(jax.local_devices()),
     )
     if evaluate_test and not interrupted and len(dataset.y_test):
         test = (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))

@@ -187,6 +187,13 @@ def make_evaluate(apply: Apply, batch_size: int = 1000) -> Callable:
     return evaluate
 
 
+def describe_devices(devices: list[jax.Device] | None = None) -> str:
+    """E.g. ``"cpu x2 (cpu)"`` or ``"gpu x1 (NVIDIA H100 80GB HBM3)"``."""
+    devices = list(devices if devices is not None else jax.devices())
+    d = devices[0]
+    return f"{d.platform} x{len(devices)} ({d.device_kind})"
+
+
 def population_mesh(size: int, axis: str = "pop") -> jax.sharding.Mesh | None:
     """A 1-D mesh over as many local devices as divide ``size``; None if only one.
 
