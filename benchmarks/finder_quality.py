@@ -41,7 +41,7 @@ SWEEPS = {  # range-test sweep (init, end) and the grid's default window
     "momentum": ((1e-5, 10.0), (1e-4, 1.0)),
     "adam": ((1e-6, 1.0), (1e-5, 0.1)),
 }
-FINDER_METHODS = ("steep", "valley", "minimum", "divergence", "balanced")
+FINDER_METHODS = ("steep", "valley", "minimum", "divergence", "balanced", "knee")
 DIV_FRACTIONS = (4, 8, 16)
 VD_POINTS = (0.25, 0.75)
 

@@ -32,8 +32,10 @@ from lrjax.training import (
     scan_steps,
 )
 
-METHODS = ("steep", "valley", "minimum", "divergence", "balanced")
+METHODS = ("steep", "valley", "minimum", "divergence", "balanced", "knee")
 DEFAULT_METHOD = "balanced"
+KNEE_DESCENT = 0.75  # the knee: where the smoothed loss has made 75% of its descent
+KNEE_TOWARD_DIVERGENCE = 0.25  # ... then a quarter of the way to divergence (log lr)
 MODES = ("exponential", "linear")
 
 
@@ -148,6 +150,12 @@ def suggest(
     * ``divergence``: half the lr where the loss diverged (the seed recipe's rule).
     * ``balanced``: the geometric mean of ``valley`` and ``divergence``: midway on
       the log axis between the start of the good region and the blow-up.
+    * ``knee``: the first lr at which the smoothed loss has made
+      ``KNEE_DESCENT`` (75%) of its descent from the start of the curve to its
+      minimum, moved ``KNEE_TOWARD_DIVERGENCE`` (a quarter) of the way on the log
+      axis toward ``divergence``: ``knee75**0.75 * divergence**0.25``; without a
+      divergence, the 75% point itself. The constants were fitted on the 2-epoch
+      grids of ``benchmarks/finder_quality.py`` and checked on fresh grids (README).
 
     A method with nothing to go on (too short a curve, no divergence) gives None.
     """
@@ -167,9 +175,20 @@ def suggest(
         out["steep"] = float(np.exp(x[int(np.argmin(np.gradient(y, x)))]))
         out["valley"] = float(lrs[lo + _valley_index(y)])
         out["minimum"] = float(lrs[lo + int(np.argmin(y))] / 10)
+        out["knee"] = _knee(x, y, out["divergence"])
     if out["valley"] is not None and out["divergence"] is not None:
         out["balanced"] = float(math.sqrt(out["valley"] * out["divergence"]))
     return out
+
+
+def _knee(log_lrs: np.ndarray, y: np.ndarray, divergence: float | None) -> float:
+    """The ``knee`` suggestion on a cut curve (log lrs and smoothed losses)."""
+    target = y.min() + (1.0 - KNEE_DESCENT) * (y[0] - y.min())
+    knee = float(np.exp(log_lrs[int(np.argmax(y <= target))]))
+    if divergence is None:
+        return knee
+    a = KNEE_TOWARD_DIVERGENCE
+    return float(knee ** (1.0 - a) * divergence**a)
 
 
 def pick(suggestions: dict[str, float | None], method: str) -> float | None:
@@ -312,7 +331,7 @@ def lr_range_test(
       seeds: independent runs (initialisations and batch orders) in ONE compiled
         program (``vmap``; spread over local devices when several).
       method: the suggestion reported as ``suggested_lr``: one of
-        ``"steep", "valley", "minimum", "divergence", "balanced"``.
+        ``"steep", "valley", "minimum", "divergence", "balanced", "knee"``.
       stop_on_divergence: stop at the chunk where every seed has diverged.
       chunks: the sweep runs as this many compiled scan chunks; the host checks
         for divergence between them.

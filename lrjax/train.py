@@ -31,6 +31,7 @@ from lrjax.cli import (
     setup_jax,
     write_atomic,
 )
+from lrjax.finder import METHODS
 
 PROG = "lrjax.train"
 SCHEDULES = (
@@ -103,7 +104,7 @@ def build_parser() -> ArgumentParser:
     a(
         "--lr-method",
         default=None,
-        choices=("steep", "valley", "minimum", "divergence", "balanced"),
+        choices=METHODS,
         help="which range-test suggestion --lr auto uses (default: divergence, i.e. "
         "half the lr where the loss blew up, as the PEAK of cyclic, restart and "
         "onecycle schedules with plain sgd; balanced otherwise)",

@@ -141,6 +141,28 @@ def test_minimum_divergence_and_balanced_on_a_known_curve():
     assert 1e-4 < s["valley"] < 0.5
 
 
+def test_knee_is_the_75_percent_descent_point_in_closed_form():
+    # loss = 0.5 + 1.8 / (1 + (lr / c)**2): the point where 75% of the descent
+    # from the first kept point (10% in) to the minimum is done, solved exactly.
+    lrs, loss = sigmoid_curve()
+    kept = loss[int(0.1 * len(loss)) : len(loss) - 5]
+    target = kept.min() + 0.25 * (kept[0] - kept.min())
+    exact = 1e-2 * math.sqrt(1.8 / (target - 0.5) - 1)
+    got = finder.suggest(lrs, loss, None)["knee"]
+    step = lrs[1] / lrs[0]
+    assert exact <= got <= exact * step  # the first sweep point past the target
+    assert 1e-2 < got < 2e-2  # the 75% point lies just past the steepest descent
+
+
+def test_knee_moves_a_quarter_of_the_way_to_divergence():
+    lrs, loss = sigmoid_curve(blowup=1.0)
+    div = finder.find_divergence(loss, loss)
+    s = finder.suggest(lrs, loss, div)
+    alone = finder.suggest(lrs[: div + 1], loss[: div + 1], None)["knee"]  # same cut
+    assert s["knee"] == pytest.approx(alone**0.75 * s["divergence"] ** 0.25)
+    assert alone < s["knee"] < s["divergence"]
+
+
 def test_suggestions_ignore_everything_after_the_first_nan():
     lrs, loss = sigmoid_curve(n=200)
     cut = np.concatenate([loss[:100], [np.nan] * 100])
