@@ -366,6 +366,49 @@ def posthoc(run_dir: Path) -> dict:
     return doc
 
 
+def independent_ensembles(run_dirs: list[Path]) -> dict:
+    """The diversity ceiling: ensembles of the FINAL models of independent runs.
+
+    For k = 2..n runs (seeds) of one variant, every k-subset's mean-softmax
+    ensemble on test against its best and its mean member. This costs k full
+    trainings, so a snapshot ensemble (one training) cannot be expected to gain
+    more over its best snapshot than these do over their best member.
+    """
+    import itertools
+
+    import jax
+
+    from lrjax.models import mlp
+    from lrjax.snapshots import member_probs
+
+    if not _DS:
+        from lrjax.data import load_dataset
+
+        _DS.append(load_dataset("fashion_mnist"))
+    ds = _DS[0]
+    apply, _ = mlp(784, 10, key=jax.random.key(0))
+    last = [
+        np.asarray(member_probs(apply, load_snapshots(d), ds.x_test))[-1]
+        for d in run_dirs
+    ]
+    y = np.asarray(ds.y_test)
+    acc = [float(np.mean(p.argmax(-1) == y)) for p in last]
+    out = {"members_test_accuracy": acc}
+    for k in range(2, len(last) + 1):
+        ens, best, mean = [], [], []
+        for c in itertools.combinations(range(len(last)), k):
+            p = np.mean([last[i] for i in c], axis=0)
+            ens.append(float(np.mean(p.argmax(-1) == y)))
+            best.append(max(acc[i] for i in c))
+            mean.append(float(np.mean([acc[i] for i in c])))
+        out[str(k)] = {
+            "ensemble_test_accuracy": stats(ens),
+            "gain_over_best_member_pp": stats(100 * (np.array(ens) - best)),
+            "gain_over_mean_member_pp": stats(100 * (np.array(ens) - mean)),
+        }
+    return out
+
+
 def summarize(runs: Path) -> dict:
     doc: dict = {"variants": {}, "seeds": list(SEEDS), "common_argv": COMMON}
     for name, (what, extra) in VARIANTS.items():
@@ -422,6 +465,12 @@ def summarize(runs: Path) -> dict:
             v["val_weighted_ensemble"] = stats(wt)
             v["gain_val_selected_pp"] = stats(100 * (vm - vs))
             v["gain_weighted_vs_best_single_pp"] = stats(100 * (wt - best_single))
+            dirs = [
+                f.parent
+                for seed in SEEDS + EXTRA_SEEDS
+                if (f := runs / name / f"seed{seed}" / "metrics.json").exists()
+            ]
+            v["independent_ensembles"] = independent_ensembles(dirs)
         doc["variants"][name] = v
     return doc
 
@@ -465,6 +514,39 @@ def markdown(doc: dict) -> str:
         else:
             row += ["-"] * 5
         rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
+
+
+def ceiling_markdown(doc: dict) -> str:
+    """Independent-run ensembles (k final models, k x the cost) per variant."""
+    rows = [
+        "| variant | runs | final models % (mean) | k = 2: ensemble % / gain over "
+        "best member pp | k = 3 | k = 5 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in doc["variants"].items():
+        ind = v.get("independent_ensembles")
+        if not ind:
+            continue
+        acc = ind["members_test_accuracy"]
+        cells = []
+        for k in ("2", "3", "5"):
+            if k in ind:
+                e, g = (
+                    ind[k]["ensemble_test_accuracy"],
+                    ind[k]["gain_over_best_member_pp"],
+                )
+                cells.append(
+                    f"{100 * e['mean']:.2f} / {g['mean']:+.2f} "
+                    f"[{g['min']:+.2f}, {g['max']:+.2f}]"
+                )
+            else:
+                cells.append("-")
+        rows.append(
+            f"| `{name}` | {len(acc)} | {100 * np.mean(acc):.2f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(rows)
 
 
@@ -514,6 +596,8 @@ def main(argv=None) -> int:
         print(line)
     if args.markdown:
         print(markdown(doc))
+        print()
+        print(ceiling_markdown(doc))
     return 0
 
 
