@@ -34,7 +34,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lrjax.cli import optimizer_factory, setup_jax, write_atomic  # noqa: E402
+from lrjax.cli import (  # noqa: E402
+    hidden_sizes,
+    optimizer_factory,
+    setup_jax,
+    write_atomic,
+)
 
 SWEEPS = {  # range-test sweep (init, end) and the grid's default window
     "sgd": ((1e-5, 10.0), (1e-3, 3.0)),
@@ -106,29 +111,22 @@ def score(grid, lrs_per_seed, epoch=-1):
     }
 
 
-def run_setting(opt_name, batch_size, args, ds):
+def range_test_rules(opt_name, batch_size, args, x, y):
+    """The range test of one setting and every rule's per-seed lrs."""
     import jax
-    import numpy as np
 
     from lrjax.finder import lr_range_test
     from lrjax.models import mlp
-    from lrjax.population import lr_grid
 
-    n = args.n_train or len(ds.y_train)
-    x, y = ds.x_train[:n], ds.y_train[:n]
     key = jax.random.key(args.seed)
-    apply, _ = mlp(784, ds.num_classes, (300, 100), key=key)
-
-    def init(k):
-        return mlp(784, ds.num_classes, (300, 100), key=k)[1]
-
-    opt = optimizer_factory(opt_name)
-    (s0, s1), window = SWEEPS[opt_name]
+    hidden = tuple(getattr(args, "hidden", None) or (300, 100))
+    apply, _ = mlp(784, 10, hidden, key=key)
+    (s0, s1), _ = SWEEPS[opt_name]
     t0 = time.perf_counter()
     rt = lr_range_test(
         apply,
-        init,
-        opt,
+        lambda k: mlp(784, 10, hidden, key=k)[1],
+        optimizer_factory(opt_name),
         x,
         y,
         key=key,
@@ -140,6 +138,109 @@ def run_setting(opt_name, batch_size, args, ds):
     range_s = time.perf_counter() - t0
     per_method = {m: rt.spread["per_method"][m] for m in FINDER_METHODS}
     rules = {**per_method, **derived_rules(per_method, rt.spread["diverged_at_lr"])}
+    return rt, rules, range_s
+
+
+def grid_of(r):
+    """A stored setting's grid as a GridResult (accuracies only)."""
+    import numpy as np
+
+    from lrjax.population import GridResult
+
+    acc = np.asarray(r["grid"]["val_accuracy"], np.float64)
+    return GridResult(
+        np.asarray(r["grid"]["lrs"]), acc.shape[1], acc.shape[2], acc, acc,
+        acc, acc, 0.0, 0.0, 0, {}, "", {}, {},
+    )  # fmt: skip
+
+
+KNEE_DESCENTS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+KNEE_TOWARDS = (0.0, 0.1, 0.2, 0.25, 0.3)
+
+
+def knee_family(rt) -> dict:
+    """Per-seed lrs of the knee rule for each (descent, toward) pair: the scan
+    its two constants were chosen from (``knee{descent}@{toward}``)."""
+    import numpy as np
+
+    from lrjax.finder import suggest
+
+    smoothed = np.atleast_2d(rt.smoothed_losses)
+    out = {}
+    for d in KNEE_DESCENTS:
+        for a in KNEE_TOWARDS:
+            out[f"knee{d:g}@{a:g}"] = [
+                suggest(
+                    rt.lrs, smoothed[k], rt.diverged_at_step[k],
+                    knee_descent=d, knee_toward=a,
+                )["knee"]
+                for k in range(len(smoothed))
+            ]  # fmt: skip
+    return out
+
+
+def knee_scan(results, families) -> dict:
+    """Worst regret over settings (every grid epoch) of each knee constant pair."""
+    out = {}
+    for name in families[0]:
+        per_epoch = {}
+        for ep in range(results[0]["grid"]["epochs"]):
+            sc = [
+                score(grid_of(r), f[name], ep)
+                for r, f in zip(results, families, strict=True)
+            ]
+            per_epoch[f"epoch{ep + 1}"] = {
+                "regret_pp": [s["regret_pp"] for s in sc],
+                "worst_regret_pp": max(s["regret_pp"] for s in sc),
+                "worst_seed_regret_pp": max(s["regret_pp_max"] for s in sc),
+                "worst_spread_factor": max(s["spread_factor"] for s in sc),
+            }
+        out[name] = per_epoch
+    return out
+
+
+def rescore(doc) -> None:
+    """Re-run only the range tests (same seeds and sweeps) and score every rule
+    against the STORED grids: for a new or changed suggestion method, without
+    training the grids again. The range test is deterministic on one machine,
+    so the existing methods' numbers come out unchanged."""
+    from lrjax.data import load_dataset
+
+    ds = load_dataset("fashion_mnist")
+    cfg = argparse.Namespace(**doc["config"])
+    n = cfg.n_train or len(ds.y_train)
+    families = []
+    for r in doc["results"]:
+        rt, rules, _ = range_test_rules(
+            r["optimizer"], r["batch_size"], cfg, ds.x_train[:n], ds.y_train[:n]
+        )
+        families.append(knee_family(rt))
+        grid = grid_of(r)
+        r["methods"] = {m: score(grid, v) for m, v in rules.items()}
+        r["methods_epoch1"] = {m: score(grid, v, epoch=0) for m, v in rules.items()}
+    doc["summary"] = summary(doc["results"])
+    doc["table_markdown"] = table(doc["results"])
+    doc["knee_scan"] = knee_scan(doc["results"], families)
+
+
+def run_setting(opt_name, batch_size, args, ds):
+    import jax
+    import numpy as np
+
+    from lrjax.models import mlp
+    from lrjax.population import lr_grid
+
+    n = args.n_train or len(ds.y_train)
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    key = jax.random.key(args.seed)
+    apply, _ = mlp(784, ds.num_classes, tuple(args.hidden), key=key)
+
+    def init(k):
+        return mlp(784, ds.num_classes, tuple(args.hidden), key=k)[1]
+
+    opt = optimizer_factory(opt_name)
+    (s0, s1), window = SWEEPS[opt_name]
+    rt, rules, range_s = range_test_rules(opt_name, batch_size, args, x, y)
     lrs = grid_lrs(window, list(rules.values()))
     print(
         f"[{opt_name}:{batch_size}] range test {range_s:.1f}s; grid {len(lrs)} lrs "
@@ -267,6 +368,27 @@ def summary(results) -> dict:
     return out
 
 
+def by_epoch(results) -> dict:
+    """Per method and grid epoch: the median-suggestion regret in every setting
+    and the worst per-seed regret (is a method good at every horizon?)."""
+    out = {}
+    for m in results[0]["methods"]:
+        out[m] = {}
+        for ep in range(results[0]["grid"]["epochs"]):
+            sc = [
+                score(grid_of(r), r["methods"][m]["lr_per_seed"], ep) for r in results
+            ]
+            ok = all(s["regret_pp"] is not None for s in sc)
+            out[m][f"epoch{ep + 1}"] = {
+                "regret_pp": [s["regret_pp"] for s in sc],
+                "worst_regret_pp": max(s["regret_pp"] for s in sc) if ok else None,
+                "worst_seed_regret_pp": (
+                    max(s["regret_pp_max"] for s in sc) if ok else None
+                ),
+            }
+    return out
+
+
 def rule_scan(results) -> dict:
     """Worst regret over settings of one-parameter rule families on the same curves.
 
@@ -277,15 +399,6 @@ def rule_scan(results) -> dict:
     settings: a rule picked here is fitted, not validated.
     """
     import numpy as np
-
-    from lrjax.population import GridResult
-
-    def grid_of(r):
-        acc = np.asarray(r["grid"]["val_accuracy"], np.float64)
-        return GridResult(
-            np.asarray(r["grid"]["lrs"]), acc.shape[1], acc.shape[2], acc, acc,
-            acc, acc, 0.0, 0.0, 0, {}, "", {}, {},
-        )  # fmt: skip
 
     families = {}
     for a in np.round(np.arange(0.0, 1.0001, 0.05), 2):
@@ -326,6 +439,7 @@ def main(argv=None) -> int:
         "--settings",
         default="sgd:32,sgd:256,adam:32,adam:256,momentum:32,momentum:256",
     )
+    p.add_argument("--hidden", type=hidden_sizes, default=(300, 100))
     p.add_argument("--range-seeds", type=int, default=5)
     p.add_argument("--grid-seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2)
@@ -342,10 +456,25 @@ def main(argv=None) -> int:
         action="store_true",
         help="only add the rule-family scan to an existing --out JSON",
     )
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="re-run the range tests of an existing --out JSON and score every "
+        "method against its stored grids (no grid training)",
+    )
     args = p.parse_args(argv)
+    if args.rescore:
+        doc = json.loads(Path(args.out).read_text())
+        setup_jax(doc["config"]["devices"])
+        rescore(doc)
+        doc["rescored"] = "python benchmarks/finder_quality.py --rescore"
+        write_atomic(Path(args.out), json.dumps(doc, indent=1) + "\n")
+        print(pivot(doc["results"]))
+        return 0
     if args.analyze:
         doc = json.loads(Path(args.out).read_text())
         doc["rule_scan"] = rule_scan(doc["results"])
+        doc["by_epoch"] = by_epoch(doc["results"])
         doc["pivot_markdown"] = pivot(doc["results"])
         print(doc["pivot_markdown"])
         write_atomic(Path(args.out), json.dumps(doc, indent=1) + "\n")
@@ -379,7 +508,8 @@ def main(argv=None) -> int:
         results.append(run_setting(opt_name, int(bs), args, ds))
         doc = {
             "description": "regret of range-test suggestions against a vmapped lr "
-            "grid; MLP 300-100, Fashion-MNIST (55000 train / 5000 validation)",
+            f"grid; MLP {'-'.join(map(str, args.hidden))}, Fashion-MNIST "
+            "(55000 train / 5000 validation)",
             "command": "python benchmarks/finder_quality.py "
             + " ".join(argv if argv is not None else sys.argv[1:]),
             "config": vars(args),

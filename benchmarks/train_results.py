@@ -224,6 +224,36 @@ VARIANTS = {
             "4",
         ],
     ),
+    "default_nesterov_knee": (
+        "as default_nesterov_balanced, with the knee suggestion as peak (the "
+        "finder's default since the finder-quality validation)",
+        [
+            "--optimizer",
+            "nesterov",
+            "--lr",
+            "auto",
+            "--lr-method",
+            "knee",
+            "--period-mult",
+            "2",
+            "--peak-decay",
+            "1",
+            "--snapshots",
+            "4",
+        ],
+    ),
+    "constant_balanced": (
+        "constant lr = the balanced suggestion, SGD, the best-validation epoch "
+        "kept (--patience 30: restores the best params, never stops early)",
+        ["--lr", "auto", "--lr-method", "balanced", "--schedule", "constant"]
+        + ["--patience", "30"],
+    ),
+    "constant_knee": (
+        "constant lr = the knee suggestion, SGD, the best-validation epoch kept "
+        "(--patience 30)",
+        ["--lr", "auto", "--lr-method", "knee", "--schedule", "constant"]
+        + ["--patience", "30"],
+    ),
 }
 SEEDS = (0, 1, 2)
 EXTRA_SEEDS = (3, 4)  # run (--seeds 3 4) only for variants that reach >= 90.0%

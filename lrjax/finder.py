@@ -33,7 +33,7 @@ from lrjax.training import (
 )
 
 METHODS = ("steep", "valley", "minimum", "divergence", "balanced", "knee")
-DEFAULT_METHOD = "balanced"
+DEFAULT_METHOD = "knee"  # the lowest regret on fresh grids (README, finder quality)
 KNEE_DESCENT = 0.75  # the knee: where the smoothed loss has made 75% of its descent
 KNEE_TOWARD_DIVERGENCE = 0.25  # ... then a quarter of the way to divergence (log lr)
 MODES = ("exponential", "linear")
@@ -137,6 +137,8 @@ def suggest(
     *,
     skip_start: float = 0.1,
     skip_end: int = 5,
+    knee_descent: float = KNEE_DESCENT,
+    knee_toward: float = KNEE_TOWARD_DIVERGENCE,
 ) -> dict[str, float | None]:
     """All suggestion methods on one curve.
 
@@ -151,9 +153,9 @@ def suggest(
     * ``balanced``: the geometric mean of ``valley`` and ``divergence``: midway on
       the log axis between the start of the good region and the blow-up.
     * ``knee``: the first lr at which the smoothed loss has made
-      ``KNEE_DESCENT`` (75%) of its descent from the start of the curve to its
-      minimum, moved ``KNEE_TOWARD_DIVERGENCE`` (a quarter) of the way on the log
-      axis toward ``divergence``: ``knee75**0.75 * divergence**0.25``; without a
+      ``knee_descent`` (75%) of its descent from the start of the curve to its
+      minimum, moved ``knee_toward`` (a quarter) of the way on the log axis
+      toward ``divergence``: ``knee75**0.75 * divergence**0.25``; without a
       divergence, the 75% point itself. The constants were fitted on the 2-epoch
       grids of ``benchmarks/finder_quality.py`` and checked on fresh grids (README).
 
@@ -175,20 +177,19 @@ def suggest(
         out["steep"] = float(np.exp(x[int(np.argmin(np.gradient(y, x)))]))
         out["valley"] = float(lrs[lo + _valley_index(y)])
         out["minimum"] = float(lrs[lo + int(np.argmin(y))] / 10)
-        out["knee"] = _knee(x, y, out["divergence"])
+        out["knee"] = _knee(x, y, out["divergence"], knee_descent, knee_toward)
     if out["valley"] is not None and out["divergence"] is not None:
         out["balanced"] = float(math.sqrt(out["valley"] * out["divergence"]))
     return out
 
 
-def _knee(log_lrs: np.ndarray, y: np.ndarray, divergence: float | None) -> float:
+def _knee(log_lrs, y, divergence: float | None, descent: float, toward: float):
     """The ``knee`` suggestion on a cut curve (log lrs and smoothed losses)."""
-    target = y.min() + (1.0 - KNEE_DESCENT) * (y[0] - y.min())
+    target = y.min() + (1.0 - descent) * (y[0] - y.min())
     knee = float(np.exp(log_lrs[int(np.argmax(y <= target))]))
     if divergence is None:
         return knee
-    a = KNEE_TOWARD_DIVERGENCE
-    return float(knee ** (1.0 - a) * divergence**a)
+    return float(knee ** (1.0 - toward) * divergence**toward)
 
 
 def pick(suggestions: dict[str, float | None], method: str) -> float | None:

@@ -31,7 +31,7 @@ from lrjax.cli import (
     setup_jax,
     write_atomic,
 )
-from lrjax.finder import METHODS
+from lrjax.finder import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.train"
 SCHEDULES = (
@@ -53,11 +53,12 @@ def default_lr_method(schedule: str, optimizer: str) -> str:
 
     Half the divergence lr is a good PEAK for plain SGD on a schedule that spends
     little time there; with momentum it diverged (1 of 3 seeds, see
-    README.md "Training"), and a constant lr must be lower: ``balanced`` then.
+    README.md "Training"), and a constant lr must be lower: the finder's default
+    (``knee``) then, which trained as well as ``balanced`` did in both cases.
     """
     if optimizer == "sgd" and schedule not in ("constant", "step"):
         return "divergence"
-    return "balanced"
+    return DEFAULT_METHOD
 
 
 def lr_value(text: str):

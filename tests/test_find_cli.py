@@ -61,7 +61,7 @@ def test_outputs_exist_and_agree(tiny_fashion_mnist, tmp_path, capsys):
     ):
         assert k in doc
     assert doc["seeds"] == 1 and doc["spread"] is None
-    assert doc["method"] == "balanced" and set(doc["timings"]) >= {"compile_s", "run_s"}
+    assert doc["method"] == "knee" and set(doc["timings"]) >= {"compile_s", "run_s"}
     assert doc["config"]["num_steps"] == 60 and doc["config"]["hidden"] == [32]
     n = doc["steps_run"]
     assert len(doc["lrs"]) == len(doc["losses"]) == n

@@ -285,7 +285,7 @@ def test_stops_early_on_divergence(problem):
     i = r.diverged_at_step[0]
     assert r.lrs[i] == pytest.approx(r.diverged_at_lr)
     assert r.suggestions["divergence"] == pytest.approx(r.diverged_at_lr / 2)
-    assert r.suggested_lr == r.suggestions["balanced"]
+    assert r.suggested_lr == r.suggestions["knee"]
 
 
 def test_linear_mode_sweeps_arithmetically(problem):

@@ -193,7 +193,7 @@ def test_lr_auto_uses_the_range_test_suggestion(tiny, tmp_path):
     )
     assert rc == 0
     m = read(out)
-    assert m["lr_finder"]["method"] == "balanced"
+    assert m["lr_finder"]["method"] == "knee"
     assert m["lr"] == m["lr_finder"]["suggested_lr"] > 0
     assert m["history"][0]["lr"] == pytest.approx(m["lr"], rel=1e-6)
 
@@ -234,9 +234,9 @@ def schedule_of(argv, steps_per_epoch=100, peak=0.2):
 def test_default_lr_method():
     assert train.default_lr_method("cosine_restarts", "sgd") == "divergence"
     assert train.default_lr_method("onecycle", "sgd") == "divergence"
-    assert train.default_lr_method("constant", "sgd") == "balanced"
-    assert train.default_lr_method("cosine_restarts", "nesterov") == "balanced"
-    assert train.default_lr_method("triangular", "adam") == "balanced"
+    assert train.default_lr_method("constant", "sgd") == "knee"
+    assert train.default_lr_method("cosine_restarts", "nesterov") == "knee"
+    assert train.default_lr_method("triangular", "adam") == "knee"
 
 
 def test_schedules_and_snapshot_points():
