@@ -20,7 +20,7 @@ _METHOD_STYLE = {
     "minimum": ("tab:purple", "s"),
     "divergence": ("tab:red", "D"),
     "balanced": ("black", "*"),
-    "knee": ("tab:blue", "P"),
+    "knee": ("tab:brown", "P"),
 }
 
 
