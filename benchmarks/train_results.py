@@ -227,20 +227,8 @@ VARIANTS = {
     "default_nesterov_knee": (
         "as default_nesterov_balanced, with the knee suggestion as peak (the "
         "finder's default since the finder-quality validation)",
-        [
-            "--optimizer",
-            "nesterov",
-            "--lr",
-            "auto",
-            "--lr-method",
-            "knee",
-            "--period-mult",
-            "2",
-            "--peak-decay",
-            "1",
-            "--snapshots",
-            "4",
-        ],
+        "--optimizer nesterov --lr auto --lr-method knee --period-mult 2 "
+        "--peak-decay 1 --snapshots 4".split(),
     ),
     "constant_balanced": (
         "constant lr = the balanced suggestion, SGD, the best-validation epoch "

@@ -108,7 +108,7 @@ def build_parser() -> ArgumentParser:
         choices=METHODS,
         help="which range-test suggestion --lr auto uses (default: divergence, i.e. "
         "half the lr where the loss blew up, as the PEAK of cyclic, restart and "
-        "onecycle schedules with plain sgd; balanced otherwise)",
+        "onecycle schedules with plain sgd; the finder default, knee, otherwise)",
     )
     a(
         "--schedule",
