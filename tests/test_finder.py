@@ -163,6 +163,12 @@ def test_knee_moves_a_quarter_of_the_way_to_divergence():
     assert alone < s["knee"] < s["divergence"]
 
 
+def test_knee_without_a_descent_is_the_first_kept_lr():
+    lrs = np.geomspace(1e-5, 1, 100)
+    rising = np.linspace(1.0, 2.0, 100)  # the loss never falls: no knee past the start
+    assert finder.suggest(lrs, rising, None)["knee"] == pytest.approx(lrs[10])
+
+
 def test_suggestions_ignore_everything_after_the_first_nan():
     lrs, loss = sigmoid_curve(n=200)
     cut = np.concatenate([loss[:100], [np.nan] * 100])
