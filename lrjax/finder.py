@@ -26,6 +26,7 @@ from lrjax.training import (
     batch_indices,
     describe_devices,
     init_state,
+    json_floats,
     make_optimizer,
     make_step,
     population_mesh,
@@ -231,24 +232,15 @@ class RangeTestResult:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN and inf become None)."""
 
-        def clean(a):
-            a = np.asarray(a, np.float64)
-            return np.where(np.isfinite(a), a, np.nan).tolist()
-
-        def nan_to_none(x):
-            if isinstance(x, list):
-                return [nan_to_none(v) for v in x]
-            return None if isinstance(x, float) and not math.isfinite(x) else x
-
         return {
             "suggested_lr": self.suggested_lr,
             "method": self.method,
             "suggestions": self.suggestions,
             "diverged_at_lr": self.diverged_at_lr,
             "diverged_at_step": self.diverged_at_step,
-            "lrs": clean(self.lrs),
-            "losses": nan_to_none(clean(self.losses)),
-            "smoothed_losses": nan_to_none(clean(self.smoothed_losses)),
+            "lrs": json_floats(self.lrs),
+            "losses": json_floats(self.losses),
+            "smoothed_losses": json_floats(self.smoothed_losses),
             "seeds": self.seeds,
             "spread": self.spread,
             "steps_run": self.steps_run,
@@ -345,23 +337,18 @@ def lr_range_test(
       ValueError: for a bad argument, naming it and what is allowed.
     """
     n_examples = int(np.shape(y)[0])
+    if not 1 <= batch_size <= n_examples:
+        raise ValueError(
+            f"batch_size must be between 1 and the number of examples "
+            f"({n_examples}), got {batch_size}"
+        )
     if num_steps is None:
-        if not 1 <= batch_size <= n_examples:
-            raise ValueError(
-                f"batch_size must be between 1 and the number of examples "
-                f"({n_examples}), got {batch_size}"
-            )
         num_steps = n_examples // batch_size
     _check_range_args(
         init_value, end_value, num_steps, mode, seeds, smooth_beta, diverge_threshold
     )
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not 1 <= batch_size <= n_examples:
-        raise ValueError(
-            f"batch_size must be between 1 and the number of examples "
-            f"({n_examples}), got {batch_size}"
-        )
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
 

@@ -38,6 +38,7 @@ from lrjax.training import (
     batch_indices,
     describe_devices,
     init_state,
+    json_floats,
     make_evaluate,
     make_optimizer,
     make_step,
@@ -83,18 +84,14 @@ class GridResult:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes None); ``applied_lr`` is left out."""
 
-        def clean(a):
-            a = np.asarray(a, np.float64)
-            return _nan_to_none(a.tolist())
-
         return {
-            "lrs": clean(self.lrs),
+            "lrs": json_floats(self.lrs),
             "seeds": self.seeds,
             "epochs": self.epochs,
-            "val_accuracy": clean(self.val_accuracy),
-            "val_loss": clean(self.val_loss),
-            "train_loss": clean(self.train_loss),
-            "final_accuracy_mean": clean(self.final_accuracy()),
+            "val_accuracy": json_floats(self.val_accuracy),
+            "val_loss": json_floats(self.val_loss),
+            "train_loss": json_floats(self.train_loss),
+            "final_accuracy_mean": json_floats(self.final_accuracy()),
             "best_lr": self.best_lr,
             "best_accuracy": self.best_accuracy,
             "steps_per_epoch": self.steps_per_epoch,
@@ -103,12 +100,6 @@ class GridResult:
             "memory": self.memory,
             "config": self.config,
         }
-
-
-def _nan_to_none(x):
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def accuracy_at(result: GridResult, lr: float, epoch: int = -1) -> float | None:

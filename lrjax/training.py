@@ -187,6 +187,21 @@ def make_evaluate(apply: Apply, batch_size: int = 1000) -> Callable:
     return evaluate
 
 
+def json_floats(a: Any) -> Any:
+    """An array as (nested lists of) Python floats, NaN and inf as None: JSON-safe.
+
+    >>> json_floats(np.array([[1.0, np.nan], [np.inf, 2.0]]))
+    [[1.0, None], [None, 2.0]]
+    """
+
+    def walk(x):
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x if np.isfinite(x) else None
+
+    return walk(np.asarray(a, np.float64).tolist())
+
+
 def describe_devices(devices: list[jax.Device] | None = None) -> str:
     """E.g. ``"cpu x2 (cpu)"`` or ``"gpu x1 (NVIDIA H100 80GB HBM3)"``."""
     devices = list(devices if devices is not None else jax.devices())
