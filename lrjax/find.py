@@ -17,6 +17,7 @@ from lrjax.cli import (
     ArgumentParser,
     UsageError,
     add_model_args,
+    build_mlp,
     fail,
     int_at_least,
     load_data,
@@ -156,11 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_jax(max(d for d in range(1, min(cores, seeds) + 1) if seeds % d == 0))
 
     import jax
-    import numpy as np
 
     from lrjax.data import DatasetError
     from lrjax.finder import lr_range_test
-    from lrjax.models import mlp
 
     try:
         ds = load_data(args)
@@ -169,13 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DatasetError) as e:
         return fail(PROG, str(e))
 
-    input_size = int(np.prod(ds.x_train.shape[1:]))
     key = jax.random.key(args.seed)
-
-    def init(k):
-        return mlp(input_size, ds.num_classes, hidden, key=k)[1]
-
-    apply, params = mlp(input_size, ds.num_classes, hidden, key=key)
+    apply, params, init = build_mlp(ds, hidden, key)
     result = lr_range_test(
         apply,
         params if seeds == 1 else init,

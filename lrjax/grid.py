@@ -18,6 +18,7 @@ from lrjax.cli import (
     ArgumentParser,
     UsageError,
     add_model_args,
+    build_mlp,
     fail,
     int_at_least,
     load_data,
@@ -139,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from lrjax import data
     from lrjax.finder import lr_range_test
-    from lrjax.models import mlp
     from lrjax.population import lr_grid
 
     try:
@@ -151,12 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, data.DatasetError) as e:
         return fail(PROG, str(e))
 
-    input_size = int(np.prod(ds.x_train.shape[1:]))
     key = jax.random.key(args.seed)
-    apply, _ = mlp(input_size, ds.num_classes, hidden, key=key)
-
-    def init(k):
-        return mlp(input_size, ds.num_classes, hidden, key=k)[1]
+    apply, _, init = build_mlp(ds, hidden, key)
 
     progress = not args.quiet and sys.stderr.isatty()
     find = None

@@ -22,6 +22,7 @@ from lrjax.cli import (
     ArgumentParser,
     UsageError,
     add_model_args,
+    build_mlp,
     fail,
     int_at_least,
     load_data,
@@ -416,7 +417,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from lrjax import trainer
     from lrjax.data import DatasetError
-    from lrjax.models import mlp
 
     try:
         ds = load_data(args)
@@ -434,11 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DatasetError, ValueError) as e:
         return fail(PROG, str(e))
 
-    input_size = int(np.prod(ds.x_train.shape[1:]))
     key = jax.random.key(args.seed)
-    apply, params = mlp(
-        input_size, ds.num_classes, hidden, key=jax.random.fold_in(key, 0)
-    )
+    apply, params, _ = build_mlp(ds, hidden, jax.random.fold_in(key, 0))
     progress = not args.quiet and sys.stderr.isatty()
     say = (lambda *a: None) if (args.quiet or args.json) else print
 
