@@ -146,14 +146,15 @@ def data_mesh(batch_size: int, devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
-def _chunk_fn(step, num_snapshots: int, write_cond: bool):
+def _chunk_fn(step, write_cond: bool):
+    writer = snap_lib.write_cond if write_cond else snap_lib.write
+
     def chunk(carry: Carry, idx, data, snap_steps):
         def body(c: Carry, i):
             state, metrics = step(c.state, i, data)
             snaps = c.snaps
             if snaps is not None:
                 take = jnp.any(snap_steps == state.step - 1)
-                writer = snap_lib.write_cond if write_cond else snap_lib.write
                 snaps = writer(snaps, state.params, take)
             return Carry(state, snaps), metrics
 
@@ -372,16 +373,19 @@ def fit(
         raise ValueError(
             f"snapshot_write must be 'cond' or 'dus', got {snapshot_write!r}"
         )
-    chunk = _chunk_fn(step, num_snaps, snapshot_write == "cond")
+    chunk = _chunk_fn(step, snapshot_write == "cond")
     run = jax.jit(chunk, donate_argnums=0)
     evaluate = jax.jit(make_evaluate(apply))
 
-    def put(tree):
-        tree = jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+    def replicate(tree):
         return tree if replicated is None else jax.device_put(tree, replicated)
 
-    data = put((jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)))
-    val = put((jnp.asarray(dataset.x_val), jnp.asarray(dataset.y_val)))
+    def put(tree):  # fresh buffers: the carry is donated, never the caller's arrays
+        return replicate(jax.tree.map(lambda a: jnp.array(a, copy=True), tree))
+
+    # The data are never donated: on the device once, not copied again.
+    data = replicate((jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)))
+    val = replicate((jnp.asarray(dataset.x_val), jnp.asarray(dataset.y_val)))
     params = put(params)
     state = jax.jit(lambda p: init_state(p, tx))(params)
     snaps = put(snap_lib.init_buffer(params, num_snaps)) if num_snaps else None
@@ -543,9 +547,7 @@ def fit(
                 better = False
             if better:
                 es = {"best": value, "best_epoch": epoch, "wait": 0}
-                best_params = jax.tree.map(
-                    lambda a: jnp.array(a, copy=True), carry.state.params
-                )
+                best_params = put(carry.state.params)
             else:
                 es = {**es, "wait": es["wait"] + 1}
                 if patience and es["wait"] >= patience:

@@ -45,7 +45,7 @@ def test_scan_buffer_matches_a_python_loop(cond):
     ends = snapshots.snapshot_steps(5, num_steps=20, num_snapshots=3)  # 9, 14, 19
 
     carry = Carry(init_state(params, tx), snapshots.init_buffer(params, 3))
-    chunk = jax.jit(_chunk_fn(step, 3, cond))
+    chunk = jax.jit(_chunk_fn(step, cond))
     # Two chunks, so a snapshot write crosses a chunk boundary.
     carry, _ = chunk(carry, idx[:12], data, jnp.asarray(ends, jnp.int32))
     assert int(carry.snaps.count) == 1
