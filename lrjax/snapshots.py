@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrjax.schedules import cosine_restart_steps
-from lrjax.training import as_inputs
+from lrjax.training import as_inputs, in_batches
 
 Params = Any
 
@@ -118,17 +118,14 @@ def snapshot_steps(
 
 def member_probs(apply, stacked: Params, x: jax.Array, batch_size: int = 1000):
     """Softmax outputs ``float32[M, N, C]`` of every snapshot (``vmap`` over M)."""
-    n = x.shape[0]
-    nb = -(-n // batch_size)
-    xp = jnp.pad(x, [(0, nb * batch_size - n)] + [(0, 0)] * (x.ndim - 1))
-    xb = xp.reshape(nb, batch_size, *x.shape[1:])
 
     def one_batch(xi):
         return jax.vmap(lambda p: jax.nn.softmax(apply(p, as_inputs(xi)), -1))(stacked)
 
-    probs = jax.lax.map(one_batch, xb)  # [nb, M, B, C]
+    probs = jax.lax.map(one_batch, in_batches(x, batch_size))  # [nb, M, B, C]
+    nb = probs.shape[0]
     probs = jnp.moveaxis(probs, 1, 0).reshape(probs.shape[1], nb * batch_size, -1)
-    return probs[:, :n]
+    return probs[:, : x.shape[0]]
 
 
 def ensemble_predict(apply, stacked: Params, x: jax.Array, m: int | None = None):

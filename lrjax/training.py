@@ -151,6 +151,18 @@ def batch_indices(
     return batches[:num_steps].astype(jnp.int32)
 
 
+def in_batches(a: jax.Array, batch_size: int) -> jax.Array:
+    """``a[N, ...]`` zero-padded to whole batches: ``[ceil(N / B), B, ...]``.
+
+    >>> in_batches(jnp.arange(5), 2).tolist()
+    [[0, 1], [2, 3], [4, 0]]
+    """
+    n = a.shape[0]
+    nb = -(-n // batch_size)
+    a = jnp.pad(a, [(0, nb * batch_size - n)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape(nb, batch_size, *a.shape[1:])
+
+
 def make_evaluate(apply: Apply, batch_size: int = 1000) -> Callable:
     """``evaluate(params, x, y) -> {"loss", "accuracy"}`` over a whole split.
 
@@ -160,11 +172,6 @@ def make_evaluate(apply: Apply, batch_size: int = 1000) -> Callable:
 
     def evaluate(params, x, y):
         n = x.shape[0]
-        nb = -(-n // batch_size)
-        pad = nb * batch_size - n
-        xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-        yp = jnp.pad(y, (0, pad))
-        mask = jnp.arange(nb * batch_size) < n
 
         def one(args):
             xb, yb, mb = args
@@ -173,15 +180,9 @@ def make_evaluate(apply: Apply, batch_size: int = 1000) -> Callable:
             correct = jnp.argmax(logits, -1) == yb
             return jnp.sum(losses * mb), jnp.sum(correct * mb)
 
-        shape = (nb, batch_size)
-        losses, correct = jax.lax.map(
-            one,
-            (
-                xp.reshape(shape + x.shape[1:]),
-                yp.reshape(shape),
-                mask.reshape(shape),
-            ),
-        )
+        mask = jnp.ones(n, bool)  # padding is False
+        batches = tuple(in_batches(a, batch_size) for a in (x, y, mask))
+        losses, correct = jax.lax.map(one, batches)
         return {"loss": losses.sum() / n, "accuracy": correct.sum() / n}
 
     return evaluate
