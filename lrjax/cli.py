@@ -131,8 +131,13 @@ def save_png(fig, path: Path, dpi: int = 110) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def optimizer_factory(name: str):
-    """``name -> (learning_rate -> optax.GradientTransformation)``."""
+def optimizer_factory(name: str, weight_decay: float = 0.0):
+    """``name -> (learning_rate -> optax.GradientTransformation)``.
+
+    ``weight_decay``: adamw's decoupled decay (1e-4 when 0); for the other
+    optimizers L2 through ``optax.add_decayed_weights`` before the update, so it is
+    scaled by the lr like sgd's (0: none).
+    """
     import optax
 
     factories = {
@@ -140,11 +145,14 @@ def optimizer_factory(name: str):
         "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
         "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
         "adam": optax.adam,
-        "adamw": lambda lr: optax.adamw(lr, weight_decay=1e-4),
+        "adamw": lambda lr: optax.adamw(lr, weight_decay=weight_decay or 1e-4),
     }
     if name not in factories:
         raise UsageError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
-    return factories[name]
+    base = factories[name]
+    if not weight_decay or name == "adamw":
+        return base
+    return lambda lr: optax.chain(optax.add_decayed_weights(weight_decay), base(lr))
 
 
 def prepare_out_dir(out: str | None, kind: str, force: bool) -> Path:

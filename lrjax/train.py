@@ -347,22 +347,6 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     return sched, desc, snaps
 
 
-def _optimizer(args):
-    import optax
-
-    base = optimizer_factory(args.optimizer)
-    wd = args.weight_decay
-    if not wd:
-        return base
-    if args.optimizer == "adamw":
-        return lambda lr: optax.adamw(lr, weight_decay=wd)
-
-    def with_decay(lr):  # L2 through the gradient, scaled by the lr like sgd's
-        return optax.chain(optax.add_decayed_weights(wd), base(lr))
-
-    return with_decay
-
-
 def _prepare_logdir(args) -> Path:
     if args.logdir is None:
         from lrjax.cli import prepare_out_dir
@@ -426,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--batch-size {args.batch_size} must be divisible by the number of "
                 f"devices ({ndev}) for data-parallel training"
             )
-        opt = _optimizer(args)
+        opt = optimizer_factory(args.optimizer, args.weight_decay)
         steps_per_epoch = len(ds.y_train) // args.batch_size
         # Validate the schedule before any work (auto's peak is unknown: use 1).
         make_schedule(args, 1.0 if args.lr == "auto" else args.lr, steps_per_epoch)
