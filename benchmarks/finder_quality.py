@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lrjax.cli import (  # noqa: E402
+    build_mlp,
     hidden_sizes,
     optimizer_factory,
     setup_jax,
@@ -46,30 +47,28 @@ SWEEPS = {  # range-test sweep (init, end) and the grid's default window
     "momentum": ((1e-5, 10.0), (1e-4, 1.0)),
     "adam": ((1e-6, 1.0), (1e-5, 0.1)),
 }
-FINDER_METHODS = ("steep", "valley", "minimum", "divergence", "balanced", "knee")
 DIV_FRACTIONS = (4, 8, 16)
 VD_POINTS = (0.25, 0.75)
 
 
+def div_rule(div_lrs, k):
+    """Per seed: the lr where the loss diverged / k."""
+    return [None if d is None else d / k for d in div_lrs]
+
+
+def vd_rule(per_method, a):
+    """Per seed: ``valley**(1-a) * divergence**a`` (0.5 is ``balanced``)."""
+    return [
+        None if v is None or d is None else v ** (1 - a) * d**a
+        for v, d in zip(per_method["valley"], per_method["divergence"], strict=True)
+    ]
+
+
 def derived_rules(per_method, div_lrs):
     """Per-seed lrs of the extra rules, from the finder's own per-seed numbers."""
-    out = {}
-    for k in DIV_FRACTIONS:
-        out[f"div/{k}"] = [None if d is None else d / k for d in div_lrs]
-    for a in VD_POINTS:
-        out[f"vd@{a}"] = [
-            None if v is None or d is None else v ** (1 - a) * d**a
-            for v, d in zip(per_method["valley"], per_method["divergence"], strict=True)
-        ]
+    out = {f"div/{k}": div_rule(div_lrs, k) for k in DIV_FRACTIONS}
+    out.update({f"vd@{a}": vd_rule(per_method, a) for a in VD_POINTS})
     return out
-
-
-def median(values):
-    v = sorted(x for x in values if x is not None)
-    if not v:
-        return None
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else math.sqrt(v[mid - 1] * v[mid])
 
 
 def grid_lrs(window, per_seed_all, per_decade=4, min_points=12):
@@ -87,10 +86,11 @@ def grid_lrs(window, per_seed_all, per_decade=4, min_points=12):
 def score(grid, lrs_per_seed, epoch=-1):
     import numpy as np
 
+    from lrjax.finder import _median
     from lrjax.population import accuracy_at
 
     best = float(np.max(np.mean(grid.val_accuracy[:, :, epoch], axis=1)))
-    med = median(lrs_per_seed)
+    med = _median(lrs_per_seed)
 
     def regret(lr):
         acc = accuracy_at(grid, lr, epoch)
@@ -111,24 +111,29 @@ def score(grid, lrs_per_seed, epoch=-1):
     }
 
 
-def range_test_rules(opt_name, batch_size, args, x, y):
-    """The range test of one setting and every rule's per-seed lrs."""
+def range_test_rules(opt_name, batch_size, args, ds):
+    """The range test of one setting and every rule's per-seed lrs.
+
+    Returns ``(rt, rules, range_s, (apply, init))``; the model is the one the
+    grid trains too.
+    """
     import jax
 
     from lrjax.finder import lr_range_test
-    from lrjax.models import mlp
 
+    n = args.n_train or len(ds.y_train)
     key = jax.random.key(args.seed)
+    # Results written before --hidden existed have no "hidden": 300-100.
     hidden = tuple(getattr(args, "hidden", None) or (300, 100))
-    apply, _ = mlp(784, 10, hidden, key=key)
+    apply, _, init = build_mlp(ds, hidden, key)
     (s0, s1), _ = SWEEPS[opt_name]
     t0 = time.perf_counter()
     rt = lr_range_test(
         apply,
-        lambda k: mlp(784, 10, hidden, key=k)[1],
+        init,
         optimizer_factory(opt_name),
-        x,
-        y,
+        ds.x_train[:n],
+        ds.y_train[:n],
         key=key,
         batch_size=batch_size,
         init_value=s0,
@@ -136,9 +141,9 @@ def range_test_rules(opt_name, batch_size, args, x, y):
         seeds=args.range_seeds,
     )
     range_s = time.perf_counter() - t0
-    per_method = {m: rt.spread["per_method"][m] for m in FINDER_METHODS}
+    per_method = dict(rt.spread["per_method"])  # every finder method
     rules = {**per_method, **derived_rules(per_method, rt.spread["diverged_at_lr"])}
-    return rt, rules, range_s
+    return rt, rules, range_s, (apply, init)
 
 
 def grid_of(r):
@@ -179,24 +184,33 @@ def knee_family(rt) -> dict:
     return out
 
 
+def worst(grids, lrs_per_setting, epoch=-1) -> dict:
+    """One rule over every setting: its regret at the median suggestion in each,
+    and the worst regret, worst per-seed regret and widest spread (None when a
+    setting has no value)."""
+    sc = [score(g, v, epoch) for g, v in zip(grids, lrs_per_setting, strict=True)]
+    regs = [s["regret_pp"] for s in sc]
+    seed_regs = [s["regret_pp_max"] for s in sc]
+    spreads = [s["spread_factor"] for s in sc]
+    ok = all(v is not None for v in regs + seed_regs + spreads)
+    return {
+        "regret_pp": regs,
+        "worst_regret_pp": max(regs) if ok else None,
+        "worst_seed_regret_pp": max(seed_regs) if ok else None,
+        "worst_spread_factor": max(spreads) if ok else None,
+    }
+
+
 def knee_scan(results, families) -> dict:
     """Worst regret over settings (every grid epoch) of each knee constant pair."""
-    out = {}
-    for name in families[0]:
-        per_epoch = {}
-        for ep in range(results[0]["grid"]["epochs"]):
-            sc = [
-                score(grid_of(r), f[name], ep)
-                for r, f in zip(results, families, strict=True)
-            ]
-            per_epoch[f"epoch{ep + 1}"] = {
-                "regret_pp": [s["regret_pp"] for s in sc],
-                "worst_regret_pp": max(s["regret_pp"] for s in sc),
-                "worst_seed_regret_pp": max(s["regret_pp_max"] for s in sc),
-                "worst_spread_factor": max(s["spread_factor"] for s in sc),
-            }
-        out[name] = per_epoch
-    return out
+    grids = [grid_of(r) for r in results]
+    return {
+        name: {
+            f"epoch{ep + 1}": worst(grids, [f[name] for f in families], ep)
+            for ep in range(results[0]["grid"]["epochs"])
+        }
+        for name in families[0]
+    }
 
 
 def rescore(doc) -> None:
@@ -208,12 +222,9 @@ def rescore(doc) -> None:
 
     ds = load_dataset("fashion_mnist")
     cfg = argparse.Namespace(**doc["config"])
-    n = cfg.n_train or len(ds.y_train)
     families = []
     for r in doc["results"]:
-        rt, rules, _ = range_test_rules(
-            r["optimizer"], r["batch_size"], cfg, ds.x_train[:n], ds.y_train[:n]
-        )
+        rt, rules, _, _ = range_test_rules(r["optimizer"], r["batch_size"], cfg, ds)
         families.append(knee_family(rt))
         grid = grid_of(r)
         r["methods"] = {m: score(grid, v) for m, v in rules.items()}
@@ -227,20 +238,14 @@ def run_setting(opt_name, batch_size, args, ds):
     import jax
     import numpy as np
 
-    from lrjax.models import mlp
     from lrjax.population import lr_grid
 
     n = args.n_train or len(ds.y_train)
     x, y = ds.x_train[:n], ds.y_train[:n]
     key = jax.random.key(args.seed)
-    apply, _ = mlp(784, ds.num_classes, tuple(args.hidden), key=key)
-
-    def init(k):
-        return mlp(784, ds.num_classes, tuple(args.hidden), key=k)[1]
-
     opt = optimizer_factory(opt_name)
     (s0, s1), window = SWEEPS[opt_name]
-    rt, rules, range_s = range_test_rules(opt_name, batch_size, args, x, y)
+    rt, rules, range_s, (apply, init) = range_test_rules(opt_name, batch_size, args, ds)
     lrs = grid_lrs(window, list(rules.values()))
     print(
         f"[{opt_name}:{batch_size}] range test {range_s:.1f}s; grid {len(lrs)} lrs "
@@ -371,21 +376,15 @@ def summary(results) -> dict:
 def by_epoch(results) -> dict:
     """Per method and grid epoch: the median-suggestion regret in every setting
     and the worst per-seed regret (is a method good at every horizon?)."""
+    grids = [grid_of(r) for r in results]
     out = {}
     for m in results[0]["methods"]:
+        lrs = [r["methods"][m]["lr_per_seed"] for r in results]
         out[m] = {}
         for ep in range(results[0]["grid"]["epochs"]):
-            sc = [
-                score(grid_of(r), r["methods"][m]["lr_per_seed"], ep) for r in results
-            ]
-            ok = all(s["regret_pp"] is not None for s in sc)
-            out[m][f"epoch{ep + 1}"] = {
-                "regret_pp": [s["regret_pp"] for s in sc],
-                "worst_regret_pp": max(s["regret_pp"] for s in sc) if ok else None,
-                "worst_seed_regret_pp": (
-                    max(s["regret_pp_max"] for s in sc) if ok else None
-                ),
-            }
+            w = worst(grids, lrs, ep)
+            del w["worst_spread_factor"]  # the same at every epoch: in "summary"
+            out[m][f"epoch{ep + 1}"] = w
     return out
 
 
@@ -402,35 +401,22 @@ def rule_scan(results) -> dict:
 
     families = {}
     for a in np.round(np.arange(0.0, 1.0001, 0.05), 2):
-        families[f"vd@{a:g}"] = lambda m, d, a=a: [
-            None if v is None or x is None else v ** (1 - a) * x**a
-            for v, x in zip(m["valley"], m["divergence"], strict=True)
-        ]
+        families[f"vd@{a:g}"] = lambda m, d, a=a: vd_rule(m, a)
     for k in (2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32):
-        families[f"div/{k}"] = lambda m, d, k=k: [
-            None if x is None else x / k for x in d
-        ]
+        families[f"div/{k}"] = lambda m, d, k=k: div_rule(d, k)
     for c in (1, 2, 3, 5, 8):
         families[f"min*{c}"] = lambda m, d, c=c: [
             None if x is None else x * c for x in m["minimum"]
         ]
-    out = {}
-    for name, rule in families.items():
-        regs, seed_regs, spreads = [], [], []
-        for r in results:
-            m = {k: v["lr_per_seed"] for k, v in r["methods"].items()}
-            s = score(grid_of(r), rule(m, r["range_test"]["diverged_at_lr"]))
-            regs.append(s["regret_pp"])
-            seed_regs.append(s["regret_pp_max"])
-            spreads.append(s["spread_factor"])
-        ok = all(v is not None for v in regs + seed_regs + spreads)
-        out[name] = {
-            "regret_pp": regs,
-            "worst_regret_pp": max(regs) if ok else None,
-            "worst_seed_regret_pp": max(seed_regs) if ok else None,
-            "worst_spread_factor": max(spreads) if ok else None,
-        }
-    return out
+    grids = [grid_of(r) for r in results]
+    per_method = [
+        {k: v["lr_per_seed"] for k, v in r["methods"].items()} for r in results
+    ]
+    divs = [r["range_test"]["diverged_at_lr"] for r in results]
+    return {
+        name: worst(grids, [rule(m, d) for m, d in zip(per_method, divs, strict=True)])
+        for name, rule in families.items()
+    }
 
 
 def main(argv=None) -> int:
