@@ -16,6 +16,7 @@ the last-m ensemble curve) goes to ``benchmarks/results/train_results.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -247,7 +248,8 @@ SEEDS = (0, 1, 2)
 EXTRA_SEEDS = (3, 4)  # run (--seeds 3 4) only for variants that reach >= 90.0%
 
 
-def run_one(name: str, seed: int, runs: Path) -> dict:
+def run_one(name: str, seed: int, runs: Path) -> bool:
+    """Trains one variant and seed unless its metrics.json exists; True if it ran."""
     from lrjax.train import main
 
     logdir = runs / name / f"seed{seed}"
@@ -268,10 +270,11 @@ def run_one(name: str, seed: int, runs: Path) -> dict:
         rc = main(argv)
         if rc != 0:
             raise SystemExit(f"{name} seed {seed} failed with exit code {rc}")
-    return json.loads(metrics.read_text())
+        return True
+    return False
 
 
-def load_snapshots(run_dir: Path, hidden=(300, 100)):
+def load_snapshots(run_dir: Path):
     """The stacked snapshots ``[M, ...]`` from the run's latest checkpoint.
 
     Read without a template: the carry's leaves are ``TrainState`` then the
@@ -291,7 +294,7 @@ def load_snapshots(run_dir: Path, hidden=(300, 100)):
     mngr.close()
     carry = out["state"]["carry"]
     keys = sorted(carry)
-    _, params = mlp(784, 10, hidden, key=jax.random.key(0))
+    _, params = mlp(784, 10, key=jax.random.key(0))  # 300-100, as every run
     treedef = jax.tree.structure(params)
     count = int(carry[keys[-1]])
     leaves = [np.asarray(carry[k])[:count] for k in keys[-1 - treedef.num_leaves : -1]]
@@ -311,16 +314,16 @@ def analyze(run_dir: Path, ds) -> dict:
     import optax
 
     from lrjax.models import mlp
-    from lrjax.snapshots import ensemble_curve, member_probs
+    from lrjax.snapshots import curve_from_probs, member_probs
 
     apply, _ = mlp(784, 10, key=jax.random.key(0))
     stacked = load_snapshots(run_dir)
-    v_single, v_ens = ensemble_curve(apply, stacked, ds.x_val, ds.y_val)
-    t_single, t_ens = ensemble_curve(apply, stacked, ds.x_test, ds.y_test)
-    m_val = int(np.argmax(v_ens[::-1]))  # ties: the larger m
-    m_val = len(v_ens) - m_val
     pv = member_probs(apply, stacked, jnp.asarray(ds.x_val))
     pt = member_probs(apply, stacked, jnp.asarray(ds.x_test))
+    v_single, v_ens = curve_from_probs(pv, ds.y_val)
+    t_single, t_ens = curve_from_probs(pt, ds.y_test)
+    m_val = int(np.argmax(v_ens[::-1]))  # ties: the larger m
+    m_val = len(v_ens) - m_val
     yv = jnp.asarray(ds.y_val)
 
     def nll(z):
@@ -367,7 +370,11 @@ def stats(values) -> dict:
     }
 
 
-_DS = []
+@functools.cache
+def _dataset():
+    from lrjax.data import load_dataset
+
+    return load_dataset("fashion_mnist")
 
 
 def posthoc(run_dir: Path) -> dict:
@@ -375,16 +382,13 @@ def posthoc(run_dir: Path) -> dict:
     f = run_dir / "posthoc.json"
     if f.exists():
         return json.loads(f.read_text())
-    if not _DS:
-        from lrjax.data import load_dataset
-
-        _DS.append(load_dataset("fashion_mnist"))
-    doc = analyze(run_dir, _DS[0])
+    doc = analyze(run_dir, _dataset())
     f.write_text(json.dumps(doc, indent=1) + "\n")
     return doc
 
 
-def independent_ensembles(run_dirs: list[Path]) -> dict:
+@functools.cache  # the interim summaries ask again after every run
+def independent_ensembles(run_dirs: tuple[Path, ...]) -> dict:
     """The diversity ceiling: ensembles of the FINAL models of independent runs.
 
     For k = 2..n runs (seeds) of one variant, every k-subset's mean-softmax
@@ -399,15 +403,14 @@ def independent_ensembles(run_dirs: list[Path]) -> dict:
     from lrjax.models import mlp
     from lrjax.snapshots import member_probs
 
-    if not _DS:
-        from lrjax.data import load_dataset
-
-        _DS.append(load_dataset("fashion_mnist"))
-    ds = _DS[0]
+    ds = _dataset()
     apply, _ = mlp(784, 10, key=jax.random.key(0))
+
+    def final_model(d):  # the last snapshot: the params at the end of the run
+        return jax.tree.map(lambda a: a[-1:], load_snapshots(d))
+
     last = [
-        np.asarray(member_probs(apply, load_snapshots(d), ds.x_test))[-1]
-        for d in run_dirs
+        np.asarray(member_probs(apply, final_model(d), ds.x_test))[0] for d in run_dirs
     ]
     y = np.asarray(ds.y_test)
     acc = [float(np.mean(p.argmax(-1) == y)) for p in last]
@@ -429,24 +432,32 @@ def independent_ensembles(run_dirs: list[Path]) -> dict:
 
 def summarize(runs: Path) -> dict:
     doc: dict = {"variants": {}, "seeds": list(SEEDS), "common_argv": COMMON}
-    for name, (what, extra) in VARIANTS.items():
-        ms, post = [], []
-        for seed in SEEDS:
-            f = runs / name / f"seed{seed}" / "metrics.json"
-            if f.exists():
-                ms.append(json.loads(f.read_text()))
-                if "snapshots" in ms[-1]:
-                    post.append(posthoc(f.parent))
+    for name, (what, argv) in VARIANTS.items():
+        done = {  # seed -> run directory, for the runs that finished
+            seed: d
+            for seed in SEEDS + EXTRA_SEEDS
+            if ((d := runs / name / f"seed{seed}") / "metrics.json").exists()
+        }
+        ms = [
+            json.loads((done[s] / "metrics.json").read_text())
+            for s in SEEDS
+            if s in done
+        ]
         if not ms:
             continue
+        post = (
+            [posthoc(done[s]) for s in SEEDS if s in done]
+            if "snapshots" in ms[0]
+            else []
+        )
         extra = [
-            json.loads(f.read_text())["test_accuracy"]
-            for seed in EXTRA_SEEDS
-            if (f := runs / name / f"seed{seed}" / "metrics.json").exists()
+            json.loads((done[s] / "metrics.json").read_text())["test_accuracy"]
+            for s in EXTRA_SEEDS
+            if s in done
         ]
         v = {
             "description": what,
-            "argv": extra,
+            "argv": argv,
             "runs": len(ms),
             "lr": stats([m["lr"] for m in ms]),
             "test_accuracy": stats([m["test_accuracy"] for m in ms]),
@@ -483,12 +494,7 @@ def summarize(runs: Path) -> dict:
             v["val_weighted_ensemble"] = stats(wt)
             v["gain_val_selected_pp"] = stats(100 * (vm - vs))
             v["gain_weighted_vs_best_single_pp"] = stats(100 * (wt - best_single))
-            dirs = [
-                f.parent
-                for seed in SEEDS + EXTRA_SEEDS
-                if (f := runs / name / f"seed{seed}" / "metrics.json").exists()
-            ]
-            v["independent_ensembles"] = independent_ensembles(dirs)
+            v["independent_ensembles"] = independent_ensembles(tuple(done.values()))
         doc["variants"][name] = v
     return doc
 
@@ -587,9 +593,9 @@ def main(argv=None) -> int:
     if not args.summarize:
         for name in args.only or VARIANTS:
             for seed in args.seeds:
-                run_one(name, seed, runs)
-                OUT.parent.mkdir(parents=True, exist_ok=True)
-                OUT.write_text(json.dumps(summarize(runs), indent=1) + "\n")
+                if run_one(name, seed, runs):
+                    OUT.parent.mkdir(parents=True, exist_ok=True)
+                    OUT.write_text(json.dumps(summarize(runs), indent=1) + "\n")
     doc = summarize(runs)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(doc, indent=1) + "\n")

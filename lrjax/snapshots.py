@@ -166,6 +166,11 @@ def ensemble_curve(apply, stacked: Params, x, y) -> tuple[np.ndarray, np.ndarray
       ``ensemble[m - 1]`` that of the mean softmax of the last ``m`` snapshots
       (``ensemble[0] == single[-1]``).
     """
-    probs = _member_probs(apply, stacked, jnp.asarray(x))
-    single, ensemble = _curve(probs, jnp.asarray(y))
+    return curve_from_probs(_member_probs(apply, stacked, jnp.asarray(x)), y)
+
+
+def curve_from_probs(probs, y) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ensemble_curve` from the snapshots' softmax outputs ``[M, N, C]``
+    (:func:`member_probs`), for a caller that needs those outputs too."""
+    single, ensemble = _curve(jnp.asarray(probs), jnp.asarray(y))
     return np.asarray(single, np.float64), np.asarray(ensemble, np.float64)
