@@ -3,6 +3,8 @@
 # is available and we are root), a virtual environment in .venv, and the package.
 #   bash scripts/setup.sh          # runtime only
 #   bash scripts/setup.sh --test   # plus pytest, ruff and tensorflow-datasets
+# $PYTHON picks the interpreter (default python3), $VENV the environment's directory
+# (default .venv), e.g. PYTHON=python3.12 VENV=.venv312 bash scripts/setup.sh --test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,8 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${extra}"
