@@ -1,10 +1,8 @@
-"""The MLP of the seed recipe, and the only module that imports Flax.
+"""Built-in NNX models: the seed recipe's MLP.
 
-A model is handed to the rest of lrjax as a pure pair: ``apply(params, x) -> logits``
-and ``params``, a pytree of arrays. The Flax NNX module is split once into a static
-graph definition and its parameters; ``apply`` merges them inside the traced
-function, so ``apply`` is a plain function of arrays that ``jit``, ``vmap`` and
-``grad`` treat like any other.
+lrjax trains any ``nnx.Module`` (:mod:`lrjax.step`); these are the ones the
+command lines build. :func:`pure` turns a stateless module into the
+``(apply, params)`` pair of hand-written JAX code.
 """
 
 from __future__ import annotations
@@ -66,8 +64,8 @@ def mlp(
     hidden: Sequence[int] = (300, 100),
     *,
     key: jax.Array,
-) -> tuple[Apply, Params]:
-    """Builds the MLP ``input_size -> *hidden -> num_classes`` with ReLU.
+) -> MLP:
+    """The MLP ``input_size -> *hidden -> num_classes`` with ReLU, as an NNX module.
 
     Args:
       input_size: number of input features (784 for 28x28 images); inputs of any
@@ -77,13 +75,10 @@ def mlp(
       key: a ``jax.random.key`` for the initialisation (LeCun normal kernels,
         zero biases: Flax's defaults).
 
-    Returns:
-      ``(apply, params)`` with ``apply(params, x) -> logits [B, num_classes]``.
-
-    >>> apply, params = mlp(784, 10, key=jax.random.key(0))
-    >>> sum(p.size for p in jax.tree.leaves(params))
+    >>> model = mlp(784, 10, key=jax.random.key(0))
+    >>> sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     266610
-    >>> apply(params, jax.numpy.zeros((2, 28, 28))).shape
+    >>> model(jax.numpy.zeros((2, 28, 28))).shape
     (2, 10)
     """
     if input_size < 1 or num_classes < 1 or any(h < 1 for h in hidden):
@@ -91,21 +86,18 @@ def mlp(
             f"layer sizes must be >= 1, got input_size={input_size}, "
             f"hidden={tuple(hidden)}, num_classes={num_classes}"
         )
-    graphdef, params = mlp_init(input_size, num_classes, hidden, key=key)
+    return MLP((input_size, *hidden, num_classes), rngs=nnx.Rngs(params=key))
+
+
+def pure(model: nnx.Module) -> tuple[Apply, Params]:
+    """``(apply, params)`` of a stateless module: ``apply(params, x) -> logits``.
+
+    The module is split once into a static graph definition and its params;
+    ``apply`` merges them inside the traced function.
+    """
+    graphdef, params = nnx.split(model, nnx.Param)
 
     def apply(params: Params, x: jax.Array) -> jax.Array:
         return nnx.merge(graphdef, params)(x)
 
     return apply, params
-
-
-def mlp_init(
-    input_size: int,
-    num_classes: int,
-    hidden: Sequence[int] = (300, 100),
-    *,
-    key: jax.Array,
-):
-    """Returns ``(graphdef, params)`` of a freshly initialised MLP."""
-    model = MLP((input_size, *hidden, num_classes), rngs=nnx.Rngs(params=key))
-    return nnx.split(model, nnx.Param)

@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from lrjax.finder import RangeTestResult
+    from lrjax.range_test import RangeTestResult
 
 _METHOD_STYLE = {
     "steep": ("tab:orange", "v"),

@@ -1,0 +1,297 @@
+"""How batches reach the step: in-memory arrays gathered by index, or an iterable.
+
+Two sources, one interface: ``source.chunk(lo, hi)`` returns the inputs of updates
+``lo .. hi - 1`` stacked along a leading axis, ready for a compiled chunk.
+
+* :class:`ArraySource`: a pytree of arrays with a common leading example axis
+  (a tuple ``(x, y)``, a dict ``{"image": ..., "label": ...}``, nested). The data
+  go to the device once; a chunk's inputs are only its ``int32`` batch indices,
+  built when the chunk runs (memory does not grow with the sweep), and the
+  compiled step gathers the batch itself. Epoch ``e`` of key ``k`` is the
+  permutation ``jax.random.permutation(fold_in(k, e), N)`` cut into
+  ``N // batch_size`` batches (the remainder is dropped, as ``drop_last=True``).
+* :class:`IterSource`: any Python iterable of batch pytrees (a generator of numpy
+  batches, a ``grain`` dataset, ``tfds.as_numpy(...)``), pulled on the host and
+  stacked; the loop driver asks for the next chunk right after dispatching the
+  current one, so the host pulls and transfers while the device computes. An
+  iterable that runs out is restarted when ``iter()`` gives a fresh iterator
+  (a list, a grain dataset); a one-shot iterator ends the run, and the result
+  says so.
+
+:func:`as_source` tells them apart: arrays, tuples, dicts and NamedTuples whose
+leaves are all arrays are in-memory data; anything else iterable (generators,
+lists of batches, loaders) is an iterable of batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["ArraySource", "IterSource", "as_source", "batch_indices", "leading_size"]
+
+_ARRAY = (np.ndarray, jax.Array)
+
+
+def leading_size(tree: Any, what: str = "batch") -> int:
+    """The common leading size of every leaf of ``tree``.
+
+    >>> leading_size({"x": np.zeros((4, 2)), "y": np.zeros(4)})
+    4
+
+    Raises:
+      ValueError: no leaves, a scalar leaf, or leaves of different leading sizes.
+    """
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not flat:
+        raise ValueError(f"the {what} has no arrays")
+    sizes = {}
+    for path, leaf in flat:
+        shape = np.shape(leaf)
+        name = jax.tree_util.keystr(path) or "the array"
+        if not shape:
+            raise ValueError(f"{what} leaf {name} is a scalar; it needs a leading axis")
+        sizes[name] = shape[0]
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"{what} leaves must share their leading size, got "
+            + ", ".join(f"{k}: {v}" for k, v in sizes.items())
+        )
+    return next(iter(sizes.values()))
+
+
+def _is_arrays(obj: Any) -> bool:
+    if isinstance(obj, _ARRAY):
+        return True
+    if isinstance(obj, tuple | Mapping):
+        leaves = jax.tree.leaves(obj)
+        return bool(leaves) and all(isinstance(a, _ARRAY) for a in leaves)
+    return False
+
+
+def check_batch_size(batch_size: Any, num_examples: int) -> int:
+    """The one batch-size check: an integer in ``[1, num_examples]``."""
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or not 1 <= batch_size <= num_examples
+    ):
+        raise ValueError(
+            f"batch_size must be an integer between 1 and the number of examples "
+            f"({num_examples}), got {batch_size!r}"
+        )
+    return int(batch_size)
+
+
+def epoch_order(key: jax.Array, epoch: int, num_examples: int, batch_size: int):
+    """``int32[N // B, B]``: the batches of one epoch (a permutation, cut)."""
+    per_epoch = num_examples // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    return perm[: per_epoch * batch_size].reshape(per_epoch, batch_size).astype(
+        jnp.int32
+    )
+
+
+def batch_indices(
+    key: jax.Array, num_examples: int, batch_size: int, num_steps: int, start: int = 0
+) -> jax.Array:
+    """``int32[num_steps, batch_size]``: batches ``start .. start + num_steps - 1``.
+
+    Batch ``j`` is batch ``j % (N // B)`` of epoch ``j // (N // B)``
+    (:func:`epoch_order`); only the epochs that the range touches are built.
+
+    >>> idx = batch_indices(jax.random.key(0), 10, 3, 7)
+    >>> idx.shape, len(set(idx[:3].ravel().tolist()))  # 3 batches: 9 distinct
+    ((7, 3), 9)
+    >>> bool((batch_indices(jax.random.key(0), 10, 3, 2, start=5) == idx[5:]).all())
+    True
+    """
+    batch_size = check_batch_size(batch_size, num_examples)
+    per_epoch = num_examples // batch_size
+    first, last = start // per_epoch, (start + num_steps - 1) // per_epoch
+    orders = [
+        epoch_order(key, e, num_examples, batch_size) for e in range(first, last + 1)
+    ]
+    out = jnp.concatenate(orders) if len(orders) > 1 else orders[0]
+    lo = start - first * per_epoch
+    return out[lo : lo + num_steps]
+
+
+class ArraySource:
+    """In-memory data on the device; chunks are batch indices per member key.
+
+    Args:
+      data: a pytree of arrays with a common leading example axis.
+      batch_size: examples per (micro-)batch.
+      keys: one ``jax.random.key`` per member (seed) drawing its batch order, or
+        a single key.
+      accumulate_steps: micro-batches per update; a chunk's indices are then
+        ``[C, (members,) k, B]``.
+      sharding: where ``data`` is put (replicated over a mesh), default device 0.
+    """
+
+    gathers = True
+
+    def __init__(
+        self,
+        data: Any,
+        batch_size: int,
+        keys: jax.Array | list[jax.Array],
+        *,
+        accumulate_steps: int = 1,
+        sharding: jax.sharding.Sharding | None = None,
+        index_sharding: jax.sharding.Sharding | None = None,
+    ):
+        self.num_examples = leading_size(data, "data")
+        self.batch_size = check_batch_size(batch_size, self.num_examples)
+        self.steps_per_epoch = self.num_examples // self.batch_size
+        self.per_member = isinstance(keys, list | tuple)
+        self.keys = list(keys) if self.per_member else [keys]
+        self.k = accumulate_steps
+        data = jax.tree.map(jnp.asarray, data)
+        self.data = data if sharding is None else jax.device_put(data, sharding)
+        self.index_sharding = index_sharding
+
+    def batches_per_epoch(self) -> int:
+        return self.steps_per_epoch
+
+    def chunk(self, lo: int, hi: int) -> jax.Array:
+        n, k, b = hi - lo, self.k, self.batch_size
+        parts = [
+            batch_indices(key, self.num_examples, b, n * k, start=lo * k).reshape(
+                (n, k, b) if k > 1 else (n, b)
+            )
+            for key in self.keys
+        ]
+        idx = jnp.stack(parts, axis=1) if self.per_member else parts[0]
+        if self.index_sharding is not None:
+            idx = jax.device_put(idx, self.index_sharding)
+        return idx
+
+
+def take(data: Any, idx: jax.Array) -> Any:
+    """The batch ``data[idx]`` of every leaf (inside compiled code)."""
+    return jax.tree.map(lambda a: a[idx], data)
+
+
+class IterSource:
+    """An iterable of batch pytrees, pulled on the host and stacked per chunk.
+
+    Every batch must have the structure, shapes and dtypes of the first one; a
+    batch with a smaller leading size (a loader's last partial batch) is skipped
+    and counted in ``skipped``.
+    """
+
+    gathers = False
+    data = None
+
+    def __init__(
+        self,
+        batches: Iterable,
+        *,
+        accumulate_steps: int = 1,
+        sharding: jax.sharding.Sharding | None = None,
+    ):
+        if not isinstance(batches, Iterable):
+            raise TypeError(
+                f"data must be arrays or an iterable of batches, got "
+                f"{type(batches).__name__}"
+            )
+        self.source = batches
+        self.iterator: Iterator = iter(batches)
+        # A re-iterable (list, grain dataset) gives a new iterator each time.
+        self.restartable = self.iterator is not batches
+        self.k = accumulate_steps
+        self.sharding = sharding
+        self.spec = None  # (treedef, [(shape, dtype)]) of the first batch
+        self.batch_size: int | None = None
+        self.pulled = 0
+        self.skipped = 0
+        self.restarts = 0
+        self.exhausted = False
+
+    def _next_batch(self):
+        while True:
+            try:
+                batch = next(self.iterator)
+            except StopIteration:
+                if not self.restartable or self.pulled == 0:
+                    self.exhausted = True
+                    return None
+                self.iterator = iter(self.source)
+                self.restarts += 1
+                self.pulled = 0
+                continue
+            leaves, treedef = jax.tree.flatten(batch)
+            size = leading_size(batch)
+            spec = [(np.shape(a)[1:], np.asarray(a).dtype) for a in leaves]
+            if self.spec is None:
+                self.spec, self.batch_size = (treedef, spec), size
+            elif treedef != self.spec[0] or spec != self.spec[1]:
+                raise ValueError(
+                    f"batch {self.pulled} has another structure than the first "
+                    f"batch: {treedef} {spec} vs {self.spec[0]} {self.spec[1]}"
+                )
+            self.pulled += 1
+            if size != self.batch_size:
+                self.skipped += 1
+                continue
+            return [np.asarray(a) for a in leaves]
+
+    def chunk(self, lo: int, hi: int) -> Any | None:
+        """Batches of updates ``lo .. hi-1`` (fewer if the data ran out), or None."""
+        rows = []
+        for _ in range((hi - lo) * self.k):
+            b = self._next_batch()
+            if b is None:
+                break
+            rows.append(b)
+        rows = rows[: len(rows) // self.k * self.k]
+        if not rows:
+            return None
+        stacked = [np.stack(col) for col in zip(*rows, strict=True)]
+        if self.k > 1:
+            stacked = [
+                a.reshape(len(rows) // self.k, self.k, *a.shape[1:]) for a in stacked
+            ]
+        return jax.device_put(jax.tree.unflatten(self.spec[0], stacked), self.sharding)
+
+
+def as_source(
+    data: Any,
+    *,
+    batch_size: int | None,
+    keys: jax.Array | list[jax.Array],
+    accumulate_steps: int = 1,
+    sharding: jax.sharding.Sharding | None = None,
+    index_sharding: jax.sharding.Sharding | None = None,
+) -> ArraySource | IterSource:
+    """In-memory arrays -> :class:`ArraySource`, other iterables -> :class:`IterSource`."""
+    if _is_arrays(data):
+        if batch_size is None:
+            raise ValueError("batch_size is required for in-memory data")
+        return ArraySource(
+            data,
+            batch_size,
+            keys,
+            accumulate_steps=accumulate_steps,
+            sharding=sharding,
+            index_sharding=index_sharding,
+        )
+    return IterSource(
+        data, accumulate_steps=accumulate_steps, sharding=index_sharding or sharding
+    )
+
+
+def scale_images(batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """The preprocess of uint8 image datasets: ``(x, y) -> (x / 255, y)``, float32.
+
+    >>> scale_images((jnp.array([[0, 255]], jnp.uint8), jnp.array([1])))[0].tolist()
+    [[0.0, 1.0]]
+    """
+    x, y = batch
+    return x.astype(jnp.float32) / 255.0, y

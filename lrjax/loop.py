@@ -1,0 +1,252 @@
+"""The host driver: compiled chunks of updates, host hooks between them.
+
+A :class:`Program` runs ``C`` updates of the one step
+(:func:`lrjax.step.make_step`) in one of three ways:
+
+* ``"scan"``: one compiled ``lax.scan`` over the chunk (nothing returns to the
+  host until the chunk ends; the fastest for MLPs and on accelerators);
+* ``"unroll"``: the same scan, fully unrolled (long compiles; for short chunks);
+* ``"dispatch"``: one jitted update at a time, dispatched asynchronously.
+
+Rule for ``loop="auto"`` (measured on this project's 2-core CPU,
+``benchmarks/bench_loop.py``): ``"dispatch"`` when the backend is the CPU and the
+step contains a convolution, ``"scan"`` otherwise. XLA:CPU runs a convolution
+inside a loop body about 13x slower than the same step alone
+(jax-ml/jax#12868); on GPU and TPU a scan is fine. The choice is reported in
+the results (``timings["loop"]``).
+
+:func:`drive` runs a plan of chunks: it dispatches chunk ``i``, asks the source
+for chunk ``i + 1`` while the device computes (the prefetch), then blocks on chunk
+``i``'s metrics and calls the hooks (CLU-style periodic actions: progress,
+divergence, TensorBoard, checkpoints, signals). A hook returns a reason to stop,
+or None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lrjax.batches import take
+
+LOOPS = ("auto", "scan", "unroll", "dispatch")
+
+
+def _has_conv(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, tuple | list) else (v,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns") and _has_conv(inner):
+                    return True
+    return False
+
+
+def check_loop(loop: str) -> str:
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    return loop
+
+
+def choose_loop(fn: Callable, *example_args, backend: str | None = None) -> str:
+    """The ``"auto"`` rule: ``"dispatch"`` for a conv step on CPU, else ``"scan"``."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return "scan"
+    jaxpr = jax.make_jaxpr(fn)(*example_args)
+    return "dispatch" if _has_conv(jaxpr.jaxpr) else "scan"
+
+
+class Program:
+    """``program(state, xs, data) -> (state, metrics)`` over a chunk of updates.
+
+    Args:
+      build: ``build(unroll) -> step`` with ``step(state, batch) -> (state,
+        metrics)``; ``unroll`` asks for inner loops (gradient accumulation)
+        unrolled, as the ``"unroll"`` and ``"dispatch"`` loops want.
+      gathers: ``xs`` are batch indices into ``data`` (an :class:`ArraySource`);
+        otherwise ``xs`` are the stacked batches themselves.
+      members: ``None`` for one model; else the state has a leading population
+        axis and ``members`` says whether each member gets its own inputs
+        (``"own"``: ``xs[c, p]``) or all share them (``"shared"``).
+      loop: ``"scan"``, ``"unroll"``, ``"dispatch"`` (or ``"auto"``, decided at
+        the first :meth:`compile`).
+
+    ``xs`` has the chunk axis first; metrics come back ``[C]`` or ``[C, P]``.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[bool], Callable],
+        *,
+        gathers: bool,
+        members: str | None = None,
+        loop: str = "auto",
+    ):
+        self.build = build
+        self.gathers = gathers
+        self.members = members
+        self.loop = check_loop(loop)
+        self.one = None if self.loop == "auto" else self._one(self.loop != "scan")
+        self._jitted = None
+        self._compiled: dict[int, Any] = {}
+        self.compile_s = 0.0
+
+    def _one(self, unroll: bool) -> Callable:
+        step = self.build(unroll)
+        gathers = self.gathers
+
+        def one(state, x, data):
+            return step(state, take(data, x) if gathers else x)
+
+        if self.members is not None:
+            own = 0 if self.members == "own" else None
+            one = jax.vmap(one, in_axes=(0, own, None))
+        return one
+
+    def _jit(self):
+        if self.loop == "dispatch":
+            return jax.jit(self.one, donate_argnums=0)
+        unroll = self.loop == "unroll"
+
+        def chunk(state, xs, data):
+            n = jax.tree.leaves(xs)[0].shape[0]
+            return jax.lax.scan(
+                lambda s, x: self.one(s, x, data), state, xs, unroll=n if unroll else 1
+            )
+
+        return jax.jit(chunk, donate_argnums=0)
+
+    def compile(self, state, xs, data) -> None:
+        """Compiles for a chunk like ``xs`` (once per chunk length when scanned)."""
+        t0 = time.perf_counter()
+        first = jax.tree.map(lambda a: a[0], xs)
+        if self.loop == "auto":
+            self.loop = choose_loop(self._one(False), state, first, data)
+            self.one = self._one(self.loop != "scan")
+        if self._jitted is None:
+            self._jitted = self._jit()
+        key = 0 if self.loop == "dispatch" else jax.tree.leaves(xs)[0].shape[0]
+        if key not in self._compiled:
+            args = (state, first if self.loop == "dispatch" else xs, data)
+            self._compiled[key] = self._jitted.lower(*args).compile()
+        self.compile_s += time.perf_counter() - t0
+
+    def __call__(self, state, xs, data):
+        self.compile(state, xs, data)
+        if self.loop != "dispatch":
+            return self._compiled[jax.tree.leaves(xs)[0].shape[0]](state, xs, data)
+        run = self._compiled[0]
+        metrics = []
+        for i in range(jax.tree.leaves(xs)[0].shape[0]):
+            state, m = run(state, jax.tree.map(lambda a, i=i: a[i], xs), data)
+            metrics.append(m)
+        return state, jax.tree.map(lambda *a: jnp.stack(a), *metrics)
+
+
+def uniform_plan(num_steps: int, chunks: int, max_chunk: int | None = None):
+    """``chunks`` equal chunks covering ``num_steps`` (the last may run past it).
+
+    One chunk length, so one compile; the caller drops the updates past the end.
+
+    >>> uniform_plan(10, 3)
+    [(0, 4), (4, 8), (8, 12)]
+    """
+    length = -(-num_steps // max(1, min(chunks, num_steps)))
+    if max_chunk is not None:
+        length = min(length, max_chunk)
+    n = -(-num_steps // length)
+    return [(i * length, (i + 1) * length) for i in range(n)]
+
+
+def epoch_plan(start: int, end: int, steps_per_epoch: int, chunks_per_epoch: int):
+    """Chunks of ``[start, end)``, cut at every epoch end and at fixed points inside.
+
+    The cut points depend only on absolute positions, so a run resumed at any
+    cut computes the same chunks as one that never stopped.
+
+    >>> epoch_plan(0, 10, 5, 2)
+    [(0, 2), (2, 5), (5, 7), (7, 10)]
+    >>> epoch_plan(7, 10, 5, 2)
+    [(7, 10)]
+    """
+    inner = np.unique(
+        np.linspace(0, steps_per_epoch, chunks_per_epoch + 1).astype(int)
+    ).tolist()
+    cuts = set()
+    for e in range(start // steps_per_epoch, -(-end // steps_per_epoch) + 1):
+        cuts.update(e * steps_per_epoch + c for c in inner)
+    pts = sorted({start, end} | {c for c in cuts if start < c < end})
+    return list(zip(pts[:-1], pts[1:], strict=True))
+
+
+@dataclasses.dataclass
+class ChunkEnd:
+    """What a hook sees after a chunk (host numpy metrics, the device state)."""
+
+    lo: int  # first update of the chunk
+    hi: int  # one past its last update actually run
+    metrics: dict[str, np.ndarray]  # [hi - lo] or [hi - lo, members]
+    state: Any  # valid until the next chunk runs (its buffers are donated)
+
+
+Hook = Callable[[ChunkEnd], str | None]
+
+
+@dataclasses.dataclass
+class DriveResult:
+    state: Any
+    stop_reason: str | None  # None: the plan ran to its end
+    run_s: float
+    lo: int
+    hi: int  # updates [lo, hi) were run
+
+
+def drive(
+    program: Program,
+    state: Any,
+    source: Any,
+    plan: Sequence[tuple[int, int]],
+    hooks: Sequence[Hook] = (),
+) -> DriveResult:
+    """Runs ``plan``'s chunks with ``source``'s inputs; hooks run between chunks.
+
+    The stop reason is the first hook's, or ``"data"`` when an iterable source ran
+    out (the result's ``hi`` says how far it got).
+    """
+    if not plan:
+        return DriveResult(state, None, 0.0, 0, 0)
+    lo0 = plan[0][0]
+    xs = source.chunk(*plan[0])
+    if xs is not None:
+        program.compile(state, xs, source.data)
+    reason = None
+    hi_run = lo0
+    t0 = time.perf_counter()
+    for i, (lo, _) in enumerate(plan):
+        if xs is None:
+            reason = "data"
+            break
+        n = jax.tree.leaves(xs)[0].shape[0]
+        state, metrics = program(state, xs, source.data)
+        # Prefetch: the next chunk's inputs are built while this one computes.
+        xs = source.chunk(*plan[i + 1]) if i + 1 < len(plan) else None
+        metrics = jax.tree.map(np.asarray, metrics)
+        hi_run = lo + n
+        end = ChunkEnd(lo, hi_run, metrics, state)
+        for hook in hooks:
+            r = hook(end)
+            reason = reason or r
+        if reason:
+            break
+    if reason is None and getattr(source, "exhausted", False):
+        reason = "data"
+    return DriveResult(state, reason, time.perf_counter() - t0, lo0, hi_run)

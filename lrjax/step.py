@@ -1,0 +1,331 @@
+"""The train state and the ONE train step: any model, any loss, any batch pytree.
+
+Every part of lrjax (the range test, :func:`lrjax.fit`, :func:`lrjax.lr_grid`,
+snapshots, benchmarks) trains through :func:`make_step`::
+
+    step(state, batch) -> (state, metrics)
+
+A model is either a Flax NNX module or a plain params pytree:
+
+* ``nnx.Module``: it is split once into a static graph definition, its
+  ``nnx.Param`` leaves (``params``, what the gradient is taken of) and everything
+  else it holds (``model_state``: BatchNorm statistics, Dropout's rng streams,
+  any other ``nnx.Variable``). The step merges them inside the traced function,
+  runs ``loss_fn(module, batch)`` in training mode and carries the updated
+  ``model_state`` on. Evaluation merges the same arrays into an evaluation-mode
+  definition (Dropout off, BatchNorm on its running averages).
+* a params pytree with ``loss_fn(params, batch)`` (hand-written JAX, equinox-style
+  code): ``params`` are the pytree and ``model_state`` is empty.
+
+``loss_fn`` returns a scalar loss or ``(loss, {"name": scalar, ...})``; the step's
+metrics are ``loss`` (the batch's loss BEFORE the update), ``lr`` (the lr the
+update applied, read from ``optax.inject_hyperparams``) and the user's metrics.
+What a batch means (uint8 to float, normalisation) is the ``preprocess`` function
+the caller or the dataset supplies, never a line of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+Params = Any
+Batch = Any  # any pytree of arrays with a leading batch axis
+Metrics = dict[str, jax.Array]
+LossFn = Callable[[Any, Batch], Any]  # -> loss | (loss, metrics)
+OptimizerFactory = Callable[[Any], optax.GradientTransformation]
+Step = Callable[["TrainState", Batch], tuple["TrainState", Metrics]]
+RESERVED = ("loss", "lr")
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32[]: completed updates; the next one applies sched(step)
+    params: Params  # nnx.State of nnx.Param, or the user's params pytree
+    model_state: Any  # nnx.State of the module's other variables; () when pure
+    opt_state: optax.OptState  # an optax.InjectHyperparamsState
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """How lrjax holds a model: static structure, separate from its arrays.
+
+    ``train_def`` and ``eval_def`` are NNX graph definitions of the same module in
+    training and evaluation mode; both are None for a pure params pytree.
+    """
+
+    train_def: Any = None
+    eval_def: Any = None
+
+    @property
+    def is_module(self) -> bool:
+        return self.train_def is not None
+
+    def bind(self, params: Params, model_state: Any, *, train: bool):
+        """The object ``loss_fn`` receives: a module, or the params themselves."""
+        if not self.is_module:
+            return params
+        graphdef = self.train_def if train else self.eval_def
+        # copy: Variables of this trace level, so BatchNorm may update them.
+        return nnx.merge(graphdef, params, model_state, copy=True)
+
+    def state_of(self, bound, model_state: Any) -> Any:
+        """``model_state`` after ``loss_fn`` ran on ``bound`` (batch stats, rngs)."""
+        if not self.is_module:
+            return model_state
+        return nnx.split(bound, nnx.Param, ...)[2]
+
+    def merge(self, params: Params, model_state: Any, *, train: bool = False):
+        """A new module (or the params) from arrays, e.g. a trained state."""
+        return self.bind(params, model_state, train=train)
+
+
+def split_model(model: Any) -> tuple[Model, Params, Any]:
+    """``model -> (Model, params, model_state)`` without touching ``model``.
+
+    The caller's module is never mutated: the modes are set on a merged copy, and
+    the returned arrays are the module's own (immutable) arrays.
+
+    Raises:
+      TypeError: if ``model`` is neither an ``nnx.Module`` nor a pytree of arrays.
+    """
+    if isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model)
+        copy = nnx.merge(graphdef, state)
+        copy.set_attributes(
+            deterministic=False, use_running_average=False, raise_if_not_found=False
+        )
+        train_def, params, rest = nnx.split(copy, nnx.Param, ...)
+        copy.set_attributes(
+            deterministic=True, use_running_average=True, raise_if_not_found=False
+        )
+        eval_def = nnx.split(copy, nnx.Param, ...)[0]
+        return Model(train_def, eval_def), params, rest
+    if callable(model):
+        raise TypeError(
+            f"model must be an nnx.Module, a params pytree, or (with seeds) a factory "
+            f"key -> model; got the callable {model!r} where a model was expected"
+        )
+    leaves = jax.tree.leaves(model)
+    bad = [type(x).__name__ for x in leaves if not isinstance(x, jax.Array | np.ndarray)]
+    if not leaves or bad:
+        raise TypeError(
+            "model must be an nnx.Module or a params pytree of arrays with a "
+            f"loss_fn(params, batch); got {type(model).__name__}"
+            + (f" with leaves of type {sorted(set(bad))}" if bad else " with no arrays")
+        )
+    return Model(), jax.tree.map(jnp.asarray, model), ()
+
+
+def fresh(tree: Any) -> Any:
+    """A copy of every array of ``tree`` in new buffers (safe to donate)."""
+    return jax.tree.map(lambda a: jnp.asarray(a).copy(), tree)
+
+
+def make_optimizer(
+    optimizer: OptimizerFactory, learning_rate
+) -> optax.GradientTransformation:
+    """``optax.inject_hyperparams(optimizer)(learning_rate=learning_rate)``.
+
+    The applied lr then lives in ``opt_state.hyperparams["learning_rate"]``: the
+    lr that lrjax logs is read from there, never from a second counter.
+
+    Args:
+      optimizer: ``learning_rate -> optax.GradientTransformation``, e.g.
+        ``optax.sgd`` or ``lambda lr: optax.adamw(lr, weight_decay=1e-4)``.
+      learning_rate: a float, or a schedule ``step -> lr``.
+    """
+
+    def factory(learning_rate):
+        return optimizer(learning_rate)
+
+    return optax.inject_hyperparams(factory)(learning_rate=learning_rate)
+
+
+def applied_lr(opt_state: optax.OptState) -> jax.Array:
+    """The lr used by the last update of an ``inject_hyperparams`` state."""
+    return opt_state.hyperparams["learning_rate"]
+
+
+def init_state(
+    params: Params, model_state: Any, tx: optax.GradientTransformation
+) -> TrainState:
+    """A fresh state at step 0; jit it to get buffers independent of ``params``."""
+    return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+
+
+def classification_loss(apply: Callable | None = None) -> LossFn:
+    """Softmax cross-entropy with integer labels, and accuracy, on ``(x, y)`` batches.
+
+    ``loss_fn(model, (x, y)) -> (loss, {"accuracy": ...})`` with
+    ``logits = model(x)``, or ``apply(params, x)`` when ``apply`` is given: the
+    one-line replacement of the earlier ``(apply, params)`` calls is
+    ``loss_fn=lrjax.classification_loss(apply)`` with ``params`` as the model.
+
+    >>> loss_fn = classification_loss(lambda p, x: x @ p)
+    >>> loss, m = loss_fn(jnp.eye(2), (jnp.array([[5.0, 0.0]]), jnp.array([0])))
+    >>> round(float(loss), 4), float(m["accuracy"])
+    (0.0067, 1.0)
+    """
+
+    def loss_fn(model, batch):
+        x, y = batch
+        logits = model(x) if apply is None else apply(model, x)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+
+    return loss_fn
+
+
+def loss_and_metrics(out: Any) -> tuple[jax.Array, Metrics]:
+    """Checks and splits what a ``loss_fn`` returned into ``(loss, metrics)``.
+
+    Raises:
+      ValueError: a non-scalar loss or metric, or a metric named loss/lr.
+    """
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping):
+        loss, metrics = out
+    else:
+        loss, metrics = out, {}
+    shape = jnp.shape(loss)
+    if shape != ():
+        raise ValueError(
+            "loss_fn must return a scalar loss or (loss, {name: scalar}); got a "
+            f"loss of shape {shape} (reduce it, e.g. with .mean())"
+        )
+    for name, value in metrics.items():
+        if name in RESERVED:
+            raise ValueError(f"loss_fn metric names must not be {RESERVED}: {name!r}")
+        if jnp.shape(value) != ():
+            raise ValueError(
+                f"loss_fn metric {name!r} must be a scalar, got shape {jnp.shape(value)}"
+            )
+    return jnp.asarray(loss, jnp.float32), {
+        k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()
+    }
+
+
+def check_accumulate(accumulate_steps: Any) -> int:
+    if (
+        isinstance(accumulate_steps, bool)
+        or not isinstance(accumulate_steps, int | np.integer)
+        or accumulate_steps < 1
+    ):
+        raise ValueError(
+            f"accumulate_steps must be an integer >= 1, got {accumulate_steps!r}"
+        )
+    return int(accumulate_steps)
+
+
+def make_step(
+    model: Model,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    preprocess: Callable[[Batch], Batch] | None = None,
+    accumulate_steps: int = 1,
+    unroll: bool = False,
+    constrain: Callable[[Batch], Batch] | None = None,
+) -> Step:
+    """Builds ``step(state, batch) -> (state, metrics)``: one optimizer update.
+
+    Args:
+      model: from :func:`split_model`.
+      loss_fn: ``loss_fn(model_or_params, batch) -> loss | (loss, metrics)``.
+      tx: the optimizer, from :func:`make_optimizer` so the applied lr is logged.
+      preprocess: ``batch -> batch`` applied first (e.g. uint8 images to floats).
+      accumulate_steps: ``k > 1`` makes ``batch`` a stack of ``k`` micro-batches
+        (every leaf ``[k, B, ...]``); their gradients are averaged into ONE update,
+        so the schedule advances once per update, and ``model_state`` (batch
+        statistics) passes through the micro-batches in order. The loss and
+        metrics are their means.
+      unroll: unroll the micro-batch loop (a conv inside a ``lax`` loop body is
+        slow on XLA:CPU).
+      constrain: applied to each (micro-)batch, e.g. a sharding constraint that
+        makes the step data parallel.
+
+    Gradients are taken with respect to ``params`` only (``nnx.Param``).
+    """
+    k = check_accumulate(accumulate_steps)
+
+    def grads_of(params, model_state, batch):
+        if constrain is not None:
+            batch = constrain(batch)
+        if preprocess is not None:
+            batch = preprocess(batch)
+
+        def f(p, ms, batch):
+            bound = model.bind(p, ms, train=True)
+            loss, metrics = loss_and_metrics(loss_fn(bound, batch))
+            return loss, (metrics, model.state_of(bound, ms))
+
+        (loss, (metrics, new_state)), grads = jax.value_and_grad(f, has_aux=True)(
+            params, model_state, batch
+        )
+        return loss, metrics, new_state, grads
+
+    def step(state: TrainState, batch: Batch):
+        if k == 1:
+            loss, metrics, model_state, grads = grads_of(
+                state.params, state.model_state, batch
+            )
+        else:
+
+            def micro(carry, b):
+                ms, total = carry
+                loss, metrics, ms, g = grads_of(state.params, ms, b)
+                return (ms, jax.tree.map(jnp.add, total, g)), (loss, metrics)
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (model_state, total), (losses, ms) = jax.lax.scan(
+                micro, (state.model_state, zeros), batch, unroll=k if unroll else 1
+            )
+            grads = jax.tree.map(lambda g: g / k, total)
+            loss = losses.mean()
+            metrics = {n: v.mean() for n, v in ms.items()}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        out = {
+            "loss": loss,
+            "lr": applied_lr(opt_state).astype(jnp.float32),
+            **metrics,
+        }
+        return TrainState(state.step + 1, params, model_state, opt_state), out
+
+    return step
+
+
+def make_eval_batch(
+    model: Model,
+    loss_fn: LossFn,
+    *,
+    eval_fn: Callable | None = None,
+    preprocess: Callable[[Batch], Batch] | None = None,
+) -> Callable[[Params, Any, Batch], Metrics]:
+    """``eval_batch(params, model_state, batch) -> metrics`` in evaluation mode.
+
+    ``eval_fn(model, batch) -> {name: scalar}`` when given; otherwise the loss
+    and the metrics of ``loss_fn``. The module state is not updated.
+    """
+
+    def eval_batch(params, model_state, batch):
+        if preprocess is not None:
+            batch = preprocess(batch)
+        bound = model.bind(params, model_state, train=False)
+        if eval_fn is not None:
+            out = eval_fn(bound, batch)
+            if not isinstance(out, Mapping):
+                raise ValueError(
+                    f"eval_fn must return a dict of scalars, got {type(out).__name__}"
+                )
+            return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+        loss, metrics = loss_and_metrics(loss_fn(bound, batch))
+        return {"loss": loss, **metrics}
+
+    return eval_batch
