@@ -6,8 +6,10 @@ TensorFlow Datasets is available as ``tfds:NAME`` without TensorFlow.
 
 Where the Fashion-MNIST files are looked for, in order:
 
-1. ``data_dir`` (the directory itself, then ``data_dir/fashion_mnist``);
-2. ``$LRJAX_DATA_DIR`` (likewise);
+1. ``data_dir`` (the directory itself, then ``data_dir/fashion_mnist``): when
+   given, it is the only place; if it is missing or lacks any of the files, that is
+   an error, with no fallback to the places below and no download;
+2. ``$LRJAX_DATA_DIR`` (the directory itself, then ``<dir>/fashion_mnist``);
 3. the user cache ``$LRJAX_CACHE_DIR/fashion_mnist``, by default
    ``$XDG_CACHE_HOME/lrjax/fashion_mnist`` or ``~/.cache/lrjax/fashion_mnist``;
 4. ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
@@ -218,11 +220,12 @@ def load_dataset(
             download), or ``"tfds:NAME"`` for any supervised image-classification
             dataset of TensorFlow Datasets (needs ``pip install 'lrjax[tfds]'``).
         data_dir: A directory holding the four IDX files (``.gz`` or
-            uncompressed), searched first. For ``tfds:`` names, the TFDS data
-            directory.
+            uncompressed), or a ``<name>`` subdirectory that does. When given, it
+            is the only place searched: a missing or incomplete ``data_dir`` raises
+            :class:`DatasetError`. For ``tfds:`` names, the TFDS data directory.
         download: Whether to download missing files (into the user cache, or
-            TFDS's data directory). A failed download is reported in the
-            "not found" error.
+            TFDS's data directory); never into or instead of an IDX
+            ``data_dir``. A failed download is reported in the "not found" error.
         validation_size: How many of the first training examples to hold out.
 
     Returns:
@@ -386,16 +389,9 @@ def _cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lrjax"
 
 
-def _search_dirs(
-    spec: _IdxSpec, data_dir: str | os.PathLike[str] | None
-) -> list[tuple[str, list[Path]]]:
-    """(label for the error message, directories) in search order."""
-    places: list[tuple[str, list[Path]]] = []
-    if data_dir is not None:
-        d = Path(data_dir).expanduser()
-        places.append((f"data_dir={d}", [d, d / spec.name]))
-    else:
-        places.append(("data_dir (not given)", []))
+def _search_dirs(spec: _IdxSpec) -> list[tuple[str, list[Path]]]:
+    """(label for the error message, directories) in search order, no data_dir."""
+    places: list[tuple[str, list[Path]]] = [("data_dir (not given)", [])]
     env = os.environ.get("LRJAX_DATA_DIR")
     if env:
         d = Path(env).expanduser()
@@ -412,9 +408,15 @@ def _search_dirs(
 def _locate(
     spec: _IdxSpec, data_dir: str | os.PathLike[str] | None
 ) -> tuple[dict[str, Path] | None, list[str]]:
-    """The four files from the first complete directory, and what was searched."""
+    """The four files from the first complete directory, and what was searched.
+
+    Raises:
+        DatasetError: ``data_dir`` is given but does not hold the four files.
+    """
+    if data_dir is not None:
+        return _locate_in_data_dir(spec, Path(data_dir).expanduser()), []
     searched = []
-    for label, dirs in _search_dirs(spec, data_dir):
+    for label, dirs in _search_dirs(spec):
         note = ""
         for d in dirs:
             found = {f.role: _find_file(d, f) for f in spec.files}
@@ -426,6 +428,38 @@ def _locate(
                 note = f" (incomplete in {d}: missing {', '.join(missing)})"
         searched.append(label + note)
     return None, searched
+
+
+def _locate_in_data_dir(spec: _IdxSpec, d: Path) -> dict[str, Path]:
+    """The four files in ``d`` or ``d/<name>``; anything less is an error.
+
+    A directory the caller named is not a hint: falling back to another copy (or
+    downloading one) would train on data the caller did not ask for.
+    """
+    where = f"{spec.title} not found in data_dir={d}"
+    names = ", ".join(f.filename for f in spec.files)
+    if not d.exists():
+        raise DatasetError(
+            f"{where}: no such directory; expected a directory holding {names}"
+        )
+    if not d.is_dir():
+        raise DatasetError(
+            f"{where}: not a directory; expected a directory holding {names}"
+        )
+    incomplete = ""
+    for candidate in (d, d / spec.name):
+        found = {f.role: _find_file(candidate, f) for f in spec.files}
+        if all(found.values()):
+            _log.debug("loading %s from %s", spec.title, candidate)
+            return found  # type: ignore[return-value]
+        if any(found.values()) and not incomplete:
+            missing = [f.filename for f in spec.files if not found[f.role]]
+            incomplete = f"{candidate} lacks {', '.join(missing)}"
+    if incomplete:
+        raise DatasetError(f"{where}: incomplete, {incomplete}")
+    raise DatasetError(
+        f"{where}: none of {names} (gzipped or not) in it or in {d / spec.name}"
+    )
 
 
 def _load_idx_dataset(

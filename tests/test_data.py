@@ -284,9 +284,9 @@ def test_content_hash_mismatch(tmp_path, monkeypatch):
 
 
 def test_missing_files_message_names_every_place(tmp_path, small):
-    message = load_err(data_dir=tmp_path / "nowhere")
+    message = load_err()
     assert message.startswith("Fashion-MNIST not found: looked in ")
-    assert f"data_dir={tmp_path / 'nowhere'}" in message
+    assert "data_dir (not given)" in message
     assert "$LRJAX_DATA_DIR (unset)" in message
     assert str(cache_dir(tmp_path)) in message
     assert str(data.DEBIAN_DIR) in message
@@ -302,6 +302,67 @@ def test_incomplete_directory_is_reported(tmp_path, small, monkeypatch):
     message = load_err()
     assert f"$LRJAX_DATA_DIR={tmp_path / 'env'} (incomplete in" in message
     assert "missing t10k-labels-idx1-ubyte.gz" in message
+
+
+@pytest.fixture
+def copies_elsewhere(tmp_path, small, monkeypatch):
+    """Complete sets in $LRJAX_DATA_DIR, the cache and the Debian directory."""
+    for directory in (tmp_path / "env", cache_dir(tmp_path), tmp_path / "debian"):
+        write_set(directory)
+    monkeypatch.setenv("LRJAX_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "debian")
+
+
+NAME_LIST = ", ".join(NAMES.values())
+
+
+@pytest.mark.parametrize("download", [False, True])  # the network fixture fails
+def test_missing_data_dir_is_an_error_not_a_fallback(
+    tmp_path, copies_elsewhere, download
+):
+    d = tmp_path / "nowhere"
+    assert load_err(data_dir=d, download=download) == (
+        f"Fashion-MNIST not found in data_dir={d}: no such directory; expected a "
+        f"directory holding {NAME_LIST}"
+    )
+
+
+def test_empty_data_dir_is_an_error_not_a_fallback(tmp_path, copies_elsewhere):
+    d = tmp_path / "empty"
+    (d / "fashion_mnist").mkdir(parents=True)
+    (d / "README").write_text("not a dataset file")
+    assert load_err(data_dir=d, download=True) == (
+        f"Fashion-MNIST not found in data_dir={d}: none of {NAME_LIST} (gzipped or "
+        f"not) in it or in {d / 'fashion_mnist'}"
+    )
+
+
+def test_data_dir_that_is_a_file_is_an_error(tmp_path, copies_elsewhere):
+    f = tmp_path / "file"
+    f.write_text("")
+    assert load_err(data_dir=f).startswith(
+        f"Fashion-MNIST not found in data_dir={f}: not a directory; expected"
+    )
+
+
+@pytest.mark.parametrize("sub", ["", "fashion_mnist"])
+def test_incomplete_data_dir_names_the_missing_files(tmp_path, copies_elsewhere, sub):
+    d = tmp_path / "partial"
+    write_set(d / sub)
+    (d / sub / NAMES["train_labels"]).unlink()
+    (d / sub / NAMES["test_images"]).unlink()
+    assert load_err(data_dir=d, download=True) == (
+        f"Fashion-MNIST not found in data_dir={d}: incomplete, {d / sub} lacks "
+        f"{NAMES['train_labels']}, {NAMES['test_images']}"
+    )
+
+
+def test_data_dir_name_subdirectory_and_home(tmp_path, copies_elsewhere, monkeypatch):
+    # The <data_dir>/fashion_mnist form, uncompressed, given with a "~".
+    want = write_set(tmp_path / "home" / "mine" / "fashion_mnist", seed=7, gz=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ds = data.load_dataset(data_dir="~/mine", download=False, validation_size=5)
+    np.testing.assert_array_equal(ds.x_test, want[2])
 
 
 def test_search_order(tmp_path, small, monkeypatch):
