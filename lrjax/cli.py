@@ -131,21 +131,32 @@ def save_png(fig, path: Path, dpi: int = 110) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def optimizer_factory(name: str, weight_decay: float = 0.0):
+def optimizer_factory(name: str, weight_decay: float | None = None):
     """``name -> (learning_rate -> optax.GradientTransformation)``.
 
-    ``weight_decay``: adamw's decoupled decay (1e-4 when 0); for the other
-    optimizers L2 through ``optax.add_decayed_weights`` before the update, so it is
-    scaled by the lr like sgd's (0: none).
+    ``weight_decay``: adamw's decoupled decay; for the other optimizers L2 through
+    ``optax.add_decayed_weights`` before the update, so it is scaled by the lr like
+    sgd's. ``None`` (the default) means 1e-4 for adamw and none for the others;
+    ``0.0`` means no decay for all, adamw included.
+
+    Raises:
+      UsageError: an unknown optimizer, or a negative or non-finite decay.
     """
+    import math
+
     import optax
 
+    if weight_decay is not None and not (
+        weight_decay >= 0 and math.isfinite(weight_decay)
+    ):
+        raise UsageError(f"weight decay must be finite and >= 0, got {weight_decay}")
+    adamw_decay = 1e-4 if weight_decay is None else weight_decay
     factories = {
         "sgd": optax.sgd,
         "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
         "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
         "adam": optax.adam,
-        "adamw": lambda lr: optax.adamw(lr, weight_decay=weight_decay or 1e-4),
+        "adamw": lambda lr: optax.adamw(lr, weight_decay=adamw_decay),
     }
     if name not in factories:
         raise UsageError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
