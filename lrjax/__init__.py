@@ -5,6 +5,7 @@ The public API is re-exported here, one name per line. The command-line modules
 ``python -m lrjax.find`` would otherwise find its module already imported.
 """
 
+from lrjax.batches import scale_images as scale_images
 from lrjax.data import Dataset as Dataset
 from lrjax.data import DatasetError as DatasetError
 from lrjax.data import load_dataset as load_dataset
@@ -18,9 +19,9 @@ from lrjax.models import mlp as mlp
 from lrjax.plots import plot_grid as plot_grid
 from lrjax.plots import plot_learning_curves as plot_learning_curves
 from lrjax.plots import plot_range_test as plot_range_test
-from lrjax.population import GridResult as GridResult
-from lrjax.population import accuracy_at as accuracy_at
-from lrjax.population import lr_grid as lr_grid
+from lrjax.lr_grid import GridResult as GridResult
+from lrjax.lr_grid import accuracy_at as accuracy_at
+from lrjax.lr_grid import lr_grid as lr_grid
 from lrjax.schedules import Schedule as Schedule
 from lrjax.schedules import cosine_restart_steps as cosine_restart_steps
 from lrjax.schedules import cosine_restarts as cosine_restarts
@@ -31,20 +32,24 @@ from lrjax.schedules import linear_sweep as linear_sweep
 from lrjax.schedules import step_decay as step_decay
 from lrjax.schedules import triangular as triangular
 from lrjax.schedules import triangular2 as triangular2
-from lrjax.snapshots import SnapshotBuffer as SnapshotBuffer
-from lrjax.snapshots import ensemble_curve as ensemble_curve
-from lrjax.snapshots import ensemble_predict as ensemble_predict
-from lrjax.snapshots import init_buffer as init_buffer
-from lrjax.snapshots import member_probs as member_probs
-from lrjax.snapshots import snapshot_steps as snapshot_steps
-from lrjax.trainer import CheckpointError as CheckpointError
-from lrjax.trainer import FitResult as FitResult
-from lrjax.trainer import data_mesh as data_mesh
-from lrjax.trainer import fit as fit
-from lrjax.trainer import stop_on_signals as stop_on_signals
-from lrjax.training import TrainState as TrainState
-from lrjax.training import make_evaluate as make_evaluate
-from lrjax.training import make_optimizer as make_optimizer
-from lrjax.training import make_step as make_step
+from lrjax.step import TrainState as TrainState
+from lrjax.step import classification_loss as classification_loss
+from lrjax.step import make_optimizer as make_optimizer
+from lrjax.step import make_step as make_step
+from lrjax.step import split_model as split_model
+from lrjax.ensembles import SnapshotBuffer as SnapshotBuffer
+from lrjax.ensembles import ensemble_curve as ensemble_curve
+from lrjax.ensembles import ensemble_predict as ensemble_predict
+from lrjax.ensembles import init_buffer as init_buffer
+from lrjax.ensembles import member_probs as member_probs
+from lrjax.ensembles import snapshot_steps as snapshot_steps
+from lrjax.fit import CheckpointError as CheckpointError
+from lrjax.fit import FitConfig as FitConfig
+from lrjax.fit import FitResult as FitResult
+from lrjax.fit import data_mesh as data_mesh
+from lrjax.fit import evaluate as evaluate
+from lrjax.fit import fit as fit
+from lrjax.hooks import Hook as Hook
+from lrjax.hooks import StopOnSignals as StopOnSignals
 
 __version__ = "0.1.0"
