@@ -91,8 +91,8 @@ def epoch_order(key: jax.Array, epoch: int, num_examples: int, batch_size: int):
     """``int32[N // B, B]``: the batches of one epoch (a permutation, cut)."""
     per_epoch = num_examples // batch_size
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-    return perm[: per_epoch * batch_size].reshape(per_epoch, batch_size).astype(
-        jnp.int32
+    return (
+        perm[: per_epoch * batch_size].reshape(per_epoch, batch_size).astype(jnp.int32)
     )
 
 
@@ -270,7 +270,7 @@ def as_source(
     sharding: jax.sharding.Sharding | None = None,
     index_sharding: jax.sharding.Sharding | None = None,
 ) -> ArraySource | IterSource:
-    """In-memory arrays -> :class:`ArraySource`, other iterables -> :class:`IterSource`."""
+    """Arrays -> :class:`ArraySource`; other iterables -> :class:`IterSource`."""
     if _is_arrays(data):
         if batch_size is None:
             raise ValueError("batch_size is required for in-memory data")

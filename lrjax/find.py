@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -17,7 +18,6 @@ from lrjax.cli import (
     ArgumentParser,
     UsageError,
     add_model_args,
-    build_mlp,
     fail,
     int_at_least,
     load_data,
@@ -28,7 +28,7 @@ from lrjax.cli import (
     setup_jax,
     write_atomic,
 )
-from lrjax.finder import DEFAULT_METHOD, METHODS
+from lrjax.suggest import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.find"
 
@@ -102,19 +102,20 @@ def _csv(result) -> str:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    losses = np.atleast_2d(result.losses)
-    smoothed = np.atleast_2d(result.smoothed_losses)
-    if result.seeds == 1:
-        w.writerow(["step", "lr", "loss", "smoothed_loss"])
-    else:
-        cols = []
-        for k in range(result.seeds):
-            cols += [f"loss_seed{k}", f"smoothed_loss_seed{k}"]
-        w.writerow(["step", "lr", *cols])
+    columns = {
+        "loss": np.atleast_2d(result.losses),
+        "smoothed_loss": np.atleast_2d(result.smoothed_losses),
+    }
+    columns.update({k: np.atleast_2d(v) for k, v in result.metrics.items()})
+    names = []
+    for k in range(result.seeds):
+        suffix = "" if result.seeds == 1 else f"_seed{k}"
+        names += [f"{name}{suffix}" for name in columns]
+    w.writerow(["step", "lr", *names])
     for i, lr in enumerate(result.lrs):
         row = [i, repr(float(lr))]
         for k in range(result.seeds):
-            row += [repr(float(losses[k, i])), repr(float(smoothed[k, i]))]
+            row += [repr(float(v[k, i])) for v in columns.values()]
         w.writerow(row)
     return buf.getvalue()
 
@@ -137,7 +138,7 @@ def _summary(r, out, total_s) -> str:
         f"steps run:    {r.steps_run} of {r.config['num_steps']}"
         + (f" x {r.seeds} seeds" if r.seeds > 1 else ""),
         f"time:         compile {t['compile_s']:.2f} s, run {t['run_s']:.2f} s, "
-        f"total {total_s:.2f} s on {r.device}",
+        f"total {total_s:.2f} s on {r.device} ({t['loop']} loop)",
         f"written to:   {out}",
     ]
     return "\n".join(lines)
@@ -158,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    from lrjax.batches import scale_images
     from lrjax.data import DatasetError
-    from lrjax.finder import lr_range_test
+    from lrjax.models import mlp
+    from lrjax.range_test import lr_range_test
 
     try:
         ds = load_data(args)
@@ -169,14 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, str(e))
 
     key = jax.random.key(args.seed)
-    apply, params, init = build_mlp(ds, hidden, key)
+    input_size = math.prod(ds.input_shape)
+
+    def build(k):
+        return mlp(input_size, ds.num_classes, hidden, key=k)
+
     result = lr_range_test(
-        apply,
-        params if seeds == 1 else init,
+        build(key) if seeds == 1 else build,
         opt,
-        ds.x_train,
-        ds.y_train,
+        (ds.x_train, ds.y_train),
         key=key,
+        preprocess=scale_images,
         batch_size=args.batch_size,
         mode=args.mode,
         init_value=args.min_lr,

@@ -152,7 +152,11 @@ def init_members(model: Any, key: jax.Array, seeds: int):
     factory = callable(model) and not isinstance(model, nnx.Module)
     members = []
     for k in range(seeds):
-        m = model(jax.random.fold_in(jax.random.fold_in(key, k), 1)) if factory else model
+        m = (
+            model(jax.random.fold_in(jax.random.fold_in(key, k), 1))
+            if factory
+            else model
+        )
         spec, params, rest = split_model(m)
         if not factory and k > 0:
             rest = _fold_rngs(rest, k)
@@ -375,9 +379,7 @@ def lr_range_test(
         "data": "arrays" if isinstance(source, ArraySource) else "iterable",
     }
     if isinstance(source, IterSource):
-        config.update(
-            batches_skipped=source.skipped, data_restarts=source.restarts
-        )
+        config.update(batches_skipped=source.skipped, data_restarts=source.restarts)
     run_s = out.run_s
     return RangeTestResult(
         lrs=lrs,

@@ -113,7 +113,9 @@ def split_model(model: Any) -> tuple[Model, Params, Any]:
             f"key -> model; got the callable {model!r} where a model was expected"
         )
     leaves = jax.tree.leaves(model)
-    bad = [type(x).__name__ for x in leaves if not isinstance(x, jax.Array | np.ndarray)]
+    bad = [
+        type(x).__name__ for x in leaves if not isinstance(x, jax.Array | np.ndarray)
+    ]
     if not leaves or bad:
         raise TypeError(
             "model must be an nnx.Module or a params pytree of arrays with a "
@@ -204,7 +206,8 @@ def loss_and_metrics(out: Any) -> tuple[jax.Array, Metrics]:
             raise ValueError(f"loss_fn metric names must not be {RESERVED}: {name!r}")
         if jnp.shape(value) != ():
             raise ValueError(
-                f"loss_fn metric {name!r} must be a scalar, got shape {jnp.shape(value)}"
+                f"loss_fn metric {name!r} must be a scalar, "
+                f"got shape {jnp.shape(value)}"
             )
     return jnp.asarray(loss, jnp.float32), {
         k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()

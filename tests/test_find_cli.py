@@ -74,6 +74,10 @@ def test_outputs_exist_and_agree(tiny_fashion_mnist, tmp_path, capsys):
     np.testing.assert_allclose(
         [float(r["smoothed_loss"]) for r in rows], doc["smoothed_losses"]
     )
+    np.testing.assert_allclose(
+        [float(r["accuracy"]) for r in rows], doc["metrics"]["accuracy"]
+    )
+    assert doc["timings"]["loop"] == "scan" and doc["stop_reason"] in (None, "diverged")
     assert f"suggested lr: {doc['suggested_lr']:.4g}" in stdout
     assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -112,8 +116,10 @@ def test_json_flag_several_seeds(tiny_fashion_mnist, tmp_path, capsys):
     assert not (out / "lr_find.png").exists()
     header = (out / "lr_find.csv").read_text().splitlines()[0]
     assert header == (
-        "step,lr,loss_seed0,smoothed_loss_seed0,loss_seed1,smoothed_loss_seed1"
+        "step,lr,loss_seed0,smoothed_loss_seed0,accuracy_seed0,"
+        "loss_seed1,smoothed_loss_seed1,accuracy_seed1"
     )
+    assert np.shape(doc["metrics"]["accuracy"]) == (2, doc["steps_run"])
 
 
 def test_existing_output_is_never_overwritten(tiny_fashion_mnist, tmp_path, capsys):

@@ -427,7 +427,12 @@ def test_accumulation_in_the_sweep_counts_updates(images):
     kw = dict(key=jax.random.key(0), preprocess=scale_images, num_steps=10)
     kw.update(init_value=1e-3, end_value=1.0, stop_on_divergence=False)
     r = lrjax.lr_range_test(
-        mlp(jax.random.key(1)), optax.sgd, images, batch_size=8, accumulate_steps=4, **kw
+        mlp(jax.random.key(1)),
+        optax.sgd,
+        images,
+        batch_size=8,
+        accumulate_steps=4,
+        **kw,
     )
     assert r.steps_run == 10 and r.config["accumulate_steps"] == 4
     rtol = (math.log(1e3) + 1) * np.finfo(np.float32).eps
