@@ -1,18 +1,26 @@
-"""Snapshot ensembles: a stacked buffer carried in the scan, and its prediction.
+"""Snapshot ensembles: a stacked buffer carried through training, and its prediction.
 
 Snapshot Ensembles (Huang et al., ICLR 2017) train one network with cosine
-restarts and keep the params at the end of every cycle, just before the lr jumps
-back up. lrjax keeps those snapshots in a stacked pytree ``[M + 1, ...]`` that the
-training scan carries. Two ways to write it, both without any host branch:
-:func:`write_cond` copies the params into slot ``count`` under a ``lax.cond``
-only at a snapshot step (the trainer's default: +0.3% epoch time on the
-Fashion-MNIST MLP), and :func:`write` writes into slot ``where(taken, count,
-M)`` at every step, slot ``M`` being scratch (branch-free, but a params-sized
-copy per step: +30% epoch time measured on the same MLP).
+restarts and keep the model at the end of every cycle, just before the lr jumps
+back up. lrjax keeps those snapshots in a stacked pytree: ``(params,
+model_state)`` with a leading ``[M]`` axis on every leaf, so that each member
+keeps its OWN BatchNorm statistics. The compiled training chunk writes it under
+a ``lax.cond`` (:func:`write`): the copy happens only at a snapshot step, with no
+host branch.
 
-The ensemble averages the SOFTMAX OUTPUTS of the last ``m`` snapshots, computed
-with ``vmap`` over the leading axis. Never average logits or weights: snapshots
-sit in different basins and their weight average is a poor model.
+The ensemble averages the SOFTMAX OUTPUTS of the last ``m`` snapshots, each
+member predicting in evaluation mode, computed with ``vmap`` over the leading
+axis. Never average logits or weights: snapshots sit in different basins and
+their weight average is a poor model.
+
+``model`` in the prediction functions is how a member turns inputs into logits:
+
+* a :class:`lrjax.step.Model` (``FitResult.spec``) or an ``nnx.Module`` of the
+  same architecture, with ``stacked = (params, model_state)``;
+* a function ``apply(params, x) -> logits`` of a pure model, with ``stacked``
+  the stacked params (or ``(params, ())``, as :func:`lrjax.fit` returns them).
+
+Inputs ``x`` are what the model takes (already preprocessed, e.g. floats).
 """
 
 from __future__ import annotations
@@ -22,72 +30,68 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from lrjax.schedules import cosine_restart_steps
-from lrjax.training import as_inputs, in_batches
-
-Params = Any
+from lrjax.step import Model, split_model
 
 
 class SnapshotBuffer(NamedTuple):
-    params: Params  # every leaf [M + 1, *leaf.shape]; slot M is scratch
+    members: Any  # (params, model_state), every leaf [M, *leaf.shape]
     count: jax.Array  # int32[]: snapshots written so far (slots 0 .. count - 1)
 
 
-def init_buffer(params: Params, num_snapshots: int) -> SnapshotBuffer:
-    """An empty buffer for ``num_snapshots`` snapshots of ``params``."""
+def init_buffer(tree: Any, num_snapshots: int) -> SnapshotBuffer:
+    """An empty buffer for ``num_snapshots`` copies of ``tree`` (any pytree).
+
+    >>> buf = init_buffer({"w": jnp.ones(3)}, 2)
+    >>> buf.members["w"].shape, int(buf.count)
+    ((2, 3), 0)
+    """
     if num_snapshots < 1:
         raise ValueError(f"num_snapshots must be >= 1, got {num_snapshots}")
-    stacked = jax.tree.map(
-        lambda p: jnp.zeros((num_snapshots + 1, *jnp.shape(p)), jnp.result_type(p)),
-        params,
-    )
+    # Stacked copies rather than zeros: rng key leaves have no zeros.
+    stacked = jax.tree.map(lambda a: jnp.stack([jnp.asarray(a)] * num_snapshots), tree)
     return SnapshotBuffer(stacked, jnp.zeros((), jnp.int32))
 
 
 def capacity(buffer: SnapshotBuffer) -> int:
-    """M, the number of real slots."""
-    return jax.tree.leaves(buffer.params)[0].shape[0] - 1
+    """M, the number of slots."""
+    return jax.tree.leaves(buffer.members)[0].shape[0]
 
 
-def write(buffer: SnapshotBuffer, params: Params, take: jax.Array) -> SnapshotBuffer:
-    """Writes ``params`` into the next slot if ``take``, else into scratch.
+def write(buffer: SnapshotBuffer, tree: Any, take: jax.Array) -> SnapshotBuffer:
+    """Writes ``tree`` into slot ``count`` if ``take`` (a traced bool).
 
-    One ``dynamic_update_slice`` per leaf, in place inside a scan carry: no
-    branch, so it costs the same at every step (a copy of the params; measured
-    +30% epoch time on the 266k-param MLP, see ``benchmarks/bench_train.py``).
+    A ``lax.cond``: the params-sized copy runs only at a snapshot step (a
+    branch-free write into a scratch slot at every step cost far more, see
+    ``benchmarks/README.md``). Past ``M`` writes the last slot is overwritten.
+
+    >>> buf = init_buffer({"w": jnp.zeros(2)}, 2)
+    >>> buf = write(buf, {"w": jnp.ones(2)}, jnp.array(True))
+    >>> buf = write(buf, {"w": 5 * jnp.ones(2)}, jnp.array(False))
+    >>> buf.members["w"].tolist(), int(buf.count)
+    ([[1.0, 1.0], [0.0, 0.0]], 1)
     """
-    m = capacity(buffer)
-    slot = jnp.where(take, jnp.minimum(buffer.count, m), m)
-    new = jax.tree.map(
-        lambda b, p: jax.lax.dynamic_update_index_in_dim(b, p.astype(b.dtype), slot, 0),
-        buffer.params,
-        params,
-    )
-    return SnapshotBuffer(new, buffer.count + take.astype(jnp.int32))
+    slot = jnp.minimum(buffer.count, capacity(buffer) - 1)
 
-
-def write_cond(buffer: SnapshotBuffer, params: Params, take: jax.Array):
-    """Same as :func:`write` but under ``lax.cond``: no copy on other steps."""
-    m = capacity(buffer)
-
-    def put(b):
+    def put(members):
         return jax.tree.map(
-            lambda s, p: jax.lax.dynamic_update_index_in_dim(
-                s, p.astype(s.dtype), jnp.minimum(buffer.count, m - 1), 0
+            lambda s, a: jax.lax.dynamic_update_index_in_dim(
+                s, a if a.dtype == s.dtype else a.astype(s.dtype), slot, 0
             ),
-            b,
-            params,
+            members,
+            tree,
         )
 
-    new = jax.lax.cond(take, put, lambda b: b, buffer.params)
+    new = jax.lax.cond(take, put, lambda m: m, buffer.members)
     return SnapshotBuffer(new, buffer.count + take.astype(jnp.int32))
 
 
-def snapshots(buffer: SnapshotBuffer) -> Params:
+def snapshots(buffer: SnapshotBuffer) -> Any:
     """The written snapshots, stacked ``[count, ...]`` (host-side slicing)."""
     n = int(buffer.count)
-    return jax.tree.map(lambda b: b[:n], buffer.params)
+    return jax.tree.map(lambda b: b[:n], buffer.members)
 
 
 def snapshot_steps(
@@ -97,7 +101,7 @@ def snapshot_steps(
 
     Step ``e`` is the index of the update that ends a cycle of
     :func:`lrjax.schedules.cosine_restarts` (``cosine_restart_steps``); the
-    snapshot holds the params after that update.
+    snapshot holds the model after that update.
 
     Raises:
       ValueError: if fewer than ``num_snapshots`` cycles complete.
@@ -116,33 +120,72 @@ def snapshot_steps(
     return ends[-num_snapshots:]
 
 
-def member_probs(apply, stacked: Params, x: jax.Array, batch_size: int = 1000):
-    """Softmax outputs ``float32[M, N, C]`` of every snapshot (``vmap`` over M)."""
+def _logits_fn(model: Any, stacked: Any):
+    """``(member_logits(member, x), members)`` for any accepted ``model``."""
+    if isinstance(model, nnx.Module):
+        model = split_model(model)[0]
+    if isinstance(model, Model):
+        if not model.is_module:
+            raise TypeError(
+                "a pure model's snapshots need its apply(params, x) function"
+            )
+
+        def logits(member, x):
+            params, model_state = member
+            return model.merge(params, model_state, train=False)(x)
+
+        return logits, stacked
+    if not callable(model):
+        raise TypeError(f"model must be a Model, an nnx.Module or apply, got {model!r}")
+    if (
+        isinstance(stacked, tuple)
+        and len(stacked) == 2
+        and isinstance(stacked[1], tuple)
+        and not stacked[1]
+    ):
+        stacked = stacked[0]
+    return (lambda p, x: model(p, x)), stacked
+
+
+def _in_batches(a: jax.Array, batch_size: int) -> jax.Array:
+    n = a.shape[0]
+    nb = -(-n // batch_size)
+    a = jnp.pad(a, [(0, nb * batch_size - n)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape(nb, batch_size, *a.shape[1:])
+
+
+def member_probs(model: Any, stacked: Any, x: jax.Array, batch_size: int = 1000):
+    """Softmax outputs ``float32[M, N, C]`` of every snapshot (``vmap`` over M).
+
+    Each member predicts in evaluation mode with its own model state.
+    """
+    logits, stacked = _logits_fn(model, stacked)
+    x = jnp.asarray(x)
+    batch_size = min(batch_size, x.shape[0])
 
     def one_batch(xi):
-        return jax.vmap(lambda p: jax.nn.softmax(apply(p, as_inputs(xi)), -1))(stacked)
+        return jax.vmap(lambda m: jax.nn.softmax(logits(m, xi), -1))(stacked)
 
-    probs = jax.lax.map(one_batch, in_batches(x, batch_size))  # [nb, M, B, C]
+    probs = jax.lax.map(one_batch, _in_batches(x, batch_size))  # [nb, M, B, C]
     nb = probs.shape[0]
     probs = jnp.moveaxis(probs, 1, 0).reshape(probs.shape[1], nb * batch_size, -1)
     return probs[:, : x.shape[0]]
 
 
-def ensemble_predict(apply, stacked: Params, x: jax.Array, m: int | None = None):
+def ensemble_predict(model: Any, stacked: Any, x: jax.Array, m: int | None = None):
     """Mean softmax of the LAST ``m`` snapshots (default all): ``float32[N, C]``.
 
-    >>> import jax, jax.numpy as jnp
     >>> apply = lambda p, x: x @ p
     >>> w = jnp.stack([jnp.eye(2), -jnp.eye(2)])  # two opposite "models"
     >>> ensemble_predict(apply, w, jnp.array([[3.0, 0.0]])).round(3).tolist()
     [[0.5, 0.5]]
     """
-    total = jax.tree.leaves(stacked)[0].shape[0]
+    total = jax.tree.leaves(_logits_fn(model, stacked)[1])[0].shape[0]
     m = total if m is None else m
     if not 1 <= m <= total:
         raise ValueError(f"m must be between 1 and {total}, got {m}")
     last = jax.tree.map(lambda b: b[total - m :], stacked)
-    return member_probs(apply, last, x).mean(0)
+    return member_probs(model, last, x).mean(0)
 
 
 _member_probs = jax.jit(member_probs, static_argnums=(0, 3))
@@ -158,7 +201,7 @@ def _curve(probs, y):
     return single, ensemble
 
 
-def ensemble_curve(apply, stacked: Params, x, y) -> tuple[np.ndarray, np.ndarray]:
+def ensemble_curve(model: Any, stacked: Any, x, y) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy of each snapshot, and of the ensemble of the last m, m = 1..M.
 
     Returns:
@@ -166,7 +209,9 @@ def ensemble_curve(apply, stacked: Params, x, y) -> tuple[np.ndarray, np.ndarray
       ``ensemble[m - 1]`` that of the mean softmax of the last ``m`` snapshots
       (``ensemble[0] == single[-1]``).
     """
-    return curve_from_probs(_member_probs(apply, stacked, jnp.asarray(x)), y)
+    if isinstance(model, nnx.Module):
+        model = split_model(model)[0]
+    return curve_from_probs(_member_probs(model, stacked, jnp.asarray(x), 1000), y)
 
 
 def curve_from_probs(probs, y) -> tuple[np.ndarray, np.ndarray]:

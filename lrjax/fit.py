@@ -1,134 +1,167 @@
-"""The training loop: compiled scan chunks, decisions on the host between them.
+"""Training: your model, your loss, your data, one small config object.
 
-:func:`fit` trains with :func:`lrjax.training.make_step` (the same step the range
-test runs). An epoch is a few compiled ``lax.scan`` chunks over
-``int32[steps, batch]`` index arrays; the dataset lives on the device once
-(uint8) and enters every chunk as an argument. Between chunks, and only there,
-the host updates the progress bar, writes TensorBoard scalars, checks for a
-SIGINT/SIGTERM and saves checkpoints; between epochs it evaluates and decides on
-early stopping.
+:func:`fit` trains through the one step (:func:`lrjax.step.make_step`, the same
+step the range test runs) in compiled chunks (:mod:`lrjax.loop`); every epoch is
+cut into ``chunks_per_epoch`` chunks at fixed update positions. Between chunks,
+and only there, host actions run (:mod:`lrjax.hooks`: progress bar, TensorBoard,
+checkpoints, early stopping, signals); at every epoch end the model is evaluated
+in evaluation mode on ``val_data``.
 
-Exact resume: everything that decides the future of a run is in the checkpoint
-(params, optimizer state, step, the RNG key, the early-stopping state with the
-best params, the snapshot buffer, the epoch history and the partial sums of an
-interrupted epoch), and the batch order of epoch ``e`` is
-``batch_indices(fold_in(key, e), ...)``, so a resumed run computes the same
-chunks on the same inputs as an uninterrupted one.
+Batch order of in-memory data: epoch ``e`` (0-based) is
+``lrjax.batches.batch_indices(fold_in(key, e), N, B, steps_per_epoch * k)``, so a
+resumed run computes the same chunks on the same inputs as an uninterrupted one:
+the checkpoint holds the whole train state (params, optimizer state, BatchNorm
+statistics, rng streams), the best epoch's state, the snapshot buffer and the
+host state (history, early stopping, the partial sums of an unfinished epoch).
+An iterable is read again from its start after a resume (not exact).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from flax import nnx
 
-from lrjax import snapshots as snap_lib
-from lrjax.training import (
-    TrainState,
+from lrjax import ensembles
+from lrjax.batches import (
+    ArraySource,
+    IterSource,
+    _is_arrays,
     batch_indices,
-    describe_devices,
+    check_batch_size,
+    leading_size,
+)
+from lrjax.hooks import (
+    CheckpointError,
+    Checkpoints,
+    EarlyStopping,
+    Hook,
+    ProgressBar,
+    Run,
+    TensorBoard,
+    default_mode,
+)
+from lrjax.loop import ChunkEnd, Program, check_loop, drive, epoch_plan
+from lrjax.results import describe_devices
+from lrjax.step import (
+    LossFn,
+    Model,
+    OptimizerFactory,
+    TrainState,
+    check_accumulate,
+    classification_loss,
+    fresh,
     init_state,
-    make_evaluate,
+    make_eval_batch,
     make_optimizer,
     make_step,
+    split_model,
 )
 
-Params = Any
+__all__ = ["CheckpointError", "FitConfig", "FitResult", "data_mesh", "evaluate", "fit"]
+
 P = jax.sharding.PartitionSpec
 
-MONITORS = ("val_loss", "val_accuracy")
 
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """How :func:`fit` trains. Every field has a default.
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read (corrupt, or from an incompatible run)."""
+    Attributes:
+      epochs, batch_size: ``batch_size`` is the (micro-)batch of in-memory data;
+        an iterable's batches are used as they come.
+      learning_rate: a float or a schedule ``step -> lr`` (any optax schedule).
+      accumulate_steps: micro-batches averaged into one update.
+      patience: early stopping after this many epochs without improvement of
+        ``monitor`` (0: off).
+      monitor: any key of an epoch record: ``"val_loss"``, ``"val_accuracy"``,
+        ``"val_<metric>"`` of the loss or eval function, ``"train_loss"``...
+      monitor_mode: ``"min"`` or ``"max"``; default ``"max"`` when the name
+        contains ``accuracy``, else ``"min"``.
+      restore_best: return the best epoch's model (default: when patience > 0).
+      snapshot_steps: update indices after which the model is snapshotted
+        (:func:`lrjax.ensembles.snapshot_steps`); None for none.
+      chunks_per_epoch: compiled chunks per epoch (host actions run between).
+      log_every: TensorBoard's ``train/*`` scalars every this many updates.
+      loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
+        (:mod:`lrjax.loop`).
+      data_parallel: shard every batch over the local devices (a ``("data",)``
+        mesh, params replicated); default when there are several devices.
+      steps_per_epoch: updates per epoch; required for an iterable without
+        ``len()`` (default ``len(data) // accumulate_steps``; for arrays
+        ``N // batch_size // accumulate_steps``).
+      eval_batch_size: examples per evaluation batch of in-memory data.
+      checkpoint_dir, resume, max_to_keep: Orbax checkpoints (``latest/`` every
+        epoch and when a hook stops the run, ``best/``); ``resume`` continues
+        from ``latest``.
+      logdir: TensorBoard event files (:class:`lrjax.hooks.TensorBoard`).
+      progress: a tqdm progress bar.
+    """
 
-
-class Carry(NamedTuple):
-    state: TrainState
-    snaps: snap_lib.SnapshotBuffer | None
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float | Callable = 0.01
+    accumulate_steps: int = 1
+    patience: int = 0
+    monitor: str = "val_loss"
+    monitor_mode: str | None = None
+    restore_best: bool | None = None
+    snapshot_steps: Any = None
+    chunks_per_epoch: int = 8
+    log_every: int = 10
+    loop: str = "auto"
+    data_parallel: bool | None = None
+    steps_per_epoch: int | None = None
+    eval_batch_size: int = 1000
+    checkpoint_dir: str | Path | None = None
+    resume: bool = False
+    max_to_keep: int = 2
+    logdir: str | Path | None = None
+    progress: bool = False
 
 
 @dataclasses.dataclass
 class FitResult:
-    """What :func:`fit` returns; ``params`` are the best params if restored."""
+    """What :func:`fit` returns.
 
-    params: Params
-    history: list[dict[str, Any]]  # one dict per epoch
+    ``model`` is a NEW module (in the caller's module's mode; ``.eval()`` it for
+    inference) from the final, or with ``restore_best`` the best, ``params`` and
+    ``model_state``; for a pure model it is the params pytree. ``snapshots`` are
+    ``(params, model_state)`` stacked ``[m, ...]``, for
+    :func:`lrjax.ensemble_curve` with ``spec``.
+    """
+
+    model: Any
+    params: Any
+    model_state: Any
+    spec: Model
+    history: list[dict[str, Any]]  # one record per epoch
     best_epoch: int | None  # 1-based epoch of the best monitored value
     epochs_run: int
     stopped_early: bool
-    interrupted: bool  # stopped by ``should_stop`` (a signal); checkpoint saved
+    interrupted: bool  # a hook (a signal) stopped it; the checkpoint is saved
+    stop_reason: str | None
     step: int
-    snapshots: Params | None  # stacked [m, ...] snapshots written so far
+    snapshots: Any
     snapshot_steps: list[int]
     snapshot_epochs: list[float]
-    timings: dict[str, float]
+    timings: dict[str, Any]
     device: str
-    test: dict[str, float] | None = None  # loss/accuracy of ``params`` on test
+    test: dict[str, float] | None = None  # eval metrics of ``model`` on test_data
     snapshot_test_accuracy: list[float] | None = None
     ensemble_curve: list[float] | None = None  # last-m ensembles, m = 1..M
 
 
-class ProgressBar:
-    """tqdm per epoch; a no-op when disabled."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-
-    def start(self, epoch: int, epochs: int, total: int, done: int) -> None:
-        if self.enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=total,
-                initial=done,
-                desc=f"epoch {epoch}/{epochs}",
-                unit="step",
-                leave=False,
-            )
-
-    def update(self, n: int, loss: float, lr: float) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-@contextlib.contextmanager
-def stop_on_signals(
-    signals=(signal.SIGINT, signal.SIGTERM),
-) -> Iterator[Callable[[], int | None]]:
-    """Installs handlers that only record the signal; yields ``received()``.
-
-    Pass ``should_stop=received`` to :func:`fit`: it saves a checkpoint at the
-    next chunk boundary and returns. Exit with ``128 + received()``.
-    """
-    got: list[int] = []
-
-    def handler(signum, frame):
-        got.append(signum)
-
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield lambda: got[0] if got else None
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+class Carry(NamedTuple):
+    state: TrainState
+    snaps: ensembles.SnapshotBuffer | None
 
 
 def data_mesh(batch_size: int, devices=None) -> jax.sharding.Mesh:
@@ -146,483 +179,395 @@ def data_mesh(batch_size: int, devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
-def _chunk_fn(step, write_cond: bool):
-    writer = snap_lib.write_cond if write_cond else snap_lib.write
+class Evaluator:
+    """``evaluator(params, model_state, data) -> {name: float}`` in eval mode.
 
-    def chunk(carry: Carry, idx, data, snap_steps):
-        def body(c: Carry, i):
-            state, metrics = step(c.state, i, data)
-            snaps = c.snaps
-            if snaps is not None:
-                take = jnp.any(snap_steps == state.step - 1)
-                snaps = writer(snaps, state.params, take)
-            return Carry(state, snaps), metrics
+    One jitted batch evaluation dispatched per batch (the smaller tail batch
+    compiles once more); the metrics are means weighted by batch size. ``data``
+    is in-memory arrays (cut into ``batch_size`` batches) or an iterable.
+    """
 
-        return jax.lax.scan(body, carry, idx)
-
-    return chunk
-
-
-def _flatten(tree) -> dict[str, jax.Array]:
-    return {f"{i:04d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
-
-
-def _checkpoint_tree(carry: Carry, best_params, key) -> dict[str, Any]:
-    return {
-        "carry": _flatten(carry),
-        "best": _flatten(best_params),
-        "key": jax.random.key_data(key),
-    }
-
-
-class _Checkpoints:
-    """Orbax managers: ``latest`` (full state, ``max_to_keep``) and ``best``."""
-
-    def __init__(self, directory: Path, max_to_keep: int, monitor: str):
-        import orbax.checkpoint as ocp
-
-        self.ocp = ocp
-        directory = Path(directory).absolute()
-        self.latest = ocp.CheckpointManager(
-            directory / "latest",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
-            ),
+    def __init__(self, spec, loss_fn, eval_fn, preprocess, batch_size: int):
+        self.fn = jax.jit(
+            make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
         )
-        sign = -1.0 if monitor == "val_loss" else 1.0
-        self.best = ocp.CheckpointManager(
-            directory / "best",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1,
-                best_fn=lambda m: sign * m[monitor],
-                best_mode="max",
-                create=True,
-                enable_async_checkpointing=False,
-            ),
-        )
+        self.batch_size = batch_size
 
-    def save(self, step: int, tree, meta) -> None:
-        a = self.ocp.args
-        self.latest.save(
-            step,
-            args=a.Composite(state=a.StandardSave(tree), meta=a.JsonSave(meta)),
-            force=True,
-        )
-
-    def save_best(self, step: int, params, meta, metrics) -> None:
-        a = self.ocp.args
-        self.best.save(
-            step,
-            args=a.Composite(
-                params=a.StandardSave(_flatten(params)), meta=a.JsonSave(meta)
-            ),
-            metrics=metrics,
-            force=True,
-        )
-
-    def latest_step(self) -> int | None:
-        return self.latest.latest_step()
-
-    def restore(self, template) -> tuple[Any, dict]:
-        step = self.latest.latest_step()
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-            template,
-        )
-        a = self.ocp.args
-        where = self.latest.directory / str(step)
-        try:
-            out = self.latest.restore(
-                step,
-                args=a.Composite(
-                    state=a.StandardRestore(abstract), meta=a.JsonRestore()
-                ),
+    def __call__(self, params, model_state, data) -> dict[str, float]:
+        if _is_arrays(data):
+            n = leading_size(data, "data")
+            bs = self.batch_size
+            batches = (
+                jax.tree.map(lambda a, i=i: a[i : i + bs], data)
+                for i in range(0, n, bs)
             )
-            tree, meta = out["state"], out["meta"]
-            if not isinstance(meta, dict) or "epoch" not in meta:
-                raise ValueError("metadata is missing")
-        except Exception as e:  # orbax raises many kinds; report one clear line
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(
-                f"cannot resume from checkpoint {where}: {type(e).__name__}: "
-                f"{msg[:300]}; it was left untouched (delete it or use a new logdir)"
-            ) from None
-        return tree, meta
-
-    def close(self) -> None:
-        self.latest.close()
-        self.best.close()
-
-
-def _unflatten(template, flat: dict[str, jax.Array]):
-    leaves = [flat[f"{i:04d}"] for i in range(len(flat))]
-    return jax.tree.unflatten(jax.tree.structure(template), leaves)
+        else:
+            batches = iter(data)
+        outs, sizes = [], []
+        for b in batches:
+            outs.append(self.fn(params, model_state, b))
+            sizes.append(leading_size(b))
+        if not outs:
+            raise ValueError("the evaluation data gave no batch")
+        w = np.asarray(sizes, np.float64) / sum(sizes)
+        host = jax.device_get(outs)
+        return {
+            name: float(sum(wi * float(o[name]) for wi, o in zip(w, host, strict=True)))
+            for name in host[0]
+        }
 
 
-def _scalar_writer(logdir, purge_step):
-    if logdir is None:
+def evaluate(
+    model: Any,
+    data: Any,
+    *,
+    loss_fn: LossFn | None = None,
+    eval_fn: Callable | None = None,
+    preprocess: Callable | None = None,
+    batch_size: int = 1000,
+) -> dict[str, float]:
+    """The eval-mode metrics of ``model`` (a module or params) on ``data``.
+
+    ``eval_fn(model, batch) -> {name: scalar}`` if given, else the loss and
+    metrics of ``loss_fn`` (default :func:`lrjax.classification_loss`), as
+    weighted means over the batches.
+    """
+    spec, params, rest = split_model(model)
+    loss_fn = classification_loss() if loss_fn is None else loss_fn
+    return Evaluator(spec, loss_fn, eval_fn, preprocess, batch_size)(params, rest, data)
+
+
+class _EpochArrays(ArraySource):
+    """In-memory data whose epoch ``e`` is ``batch_indices(fold_in(key, e), ...)``."""
+
+    def __init__(self, data, batch_size, key, *, steps_per_epoch, **kw):
+        super().__init__(data, batch_size, key, **kw)
+        self.spe = steps_per_epoch
+
+    def chunk(self, lo: int, hi: int) -> jax.Array:
+        k, spe, parts = self.k, self.spe, []
+        for e in range(lo // spe, (hi - 1) // spe + 1):
+            idx = batch_indices(
+                jax.random.fold_in(self.keys[0], e),
+                self.num_examples,
+                self.batch_size,
+                spe * k,
+            )
+            a, b = max(lo - e * spe, 0), min(hi - e * spe, spe)
+            parts.append(idx[a * k : b * k])
+        idx = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+        return idx.reshape(hi - lo, k, self.batch_size) if k > 1 else idx
+
+
+def _check(cfg: FitConfig) -> FitConfig:
+    for name in ("epochs", "patience"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    for name in ("chunks_per_epoch", "log_every", "eval_batch_size", "max_to_keep"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if cfg.monitor_mode not in (None, "min", "max"):
+        raise ValueError(
+            f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}"
+        )
+    if not isinstance(cfg.monitor, str) or not cfg.monitor:
+        raise ValueError(f"monitor must be a metric name, got {cfg.monitor!r}")
+    check_loop(cfg.loop)
+    check_accumulate(cfg.accumulate_steps)
+    return cfg
+
+
+def _snapshot_steps(steps) -> np.ndarray | None:
+    if steps is None:
         return None
-    from tensorboardX import SummaryWriter
+    a = np.asarray(steps, np.int64)
+    if a.ndim != 1 or len(a) < 1 or np.any(np.diff(a) <= 0) or a[0] < 0:
+        raise ValueError("snapshot_steps must be increasing step indices >= 0")
+    return a
 
-    return SummaryWriter(str(logdir), purge_step=purge_step, flush_secs=30)
+
+def _init_model(model, key):
+    if callable(model) and not isinstance(model, nnx.Module):
+        model = model(jax.random.fold_in(jax.random.fold_in(key, 0), 1))
+    spec, params, rest = split_model(model)
+    graphdef = nnx.graphdef(model) if spec.is_module else None
+    return spec, params, rest, graphdef
 
 
 def fit(
-    apply: Callable,
-    params: Params,
-    optimizer: Callable[[Any], optax.GradientTransformation],
-    dataset,
+    model: Any,
+    optimizer: OptimizerFactory,
+    data: Any,
     *,
     key: jax.Array,
-    learning_rate: float | Callable = 0.01,
-    epochs: int = 30,
-    batch_size: int = 32,
-    patience: int = 0,
-    monitor: str = "val_loss",
-    restore_best: bool | None = None,
-    snapshot_steps: Any = None,
-    logdir: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    max_to_keep: int = 2,
-    chunks_per_epoch: int = 8,
-    log_every: int = 10,
-    data_parallel: bool | None = None,
-    evaluate_test: bool = True,
-    progress: bool = False,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    should_stop: Callable[[], Any] | None = None,
-    snapshot_write: str = "cond",
+    config: FitConfig | None = None,
+    loss_fn: LossFn | None = None,
+    eval_fn: Callable | None = None,
+    preprocess: Callable | None = None,
+    val_data: Any = None,
+    test_data: Any = None,
+    hooks: Sequence[Hook] = (),
 ) -> FitResult:
-    """Trains ``apply``/``params`` on ``dataset`` for ``epochs`` epochs.
+    """Trains ``model`` on ``data``; the caller's model is never changed.
 
     Args:
-      apply, params: the model (``lrjax.models.mlp``).
-      optimizer: ``learning_rate -> optax.GradientTransformation`` (e.g.
-        ``optax.sgd``); wrapped in ``inject_hyperparams`` so the logged lr is the
-        lr each update applied.
-      dataset: a :class:`lrjax.data.Dataset` (uint8 or float inputs).
-      key: a ``jax.random.key``; epoch ``e`` (0-based) draws its batch order
-        from ``fold_in(key, e)``.
-      learning_rate: a float or a schedule ``step -> lr`` (any optax schedule).
-      patience: early stopping after this many epochs without improvement of
-        ``monitor`` (``"val_loss"`` or ``"val_accuracy"``); 0 disables it.
-      restore_best: return the params of the best epoch (default: when
-        ``patience > 0``).
-      snapshot_steps: update indices after which the params are snapshotted
-        (e.g. :func:`lrjax.snapshots.snapshot_steps`); None for no snapshots.
-      logdir: TensorBoard event files go here (tensorboardX, no TensorFlow):
-        ``train/loss`` and ``train/lr`` every ``log_every`` steps (the mean loss
-        of those steps and the lr applied by the last), ``train/accuracy``,
-        ``val/loss``, ``val/accuracy`` per epoch and ``ensemble/accuracy`` (val,
-        all snapshots so far) when a snapshot was taken.
-      checkpoint_dir: Orbax checkpoints (``latest/`` every epoch and on a stop
-        request, ``best/`` params of the best epoch); ``resume`` continues from
-        ``latest``.
-      chunks_per_epoch: compiled scan chunks per epoch (host work runs between).
-      data_parallel: shard each batch over all local devices (a ``("data",)``
-        mesh, params replicated); default when there are several devices.
-      on_epoch: called with each epoch's history record (for a summary line).
-      should_stop: polled between chunks; when truthy the run saves a checkpoint
-        and returns with ``interrupted=True``.
-      snapshot_write: how the scan writes the snapshot buffer: ``"cond"`` (a
-        ``lax.cond`` that copies the params only at a snapshot step; measured
-        +0.3% epoch time) or ``"dus"`` (a ``dynamic_update_slice`` into slot
-        ``where(is_end, count, M)`` at every step, slot M being scratch: no
-        branch, but a params-sized copy per step, measured +30% on the MLP).
+      model: an ``nnx.Module`` (BatchNorm, Dropout, any state; gradients wrt its
+        ``nnx.Param`` only), a params pytree with ``loss_fn(params, batch)``, or a
+        factory ``key -> model`` (called with ``fold_in(fold_in(key, 0), 1)``).
+      optimizer: ``learning_rate -> optax.GradientTransformation``, e.g.
+        ``optax.sgd``; the logged lr is the lr each update applied.
+      data: in-memory arrays (a pytree with a common leading example axis, on the
+        device once, batches gathered in compiled code) or an iterable of batches
+        (:mod:`lrjax.batches`).
+      key: a ``jax.random.key``; epoch ``e`` draws its batch order from
+        ``fold_in(key, e)``.
+      config: a :class:`FitConfig` (default ``FitConfig()``).
+      loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``;
+        default :func:`lrjax.classification_loss`.
+      eval_fn: ``eval_fn(model, batch) -> {name: scalar}`` for evaluation
+        (default: the loss and metrics of ``loss_fn``), in eval mode.
+      preprocess: ``batch -> batch`` in compiled code, for training and
+        evaluation (e.g. :func:`lrjax.batches.scale_images`).
+      val_data: evaluated after every epoch (``val_<name>`` in the history).
+      test_data: evaluated once at the end (``FitResult.test``).
+      hooks: extra :class:`lrjax.hooks.Hook` objects, run after the built-in
+        ones (early stopping, TensorBoard, checkpoints, progress).
 
     Raises:
-      ValueError: bad arguments. CheckpointError: an unreadable checkpoint.
+      ValueError, TypeError: bad arguments. CheckpointError: an unreadable or
+      incompatible checkpoint.
     """
-    if epochs < 0 or patience < 0:
-        raise ValueError(f"epochs and patience must be >= 0, got {epochs}, {patience}")
-    if monitor not in MONITORS:
-        raise ValueError(f"monitor must be one of {MONITORS}, got {monitor!r}")
-    if chunks_per_epoch < 1 or log_every < 1:
-        raise ValueError("chunks_per_epoch and log_every must be >= 1")
-    n = len(dataset.y_train)
-    if not 1 <= batch_size <= n:
-        raise ValueError(
-            f"batch size must be between 1 and the training set size ({n}), "
-            f"got {batch_size}"
-        )
-    restore_best = patience > 0 if restore_best is None else restore_best
-    steps_per_epoch = n // batch_size
-    snap_arr = None
-    num_snaps = 0
-    if snapshot_steps is not None:
-        snap_arr = np.asarray(snapshot_steps, np.int64)
-        num_snaps = len(snap_arr)
-        if num_snaps < 1 or np.any(np.diff(snap_arr) <= 0) or snap_arr[0] < 0:
-            raise ValueError("snapshot_steps must be increasing step indices >= 0")
-    snap_steps_dev = jnp.asarray(
-        snap_arr if snap_arr is not None else np.full(1, -1), jnp.int32
-    )
-
+    cfg = _check(config or FitConfig())
     t_start = time.perf_counter()
-    tx = make_optimizer(optimizer, learning_rate)
+    k = cfg.accumulate_steps
+    loss_fn = classification_loss() if loss_fn is None else loss_fn
+    mode = cfg.monitor_mode or default_mode(cfg.monitor)
+    restore_best = cfg.patience > 0 if cfg.restore_best is None else cfg.restore_best
+    if val_data is None and cfg.monitor.startswith("val_") and cfg.patience:
+        raise ValueError(f"patience needs val_data to monitor {cfg.monitor!r}")
+    snap_steps = _snapshot_steps(cfg.snapshot_steps)
+    num_snaps = 0 if snap_steps is None else len(snap_steps)
+    spec, params, rest, graphdef = _init_model(model, key)
+
+    data_parallel = cfg.data_parallel
     if data_parallel is None:
         data_parallel = jax.local_device_count() > 1
-    batch_sharding = replicated = None
+    rep = constrain = None
     if data_parallel:
-        mesh = data_mesh(batch_size)
-        batch_sharding = jax.sharding.NamedSharding(mesh, P("data"))
-        replicated = jax.sharding.NamedSharding(mesh, P())
-    step = make_step(apply, tx, batch_sharding=batch_sharding)
-    if snapshot_write not in ("cond", "dus"):
-        raise ValueError(
-            f"snapshot_write must be 'cond' or 'dus', got {snapshot_write!r}"
+        mesh = data_mesh(cfg.batch_size)
+        rep = jax.sharding.NamedSharding(mesh, P())
+        shard = jax.sharding.NamedSharding(mesh, P("data"))
+
+        def constrain(batch):
+            return jax.tree.map(
+                lambda a: jax.lax.with_sharding_constraint(a, shard), batch
+            )
+
+    if _is_arrays(data):
+        n, b = leading_size(data, "data"), cfg.batch_size
+        spe = (n // check_batch_size(b, n)) // k
+        if spe < 1:
+            raise ValueError(
+                f"batch_size * accumulate_steps ({b} * {k}) is more than the {n} "
+                "examples"
+            )
+        if cfg.steps_per_epoch is not None:
+            if not 1 <= cfg.steps_per_epoch <= spe:
+                raise ValueError(f"steps_per_epoch must be between 1 and {spe}")
+            spe = cfg.steps_per_epoch
+        source = _EpochArrays(
+            data, b, key, steps_per_epoch=spe, accumulate_steps=k, sharding=rep
         )
-    chunk = _chunk_fn(step, snapshot_write == "cond")
-    run = jax.jit(chunk, donate_argnums=0)
-    evaluate = jax.jit(make_evaluate(apply))
+    else:
+        source = IterSource(data, accumulate_steps=k, sharding=rep)
+        spe = cfg.steps_per_epoch
+        if spe is None:
+            if not hasattr(data, "__len__"):
+                raise ValueError(
+                    "steps_per_epoch is required for an iterable without len()"
+                )
+            spe = len(data) // k
+        if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:
+            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {spe!r}")
 
-    def replicate(tree):
-        return tree if replicated is None else jax.device_put(tree, replicated)
+    tx = make_optimizer(optimizer, cfg.learning_rate)
+    snap_dev = None if snap_steps is None else jnp.asarray(snap_steps, jnp.int32)
 
-    def put(tree):  # fresh buffers: the carry is donated, never the caller's arrays
-        return replicate(jax.tree.map(lambda a: jnp.array(a, copy=True), tree))
+    def build(unroll: bool):
+        step = make_step(
+            spec, loss_fn, tx, preprocess=preprocess, accumulate_steps=k,
+            unroll=unroll, constrain=constrain,
+        )  # fmt: skip
 
-    # The data are never donated: on the device once, not copied again.
-    data = replicate((jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)))
-    val = replicate((jnp.asarray(dataset.x_val), jnp.asarray(dataset.y_val)))
-    params = put(params)
-    state = jax.jit(lambda p: init_state(p, tx))(params)
-    snaps = put(snap_lib.init_buffer(params, num_snaps)) if num_snaps else None
-    carry = Carry(put(state), snaps)
-    best_params = put(params)
+        def carry_step(carry: Carry, batch):
+            state, metrics = step(carry.state, batch)
+            snaps = carry.snaps
+            if snaps is not None:
+                take = jnp.any(snap_dev == state.step - 1)
+                snaps = ensembles.write(snaps, (state.params, state.model_state), take)
+            return Carry(state, snaps), metrics
 
-    # Host state: epoch history, early stopping, partial sums of this epoch.
-    history: list[dict[str, Any]] = []
-    es = {"best": None, "best_epoch": None, "wait": 0}
-    epoch, chunk_pos = 0, 0
-    empty = {
-        "loss": 0.0,
-        "accuracy": 0.0,
-        "steps": 0,
-        "lr": None,
-        "lr_min": None,
-        "lr_max": None,
-    }
-    partial = dict(empty)  # sums over this epoch's steps so far; lr of the last
-    stopped_early = False
+        return carry_step
 
+    program = Program(build, gathers=source.gathers, loop=cfg.loop)
+
+    def init(p, r):
+        state = init_state(p, r, tx)
+        snaps = ensembles.init_buffer((p, r), num_snaps) if num_snaps else None
+        return Carry(state, snaps), (p, r)
+
+    # Fresh buffers: the carry is donated, never the caller's arrays.
+    carry, best_state = jax.jit(init, out_shardings=rep)(fresh(params), fresh(rest))
+    best_state = fresh(best_state)
+    del params, rest
+
+    if rep is not None and _is_arrays(val_data):
+        val_data = jax.device_put(val_data, rep)
+    evaluator = Evaluator(spec, loss_fn, eval_fn, preprocess, cfg.eval_batch_size)
+    ens_val = None
+    if num_snaps and spec.is_module and isinstance(val_data, tuple):
+        ens_val = preprocess(val_data) if preprocess is not None else val_data
+
+    run = Run(
+        steps_per_epoch=spe,
+        epochs=cfg.epochs,
+        signature={"steps_per_epoch": spe, "num_snapshots": num_snaps},
+        carry=carry,
+        best_state=best_state,
+    )
+    actions: list[Hook] = [EarlyStopping(cfg.monitor, mode, cfg.patience)]
+    if cfg.logdir is not None:
+        actions.append(TensorBoard(cfg.logdir, cfg.log_every))
     ckpt = None
-    if checkpoint_dir is not None:
-        ckpt = _Checkpoints(Path(checkpoint_dir), max_to_keep, monitor)
-    try:
-        if resume and ckpt is not None and ckpt.latest_step() is not None:
-            template = _checkpoint_tree(carry, best_params, key)
-            tree, meta = ckpt.restore(template)
-            if (
-                meta.get("steps_per_epoch") != steps_per_epoch
-                or meta.get("num_snapshots") != num_snaps
-            ):
-                raise CheckpointError(
-                    f"checkpoint in {checkpoint_dir} is from a different run "
-                    f"(steps per epoch {meta.get('steps_per_epoch')}, snapshots "
-                    f"{meta.get('num_snapshots')}; now {steps_per_epoch}, "
-                    f"{num_snaps}); it was left untouched"
-                )
-            carry = _unflatten(carry, tree["carry"])
-            best_params = _unflatten(best_params, tree["best"])
-            key = jax.random.wrap_key_data(tree["key"])
-            history, es = meta["history"], meta["es"]
-            epoch, chunk_pos, partial = meta["epoch"], meta["chunk"], meta["partial"]
-            stopped_early = meta.get("stopped_early", False)
-        start_step = int(carry.state.step)
-        writer = _scalar_writer(logdir, start_step if start_step else None)
+    if cfg.checkpoint_dir is not None:
+        ckpt = Checkpoints(cfg.checkpoint_dir, cfg.max_to_keep, cfg.monitor, mode)
+        actions.append(ckpt)
+    if cfg.progress:
+        actions.append(ProgressBar())
+    actions.extend(hooks)
 
-        bounds = np.linspace(0, steps_per_epoch, chunks_per_epoch + 1).astype(int)
-        bounds = np.unique(bounds)
-        t0 = time.perf_counter()
-        compiled = {}
-        example_idx = batch_indices(key, n, batch_size, steps_per_epoch)
-        for length in sorted(set(np.diff(bounds).tolist())):
-            compiled[length] = run.lower(
-                carry, example_idx[:length], data, snap_steps_dev
-            ).compile()
-        eval_c = evaluate.lower(carry.state.params, *val).compile()
-        compile_s = time.perf_counter() - t0
+    epoch_times: list[float] = []
+    clock = [time.perf_counter()]
 
-        bar = ProgressBar(progress)
-        run_s = 0.0
-        epoch_times: list[float] = []
-        interrupted = False
-
-        def meta_doc():
-            return {
-                "epoch": epoch,
-                "chunk": chunk_pos,
-                "partial": partial,
-                "history": history,
-                "es": es,
-                "stopped_early": stopped_early,
-                "steps_per_epoch": steps_per_epoch,
-                "num_snapshots": num_snaps,
-                "step": int(carry.state.step),
-            }
-
-        def save():
-            if ckpt is not None and ckpt.latest_step() != int(carry.state.step):
-                ckpt.save(
-                    int(carry.state.step),
-                    _checkpoint_tree(carry, best_params, key),
-                    meta_doc(),
-                )
-
-        while epoch < epochs and not stopped_early and not interrupted:
-            t_epoch = time.perf_counter()
-            idx = batch_indices(
-                jax.random.fold_in(key, epoch), n, batch_size, steps_per_epoch
-            )
-            bar.start(epoch + 1, epochs, steps_per_epoch, int(bounds[chunk_pos]))
-            while chunk_pos < len(bounds) - 1:
-                lo, hi = int(bounds[chunk_pos]), int(bounds[chunk_pos + 1])
-                step0 = int(carry.state.step)
-                carry, m = compiled[hi - lo](carry, idx[lo:hi], data, snap_steps_dev)
-                loss = np.asarray(m["loss"], np.float64)
-                acc = np.asarray(m["accuracy"], np.float64)
-                lrs = np.asarray(m["lr"], np.float64)
-                lo_lr, hi_lr = float(lrs.min()), float(lrs.max())
-                partial = {
-                    "loss": partial["loss"] + float(loss.sum()),
-                    "accuracy": partial["accuracy"] + float(acc.sum()),
-                    "steps": partial["steps"] + len(loss),
-                    "lr": float(lrs[-1]),
-                    "lr_min": lo_lr
-                    if partial["lr_min"] is None
-                    else min(partial["lr_min"], lo_lr),
-                    "lr_max": hi_lr
-                    if partial["lr_max"] is None
-                    else max(partial["lr_max"], hi_lr),
-                }
-                if writer is not None:
-                    # At global steps s = k * log_every: the mean loss of the
-                    # window's updates in this chunk, and the lr update s-1 applied.
-                    first = -(step0 + 1) % log_every
-                    for j in range(first, len(loss), log_every):
-                        window = loss[max(0, j + 1 - log_every) : j + 1]
-                        s = step0 + j + 1
-                        writer.add_scalar("train/loss", float(window.mean()), s)
-                        writer.add_scalar("train/lr", float(lrs[j]), s)
-                bar.update(hi - lo, float(loss[-1]), float(lrs[-1]))
-                chunk_pos += 1
-                if should_stop is not None and should_stop():
-                    interrupted = True
-                    break
-            bar.close()
-            if interrupted:
-                run_s += time.perf_counter() - t_epoch
-                break
-            ev = eval_c(carry.state.params, *val)
-            val_loss, val_acc = float(ev["loss"]), float(ev["accuracy"])
-            epoch += 1
-            chunk_pos = 0
-            rec = {
-                "epoch": epoch,
-                "step": int(carry.state.step),
-                "train_loss": partial["loss"] / partial["steps"],
-                "train_accuracy": partial["accuracy"] / partial["steps"],
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "lr": partial["lr"],  # applied by the epoch's last update
-                "lr_min": partial["lr_min"],
-                "lr_max": partial["lr_max"],
-            }
-            partial = dict(empty)
-            if num_snaps:
-                count = int(carry.snaps.count)
-                rec["snapshots"] = count
-                prev = history[-1]["snapshots"] if history else 0
-                if count > prev:
-                    stacked = snap_lib.snapshots(carry.snaps)
-                    _, ens = snap_lib.ensemble_curve(apply, stacked, *val)
-                    rec["ensemble_val_accuracy"] = float(ens[-1])
-            value = val_loss if monitor == "val_loss" else val_acc
-            better = es["best"] is None or (
-                value < es["best"] if monitor == "val_loss" else value > es["best"]
-            )
-            if not math.isfinite(value):
-                better = False
-            if better:
-                es = {"best": value, "best_epoch": epoch, "wait": 0}
-                best_params = put(carry.state.params)
-            else:
-                es = {**es, "wait": es["wait"] + 1}
-                if patience and es["wait"] >= patience:
-                    stopped_early = True
-            rec["time_s"] = time.perf_counter() - t_epoch
+    def on_chunk(end: ChunkEnd) -> str | None:
+        run.carry, run.step = end.state, end.hi
+        _accumulate(run.partial, end.metrics)
+        reasons = [h.chunk(run, end) for h in actions]
+        if end.hi % spe == 0:
+            rec = _epoch_record(run, evaluator, val_data, ens_val, spec, num_snaps)
+            rec["time_s"] = time.perf_counter() - clock[0]
             epoch_times.append(rec["time_s"])
-            run_s += rec["time_s"]
-            history.append(rec)
-            if writer is not None:
-                s = rec["step"]
-                writer.add_scalar("train/epoch_loss", rec["train_loss"], s)
-                writer.add_scalar("train/accuracy", rec["train_accuracy"], s)
-                writer.add_scalar("val/loss", val_loss, s)
-                writer.add_scalar("val/accuracy", val_acc, s)
-                if "ensemble_val_accuracy" in rec:
-                    writer.add_scalar(
-                        "ensemble/accuracy", rec["ensemble_val_accuracy"], s
-                    )
-                    writer.add_scalar("ensemble/members", rec["snapshots"], s)
-                writer.flush()
-            if ckpt is not None:
-                save()
-                if better:
-                    ckpt.save_best(
-                        rec["step"],
-                        best_params,
-                        {"epoch": epoch, monitor: value},
-                        {monitor: value},
-                    )
-            if on_epoch is not None:
-                on_epoch(rec)
-            if should_stop is not None and should_stop():
-                interrupted = epoch < epochs and not stopped_early
-        if interrupted:
-            save()
-        if writer is not None:
-            writer.close()
-    finally:
-        if ckpt is not None:
-            ckpt.close()
+            run.history.append(rec)
+            run.epoch, run.partial = rec["epoch"], {}
+            reasons += [h.epoch(run, rec) for h in actions]
+            clock[0] = time.perf_counter()
+        return next((r for r in reasons if r), None)
 
-    final = (
-        best_params
-        if (restore_best and es["best_epoch"] is not None)
-        else (carry.state.params)
-    )
+    reason = "error"
+    try:
+        if ckpt is not None and cfg.resume:
+            ckpt.restore(run)
+        for h in actions:
+            h.start(run)
+        total = cfg.epochs * spe
+        plan = (
+            []
+            if run.stopped_early
+            else epoch_plan(run.step, total, spe, cfg.chunks_per_epoch)
+        )
+        if isinstance(source, ArraySource):
+            for lo, hi in {hi - lo: (lo, hi) for lo, hi in plan}.values():
+                program.compile(run.carry, source.chunk(lo, hi), source.data)
+        clock[0] = time.perf_counter()
+        out = drive(program, run.carry, source, plan, hooks=[on_chunk])
+        run.carry = out.state
+        reason = out.stop_reason
+        if run.stopped_early:
+            reason = "early_stop"
+        elif reason is not None and run.step >= total and reason != "data":
+            reason = None  # a stop request after the last epoch: nothing was cut
+    finally:
+        for h in actions:
+            h.end(run, reason)
+
+    state = run.carry.state
+    use_best = restore_best and run.best["epoch"] is not None
+    final = run.best_state if use_best else (state.params, state.model_state)
+    if spec.is_module:
+        trained = nnx.merge(graphdef, *final)
+    else:
+        trained = final[0]
+    interrupted = reason not in (None, "early_stop", "data")
     result = FitResult(
-        params=final,
-        history=history,
-        best_epoch=es["best_epoch"],
-        epochs_run=epoch,
-        stopped_early=stopped_early,
+        model=trained,
+        params=final[0],
+        model_state=final[1],
+        spec=spec,
+        history=run.history,
+        best_epoch=run.best["epoch"],
+        epochs_run=run.epoch,
+        stopped_early=run.stopped_early,
         interrupted=interrupted,
-        step=int(carry.state.step),
-        snapshots=snap_lib.snapshots(carry.snaps) if num_snaps else None,
-        snapshot_steps=[] if snap_arr is None else snap_arr.tolist(),
-        snapshot_epochs=[]
-        if snap_arr is None
-        else ((snap_arr + 1) / steps_per_epoch).tolist(),
+        stop_reason=reason,
+        step=run.step,
+        snapshots=ensembles.snapshots(run.carry.snaps) if num_snaps else None,
+        snapshot_steps=[] if snap_steps is None else snap_steps.tolist(),
+        snapshot_epochs=[] if snap_steps is None else ((snap_steps + 1) / spe).tolist(),
         timings={},
-        device=describe_devices(jax.local_devices()),
+        device=describe_devices(
+            jax.local_devices() if data_parallel else jax.devices()[:1]
+        ),
     )
-    if evaluate_test and not interrupted and len(dataset.y_test):
-        test = (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
-        ev = evaluate(final, *test)
-        result.test = {k: float(v) for k, v in ev.items()}
-        if num_snaps and int(carry.snaps.count):
-            single, ens = snap_lib.ensemble_curve(apply, result.snapshots, *test)
+    if test_data is not None and not interrupted:
+        result.test = evaluator(*final, test_data)
+        if num_snaps and spec.is_module and int(run.carry.snaps.count):
+            xt, yt = preprocess(test_data) if preprocess is not None else test_data
+            single, ens = ensembles.ensemble_curve(spec, result.snapshots, xt, yt)
             result.snapshot_test_accuracy = single.tolist()
             result.ensemble_curve = ens.tolist()
     result.timings = {
-        "compile_s": compile_s,
-        "run_s": run_s,
+        "compile_s": program.compile_s,
+        "run_s": float(sum(epoch_times)),
         "epoch_s": epoch_times,
         "mean_epoch_s": float(np.mean(epoch_times)) if epoch_times else None,
         "total_s": time.perf_counter() - t_start,
+        "loop": program.loop,
     }
     return result
+
+
+def _accumulate(partial: dict[str, Any], metrics: dict[str, np.ndarray]) -> None:
+    """Adds a chunk's metrics to the epoch's sums (in place; JSON-safe floats)."""
+    lrs = np.asarray(metrics["lr"], np.float64)
+    sums = partial.setdefault("sums", {})
+    for name, v in metrics.items():
+        if name != "lr":
+            sums[name] = sums.get(name, 0.0) + float(np.asarray(v, np.float64).sum())
+    partial["steps"] = partial.get("steps", 0) + len(lrs)
+    partial["lr"] = float(lrs[-1])
+    lo, hi = float(lrs.min()), float(lrs.max())
+    partial["lr_min"] = min(partial.get("lr_min", lo), lo)
+    partial["lr_max"] = max(partial.get("lr_max", hi), hi)
+
+
+def _epoch_record(run: Run, evaluator, val_data, ens_val, spec, num_snaps) -> dict:
+    p, state = run.partial, run.carry.state
+    rec: dict[str, Any] = {"epoch": run.epoch + 1, "step": run.step}
+    names = sorted(p["sums"], key=lambda n: n != "loss")  # loss first
+    rec.update({f"train_{n}": p["sums"][n] / p["steps"] for n in names})
+    if val_data is not None:
+        ev = evaluator(state.params, state.model_state, val_data)
+        rec.update({f"val_{n}": v for n, v in ev.items()})
+    # the lr applied by the epoch's last update, and the epoch's range
+    rec.update(lr=p["lr"], lr_min=p["lr_min"], lr_max=p["lr_max"])
+    if num_snaps:
+        count = int(run.carry.snaps.count)
+        rec["snapshots"] = count
+        prev = run.history[-1]["snapshots"] if run.history else 0
+        if count > prev and ens_val is not None:
+            stacked = ensembles.snapshots(run.carry.snaps)
+            _, ens = ensembles.ensemble_curve(spec, stacked, *ens_val)
+            rec["ensemble_val_accuracy"] = float(ens[-1])
+    return rec

@@ -22,7 +22,6 @@ from lrjax.cli import (
     ArgumentParser,
     UsageError,
     add_model_args,
-    build_mlp,
     fail,
     int_at_least,
     load_data,
@@ -32,7 +31,7 @@ from lrjax.cli import (
     setup_jax,
     write_atomic,
 )
-from lrjax.finder import DEFAULT_METHOD, METHODS
+from lrjax.suggest import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.train"
 SCHEDULES = (
@@ -94,7 +93,8 @@ def build_parser() -> ArgumentParser:
         "--weight-decay",
         type=nonneg_float,
         default=None,
-        help="decoupled weight decay (adamw; added to the gradient for sgd/momentum)",
+        help="decoupled weight decay (adamw, default 1e-4; added to the gradient for "
+        "sgd/momentum, default none)",
     )
     a(
         "--lr",
@@ -399,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import numpy as np
 
-    from lrjax import trainer
+    from lrjax import hooks
+    from lrjax.batches import scale_images
     from lrjax.data import DatasetError
+    from lrjax.fit import FitConfig, fit
+    from lrjax.models import mlp
 
     try:
         ds = load_data(args)
@@ -419,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, str(e))
 
     key = jax.random.key(args.seed)
-    apply, params, _ = build_mlp(ds, hidden, jax.random.fold_in(key, 0))
+    input_size = math.prod(ds.x_train.shape[1:])
+    model = mlp(input_size, ds.num_classes, hidden, key=jax.random.fold_in(key, 0))
+    train_data = (ds.x_train, ds.y_train)
     progress = not args.quiet and sys.stderr.isatty()
     say = (lambda *a: None) if (args.quiet or args.json) else print
 
@@ -430,18 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         peak = prev["lr"]
         finder_doc = prev.get("lr_finder")
     elif args.lr == "auto":
-        from lrjax.finder import lr_range_test
+        from lrjax.range_test import lr_range_test
 
         method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
         t0 = time.perf_counter()
         try:
             rt = lr_range_test(
-                apply,
-                params,
+                model,
                 opt,
-                ds.x_train,
-                ds.y_train,
+                train_data,
                 key=jax.random.fold_in(key, 2),
+                preprocess=scale_images,
                 batch_size=args.batch_size,
                 method=method,
                 progress=progress,
@@ -493,31 +497,35 @@ def main(argv: list[str] | None = None) -> int:
             f"{rec['time_s']:.2f}s{extra}"
         )
 
+    config = FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=sched,
+        patience=args.patience,
+        monitor=args.monitor,
+        snapshot_steps=snap_steps,
+        chunks_per_epoch=args.chunks,
+        logdir=out,
+        checkpoint_dir=out / "checkpoints",
+        resume=args.resume,
+        max_to_keep=args.max_to_keep,
+        progress=progress,
+    )
     try:
-        with trainer.stop_on_signals() as received:
-            result = trainer.fit(
-                apply,
-                params,
+        with hooks.StopOnSignals() as stop:
+            result = fit(
+                model,
                 opt,
-                ds,
+                train_data,
                 key=jax.random.fold_in(key, 1),
-                learning_rate=sched,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                patience=args.patience,
-                monitor=args.monitor,
-                snapshot_steps=snap_steps,
-                logdir=out,
-                checkpoint_dir=out / "checkpoints",
-                resume=args.resume,
-                max_to_keep=args.max_to_keep,
-                chunks_per_epoch=args.chunks,
-                progress=progress,
-                on_epoch=summary,
-                should_stop=received,
+                config=config,
+                preprocess=scale_images,
+                val_data=(ds.x_val, ds.y_val),
+                test_data=(ds.x_test, ds.y_test) if len(ds.y_test) else None,
+                hooks=[hooks.EpochEnd(summary), stop],
             )
-            signum = received()
-    except (trainer.CheckpointError, ValueError) as e:
+            signum = stop.received
+    except (hooks.CheckpointError, ValueError) as e:
         return fail(PROG, str(e))
     if result.interrupted:
         print(

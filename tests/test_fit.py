@@ -1,4 +1,4 @@
-"""The fit loop: lr logging, early stopping, TensorBoard, exact resume, devices."""
+"""fit: chunks vs a Python loop of the step, resume, hooks, any model/loss/data."""
 
 from __future__ import annotations
 
@@ -14,134 +14,296 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
-from lrjax import schedules, trainer
-from lrjax.data import Dataset
+from lrjax import schedules
+from lrjax.batches import batch_indices, scale_images, take
+from lrjax.fit import CheckpointError, FitConfig, data_mesh, evaluate, fit
+from lrjax.hooks import Hook
 from lrjax.models import mlp
+from lrjax.step import (
+    classification_loss,
+    init_state,
+    make_optimizer,
+    make_step,
+    split_model,
+)
 
 N, BATCH = 512, 32
 SPE = N // BATCH  # steps per epoch
+SCHED = schedules.cosine_restarts(0.05, 2 * SPE)
 
 
-def synthetic_dataset(seed=0, n=N):
+def synthetic(n, seed, size=8):
     rng = np.random.default_rng(seed)
-    templates = np.random.default_rng(123).integers(0, 200, (10, 8, 8))
-
-    def split(m):
-        y = rng.integers(0, 10, m).astype(np.int32)
-        x = np.clip(templates[y] + rng.integers(-90, 90, (m, 8, 8)), 0, 255)
-        return x.astype(np.uint8), y
-
-    return Dataset(*split(n), *split(128), *split(128), num_classes=10, name="synth")
+    templates = np.random.default_rng(123).integers(0, 200, (10, size, size))
+    y = rng.integers(0, 10, n).astype(np.int32)
+    x = np.clip(templates[y] + rng.integers(-90, 90, (n, size, size)), 0, 255)
+    return x.astype(np.uint8), y
 
 
-DS = synthetic_dataset()
+TRAIN, VAL, TEST = synthetic(N, 0), synthetic(128, 1), synthetic(128, 2)
 
 
 def model(seed=0):
     return mlp(64, 10, (16,), key=jax.random.key(seed))
 
 
-def run(epochs, **kw):
-    apply, params = model()
-    kw.setdefault("learning_rate", schedules.cosine_restarts(0.05, 2 * SPE))
+def run(epochs, m=None, data=TRAIN, hooks=(), loss_fn=None, **kw):
+    kw.setdefault("learning_rate", SCHED)
     kw.setdefault("chunks_per_epoch", 3)
-    return trainer.fit(
-        apply, params, optax.sgd, DS, key=jax.random.key(1), epochs=epochs, **kw
+    return fit(
+        model() if m is None else m,
+        optax.sgd,
+        data,
+        key=jax.random.key(1),
+        config=FitConfig(epochs=epochs, batch_size=BATCH, **kw),
+        loss_fn=loss_fn,
+        preprocess=scale_images,
+        val_data=VAL,
+        test_data=TEST,
+        hooks=hooks,
     )
 
 
-def assert_same_params(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+def leaves(tree):
+    return [np.asarray(jax.random.key_data(a) if _is_key(a) else a) for a in
+            jax.tree.leaves(tree)]  # fmt: skip
+
+
+def _is_key(a):
+    return jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def assert_same(a, b):
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def strip_times(history):
     return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
 
 
-def test_fit_learns_and_logs_the_applied_lr():
-    sched = schedules.cosine_restarts(0.05, 2 * SPE)
-    r = run(3, learning_rate=sched)
+class Losses(Hook):
+    """Records every update's metrics."""
+
+    def __init__(self):
+        self.metrics, self.starts = [], []
+
+    def chunk(self, run, end):
+        self.metrics.append(end.metrics)
+        self.starts.append(end.lo)
+        return None
+
+    def get(self, name):
+        return np.concatenate([m[name] for m in self.metrics])
+
+
+class StopAfter(Hook):
+    def __init__(self, chunks):
+        self.left = chunks
+
+    def chunk(self, run, end):
+        self.left -= 1
+        return "requested" if self.left == 0 else None
+
+
+def test_fit_learns_logs_the_applied_lr_and_scans_the_mlp():
+    r = run(3)
     assert [h["epoch"] for h in r.history] == [1, 2, 3]
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert r.test["accuracy"] > 0.25  # 10 classes: chance is 0.1
-    for h in r.history:
-        # The last update of epoch e has index e * SPE - 1.
-        assert h["lr"] == pytest.approx(float(sched(h["epoch"] * SPE - 1)), rel=1e-6)
+    for h in r.history:  # the last update of epoch e has index e * SPE - 1
+        assert h["lr"] == pytest.approx(float(SCHED(h["epoch"] * SPE - 1)), rel=1e-6)
     assert r.step == 3 * SPE and r.epochs_run == 3 and not r.stopped_early
-    assert r.timings["compile_s"] > 0 and len(r.timings["epoch_s"]) == 3
+    assert r.timings["loop"] == "scan" and len(r.timings["epoch_s"]) == 3
+    assert isinstance(r.model, type(model()))
 
 
-def test_early_stopping_restores_best_params():
+def test_chunks_match_a_python_loop_of_the_step():
+    """fit's scanned chunks == make_step dispatched once per batch on the host."""
+    rec = Losses()
+    r = run(2, hooks=[rec])
+    spec, params, rest = split_model(model())
+    tx = make_optimizer(optax.sgd, SCHED)
+    step = jax.jit(make_step(spec, classification_loss(), tx, preprocess=scale_images))
+    state, losses = init_state(params, rest, tx), []
+    data = jax.tree.map(jnp.asarray, TRAIN)
+    for e in range(2):
+        idx = batch_indices(jax.random.fold_in(jax.random.key(1), e), N, BATCH, SPE)
+        for i in idx:
+            state, m = step(state, take(data, i))
+            losses.append(float(m["loss"]))
+    np.testing.assert_allclose(rec.get("loss"), losses, rtol=2e-5)
+    for a, b in zip(leaves(r.params), leaves(state.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_accumulate_steps_equals_one_big_batch():
+    """k micro-batches of B, averaged == one batch of k * B (same examples)."""
+    small = fit(
+        model(),
+        optax.sgd,
+        TRAIN,
+        key=jax.random.key(1),
+        config=FitConfig(
+            epochs=1, batch_size=16, accumulate_steps=2, learning_rate=0.1
+        ),
+        preprocess=scale_images,
+    )
+    big = fit(model(), optax.sgd, TRAIN, key=jax.random.key(1),
+              config=FitConfig(epochs=1, batch_size=32, learning_rate=0.1),
+              preprocess=scale_images)  # fmt: skip
+    assert small.step == big.step == SPE
+    for x, y in zip(leaves(small.params), leaves(big.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    assert small.history[0]["train_loss"] == pytest.approx(
+        big.history[0]["train_loss"], rel=1e-5
+    )
+
+
+def test_early_stopping_restores_best_model():
     # lr 0: the val loss never improves after epoch 1, so patience 2 stops at 3.
-    apply, params = model()
     r = run(10, learning_rate=0.0, patience=2)
     assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 1
-    assert_same_params(r.params, params)
-    # A real run: the returned params are those of the best val-loss epoch.
+    assert_same(nnx.state(r.model, nnx.Param), nnx.state(model(), nnx.Param))
     r = run(6, learning_rate=0.3, patience=6, monitor="val_loss")
     best = min(r.history, key=lambda h: h["val_loss"])
     assert r.best_epoch == best["epoch"]
-    ev = jax.jit(__import__("lrjax.training").training.make_evaluate(apply))(
-        r.params, jnp.asarray(DS.x_val), jnp.asarray(DS.y_val)
-    )
-    assert float(ev["loss"]) == pytest.approx(best["val_loss"], rel=1e-6)
+    ev = evaluate(r.model, VAL, preprocess=scale_images)
+    assert ev["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
 
 
-def test_tensorboard_events_readable_by_tensorboard(tmp_path):
-    ea_mod = pytest.importorskip(
-        "tensorboard.backend.event_processing.event_accumulator"
-    )
-    sched = schedules.cosine_restarts(0.05, 2 * SPE)
+def test_custom_loss_metrics_reach_history_tensorboard_and_monitor(tmp_path):
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+    def loss_fn(m, batch):
+        x, y = batch
+        logits = m(x)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, {"margin": jnp.mean(jnp.max(logits, -1) - jnp.min(logits, -1))}
+
     ends = schedules.cosine_restart_steps(2 * SPE, num_steps=4 * SPE)
-    r = run(4, learning_rate=sched, logdir=tmp_path, log_every=4, snapshot_steps=ends)
-    acc = ea_mod.EventAccumulator(str(tmp_path))
+    rec = Losses()
+    r = run(4, loss_fn=loss_fn, logdir=tmp_path, log_every=4, snapshot_steps=ends,
+            monitor="val_margin", monitor_mode="max", patience=9,
+            hooks=[rec])  # fmt: skip
+    assert {"train_loss", "train_margin", "val_loss", "val_margin"} <= set(r.history[0])
+    best = max(r.history, key=lambda h: h["val_margin"])["epoch"]
+    assert r.best_epoch == best
+    acc = ea.EventAccumulator(str(tmp_path))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "val/loss", "val/accuracy"} <= tags
+    assert {"train/loss", "train/lr", "train/margin", "val/loss", "val/margin"} <= tags
     assert "ensemble/accuracy" in tags
     lrs = acc.Scalars("train/lr")
     assert [e.step for e in lrs] == list(range(4, 4 * SPE + 1, 4))
     for e in lrs:  # logged at step s: the lr applied by update s - 1
-        assert e.value == pytest.approx(float(sched(e.step - 1)), rel=1e-6)
-    val = acc.Scalars("val/accuracy")
-    assert [v.value for v in val] == pytest.approx(
-        [h["val_accuracy"] for h in r.history]
-    )
-    ens = acc.Scalars("ensemble/accuracy")
-    assert [e.step for e in ens] == [2 * SPE, 4 * SPE]
+        assert e.value == pytest.approx(float(SCHED(e.step - 1)), rel=1e-6)
+    margins = rec.get("margin")
+    for e in acc.Scalars("train/margin"):  # the mean of the window in its chunk
+        lo = max(e.step - 4, max(a for a in rec.starts if a < e.step))
+        assert e.value == pytest.approx(margins[lo : e.step].mean(), rel=1e-5)
+    val = acc.Scalars("val/margin")
+    assert [v.value for v in val] == pytest.approx([h["val_margin"] for h in r.history])
+    assert [e.step for e in acc.Scalars("ensemble/accuracy")] == [2 * SPE, 4 * SPE]
 
 
 def test_resume_is_exact_at_an_epoch_and_mid_epoch(tmp_path):
     ends = schedules.cosine_restart_steps(2 * SPE, num_steps=4 * SPE)
     common = dict(snapshot_steps=ends, patience=3, monitor="val_accuracy")
     full = run(4, checkpoint_dir=tmp_path / "full", **common)
-
-    # Stopped after epoch 2 (the run was launched for 2 epochs), resumed to 4.
+    # Stopped after epoch 2 (launched for 2 epochs), resumed to 4.
     run(2, checkpoint_dir=tmp_path / "a", **common)
     resumed = run(4, checkpoint_dir=tmp_path / "a", resume=True, **common)
-
-    # Interrupted between two chunks of epoch 3 (as SIGINT does), resumed.
-    calls = []
-
-    def stop():
-        calls.append(1)
-        # Polled after every chunk and after every epoch: 4 calls an epoch.
-        return len(calls) == 10  # after the 2nd of 3 chunks of epoch 3
-
-    cut = run(4, checkpoint_dir=tmp_path / "b", should_stop=stop, **common)
-    assert cut.interrupted and cut.epochs_run == 2 and cut.step == 2 * SPE + 10
-    assert cut.test is None
+    # Stopped by a hook after the 2nd of 3 chunks of epoch 3 (as SIGTERM does).
+    cut = run(4, checkpoint_dir=tmp_path / "b", hooks=[StopAfter(8)], **common)
+    assert cut.interrupted and cut.stop_reason == "requested"
+    assert cut.epochs_run == 2 and cut.step == 2 * SPE + 10 and cut.test is None
     resumed_mid = run(4, checkpoint_dir=tmp_path / "b", resume=True, **common)
-
     for other in (resumed, resumed_mid):
-        assert_same_params(other.params, full.params)
-        assert_same_params(other.snapshots, full.snapshots)
+        assert_same(other.params, full.params)
+        assert_same(other.snapshots, full.snapshots)
         assert strip_times(other.history) == strip_times(full.history)
         assert other.test == full.test
         assert other.ensemble_curve == full.ensemble_curve
         assert other.best_epoch == full.best_epoch
+
+
+class CNN(nnx.Module):
+    """Conv 3x3 (4 channels) - BatchNorm - ReLU - 2x2 max - Dropout - Dense."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = nnx.Dropout(0.3, rngs=rngs)
+        self.out = nnx.Linear(4 * 4 * 4, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.bn(self.conv(x[..., None])))
+        n = x.shape[0]
+        x = x.reshape(n, 4, 2, 4, 2, 4).max((2, 4)).reshape(n, -1)
+        return self.out(self.drop(x))
+
+
+def cnn_run(tmp, module, **kw):
+    ends = [3, 7]  # a snapshot at the end of each epoch: each keeps its BN stats
+    return fit(module, lambda lr: optax.sgd(lr, momentum=0.9), synthetic(64, 5),
+               key=jax.random.key(2), preprocess=scale_images,
+               val_data=synthetic(32, 6), test_data=synthetic(32, 7),
+               config=FitConfig(epochs=2, batch_size=16, learning_rate=0.05,
+                                chunks_per_epoch=2, snapshot_steps=ends,
+                                checkpoint_dir=tmp, **kw.pop("config", {})),
+               **kw)  # fmt: skip
+
+
+def test_cnn_with_batchnorm_and_dropout_resumes_bit_identically(tmp_path):
+    module = CNN(rngs=nnx.Rngs(0))
+    before = leaves(nnx.state(module))
+    full = cnn_run(tmp_path / "full", module)
+    assert full.timings["loop"] == "dispatch"  # a conv step on XLA:CPU
+    for a, b in zip(leaves(nnx.state(module)), before, strict=True):
+        np.testing.assert_array_equal(a, b)  # the caller's module is untouched
+    stats = nnx.state(full.model, nnx.BatchStat)
+    assert not np.allclose(leaves(stats)[1], 1.0)  # running var was trained
+    counts = [leaves(nnx.state(full.model, nnx.RngCount))[0]]
+    assert int(counts[0]) == 8  # Dropout drew once per update
+    cut = cnn_run(tmp_path / "cut", CNN(rngs=nnx.Rngs(0)), hooks=[StopAfter(3)])
+    assert cut.interrupted and cut.step == 6
+    resumed = cnn_run(tmp_path / "cut", CNN(rngs=nnx.Rngs(0)),
+                      config={"resume": True})  # fmt: skip
+    assert_same(resumed.params, full.params)
+    assert_same(resumed.model_state, full.model_state)  # BN stats and rng streams
+    assert_same(resumed.snapshots, full.snapshots)
+    assert strip_times(resumed.history) == strip_times(full.history)
+    assert resumed.ensemble_curve == full.ensemble_curve
+    # Each snapshot predicts with its OWN batch stats: member 0 != final model.
+    s_params, s_state = full.snapshots
+    assert not np.array_equal(leaves(s_state)[0][0], leaves(s_state)[0][1])
+
+
+def test_generator_data_and_a_pure_params_model():
+    x, y = TRAIN
+    apply_model = model()
+    spec, params, _ = split_model(apply_model)
+
+    def apply(p, xb):
+        return spec.merge(p, nnx.State({}))(xb)
+
+    def batches():  # a one-shot generator: 2 epochs of 8 batches, then it ends
+        for i in range(16):
+            j = (i % 8) * 64
+            yield x[j : j + 64], y[j : j + 64]
+
+    loss_fn = classification_loss(apply)
+    cfg = FitConfig(epochs=3, steps_per_epoch=8, learning_rate=0.1)
+    r = fit(params, optax.sgd, batches(), key=jax.random.key(0), loss_fn=loss_fn,
+            preprocess=scale_images, val_data=VAL, config=cfg)  # fmt: skip
+    assert r.stop_reason == "data" and r.step == 16 and r.epochs_run == 2
+    assert r.history[1]["val_loss"] < r.history[0]["val_loss"]
+    assert jax.tree.structure(r.model) == jax.tree.structure(params)
+    with pytest.raises(ValueError, match="steps_per_epoch is required"):
+        fit(params, optax.sgd, batches(), key=jax.random.key(0), loss_fn=loss_fn)
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
@@ -152,7 +314,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
     for p in victims:
         p.write_bytes(b"garbage")
     before = {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()}
-    with pytest.raises(trainer.CheckpointError, match="cannot resume") as e:
+    with pytest.raises(CheckpointError, match="cannot resume") as e:
         run(2, checkpoint_dir=tmp_path, resume=True)
     assert "\n" not in str(e.value)
     after = {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()}
@@ -160,12 +322,14 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
 
 
 def test_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="epochs and patience"):
+    with pytest.raises(ValueError, match="epochs must be"):
         run(-1)
-    with pytest.raises(ValueError, match="monitor"):
-        run(1, monitor="loss")
+    with pytest.raises(ValueError, match="monitor_mode"):
+        run(1, monitor_mode="up")
+    with pytest.raises(ValueError, match="loop must be"):
+        run(1, loop="fast")
     with pytest.raises(ValueError, match="divisible by the number of devices"):
-        trainer.data_mesh(30, devices=[object()] * 4)
+        data_mesh(30, devices=[object()] * 4)
 
 
 DP_SCRIPT = textwrap.dedent(
@@ -173,15 +337,17 @@ DP_SCRIPT = textwrap.dedent(
     import json, sys
     import jax, numpy as np, optax
     sys.path.insert(0, {tests!r})
-    from test_trainer import DS, SPE, model
-    from lrjax import schedules, trainer
+    from test_fit import SPE, TRAIN, VAL, model
+    from lrjax import schedules
+    from lrjax.batches import scale_images
+    from lrjax.fit import FitConfig, fit
     assert jax.local_device_count() == 4, jax.local_devices()
     out = {{}}
     for dp in (False, True):
-        apply, params = model()
-        r = trainer.fit(apply, params, optax.sgd, DS, key=jax.random.key(1),
-                        epochs=2, learning_rate=schedules.cosine_restarts(0.05, SPE),
+        cfg = FitConfig(epochs=2, learning_rate=schedules.cosine_restarts(0.05, SPE),
                         data_parallel=dp, chunks_per_epoch=2)
+        r = fit(model(), optax.sgd, TRAIN, key=jax.random.key(1), config=cfg,
+                preprocess=scale_images, val_data=VAL)
         out[str(dp)] = {{
             "params": [np.asarray(x).tolist() for x in jax.tree.leaves(r.params)],
             "val_loss": [h["val_loss"] for h in r.history],

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrjax import data, train, trainer
+from lrjax import data, hooks, train
 
 N_TRAIN, N_VAL, N_TEST = 512, 5000, 128  # load_dataset holds out 5000 for val
 BASE = ["--dataset", "mnist", "--hidden", "16", "--quiet", "--seed", "3"]
@@ -201,25 +201,25 @@ def test_lr_auto_uses_the_range_test_suggestion(tiny, tmp_path):
 def test_signals_save_exit_130_143_and_resume_is_identical(tiny, tmp_path, monkeypatch):
     full = tmp_path / "full"
     assert train.main([*tiny, *SNAP_ARGS, "--logdir", str(full), "--no-plot"]) == 0
-    original = trainer.ProgressBar.update
+    original = hooks.StopOnSignals.chunk
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     for signum, code, at in ((signal.SIGINT, 130, 3), (signal.SIGTERM, 143, 4)):
         calls = []
 
-        def update(self, *a, signum=signum, at=at, calls=calls):
+        def chunk(self, *a, signum=signum, at=at, calls=calls):
             calls.append(1)  # a real signal, delivered while a chunk is done
             if len(calls) == at:  # after the 1st / 2nd chunk of epoch 2
                 signal.raise_signal(signum)
             return original(self, *a)
 
-        monkeypatch.setattr(trainer.ProgressBar, "update", update)
+        monkeypatch.setattr(hooks.StopOnSignals, "chunk", chunk)
         cut = tmp_path / f"cut{code}"
         rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot"])
         assert rc == code
         assert not (cut / "metrics.json").exists()
         assert {s: signal.getsignal(s) for s in handlers} == handlers  # restored
-        monkeypatch.setattr(trainer.ProgressBar, "update", original)
+        monkeypatch.setattr(hooks.StopOnSignals, "chunk", original)
         argv = [*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot", "--resume"]
         assert train.main(argv) == 0
         assert without_times(read(cut)) == without_times(read(full))
