@@ -38,33 +38,34 @@ def child(args) -> dict:
     import numpy as np
     import optax
 
+    from lrjax.batches import batch_indices, scale_images, take
     from lrjax.data import load_dataset
+    from lrjax.lr_grid import lr_grid
     from lrjax.models import mlp
-    from lrjax.population import lr_grid
-    from lrjax.training import (
-        batch_indices,
-        describe_devices,
+    from lrjax.results import describe_devices
+    from lrjax.step import (
+        classification_loss,
         init_state,
-        make_evaluate,
+        make_eval_batch,
         make_optimizer,
         make_step,
-        scan_steps,
+        split_model,
     )
 
     ds = load_dataset("fashion_mnist")
     n = args.n_train
     x, y = ds.x_train[:n], ds.y_train[:n]
     key = jax.random.key(0)
-    apply, _ = mlp(784, 10, (300, 100), key=key)
 
-    def init(k):
-        return mlp(784, 10, (300, 100), key=k)[1]
+    def model(k):
+        return mlp(784, 10, (300, 100), key=k)
 
     lrs = np.geomspace(*LRS, args.num_lrs)
     if args.child == "population":
         r = lr_grid(
-            apply, init, optax.sgd, x, y, ds.x_val, ds.y_val,
+            model, optax.sgd, (x, y), (ds.x_val, ds.y_val),
             lrs=lrs, seeds=args.seeds, epochs=1, batch_size=args.batch_size, key=key,
+            preprocess=scale_images,
         )  # fmt: skip
         return {
             "variant": f"vmap x{args.child_devices}",
@@ -73,36 +74,47 @@ def child(args) -> dict:
             "device": r.device,
             "memory": r.memory,
             "best_lr": r.best_lr,
+            "loop": r.timings["loop"],
         }
 
-    # sequential: one member's program, compiled once, run model after model
+    # sequential: one member's program (the same step, a scan over the epoch and
+    # an evaluation in batches of 1000), compiled once, run model after model
+    spec, _, _ = split_model(model(key))
+    loss_fn = classification_loss()
+
     def make_tx(lr):
         return make_optimizer(optax.sgd, lambda t: lr * jnp.ones((), jnp.float32))
 
-    evaluate = make_evaluate(apply)
+    eval_batch = make_eval_batch(spec, loss_fn, preprocess=scale_images)
 
     def member_epoch(lr, state, idx, data, val):
-        state, m = scan_steps(make_step(apply, make_tx(lr)))(state, idx, data)
-        return state, evaluate(state.params, *val)
+        step = make_step(spec, loss_fn, make_tx(lr), preprocess=scale_images)
+        state, m = jax.lax.scan(lambda s, i: step(s, take(data, i)), state, idx)
+        batches = jax.tree.map(lambda a: a.reshape(-1, 1000, *a.shape[1:]), val)
+        ev = jax.lax.map(
+            lambda b: eval_batch(state.params, state.model_state, b), batches
+        )
+        return state, jax.tree.map(jnp.mean, ev)
 
     steps = n // args.batch_size
     data = (jnp.asarray(x), jnp.asarray(y))
-    val = (jnp.asarray(ds.x_val), jnp.asarray(ds.y_val))
-    init_member = jax.jit(lambda lr, p: init_state(p, make_tx(lr)))
+    nv = len(ds.y_val) // 1000 * 1000
+    val = (jnp.asarray(ds.x_val[:nv]), jnp.asarray(ds.y_val[:nv]))
+    init_member = jax.jit(lambda lr, p, r: init_state(p, r, make_tx(lr)))
     run = jax.jit(member_epoch, donate_argnums=1)
     members = []
     for s in range(args.seeds):
         sk = jax.random.fold_in(key, s)
         idx = batch_indices(sk, n, args.batch_size, steps)
-        p = init(jax.random.fold_in(sk, 1))
-        members += [(jnp.float32(lr), p, idx) for lr in lrs]
-    lr0, p0, i0 = members[0]
+        _, p, r = split_model(model(jax.random.fold_in(sk, 1)))
+        members += [(jnp.float32(lr), p, r, idx) for lr in lrs]
+    lr0, p0, r0, i0 = members[0]
     t0 = time.perf_counter()
-    compiled = run.lower(lr0, init_member(lr0, p0), i0, data, val).compile()
+    compiled = run.lower(lr0, init_member(lr0, p0, r0), i0, data, val).compile()
     compile_s = time.perf_counter() - t0
     run_s = 0.0
-    for lr, p, idx in members:
-        state = jax.block_until_ready(init_member(lr, p))
+    for lr, p, r, idx in members:
+        state = jax.block_until_ready(init_member(lr, p, r))
         t0 = time.perf_counter()
         state, ev = compiled(lr, state, idx, data, val)
         jax.block_until_ready(ev)

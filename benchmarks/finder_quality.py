@@ -4,7 +4,7 @@ For every setting (optimizer x batch size; MLP 300-100 on Fashion-MNIST, 55000
 training / 5000 validation images) this runs:
 
 1. the range test (``lrjax.lr_range_test``, K seeds, one epoch, stop at divergence);
-2. a grid (``lrjax.population.lr_grid``) of log-spaced lrs x 3 seeds for a few
+2. a grid (``lrjax.lr_grid``) of log-spaced lrs x 3 seeds for a few
    epochs, spanning a default window widened to contain every per-seed suggestion.
 
 Per suggestion method: the suggested lr (median over range-test seeds and per seed),
@@ -35,7 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lrjax.cli import (  # noqa: E402
-    build_mlp,
     hidden_sizes,
     optimizer_factory,
     setup_jax,
@@ -86,11 +85,11 @@ def grid_lrs(window, per_seed_all, per_decade=4, min_points=12):
 def score(grid, lrs_per_seed, epoch=-1):
     import numpy as np
 
-    from lrjax.finder import _median
-    from lrjax.population import accuracy_at
+    from lrjax.lr_grid import accuracy_at
+    from lrjax.suggest import median
 
     best = float(np.max(np.mean(grid.val_accuracy[:, :, epoch], axis=1)))
-    med = _median(lrs_per_seed)
+    med = median(lrs_per_seed)
 
     def regret(lr):
         acc = accuracy_at(grid, lr, epoch)
@@ -114,27 +113,34 @@ def score(grid, lrs_per_seed, epoch=-1):
 def range_test_rules(opt_name, batch_size, args, ds):
     """The range test of one setting and every rule's per-seed lrs.
 
-    Returns ``(rt, rules, range_s, (apply, init))``; the model is the one the
-    grid trains too.
+    Returns ``(rt, rules, range_s, model)``; the model (a factory ``key ->
+    module``) is the one the grid trains too.
     """
+    import math
+
     import jax
 
-    from lrjax.finder import lr_range_test
+    from lrjax.batches import scale_images
+    from lrjax.models import mlp
+    from lrjax.range_test import lr_range_test
 
     n = args.n_train or len(ds.y_train)
     key = jax.random.key(args.seed)
     # Results written before --hidden existed have no "hidden": 300-100.
     hidden = tuple(getattr(args, "hidden", None) or (300, 100))
-    apply, _, init = build_mlp(ds, hidden, key)
+    input_size = math.prod(ds.x_train.shape[1:])
+
+    def model(k):
+        return mlp(input_size, ds.num_classes, hidden, key=k)
+
     (s0, s1), _ = SWEEPS[opt_name]
     t0 = time.perf_counter()
     rt = lr_range_test(
-        apply,
-        init,
+        model,
         optimizer_factory(opt_name),
-        ds.x_train[:n],
-        ds.y_train[:n],
+        (ds.x_train[:n], ds.y_train[:n]),
         key=key,
+        preprocess=scale_images,
         batch_size=batch_size,
         init_value=s0,
         end_value=s1,
@@ -143,14 +149,14 @@ def range_test_rules(opt_name, batch_size, args, ds):
     range_s = time.perf_counter() - t0
     per_method = dict(rt.spread["per_method"])  # every finder method
     rules = {**per_method, **derived_rules(per_method, rt.spread["diverged_at_lr"])}
-    return rt, rules, range_s, (apply, init)
+    return rt, rules, range_s, model
 
 
 def grid_of(r):
     """A stored setting's grid as a GridResult (accuracies only)."""
     import numpy as np
 
-    from lrjax.population import GridResult
+    from lrjax.lr_grid import GridResult
 
     acc = np.asarray(r["grid"]["val_accuracy"], np.float64)
     return GridResult(
@@ -168,7 +174,7 @@ def knee_family(rt) -> dict:
     its two constants were chosen from (``knee{descent}@{toward}``)."""
     import numpy as np
 
-    from lrjax.finder import suggest
+    from lrjax.suggest import suggest
 
     smoothed = np.atleast_2d(rt.smoothed_losses)
     out = {}
@@ -238,14 +244,15 @@ def run_setting(opt_name, batch_size, args, ds):
     import jax
     import numpy as np
 
-    from lrjax.population import lr_grid
+    from lrjax.batches import scale_images
+    from lrjax.lr_grid import lr_grid
 
     n = args.n_train or len(ds.y_train)
     x, y = ds.x_train[:n], ds.y_train[:n]
     key = jax.random.key(args.seed)
     opt = optimizer_factory(opt_name)
     (s0, s1), window = SWEEPS[opt_name]
-    rt, rules, range_s, (apply, init) = range_test_rules(opt_name, batch_size, args, ds)
+    rt, rules, range_s, model = range_test_rules(opt_name, batch_size, args, ds)
     lrs = grid_lrs(window, list(rules.values()))
     print(
         f"[{opt_name}:{batch_size}] range test {range_s:.1f}s; grid {len(lrs)} lrs "
@@ -256,14 +263,12 @@ def run_setting(opt_name, batch_size, args, ds):
     # fresh initialisations and batch orders.
     t0 = time.perf_counter()
     grid = lr_grid(
-        apply,
-        init,
+        model,
         opt,
-        x,
-        y,
-        ds.x_val,
-        ds.y_val,
+        (x, y),
+        (ds.x_val, ds.y_val),
         lrs=lrs,
+        preprocess=scale_images,
         seeds=args.grid_seeds,
         epochs=args.epochs,
         batch_size=batch_size,

@@ -9,6 +9,9 @@ from lrjax.batches import scale_images as scale_images
 from lrjax.data import Dataset as Dataset
 from lrjax.data import DatasetError as DatasetError
 from lrjax.data import load_dataset as load_dataset
+from lrjax.lr_grid import GridResult as GridResult
+from lrjax.lr_grid import accuracy_at as accuracy_at
+from lrjax.lr_grid import lr_grid as lr_grid
 from lrjax.range_test import RangeTestResult as RangeTestResult
 from lrjax.range_test import lr_range_test as lr_range_test
 from lrjax.suggest import METHODS as METHODS
@@ -19,9 +22,6 @@ from lrjax.models import mlp as mlp
 from lrjax.plots import plot_grid as plot_grid
 from lrjax.plots import plot_learning_curves as plot_learning_curves
 from lrjax.plots import plot_range_test as plot_range_test
-from lrjax.lr_grid import GridResult as GridResult
-from lrjax.lr_grid import accuracy_at as accuracy_at
-from lrjax.lr_grid import lr_grid as lr_grid
 from lrjax.schedules import Schedule as Schedule
 from lrjax.schedules import cosine_restart_steps as cosine_restart_steps
 from lrjax.schedules import cosine_restarts as cosine_restarts

@@ -1,7 +1,7 @@
 """``python -m lrjax.grid``: train a grid of learning rates at once and compare them.
 
 One model per (lr, seed), log-spaced lrs from ``--min-lr`` to ``--max-lr``, trained
-for ``--epochs`` in one vmapped program (:func:`lrjax.population.lr_grid`); writes
+for ``--epochs`` in one vmapped program (:func:`lrjax.lr_grid.lr_grid`); writes
 ``grid.json`` and ``grid.png`` (final validation accuracy vs lr). With ``--find`` the
 range test runs first with the same model and optimizer and its suggestions are
 marked on the plot, so a suggestion can be checked against the ground truth.
@@ -18,7 +18,6 @@ from lrjax.cli import (
     ArgumentParser,
     UsageError,
     add_model_args,
-    build_mlp,
     fail,
     int_at_least,
     load_data,
@@ -135,12 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     population = args.num * args.seeds
     setup_jax(min(os.cpu_count() or 1, population))
 
+    import math
+
     import jax
     import numpy as np
 
     from lrjax import data
-    from lrjax.finder import lr_range_test
-    from lrjax.population import lr_grid
+    from lrjax.batches import scale_images
+    from lrjax.lr_grid import lr_grid
+    from lrjax.models import mlp
+    from lrjax.range_test import lr_range_test
 
     try:
         ds = load_data(args)
@@ -152,18 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, str(e))
 
     key = jax.random.key(args.seed)
-    apply, _, init = build_mlp(ds, hidden, key)
+    input_size = math.prod(ds.x_train.shape[1:])
+
+    def model(k):  # one initialisation per seed
+        return mlp(input_size, ds.num_classes, hidden, key=k)
 
     progress = not args.quiet and sys.stderr.isatty()
     find = None
     if args.find:
         find = lr_range_test(
-            apply,
-            init,
+            model,
             opt,
-            ds.x_train,
-            ds.y_train,
+            (ds.x_train, ds.y_train),
             key=key,
+            preprocess=scale_images,
             batch_size=args.batch_size,
             init_value=args.find_min_lr,
             end_value=args.find_max_lr,
@@ -173,18 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     lrs = np.geomspace(args.min_lr, args.max_lr, args.num)
     steps = len(ds.y_train) // args.batch_size
     result = lr_grid(
-        apply,
-        init,
+        model,
         opt,
-        ds.x_train,
-        ds.y_train,
-        ds.x_val,
-        ds.y_val,
+        (ds.x_train, ds.y_train),
+        (ds.x_val, ds.y_val),
         lrs=lrs,
         seeds=args.seeds,
         epochs=args.epochs,
         batch_size=args.batch_size,
         schedule=unit_schedule(args.schedule, steps, args.epochs),
+        preprocess=scale_images,
         key=key,
         progress=progress,
     )

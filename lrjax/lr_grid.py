@@ -1,23 +1,24 @@
 """A learning-rate grid: a population of models, one per (lr, seed), trained at once.
 
-Every member runs the one train step (:func:`lrjax.training.make_step`) with the
-same optimizer; only its learning rate differs, and the lr is DATA: each member's
-optimizer is ``make_optimizer(optimizer, lambda t: lr * schedule(t))`` with ``lr``
-a traced scalar of the vmapped population axis, so one compiled program trains the
-whole grid. Because ``optax.inject_hyperparams`` evaluates that closure at every
-update, the lr a member logs is exactly the lr it applied, ``lr * schedule(t)``; no
-assumption about how an optimizer uses its lr is needed.
+Every member trains through the one step (:func:`lrjax.step.make_step`) with the
+same model, loss and optimizer; only its learning rate differs, and the lr is
+DATA: each member carries its lr in its state and its optimizer is
+``make_optimizer(optimizer, lambda t: lr * schedule(t))`` with ``lr`` a traced
+scalar of the vmapped population axis, so one compiled program trains the whole
+grid. Because ``optax.inject_hyperparams`` evaluates that closure at every update,
+the lr a member logs is exactly the lr it applied, ``lr * schedule(t)``.
 
-Seed ``k`` draws its initialisation (when given an init function) from
-``fold_in(fold_in(key, k), 1)`` and its batch order from ``fold_in(key, k)``, as
-:func:`lrjax.lr_range_test` does, and every lr shares them, so learning rates are
-compared on equal footing. Epochs run as compiled ``lax.scan`` chunks, each ending
-with an evaluation of every member on the validation split; the host only collects
-numbers between chunks. The population axis is sharded over the local devices
-(:func:`lrjax.training.population_mesh`), padded with copies of the last member to
-a multiple of the device count, so each XLA host device (one per core) or
-accelerator trains its share. A member that diverges gets NaN losses and a low
-accuracy; members never interact, so it cannot poison the others.
+Seed ``k`` draws its batch order from ``fold_in(key, k)`` and, when the model is a
+factory ``key -> model``, its initialisation from ``fold_in(fold_in(key, k), 1)``
+(:func:`lrjax.range_test.init_members`, as the range test does); every lr shares
+them, so learning rates are compared on equal footing. The epochs run through the
+shared host driver (:func:`lrjax.loop.drive`), one compiled chunk per epoch; a
+hook between chunks evaluates every member on the validation split in evaluation
+mode (Dropout off, BatchNorm on its running averages). The population axis is
+sharded over the local devices (:func:`lrjax.results.population_mesh`), padded
+with copies of the last member to a multiple of the device count. A member that
+diverges gets NaN losses and a low accuracy; members never interact, so it cannot
+poison the others. The caller's model is never changed.
 """
 
 from __future__ import annotations
@@ -26,24 +27,25 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax.training import (
-    Apply,
+from lrjax.batches import ArraySource, leading_size
+from lrjax.loop import ChunkEnd, Program, check_loop, drive, epoch_plan
+from lrjax.range_test import init_members
+from lrjax.results import describe_devices, json_floats, population_mesh
+from lrjax.step import (
+    LossFn,
     OptimizerFactory,
-    batch_indices,
-    describe_devices,
+    TrainState,
+    classification_loss,
     init_state,
-    json_floats,
-    make_evaluate,
+    make_eval_batch,
     make_optimizer,
     make_step,
-    population_mesh,
-    scan_steps,
 )
 
 __all__ = ["GridResult", "accuracy_at", "lr_grid"]
@@ -55,11 +57,16 @@ class GridResult:
 
     ``val_loss``, ``val_accuracy`` and ``train_loss`` (the mean training batch loss
     of each epoch) are ``[num_lrs, seeds, epochs]``; NaN marks a diverged member.
-    ``applied_lr`` is ``[num_lrs, epochs * steps_per_epoch]``: the lr every update
-    of seed 0 applied (all seeds share it). ``best_lr`` maximises the final
-    validation accuracy averaged over seeds. ``memory`` holds the bytes of the
-    population's params and optimizer state (``state_bytes``, their sum over
-    members) and of one member (``member_bytes``).
+    ``val_metrics`` holds every evaluation metric (``"loss"``, ``"accuracy"`` or
+    a custom ``eval_fn``'s names) shaped the same way. ``applied_lr`` is
+    ``[num_lrs, epochs * steps_per_epoch]``: the lr every update of seed 0
+    applied (all seeds share it). ``best_lr`` maximises the final validation
+    accuracy averaged over seeds; when the evaluation has no ``"accuracy"``
+    (``best_by == "loss"``) it minimises the final mean validation loss instead,
+    and ``val_accuracy`` and ``best_accuracy`` are NaN. ``memory`` holds the
+    bytes of the population's params, model state and optimizer state
+    (``state_bytes``, their sum over members) and of one member
+    (``member_bytes``).
     """
 
     lrs: np.ndarray
@@ -72,10 +79,12 @@ class GridResult:
     best_lr: float
     best_accuracy: float
     steps_per_epoch: int
-    timings: dict[str, float]
+    timings: dict[str, Any]
     device: str
     memory: dict[str, int]
     config: dict[str, Any]
+    val_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    best_by: str = "accuracy"
 
     def final_accuracy(self) -> np.ndarray:
         """``[num_lrs]``: validation accuracy after the last epoch, mean over seeds."""
@@ -93,7 +102,8 @@ class GridResult:
             "train_loss": json_floats(self.train_loss),
             "final_accuracy_mean": json_floats(self.final_accuracy()),
             "best_lr": self.best_lr,
-            "best_accuracy": self.best_accuracy,
+            "best_accuracy": json_floats(self.best_accuracy),
+            "best_by": self.best_by,
             "steps_per_epoch": self.steps_per_epoch,
             "timings": self.timings,
             "device": self.device,
@@ -122,38 +132,135 @@ def accuracy_at(result: GridResult, lr: float, epoch: int = -1) -> float | None:
     return float(np.interp(math.log(lr), np.log(lrs), acc))
 
 
-def _check_args(lrs, seeds, epochs, batch_size, n_train, n_val) -> np.ndarray:
+class GridState(NamedTuple):
+    """One member's carry: its lr (data, not a constant) and its train state."""
+
+    lr: jax.Array  # float32[]: the member's peak lr
+    train: TrainState
+
+
+def _check_args(lrs, seeds, epochs, batch_size, eval_batch_size) -> np.ndarray:
     arr = np.asarray(lrs, np.float64)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"lrs must be a non-empty 1-D sequence, got {lrs!r}")
     bad = [float(v) for v in arr if not (math.isfinite(v) and v > 0)]
     if bad:
         raise ValueError(f"learning rates must be finite and > 0, got {bad[0]}")
-    for name, value in (("seeds", seeds), ("epochs", epochs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    for name, value in (
+        ("seeds", seeds),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("eval_batch_size", eval_batch_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not 1 <= batch_size <= n_train:
-        raise ValueError(
-            f"batch_size must be between 1 and the number of training examples "
-            f"({n_train}), got {batch_size}"
-        )
-    if n_val < 1:
-        raise ValueError("the validation split is empty")
+        if value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return arr
 
 
-def _tree_bytes(tree) -> int:
-    return int(sum(np.dtype(a.dtype).itemsize * a.size for a in jax.tree.leaves(tree)))
+def _state_bytes(tree: Any) -> int:
+    """Bytes of every array of ``tree``, rng keys counted by their key data."""
+
+    def nbytes(a):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a = jax.random.key_data(a)
+        return np.dtype(a.dtype).itemsize * np.size(a)
+
+    return int(sum(nbytes(a) for a in jax.tree.leaves(tree)))
+
+
+def _arrays(data: Any, name: str) -> Any:
+    arrays = np.ndarray | jax.Array
+    leaves = jax.tree.leaves(data) if isinstance(data, arrays | tuple | dict) else []
+    if not leaves or not all(isinstance(a, arrays) for a in leaves):
+        raise TypeError(
+            f"{name} must be in-memory arrays (a pytree with a common leading "
+            f"example axis, e.g. (x, y) or {{'image': x, 'label': y}}); got "
+            f"{type(data).__name__}"
+        )
+    return data
+
+
+class _MemberBatches:
+    """The population's batch indices: each member gets its seed's batch order."""
+
+    gathers = True
+
+    def __init__(self, base: ArraySource, seed_of: np.ndarray | None, sharding):
+        self.base = base
+        self.seed_of = seed_of  # None: one seed, every member shares the batches
+        self.sharding = sharding
+
+    @property
+    def data(self):
+        return self.base.data
+
+    def chunk(self, lo: int, hi: int) -> jax.Array:
+        idx = self.base.chunk(lo, hi)  # [C, seeds, B], or [C, B] for one seed
+        if self.seed_of is not None:
+            idx = idx[:, self.seed_of]  # [C, members, B]
+        return idx if self.sharding is None else jax.device_put(idx, self.sharding)
+
+
+def _make_evaluate(eval_pop, val, n_val: int, batch: int, dispatch: bool, example):
+    """``evaluate(params, model_state) -> {name: [members]}`` over the whole split.
+
+    The split is cut into full batches of ``batch`` and a remainder; each batch's
+    mean metrics are weighted by its size, so the result is the mean over all
+    ``n_val`` examples. Scanned (``lax.map``) in one program, or, for the
+    ``"dispatch"`` loop, one dispatched program per batch (a convolution inside a
+    loop body is slow on XLA:CPU). Compiled here for ``example``'s
+    ``(params, model_state)``.
+    """
+    full, rest = divmod(n_val, batch)
+
+    def part(params, ms, val, start, size):
+        b = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), val)
+        return {k: v * size for k, v in eval_pop(params, ms, b).items()}
+
+    def add(total, m):
+        return m if total is None else jax.tree.map(jnp.add, total, m)
+
+    if not dispatch:
+
+        def evaluate_all(params, ms, val):
+            total = None
+            if full:
+                stacked = jax.tree.map(
+                    lambda a: a[: full * batch].reshape(full, batch, *a.shape[1:]), val
+                )
+                per = jax.lax.map(lambda b: eval_pop(params, ms, b), stacked)
+                total = {k: v.sum(0) * batch for k, v in per.items()}
+            if rest:
+                total = add(total, part(params, ms, val, full * batch, rest))
+            return {k: v / n_val for k, v in total.items()}
+
+        run = jax.jit(evaluate_all).lower(*example, val).compile()
+        return lambda params, ms: run(params, ms, val)
+
+    runs = {
+        size: jax.jit(lambda p, m, v, start, size=size: part(p, m, v, start, size))
+        .lower(*example, val, jnp.int32(0))
+        .compile()
+        for size in {batch} | ({rest} if rest else set())
+    }
+    sizes = [batch] * full + ([rest] if rest else [])
+
+    def evaluate(params, ms):
+        total = None
+        for i, size in enumerate(sizes):
+            total = add(total, runs[size](params, ms, val, jnp.int32(i * batch)))
+        return {k: v / n_val for k, v in total.items()}
+
+    return evaluate
 
 
 def lr_grid(
-    apply: Apply,
-    params: Any,
+    model: Any,
     optimizer: OptimizerFactory,
-    x_train: Any,
-    y_train: Any,
-    x_val: Any,
-    y_val: Any,
+    train_data: Any,
+    val_data: Any,
     *,
     lrs: Sequence[float],
     key: jax.Array,
@@ -161,60 +268,70 @@ def lr_grid(
     epochs: int = 1,
     batch_size: int = 32,
     schedule: Callable[[jax.Array], jax.Array] | None = None,
+    loss_fn: LossFn | None = None,
+    eval_fn: Callable | None = None,
+    preprocess: Callable | None = None,
     eval_batch_size: int = 1000,
+    loop: str = "auto",
     progress: bool = False,
 ) -> GridResult:
     """Trains one model per (lr, seed) in one compiled program; returns the grid.
 
     Args:
-      apply: the model, ``apply(params, x) -> logits``; the loss is softmax
-        cross-entropy with integer labels.
-      params: the initial parameters (shared by every seed), or a function
-        ``key -> params`` so that every seed gets its own initialisation.
+      model: an ``nnx.Module`` (BatchNorm, Dropout, any state) or a params pytree
+        (with a ``loss_fn(params, batch)``), shared by every seed; or a factory
+        ``key -> model`` so that every seed gets its own initialisation. Never
+        modified.
       optimizer: ``learning_rate -> optax.GradientTransformation``, e.g.
         ``optax.sgd``; it is given each member's lr (times ``schedule``).
-      x_train, y_train, x_val, y_val: training and validation inputs (uint8
-        images are scaled to [0, 1]) and integer labels.
+      train_data, val_data: in-memory arrays, each a pytree with a common leading
+        example axis (``(x, y)``, ``{"image": x, "label": y}``).
       lrs: the learning rates, each finite and > 0 (typically log-spaced).
       key: a ``jax.random.key``; seed ``k`` uses ``fold_in(key, k)`` for its batch
-        order and ``fold_in(fold_in(key, k), 1)`` for its initialisation.
+        order and ``fold_in(fold_in(key, k), 1)`` for a factory's initialisation.
       seeds: independent runs per lr, >= 1.
       epochs: training epochs, >= 1; the validation split is evaluated after each.
-      batch_size: examples per step; each epoch is a fresh permutation with the
+      batch_size: examples per update; each epoch is a fresh permutation with the
         remainder dropped.
       schedule: a unit schedule ``step -> factor`` (e.g. ``lrjax.cosine_restarts(1.0,
         ...)`` or ``optax.cosine_decay_schedule(1.0, total_steps)``); member
         ``lr`` applies ``lr * schedule(t)`` at update ``t``. None: constant lr.
+      loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``; default
+        :func:`lrjax.classification_loss` on ``(x, y)`` batches.
+      eval_fn: ``eval_fn(model, batch) -> {name: scalar}`` (batch means) for the
+        validation split; default the loss and metrics of ``loss_fn``. Its
+        ``"accuracy"`` picks the best lr; without one, the lowest ``"loss"`` does.
+      preprocess: ``batch -> batch`` inside the compiled step and evaluation (e.g.
+        :func:`lrjax.batches.scale_images`); default none.
       eval_batch_size: examples per evaluation batch.
+      loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
+        (:mod:`lrjax.loop`); the choice is ``timings["loop"]``.
       progress: show a tqdm progress bar over epochs.
 
     Returns:
       A :class:`GridResult`.
 
     Raises:
-      ValueError: for a bad argument, naming the value.
+      ValueError, TypeError: a bad argument, naming it and what is allowed.
     """
-    n_train, n_val = int(np.shape(y_train)[0]), int(np.shape(y_val)[0])
-    lr_arr = _check_args(lrs, seeds, epochs, batch_size, n_train, n_val)
+    lr_arr = _check_args(lrs, seeds, epochs, batch_size, eval_batch_size)
+    check_loop(loop)
+    train_data = _arrays(train_data, "train_data")
+    val_data = _arrays(val_data, "val_data")
+    n_train = leading_size(train_data, "train_data")
+    n_val = leading_size(val_data, "val_data")
+    if not 1 <= batch_size <= n_train:
+        raise ValueError(
+            f"batch_size must be between 1 and the number of training examples "
+            f"({n_train}), got {batch_size}"
+        )
     num_lrs = lr_arr.size
+    loss_fn = classification_loss() if loss_fn is None else loss_fn
     unit = schedule if schedule is not None else (lambda t: jnp.ones((), jnp.float32))
     steps = n_train // batch_size
 
     def make_tx(lr):
         return make_optimizer(optimizer, lambda t: lr * unit(t))
-
-    evaluate = make_evaluate(apply, min(eval_batch_size, n_val))
-
-    def member_epoch(lr, state, idx, data, val):
-        state, metrics = scan_steps(make_step(apply, make_tx(lr)))(state, idx, data)
-        ev = evaluate(state.params, *val)
-        out = {
-            "train_loss": jnp.mean(metrics["loss"]),
-            "val_loss": ev["loss"],
-            "val_accuracy": ev["accuracy"],
-            "lr": metrics["lr"],
-        }
-        return state, out
 
     # The population: member p = l * seeds + s, padded to a multiple of the
     # devices with copies of the last member (their results are dropped).
@@ -224,103 +341,155 @@ def lr_grid(
     member = np.minimum(np.arange(padded), size - 1)
     lr_of, seed_of = member // seeds, member % seeds
     mesh = population_mesh(padded)
-
-    seed_keys = [jax.random.fold_in(key, k) for k in range(seeds)]
-    if callable(params):
-        plist = [params(jax.random.fold_in(k, 1)) for k in seed_keys]
-    else:
-        plist = [params] * seeds
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *plist)
-    del plist
-    pop_lrs = jnp.asarray(lr_arr[lr_of], jnp.float32)
-    seed_idx = jnp.asarray(seed_of)
-    idx = jnp.stack(
-        [batch_indices(k, n_train, batch_size, steps * epochs) for k in seed_keys]
-    ).reshape(seeds, epochs, steps, batch_size)
-    data = (jnp.asarray(x_train), jnp.asarray(y_train))
-    val = (jnp.asarray(x_val), jnp.asarray(y_val))
-
-    def init(lr, s, stacked):
-        p = jax.tree.map(lambda a: a[s], stacked)
-        return init_state(p, make_tx(lr))
-
-    init_pop = jax.vmap(init, in_axes=(0, 0, None))
-    run = jax.vmap(member_epoch, in_axes=(0, 0, 0, None, None))
+    P = jax.sharding.PartitionSpec
+    pop = rep = None
     if mesh is not None:
-        P = jax.sharding.PartitionSpec
         pop = jax.sharding.NamedSharding(mesh, P("pop"))
         rep = jax.sharding.NamedSharding(mesh, P())
-        pop_lrs, seed_idx = jax.device_put((pop_lrs, seed_idx), pop)
-        stacked, data, val = jax.device_put((stacked, data, val), rep)
-        state = jax.jit(init_pop, out_shardings=pop)(pop_lrs, seed_idx, stacked)
-    else:
-        pop = None
-        state = jax.jit(init_pop)(pop_lrs, seed_idx, stacked)
-    del stacked
 
-    def epoch_idx(e):
-        # [padded, steps, batch]: each member gets its seed's batch order.
-        i = idx[:, e][np.asarray(seed_of)]
-        return i if pop is None else jax.device_put(i, pop)
+    spec, params, rest = init_members(model, key, seeds)
+    seed_keys = [jax.random.fold_in(key, k) for k in range(seeds)]
+    base = ArraySource(
+        train_data,
+        batch_size,
+        seed_keys if seeds > 1 else seed_keys[0],
+        sharding=rep,
+    )
+    source = _MemberBatches(
+        base,
+        seed_of if seeds > 1 else None,
+        None
+        if mesh is None
+        else jax.sharding.NamedSharding(mesh, P(None, "pop") if seeds > 1 else P()),
+    )
+    val = jax.tree.map(jnp.asarray, val_data)
+    if rep is not None:
+        val = jax.device_put(val, rep)
 
-    run = jax.jit(run, donate_argnums=1)
-    t0 = time.perf_counter()
-    compiled = run.lower(pop_lrs, state, epoch_idx(0), data, val).compile()
-    compile_s = time.perf_counter() - t0
+    def init(lr, s, params, rest):
+        if seeds > 1:
+            params, rest = jax.tree.map(lambda a: a[s], (params, rest))
+        return GridState(lr, init_state(params, rest, make_tx(lr)))
+
+    pop_lrs = jnp.asarray(lr_arr[lr_of], jnp.float32)
+    seed_idx = jnp.asarray(seed_of, jnp.int32)
+    state = jax.jit(jax.vmap(init, in_axes=(0, 0, None, None)), out_shardings=pop)(
+        pop_lrs, seed_idx, params, rest
+    )
+    del params, rest
+
+    def build(unroll: bool):
+        def step(gs: GridState, batch):
+            inner = make_step(
+                spec, loss_fn, make_tx(gs.lr), preprocess=preprocess, unroll=unroll
+            )
+            train, metrics = inner(gs.train, batch)
+            return gs._replace(train=train), metrics
+
+        return step
+
+    program = Program(
+        build, gathers=True, members="own" if seeds > 1 else "shared", loop=loop
+    )
+    eval_pop = jax.vmap(
+        make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess),
+        in_axes=(0, 0, None),
+    )
+    member_bytes = _state_bytes(state.train) // padded
     memory = {
-        "state_bytes": _tree_bytes(state) * size // padded,
-        "member_bytes": _tree_bytes(state) // padded,
+        "state_bytes": member_bytes * size,
+        "member_bytes": member_bytes,
         "members": size,
         "padded_members": padded,
     }
+
+    # Compile the epoch and the evaluation before the clock starts ("auto"
+    # decides the loop here, and the evaluation follows it).
+    plan = epoch_plan(0, steps * epochs, steps, 1)
+    program.compile(state, source.chunk(*plan[0]), source.data)
+    t0 = time.perf_counter()
+    evaluate = _make_evaluate(
+        eval_pop,
+        val,
+        n_val,
+        min(eval_batch_size, n_val),
+        program.loop == "dispatch",
+        (state.train.params, state.train.model_state),
+    )
+    eval_compile_s = time.perf_counter() - t0
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, desc="lr grid", unit="epoch", leave=False)
-    outs = []
-    t0 = time.perf_counter()
-    for e in range(epochs):
-        state, out = compiled(pop_lrs, state, epoch_idx(e), data, val)
-        outs.append(jax.tree.map(np.asarray, out))  # blocks until the epoch is done
-        if bar is not None:
-            bar.update(1)
-            acc = outs[-1]["val_accuracy"][:size]
-            bar.set_postfix(best_acc=f"{np.nanmax(acc):.3f}")
-    run_s = time.perf_counter() - t0
+    train_parts: dict[str, list[np.ndarray]] = {"loss": [], "lr": []}
+    evals: list[dict[str, jax.Array]] = []
+
+    def epoch_end(end: ChunkEnd) -> None:
+        for name in train_parts:
+            train_parts[name].append(end.metrics[name])
+        if end.hi % steps == 0:  # every chunk is an epoch; kept general
+            train = end.state.train  # evaluated before the next chunk donates it
+            evals.append(evaluate(train.params, train.model_state))
+            if bar is not None:
+                bar.update(1)
+                ev = evals[-1]
+                if "accuracy" in ev:
+                    best = np.nanmax(np.asarray(ev["accuracy"])[:size])
+                    bar.set_postfix(best_acc=f"{best:.3f}")
+        return None
+
+    out = drive(program, state, source, plan, hooks=[epoch_end])
+    del state
     if bar is not None:
         bar.close()
-    del state
 
-    def grid(name):  # [epochs, padded] -> [num_lrs, seeds, epochs]
-        a = np.stack([o[name][:size] for o in outs], axis=-1).astype(np.float64)
-        return a.reshape(num_lrs, seeds, epochs)
+    def grid(per_epoch):  # [epochs][padded] -> [num_lrs, seeds, epochs]
+        a = np.stack([np.asarray(v)[:size] for v in per_epoch], axis=-1)
+        return a.astype(np.float64).reshape(num_lrs, seeds, epochs)
 
+    evals = [jax.tree.map(np.asarray, ev) for ev in evals]
+    val_metrics = {name: grid([ev[name] for ev in evals]) for name in evals[0]}
+    if "accuracy" not in val_metrics and "loss" not in val_metrics:
+        raise ValueError(
+            "the evaluation must return 'accuracy' or 'loss' to rank the lrs; got "
+            f"{sorted(val_metrics)}"
+        )
+    nan = np.full((num_lrs, seeds, epochs), np.nan)
+    val_loss = val_metrics.get("loss", nan)
+    val_acc = val_metrics.get("accuracy", nan)
+    losses = np.concatenate(train_parts["loss"]).astype(np.float64)  # [T, padded]
+    train_loss = grid(losses.reshape(epochs, steps, padded).mean(axis=1))
+    lr_steps = np.concatenate(train_parts["lr"])  # [T, padded]
+    applied = lr_steps[:, :size:seeds].T.astype(np.float64)
     # A diverged member's accuracy is what it measured: argmax of NaN logits is
     # class 0, so it is low but finite, and the best lr is never NaN.
-    val_acc = grid("val_accuracy")
-    val_loss = grid("val_loss")
-    applied = np.concatenate([o["lr"][:size:seeds] for o in outs], axis=1)
     final = np.mean(val_acc[:, :, -1], axis=1)
-    best = int(np.argmax(final))
+    if "accuracy" in val_metrics:
+        best_by, best = "accuracy", int(np.argmax(final))
+    else:  # a custom evaluation without accuracy: the lowest mean loss wins
+        loss = np.mean(val_loss[:, :, -1], axis=1)
+        best_by, best = "loss", int(np.argmin(np.where(np.isnan(loss), np.inf, loss)))
     total_steps = steps * epochs * size
+    run_s = out.run_s
     return GridResult(
         lrs=lr_arr,
         seeds=seeds,
         epochs=epochs,
         val_loss=val_loss,
         val_accuracy=val_acc,
-        train_loss=grid("train_loss"),
-        applied_lr=applied.astype(np.float64),
+        train_loss=train_loss,
+        applied_lr=applied,
         best_lr=float(lr_arr[best]),
         best_accuracy=float(final[best]),
         steps_per_epoch=steps,
         timings={
-            "compile_s": compile_s,
+            "compile_s": program.compile_s + eval_compile_s,
             "run_s": run_s,
             "steps_per_s": total_steps / run_s if run_s > 0 else None,
             "model_epochs_per_s": size * epochs / run_s if run_s > 0 else None,
+            "loop": program.loop,
         },
         device=describe_devices(
             list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
@@ -335,4 +504,6 @@ def lr_grid(
             "n_train": n_train,
             "n_val": n_val,
         },
+        val_metrics=val_metrics,
+        best_by=best_by,
     )

@@ -1,7 +1,8 @@
-"""lr_grid: the vmapped population against a plain Python loop over make_step."""
+"""lr_grid: the vmapped population against a plain Python loop over the one step."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -13,19 +14,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
-from lrjax.models import mlp
-from lrjax.population import accuracy_at, lr_grid
+from lrjax.batches import batch_indices, scale_images
+from lrjax.lr_grid import accuracy_at, lr_grid
+from lrjax.models import mlp, pure
 from lrjax.schedules import cosine_restarts
-from lrjax.training import (
-    batch_indices,
+from lrjax.step import (
+    classification_loss,
     init_state,
-    make_evaluate,
+    make_eval_batch,
     make_optimizer,
     make_step,
+    split_model,
 )
 
-N_TRAIN, N_VAL, BATCH = 256, 128, 32
+N_TRAIN, N_VAL, BATCH = 256, 120, 32
 # float32 sums in a different order (vmapped vs single matmuls) over a few dozen
 # updates: relative differences of ~1e-6 per op, grown by training to ~1e-5.
 RTOL, ATOL = 2e-4, 2e-5
@@ -42,40 +46,95 @@ def synthetic(n: int, seed: int):
 
 X, Y = synthetic(N_TRAIN, 0)
 XV, YV = synthetic(N_VAL, 1)
-APPLY, _ = mlp(64, 4, (16,), key=jax.random.key(0))
 
 
 def init(k):
-    return mlp(64, 4, (16,), key=k)[1]
+    return mlp(64, 4, (16,), key=k)
+
+
+class Noisy(nnx.Module):
+    """Linear -> BatchNorm -> relu -> Dropout -> Linear: state and randomness."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(64, 16, rngs=rngs)
+        self.norm = nnx.BatchNorm(16, rngs=rngs)
+        self.drop = nnx.Dropout(0.3, rngs=rngs)
+        self.out = nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return self.out(self.drop(jax.nn.relu(self.norm(self.hidden(x)))))
+
+
+def noisy(k):
+    return Noisy(rngs=nnx.Rngs(params=k, dropout=jax.random.fold_in(k, 7)))
 
 
 def momentum(lr):
     return optax.sgd(lr, momentum=0.9)
 
 
-def reference(lr, seed, epochs, key, schedule=None, optimizer=momentum):
-    """One member trained alone: a Python loop over the jitted step, one by one."""
+def grid(model, optimizer=momentum, **kwargs):
+    args = {"batch_size": BATCH, "preprocess": scale_images} | kwargs
+    return lr_grid(model, optimizer, (X, Y), (XV, YV), **args)
+
+
+@functools.cache
+def member_program(factory, schedule, optimizer):
+    """A jitted ``step(state, batch, lr)`` and ``evaluate`` of one member alone."""
+    spec, _, _ = split_model(factory(jax.random.key(0)))
+    loss_fn = classification_loss()
+
+    def make_tx(lr):
+        return make_optimizer(
+            optimizer, lr if schedule is None else (lambda t: lr * schedule(t))
+        )
+
+    def step(state, batch, lr):
+        inner = make_step(spec, loss_fn, make_tx(lr), preprocess=scale_images)
+        return inner(state, batch)
+
+    def init(params, rest, lr):
+        return init_state(params, rest, make_tx(lr))
+
+    evaluate = make_eval_batch(spec, loss_fn, preprocess=scale_images)
+    return jax.jit(init), jax.jit(step), jax.jit(evaluate)
+
+
+def reference(factory, lr, seed, epochs, key, schedule=None, optimizer=momentum):
+    """One member trained alone: a Python loop over the jitted step, one by one;
+    evaluated in one batch of the whole validation split."""
+    init, step, evaluate = member_program(factory, schedule, optimizer)
     seed_key = jax.random.fold_in(key, seed)
-    params = init(jax.random.fold_in(seed_key, 1))
-    lr_value = lr if schedule is None else (lambda t: lr * schedule(t))
-    tx = make_optimizer(optimizer, lr_value)
-    state = init_state(params, tx)
-    step = jax.jit(make_step(APPLY, tx))
-    evaluate = jax.jit(make_evaluate(APPLY, N_VAL))
+    _, params, rest = split_model(factory(jax.random.fold_in(seed_key, 1)))
+    lr = jnp.float32(lr)
+    state = init(params, rest, lr)
     steps = N_TRAIN // BATCH
-    idx = batch_indices(seed_key, N_TRAIN, BATCH, steps * epochs)
+    idx = np.asarray(batch_indices(seed_key, N_TRAIN, BATCH, steps * epochs))
     val_loss, val_acc, train_loss, lrs = [], [], [], []
     for e in range(epochs):
         losses = []
         for i in range(steps):
-            state, m = step(state, idx[e * steps + i], (jnp.asarray(X), jnp.asarray(Y)))
+            j = idx[e * steps + i]
+            state, m = step(state, (X[j], Y[j]), lr)
             losses.append(float(m["loss"]))
             lrs.append(float(m["lr"]))
-        ev = evaluate(state.params, XV, YV)
+        ev = evaluate(state.params, state.model_state, (XV, YV))
         val_loss.append(float(ev["loss"]))
         val_acc.append(float(ev["accuracy"]))
-        train_loss.append(float(np.mean(np.float32(losses))))
+        train_loss.append(float(np.mean(losses)))
     return np.array(val_loss), np.array(val_acc), np.array(train_loss), np.array(lrs)
+
+
+def check_against_reference(r, factory, lrs, seeds, epochs, key, unit=None):
+    for i, lr in enumerate(lrs):
+        for s in range(seeds):
+            vl, va, tl, applied = reference(factory, lr, s, epochs, key, unit)
+            np.testing.assert_allclose(r.val_loss[i, s], vl, rtol=RTOL, atol=ATOL)
+            np.testing.assert_allclose(r.train_loss[i, s], tl, rtol=RTOL, atol=ATOL)
+            # accuracy is a count / N_VAL: a near-tie may flip one example
+            np.testing.assert_allclose(r.val_accuracy[i, s], va, atol=1.5 / N_VAL)
+        np.testing.assert_allclose(r.applied_lr[i], applied, rtol=1e-6)
 
 
 @pytest.mark.parametrize("scheduled", [False, True])
@@ -83,30 +142,89 @@ def test_population_equals_members_trained_one_by_one(scheduled):
     key = jax.random.key(7)
     lrs = [0.01, 0.05, 0.2]
     unit = cosine_restarts(1.0, first_period=5, min_value=0.1) if scheduled else None
-    r = lr_grid(
-        APPLY, init, momentum, X, Y, XV, YV,
-        lrs=lrs, seeds=2, epochs=2, batch_size=BATCH, schedule=unit, key=key,
-    )  # fmt: skip
+    # eval batches of 50: two full batches and a remainder of 20
+    r = grid(init, lrs=lrs, seeds=2, epochs=2, schedule=unit, key=key,
+             eval_batch_size=50)  # fmt: skip
     assert r.val_accuracy.shape == r.val_loss.shape == r.train_loss.shape == (3, 2, 2)
-    for i, lr in enumerate(lrs):
-        for s in range(2):
-            vl, va, tl, applied = reference(lr, s, 2, key, unit)
-            np.testing.assert_allclose(r.val_loss[i, s], vl, rtol=RTOL, atol=ATOL)
-            np.testing.assert_allclose(r.train_loss[i, s], tl, rtol=RTOL, atol=ATOL)
-            # accuracy is a count / N_VAL: a near-tie may flip one example
-            np.testing.assert_allclose(r.val_accuracy[i, s], va, atol=1.5 / N_VAL)
-        np.testing.assert_allclose(r.applied_lr[i], applied, rtol=1e-6)
+    assert r.timings["loop"] == "scan"
+    check_against_reference(r, init, lrs, 2, 2, key, unit)
     # the learning rates really differ: the test would fail if lr were ignored
     assert np.ptp(r.val_loss[:, 0, -1]) > 1e-3
+
+
+def test_batchnorm_dropout_factory_matches_members_and_evaluates_in_eval_mode():
+    key = jax.random.key(3)
+    lrs = [0.02, 0.2]
+
+    def eval_fn(model, batch):
+        loss, m = classification_loss()(model, batch)
+        mode = model.drop.deterministic and model.norm.use_running_average
+        return {"loss": loss, **m, "eval_mode": jnp.float32(mode)}
+
+    r = grid(noisy, lrs=lrs, seeds=2, epochs=2, key=key, eval_fn=eval_fn)
+    np.testing.assert_array_equal(r.val_metrics["eval_mode"], 1.0)
+    check_against_reference(r, noisy, lrs, 2, 2, key)
+    # seeds differ (init, dropout streams, batch order) and so do the lrs
+    assert np.all(np.abs(r.val_loss[:, 0] - r.val_loss[:, 1]) > 1e-4)
+    assert np.all(np.abs(r.val_loss[0] - r.val_loss[1]) > 1e-4)
+
+
+def leaves(module):
+    def host(a):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a = jax.random.key_data(a)
+        return np.array(a)
+
+    return jax.tree.map(host, jax.tree.leaves(nnx.state(module)))
+
+
+def test_a_shared_module_is_unchanged_and_its_seeds_differ():
+    model = noisy(jax.random.key(11))
+    before = leaves(model)
+    r = grid(model, lrs=[0.05, 0.1], seeds=2, epochs=1, key=jax.random.key(0))
+    for a, b in zip(before, leaves(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.drop.deterministic is False and model.norm.use_running_average is False
+    # same init, other batch order and dropout stream for seed 1
+    assert np.all(r.val_loss[:, 0] != r.val_loss[:, 1])
+    assert np.all(np.isfinite(r.val_loss))
+
+
+def test_dict_batches_with_a_custom_loss_and_an_eval_without_accuracy():
+    apply, params = pure(init(jax.random.key(2)))
+    key = jax.random.key(4)
+    kw = {"lrs": [0.01, 0.1, 3.0], "seeds": 2, "epochs": 1, "key": key}
+    tuples = grid(params, loss_fn=classification_loss(apply), **kw)
+
+    def loss_fn(p, batch):
+        logits = apply(p, batch["image"].astype(jnp.float32) / 255.0)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits, batch["label"]
+        ).mean()
+
+    def eval_fn(p, batch):
+        return {"loss": loss_fn(p, batch), "twice": 2 * loss_fn(p, batch)}
+
+    data = {"image": X, "label": Y}
+    val = {"image": XV, "label": YV}
+    r = lr_grid(
+        params, momentum, data, val, batch_size=BATCH, loss_fn=loss_fn,
+        eval_fn=eval_fn, **kw,
+    )  # fmt: skip
+    # the same batches and updates as the (x, y) run
+    np.testing.assert_allclose(r.val_loss, tuples.val_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.train_loss, tuples.train_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.val_metrics["twice"], 2 * r.val_loss, rtol=1e-6)
+    # no accuracy: NaN, and the best lr is the lowest mean validation loss
+    assert r.best_by == "loss" and np.all(np.isnan(r.val_accuracy))
+    assert r.best_lr == kw["lrs"][int(np.argmin(r.val_loss[:, :, -1].mean(1)))]
+    assert json.loads(json.dumps(r.to_json()))["best_accuracy"] is None
 
 
 def test_applied_lr_is_lr_times_schedule():
     unit = cosine_restarts(1.0, first_period=6, period_mult=2)
     lrs = [1e-3, 0.3]
-    r = lr_grid(
-        APPLY, init, optax.adam, X, Y, XV, YV,
-        lrs=lrs, epochs=3, batch_size=BATCH, schedule=unit, key=jax.random.key(0),
-    )  # fmt: skip
+    r = grid(init, optax.adam, lrs=lrs, epochs=3, schedule=unit, key=jax.random.key(0))
     t = np.arange(3 * (N_TRAIN // BATCH))
     # the formula itself, independently of lrjax.schedules (T_0 = 6, T_mult = 2)
     n = np.floor(np.log2(t / 6 + 1))
@@ -118,26 +236,21 @@ def test_applied_lr_is_lr_times_schedule():
 
 
 def test_result_fields_memory_and_best_lr():
-    params = init(jax.random.key(3))
-    before = jax.tree.map(np.array, params)
+    model = init(jax.random.key(3))
+    n_params = sum(a.size for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
     lrs = np.geomspace(1e-3, 1.0, 4)
-    r = lr_grid(
-        APPLY, params, optax.adam, X, Y, XV, YV,
-        lrs=lrs, seeds=2, epochs=1, batch_size=64, key=jax.random.key(1),
-    )  # fmt: skip
-    # the caller's params are untouched (the population trains copies)
-    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, params))
+    r = grid(model, optax.adam, lrs=lrs, seeds=2, batch_size=64, key=jax.random.key(1))
     np.testing.assert_array_equal(r.lrs, lrs)
     assert r.steps_per_epoch == N_TRAIN // 64
-    n_params = sum(a.size for a in jax.tree.leaves(params))
     # adam: params + mu + nu (float32), plus a few scalars (counts, the lr)
     assert 3 * 4 * n_params <= r.memory["member_bytes"] < 3 * 4 * n_params + 64
     assert r.memory["state_bytes"] == 8 * r.memory["member_bytes"]
     final = r.val_accuracy[:, :, -1].mean(axis=1)
+    assert r.best_by == "accuracy"
     assert r.best_lr == lrs[np.argmax(final)] and r.best_accuracy == final.max()
     assert accuracy_at(r, r.best_lr) == pytest.approx(final.max())
     assert accuracy_at(r, 2.0) is None
-    # same init for both seeds with a params pytree: only the batch order differs
+    # same init for both seeds with one module: only the batch order differs
     assert not np.array_equal(r.val_loss[:, 0], r.val_loss[:, 1])
     doc = json.loads(json.dumps(r.to_json()))
     assert np.array(doc["val_accuracy"]).shape == (4, 2, 1)
@@ -145,16 +258,21 @@ def test_result_fields_memory_and_best_lr():
     assert r.device.startswith(jax.devices()[0].platform)
 
 
+def test_dispatch_loop_gives_the_scan_numbers():
+    kw = {"lrs": [0.02, 0.2], "seeds": 2, "epochs": 2, "key": jax.random.key(9)}
+    scan = grid(noisy, loop="scan", eval_batch_size=50, **kw)
+    dispatch = grid(noisy, loop="dispatch", eval_batch_size=50, **kw)
+    assert dispatch.timings["loop"] == "dispatch"
+    np.testing.assert_allclose(dispatch.val_loss, scan.val_loss, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        dispatch.train_loss, scan.train_loss, rtol=RTOL, atol=ATOL
+    )
+
+
 def test_a_diverged_member_does_not_poison_the_others():
     key = jax.random.key(5)
-    both = lr_grid(
-        APPLY, init, optax.sgd, X, Y, XV, YV,
-        lrs=[0.05, 1e30], epochs=1, batch_size=BATCH, key=key,
-    )  # fmt: skip
-    alone = lr_grid(
-        APPLY, init, optax.sgd, X, Y, XV, YV,
-        lrs=[0.05], epochs=1, batch_size=BATCH, key=key,
-    )  # fmt: skip
+    both = grid(init, optax.sgd, lrs=[0.05, 1e30], key=key)
+    alone = grid(init, optax.sgd, lrs=[0.05], key=key)
     assert not np.isfinite(both.val_loss[1, 0, 0])
     assert both.val_accuracy[1, 0, 0] < 0.6  # a NaN model: just low accuracy
     np.testing.assert_allclose(both.val_loss[0], alone.val_loss[0], rtol=RTOL)
@@ -172,12 +290,19 @@ def test_a_diverged_member_does_not_poison_the_others():
         ({"epochs": 0}, r"epochs must be an integer >= 1, got 0"),
         ({"seeds": 0}, r"seeds must be an integer >= 1, got 0"),
         ({"batch_size": 1000}, r"batch_size must be between 1 .*\(256\), got 1000"),
+        ({"loop": "fast"}, r"loop must be one of"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_value(kwargs, message):
-    args = {"lrs": [0.1], "epochs": 1, "seeds": 1, "batch_size": BATCH} | kwargs
+    args = {"lrs": [0.1], "epochs": 1, "seeds": 1} | kwargs
     with pytest.raises(ValueError, match=message):
-        lr_grid(APPLY, init, optax.sgd, X, Y, XV, YV, key=jax.random.key(0), **args)
+        grid(init, optax.sgd, key=jax.random.key(0), **args)
+
+
+def test_iterables_and_callables_are_refused_with_a_clear_error():
+    with pytest.raises(TypeError, match="train_data must be in-memory arrays"):
+        lr_grid(init, optax.sgd, iter([(X, Y)]), (XV, YV), lrs=[0.1],
+                key=jax.random.key(0))  # fmt: skip
 
 
 _SHARDED = """
@@ -185,10 +310,8 @@ import json, sys
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
 sys.path.insert(0, {tests!r})
-import test_population as t
-from lrjax.population import lr_grid
-r = lr_grid(t.APPLY, t.init, t.momentum, t.X, t.Y, t.XV, t.YV, lrs=[0.01, 0.05, 0.2],
-            epochs=1, batch_size=t.BATCH, key=jax.random.key(7))
+import test_lr_grid as t
+r = t.grid(t.init, lrs=[0.01, 0.05, 0.2], key=jax.random.key(7))
 print(json.dumps({{"device": r.device, "val_loss": r.val_loss.tolist(),
                   "memory": r.memory}}))
 """
@@ -207,5 +330,5 @@ def test_population_spread_over_two_host_devices_matches():
     assert doc["memory"]["members"] == 3 and doc["memory"]["padded_members"] == 4
     key = jax.random.key(7)
     for i, lr in enumerate([0.01, 0.05, 0.2]):
-        vl, *_ = reference(lr, 0, 1, key)
+        vl, *_ = reference(init, lr, 0, 1, key)
         np.testing.assert_allclose(doc["val_loss"][i][0], vl, rtol=RTOL, atol=ATOL)
