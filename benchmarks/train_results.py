@@ -278,12 +278,13 @@ def load_snapshots(run_dir: Path):
     """The stacked snapshots ``[M, ...]`` from the run's latest checkpoint.
 
     Read without a template: the carry's leaves are ``TrainState`` then the
-    ``SnapshotBuffer`` (one leaf per param leaf, ``[M + 1, ...]``, then count).
+    ``SnapshotBuffer`` (``(params, model_state)`` leaves ``[M, ...]``, the MLP's
+    model state being empty, then count).
     """
     import jax
     import orbax.checkpoint as ocp
 
-    from lrjax.models import mlp
+    from lrjax.models import mlp, pure
 
     d = (run_dir / "checkpoints" / "latest").absolute()
     mngr = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions())
@@ -294,7 +295,7 @@ def load_snapshots(run_dir: Path):
     mngr.close()
     carry = out["state"]["carry"]
     keys = sorted(carry)
-    _, params = mlp(784, 10, key=jax.random.key(0))  # 300-100, as every run
+    _, params = pure(mlp(784, 10, key=jax.random.key(0)))  # 300-100, as every run
     treedef = jax.tree.structure(params)
     count = int(carry[keys[-1]])
     leaves = [np.asarray(carry[k])[:count] for k in keys[-1 - treedef.num_leaves : -1]]
@@ -313,13 +314,13 @@ def analyze(run_dir: Path, ds) -> dict:
     import jax.numpy as jnp
     import optax
 
-    from lrjax.models import mlp
-    from lrjax.snapshots import curve_from_probs, member_probs
+    from lrjax.ensembles import curve_from_probs, member_probs
+    from lrjax.models import mlp, pure
 
-    apply, _ = mlp(784, 10, key=jax.random.key(0))
+    apply, _ = pure(mlp(784, 10, key=jax.random.key(0)))
     stacked = load_snapshots(run_dir)
-    pv = member_probs(apply, stacked, jnp.asarray(ds.x_val))
-    pt = member_probs(apply, stacked, jnp.asarray(ds.x_test))
+    pv = member_probs(apply, stacked, jnp.asarray(ds.x_val) / 255.0)
+    pt = member_probs(apply, stacked, jnp.asarray(ds.x_test) / 255.0)
     v_single, v_ens = curve_from_probs(pv, ds.y_val)
     t_single, t_ens = curve_from_probs(pt, ds.y_test)
     m_val = int(np.argmax(v_ens[::-1]))  # ties: the larger m
@@ -400,17 +401,18 @@ def independent_ensembles(run_dirs: tuple[Path, ...]) -> dict:
 
     import jax
 
-    from lrjax.models import mlp
-    from lrjax.snapshots import member_probs
+    from lrjax.ensembles import member_probs
+    from lrjax.models import mlp, pure
 
     ds = _dataset()
-    apply, _ = mlp(784, 10, key=jax.random.key(0))
+    apply, _ = pure(mlp(784, 10, key=jax.random.key(0)))
 
     def final_model(d):  # the last snapshot: the params at the end of the run
         return jax.tree.map(lambda a: a[-1:], load_snapshots(d))
 
     last = [
-        np.asarray(member_probs(apply, final_model(d), ds.x_test))[0] for d in run_dirs
+        np.asarray(member_probs(apply, final_model(d), ds.x_test / 255.0))[0]
+        for d in run_dirs
     ]
     y = np.asarray(ds.y_test)
     acc = [float(np.mean(p.argmax(-1) == y)) for p in last]
