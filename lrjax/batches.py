@@ -64,7 +64,8 @@ def leading_size(tree: Any, what: str = "batch") -> int:
     return next(iter(sizes.values()))
 
 
-def _is_arrays(obj: Any) -> bool:
+def is_arrays(obj: Any) -> bool:
+    """Whether ``obj`` is in-memory data (arrays, or a tuple/dict of only arrays)."""
     if isinstance(obj, _ARRAY):
         return True
     if isinstance(obj, tuple | Mapping):
@@ -271,7 +272,7 @@ def as_source(
     index_sharding: jax.sharding.Sharding | None = None,
 ) -> ArraySource | IterSource:
     """Arrays -> :class:`ArraySource`; other iterables -> :class:`IterSource`."""
-    if _is_arrays(data):
+    if is_arrays(data):
         if batch_size is None:
             raise ValueError("batch_size is required for in-memory data")
         return ArraySource(
@@ -295,3 +296,6 @@ def scale_images(batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Arr
     """
     x, y = batch
     return x.astype(jnp.float32) / 255.0, y
+
+
+_is_arrays = is_arrays  # the earlier private name (lrjax.fit still uses it)

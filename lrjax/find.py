@@ -177,23 +177,26 @@ def main(argv: list[str] | None = None) -> int:
     def build(k):
         return mlp(input_size, ds.num_classes, hidden, key=k)
 
-    result = lr_range_test(
-        build(key) if seeds == 1 else build,
-        opt,
-        (ds.x_train, ds.y_train),
-        key=key,
-        preprocess=scale_images,
-        batch_size=args.batch_size,
-        mode=args.mode,
-        init_value=args.min_lr,
-        end_value=args.max_lr,
-        num_steps=args.steps,
-        smooth_beta=args.smooth,
-        diverge_threshold=args.diverge_threshold,
-        seeds=seeds,
-        method=args.method,
-        progress=not args.quiet and sys.stderr.isatty(),
-    )
+    try:
+        result = lr_range_test(
+            build(key) if seeds == 1 else build,
+            opt,
+            (ds.x_train, ds.y_train),
+            key=key,
+            preprocess=scale_images,
+            batch_size=args.batch_size,
+            mode=args.mode,
+            init_value=args.min_lr,
+            end_value=args.max_lr,
+            num_steps=args.steps,
+            smooth_beta=args.smooth,
+            diverge_threshold=args.diverge_threshold,
+            seeds=seeds,
+            method=args.method,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+    except (ValueError, TypeError) as e:  # e.g. a population too big to fit
+        return fail(PROG, str(e))
     result.config.update(
         dataset=args.dataset,
         optimizer=args.optimizer,

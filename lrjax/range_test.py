@@ -20,9 +20,16 @@ import numpy as np
 from flax import nnx
 
 from lrjax import schedules
-from lrjax.batches import ArraySource, IterSource, as_source
+from lrjax.batches import ArraySource, IterSource, as_source, is_arrays
 from lrjax.loop import Program, check_loop, drive, uniform_plan
-from lrjax.results import describe_devices, json_floats, population_mesh
+from lrjax.results import (
+    check_memory,
+    describe_devices,
+    estimate_population,
+    json_floats,
+    population_mesh,
+    tree_bytes,
+)
 from lrjax.step import (
     LossFn,
     OptimizerFactory,
@@ -141,13 +148,15 @@ def _fold_rngs(model_state: Any, k: int) -> Any:
     return jax.tree.map(fold, model_state)
 
 
-def init_members(model: Any, key: jax.Array, seeds: int):
+def init_members(model: Any, key: jax.Array, seeds: int, check: Callable | None = None):
     """``(Model, params, model_state)`` per seed: stacked ``[seeds, ...]`` if > 1.
 
     ``model`` is an ``nnx.Module`` or a params pytree (shared by every seed; a
     module's rng streams are folded with the seed index), or a factory
     ``key -> model`` called with ``fold_in(fold_in(key, k), 1)`` for seed ``k``.
     Every array is a fresh copy: the caller's model is never donated or changed.
+    ``check(spec, params, model_state)`` sees the first member before the others
+    are built (a memory estimate refuses an impossible population there).
     """
     factory = callable(model) and not isinstance(model, nnx.Module)
     members = []
@@ -160,6 +169,8 @@ def init_members(model: Any, key: jax.Array, seeds: int):
         spec, params, rest = split_model(m)
         if not factory and k > 0:
             rest = _fold_rngs(rest, k)
+        if k == 0 and check is not None:
+            check(spec, params, rest)
         members.append((spec, fresh(params), fresh(rest)))
     spec = members[0][0]
     if seeds == 1:
@@ -250,6 +261,19 @@ def lr_range_test(
     check_loop(loop)
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
+    memory: dict[str, Any] = {}
+
+    def check(spec, params, rest):
+        opt = jax.eval_shape(make_optimizer(optimizer, init_value).init, params)
+        member = tree_bytes(params) + tree_bytes(rest) + tree_bytes(opt)
+        batch = 0
+        if is_arrays(data):
+            per_example = tree_bytes(jax.tree.map(lambda a: a[:1], data))
+            batch = per_example * (32 if batch_size is None else batch_size) * k
+        memory.update(estimate_population(member, batch, seeds))
+        check_memory(memory, "seeds (--seeds)")
+
+    spec, params, rest = init_members(model, key, seeds, check)
     seed_keys = [jax.random.fold_in(key, s) for s in range(seeds)]
     mesh = population_mesh(seeds, "seed") if seeds > 1 else None
     P = jax.sharding.PartitionSpec
@@ -286,7 +310,6 @@ def lr_range_test(
     )
     tx = make_optimizer(optimizer, sweep(init_value, end_value, num_steps))
     loss_fn = classification_loss() if loss_fn is None else loss_fn
-    spec, params, rest = init_members(model, key, seeds)
 
     def build(unroll: bool):
         return make_step(
@@ -377,6 +400,7 @@ def lr_range_test(
         "chunks": len(plan),
         "chunk_steps": plan[0][1] - plan[0][0],
         "data": "arrays" if isinstance(source, ArraySource) else "iterable",
+        "memory": memory,
     }
     if isinstance(source, IterSource):
         config.update(batches_skipped=source.skipped, data_restarts=source.restarts)

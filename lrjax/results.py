@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -50,3 +51,57 @@ def tree_bytes(tree: Any) -> int:
     return int(
         sum(np.dtype(a.dtype).itemsize * np.size(a) for a in jax.tree.leaves(tree))
     )
+
+
+class MemoryRefused(ValueError):
+    """A request that cannot fit in the device's memory (refused before it starts)."""
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """What one device can hold: its allocator limit, or the host's free memory."""
+    device = device or jax.local_devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # not every backend reports (the CPU client raises or is empty)
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_population(member_bytes: int, batch_bytes: int, members: int) -> dict:
+    """Bytes a vmapped population needs before activations: every member's state
+    (params, model state, optimizer state) twice (the donated carry and its update)
+    and its batch, over as many devices as hold the population."""
+    local = jax.local_devices()
+    # CPU host devices share one memory; accelerators each hold their share.
+    devices = 1 if local[0].platform == "cpu" else max(1, min(members, len(local)))
+    total = members * (2 * member_bytes + batch_bytes)
+    return {
+        "member_state_bytes": int(member_bytes),
+        "batch_bytes": int(batch_bytes),
+        "members": int(members),
+        "estimate_bytes": int(total),
+        "per_device_bytes": int(-(-total // devices)),
+        "device_limit_bytes": device_memory_bytes(),
+    }
+
+
+def check_memory(estimate: dict, flag: str) -> None:
+    """Refuses, in one line, a population whose estimate exceeds the device.
+
+    Raises:
+      MemoryRefused: naming the estimate, the limit and the setting to change.
+    """
+    limit, need = estimate["device_limit_bytes"], estimate["per_device_bytes"]
+    if limit is not None and need > limit:
+        raise MemoryRefused(
+            f"{estimate['members']} members need about {need / 2**30:.1f} GiB per "
+            f"device ({estimate['member_state_bytes'] / 2**20:.2f} MiB of state and "
+            f"{estimate['batch_bytes'] / 2**20:.2f} MiB of batch each, before "
+            f"activations), more than the {limit / 2**30:.1f} GiB available; "
+            f"lower {flag}"
+        )

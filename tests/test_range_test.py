@@ -502,3 +502,29 @@ def test_result_json_has_no_nan(images):
     )
     text = json.dumps(r.to_json(), allow_nan=False)  # raises on NaN/inf
     assert '"suggested_lr"' in text and '"accuracy"' in text
+
+
+def test_an_impossible_population_is_refused_before_it_starts(images):
+    built = []
+
+    def factory(k):
+        built.append(k)
+        return mlp(k)
+
+    with pytest.raises(ValueError, match=r"1000000 members need about .* lower seeds"):
+        lrjax.lr_range_test(
+            factory, optax.sgd, images, key=jax.random.key(0), seeds=10**6
+        )
+    assert len(built) == 1  # refused from the first member's size, not after building
+
+
+def test_the_memory_estimate_is_in_the_result(images):
+    r = lrjax.lr_range_test(
+        mlp, optax.adam, images, key=jax.random.key(0), seeds=2, num_steps=4
+    )
+    mem = r.config["memory"]
+    n_params = 784 * 32 + 32 + 32 * 10 + 10
+    assert (
+        mem["member_state_bytes"] == 4 * (3 * n_params) + 4 + 4
+    )  # adam: mu, nu, count
+    assert mem["batch_bytes"] == (28 * 28 + 4) * 32 and mem["members"] == 2
