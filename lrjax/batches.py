@@ -296,6 +296,3 @@ def scale_images(batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Arr
     """
     x, y = batch
     return x.astype(jnp.float32) / 255.0, y
-
-
-_is_arrays = is_arrays  # the earlier private name (lrjax.fit still uses it)

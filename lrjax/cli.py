@@ -99,25 +99,6 @@ def load_data(args: argparse.Namespace):
     return ds
 
 
-def build_mlp(ds, hidden: tuple[int, ...], key):
-    """The command lines' MLP for dataset ``ds``: ``(apply, params, init)``.
-
-    ``params`` are initialised from ``key``; ``init(k)`` initialises fresh params
-    from another key (one per seed).
-    """
-    import math
-
-    from lrjax.models import mlp
-
-    input_size = math.prod(ds.x_train.shape[1:])
-
-    def init(k):
-        return mlp(input_size, ds.num_classes, hidden, key=k)[1]
-
-    apply, params = mlp(input_size, ds.num_classes, hidden, key=key)
-    return apply, params, init
-
-
 def save_png(fig, path: Path, dpi: int = 110) -> None:
     """Saves a matplotlib figure atomically as PNG and closes it."""
     import io

@@ -33,9 +33,9 @@ from lrjax import ensembles
 from lrjax.batches import (
     ArraySource,
     IterSource,
-    _is_arrays,
     batch_indices,
     check_batch_size,
+    is_arrays,
     leading_size,
 )
 from lrjax.hooks import (
@@ -194,7 +194,7 @@ class Evaluator:
         self.batch_size = batch_size
 
     def __call__(self, params, model_state, data) -> dict[str, float]:
-        if _is_arrays(data):
+        if is_arrays(data):
             n = leading_size(data, "data")
             bs = self.batch_size
             batches = (
@@ -365,7 +365,7 @@ def fit(
                 lambda a: jax.lax.with_sharding_constraint(a, shard), batch
             )
 
-    if _is_arrays(data):
+    if is_arrays(data):
         n, b = leading_size(data, "data"), cfg.batch_size
         spe = (n // check_batch_size(b, n)) // k
         if spe < 1:
@@ -423,7 +423,7 @@ def fit(
     best_state = fresh(best_state)
     del params, rest
 
-    if rep is not None and _is_arrays(val_data):
+    if rep is not None and is_arrays(val_data):
         val_data = jax.device_put(val_data, rep)
     evaluator = Evaluator(spec, loss_fn, eval_fn, preprocess, cfg.eval_batch_size)
     ens_val = None

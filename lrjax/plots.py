@@ -174,7 +174,7 @@ def plot_grid(result, ax: Axes | None = None, suggestions=None) -> Axes:
     """Final validation accuracy vs lr (log axis): mean over seeds, min-max band.
 
     Args:
-      result: a :class:`lrjax.population.GridResult`.
+      result: a :class:`lrjax.lr_grid.GridResult`.
       ax: the Axes to draw on (a new figure when None).
       suggestions: optional ``{method: lr}`` (e.g. a range test's
         ``suggestions``), each drawn as a vertical line.

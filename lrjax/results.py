@@ -47,10 +47,14 @@ def population_mesh(size: int, axis: str = "pop") -> jax.sharding.Mesh | None:
 
 
 def tree_bytes(tree: Any) -> int:
-    """Bytes of every array leaf of ``tree``."""
-    return int(
-        sum(np.dtype(a.dtype).itemsize * np.size(a) for a in jax.tree.leaves(tree))
-    )
+    """Bytes of every array leaf of ``tree`` (an rng key counts as its raw data)."""
+
+    def nbytes(a):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a = jax.eval_shape(jax.random.key_data, a)
+        return np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a)))
+
+    return int(sum(nbytes(a) for a in jax.tree.leaves(tree)))
 
 
 class MemoryRefused(ValueError):

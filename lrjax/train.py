@@ -341,7 +341,7 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
                 f"cycles of {cycle} steps in {args.epochs} epochs"
             )
         # The last M cycle ends (for cosine_restarts without a long first cycle
-        # this is lrjax.snapshots.snapshot_steps).
+        # this is lrjax.ensembles.snapshot_steps).
         snaps = np.asarray(ends[-args.snapshots :], np.int64)
     desc["cycle_ends"] = [int(e) for e in ends]
     return sched, desc, snaps

@@ -8,15 +8,16 @@ import sys
 import lrjax
 
 PUBLIC = {
-    "CheckpointError", "Dataset", "DatasetError", "FitResult", "GridResult",
-    "METHODS", "RangeTestResult", "Schedule", "SnapshotBuffer", "TrainState",
-    "accuracy_at", "cosine_restart_steps", "cosine_restarts", "cyclic", "data_mesh",
-    "ensemble_curve", "ensemble_predict", "exp_range", "exponential_sweep", "fit",
-    "find_divergence", "init_buffer", "linear_sweep", "load_dataset", "lr_grid",
-    "lr_range_test", "make_evaluate", "make_optimizer", "make_step", "member_probs",
-    "mlp", "plot_grid", "plot_learning_curves", "plot_range_test", "smooth",
-    "snapshot_steps", "step_decay", "stop_on_signals", "suggest", "triangular",
-    "triangular2",
+    "CheckpointError", "Dataset", "DatasetError", "FitConfig", "FitResult",
+    "GridResult", "Hook", "METHODS", "RangeTestResult", "Schedule", "SnapshotBuffer",
+    "StopOnSignals", "TrainState", "accuracy_at", "classification_loss",
+    "cosine_restart_steps", "cosine_restarts", "cyclic", "data_mesh",
+    "ensemble_curve", "ensemble_predict", "evaluate", "exp_range",
+    "exponential_sweep", "find_divergence", "fit", "init_buffer", "linear_sweep",
+    "load_dataset", "lr_grid", "lr_range_test", "make_optimizer", "make_step",
+    "member_probs", "mlp", "plot_grid", "plot_learning_curves", "plot_range_test",
+    "scale_images", "smooth", "snapshot_steps", "split_model", "step_decay",
+    "suggest", "triangular", "triangular2",
 }  # fmt: skip
 
 

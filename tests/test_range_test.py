@@ -524,7 +524,6 @@ def test_the_memory_estimate_is_in_the_result(images):
     )
     mem = r.config["memory"]
     n_params = 784 * 32 + 32 + 32 * 10 + 10
-    assert (
-        mem["member_state_bytes"] == 4 * (3 * n_params) + 4 + 4
-    )  # adam: mu, nu, count
+    # params, adam's mu and nu; adam's count, inject_hyperparams' count and lr
+    assert mem["member_state_bytes"] == 4 * (3 * n_params) + 3 * 4
     assert mem["batch_bytes"] == (28 * 28 + 4) * 32 and mem["members"] == 2
