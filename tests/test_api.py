@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -30,9 +31,20 @@ def test_public_names_are_pinned():
 def test_import_does_not_load_the_command_lines():
     code = (
         "import sys, lrjax; "
-        "print(sorted(m for m in ('lrjax.find', 'lrjax.train', 'lrjax.grid') "
-        "if m in sys.modules))"
+        "print(sorted(m for m in sys.modules if m.startswith('lrjax.cli') "
+        "or m in ('lrjax.find', 'lrjax.train', 'lrjax.grid')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == "[]"
+
+
+def test_console_scripts_run_the_command_lines():
+    """``lrjax-find`` etc. ([project.scripts]) beside ``python -m lrjax.find``."""
+    bindir = pathlib.Path(sys.executable).parent
+    for name in ("find", "train", "grid"):
+        out = subprocess.run(
+            [str(bindir / f"lrjax-{name}"), "--help"], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"usage: python -m lrjax.{name} ")

@@ -1,4 +1,5 @@
-"""Pieces shared by the command lines: one-line errors, output dirs, JAX setup."""
+"""The command lines (find, train, grid) and the pieces they share: one-line errors,
+output dirs, JAX setup, model and optimizer flags."""
 
 from __future__ import annotations
 

@@ -1,0 +1,235 @@
+"""``python -m lrjax.grid``: train a grid of learning rates at once and compare them.
+
+One model per (lr, seed), log-spaced lrs from ``--min-lr`` to ``--max-lr``, trained
+for ``--epochs`` in one vmapped program (:func:`lrjax.lr_grid.lr_grid`); writes
+``grid.json`` and ``grid.png`` (final validation accuracy vs lr). With ``--find`` the
+range test runs first with the same model and optimizer and its suggestions are
+marked on the plot, so a suggestion can be checked against the ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from lrjax.cli import (
+    ArgumentParser,
+    UsageError,
+    add_model_args,
+    fail,
+    int_at_least,
+    load_data,
+    optimizer_factory,
+    positive_float,
+    prepare_out_dir,
+    save_png,
+    setup_jax,
+    write_atomic,
+)
+
+PROG = "lrjax.grid"
+SCHEDULES = ("constant", "cosine", "restarts", "step")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m lrjax.grid",
+        description="Train one model per learning rate (and seed) in one compiled "
+        "program and report validation accuracy per lr.",
+    )
+    add_model_args(p)
+    p.add_argument("--min-lr", type=positive_float, default=1e-3)
+    p.add_argument("--max-lr", type=positive_float, default=1.0)
+    p.add_argument(
+        "--num", type=int_at_least(2), default=12, help="lrs, log-spaced (default 12)"
+    )
+    p.add_argument(
+        "--seeds", type=int_at_least(1), default=1, help="seeds per lr (default 1)"
+    )
+    p.add_argument("--epochs", type=int_at_least(1), default=1)
+    p.add_argument(
+        "--schedule",
+        default="constant",
+        choices=SCHEDULES,
+        help="shape scaled by each lr: constant, cosine (one cosine decay over the "
+        "run), restarts (a cosine cycle per epoch), step (halve every epoch)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--find",
+        action="store_true",
+        help="run the range test first (same model, optimizer, seeds) and mark its "
+        "suggestions",
+    )
+    p.add_argument("--find-min-lr", type=positive_float, default=1e-5)
+    p.add_argument("--find-max-lr", type=positive_float, default=10.0)
+    p.add_argument("--out", default=None, help="output directory (default runs/grid-*)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--json", action="store_true", help="print the JSON result")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def _check(args) -> None:
+    if args.min_lr >= args.max_lr:
+        raise UsageError(
+            f"--min-lr must be < --max-lr, got {args.min_lr:g} >= {args.max_lr:g}"
+        )
+    if args.find and args.find_min_lr >= args.find_max_lr:
+        raise UsageError(
+            f"--find-min-lr must be < --find-max-lr, got {args.find_min_lr:g} >= "
+            f"{args.find_max_lr:g}"
+        )
+
+
+def unit_schedule(name: str, steps_per_epoch: int, epochs: int):
+    """The schedule's shape with peak 1; each member applies ``lr * shape(t)``."""
+    from lrjax import schedules
+
+    if name == "constant":
+        return None
+    if name == "cosine":  # a single cosine cycle over the whole run, down to 0
+        return schedules.cosine_restarts(1.0, first_period=steps_per_epoch * epochs)
+    if name == "restarts":
+        return schedules.cosine_restarts(1.0, first_period=steps_per_epoch)
+    return schedules.step_decay(1.0, 0.5, steps_per_epoch)
+
+
+def _summary(r, find, out, total_s) -> str:
+    acc = r.final_accuracy()
+    lines = [f"{'lr':>10}  val acc (mean over {r.seeds} seed(s), epoch {r.epochs})"]
+    for lr, a, row in zip(r.lrs, acc, r.val_accuracy[:, :, -1], strict=True):
+        band = f"  [{row.min():.4f}, {row.max():.4f}]" if r.seeds > 1 else ""
+        mark = "  <- best" if lr == r.best_lr else ""
+        lines.append(f"{lr:10.4g}  {a:.4f}{band}{mark}")
+    lines.append(f"best lr: {r.best_lr:.4g} (val acc {r.best_accuracy:.4f})")
+    if find is not None:
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        lines.append(
+            "range test: "
+            + "  ".join(f"{m}={fmt(v)}" for m, v in find.suggestions.items())
+        )
+    t, m = r.timings, r.memory
+    lines += [
+        f"population: {m['members']} models, {m['state_bytes'] / 2**20:.1f} MiB of "
+        f"params + optimizer state",
+        f"time: compile {t['compile_s']:.2f} s, run {t['run_s']:.2f} s, total "
+        f"{total_s:.2f} s on {r.device}",
+        f"written to: {out}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    try:
+        args = build_parser().parse_args(argv)
+        _check(args)
+    except (UsageError, ValueError) as e:
+        return fail(PROG, str(e))
+    hidden = args.hidden
+
+    population = args.num * args.seeds
+    setup_jax(min(os.cpu_count() or 1, population))
+
+    import math
+
+    import jax
+    import numpy as np
+
+    from lrjax import data
+    from lrjax.batches import scale_images
+    from lrjax.lr_grid import lr_grid
+    from lrjax.models import mlp
+    from lrjax.range_test import lr_range_test
+
+    try:
+        ds = load_data(args)
+        if len(ds.y_val) == 0:
+            raise UsageError(f"dataset {args.dataset} has no validation split")
+        opt = optimizer_factory(args.optimizer)
+        out = prepare_out_dir(args.out, "grid", args.force)
+    except (UsageError, data.DatasetError) as e:
+        return fail(PROG, str(e))
+
+    key = jax.random.key(args.seed)
+    input_size = math.prod(ds.x_train.shape[1:])
+
+    def model(k):  # one initialisation per seed
+        return mlp(input_size, ds.num_classes, hidden, key=k)
+
+    progress = not args.quiet and sys.stderr.isatty()
+    find = None
+    if args.find:
+        find = lr_range_test(
+            model,
+            opt,
+            (ds.x_train, ds.y_train),
+            key=key,
+            preprocess=scale_images,
+            batch_size=args.batch_size,
+            init_value=args.find_min_lr,
+            end_value=args.find_max_lr,
+            seeds=args.seeds,
+            progress=progress,
+        )
+    lrs = np.geomspace(args.min_lr, args.max_lr, args.num)
+    steps = len(ds.y_train) // args.batch_size
+    result = lr_grid(
+        model,
+        opt,
+        (ds.x_train, ds.y_train),
+        (ds.x_val, ds.y_val),
+        lrs=lrs,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        schedule=unit_schedule(args.schedule, steps, args.epochs),
+        preprocess=scale_images,
+        key=key,
+        progress=progress,
+    )
+    result.config.update(
+        dataset=args.dataset,
+        optimizer=args.optimizer,
+        hidden=list(hidden),
+        seed=args.seed,
+        schedule=args.schedule,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+    )
+    doc = result.to_json()
+    if find is not None:
+        doc["range_test"] = {
+            "suggestions": find.suggestions,
+            "suggested_lr": find.suggested_lr,
+            "method": find.method,
+            "diverged_at_lr": find.diverged_at_lr,
+            "spread": find.spread,
+            "steps_run": find.steps_run,
+            "timings": find.timings,
+            "config": find.config,
+        }
+    write_atomic(out / "grid.json", json.dumps(doc, indent=1) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lrjax.plots import plot_grid
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    plot_grid(result, ax, suggestions=None if find is None else find.suggestions)
+    save_png(fig, out / "grid.png")
+    if args.json:
+        print(json.dumps(doc))
+    elif not args.quiet:
+        print(_summary(result, find, out, time.perf_counter() - t_start))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
