@@ -36,7 +36,14 @@ import numpy as np
 from lrjax.batches import ArraySource, leading_size
 from lrjax.loop import ChunkEnd, Program, check_loop, drive, epoch_plan
 from lrjax.range_test import init_members
-from lrjax.results import describe_devices, json_floats, population_mesh
+from lrjax.results import (
+    check_memory,
+    describe_devices,
+    estimate_population,
+    json_floats,
+    population_mesh,
+    tree_bytes,
+)
 from lrjax.step import (
     LossFn,
     OptimizerFactory,
@@ -66,7 +73,9 @@ class GridResult:
     and ``val_accuracy`` and ``best_accuracy`` are NaN. ``memory`` holds the
     bytes of the population's params, model state and optimizer state
     (``state_bytes``, their sum over members) and of one member
-    (``member_bytes``).
+    (``member_bytes``), and the ``estimate`` that was checked against the
+    device before anything was compiled
+    (:func:`lrjax.results.estimate_population`).
     """
 
     lrs: np.ndarray
@@ -157,17 +166,6 @@ def _check_args(lrs, seeds, epochs, batch_size, eval_batch_size) -> np.ndarray:
         if value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return arr
-
-
-def _state_bytes(tree: Any) -> int:
-    """Bytes of every array of ``tree``, rng keys counted by their key data."""
-
-    def nbytes(a):
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a = jax.random.key_data(a)
-        return np.dtype(a.dtype).itemsize * np.size(a)
-
-    return int(sum(nbytes(a) for a in jax.tree.leaves(tree)))
 
 
 def _arrays(data: Any, name: str) -> Any:
@@ -313,6 +311,9 @@ def lr_grid(
 
     Raises:
       ValueError, TypeError: a bad argument, naming it and what is allowed.
+      lrjax.results.MemoryRefused: a ValueError, in one line, when the
+        population's estimated memory exceeds what the device has; raised
+        after building the first member, before the others or any compile.
     """
     lr_arr = _check_args(lrs, seeds, epochs, batch_size, eval_batch_size)
     check_loop(loop)
@@ -338,6 +339,26 @@ def lr_grid(
     size = num_lrs * seeds
     n_dev = min(len(jax.local_devices()), size)
     padded = -(-size // n_dev) * n_dev
+    estimate: dict[str, Any] = {}
+
+    def check(spec, params, rest):
+        """Refuses an impossible population from its first member, before the
+        other seeds are built and before anything compiles."""
+        one = jax.eval_shape(
+            lambda p, r: GridState(
+                jnp.float32(0), init_state(p, r, make_tx(jnp.float32(0)))
+            ),
+            params,
+            rest,
+        )
+        # A member's inputs: its batch, and with several seeds its own row of
+        # the epoch chunk's indices (int32[steps, batch]).
+        per_example = tree_bytes(jax.tree.map(lambda a: a[:1], train_data))
+        inputs = per_example * batch_size + (4 * steps * batch_size if seeds > 1 else 0)
+        estimate.update(estimate_population(tree_bytes(one), inputs, padded))
+        check_memory(estimate, "the number of lrs or seeds (--num, --seeds)")
+
+    spec, params, rest = init_members(model, key, seeds, check)
     member = np.minimum(np.arange(padded), size - 1)
     lr_of, seed_of = member // seeds, member % seeds
     mesh = population_mesh(padded)
@@ -347,7 +368,6 @@ def lr_grid(
         pop = jax.sharding.NamedSharding(mesh, P("pop"))
         rep = jax.sharding.NamedSharding(mesh, P())
 
-    spec, params, rest = init_members(model, key, seeds)
     seed_keys = [jax.random.fold_in(key, k) for k in range(seeds)]
     base = ArraySource(
         train_data,
@@ -395,12 +415,13 @@ def lr_grid(
         make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess),
         in_axes=(0, 0, None),
     )
-    member_bytes = _state_bytes(state.train) // padded
+    member_bytes = tree_bytes(state.train) // padded
     memory = {
         "state_bytes": member_bytes * size,
         "member_bytes": member_bytes,
         "members": size,
         "padded_members": padded,
+        "estimate": estimate,
     }
 
     # Compile the epoch and the evaluation before the clock starts ("auto"

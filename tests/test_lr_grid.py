@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from flax import nnx
 from lrjax.batches import batch_indices, scale_images
 from lrjax.lr_grid import accuracy_at, lr_grid
 from lrjax.models import mlp, pure
+from lrjax.results import MemoryRefused, tree_bytes
 from lrjax.schedules import cosine_restarts
 from lrjax.step import (
     classification_loss,
@@ -256,6 +258,61 @@ def test_result_fields_memory_and_best_lr():
     assert np.array(doc["val_accuracy"]).shape == (4, 2, 1)
     assert r.timings["compile_s"] > 0 and r.timings["run_s"] > 0
     assert r.device.startswith(jax.devices()[0].platform)
+
+
+def test_memory_estimate_is_the_member_state_twice_plus_its_inputs():
+    """The estimate counts each member's exact state (its lr, step, params,
+    optimizer state), twice, plus its batch and its row of the epoch's indices."""
+    model = init(jax.random.key(3))
+    r = grid(model, optax.adam, lrs=[0.01, 0.1], seeds=2, key=jax.random.key(1))
+    est = r.memory["estimate"]
+    assert est["member_state_bytes"] == r.memory["member_bytes"] + 4  # + the lr
+    per_example = X[0].nbytes + Y[0].nbytes
+    steps = N_TRAIN // BATCH
+    assert est["batch_bytes"] == BATCH * per_example + 4 * steps * BATCH
+    assert est["members"] == 4
+    assert est["estimate_bytes"] == 4 * (
+        2 * est["member_state_bytes"] + est["batch_bytes"]
+    )
+    assert est["device_limit_bytes"] > est["per_device_bytes"] > 0
+    doc = json.loads(json.dumps(r.to_json()))
+    assert doc["memory"]["estimate"] == est
+    # one seed: the members share the batch indices
+    one = grid(model, optax.adam, lrs=[0.01, 0.1], key=jax.random.key(1))
+    assert one.memory["estimate"]["batch_bytes"] == BATCH * per_example
+
+
+def test_a_population_over_the_device_limit_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr("lrjax.results.device_memory_bytes", lambda: 2**19)
+    member = 4 + tree_bytes(init_state(*split_model(init(jax.random.key(0)))[1:],
+                                       make_optimizer(optax.sgd, 0.1)))  # fmt: skip
+    assert 4 * member < 2**19 < 100 * 2 * member  # one fits, 100 do not
+    grid(init, optax.sgd, lrs=[0.1], key=jax.random.key(0))  # fits: runs
+    with pytest.raises(MemoryRefused) as e:
+        grid(init, optax.sgd, lrs=np.geomspace(1e-3, 1, 50), seeds=2,
+             key=jax.random.key(0))  # fmt: skip
+    message = str(e.value)
+    assert "\n" not in message and isinstance(e.value, ValueError)
+    assert message.startswith("100 members need about ")
+    assert " GiB available; lower the number of lrs or seeds " in message
+    assert message.endswith("(--num, --seeds)")
+
+
+def test_an_impossible_population_is_refused_in_seconds_before_it_is_built():
+    """10 million members: refused from the first member, not after building 100
+    seeds' models, 10 million lr states or compiling."""
+    calls = []
+
+    def factory(k):
+        calls.append(k)
+        return init(k)
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^10000000 members need about \d+\.\d GiB"):
+        grid(factory, optax.sgd, lrs=np.geomspace(1e-3, 1, 100_000), seeds=100,
+             key=jax.random.key(0))  # fmt: skip
+    assert time.perf_counter() - t0 < 10
+    assert len(calls) == 1
 
 
 def test_dispatch_loop_gives_the_scan_numbers():
