@@ -6,17 +6,30 @@ BEFORE its update. The sweep runs as compiled chunks (:mod:`lrjax.loop`); betwee
 chunks the host smooths the losses, checks for divergence (:mod:`lrjax.suggest`)
 and stops once every seed has diverged. The caller's model is never changed: the
 sweep trains copies of its arrays.
+
+``sweep_over={"weight_decay": [0.0, 1e-4, 1e-3]}`` runs one lr sweep per value of
+a second hyperparameter in the SAME compiled program (Smith 2018, "A disciplined
+approach to neural network hyper-parameters"): the optimizer factory is called as
+``optimizer(learning_rate, weight_decay=value)`` inside
+``optax.inject_hyperparams``, so each member's value is data in its optimizer
+state (``opt_state.hyperparams["weight_decay"]``), not a constant of the
+program. With ``seeds`` on top the population is values x seeds members; member
+``(v, s)`` uses seed ``s``'s initialisation and batch order, so values are
+compared on equal footing. :func:`lrjax.suggest.recommend` picks the value.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from lrjax import schedules
@@ -44,10 +57,13 @@ from lrjax.step import (
 from lrjax.suggest import (
     DEFAULT_METHOD,
     METHODS,
+    SWEEP_TOLERANCE,
     DivergenceTracker,
     Smoother,
+    curve_minimum,
     median,
     pick,
+    recommend,
     suggest,
 )
 
@@ -85,10 +101,12 @@ class RangeTestResult:
     timings: dict[str, Any]
     device: str
     config: dict[str, Any]
+    sweep: SweepResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN and inf become None)."""
 
+        extra = {} if self.sweep is None else {"sweep": self.sweep.to_json()}
         return {
             "suggested_lr": self.suggested_lr,
             "method": self.method,
@@ -106,7 +124,247 @@ class RangeTestResult:
             "timings": self.timings,
             "device": self.device,
             "config": self.config,
+            **extra,
         }
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """Every value's range test when ``sweep_over`` is given. Arrays are numpy.
+
+    ``losses``, ``smoothed_losses`` and each of ``metrics`` are ``[values,
+    steps_run]`` for one seed and ``[values, seeds, steps_run]`` for several (the
+    lrs are the range test's ``lrs``, shared by all). Per value ``i``:
+    ``suggestions[i]`` (median over seeds of every method), ``suggested_lr[i]``
+    (the chosen method's), ``diverged_at_lr[i]``, ``diverged_at_step[i]`` (per
+    seed), ``min_loss[i]`` (median over seeds of the lowest smoothed loss before
+    divergence) and ``spread[i]`` (as :class:`RangeTestResult`'s). ``best`` is the
+    index :func:`lrjax.suggest.recommend` picks, ``value`` and ``lr`` the
+    recommended pair (None when no value gave a usable curve).
+    """
+
+    name: str
+    values: list[float]
+    losses: np.ndarray
+    smoothed_losses: np.ndarray
+    metrics: dict[str, np.ndarray]
+    suggestions: list[dict[str, float | None]]
+    suggested_lr: list[float | None]
+    diverged_at_lr: list[float | None]
+    diverged_at_step: list[list[int | None]]
+    min_loss: list[float | None]
+    spread: list[dict[str, Any] | None]
+    best: int | None
+    value: float | None
+    lr: float | None
+    tolerance: float
+    rule: str = (
+        "lowest minimum smoothed loss (minima within tolerance of the lowest tie), "
+        "then the latest divergence (no divergence = latest), then the lower "
+        "minimum, then the first value; values without a suggested lr only if "
+        "none has one"
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN and inf become None)."""
+        return {
+            "name": self.name,
+            "values": self.values,
+            "recommended": {"index": self.best, "value": self.value, "lr": self.lr},
+            "rule": self.rule,
+            "tolerance": self.tolerance,
+            "min_loss": self.min_loss,
+            "suggested_lr": self.suggested_lr,
+            "suggestions": self.suggestions,
+            "diverged_at_lr": self.diverged_at_lr,
+            "diverged_at_step": self.diverged_at_step,
+            "spread": self.spread,
+            "losses": json_floats(self.losses),
+            "smoothed_losses": json_floats(self.smoothed_losses),
+            "metrics": {k: json_floats(v) for k, v in self.metrics.items()},
+        }
+
+
+# Values a hyperparameter of this name may take, checked before anything runs.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (lambda v: v > 0, "> 0"),
+}
+
+
+def sweepable(optimizer: OptimizerFactory) -> list[str] | None:
+    """The hyperparameters ``sweep_over`` may name: the factory's keywords.
+
+    Every keyword parameter after the first (the learning rate) whose default is
+    a number or None, dtypes and masks aside; None when the factory takes
+    ``**kwargs`` (any name is then tried) or has no readable signature.
+
+    >>> sweepable(lambda lr, weight_decay=0.0, nesterov=False: None)
+    ['weight_decay']
+    >>> sweepable(optax.sgd)
+    ['momentum']
+    """
+    try:
+        params = list(inspect.signature(optimizer).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    kinds = inspect.Parameter
+    if any(p.kind is kinds.VAR_KEYWORD for p in params):
+        return None
+    first = next(
+        (
+            p
+            for p in params
+            if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+        ),
+        None,
+    )
+    return [
+        p.name
+        for p in params
+        if p is not first
+        and p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+        and not isinstance(p.default, bool | str)
+        and (p.default is None or isinstance(p.default, int | float))
+        and not p.name.endswith("dtype")
+        and p.name != "mask"
+    ]
+
+
+def check_sweep(
+    sweep_over: Mapping[str, Sequence[float]], optimizer: OptimizerFactory
+) -> tuple[str, list[float]]:
+    """``sweep_over -> (name, values)``, checked against the optimizer factory.
+
+    Raises:
+      ValueError: not one hyperparameter, a name the factory does not take (the
+        message lists those it does), an empty, non-numeric, non-finite or
+        repeated value list, or a value out of the name's range (weight decay
+        ``>= 0``, momentum ``in [0, 1)``, ...).
+    """
+    example = "e.g. {'weight_decay': [0.0, 1e-5, 1e-4, 1e-3]}"
+    if not isinstance(sweep_over, Mapping) or len(sweep_over) != 1:
+        got = list(sweep_over) if isinstance(sweep_over, Mapping) else sweep_over
+        raise ValueError(
+            f"sweep_over must map ONE hyperparameter name to its values, {example}; "
+            f"got {got!r}"
+        )
+    ((name, values),) = sweep_over.items()
+    if name in ("learning_rate", "lr"):
+        raise ValueError(
+            "sweep_over cannot name the learning rate: the range test sweeps it"
+        )
+    names = sweepable(optimizer)
+    if names is not None and name not in names:
+        takes = (
+            f"it takes {', '.join(names)}"
+            if names
+            else "it takes none besides the learning rate; give a factory with the "
+            "keyword, e.g. lambda lr, weight_decay=0.0: "
+            "optax.adamw(lr, weight_decay=weight_decay)"
+        )
+        raise ValueError(f"the optimizer has no hyperparameter {name!r}; {takes}")
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
+        raise ValueError(
+            f"sweep_over[{name!r}] must be a list of numbers, got {values!r}"
+        )
+    out = []
+    for v in list(values):
+        if isinstance(v, bool) or not isinstance(
+            v, int | float | np.integer | np.floating
+        ):
+            raise ValueError(f"sweep_over[{name!r}] values must be numbers, got {v!r}")
+        if not math.isfinite(v):
+            raise ValueError(f"sweep_over[{name!r}] values must be finite, got {v}")
+        out.append(float(v))
+    if not out:
+        raise ValueError(f"sweep_over[{name!r}] is empty; give at least one value")
+    if len(set(out)) != len(out):
+        raise ValueError(f"sweep_over[{name!r}] repeats a value: {out}")
+    if name in _RANGES:
+        ok, allowed = _RANGES[name]
+        bad = [v for v in out if not ok(v)]
+        if bad:
+            raise ValueError(f"{name} must be {allowed}, got {bad[0]:g}")
+    return name, out
+
+
+def _sweep_optimizer(optimizer: OptimizerFactory, name: str):
+    """``(learning_rate, value) -> inject_hyperparams`` transformation.
+
+    The value is injected under its own name, so it is a numeric hyperparameter
+    of the state (``opt_state.hyperparams[name]``) that every update reads: a
+    traced value per member makes it data of the vmapped population.
+    """
+
+    def factory(learning_rate, **value):
+        return optimizer(learning_rate, **value)
+
+    kind = inspect.Parameter
+    factory.__signature__ = inspect.Signature(
+        [
+            kind("learning_rate", kind.POSITIONAL_OR_KEYWORD),
+            kind(name, kind.KEYWORD_ONLY),
+        ]
+    )
+
+    def make(learning_rate, value):
+        return optax.inject_hyperparams(factory)(
+            learning_rate=learning_rate, **{name: value}
+        )
+
+    return make
+
+
+class _PerMember:
+    """A source's per-seed batch indices given to a values x seeds population."""
+
+    gathers = True
+
+    def __init__(self, base: ArraySource, seed_of: np.ndarray, sharding):
+        self.base, self.seed_of, self.sharding = base, seed_of, sharding
+
+    @property
+    def data(self):
+        return self.base.data
+
+    def chunk(self, lo: int, hi: int) -> jax.Array:
+        idx = self.base.chunk(lo, hi)[:, self.seed_of]  # [C, values * seeds, ...]
+        return idx if self.sharding is None else jax.device_put(idx, self.sharding)
+
+
+def _summarize(lrs, smoothed, diverged, method: str) -> dict[str, Any]:
+    """Suggestions, divergence and spread of one set of seeds (rows of a curve)."""
+    seeds = len(smoothed)
+    per_seed = [suggest(lrs, smoothed[s], diverged[s]) for s in range(seeds)]
+    half = (seeds + 1) // 2
+    suggestions = {m: median([p[m] for p in per_seed], at_least=half) for m in METHODS}
+    div_lrs = [float(lrs[d]) if d is not None else None for d in diverged]
+    spread = None
+    if seeds > 1:
+        chosen = [pick(p, method) for p in per_seed]
+        valid = [v for v in chosen if v is not None]
+        spread = {
+            "per_seed": chosen,
+            "min": min(valid) if valid else None,
+            "max": max(valid) if valid else None,
+            "per_method": {m: [p[m] for p in per_seed] for m in METHODS},
+            "diverged_at_lr": div_lrs,
+        }
+    minima = [curve_minimum(smoothed[s], diverged[s]) for s in range(seeds)]
+    finite = sorted(v for v in minima if v is not None)
+    return {
+        "suggestions": suggestions,
+        "suggested_lr": pick(suggestions, method),
+        "diverged_at_lr": median(div_lrs, at_least=half),
+        "diverged_at_step": list(diverged),
+        "spread": spread,
+        "min_loss": float(np.median(finite)) if len(finite) >= half else None,
+    }
 
 
 def _check_range_args(init_value, end_value, mode, seeds, beta, threshold, method):
@@ -205,6 +463,7 @@ def lr_range_test(
     chunks: int = 8,
     loop: str = "auto",
     progress: bool = False,
+    sweep_over: Mapping[str, Sequence[float]] | None = None,
 ) -> RangeTestResult:
     """Runs the learning-rate range test and suggests a learning rate.
 
@@ -247,9 +506,21 @@ def lr_range_test(
       loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
         (:mod:`lrjax.loop`); the choice is ``timings["loop"]``.
       progress: show a tqdm progress bar.
+      sweep_over: ``{name: values}`` of ONE more hyperparameter, e.g.
+        ``{"weight_decay": [0.0, 1e-5, 1e-4, 1e-3]}``: one lr sweep per value in
+        the same compiled program, ``optimizer`` called as
+        ``optimizer(learning_rate, name=value)`` (e.g. ``lambda lr,
+        weight_decay=0.0: optax.adamw(lr, weight_decay=weight_decay)``, or
+        ``optax.sgd`` with ``"momentum"``); the value is injected by
+        ``optax.inject_hyperparams``, so it is data, not a recompile.
 
     Returns:
-      A :class:`RangeTestResult`.
+      A :class:`RangeTestResult`. With ``sweep_over``, ``sweep`` is a
+      :class:`SweepResult` holding every value's curves, suggestions, divergence
+      and the recommended ``(value, lr)`` (:func:`lrjax.suggest.recommend`), and
+      the other fields describe the recommended value's sweep (the first value's
+      when none is recommended), so the result reads like a plain range test run
+      at that value: ``suggested_lr`` is the recommended lr.
 
     Raises:
       ValueError, TypeError: a bad argument, naming it and what is allowed.
@@ -261,33 +532,64 @@ def lr_range_test(
     check_loop(loop)
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
+    sweep_name, values = None, None
+    if sweep_over is not None:
+        sweep_name, values = check_sweep(sweep_over, optimizer)
+        make_tx = _sweep_optimizer(optimizer, sweep_name)
+    num_values = 1 if values is None else len(values)
+    size = num_values * seeds  # the population: member v * seeds + s
     memory: dict[str, Any] = {}
 
     def check(spec, params, rest):
-        opt = jax.eval_shape(make_optimizer(optimizer, init_value).init, params)
+        if values is None:
+            opt = jax.eval_shape(make_optimizer(optimizer, init_value).init, params)
+        else:
+            for v in values:  # the optimizer itself may reject a value
+                try:
+                    tx = optimizer(init_value, **{sweep_name: v})
+                    jax.eval_shape(tx.init, params)
+                except (TypeError, ValueError, AssertionError) as e:
+                    raise ValueError(
+                        f"the optimizer rejected {sweep_name}={v:g}: {e}"
+                    ) from None
+            try:  # ... or be unable to take it as data (a Python branch on it)
+                opt = jax.eval_shape(make_tx(init_value, values[0]).init, params)
+            except jax.errors.ConcretizationTypeError as e:
+                first = str(e).splitlines()[0]
+                raise ValueError(
+                    f"the optimizer cannot take {sweep_name} as data (it branches "
+                    f"on its value in Python): {first}"
+                ) from None
         member = tree_bytes(params) + tree_bytes(rest) + tree_bytes(opt)
         batch = 0
         if is_arrays(data):
             per_example = tree_bytes(jax.tree.map(lambda a: a[:1], data))
             batch = per_example * (32 if batch_size is None else batch_size) * k
-        memory.update(estimate_population(member, batch, seeds))
-        check_memory(memory, "seeds (--seeds)")
+        memory.update(estimate_population(member, batch, size))
+        check_memory(
+            memory,
+            "seeds (--seeds)" if values is None else "seeds (--seeds) or values",
+        )
 
     spec, params, rest = init_members(model, key, seeds, check)
     seed_keys = [jax.random.fold_in(key, s) for s in range(seeds)]
-    mesh = population_mesh(seeds, "seed") if seeds > 1 else None
+    mesh = population_mesh(size, "seed") if size > 1 else None
     P = jax.sharding.PartitionSpec
     rep = None if mesh is None else jax.sharding.NamedSharding(mesh, P())
+    per_member = (
+        None if mesh is None else jax.sharding.NamedSharding(mesh, P(None, "seed"))
+    )
+    seed_of = np.tile(np.arange(seeds), num_values)
+    swept_seeds = values is not None and seeds > 1 and is_arrays(data)
     source = as_source(
         data,
         batch_size=32 if batch_size is None else batch_size,
         keys=seed_keys if seeds > 1 else seed_keys[0],
         accumulate_steps=k,
         sharding=rep,
-        index_sharding=None
-        if mesh is None
-        else jax.sharding.NamedSharding(mesh, P(None, "seed")),
+        index_sharding=None if swept_seeds else (per_member if seeds > 1 else rep),
     )
+    base = source
     if isinstance(source, IterSource):
         if batch_size is not None:
             raise ValueError(
@@ -304,11 +606,19 @@ def lr_range_test(
     elif num_steps is None:
         num_steps = source.steps_per_epoch // k
     num_steps = _check_steps(num_steps)
+    if swept_seeds:
+        source = _PerMember(base, seed_of, per_member)
 
     sweep = (
         schedules.exponential_sweep if mode == "exponential" else schedules.linear_sweep
     )
-    tx = make_optimizer(optimizer, sweep(init_value, end_value, num_steps))
+    sched = sweep(init_value, end_value, num_steps)
+    if values is None:
+        tx = make_optimizer(optimizer, sched)
+    else:
+        # Every update reads the member's value from its state, so one step (built
+        # at any value) serves the whole population.
+        tx = make_tx(sched, values[0])
     loss_fn = classification_loss() if loss_fn is None else loss_fn
 
     def build(unroll: bool):
@@ -322,18 +632,36 @@ def lr_range_test(
         )
 
     members = None
-    if seeds > 1:
-        members = "own" if isinstance(source, ArraySource) else "shared"
+    if size > 1:
+        own = isinstance(base, ArraySource) and seeds > 1
+        members = "own" if own else "shared"
     program = Program(build, gathers=source.gathers, members=members, loop=loop)
-    init = lambda p, r: init_state(p, r, tx)  # noqa: E731
-    if seeds > 1:
-        init = jax.vmap(init)
     shard = None if mesh is None else jax.sharding.NamedSharding(mesh, P("seed"))
-    state = jax.jit(init, out_shardings=shard)(params, rest)
+    if values is None:
+        init = lambda p, r: init_state(p, r, tx)  # noqa: E731
+        if seeds > 1:
+            init = jax.vmap(init)
+        state = jax.jit(init, out_shardings=shard)(params, rest)
+    else:
+
+        def init(v, s, params, rest):
+            if seeds > 1:
+                params, rest = jax.tree.map(lambda a: a[s], (params, rest))
+            return init_state(params, rest, make_tx(sched, v))
+
+        value_of = np.repeat(np.arange(num_values), seeds)
+        state = jax.jit(
+            jax.vmap(init, in_axes=(0, 0, None, None)), out_shardings=shard
+        )(
+            jnp.asarray(np.asarray(values)[value_of], jnp.float32),
+            jnp.asarray(seed_of, jnp.int32),
+            params,
+            rest,
+        )
     del params, rest
 
-    smoother = Smoother(seeds, smooth_beta)
-    trackers = [DivergenceTracker(diverge_threshold, rebound) for _ in range(seeds)]
+    smoother = Smoother(size, smooth_beta)
+    trackers = [DivergenceTracker(diverge_threshold, rebound) for _ in range(size)]
     parts: dict[str, list[np.ndarray]] = {}
     bar = None
     if progress:
@@ -345,7 +673,7 @@ def lr_range_test(
         n = min(end.hi, num_steps) - end.lo
         for name, v in end.metrics.items():
             v = np.asarray(v, np.float64)[:n]
-            parts.setdefault(name, []).append(v.T if seeds > 1 else v[None])
+            parts.setdefault(name, []).append(v.T if size > 1 else v[None])
         losses = parts["loss"][-1]
         smoothed = smoother.push(losses)
         parts.setdefault("smoothed", []).append(smoothed)
@@ -371,62 +699,84 @@ def lr_range_test(
     losses, smoothed = cat.pop("loss"), cat.pop("smoothed")
     cat.pop("lr")
     diverged = [t.found for t in trackers]
-    per_seed = [suggest(lrs, smoothed[s], diverged[s]) for s in range(seeds)]
-    half = (seeds + 1) // 2
-    suggestions = {m: median([p[m] for p in per_seed], at_least=half) for m in METHODS}
-    div_lrs = [float(lrs[d]) if d is not None else None for d in diverged]
-    spread = None
-    if seeds > 1:
-        chosen = [pick(p, method) for p in per_seed]
-        valid = [v for v in chosen if v is not None]
-        spread = {
-            "per_seed": chosen,
-            "min": min(valid) if valid else None,
-            "max": max(valid) if valid else None,
-            "per_method": {m: [p[m] for p in per_seed] for m in METHODS},
-            "diverged_at_lr": div_lrs,
-        }
-    one = (lambda a: a[0]) if seeds == 1 else (lambda a: a)  # noqa: E731
+    rows = [slice(v * seeds, (v + 1) * seeds) for v in range(num_values)]
+    per_value = [_summarize(lrs, smoothed[r], diverged[r], method) for r in rows]
+    sweep_result = None
+    shown = 0  # the value whose sweep the top-level fields describe
+    if values is not None:
+        best = recommend(
+            [p["min_loss"] for p in per_value],
+            [p["diverged_at_lr"] for p in per_value],
+            [p["suggested_lr"] for p in per_value],
+        )
+        shown = 0 if best is None else best
+
+        def stack(a):  # [values * seeds, T] -> [values, (seeds,) T]
+            a = a.reshape(num_values, seeds, -1)
+            return a[:, 0] if seeds == 1 else a
+
+        sweep_result = SweepResult(
+            name=sweep_name,
+            values=values,
+            losses=stack(losses),
+            smoothed_losses=stack(smoothed),
+            metrics={name: stack(v) for name, v in cat.items()},
+            suggestions=[p["suggestions"] for p in per_value],
+            suggested_lr=[p["suggested_lr"] for p in per_value],
+            diverged_at_lr=[p["diverged_at_lr"] for p in per_value],
+            diverged_at_step=[p["diverged_at_step"] for p in per_value],
+            min_loss=[p["min_loss"] for p in per_value],
+            spread=[p["spread"] for p in per_value],
+            best=best,
+            value=None if best is None else values[best],
+            lr=None if best is None else per_value[best]["suggested_lr"],
+            tolerance=SWEEP_TOLERANCE,
+        )
+    top = per_value[shown]
+    one = (lambda a: a[rows[shown]][0]) if seeds == 1 else (lambda a: a[rows[shown]])  # noqa: E731
     config = {
         "mode": mode,
         "init_value": init_value,
         "end_value": end_value,
         "num_steps": num_steps,
-        "batch_size": source.batch_size,
+        "batch_size": base.batch_size,
         "accumulate_steps": k,
         "smooth_beta": smooth_beta,
         "diverge_threshold": diverge_threshold,
         "rebound": rebound,
         "chunks": len(plan),
         "chunk_steps": plan[0][1] - plan[0][0],
-        "data": "arrays" if isinstance(source, ArraySource) else "iterable",
+        "data": "arrays" if isinstance(base, ArraySource) else "iterable",
         "memory": memory,
     }
-    if isinstance(source, IterSource):
-        config.update(batches_skipped=source.skipped, data_restarts=source.restarts)
+    if values is not None:
+        config["sweep"] = {"name": sweep_name, "values": values, "shown": shown}
+    if isinstance(base, IterSource):
+        config.update(batches_skipped=base.skipped, data_restarts=base.restarts)
     run_s = out.run_s
     return RangeTestResult(
         lrs=lrs,
         losses=one(losses),
         smoothed_losses=one(smoothed),
         metrics={name: one(v) for name, v in cat.items()},
-        diverged_at_lr=median(div_lrs, at_least=half),
-        diverged_at_step=diverged,
-        suggestions=suggestions,
-        suggested_lr=pick(suggestions, method),
+        diverged_at_lr=top["diverged_at_lr"],
+        diverged_at_step=top["diverged_at_step"],
+        suggestions=top["suggestions"],
+        suggested_lr=top["suggested_lr"],
         method=method,
         seeds=seeds,
-        spread=spread,
+        spread=top["spread"],
         steps_run=steps_run,
         stop_reason=out.stop_reason,
         timings={
             "compile_s": program.compile_s,
             "run_s": run_s,
-            "steps_per_s": steps_run * seeds / run_s if run_s > 0 else None,
+            "steps_per_s": steps_run * size / run_s if run_s > 0 else None,
             "loop": program.loop,
         },
         device=describe_devices(
             list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
         ),
         config=config,
+        sweep=sweep_result,
     )

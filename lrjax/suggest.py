@@ -254,3 +254,72 @@ class DivergenceTracker:
                 self.found = i
                 break
         return self.found
+
+
+SWEEP_TOLERANCE = 0.01  # minima within 1% of the lowest count as equally low
+
+
+def curve_minimum(smoothed: np.ndarray, diverged_at: int | None) -> float | None:
+    """The lowest smoothed loss up to the divergence step (inclusive), or None.
+
+    NaNs are ignored; None when nothing before the divergence is finite.
+
+    >>> curve_minimum(np.array([2.0, 1.0, 0.5, 9.0, 0.1]), diverged_at=3)
+    0.5
+    """
+    s = np.asarray(smoothed, np.float64)
+    s = s if diverged_at is None else s[: diverged_at + 1]
+    s = s[np.isfinite(s)]
+    return float(s.min()) if s.size else None
+
+
+def recommend(
+    min_losses: Sequence[float | None],
+    diverged_lrs: Sequence[float | None],
+    suggested_lrs: Sequence[float | None],
+    *,
+    tolerance: float = SWEEP_TOLERANCE,
+) -> int | None:
+    """Which value of a second hyperparameter wins a sweep (Smith 2018, made exact).
+
+    Smith's rule for weight decay and momentum: run the lr range test at each
+    value; the value whose curve reaches the lowest loss and stays stable to the
+    highest lr wins. Value ``i`` has the lowest smoothed loss ``min_losses[i]``
+    (:func:`curve_minimum`), diverges at ``diverged_lrs[i]`` (None: stable to the
+    end of the sweep, counted as +inf) and suggests ``suggested_lrs[i]``. Then:
+
+    1. candidates are the values with a finite minimum and a suggested lr (if no
+       value has a suggestion, every value with a finite minimum);
+    2. with ``best`` the lowest candidate minimum, the values with a minimum
+       ``<= best + tolerance * |best|`` are tied for the lowest loss;
+    3. of those, the one that diverges at the highest lr wins;
+    4. remaining ties go to the lower minimum, then to the value listed first.
+
+    Returns the winner's index, or None when no value has a finite minimum.
+
+    >>> recommend([0.50, 0.502, 0.60], [1.0, 2.0, 4.0], [0.1, 0.2, 0.4])
+    1
+    >>> recommend([0.50, 0.52, 0.40], [1.0, 2.0, None], [0.1, 0.2, None])
+    0
+    """
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    n = len(min_losses)
+    if not len(diverged_lrs) == len(suggested_lrs) == n:
+        raise ValueError("min_losses, diverged_lrs and suggested_lrs differ in length")
+    finite = [
+        i
+        for i in range(n)
+        if min_losses[i] is not None and math.isfinite(min_losses[i])
+    ]
+    candidates = [i for i in finite if suggested_lrs[i] is not None] or finite
+    if not candidates:
+        return None
+    best = min(min_losses[i] for i in candidates)
+    tied = [i for i in candidates if min_losses[i] <= best + tolerance * abs(best)]
+
+    def stability(i):
+        d = diverged_lrs[i]
+        return math.inf if d is None else d
+
+    return min(tied, key=lambda i: (-stability(i), min_losses[i], i))
