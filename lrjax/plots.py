@@ -28,12 +28,16 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     """Loss vs lr on a log axis: raw (faint), smoothed, suggestions, divergence.
 
     With several seeds the smoothed curves' min-max band is shaded around their
-    median, and the suggestions are the medians over seeds.
+    median, and the suggestions are the medians over seeds. A result with a
+    ``sweep`` (``lr_range_test(..., sweep_over=...)``) is drawn by
+    :func:`plot_sweep`.
     """
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
+    if getattr(result, "sweep", None) is not None:
+        return plot_sweep(result, ax)
     lrs = np.asarray(result.lrs)
     raw = np.atleast_2d(result.losses)
     sm = np.atleast_2d(result.smoothed_losses)
@@ -86,6 +90,67 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title(f"LR range test ({result.steps_run} steps)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
+
+
+def plot_sweep(result: RangeTestResult, ax: Axes | None = None) -> Axes:
+    """One smoothed loss curve per value of a swept hyperparameter, vs lr.
+
+    Each value's curve (the median over seeds when several) carries a marker at
+    its suggested lr; the recommended value's curve is drawn thicker and its
+    suggestion starred.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 5))
+    sw = result.sweep
+    lrs = np.asarray(result.lrs)
+    sm = np.asarray(sw.smoothed_losses, np.float64)
+    if sm.ndim == 3:  # [values, seeds, steps]: the median over seeds
+        with np.errstate(all="ignore"):
+            sm = np.nanmedian(sm, axis=1)
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(sw.values)))
+    lows, highs = [], []
+    for i, (value, curve) in enumerate(zip(sw.values, sm, strict=True)):
+        best = i == sw.best
+        label = f"{sw.name}={value:g}"
+        lr = sw.suggested_lr[i]
+        if lr is not None:
+            label += f": lr {lr:.3g}"
+        ax.plot(
+            lrs,
+            curve,
+            color=colors[i],
+            lw=2.4 if best else 1.2,
+            label=label + (" (recommended)" if best else ""),
+        )
+        finite = curve[np.isfinite(curve)]
+        if len(finite):
+            lows.append(finite.min())
+            highs.append(min(finite.max(), 4 * finite.min() + 0.5))
+        if lr is not None:
+            j = int(np.clip(np.searchsorted(lrs, lr), 0, len(lrs) - 1))
+            ax.plot(
+                [lr],
+                [curve[j]],
+                marker="*" if best else "o",
+                ms=14 if best else 7,
+                color=colors[i],
+                mec="black",
+                ls="none",
+            )
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 0.1), max(highs) + 0.1)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    ax.set_title(
+        f"LR range test over {sw.name} ({len(sw.values)} values, "
+        f"{result.steps_run} steps, one program)"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return ax

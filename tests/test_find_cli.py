@@ -197,3 +197,115 @@ def test_unwritable_out_exit_2(tiny_fashion_mnist, tmp_path, capsys):
         capsys, "--data-dir", str(tiny_fashion_mnist), "--out", str(blocker)
     )
     assert code == 2 and "is not a directory" in err
+
+
+# ------------------------------------------------ --sweep: a second hyperparameter
+
+
+def test_sweep_weight_decay_writes_every_curve(tiny_fashion_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys,
+        "--data-dir",
+        str(tiny_fashion_mnist),
+        "--out",
+        str(out),
+        "--hidden",
+        "16",
+        "--steps",
+        "40",
+        "--seeds",
+        "2",
+        "--optimizer",
+        "adamw",
+        "--min-lr",
+        "1e-4",
+        "--max-lr",
+        "1",
+        "--sweep",
+        "weight_decay=0,1e-5,1e-3",
+    )
+    assert code == 0, err
+    doc = json.loads((out / "lr_find.json").read_text())
+    sw = doc["sweep"]
+    n = doc["steps_run"]
+    assert sw["name"] == "weight_decay" and sw["values"] == [0.0, 1e-5, 1e-3]
+    assert np.shape(sw["losses"]) == np.shape(sw["smoothed_losses"]) == (3, 2, n)
+    assert np.shape(sw["metrics"]["accuracy"]) == (3, 2, n)
+    assert len(sw["suggested_lr"]) == len(sw["diverged_at_lr"]) == 3
+    best = sw["recommended"]["index"]
+    assert sw["recommended"]["value"] == sw["values"][best]
+    assert doc["suggested_lr"] == sw["recommended"]["lr"] == sw["suggested_lr"][best]
+    assert doc["losses"] == sw["losses"][best]
+    with (out / "lr_find.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n and len(rows[0]) == 2 + 3 * 2 * 3
+    for i, v in enumerate(["0", "1e-05", "0.001"]):
+        for k in range(2):
+            np.testing.assert_allclose(
+                [float(r[f"smoothed_loss_weight_decay={v}_seed{k}"]) for r in rows],
+                sw["smoothed_losses"][i][k],
+            )
+    assert f"weight_decay={sw['values'][best]:g}, lr=" in stdout
+    assert stdout.count("<- recommended") == 1 and "x 3 values x 2 seeds" in stdout
+    assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_momentum_of_sgd_one_seed(tiny_fashion_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys,
+        "--data-dir",
+        str(tiny_fashion_mnist),
+        "--out",
+        str(out),
+        "--json",
+        "--no-plot",
+        "--hidden",
+        "16",
+        "--steps",
+        "30",
+        "--sweep",
+        "momentum=0,0.9",
+    )
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert np.shape(doc["sweep"]["losses"]) == (2, doc["steps_run"])
+    header = (out / "lr_find.csv").read_text().splitlines()[0]
+    assert header == (
+        "step,lr,loss_momentum=0,smoothed_loss_momentum=0,accuracy_momentum=0,"
+        "loss_momentum=0.9,smoothed_loss_momentum=0.9,accuracy_momentum=0.9"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (
+            ["--sweep", "beta=0,1"],
+            "the optimizer has no hyperparameter 'beta'; it takes weight_decay, "
+            "momentum",
+        ),
+        (
+            ["--optimizer", "adam", "--sweep", "momentum=0,0.9"],
+            "no hyperparameter 'momentum'; it takes weight_decay",
+        ),
+        (["--sweep", "weight_decay="], "weight_decay needs a comma-separated list"),
+        (["--sweep", "weight_decay=0,,1"], "weight_decay needs a comma-separated list"),
+        (["--sweep", "weight_decay=0,big"], "values must be numbers, got 'big'"),
+        (["--sweep", "weight_decay"], "expected NAME=V1,V2,..."),
+        (["--sweep", "weight_decay=0,-1e-4"], "weight_decay must be >= 0, got -0.0001"),
+        (["--sweep", "momentum=0,1.5"], "momentum must be in [0, 1), got 1.5"),
+        (["--sweep", "weight_decay=nan"], "values must be finite"),
+        (
+            ["--sweep", "weight_decay=0,1e-4", "--sweep", "momentum=0,0.9"],
+            "--sweep takes one hyperparameter, got 2 (weight_decay, momentum)",
+        ),
+    ],
+)
+def test_bad_sweep_is_one_line_and_exit_2(tiny_fashion_mnist, capsys, argv, needle):
+    code, out, err = run(capsys, "--data-dir", str(tiny_fashion_mnist), *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("lrjax.find: error: ")
+    assert needle in err
+    assert "Traceback" not in err and out == ""

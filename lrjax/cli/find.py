@@ -2,10 +2,13 @@
 
 Defaults reproduce the seed recipe on real Fashion-MNIST: MLP 784-300-100-10, SGD,
 batch 32, an exponential sweep from 1e-5 to 10 over one epoch, one seed.
+``--sweep weight_decay=0,1e-5,1e-4,1e-3`` runs one lr sweep per value of a second
+hyperparameter in the same compiled program and recommends a pair.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -31,6 +34,78 @@ from lrjax.cli import (
 from lrjax.suggest import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.find"
+MOMENTUM = {"sgd": 0.0, "momentum": 0.9, "nesterov": 0.9}  # the built-in defaults
+
+
+def sweep_spec(text: str) -> tuple[str, list[float]]:
+    """``--sweep weight_decay=0,1e-5`` -> ``("weight_decay", [0.0, 1e-05])``."""
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=V1,V2,... (e.g. weight_decay=0,1e-4,1e-3), got {text!r}"
+        )
+    items = [v.strip() for v in rest.split(",")] if rest.strip() else []
+    if not items or any(not v for v in items):
+        raise argparse.ArgumentTypeError(
+            f"{name} needs a comma-separated list of numbers, got {rest!r}"
+        )
+    values = []
+    for v in items:
+        try:
+            values.append(float(v))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} values must be numbers, got {v!r}"
+            ) from None
+    return name, values
+
+
+def sweep_factory(name: str):
+    """The built-in optimizer ``name`` with its hyperparameters as keywords.
+
+    Every optimizer takes ``weight_decay`` (adamw's decoupled decay, default
+    1e-4; L2 through ``optax.add_decayed_weights`` before the others, default
+    0), and sgd, momentum and nesterov take ``momentum`` (defaults 0, 0.9, 0.9):
+    the same optimizers as :func:`lrjax.cli.optimizer_factory` at the defaults.
+    A concrete negative decay or a momentum outside [0, 1) is a ValueError.
+    """
+    import optax
+
+    def check(weight_decay, momentum=0.0):
+        if isinstance(weight_decay, int | float) and not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay:g}")
+        if isinstance(momentum, int | float) and not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum:g}")
+
+    if name == "adamw":
+
+        def adamw(learning_rate, weight_decay=1e-4):
+            check(weight_decay)
+            return optax.adamw(learning_rate, weight_decay=weight_decay)
+
+        return adamw
+    if name == "adam":
+
+        def adam(learning_rate, weight_decay=0.0):
+            check(weight_decay)
+            return optax.chain(
+                optax.add_decayed_weights(weight_decay), optax.adam(learning_rate)
+            )
+
+        return adam
+    if name not in MOMENTUM:
+        raise UsageError(f"unknown optimizer {name!r}")
+    nesterov = name == "nesterov"
+
+    def sgd(learning_rate, weight_decay=0.0, momentum=MOMENTUM[name]):
+        check(weight_decay, momentum)
+        return optax.chain(
+            optax.add_decayed_weights(weight_decay),
+            optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+        )
+
+    return sgd
 
 
 def build_parser() -> ArgumentParser:
@@ -62,6 +137,16 @@ def build_parser() -> ArgumentParser:
         help="independent runs in one compiled program (default 1)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sweep",
+        type=sweep_spec,
+        action="append",
+        default=None,
+        metavar="NAME=V1,V2,...",
+        help="one lr sweep per value of ONE more hyperparameter, in one compiled "
+        "program: weight_decay (every optimizer) or momentum (sgd, momentum, "
+        "nesterov), e.g. weight_decay=0,1e-5,1e-4,1e-3",
+    )
     p.add_argument(
         "--smooth",
         type=float,
@@ -95,27 +180,46 @@ def _check(args) -> None:
         raise UsageError(
             f"--diverge-threshold must be > 1, got {args.diverge_threshold}"
         )
+    if args.sweep is not None and len(args.sweep) > 1:
+        names = ", ".join(name for name, _ in args.sweep)
+        raise UsageError(
+            f"--sweep takes one hyperparameter, got {len(args.sweep)} ({names}); "
+            "run one find per hyperparameter"
+        )
 
 
 def _csv(result) -> str:
+    """One row per update; a loss, smoothed loss and metric column per curve.
+
+    Curves are the seeds (``_seed{k}``) and, with a sweep, every value
+    (``_{name}={value}``, then the seed).
+    """
     import numpy as np
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    sw = result.sweep
+    src = result if sw is None else sw
     columns = {
-        "loss": np.atleast_2d(result.losses),
-        "smoothed_loss": np.atleast_2d(result.smoothed_losses),
+        "loss": src.losses,
+        "smoothed_loss": src.smoothed_losses,
+        **src.metrics,
     }
-    columns.update({k: np.atleast_2d(v) for k, v in result.metrics.items()})
-    names = []
-    for k in range(result.seeds):
-        suffix = "" if result.seeds == 1 else f"_seed{k}"
-        names += [f"{name}{suffix}" for name in columns]
+    # Every column as [curves, steps]: values x seeds, in that order.
+    n = len(result.lrs)
+    columns = {k: np.asarray(v).reshape(-1, n) for k, v in columns.items()}
+    prefixes = [""] if sw is None else [f"_{sw.name}={v:g}" for v in sw.values]
+    suffixes = [
+        p + ("" if result.seeds == 1 else f"_seed{k}")
+        for p in prefixes
+        for k in range(result.seeds)
+    ]
+    names = [f"{name}{suffix}" for suffix in suffixes for name in columns]
     w.writerow(["step", "lr", *names])
     for i, lr in enumerate(result.lrs):
         row = [i, repr(float(lr))]
-        for k in range(result.seeds):
-            row += [repr(float(v[k, i])) for v in columns.values()]
+        for c in range(len(suffixes)):
+            row += [repr(float(v[c, i])) for v in columns.values()]
         w.writerow(row)
     return buf.getvalue()
 
@@ -133,9 +237,33 @@ def _summary(r, out, total_s) -> str:
             f"over {r.seeds} seeds: {r.method} from {fmt(r.spread['min'])} "
             f"to {fmt(r.spread['max'])}"
         )
+    sw = r.sweep
+    if sw is not None:
+        lines.append(
+            f"sweep over {sw.name}: {len(sw.values)} values in one compiled program"
+        )
+        lines.append(
+            f"  {sw.name:>14}  {'min loss':>9}  {'diverged at':>11}  suggested lr"
+        )
+        for i, v in enumerate(sw.values):
+            mark = "  <- recommended" if i == sw.best else ""
+            lines.append(
+                f"  {v:>14.4g}  {fmt(sw.min_loss[i]):>9}  "
+                f"{fmt(sw.diverged_at_lr[i]):>11}  {fmt(sw.suggested_lr[i])}{mark}"
+            )
+        lines.append(
+            "recommended:  "
+            + (
+                "none (no value gave a usable curve)"
+                if sw.best is None
+                else f"{sw.name}={sw.value:g}, lr={fmt(sw.lr)}"
+            )
+            + " (lowest smoothed loss, ties to the latest divergence)"
+        )
     t = r.timings
     lines += [
         f"steps run:    {r.steps_run} of {r.config['num_steps']}"
+        + (f" x {len(sw.values)} values" if sw is not None else "")
         + (f" x {r.seeds} seeds" if r.seeds > 1 else ""),
         f"time:         compile {t['compile_s']:.2f} s, run {t['run_s']:.2f} s, "
         f"total {total_s:.2f} s on {r.device} ({t['loop']} loop)",
@@ -154,21 +282,28 @@ def main(argv: list[str] | None = None) -> int:
     hidden = args.hidden
 
     seeds = args.seeds
+    members = seeds * (1 if args.sweep is None else len(args.sweep[0][1]))
     cores = os.cpu_count() or 1
-    setup_jax(max(d for d in range(1, min(cores, seeds) + 1) if seeds % d == 0))
+    setup_jax(max(d for d in range(1, min(cores, members) + 1) if members % d == 0))
 
     import jax
 
     from lrjax.batches import scale_images
     from lrjax.data import DatasetError
     from lrjax.models import mlp
-    from lrjax.range_test import lr_range_test
+    from lrjax.range_test import check_sweep, lr_range_test
 
+    sweep_over = None
     try:
+        if args.sweep is None:
+            opt = optimizer_factory(args.optimizer)
+        else:
+            opt = sweep_factory(args.optimizer)
+            sweep_over = dict(args.sweep)
+            check_sweep(sweep_over, opt)
         ds = load_data(args)
-        opt = optimizer_factory(args.optimizer)
         out = prepare_out_dir(args.out, "find", args.force)
-    except (UsageError, DatasetError) as e:
+    except (UsageError, DatasetError, ValueError) as e:
         return fail(PROG, str(e))
 
     key = jax.random.key(args.seed)
@@ -194,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds=seeds,
             method=args.method,
             progress=not args.quiet and sys.stderr.isatty(),
+            sweep_over=sweep_over,
         )
     except (ValueError, TypeError) as e:  # e.g. a population too big to fit
         return fail(PROG, str(e))
