@@ -32,7 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ArraySource", "IterSource", "as_source", "batch_indices", "leading_size"]
+__all__ = [
+    "ArraySource",
+    "IterSource",
+    "ProcessShare",
+    "as_source",
+    "batch_indices",
+    "leading_size",
+]
 
 _ARRAY = (np.ndarray, jax.Array)
 
@@ -179,12 +186,85 @@ def take(data: Any, idx: jax.Array) -> Any:
     return jax.tree.map(lambda a: a[idx], data)
 
 
+def process_rows(sharding: jax.sharding.Sharding, shape: tuple, axis: int) -> slice:
+    """The rows of ``axis`` that this process's devices hold under ``sharding``.
+
+    >>> mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    >>> s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    >>> process_rows(s, (3, 8), 1)
+    slice(0, 8, None)
+
+    Raises:
+      ValueError: the rows are not one contiguous block (a mesh whose devices are
+        not grouped by process).
+    """
+    parts = sorted(
+        {
+            (
+                ix[axis].start or 0,
+                shape[axis] if ix[axis].stop is None else ix[axis].stop,
+            )
+            for ix in sharding.addressable_devices_indices_map(shape).values()
+        }
+    )
+    if any(a[1] != b[0] for a, b in zip(parts[:-1], parts[1:], strict=True)):
+        raise ValueError(
+            f"this process's devices hold rows {parts} of the batch: not one block"
+        )
+    return slice(parts[0][0], parts[-1][1])
+
+
+class ProcessShare:
+    """The global batches of an :class:`ArraySource`, each process reading its share.
+
+    ``base.chunk`` gives every process the same global batch indices
+    ``[C, (k,) B]`` (the same keys, the same order); this process keeps the
+    columns its devices hold under ``sharding`` (:func:`process_rows`), gathers
+    those examples from its own copy of the data on its first local device, and
+    the global batch ``[C, (k,) B, ...]`` is assembled from every process's rows
+    with ``jax.make_array_from_process_local_data``. The compiled step receives
+    batches, not indices (``gathers`` is False). In one process this is the
+    whole batch, placed with ``sharding``.
+    """
+
+    gathers = False
+    data = None
+
+    def __init__(self, base: ArraySource, sharding: jax.sharding.Sharding):
+        self.base = base
+        self.sharding = sharding
+        self.axis = 2 if base.k > 1 else 1
+        self.batch_size = base.batch_size
+        self.steps_per_epoch = base.steps_per_epoch
+        self._take = jax.jit(take)
+
+    def chunk(self, lo: int, hi: int) -> Any:
+        idx = self.base.chunk(lo, hi)
+        rows = process_rows(self.sharding, idx.shape, self.axis)
+        local = self._take(
+            self.base.data,
+            jax.lax.slice_in_dim(idx, rows.start, rows.stop, axis=self.axis),
+        )
+        return jax.tree.map(
+            lambda a: jax.make_array_from_process_local_data(
+                self.sharding, a, (*idx.shape, *a.shape[self.axis + 1 :])
+            ),
+            local,
+        )
+
+
 class IterSource:
     """An iterable of batch pytrees, pulled on the host and stacked per chunk.
 
     Every batch must have the structure, shapes and dtypes of the first one; a
     batch with a smaller leading size (a loader's last partial batch) is skipped
     and counted in ``skipped``.
+
+    With ``local_share`` under several processes, each process's iterable yields
+    ITS rows of every global batch (e.g. a grain pipeline sharded by
+    ``jax.process_index()``), the same number of batches on every process, and
+    ``sharding`` (global, batch axis sharded) assembles them into global batches.
+    Otherwise every process must yield the same batches.
     """
 
     gathers = False
@@ -196,6 +276,7 @@ class IterSource:
         *,
         accumulate_steps: int = 1,
         sharding: jax.sharding.Sharding | None = None,
+        local_share: bool = False,
     ):
         if not isinstance(batches, Iterable):
             raise TypeError(
@@ -208,6 +289,7 @@ class IterSource:
         self.restartable = self.iterator is not batches
         self.k = accumulate_steps
         self.sharding = sharding
+        self.local_share = local_share
         self.spec = None  # (treedef, [(shape, dtype)]) of the first batch
         self.batch_size: int | None = None
         self.pulled = 0
@@ -259,7 +341,14 @@ class IterSource:
             stacked = [
                 a.reshape(len(rows) // self.k, self.k, *a.shape[1:]) for a in stacked
             ]
-        return jax.device_put(jax.tree.unflatten(self.spec[0], stacked), self.sharding)
+        batch = jax.tree.unflatten(self.spec[0], stacked)
+        if self.local_share and jax.process_count() > 1:
+            # This process's rows of every global batch (its share of the data).
+            return jax.tree.map(
+                lambda a: jax.make_array_from_process_local_data(self.sharding, a),
+                batch,
+            )
+        return jax.device_put(batch, self.sharding)
 
 
 def as_source(

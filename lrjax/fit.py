@@ -33,11 +33,13 @@ from lrjax import ensembles
 from lrjax.batches import (
     ArraySource,
     IterSource,
+    ProcessShare,
     batch_indices,
     check_batch_size,
     is_arrays,
     leading_size,
 )
+from lrjax.distributed import is_main
 from lrjax.hooks import (
     CheckpointError,
     Checkpoints,
@@ -92,8 +94,13 @@ class FitConfig:
       log_every: TensorBoard's ``train/*`` scalars every this many updates.
       loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
         (:mod:`lrjax.loop`).
-      data_parallel: shard every batch over the local devices (a ``("data",)``
-        mesh, params replicated); default when there are several devices.
+      data_parallel: shard every batch over the devices (a ``("data",)`` mesh,
+        params replicated); default when there are several devices. Under
+        several processes (:mod:`lrjax.distributed`) the mesh spans every
+        process and each process reads only its rows of every global batch:
+        for in-memory data (the same arrays on every process) it gathers its
+        slice of the batch indices; an iterable must yield this process's rows
+        of each global batch (``batch_size`` is then the global batch).
       steps_per_epoch: updates per epoch; required for an iterable without
         ``len()`` (default ``len(data) // accumulate_steps``; for arrays
         ``N // batch_size // accumulate_steps``).
@@ -165,12 +172,17 @@ class Carry(NamedTuple):
 
 
 def data_mesh(batch_size: int, devices=None) -> jax.sharding.Mesh:
-    """A 1-D ``("data",)`` mesh over all local devices.
+    """A 1-D ``("data",)`` mesh over all devices of every process.
+
+    The devices are grouped by process, so each process holds one contiguous
+    block of every batch (its share, :class:`lrjax.batches.ProcessShare`).
 
     Raises:
       ValueError: if ``batch_size`` is not divisible by the device count.
     """
-    devices = list(devices if devices is not None else jax.local_devices())
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    devices = list(devices)
     if batch_size % len(devices):
         raise ValueError(
             f"batch size {batch_size} must be divisible by the number of devices "
@@ -257,6 +269,13 @@ class _EpochArrays(ArraySource):
             parts.append(idx[a * k : b * k])
         idx = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
         return idx.reshape(hi - lo, k, self.batch_size) if k > 1 else idx
+
+
+def _batch_sharding(mesh: jax.sharding.Mesh, k: int) -> jax.sharding.NamedSharding:
+    """A chunk's batches ``[C, (k,) B, ...]`` split along ``B`` over ``mesh``."""
+    return jax.sharding.NamedSharding(
+        mesh, P(None, None, "data") if k > 1 else P(None, "data")
+    )
 
 
 def _check(cfg: FitConfig) -> FitConfig:
@@ -353,8 +372,10 @@ def fit(
 
     data_parallel = cfg.data_parallel
     if data_parallel is None:
-        data_parallel = jax.local_device_count() > 1
-    rep = constrain = None
+        data_parallel = jax.device_count() > 1
+    # Several processes: each one feeds its rows of every global batch.
+    shares = data_parallel and jax.process_count() > 1
+    rep = constrain = mesh = None
     if data_parallel:
         mesh = data_mesh(cfg.batch_size)
         rep = jax.sharding.NamedSharding(mesh, P())
@@ -378,7 +399,21 @@ def fit(
                 raise ValueError(f"steps_per_epoch must be between 1 and {spe}")
             spe = cfg.steps_per_epoch
         source = _EpochArrays(
-            data, b, key, steps_per_epoch=spe, accumulate_steps=k, sharding=rep
+            data,
+            b,
+            key,
+            steps_per_epoch=spe,
+            accumulate_steps=k,
+            sharding=None if shares else rep,
+        )
+        if shares:
+            source = ProcessShare(source, _batch_sharding(mesh, k))
+    elif shares:
+        source = IterSource(
+            data,
+            accumulate_steps=k,
+            sharding=_batch_sharding(mesh, k),
+            local_share=True,
         )
     else:
         source = IterSource(data, accumulate_steps=k, sharding=rep)
@@ -438,13 +473,13 @@ def fit(
         best_state=best_state,
     )
     actions: list[Hook] = [EarlyStopping(cfg.monitor, mode, cfg.patience)]
-    if cfg.logdir is not None:
+    if cfg.logdir is not None and is_main():
         actions.append(TensorBoard(cfg.logdir, cfg.log_every))
     ckpt = None
     if cfg.checkpoint_dir is not None:
         ckpt = Checkpoints(cfg.checkpoint_dir, cfg.max_to_keep, cfg.monitor, mode)
         actions.append(ckpt)
-    if cfg.progress:
+    if cfg.progress and is_main():
         actions.append(ProgressBar())
     actions.extend(hooks)
 
@@ -477,7 +512,7 @@ def fit(
             if run.stopped_early
             else epoch_plan(run.step, total, spe, cfg.chunks_per_epoch)
         )
-        if isinstance(source, ArraySource):
+        if isinstance(source, ArraySource | ProcessShare):
             for lo, hi in {hi - lo: (lo, hi) for lo, hi in plan}.values():
                 program.compile(run.carry, source.chunk(lo, hi), source.data)
         clock[0] = time.perf_counter()
@@ -517,7 +552,7 @@ def fit(
         snapshot_epochs=[] if snap_steps is None else ((snap_steps + 1) / spe).tolist(),
         timings={},
         device=describe_devices(
-            jax.local_devices() if data_parallel else jax.devices()[:1]
+            list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
         ),
     )
     if test_data is not None and not interrupted:

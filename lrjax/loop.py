@@ -20,6 +20,11 @@ for chunk ``i + 1`` while the device computes (the prefetch), then blocks on chu
 ``i``'s metrics and calls the hooks (CLU-style periodic actions: progress,
 divergence, TensorBoard, checkpoints, signals). A hook returns a reason to stop,
 or None.
+
+Under several processes (:mod:`lrjax.distributed`) every process runs the same
+plan: the metrics reach every host whole (gathered when the population is
+sharded over processes), and a stop asked by any process stops them all at the
+same chunk boundary.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrjax.batches import take
+from lrjax.distributed import agree, host
 
 LOOPS = ("auto", "scan", "unroll", "dispatch")
 
@@ -239,12 +245,16 @@ def drive(
         state, metrics = program(state, xs, source.data)
         # Prefetch: the next chunk's inputs are built while this one computes.
         xs = source.chunk(*plan[i + 1]) if i + 1 < len(plan) else None
-        metrics = jax.tree.map(np.asarray, metrics)
+        # Sharded over processes (a population), metrics are gathered first.
+        metrics = jax.tree.map(host, metrics)
         hi_run = lo + n
         end = ChunkEnd(lo, hi_run, metrics, state)
         for hook in hooks:
             r = hook(end)
             reason = reason or r
+        if xs is None and i + 1 < len(plan):
+            reason = reason or "data"  # the iterable ran out
+        reason = agree(reason)  # every process stops at the same chunk, or none
         if reason:
             break
     if reason is None and getattr(source, "exhausted", False):

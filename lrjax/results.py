@@ -32,18 +32,32 @@ def describe_devices(devices: list[jax.Device] | None = None) -> str:
 
 
 def population_mesh(size: int, axis: str = "pop") -> jax.sharding.Mesh | None:
-    """A 1-D mesh over as many local devices as divide ``size``; None if only one.
+    """A 1-D mesh over as many devices as divide ``size``; None if only one.
 
     A population (seeds, learning rates) vmapped along a leading axis of ``size``
     is spread over this mesh by sharding that axis: on a CPU with several XLA host
     devices (``jax.config.update("jax_num_cpu_devices", n)`` before JAX starts)
     each core then runs its own share.
+
+    Under several processes (:mod:`lrjax.distributed`) the mesh takes the same
+    number of devices from every process, so each process holds an equal share
+    of the population; when ``size`` is not a multiple of the process count it
+    is None, and every process runs the whole population on its own device.
     """
-    devices = jax.local_devices()
-    n = max(d for d in range(1, min(size, len(devices)) + 1) if size % d == 0)
-    if n == 1:
+    procs = jax.process_count()
+    if procs == 1:
+        devices = jax.local_devices()
+        n = max(d for d in range(1, min(size, len(devices)) + 1) if size % d == 0)
+        return None if n == 1 else jax.sharding.Mesh(np.array(devices[:n]), (axis,))
+    per = [
+        sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+        for p in range(procs)
+    ]
+    fits = [m for m in range(1, min(map(len, per)) + 1) if size % (procs * m) == 0]
+    if not fits:
         return None
-    return jax.sharding.Mesh(np.array(devices[:n]), (axis,))
+    m = max(fits)
+    return jax.sharding.Mesh(np.array([d for p in per for d in p[:m]]), (axis,))
 
 
 def tree_bytes(tree: Any) -> int:
