@@ -377,3 +377,21 @@ def test_data_parallel_matches_single_device():
         # Same math, different reduction order across 4 shards: float32 noise.
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(single["val_loss"], dp["val_loss"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_process_share_in_one_process_is_the_gathered_batch(k):
+    # Under several processes each one keeps its rows; alone, it keeps them all.
+    from lrjax.batches import ProcessShare
+    from lrjax.fit import _batch_sharding, _EpochArrays
+
+    base = _EpochArrays(
+        TRAIN, BATCH, jax.random.key(1), steps_per_epoch=SPE // k, accumulate_steps=k
+    )
+    share = ProcessShare(base, _batch_sharding(data_mesh(BATCH, jax.devices()[:1]), k))
+    idx = np.asarray(base.chunk(3, 7))
+    x, y = share.chunk(3, 7)
+    assert x.shape == (4, *([k] if k > 1 else []), BATCH, 8, 8)
+    np.testing.assert_array_equal(np.asarray(x), TRAIN[0][idx])
+    np.testing.assert_array_equal(np.asarray(y), TRAIN[1][idx])
+    assert not share.gathers and share.data is None

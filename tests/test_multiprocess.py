@@ -217,11 +217,17 @@ def finish(procs, timeout):
             out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
             outs.append(out)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
     return outs
+
+
+def kill_all(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +261,7 @@ def runs(tmp_path_factory):
         out = "".join(logs[0]) + finish([pair[0]], timeout=DEATH_DEADLINE_S)[0]
         death = {"s": time.monotonic() - t0, "rc": pair[0].returncode, "out": out}
     finally:
-        finish(procs, timeout=1)
+        kill_all(procs)
     docs = [json.loads((multi / f"result-{r}.json").read_text()) for r in (0, 1)]
     assert docs[0] == docs[1], "the two processes disagree"
     return docs[0], json.loads((single / "result-0.json").read_text()), death
