@@ -4,10 +4,13 @@ output dirs, JAX setup, model and optimizer flags."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 
@@ -72,13 +75,146 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-dir", default=None, help="directory with the IDX files")
     p.add_argument(
+        "--model",
+        default="mlp",
+        metavar="mlp|cnn|FILE.py:FUNCTION",
+        help="mlp (default: the seed recipe's MLP), cnn (Conv-BN-ReLU-pool x2, Dense "
+        "128, Dropout 0.3), or FILE.py:FUNCTION, your factory FUNCTION(num_classes, "
+        "*, rngs) -> nnx.Module (a loss_fn(model, batch) beside it is used too)",
+    )
+    p.add_argument(
         "--hidden",
         type=hidden_sizes,
-        default=(300, 100),
-        help="hidden sizes (default 300,100)",
+        default=None,
+        help="mlp's hidden sizes (default 300,100; an error with other models)",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="random 2-pixel shifts and horizontal flips of the training images, on "
+        "the device (lrjax.models.Augment in front of the model)",
     )
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """What ``--model`` (and ``--hidden``, ``--augment``) built.
+
+    ``build(key) -> nnx.Module`` makes one initialisation; ``loss_fn`` is the
+    user file's ``loss_fn`` or None (the classification loss); ``config`` goes
+    into the JSON outputs.
+    """
+
+    build: Callable[[Any], Any]
+    loss_fn: Callable | None
+    config: dict[str, Any]
+
+
+def _why(e: Exception) -> str:
+    """``Type: first line of the message``: the user's error, on one line."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _load_user_factory(spec: str):
+    """``FILE.py:FUNCTION -> (function, loss_fn | None)``; UsageError otherwise."""
+    import importlib.util
+
+    path, _, name = spec.rpartition(":")
+    if not path or not name.isidentifier():
+        raise UsageError(f"--model must be mlp, cnn or FILE.py:FUNCTION, got {spec!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--model {spec}: no such file {path}")
+    module_name = f"lrjax_user_model_{abs(hash(str(file.resolve())))}"
+    try:
+        loader = importlib.util.spec_from_file_location(module_name, file)
+        if loader is None:
+            raise ImportError("not a Python file")
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+    except Exception as e:  # the user's code: any error is bad input
+        raise UsageError(
+            f"--model {spec}: importing {path} failed: {_why(e)}"
+        ) from None
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise UsageError(f"--model {spec}: {path} defines no {name}")
+    if not callable(fn):
+        raise UsageError(f"--model {spec}: {name} is not a function")
+    loss_fn = getattr(module, "loss_fn", None)
+    if loss_fn is not None and not callable(loss_fn):
+        raise UsageError(f"--model {spec}: loss_fn in {path} is not a function")
+    return fn, loss_fn
+
+
+def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
+    """The model factory of ``--model``, ``--hidden`` and ``--augment`` for ``ds``.
+
+    ``mlp`` and ``cnn`` are :func:`lrjax.models.mlp` and :func:`lrjax.models.cnn`;
+    ``FILE.py:FUNCTION`` calls ``FUNCTION(ds.num_classes, rngs=nnx.Rngs(key))``.
+    With ``--augment`` the model is ``nnx.Sequential(Augment(...), model)``, the
+    augmentation's stream drawn from ``fold_in(key, 1)``. The factory is called
+    once here, so that a user's factory that raises or returns something other
+    than an ``nnx.Module`` is bad input before any work.
+
+    Raises:
+      UsageError: an unknown model, a missing file or function, a factory that
+        fails, ``--hidden`` with a model other than mlp.
+    """
+    import math
+
+    import jax
+    from flax import nnx
+
+    from lrjax import models
+
+    spec = args.model
+    loss_fn = None
+    if args.hidden is not None and spec != "mlp":
+        raise UsageError(f"--hidden applies to --model mlp only, not {spec}")
+    config: dict[str, Any] = {"model": spec, "augment": bool(args.augment)}
+    if spec == "mlp":
+        hidden = args.hidden or (300, 100)
+        size = math.prod(ds.input_shape)
+        config["hidden"] = list(hidden)
+
+        def base(k):
+            return models.mlp(size, ds.num_classes, hidden, key=k)
+
+    elif spec == "cnn":
+        config["hidden"] = None
+
+        def base(k):
+            return models.cnn(ds.num_classes, key=k, input_shape=ds.input_shape)
+
+    else:
+        fn, loss_fn = _load_user_factory(spec)
+        config["hidden"] = None
+
+        def base(k):
+            return fn(ds.num_classes, rngs=nnx.Rngs(k))
+
+    def build(k):
+        model = base(k)
+        if args.augment:
+            aug = models.Augment(rngs=nnx.Rngs(augment=jax.random.fold_in(k, 1)))
+            model = nnx.Sequential(aug, model)
+        return model
+
+    if spec not in ("mlp", "cnn"):
+        try:
+            probe = base(jax.random.key(0))
+        except Exception as e:  # the user's code: any error is bad input
+            raise UsageError(f"--model {spec}: the factory raised {_why(e)}") from None
+        if not isinstance(probe, nnx.Module):
+            raise UsageError(
+                f"--model {spec}: the factory returned {type(probe).__name__}, "
+                "not an nnx.Module"
+            )
+    return ModelChoice(build, loss_fn, config)
 
 
 def load_data(args: argparse.Namespace):

@@ -12,7 +12,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from lrjax.cli import (
     fail,
     int_at_least,
     load_data,
+    model_choice,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
@@ -279,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         _check(args)
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
-    hidden = args.hidden
 
     seeds = args.seeds
     members = seeds * (1 if args.sweep is None else len(args.sweep[0][1]))
@@ -290,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from lrjax.batches import scale_images
     from lrjax.data import DatasetError
-    from lrjax.models import mlp
     from lrjax.range_test import check_sweep, lr_range_test
 
     sweep_over = None
@@ -302,15 +300,13 @@ def main(argv: list[str] | None = None) -> int:
             sweep_over = dict(args.sweep)
             check_sweep(sweep_over, opt)
         ds = load_data(args)
+        choice = model_choice(args, ds)
         out = prepare_out_dir(args.out, "find", args.force)
     except (UsageError, DatasetError, ValueError) as e:
         return fail(PROG, str(e))
 
     key = jax.random.key(args.seed)
-    input_size = math.prod(ds.input_shape)
-
-    def build(k):
-        return mlp(input_size, ds.num_classes, hidden, key=k)
+    build = choice.build
 
     try:
         result = lr_range_test(
@@ -318,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             opt,
             (ds.x_train, ds.y_train),
             key=key,
+            loss_fn=choice.loss_fn,
             preprocess=scale_images,
             batch_size=args.batch_size,
             mode=args.mode,
@@ -336,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     result.config.update(
         dataset=args.dataset,
         optimizer=args.optimizer,
-        hidden=list(hidden),
+        **choice.config,
         seed=args.seed,
         method=args.method,
     )

@@ -21,6 +21,7 @@ from lrjax.cli import (
     fail,
     int_at_least,
     load_data,
+    model_choice,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
@@ -129,12 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         _check(args)
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
-    hidden = args.hidden
 
     population = args.num * args.seeds
     setup_jax(min(os.cpu_count() or 1, population))
-
-    import math
 
     import jax
     import numpy as np
@@ -142,59 +140,61 @@ def main(argv: list[str] | None = None) -> int:
     from lrjax import data
     from lrjax.batches import scale_images
     from lrjax.lr_grid import lr_grid
-    from lrjax.models import mlp
     from lrjax.range_test import lr_range_test
 
     try:
         ds = load_data(args)
         if len(ds.y_val) == 0:
             raise UsageError(f"dataset {args.dataset} has no validation split")
+        choice = model_choice(args, ds)
         opt = optimizer_factory(args.optimizer)
         out = prepare_out_dir(args.out, "grid", args.force)
     except (UsageError, data.DatasetError) as e:
         return fail(PROG, str(e))
 
     key = jax.random.key(args.seed)
-    input_size = math.prod(ds.x_train.shape[1:])
-
-    def model(k):  # one initialisation per seed
-        return mlp(input_size, ds.num_classes, hidden, key=k)
+    model = choice.build  # one initialisation per seed
 
     progress = not args.quiet and sys.stderr.isatty()
     find = None
-    if args.find:
-        find = lr_range_test(
+    try:  # e.g. a population too big to fit: one line
+        if args.find:
+            find = lr_range_test(
+                model,
+                opt,
+                (ds.x_train, ds.y_train),
+                key=key,
+                loss_fn=choice.loss_fn,
+                preprocess=scale_images,
+                batch_size=args.batch_size,
+                init_value=args.find_min_lr,
+                end_value=args.find_max_lr,
+                seeds=args.seeds,
+                progress=progress,
+            )
+        lrs = np.geomspace(args.min_lr, args.max_lr, args.num)
+        steps = len(ds.y_train) // args.batch_size
+        result = lr_grid(
             model,
             opt,
             (ds.x_train, ds.y_train),
-            key=key,
-            preprocess=scale_images,
-            batch_size=args.batch_size,
-            init_value=args.find_min_lr,
-            end_value=args.find_max_lr,
+            (ds.x_val, ds.y_val),
+            lrs=lrs,
             seeds=args.seeds,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            schedule=unit_schedule(args.schedule, steps, args.epochs),
+            loss_fn=choice.loss_fn,
+            preprocess=scale_images,
+            key=key,
             progress=progress,
         )
-    lrs = np.geomspace(args.min_lr, args.max_lr, args.num)
-    steps = len(ds.y_train) // args.batch_size
-    result = lr_grid(
-        model,
-        opt,
-        (ds.x_train, ds.y_train),
-        (ds.x_val, ds.y_val),
-        lrs=lrs,
-        seeds=args.seeds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        schedule=unit_schedule(args.schedule, steps, args.epochs),
-        preprocess=scale_images,
-        key=key,
-        progress=progress,
-    )
+    except (ValueError, TypeError) as e:
+        return fail(PROG, str(e))
     result.config.update(
         dataset=args.dataset,
         optimizer=args.optimizer,
-        hidden=list(hidden),
+        **choice.config,
         seed=args.seed,
         schedule=args.schedule,
         min_lr=args.min_lr,

@@ -1,4 +1,4 @@
-"""``python -m lrjax.train``: train the MLP with a found lr and a schedule.
+"""``python -m lrjax.train``: train a model with a found lr and a schedule.
 
 The second half of the seed recipe: a learning rate (a number, or ``auto``: the
 range test's suggestion for the same model and optimizer), a schedule, early
@@ -25,6 +25,7 @@ from lrjax.cli import (
     fail,
     int_at_least,
     load_data,
+    model_choice,
     optimizer_factory,
     positive_float,
     save_png,
@@ -83,9 +84,9 @@ def nonneg_float(text: str) -> float:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m lrjax.train",
-        description="Train the MLP with a learning rate (or 'auto': the range test's "
-        "suggestion) and a schedule; early stopping, checkpoints, TensorBoard and "
-        "snapshot ensembles.",
+        description="Train a model (--model) with a learning rate (or 'auto': the "
+        "range test's suggestion) and a schedule; early stopping, checkpoints, "
+        "TensorBoard and snapshot ensembles.",
     )
     a = p.add_argument
     add_model_args(p)
@@ -207,6 +208,12 @@ def build_parser() -> ArgumentParser:
         type=int_at_least(1),
         default=8,
         help="compiled chunks per epoch (default 8)",
+    )
+    a(
+        "--save-probs",
+        action="store_true",
+        help="write test_probs.npy: the final model's softmax outputs on the test "
+        "split, float32 [N, classes] (to ensemble independent runs)",
     )
     a("--json", action="store_true", help="print metrics.json to stdout")
     a("--quiet", action="store_true", help="no progress bar or epoch lines")
@@ -386,6 +393,32 @@ def _plot(metrics: dict, out: Path) -> None:
     save_png(fig, out / "learning_curves.png", dpi=90)
 
 
+def softmax_outputs(model, x, preprocess, batch_size: int = 1000):
+    """Softmax outputs ``float32[N, C]`` of ``model`` in eval mode on images ``x``.
+
+    One jitted batch at a time (a convolution inside ``lax.map`` is slow on
+    XLA:CPU); ``preprocess`` is the training's ``(x, y) -> (x, y)``.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lrjax.step import split_model
+
+    spec, params, rest = split_model(model)
+
+    @jax.jit
+    def probs(params, rest, xb):
+        xb, _ = preprocess((xb, jnp.zeros(xb.shape[0], jnp.int32)))
+        return jax.nn.softmax(spec.merge(params, rest, train=False)(xb), -1)
+
+    out = [
+        np.asarray(probs(params, rest, x[i : i + batch_size]))
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(out).astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     try:
@@ -393,7 +426,6 @@ def main(argv: list[str] | None = None) -> int:
         _check(args)
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
-    hidden = args.hidden
 
     setup_jax()
     import jax
@@ -403,7 +435,6 @@ def main(argv: list[str] | None = None) -> int:
     from lrjax.batches import scale_images
     from lrjax.data import DatasetError
     from lrjax.fit import FitConfig, fit
-    from lrjax.models import mlp
 
     try:
         ds = load_data(args)
@@ -413,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--batch-size {args.batch_size} must be divisible by the number of "
                 f"devices ({ndev}) for data-parallel training"
             )
+        choice = model_choice(args, ds)
         opt = optimizer_factory(args.optimizer, args.weight_decay)
         steps_per_epoch = len(ds.y_train) // args.batch_size
         # Validate the schedule before any work (auto's peak is unknown: use 1).
@@ -422,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, str(e))
 
     key = jax.random.key(args.seed)
-    input_size = math.prod(ds.x_train.shape[1:])
-    model = mlp(input_size, ds.num_classes, hidden, key=jax.random.fold_in(key, 0))
+    model = choice.build(jax.random.fold_in(key, 0))
     train_data = (ds.x_train, ds.y_train)
     progress = not args.quiet and sys.stderr.isatty()
     say = (lambda *a: None) if (args.quiet or args.json) else print
@@ -445,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                 opt,
                 train_data,
                 key=jax.random.fold_in(key, 2),
+                loss_fn=choice.loss_fn,
                 preprocess=scale_images,
                 batch_size=args.batch_size,
                 method=method,
@@ -490,12 +522,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"  ensemble({rec['snapshots']}) val_acc "
                 f"{rec['ensemble_val_accuracy']:.4f}"
             )
-        say(
-            f"epoch {rec['epoch']:3d}/{args.epochs}  loss {rec['train_loss']:.4f}  "
-            f"acc {rec['train_accuracy']:.4f}  val_loss {rec['val_loss']:.4f}  "
-            f"val_acc {rec['val_accuracy']:.4f}  lr {rec['lr']:.4g}  "
-            f"{rec['time_s']:.2f}s{extra}"
-        )
+        # A user's loss_fn may report no accuracy: print what the record has.
+        parts = [f"epoch {rec['epoch']:3d}/{args.epochs}"]
+        for name, label in (
+            ("train_loss", "loss"),
+            ("train_accuracy", "acc"),
+            ("val_loss", "val_loss"),
+            ("val_accuracy", "val_acc"),
+        ):
+            if name in rec:
+                parts.append(f"{label} {rec[name]:.4f}")
+        parts.append(f"lr {rec['lr']:.4g}  {rec['time_s']:.2f}s{extra}")
+        say("  ".join(parts))
 
     config = FitConfig(
         epochs=args.epochs,
@@ -519,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_data,
                 key=jax.random.fold_in(key, 1),
                 config=config,
+                loss_fn=choice.loss_fn,
                 preprocess=scale_images,
                 val_data=(ds.x_val, ds.y_val),
                 test_data=(ds.x_test, ds.y_test) if len(ds.y_test) else None,
@@ -536,11 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + int(signum)
 
     metrics = {
-        "test_accuracy": result.test["accuracy"] if result.test else None,
-        "test_loss": result.test["loss"] if result.test else None,
-        "val_accuracy": result.history[result.best_epoch - 1]["val_accuracy"]
+        "test_accuracy": result.test.get("accuracy") if result.test else None,
+        "test_loss": result.test.get("loss") if result.test else None,
+        "val_accuracy": result.history[result.best_epoch - 1].get("val_accuracy")
         if (result.best_epoch and args.patience)
-        else (result.history[-1]["val_accuracy"] if result.history else None),
+        else (result.history[-1].get("val_accuracy") if result.history else None),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
@@ -551,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": args.optimizer,
         "weight_decay": args.weight_decay,
         "batch_size": args.batch_size,
-        "hidden": list(hidden),
+        **choice.config,
         "seed": args.seed,
         "dataset": args.dataset,
         "timings": {**result.timings, "wall_s": time.perf_counter() - t_start},
@@ -578,6 +617,12 @@ def main(argv: list[str] | None = None) -> int:
             if curve
             else None
         )
+    if args.save_probs and len(ds.y_test):
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, softmax_outputs(result.model, ds.x_test, scale_images))
+        write_atomic(out / "test_probs.npy", buf.getvalue())
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if not args.no_plot:
         _plot(metrics, out)
@@ -586,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         t = result.timings
         say(
-            f"test accuracy {metrics['test_accuracy']:.4f}"
+            f"test accuracy {metrics['test_accuracy'] or float('nan'):.4f}"
             + (
                 f"  ensemble({len(curve)}) {metrics['ensemble_test_accuracy']:.4f}"
                 if snap_steps is not None and curve
