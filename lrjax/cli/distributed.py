@@ -114,5 +114,9 @@ def init_distributed(args: argparse.Namespace) -> bool:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"jax.distributed.initialize failed: {first}") from None
     if not distributed.is_main():
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
+        # fd 1 itself, so that the runtime's own lines (gloo's) go too.
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return distributed.is_main()
