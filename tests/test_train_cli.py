@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrjax import data, hooks, train
+from lrjax import data, hooks
+from lrjax.cli import train
 
 N_TRAIN, N_VAL, N_TEST = 512, 5000, 128  # load_dataset holds out 5000 for val
 BASE = ["--dataset", "mnist", "--hidden", "16", "--quiet", "--seed", "3"]
