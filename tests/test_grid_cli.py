@@ -91,3 +91,19 @@ def test_refuses_a_non_empty_out_dir(tiny_fashion_mnist, tmp_path, capsys):
     )
     assert code == 2 and "is not empty; pass --force" in err
     assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
+
+
+def test_an_impossible_population_is_one_line_and_exit_2_in_seconds(
+    tiny_fashion_mnist, tmp_path, capsys
+):
+    """10 million models: refused from the memory estimate before they are built
+    (tests/test_lr_grid.py checks that the factory ran once)."""
+    code, out, err = run(
+        capsys,
+        "--data-dir", str(tiny_fashion_mnist), "--out", str(tmp_path / "o"),
+        "--num", "100000", "--seeds", "100",
+    )  # fmt: skip
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("lrjax.grid: error: ")
+    assert "10000000 members need about " in err
+    assert " GiB available; lower the number of lrs or seeds (--num, --seeds)" in err
