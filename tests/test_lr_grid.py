@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -298,7 +297,7 @@ def test_a_population_over_the_device_limit_is_refused_in_one_line(monkeypatch):
     assert message.endswith("(--num, --seeds)")
 
 
-def test_an_impossible_population_is_refused_in_seconds_before_it_is_built():
+def test_an_impossible_population_is_refused_before_it_is_built():
     """10 million members: refused from the first member, not after building 100
     seeds' models, 10 million lr states or compiling."""
     calls = []
@@ -307,11 +306,9 @@ def test_an_impossible_population_is_refused_in_seconds_before_it_is_built():
         calls.append(k)
         return init(k)
 
-    t0 = time.perf_counter()
     with pytest.raises(ValueError, match=r"^10000000 members need about \d+\.\d GiB"):
         grid(factory, optax.sgd, lrs=np.geomspace(1e-3, 1, 100_000), seeds=100,
              key=jax.random.key(0))  # fmt: skip
-    assert time.perf_counter() - t0 < 10
     assert len(calls) == 1
 
 
