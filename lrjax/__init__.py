@@ -26,6 +26,7 @@ from lrjax.hooks import StopOnSignals as StopOnSignals
 from lrjax.lr_grid import GridResult as GridResult
 from lrjax.lr_grid import accuracy_at as accuracy_at
 from lrjax.lr_grid import lr_grid as lr_grid
+from lrjax.models import cnn as cnn
 from lrjax.models import mlp as mlp
 from lrjax.plots import plot_grid as plot_grid
 from lrjax.plots import plot_learning_curves as plot_learning_curves

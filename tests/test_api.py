@@ -16,7 +16,8 @@ PUBLIC = {
     "ensemble_curve", "ensemble_predict", "evaluate", "exp_range",
     "exponential_sweep", "find_divergence", "fit", "init_buffer", "linear_sweep",
     "load_dataset", "lr_grid", "lr_range_test", "make_optimizer", "make_step",
-    "member_probs", "mlp", "plot_grid", "plot_learning_curves", "plot_range_test",
+    "member_probs", "cnn", "mlp", "plot_grid", "plot_learning_curves",
+    "plot_range_test",
     "scale_images", "smooth", "snapshot_steps", "split_model", "step_decay",
     "suggest", "triangular", "triangular2",
 }  # fmt: skip
