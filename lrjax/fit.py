@@ -39,7 +39,6 @@ from lrjax.batches import (
     is_arrays,
     leading_size,
 )
-from lrjax.distributed import is_main
 from lrjax.hooks import (
     CheckpointError,
     Checkpoints,
@@ -473,13 +472,13 @@ def fit(
         best_state=best_state,
     )
     actions: list[Hook] = [EarlyStopping(cfg.monitor, mode, cfg.patience)]
-    if cfg.logdir is not None and is_main():
+    if cfg.logdir is not None:
         actions.append(TensorBoard(cfg.logdir, cfg.log_every))
     ckpt = None
     if cfg.checkpoint_dir is not None:
         ckpt = Checkpoints(cfg.checkpoint_dir, cfg.max_to_keep, cfg.monitor, mode)
         actions.append(ckpt)
-    if cfg.progress and is_main():
+    if cfg.progress:
         actions.append(ProgressBar())
     actions.extend(hooks)
 

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lrjax.distributed import is_main
 from lrjax.loop import ChunkEnd
 from lrjax.step import fresh
 
@@ -136,7 +137,8 @@ class TensorBoard(Hook):
     ``s = k * log_every``: the mean over that window's updates within the chunk;
     ``train/lr``: the lr applied by update ``s - 1``. Per epoch:
     ``train/epoch_<metric>``, ``val/<metric>``, and after a snapshot
-    ``ensemble/accuracy`` (validation) and ``ensemble/members``.
+    ``ensemble/accuracy`` (validation) and ``ensemble/members``. Under several
+    processes only process 0 writes (every process sees the same metrics).
     """
 
     def __init__(self, logdir: str | Path, log_every: int = 10):
@@ -144,6 +146,8 @@ class TensorBoard(Hook):
         self.writer = None
 
     def start(self, run: Run) -> None:
+        if not is_main():
+            return
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(
@@ -152,6 +156,8 @@ class TensorBoard(Hook):
 
     def chunk(self, run: Run, end: ChunkEnd) -> str | None:
         every, w = self.log_every, self.writer
+        if w is None:
+            return None
         for j in range(-(end.lo + 1) % every, end.hi - end.lo, every):
             s = end.lo + j + 1
             for name, v in end.metrics.items():
@@ -164,6 +170,8 @@ class TensorBoard(Hook):
 
     def epoch(self, run: Run, record: dict[str, Any]) -> str | None:
         s, w = record["step"], self.writer
+        if w is None:
+            return None
         for name, value in record.items():
             if name.startswith("train_"):
                 w.add_scalar(f"train/epoch_{name[6:]}", value, s)
@@ -181,13 +189,15 @@ class TensorBoard(Hook):
 
 
 class ProgressBar(Hook):
-    """A tqdm bar per epoch with the last loss and lr."""
+    """A tqdm bar per epoch with the last loss and lr (on process 0 only)."""
 
     def __init__(self):
         self.bar = None
 
     def chunk(self, run: Run, end: ChunkEnd) -> str | None:
         spe = run.steps_per_epoch
+        if not is_main():
+            return None
         if self.bar is None:
             from tqdm.auto import tqdm
 

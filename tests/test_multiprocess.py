@@ -94,7 +94,7 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
                 print("ready", flush=True)  # training: the test may kill a peer
             self.losses += end.metrics["loss"].tolist()
 
-    def train_mlp(epochs, ckpt=None, resume=False):
+    def train_mlp(epochs, ckpt=None, resume=False, logdir=None):
         losses = Losses()
         losses.epochs = epochs
         res = fit(
@@ -109,6 +109,7 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
                 chunks_per_epoch=2,
                 checkpoint_dir=ckpt,
                 resume=resume,
+                logdir=logdir,
             ),
             preprocess=scale_images,
             val_data=val,
@@ -124,7 +125,9 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
 
     doc = {"processes": jax.process_count(), "devices": jax.device_count()}
     ckpt = out / "ckpt"
-    doc["fit"] = train_mlp(EPOCHS, ckpt=ckpt)
+    doc["fit"] = train_mlp(EPOCHS, ckpt=ckpt, logdir=out / "tb")
+    sync("fit done")
+    doc["event_files"] = len(list((out / "tb").glob("events.out.tfevents.*")))
     # A job that died during its last epoch leaves the previous epoch's
     # checkpoint: drop the last one, then resume from there under 2 processes.
     steps = sorted(int(p.name) for p in (ckpt / "latest").iterdir() if p.name.isdigit())
@@ -290,6 +293,11 @@ def test_fit_two_processes_equal_one_process_with_two_devices(runs):
         close(a, b)
     # and it learned something: not two equal constants
     assert np.mean(two["fit"]["losses"][-8:]) < np.mean(two["fit"]["losses"][:8])
+
+
+def test_tensorboard_is_written_once_for_the_job(runs):
+    for doc in runs[:2]:
+        assert doc["event_files"] == 1
 
 
 def test_resume_under_two_processes_is_exact(runs):
