@@ -68,6 +68,7 @@ from lrjax.suggest import (
 )
 
 MODES = ("exponential", "linear")
+POPULATIONS = ("auto", "vmap", "map")
 MAX_CHUNK_STEPS = 4096  # bounds a chunk's inputs, whatever the sweep length
 
 
@@ -464,6 +465,7 @@ def lr_range_test(
     loop: str = "auto",
     progress: bool = False,
     sweep_over: Mapping[str, Sequence[float]] | None = None,
+    population: str = "auto",
 ) -> RangeTestResult:
     """Runs the learning-rate range test and suggests a learning rate.
 
@@ -513,6 +515,12 @@ def lr_range_test(
         weight_decay=0.0: optax.adamw(lr, weight_decay=weight_decay)``, or
         ``optax.sgd`` with ``"momentum"``); the value is injected by
         ``optax.inject_hyperparams``, so it is data, not a recompile.
+      population: how a sweep's members run inside the one program: ``"vmap"``
+        (batched, spread over the local devices) or ``"map"`` (``lax.map``: one
+        member after another inside each compiled step, unbatched, on one
+        device; on this project's CPU neither beat the other per member,
+        ``benchmarks/sweep_quality.py``); ``"auto"`` is ``"vmap"``. Seeds
+        without a sweep are always vmapped.
 
     Returns:
       A :class:`RangeTestResult`. With ``sweep_over``, ``sweep`` is a
@@ -573,7 +581,10 @@ def lr_range_test(
 
     spec, params, rest = init_members(model, key, seeds, check)
     seed_keys = [jax.random.fold_in(key, s) for s in range(seeds)]
-    mesh = population_mesh(size, "seed") if size > 1 else None
+    if population not in POPULATIONS:
+        raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
+    mapped = values is not None and population == "map"
+    mesh = population_mesh(size, "seed") if size > 1 and not mapped else None
     P = jax.sharding.PartitionSpec
     rep = None if mesh is None else jax.sharding.NamedSharding(mesh, P())
     per_member = (
@@ -621,8 +632,10 @@ def lr_range_test(
         tx = make_tx(sched, values[0])
     loss_fn = classification_loss() if loss_fn is None else loss_fn
 
+    own = isinstance(base, ArraySource) and seeds > 1
+
     def build(unroll: bool):
-        return make_step(
+        step = make_step(
             spec,
             loss_fn,
             tx,
@@ -630,10 +643,18 @@ def lr_range_test(
             accumulate_steps=k,
             unroll=unroll,
         )
+        if not mapped:
+            return step
+
+        def population_step(state, batch):  # the members one after another
+            if own:
+                return jax.lax.map(lambda sb: step(*sb), (state, batch))
+            return jax.lax.map(lambda s: step(s, batch), state)
+
+        return population_step
 
     members = None
-    if size > 1:
-        own = isinstance(base, ArraySource) and seeds > 1
+    if size > 1 and not mapped:
         members = "own" if own else "shared"
     program = Program(build, gathers=source.gathers, members=members, loop=loop)
     shard = None if mesh is None else jax.sharding.NamedSharding(mesh, P("seed"))
@@ -773,6 +794,7 @@ def lr_range_test(
             "run_s": run_s,
             "steps_per_s": steps_run * size / run_s if run_s > 0 else None,
             "loop": program.loop,
+            **({} if values is None else {"population": "map" if mapped else "vmap"}),
         },
         device=describe_devices(
             list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]

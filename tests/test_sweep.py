@@ -188,6 +188,23 @@ def test_sgd_momentum_on_one_seed_shares_the_batches(images):
     )
 
 
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_mapped_and_vmapped_members_agree(images, seeds):
+    kw = dict(KW, key=jax.random.key(0), seeds=seeds, num_steps=20)
+    sweep = {"weight_decay": [0.0, 0.5]}
+    r = {
+        p: lrjax.lr_range_test(mlp, adamw, images, sweep_over=sweep, population=p, **kw)
+        for p in ("map", "vmap")
+    }
+    assert r["map"].timings["population"] == "map"
+    assert r["vmap"].timings["population"] == "vmap"
+    np.testing.assert_allclose(
+        r["map"].sweep.losses, r["vmap"].sweep.losses, rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="population must be one of"):
+        lrjax.lr_range_test(mlp, adamw, images, sweep_over=sweep, population="x", **kw)
+
+
 def test_an_iterable_of_batches_feeds_every_value(images):
     x, y = images
     batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 320, 32)]
