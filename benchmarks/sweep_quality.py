@@ -1,0 +1,341 @@
+"""Is the sweep's recommendation good, and what does one program save?
+
+    python benchmarks/sweep_quality.py [--model mlp] [--optimizer adamw]
+        [--values 0,1e-5,1e-4,1e-3] [--devices 2]
+        [--out benchmarks/results/sweep_mlp_adamw.json]
+
+On real Fashion-MNIST (the MLP 300-100, batch 32), one range test with
+``sweep_over={"weight_decay": values}`` (one epoch, 1e-5 -> 10, one seed, the
+optimizers of ``python -m lrjax.find --sweep``) recommends a (weight decay, lr)
+pair. Ground truth: ``lrjax.lr_grid`` over lr x weight decay (one grid per
+value, ``--epochs`` epochs, validation accuracy), on log-spaced lrs covering
+every value's suggestion. Reported:
+
+* regret: the best grid pair's accuracy minus the accuracy at the recommended
+  pair (``lrjax.accuracy_at``, log-lr interpolation in the recommended value's
+  grid); also each value's own suggestion's regret, so one sees what picking
+  the value adds;
+* cost: wall time (compile included, persistent compilation cache off) and run
+  time of the one-program sweep against the same values run one after another
+  as plain range tests, over ``--devices`` XLA host devices
+  (``lrjax.cli.setup_jax``); repeats interleaved, the minimum reported, because
+  the cores are shared. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def fmt(v, spec=".3g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(doc: dict) -> str:
+    """The benchmarks/README.md table of one results JSON (``--report``)."""
+    c = doc["cost"]
+    lines = [
+        f"{doc['benchmark']} ({doc['device']}, {doc['cpu_count']} cores).",
+        "",
+        f"| {doc['name']} | min smoothed loss | diverged at lr | suggested lr "
+        f"| grid best lr | grid best acc | acc at suggestion |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(doc["per_value"]):
+        mark = " **(recommended)**" if i == doc["recommended"]["index"] else ""
+        lines.append(
+            f"| {row['value']:g}{mark} | {fmt(row['min_loss'], '.4f')} "
+            f"| {fmt(row['diverged_at_lr'])} | {fmt(row['suggested_lr'])} "
+            f"| {fmt(row['grid_best_lr'])} | {fmt(row['grid_best_accuracy'], '.4f')} "
+            f"| {fmt(row['accuracy_at_suggestion'], '.4f')} |"
+        )
+    b = doc["best_pair"]
+    lines += [
+        "",
+        f"Best grid pair: {doc['name']}={b['value']:g}, lr {b['lr']:.3g} "
+        f"(accuracy {b['accuracy']:.4f}); recommended pair: "
+        f"{doc['name']}={fmt(doc['recommended']['value'], 'g')}, lr "
+        f"{fmt(doc['recommended']['lr'])}; **regret {fmt(doc['regret'], '.4f')}**.",
+        f"Cost: one program {c['one_program_wall_s']:.1f} s against "
+        f"{c['one_by_one_wall_s']:.1f} s one value after another "
+        f"(**{c['wall_ratio']:.2f}x** wall, compiles included; "
+        f"{c['run_ratio']:.2f}x in run time alone; target <= "
+        f"{c['target_ratio']}x), on {c['sweep_device']}.",
+    ]
+    return "\n".join(lines)
+
+
+def cost_parent(args, argv) -> int:
+    """Interleaved fresh processes: the sweep, then the values one by one."""
+    import subprocess
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base = [a for a in argv if a != "--cost-only"]
+    if "--out" in base:
+        i = base.index("--out")
+        del base[i : i + 2]
+    runs: dict[str, list[dict]] = {"sweep": [], "one_by_one": []}
+    for i in range(args.repeats):
+        for child in runs:
+            cmd = [sys.executable, __file__, *base, "--child", child]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            runs[child].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(
+                f"repeat {i} {child}: {runs[child][-1]['wall_s']:.1f} s",
+                file=sys.stderr,
+            )
+    best = {k: min(v, key=lambda x: x["wall_s"]) for k, v in runs.items()}
+    fastest_run = {k: min(x["run_s"] for x in v) for k, v in runs.items()}
+    cost = {
+        "one_program_wall_s": best["sweep"]["wall_s"],
+        "one_by_one_wall_s": best["one_by_one"]["wall_s"],
+        "wall_ratio": best["sweep"]["wall_s"] / best["one_by_one"]["wall_s"],
+        "one_program_run_s": fastest_run["sweep"],
+        "one_by_one_run_s": fastest_run["one_by_one"],
+        "run_ratio": fastest_run["sweep"] / fastest_run["one_by_one"],
+        "one_program_compile_s": best["sweep"]["compile_s"],
+        "one_by_one_compile_s": best["one_by_one"]["compile_s"],
+        "target_ratio": 0.8,
+        "runs": runs,
+        "sweep_device": best["sweep"]["device"],
+        "one_by_one_device": best["one_by_one"]["device"],
+        "loop": best["sweep"]["loop"],
+        "command": "python " + " ".join([sys.argv[0], *argv]),
+        "load_avg_1min_after": os.getloadavg()[0],
+        "note": "min over interleaved repeats, each a fresh process (JAX start and a "
+        "2-step warm-up excluded, compiles included, persistent cache off): the "
+        "sweep over --devices XLA host devices, against a plain range test per "
+        "value in a process with JAX's defaults (one device, every core), as "
+        "python -m lrjax.find would run them; each plain test stops at its own "
+        "divergence, the sweep when every value has diverged",
+    }
+    if args.out:
+        with open(args.out) as f:
+            doc = json.load(f)
+        if "cost" in doc and "runs" not in doc["cost"]:
+            doc["cost_same_process"] = doc.pop("cost")
+        doc["cost"] = cost
+        with open(args.out, "w") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(cost, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--steps", type=int, default=None, help="default one epoch")
+    p.add_argument("--name", default="weight_decay")
+    p.add_argument("--values", default="0,1e-5,1e-4,1e-3")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--per-decade", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--devices", type=int, default=2)
+    p.add_argument("--n-train", type=int, default=None, help="first N examples")
+    p.add_argument("--out", default=None)
+    p.add_argument("--report", default=None, help="print a results JSON's table")
+    p.add_argument(
+        "--cost-only",
+        action="store_true",
+        help="time the sweep (--devices host devices) against the values one by "
+        "one (default JAX, one device) in fresh processes; with --out, merged "
+        "into that JSON as its cost",
+    )
+    p.add_argument("--child", choices=("sweep", "one_by_one"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            print(markdown(json.load(f)))
+        return 0
+    if args.cost_only:
+        return cost_parent(args, argv)
+    values = [float(v) for v in args.values.split(",")]
+
+    os.environ.setdefault("LRJAX_JAX_CACHE", "off")  # compiles count in the cost
+    from lrjax.cli import setup_jax
+
+    setup_jax(1 if args.child == "one_by_one" else args.devices)
+
+    import jax
+    import numpy as np
+
+    from lrjax.batches import scale_images
+    from lrjax.cli.find import sweep_factory
+    from lrjax.data import load_dataset
+    from lrjax.lr_grid import accuracy_at, lr_grid
+    from lrjax.models import mlp
+    from lrjax.range_test import lr_range_test
+    from lrjax.results import describe_devices
+
+    ds = load_dataset("fashion_mnist")
+    n = args.n_train or len(ds.y_train)
+    train = (ds.x_train[:n], ds.y_train[:n])
+    key = jax.random.key(0)
+    opt = sweep_factory(args.optimizer)
+
+    def at(v):
+        return lambda lr: opt(lr, **{args.name: v})
+
+    def model():
+        if args.model == "cnn":  # lrjax.models.cnn, where it has landed
+            from lrjax.models import cnn
+
+            return cnn(ds.num_classes, key=jax.random.key(1))
+        return mlp(784, ds.num_classes, (300, 100), key=jax.random.key(1))
+
+    rt = dict(key=key, preprocess=scale_images, batch_size=32, init_value=1e-5)
+    rt.update(end_value=10.0, num_steps=args.steps)
+
+    def one_program():
+        t0 = time.perf_counter()
+        r = lr_range_test(model(), opt, train, sweep_over={args.name: values}, **rt)
+        return time.perf_counter() - t0, r
+
+    def one_by_one():
+        t0 = time.perf_counter()
+        rs = [lr_range_test(model(), at(v), train, **rt) for v in values]
+        return time.perf_counter() - t0, rs
+
+    lr_range_test(model(), at(values[0]), train, **dict(rt, num_steps=2))  # warm-up
+    if args.child:
+        w, r = one_program() if args.child == "sweep" else one_by_one()
+        rs = [r] if args.child == "sweep" else r
+        print(
+            json.dumps(
+                {
+                    "wall_s": w,
+                    "run_s": sum(x.timings["run_s"] for x in rs),
+                    "compile_s": sum(x.timings["compile_s"] for x in rs),
+                    "steps_run": [x.steps_run for x in rs],
+                    "device": rs[0].device,
+                    "loop": rs[0].timings["loop"],
+                }
+            )
+        )
+        return 0
+    sweep_wall, seq_wall, sweep_run, seq_run = [], [], [], []
+    for i in range(args.repeats):
+        w, r = one_program()
+        sweep_wall.append(w)
+        sweep_run.append(r.timings["run_s"])
+        w, rs = one_by_one()
+        seq_wall.append(w)
+        seq_run.append(sum(x.timings["run_s"] for x in rs))
+        print(
+            f"repeat {i}: one program {sweep_wall[-1]:.1f} s, one by one "
+            f"{seq_wall[-1]:.1f} s",
+            file=sys.stderr,
+        )
+    sw = r.sweep
+
+    # Ground truth: an lr grid per value, on lrs covering every value's suggestion.
+    suggested = [v for v in sw.suggested_lr if v is not None]
+    lo = min([1e-4, *suggested]) / 1.5
+    hi = max([0.3, *suggested]) * 1.5
+    k = int(np.ceil(np.log10(hi / lo) * args.per_decade)) + 1
+    lrs = np.logspace(np.log10(lo), np.log10(hi), k)
+    grids, grid_s = [], 0.0
+    for v in values:
+        t0 = time.perf_counter()
+        g = lr_grid(
+            model(),
+            at(v),
+            train,
+            (ds.x_val, ds.y_val),
+            lrs=lrs.tolist(),
+            key=key,
+            epochs=args.epochs,
+            preprocess=scale_images,
+        )
+        grid_s += time.perf_counter() - t0
+        grids.append(g)
+        print(f"grid {args.name}={v:g}: best {g.best_accuracy:.4f}", file=sys.stderr)
+    best_per_value = [float(g.best_accuracy) for g in grids]
+    b = int(np.argmax(best_per_value))
+
+    def regret(i, lr):
+        acc = accuracy_at(grids[i], lr)
+        return None if acc is None else best_per_value[b] - acc
+
+    rec = sw.best
+    doc = {
+        "benchmark": (
+            f"sweep over {args.name} on Fashion-MNIST "
+            f"{'MLP 300-100' if args.model == 'mlp' else 'CNN'}, "
+            f"{args.optimizer}, batch 32, {r.config['num_steps']} steps 1e-5 -> 10, "
+            "one seed; ground "
+            f"truth lr_grid {len(lrs)} lrs x {len(values)} values x "
+            f"{args.epochs} epochs"
+        ),
+        "command": "python " + " ".join(sys.argv),
+        "device": describe_devices(),
+        "jax": jax.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "model": args.model,
+        "n_train": n,
+        "name": args.name,
+        "values": values,
+        "optimizer": args.optimizer,
+        "recommended": {"index": rec, "value": sw.value, "lr": sw.lr},
+        "rule": sw.rule,
+        "tolerance": sw.tolerance,
+        "per_value": [
+            {
+                "value": v,
+                "min_loss": sw.min_loss[i],
+                "diverged_at_lr": sw.diverged_at_lr[i],
+                "suggested_lr": sw.suggested_lr[i],
+                "grid_best_lr": float(grids[i].best_lr),
+                "grid_best_accuracy": best_per_value[i],
+                "accuracy_at_suggestion": accuracy_at(grids[i], sw.suggested_lr[i]),
+                "regret_of_suggestion": regret(i, sw.suggested_lr[i]),
+            }
+            for i, v in enumerate(values)
+        ],
+        "best_pair": {
+            "value": values[b],
+            "lr": float(grids[b].best_lr),
+            "accuracy": best_per_value[b],
+        },
+        "regret": None if rec is None else regret(rec, sw.lr),
+        "grid": {
+            "lrs": lrs.tolist(),
+            "epochs": args.epochs,
+            "final_accuracy": [g.final_accuracy().tolist() for g in grids],
+            "run_s": grid_s,
+        },
+        "cost": {
+            "one_program_wall_s": min(sweep_wall),
+            "one_by_one_wall_s": min(seq_wall),
+            "wall_ratio": min(sweep_wall) / min(seq_wall),
+            "one_program_run_s": min(sweep_run),
+            "one_by_one_run_s": min(seq_run),
+            "run_ratio": min(sweep_run) / min(seq_run),
+            "target_ratio": 0.8,
+            "wall_s_all": {"one_program": sweep_wall, "one_by_one": seq_wall},
+            "steps_run": r.steps_run,
+            "loop": r.timings["loop"],
+            "sweep_device": r.device,
+            "note": "min over interleaved repeats; one by one = a plain range test "
+            "per value (one device each, as a user would run them), each compiled; "
+            "the one program runs until every value has diverged",
+        },
+        "load_avg_1min_after": os.getloadavg()[0],
+    }
+    text = json.dumps(doc, indent=1) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
