@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrjax.batches import ArraySource, leading_size
+from lrjax.distributed import host
 from lrjax.loop import ChunkEnd, Program, check_loop, drive, epoch_plan
 from lrjax.range_test import init_members
 from lrjax.results import (
@@ -337,7 +338,7 @@ def lr_grid(
     # The population: member p = l * seeds + s, padded to a multiple of the
     # devices with copies of the last member (their results are dropped).
     size = num_lrs * seeds
-    n_dev = min(len(jax.local_devices()), size)
+    n_dev = min(len(jax.devices()), size)
     padded = -(-size // n_dev) * n_dev
     estimate: dict[str, Any] = {}
 
@@ -452,7 +453,7 @@ def lr_grid(
             train_parts[name].append(end.metrics[name])
         if end.hi % steps == 0:  # every chunk is an epoch; kept general
             train = end.state.train  # evaluated before the next chunk donates it
-            evals.append(evaluate(train.params, train.model_state))
+            evals.append(jax.tree.map(host, evaluate(train.params, train.model_state)))
             if bar is not None:
                 bar.update(1)
                 ev = evals[-1]
@@ -470,7 +471,6 @@ def lr_grid(
         a = np.stack([np.asarray(v)[:size] for v in per_epoch], axis=-1)
         return a.astype(np.float64).reshape(num_lrs, seeds, epochs)
 
-    evals = [jax.tree.map(np.asarray, ev) for ev in evals]
     val_metrics = {name: grid([ev[name] for ev in evals]) for name in evals[0]}
     if "accuracy" not in val_metrics and "loss" not in val_metrics:
         raise ValueError(

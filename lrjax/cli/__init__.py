@@ -287,8 +287,18 @@ def optimizer_factory(name: str, weight_decay: float | None = None):
 def prepare_out_dir(out: str | None, kind: str, force: bool) -> Path:
     """Creates the output directory; refuses a non-empty one unless ``force``.
 
-    The default is a new timestamped directory under ``runs/``.
+    The default is a new timestamped directory under ``runs/``. Under several
+    processes the directory must be given (the same one, seen by every process)
+    and only process 0 checks that it is empty.
     """
+    from lrjax.distributed import is_main, process_count
+
+    if out is None and process_count() > 1:
+        flag = "--logdir" if kind == "train" else "--out"
+        raise UsageError(
+            f"{flag} is required with several processes: one directory that every "
+            "process sees, the same on all"
+        )
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / f"{kind}-{stamp}"
@@ -300,7 +310,7 @@ def prepare_out_dir(out: str | None, kind: str, force: bool) -> Path:
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise UsageError(f"--out {out} exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()) and not force:
+        if path.is_dir() and any(path.iterdir()) and not force and is_main():
             raise UsageError(
                 f"--out {out} is not empty; pass --force to write into it "
                 f"(files of the same name are replaced) or choose another directory"
@@ -318,7 +328,12 @@ def prepare_out_dir(out: str | None, kind: str, force: bool) -> Path:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Writes via a temp file in the same directory and ``os.replace``."""
+    """Writes via a temp file in the same directory and ``os.replace``; under
+    several processes only process 0 writes."""
+    from lrjax.distributed import is_main
+
+    if not is_main():
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     mode = "wb" if isinstance(data, bytes) else "w"
     with open(tmp, mode) as f:

@@ -31,6 +31,7 @@ from lrjax.cli import (
     setup_jax,
     write_atomic,
 )
+from lrjax.cli.distributed import add_distributed_args, init_distributed
 from lrjax.suggest import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.find"
@@ -166,6 +167,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON result")
     p.add_argument("--no-plot", action="store_true", help="do not write lr_find.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_distributed_args(p)
     return p
 
 
@@ -277,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _check(args)
+        init_distributed(args)  # before JAX starts its backends
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
 

@@ -29,6 +29,7 @@ from lrjax.cli import (
     setup_jax,
     write_atomic,
 )
+from lrjax.cli.distributed import add_distributed_args, init_distributed
 
 PROG = "lrjax.grid"
 SCHEDULES = ("constant", "cosine", "restarts", "step")
@@ -70,6 +71,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true", help="print the JSON result")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_distributed_args(p)
     return p
 
 
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _check(args)
+        init_distributed(args)  # before JAX starts its backends
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
 

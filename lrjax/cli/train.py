@@ -32,6 +32,7 @@ from lrjax.cli import (
     setup_jax,
     write_atomic,
 )
+from lrjax.cli.distributed import add_distributed_args, init_distributed
 from lrjax.suggest import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.train"
@@ -218,6 +219,7 @@ def build_parser() -> ArgumentParser:
     a("--json", action="store_true", help="print metrics.json to stdout")
     a("--quiet", action="store_true", help="no progress bar or epoch lines")
     a("--no-plot", action="store_true", help="do not write learning_curves.png")
+    add_distributed_args(p)
     return p
 
 
@@ -424,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _check(args)
+        init_distributed(args)  # before JAX starts its backends
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
 
