@@ -9,7 +9,7 @@ A :class:`Program` runs ``C`` updates of the one step
 * ``"dispatch"``: one jitted update at a time, dispatched asynchronously.
 
 Rule for ``loop="auto"`` (measured on this project's 2-core CPU,
-``benchmarks/bench_loop.py``): ``"dispatch"`` when the backend is the CPU and the
+``benchmarks/bench_cnn.py``): ``"dispatch"`` when the backend is the CPU and the
 step contains a convolution, ``"scan"`` otherwise. XLA:CPU runs a convolution
 inside a loop body about 13x slower than the same step alone
 (jax-ml/jax#12868); on GPU and TPU a scan is fine. The choice is reported in
