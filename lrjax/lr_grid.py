@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax.batches import ArraySource, leading_size
+from lrjax.batches import ArraySource, check_batch_size, leading_size
 from lrjax.distributed import host
 from lrjax.loop import ChunkEnd, Program, check_loop, drive, epoch_plan
 from lrjax.range_test import init_members
@@ -322,11 +322,7 @@ def lr_grid(
     val_data = _arrays(val_data, "val_data")
     n_train = leading_size(train_data, "train_data")
     n_val = leading_size(val_data, "val_data")
-    if not 1 <= batch_size <= n_train:
-        raise ValueError(
-            f"batch_size must be between 1 and the number of training examples "
-            f"({n_train}), got {batch_size}"
-        )
+    check_batch_size(batch_size, n_train)
     num_lrs = lr_arr.size
     loss_fn = classification_loss() if loss_fn is None else loss_fn
     unit = schedule if schedule is not None else (lambda t: jnp.ones((), jnp.float32))
