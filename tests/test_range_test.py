@@ -527,3 +527,20 @@ def test_the_memory_estimate_is_in_the_result(images):
     # params, adam's mu and nu; adam's count, inject_hyperparams' count and lr
     assert mem["member_state_bytes"] == 4 * (3 * n_params) + 3 * 4
     assert mem["batch_bytes"] == (28 * 28 + 4) * 32 and mem["members"] == 2
+
+
+def test_a_sweep_of_1e8_steps_builds_only_its_chunks_inputs(images):
+    """No up-front [num_steps, batch] index array (51 GB here); it stops at the
+    first chunk, where every loss is already non-finite."""
+    r = lrjax.lr_range_test(
+        mlp(jax.random.key(0)),
+        optax.sgd,
+        images,
+        key=jax.random.key(0),
+        num_steps=10**8,
+        init_value=1e6,
+        end_value=1e7,
+    )
+    assert r.stop_reason == "diverged" and r.config["num_steps"] == 10**8
+    assert r.config["chunk_steps"] == lrjax.range_test.MAX_CHUNK_STEPS
+    assert r.steps_run == lrjax.range_test.MAX_CHUNK_STEPS
