@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet and sys.stderr.isatty(),
             sweep_over=sweep_over,
         )
-    except (ValueError, TypeError) as e:  # e.g. a population too big to fit
+    except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
         return fail(PROG, str(e))
     result.config.update(
         dataset=args.dataset,

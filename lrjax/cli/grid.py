@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             key=key,
             progress=progress,
         )
-    except (ValueError, TypeError) as e:
+    except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
         return fail(PROG, str(e))
     result.config.update(
         dataset=args.dataset,
