@@ -163,17 +163,37 @@ class ArraySource:
         data = jax.tree.map(jnp.asarray, data)
         self.data = data if sharding is None else jax.device_put(data, sharding)
         self.index_sharding = index_sharding
+        self._orders: dict[int, dict[int, jax.Array]] = {}
 
     def batches_per_epoch(self) -> int:
         return self.steps_per_epoch
 
+    def _epoch(self, m: int, epoch: int) -> jax.Array:
+        """Member ``m``'s batches of ``epoch``; the last two epochs are cached, so
+        a permutation is drawn once per epoch, not once per chunk."""
+        cache = self._orders.setdefault(m, {})
+        if epoch not in cache:
+            if len(cache) >= 2:
+                cache.pop(min(cache))
+            cache[epoch] = epoch_order(
+                self.keys[m], epoch, self.num_examples, self.batch_size
+            )
+        return cache[epoch]
+
+    def _indices(self, m: int, start: int, count: int) -> jax.Array:
+        """:func:`batch_indices` ``(key_m, N, B, count, start)`` from the cache."""
+        per = self.steps_per_epoch
+        first, last = start // per, (start + count - 1) // per
+        orders = [self._epoch(m, e) for e in range(first, last + 1)]
+        out = jnp.concatenate(orders) if len(orders) > 1 else orders[0]
+        lo = start - first * per
+        return out[lo : lo + count]
+
     def chunk(self, lo: int, hi: int) -> jax.Array:
         n, k, b = hi - lo, self.k, self.batch_size
         parts = [
-            batch_indices(key, self.num_examples, b, n * k, start=lo * k).reshape(
-                (n, k, b) if k > 1 else (n, b)
-            )
-            for key in self.keys
+            self._indices(m, lo * k, n * k).reshape((n, k, b) if k > 1 else (n, b))
+            for m in range(len(self.keys))
         ]
         idx = jnp.stack(parts, axis=1) if self.per_member else parts[0]
         if self.index_sharding is not None:
