@@ -45,31 +45,10 @@ WARMUP = 3
 
 
 def cnn(key):
-    import jax
-    from flax import nnx
+    """The issue's CNN: ``lrjax.models.cnn`` (the layers the PyTorch copy mirrors)."""
+    from lrjax import models
 
-    class CNN(nnx.Module):
-        def __init__(self, rngs: nnx.Rngs):
-            self.conv1 = nnx.Conv(1, 32, (3, 3), rngs=rngs)
-            self.bn1 = nnx.BatchNorm(32, rngs=rngs)
-            self.conv2 = nnx.Conv(32, 64, (3, 3), rngs=rngs)
-            self.bn2 = nnx.BatchNorm(64, rngs=rngs)
-            self.dense1 = nnx.Linear(7 * 7 * 64, 128, rngs=rngs)
-            self.dropout = nnx.Dropout(0.3, rngs=rngs)
-            self.dense2 = nnx.Linear(128, 10, rngs=rngs)
-
-        def __call__(self, x):
-            x = x.reshape(x.shape[0], 28, 28, 1)
-            x = pool(jax.nn.relu(self.bn1(self.conv1(x))))
-            x = pool(jax.nn.relu(self.bn2(self.conv2(x))))
-            x = self.dropout(jax.nn.relu(self.dense1(x.reshape(x.shape[0], -1))))
-            return self.dense2(x)
-
-    def pool(x):
-        n, h, w, c = x.shape
-        return x.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
-
-    return CNN(nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1)))
+    return models.cnn(10, key=key)
 
 
 def optimizer(lr):

@@ -130,37 +130,10 @@ def make_mlp(key):
 
 
 def make_cnn(key):
-    """The issue's CNN: lrjax.models.cnn, or the same layers here if it is absent."""
-    import jax
-    from flax import nnx
-
+    """The issue's CNN: ``lrjax.models.cnn`` (reshape-and-max pooling)."""
     from lrjax import models
 
-    if hasattr(models, "cnn"):
-        return models.cnn(10, key=key)
-
-    def pool(x):
-        n, h, w, c = x.shape
-        return x.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
-
-    class CNN(nnx.Module):
-        def __init__(self, rngs: nnx.Rngs):
-            self.conv1 = nnx.Conv(1, 32, (3, 3), rngs=rngs)
-            self.bn1 = nnx.BatchNorm(32, rngs=rngs)
-            self.conv2 = nnx.Conv(32, 64, (3, 3), rngs=rngs)
-            self.bn2 = nnx.BatchNorm(64, rngs=rngs)
-            self.dense = nnx.Linear(7 * 7 * 64, 128, rngs=rngs)
-            self.dropout = nnx.Dropout(0.3, rngs=rngs)
-            self.out = nnx.Linear(128, 10, rngs=rngs)
-
-        def __call__(self, x):
-            x = x.reshape(x.shape[0], 28, 28, 1)
-            x = pool(jax.nn.relu(self.bn1(self.conv1(x))))
-            x = pool(jax.nn.relu(self.bn2(self.conv2(x))))
-            x = self.dropout(jax.nn.relu(self.dense(x.reshape(x.shape[0], -1))))
-            return self.out(x)
-
-    return CNN(nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1)))
+    return models.cnn(10, key=key)
 
 
 def momentum(lr):
