@@ -42,6 +42,7 @@ from lrjax.batches import take
 from lrjax.distributed import agree, host
 
 LOOPS = ("auto", "scan", "unroll", "dispatch")
+POPULATIONS = ("auto", "vmap", "unroll", "map")
 
 
 def _has_conv(jaxpr) -> bool:
@@ -62,13 +63,73 @@ def check_loop(loop: str) -> str:
     return loop
 
 
-def choose_loop(fn: Callable, *example_args, backend: str | None = None) -> str:
-    """The ``"auto"`` rule: ``"dispatch"`` for a conv step on CPU, else ``"scan"``."""
+def check_population(population: str) -> str:
+    if population not in POPULATIONS:
+        raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
+    return population
+
+
+def conv_on_cpu(fn: Callable, *example_args, backend: str | None = None) -> bool:
+    """Whether ``fn`` contains a convolution and runs on XLA:CPU: the case where
+    the ``"auto"`` rules leave the defaults (a scanned loop, a vmapped population)."""
     backend = backend or jax.default_backend()
     if backend != "cpu":
-        return "scan"
-    jaxpr = jax.make_jaxpr(fn)(*example_args)
-    return "dispatch" if _has_conv(jaxpr.jaxpr) else "scan"
+        return False
+    return _has_conv(jax.make_jaxpr(fn)(*example_args).jaxpr)
+
+
+def choose_loop(fn: Callable, *example_args, backend: str | None = None) -> str:
+    """The ``"auto"`` rule: ``"dispatch"`` for a conv step on CPU, else ``"scan"``."""
+    return "dispatch" if conv_on_cpu(fn, *example_args, backend=backend) else "scan"
+
+
+def _member(tree, i: int):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def _sharded_mesh(tree) -> jax.sharding.Mesh | None:
+    """The 1-D mesh a population state is sharded over (its leading axis), or None
+    when it lives on one device."""
+    sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.size == 1 or not isinstance(mesh, jax.sharding.Mesh):
+        return None
+    return mesh
+
+
+def population_fn(one: Callable, own: bool, how: str, mesh=None) -> Callable:
+    """``one(state, x, data)`` of ONE member, made to run a population: ``state``
+    with a leading member axis, ``x`` per member (``own``) or shared.
+
+    ``how`` is ``"vmap"``, ``"unroll"`` or ``"map"`` (module docstring). With a
+    ``mesh`` (a 1-D mesh the population is sharded over) an unrolled or mapped
+    population runs under ``shard_map``, each device over its own members.
+    """
+    if how == "vmap":
+        return jax.vmap(one, in_axes=(0, 0 if own else None, None))
+
+    def members(state, x, data):
+        if how == "map":
+            if own:
+                return jax.lax.map(lambda sx: one(*sx, data), (state, x))
+            return jax.lax.map(lambda s: one(s, x, data), state)
+        n = jax.tree.leaves(state)[0].shape[0]
+        outs = [
+            one(_member(state, i), _member(x, i) if own else x, data) for i in range(n)
+        ]
+        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+    if mesh is None:
+        return members
+    P = jax.sharding.PartitionSpec
+    (axis,) = mesh.axis_names
+    return jax.shard_map(
+        members,
+        mesh=mesh,
+        in_specs=(P(axis), P(axis) if own else P(), P()),
+        out_specs=P(axis),
+        check_vma=False,
+    )
 
 
 class Program:
@@ -85,6 +146,8 @@ class Program:
         (``"own"``: ``xs[c, p]``) or all share them (``"shared"``).
       loop: ``"scan"``, ``"unroll"``, ``"dispatch"`` (or ``"auto"``, decided at
         the first :meth:`compile`).
+      population: with ``members``, ``"vmap"``, ``"unroll"`` or ``"map"`` (or
+        ``"auto"``, decided at the first :meth:`compile`).
 
     ``xs`` has the chunk axis first; metrics come back ``[C]`` or ``[C, P]``.
     """
@@ -96,17 +159,20 @@ class Program:
         gathers: bool,
         members: str | None = None,
         loop: str = "auto",
+        population: str = "auto",
     ):
         self.build = build
         self.gathers = gathers
         self.members = members
         self.loop = check_loop(loop)
-        self.one = None if self.loop == "auto" else self._one(self.loop != "scan")
+        self.population = check_population(population) if members else None
+        self.mesh = None
+        self.one = None
         self._jitted = None
         self._compiled: dict[int, Any] = {}
         self.compile_s = 0.0
 
-    def _one(self, unroll: bool) -> Callable:
+    def _one(self, unroll: bool, population: str = "vmap") -> Callable:
         step = self.build(unroll)
         gathers = self.gathers
 
@@ -114,8 +180,8 @@ class Program:
             return step(state, take(data, x) if gathers else x)
 
         if self.members is not None:
-            own = 0 if self.members == "own" else None
-            one = jax.vmap(one, in_axes=(0, own, None))
+            own = self.members == "own"
+            one = population_fn(one, own, population, self.mesh)
         return one
 
     def _jit(self):
@@ -135,9 +201,16 @@ class Program:
         """Compiles for a chunk like ``xs`` (once per chunk length when scanned)."""
         t0 = time.perf_counter()
         first = jax.tree.map(lambda a: a[0], xs)
-        if self.loop == "auto":
-            self.loop = choose_loop(self._one(False), state, first, data)
-            self.one = self._one(self.loop != "scan")
+        if self.one is None:
+            if "auto" in (self.loop, self.population):
+                conv = conv_on_cpu(self._one(False), state, first, data)
+                if self.loop == "auto":
+                    self.loop = "dispatch" if conv else "scan"
+                if self.population == "auto":
+                    self.population = "unroll" if conv else "vmap"
+            if self.population in ("unroll", "map"):
+                self.mesh = _sharded_mesh(state)
+            self.one = self._one(self.loop != "scan", self.population or "vmap")
         if self._jitted is None:
             self._jitted = self._jit()
         key = 0 if self.loop == "dispatch" else jax.tree.leaves(xs)[0].shape[0]

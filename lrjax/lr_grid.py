@@ -35,7 +35,15 @@ import numpy as np
 
 from lrjax.batches import ArraySource, check_batch_size, leading_size
 from lrjax.distributed import host
-from lrjax.loop import ChunkEnd, Program, check_loop, drive, epoch_plan
+from lrjax.loop import (
+    ChunkEnd,
+    Program,
+    check_loop,
+    check_population,
+    drive,
+    epoch_plan,
+    population_fn,
+)
 from lrjax.range_test import init_members
 from lrjax.results import (
     check_memory,
@@ -272,6 +280,7 @@ def lr_grid(
     preprocess: Callable | None = None,
     eval_batch_size: int = 1000,
     loop: str = "auto",
+    population: str = "auto",
     progress: bool = False,
 ) -> GridResult:
     """Trains one model per (lr, seed) in one compiled program; returns the grid.
@@ -305,6 +314,10 @@ def lr_grid(
       eval_batch_size: examples per evaluation batch.
       loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
         (:mod:`lrjax.loop`); the choice is ``timings["loop"]``.
+      population: how the members run inside each compiled update and
+        evaluation: ``"vmap"``, ``"unroll"`` or ``"map"``; ``"auto"`` is
+        ``"unroll"`` for a convolution on the CPU, else ``"vmap"``
+        (:mod:`lrjax.loop`); the choice is ``timings["population"]``.
       progress: show a tqdm progress bar over epochs.
 
     Returns:
@@ -318,6 +331,7 @@ def lr_grid(
     """
     lr_arr = _check_args(lrs, seeds, epochs, batch_size, eval_batch_size)
     check_loop(loop)
+    check_population(population)
     train_data = _arrays(train_data, "train_data")
     val_data = _arrays(val_data, "val_data")
     n_train = leading_size(train_data, "train_data")
@@ -406,12 +420,13 @@ def lr_grid(
         return step
 
     program = Program(
-        build, gathers=True, members="own" if seeds > 1 else "shared", loop=loop
+        build,
+        gathers=True,
+        members="own" if seeds > 1 else "shared",
+        loop=loop,
+        population=population,
     )
-    eval_pop = jax.vmap(
-        make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess),
-        in_axes=(0, 0, None),
-    )
+    eval_one = make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
     member_bytes = tree_bytes(state.train) // padded
     memory = {
         "state_bytes": member_bytes * size,
@@ -426,6 +441,14 @@ def lr_grid(
     plan = epoch_plan(0, steps * epochs, steps, 1)
     program.compile(state, source.chunk(*plan[0]), source.data)
     t0 = time.perf_counter()
+    # The members are evaluated the way they train (vmapped, unrolled, mapped).
+    eval_members = population_fn(
+        lambda pr, b, _: eval_one(*pr, b), False, program.population, program.mesh
+    )
+
+    def eval_pop(params, ms, b):
+        return eval_members((params, ms), b, None)
+
     evaluate = _make_evaluate(
         eval_pop,
         val,
@@ -507,6 +530,7 @@ def lr_grid(
             "steps_per_s": total_steps / run_s if run_s > 0 else None,
             "model_epochs_per_s": size * epochs / run_s if run_s > 0 else None,
             "loop": program.loop,
+            "population": program.population,
         },
         device=describe_devices(
             list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]

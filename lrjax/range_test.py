@@ -34,7 +34,7 @@ from flax import nnx
 
 from lrjax import schedules
 from lrjax.batches import ArraySource, IterSource, as_source, is_arrays
-from lrjax.loop import Program, check_loop, drive, uniform_plan
+from lrjax.loop import Program, check_loop, check_population, drive, uniform_plan
 from lrjax.results import (
     check_memory,
     describe_devices,
@@ -68,7 +68,6 @@ from lrjax.suggest import (
 )
 
 MODES = ("exponential", "linear")
-POPULATIONS = ("auto", "vmap", "map")
 MAX_CHUNK_STEPS = 4096  # bounds a chunk's inputs, whatever the sweep length
 
 
@@ -515,12 +514,12 @@ def lr_range_test(
         weight_decay=0.0: optax.adamw(lr, weight_decay=weight_decay)``, or
         ``optax.sgd`` with ``"momentum"``); the value is injected by
         ``optax.inject_hyperparams``, so it is data, not a recompile.
-      population: how a sweep's members run inside the one program: ``"vmap"``
-        (batched, spread over the local devices) or ``"map"`` (``lax.map``: one
-        member after another inside each compiled step, unbatched, on one
-        device; on this project's CPU neither beat the other per member,
-        ``benchmarks/sweep_quality.py``); ``"auto"`` is ``"vmap"``. Seeds
-        without a sweep are always vmapped.
+      population: how the members (seeds, swept values) run inside each
+        compiled update: ``"vmap"`` (batched), ``"unroll"`` (one after another,
+        each step inlined) or ``"map"`` (``lax.map``); each device of the
+        population's mesh runs its own members. ``"auto"``: ``"unroll"`` for a
+        convolution on the CPU, else ``"vmap"`` (:mod:`lrjax.loop`); the choice
+        is ``timings["population"]``.
 
     Returns:
       A :class:`RangeTestResult`. With ``sweep_over``, ``sweep`` is a
@@ -538,6 +537,7 @@ def lr_range_test(
     )
     k = check_accumulate(accumulate_steps)
     check_loop(loop)
+    check_population(population)
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
     sweep_name, values = None, None
@@ -581,10 +581,7 @@ def lr_range_test(
 
     spec, params, rest = init_members(model, key, seeds, check)
     seed_keys = [jax.random.fold_in(key, s) for s in range(seeds)]
-    if population not in POPULATIONS:
-        raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
-    mapped = values is not None and population == "map"
-    mesh = population_mesh(size, "seed") if size > 1 and not mapped else None
+    mesh = population_mesh(size, "seed") if size > 1 else None
     P = jax.sharding.PartitionSpec
     rep = None if mesh is None else jax.sharding.NamedSharding(mesh, P())
     per_member = (
@@ -635,7 +632,7 @@ def lr_range_test(
     own = isinstance(base, ArraySource) and seeds > 1
 
     def build(unroll: bool):
-        step = make_step(
+        return make_step(
             spec,
             loss_fn,
             tx,
@@ -643,20 +640,17 @@ def lr_range_test(
             accumulate_steps=k,
             unroll=unroll,
         )
-        if not mapped:
-            return step
-
-        def population_step(state, batch):  # the members one after another
-            if own:
-                return jax.lax.map(lambda sb: step(*sb), (state, batch))
-            return jax.lax.map(lambda s: step(s, batch), state)
-
-        return population_step
 
     members = None
-    if size > 1 and not mapped:
+    if size > 1:
         members = "own" if own else "shared"
-    program = Program(build, gathers=source.gathers, members=members, loop=loop)
+    program = Program(
+        build,
+        gathers=source.gathers,
+        members=members,
+        loop=loop,
+        population=population,
+    )
     shard = None if mesh is None else jax.sharding.NamedSharding(mesh, P("seed"))
     if values is None:
         init = lambda p, r: init_state(p, r, tx)  # noqa: E731
@@ -794,7 +788,7 @@ def lr_range_test(
             "run_s": run_s,
             "steps_per_s": steps_run * size / run_s if run_s > 0 else None,
             "loop": program.loop,
-            **({} if values is None else {"population": "map" if mapped else "vmap"}),
+            **({} if size == 1 else {"population": program.population}),
         },
         device=describe_devices(
             list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]

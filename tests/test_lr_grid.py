@@ -138,16 +138,20 @@ def check_against_reference(r, factory, lrs, seeds, epochs, key, unit=None):
         np.testing.assert_allclose(r.applied_lr[i], applied, rtol=1e-6)
 
 
-@pytest.mark.parametrize("scheduled", [False, True])
-def test_population_equals_members_trained_one_by_one(scheduled):
+@pytest.mark.parametrize(
+    "scheduled, population", [(False, "auto"), (True, "auto"), (False, "unroll"),
+                              (True, "map")]
+)  # fmt: skip
+def test_population_equals_members_trained_one_by_one(scheduled, population):
     key = jax.random.key(7)
     lrs = [0.01, 0.05, 0.2]
     unit = cosine_restarts(1.0, first_period=5, min_value=0.1) if scheduled else None
     # eval batches of 50: two full batches and a remainder of 20
     r = grid(init, lrs=lrs, seeds=2, epochs=2, schedule=unit, key=key,
-             eval_batch_size=50)  # fmt: skip
+             eval_batch_size=50, population=population)  # fmt: skip
     assert r.val_accuracy.shape == r.val_loss.shape == r.train_loss.shape == (3, 2, 2)
     assert r.timings["loop"] == "scan"
+    assert r.timings["population"] == ("vmap" if population == "auto" else population)
     check_against_reference(r, init, lrs, 2, 2, key, unit)
     # the learning rates really differ: the test would fail if lr were ignored
     assert np.ptp(r.val_loss[:, 0, -1]) > 1e-3
@@ -167,6 +171,37 @@ def test_batchnorm_dropout_factory_matches_members_and_evaluates_in_eval_mode():
     check_against_reference(r, noisy, lrs, 2, 2, key)
     # seeds differ (init, dropout streams, batch order) and so do the lrs
     assert np.all(np.abs(r.val_loss[:, 0] - r.val_loss[:, 1]) > 1e-4)
+    assert np.all(np.abs(r.val_loss[0] - r.val_loss[1]) > 1e-4)
+
+
+class ConvNet(nnx.Module):
+    """Conv-BatchNorm-relu-pool, Dropout, Linear on the 8x8 images."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.norm = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = nnx.Dropout(0.3, rngs=rngs)
+        self.out = nnx.Linear(4 * 4 * 4, 4, rngs=rngs)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.norm(self.conv(x[..., None])))
+        x = x.reshape(x.shape[0], 4, 2, 4, 2, 4).max((2, 4))
+        return self.out(self.drop(x.reshape(x.shape[0], -1)))
+
+
+def conv_net(k):
+    return ConvNet(rngs=nnx.Rngs(params=k, dropout=jax.random.fold_in(k, 7)))
+
+
+def test_a_conv_population_is_unrolled_on_cpu_and_matches_its_members():
+    """``population="auto"``: a convolution on the CPU runs the members one after
+    another (a vmapped conv is a slow grouped conv on XLA:CPU), dispatched one
+    update at a time; the numbers are each member's own."""
+    key = jax.random.key(4)
+    lrs = [0.02, 0.2]
+    r = grid(conv_net, lrs=lrs, seeds=2, epochs=1, key=key)
+    assert r.timings["population"] == "unroll" and r.timings["loop"] == "dispatch"
+    check_against_reference(r, conv_net, lrs, 2, 1, key)
     assert np.all(np.abs(r.val_loss[0] - r.val_loss[1]) > 1e-4)
 
 
@@ -365,22 +400,25 @@ import jax
 jax.config.update("jax_num_cpu_devices", 2)
 sys.path.insert(0, {tests!r})
 import test_lr_grid as t
-r = t.grid(t.init, lrs=[0.01, 0.05, 0.2], key=jax.random.key(7))
+r = t.grid(t.init, lrs=[0.01, 0.05, 0.2], key=jax.random.key(7),
+           population={population!r})
 print(json.dumps({{"device": r.device, "val_loss": r.val_loss.tolist(),
-                  "memory": r.memory}}))
+                  "memory": r.memory, "population": r.timings["population"]}}))
 """
 
 
-def test_population_spread_over_two_host_devices_matches():
-    """3 members padded to 4 and sharded over 2 XLA host devices: same numbers."""
-    code = _SHARDED.format(tests=os.path.dirname(__file__))
+@pytest.mark.parametrize("population", ["vmap", "unroll"])
+def test_population_spread_over_two_host_devices_matches(population):
+    """3 members padded to 4 and sharded over 2 XLA host devices: same numbers
+    (unrolled members run under shard_map, each device over its own)."""
+    code = _SHARDED.format(tests=os.path.dirname(__file__), population=population)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env,
         check=True, timeout=120,
     )  # fmt: skip
     doc = json.loads(out.stdout.strip().splitlines()[-1])
-    assert doc["device"] == "cpu x2 (cpu)"
+    assert doc["device"] == "cpu x2 (cpu)" and doc["population"] == population
     assert doc["memory"]["members"] == 3 and doc["memory"]["padded_members"] == 4
     key = jax.random.key(7)
     for i, lr in enumerate([0.01, 0.05, 0.2]):

@@ -201,8 +201,44 @@ def test_seeds_are_vmapped_and_each_equals_its_own_run(images):
     assert set(sp["per_method"]) == set(lrjax.METHODS)
 
 
-def test_seed_axis_sharded_over_host_devices_matches_one_device(tmp_path):
-    """Two XLA host devices (a subprocess: the flag must precede JAX's start)."""
+def test_conv_seeds_run_unrolled_on_cpu_and_equal_their_own_runs(small_images):
+    """``population="auto"`` unrolls a conv model's seeds on the CPU (a vmapped
+    conv is a slow grouped conv there); each seed equals its vmapped twin and the
+    first its own single run."""
+    kw = dict(
+        key=jax.random.key(5),
+        loss_fn=cnn_loss,
+        batch_size=16,
+        num_steps=12,
+        init_value=1e-3,
+        end_value=1.0,
+        stop_on_divergence=False,
+        chunks=2,
+    )
+
+    def factory(k):
+        return TinyCNN(rngs=nnx.Rngs(k))
+
+    auto = lrjax.lr_range_test(factory, optax.sgd, small_images, seeds=2, **kw)
+    vmapped = lrjax.lr_range_test(
+        factory, optax.sgd, small_images, seeds=2, population="vmap", **kw
+    )
+    one = lrjax.lr_range_test(factory, optax.sgd, small_images, **kw)
+    assert auto.timings["population"] == "unroll"
+    assert auto.timings["loop"] == "dispatch"
+    assert vmapped.timings["population"] == "vmap"
+    np.testing.assert_allclose(auto.losses, vmapped.losses, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(auto.losses[0], one.losses, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        auto.metrics["bn_mean"], vmapped.metrics["bn_mean"], rtol=1e-4, atol=1e-5
+    )
+    assert not np.allclose(auto.losses[0], auto.losses[1])
+
+
+@pytest.mark.parametrize("population", ["vmap", "unroll"])
+def test_seed_axis_sharded_over_host_devices_matches_one_device(tmp_path, population):
+    """Two XLA host devices (a subprocess: the flag must precede JAX's start);
+    unrolled members run under shard_map, each device over its own seeds."""
     script = textwrap.dedent(
         """
         import jax, numpy as np, optax, sys
@@ -213,11 +249,12 @@ def test_seed_axis_sharded_over_host_devices_matches_one_device(tmp_path):
         x, y = make_images(512, 0)
         r = lrjax.lr_range_test(lambda k: lrjax.mlp(784, 10, (16,), key=k),
             optax.sgd, (x, y.astype(np.int32)), key=jax.random.key(0), seeds=2,
-            num_steps=30, preprocess=scale_images, stop_on_divergence=False)
-        print(r.device)
+            num_steps=30, preprocess=scale_images, stop_on_divergence=False,
+            population=%r)
+        print(r.device, r.timings["population"])
         np.save(sys.argv[1], r.losses)
         """
-    ) % os.path.dirname(__file__)
+    ) % (os.path.dirname(__file__), population)
     outs = {}
     for n in (1, 2):
         env = dict(
@@ -234,7 +271,7 @@ def test_seed_axis_sharded_over_host_devices_matches_one_device(tmp_path):
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
-        assert f"x{n}" in proc.stdout
+        assert f"x{n}" in proc.stdout and population in proc.stdout
         outs[n] = np.load(out)
     np.testing.assert_allclose(outs[1], outs[2], rtol=1e-5, atol=1e-6)
 

@@ -189,18 +189,19 @@ def test_sgd_momentum_on_one_seed_shares_the_batches(images):
 
 
 @pytest.mark.parametrize("seeds", [1, 2])
-def test_mapped_and_vmapped_members_agree(images, seeds):
+def test_mapped_unrolled_and_vmapped_members_agree(images, seeds):
     kw = dict(KW, key=jax.random.key(0), seeds=seeds, num_steps=20)
     sweep = {"weight_decay": [0.0, 0.5]}
     r = {
         p: lrjax.lr_range_test(mlp, adamw, images, sweep_over=sweep, population=p, **kw)
-        for p in ("map", "vmap")
+        for p in ("map", "vmap", "unroll")
     }
-    assert r["map"].timings["population"] == "map"
+    for p in ("map", "unroll"):
+        assert r[p].timings["population"] == p
+        np.testing.assert_allclose(
+            r[p].sweep.losses, r["vmap"].sweep.losses, rtol=1e-4, atol=1e-5
+        )
     assert r["vmap"].timings["population"] == "vmap"
-    np.testing.assert_allclose(
-        r["map"].sweep.losses, r["vmap"].sweep.losses, rtol=1e-4, atol=1e-5
-    )
     with pytest.raises(ValueError, match="population must be one of"):
         lrjax.lr_range_test(mlp, adamw, images, sweep_over=sweep, population="x", **kw)
 
