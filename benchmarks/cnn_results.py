@@ -62,6 +62,23 @@ def test_labels() -> np.ndarray:
     return np.asarray(load_dataset("fashion_mnist").y_test)
 
 
+def _subset_gains(p: np.ndarray, y: np.ndarray, m: int) -> dict:
+    """Gain (pp) of each ensemble of ``m`` of the runs' softmax outputs ``p[S, N,
+    C]`` over its best member, with the mean and spread over those subsets."""
+    from itertools import combinations
+
+    gains = []
+    for subset in combinations(range(len(p)), m):
+        q = p[list(subset)]
+        single = (q.argmax(-1) == y).mean(-1).max()
+        gains.append(100 * float((q.mean(0).argmax(-1) == y).mean() - single))
+    return {
+        "gains_pp": gains,
+        "mean": float(np.mean(gains)),
+        "std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
+    }
+
+
 def summarize(done: dict[int, dict], runs: Path, argv: list[str]) -> dict:
     accs = [m["test_accuracy"] for m in done.values()]
     per_seed = {}
@@ -115,6 +132,10 @@ def summarize(done: dict[int, dict], runs: Path, argv: list[str]) -> dict:
             "ensemble_test_accuracy": ens,
             # the same measure as the snapshots': vs the best single member
             "gain_pp": 100 * (ens - float(single.max())),
+            # every ensemble of m independent runs (m = 2 .. seeds), for a spread
+            "by_members": {
+                str(m): _subset_gains(p, y, m) for m in range(2, len(done) + 1)
+            },
         }
     return doc
 

@@ -17,6 +17,13 @@ computed from the same curves (``div/K``: the lr where the loss diverged, / K;
 
     python benchmarks/finder_quality.py                       # all settings
     python benchmarks/finder_quality.py --settings sgd:32 --quick   # smoke test
+    python benchmarks/finder_quality.py --model cnn --settings momentum:128,adam:128 \
+        --range-seeds 3 --grid-seeds 2 --epochs 1 --per-decade 2.5 --min-points 8 \
+        --out benchmarks/results/finder_quality_cnn.json     # the BatchNorm CNN
+
+``--model cnn`` is ``lrjax.models.cnn`` (BatchNorm, Dropout): on the CPU its
+grid members run one after another inside each dispatched update
+(``population="auto"``), so a CNN grid costs about its members' epochs.
 
 Writes benchmarks/results/finder_quality.json (after every setting) and prints a
 markdown table.
@@ -44,6 +51,7 @@ from lrjax.cli import (  # noqa: E402
 SWEEPS = {  # range-test sweep (init, end) and the grid's default window
     "sgd": ((1e-5, 10.0), (1e-3, 3.0)),
     "momentum": ((1e-5, 10.0), (1e-4, 1.0)),
+    "nesterov": ((1e-5, 10.0), (1e-4, 1.0)),
     "adam": ((1e-6, 1.0), (1e-5, 0.1)),
 }
 DIV_FRACTIONS = (4, 8, 16)
@@ -121,7 +129,7 @@ def range_test_rules(opt_name, batch_size, args, ds):
     import jax
 
     from lrjax.batches import scale_images
-    from lrjax.models import mlp
+    from lrjax.models import cnn, mlp
     from lrjax.range_test import lr_range_test
 
     n = args.n_train or len(ds.y_train)
@@ -131,6 +139,8 @@ def range_test_rules(opt_name, batch_size, args, ds):
     input_size = math.prod(ds.x_train.shape[1:])
 
     def model(k):
+        if getattr(args, "model", "mlp") == "cnn":
+            return cnn(ds.num_classes, key=k, input_shape=ds.x_train.shape[1:])
         return mlp(input_size, ds.num_classes, hidden, key=k)
 
     (s0, s1), _ = SWEEPS[opt_name]
@@ -253,7 +263,12 @@ def run_setting(opt_name, batch_size, args, ds):
     opt = optimizer_factory(opt_name)
     (s0, s1), window = SWEEPS[opt_name]
     rt, rules, range_s, model = range_test_rules(opt_name, batch_size, args, ds)
-    lrs = grid_lrs(window, list(rules.values()))
+    lrs = grid_lrs(
+        window,
+        list(rules.values()),
+        per_decade=getattr(args, "per_decade", 4),
+        min_points=getattr(args, "min_points", 12),
+    )
     print(
         f"[{opt_name}:{batch_size}] range test {range_s:.1f}s; grid {len(lrs)} lrs "
         f"{lrs[0]:.3g}..{lrs[-1]:.3g} x {args.grid_seeds} seeds x {args.epochs} ep",
@@ -430,7 +445,10 @@ def main(argv=None) -> int:
         "--settings",
         default="sgd:32,sgd:256,adam:32,adam:256,momentum:32,momentum:256",
     )
+    p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
     p.add_argument("--hidden", type=hidden_sizes, default=(300, 100))
+    p.add_argument("--per-decade", type=float, default=4, help="grid lrs per decade")
+    p.add_argument("--min-points", type=int, default=12, help="grid lrs at least")
     p.add_argument("--range-seeds", type=int, default=5)
     p.add_argument("--grid-seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2)
@@ -498,9 +516,14 @@ def main(argv=None) -> int:
         opt_name, bs = item.split(":")
         results.append(run_setting(opt_name, int(bs), args, ds))
         doc = {
-            "description": "regret of range-test suggestions against a vmapped lr "
-            f"grid; MLP {'-'.join(map(str, args.hidden))}, Fashion-MNIST "
-            "(55000 train / 5000 validation)",
+            "description": "regret of range-test suggestions against an lr grid; "
+            + (
+                "the BatchNorm CNN (lrjax.models.cnn)"
+                if args.model == "cnn"
+                else f"MLP {'-'.join(map(str, args.hidden))}"
+            )
+            + ", Fashion-MNIST (55000 train / 5000 validation)",
+            "model": args.model,
             "command": "python benchmarks/finder_quality.py "
             + " ".join(argv if argv is not None else sys.argv[1:]),
             "config": vars(args),

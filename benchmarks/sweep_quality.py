@@ -3,13 +3,16 @@
     python benchmarks/sweep_quality.py [--model mlp] [--optimizer adamw]
         [--values 0,1e-5,1e-4,1e-3] [--devices 2]
         [--out benchmarks/results/sweep_mlp_adamw.json]
+    python benchmarks/sweep_quality.py --model cnn --optimizer nesterov \
+        --batch-size 128 --values 0,5e-4,5e-3 --epochs 1 --per-decade 2 \
+        --grid-lo 1e-3 --repeats 1 --out benchmarks/results/sweep_cnn.json
 
-On real Fashion-MNIST (the MLP 300-100, batch 32), one range test with
+On real Fashion-MNIST (the MLP 300-100 or the BatchNorm CNN), one range test with
 ``sweep_over={"weight_decay": values}`` (one epoch, 1e-5 -> 10, one seed, the
 optimizers of ``python -m lrjax.find --sweep``) recommends a (weight decay, lr)
 pair. Ground truth: ``lrjax.lr_grid`` over lr x weight decay (one grid per
 value, ``--epochs`` epochs, validation accuracy), on log-spaced lrs covering
-every value's suggestion. Reported:
+every value's suggestion (at least ``--grid-lo`` to ``--grid-hi``). Reported:
 
 * regret: the best grid pair's accuracy minus the accuracy at the recommended
   pair (``lrjax.accuracy_at``, log-lr interpolation in the recommended value's
@@ -105,6 +108,7 @@ def cost_parent(args, argv) -> int:
         "sweep_device": best["sweep"]["device"],
         "one_by_one_device": best["one_by_one"]["device"],
         "loop": best["sweep"]["loop"],
+        "population": best["sweep"].get("population"),
         "command": "python " + " ".join([sys.argv[0], *argv]),
         "load_avg_1min_after": os.getloadavg()[0],
         "note": "min over interleaved repeats, each a fresh process (JAX start and a "
@@ -131,6 +135,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--steps", type=int, default=None, help="default one epoch")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--grid-lo", type=float, default=1e-4, help="grid lrs from")
+    p.add_argument("--grid-hi", type=float, default=0.3, help="grid lrs up to")
     p.add_argument("--name", default="weight_decay")
     p.add_argument("--values", default="0,1e-5,1e-4,1e-3")
     p.add_argument("--epochs", type=int, default=2)
@@ -189,7 +196,8 @@ def main(argv=None) -> int:
             return cnn(ds.num_classes, key=jax.random.key(1))
         return mlp(784, ds.num_classes, (300, 100), key=jax.random.key(1))
 
-    rt = dict(key=key, preprocess=scale_images, batch_size=32, init_value=1e-5)
+    rt = dict(key=key, preprocess=scale_images, batch_size=args.batch_size)
+    rt.update(init_value=1e-5)
     rt.update(end_value=10.0, num_steps=args.steps)
 
     def one_program():
@@ -215,6 +223,7 @@ def main(argv=None) -> int:
                     "steps_run": [x.steps_run for x in rs],
                     "device": rs[0].device,
                     "loop": rs[0].timings["loop"],
+                    "population": rs[0].timings.get("population"),
                 }
             )
         )
@@ -236,8 +245,8 @@ def main(argv=None) -> int:
 
     # Ground truth: an lr grid per value, on lrs covering every value's suggestion.
     suggested = [v for v in sw.suggested_lr if v is not None]
-    lo = min([1e-4, *suggested]) / 1.5
-    hi = max([0.3, *suggested]) * 1.5
+    lo = min([args.grid_lo, *suggested]) / 1.5
+    hi = max([args.grid_hi, *suggested]) * 1.5
     k = int(np.ceil(np.log10(hi / lo) * args.per_decade)) + 1
     lrs = np.logspace(np.log10(lo), np.log10(hi), k)
     grids, grid_s = [], 0.0
@@ -251,6 +260,7 @@ def main(argv=None) -> int:
             lrs=lrs.tolist(),
             key=key,
             epochs=args.epochs,
+            batch_size=args.batch_size,
             preprocess=scale_images,
         )
         grid_s += time.perf_counter() - t0
@@ -268,7 +278,8 @@ def main(argv=None) -> int:
         "benchmark": (
             f"sweep over {args.name} on Fashion-MNIST "
             f"{'MLP 300-100' if args.model == 'mlp' else 'CNN'}, "
-            f"{args.optimizer}, batch 32, {r.config['num_steps']} steps 1e-5 -> 10, "
+            f"{args.optimizer}, batch {args.batch_size}, "
+            f"{r.config['num_steps']} steps 1e-5 -> 10, "
             "one seed; ground "
             f"truth lr_grid {len(lrs)} lrs x {len(values)} values x "
             f"{args.epochs} epochs"
@@ -322,6 +333,7 @@ def main(argv=None) -> int:
             "wall_s_all": {"one_program": sweep_wall, "one_by_one": seq_wall},
             "steps_run": r.steps_run,
             "loop": r.timings["loop"],
+            "population": r.timings.get("population"),
             "sweep_device": r.device,
             "note": "min over interleaved repeats; one by one = a plain range test "
             "per value (one device each, as a user would run them), each compiled; "

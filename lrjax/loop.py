@@ -15,6 +15,23 @@ inside a loop body about 13x slower than the same step alone
 (jax-ml/jax#12868); on GPU and TPU a scan is fine. The choice is reported in
 the results (``timings["loop"]``).
 
+A population (seeds, lrs, a swept hyperparameter: a state with a leading member
+axis) runs inside each compiled update in one of three ways:
+
+* ``"vmap"``: batched, one op for every member (the fastest for MLPs and on
+  accelerators);
+* ``"unroll"``: the members one after another, each member's step inlined
+  (``P`` copies of the step in the program);
+* ``"map"``: ``lax.map`` over the members (one copy of the step in a loop).
+
+``population="auto"`` is ``"unroll"`` when the backend is the CPU and the step
+contains a convolution, ``"vmap"`` otherwise: XLA:CPU turns a vmapped
+convolution into a grouped convolution, several times slower per member than
+the plain one, while an unrolled member costs about what it costs alone
+(``benchmarks/bench_conv_population.py``). When the population is sharded over
+several devices, unrolled or mapped members run under ``shard_map``: each
+device runs its own members.
+
 :func:`drive` runs a plan of chunks: it dispatches chunk ``i``, asks the source
 for chunk ``i + 1`` while the device computes (the prefetch), then blocks on chunk
 ``i``'s metrics and calls the hooks (CLU-style periodic actions: progress,
