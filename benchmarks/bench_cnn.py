@@ -1,30 +1,37 @@
-"""A CNN range test on XLA:CPU: lrjax against hand-written JAX and PyTorch.
+"""The CNN on XLA:CPU: lrjax against hand-written JAX and a plain PyTorch CPU loop.
 
     python benchmarks/bench_cnn.py [--out benchmarks/results/cnn.json]
-        [--steps 60] [--repeats 2] [--scan-steps 4]
+        [--parts steps,epoch,range,augment] [--repeats 2]
+        [--steps 60] [--scan-steps 4] [--epoch-steps N] [--n-train N]
 
 The CNN: Conv3x3-32-BN-ReLU-MaxPool, Conv3x3-64-BN-ReLU-MaxPool, Dense 128 +
-Dropout 0.3, Dense 10 (an NNX module; the pools are reshape-and-max, whose
-backward is cheap on XLA:CPU, unlike ``reduce_window``'s), on Fashion-MNIST,
-SGD momentum 0.9 with the range test's exponential sweep, batch 128.
+Dropout 0.3, Dense 10 (``lrjax.models.cnn``; its pools are reshape-and-max, whose
+backward is cheap on XLA:CPU, unlike ``reduce_window``'s; the PyTorch copy has
+the same layers with ``nn.MaxPool2d``), on Fashion-MNIST's 55000 training
+images, batch 128, so an epoch is 429 updates.
 
-Timed side by side in one run, each over a fixed ``--steps`` updates (an epoch,
-429 steps, would take about a minute per variant here), repeats interleaved and
-the minimum taken:
+One run measures the chosen ``--parts`` side by side, every repeat running each
+part's variants in turn (interleaved), the minimum over ``--repeats`` reported:
 
-* ``lrjax_auto``: :func:`lrjax.lr_range_test` with ``loop="auto"`` (its choice is
-  recorded), ``--steps`` updates in 4 chunks; ``run_s`` is after compilation and
-  includes the host checks between chunks;
-* ``hand_dispatch``: the best hand-written JAX loop of the same work: one jitted
-  step with donated state, dispatched per step, batches gathered on the device
-  from pre-sliced index rows, after 3 warm-up steps;
-* ``torch``: the same CNN in PyTorch on the CPU (2 threads, ``loss.item()`` each
-  step, the batch gathered from a uint8 tensor), after 3 warm-up steps;
+* ``epoch``: one training epoch through :func:`lrjax.fit` (``FitConfig(epochs=1)``,
+  SGD Nesterov momentum 0.9, lr 0.05, L2 weight decay 5e-4 built as
+  ``lrjax-train --optimizer nesterov --weight-decay 5e-4`` builds it) against
+  the same epoch in a plain PyTorch loop (``torch.optim.SGD(..., nesterov=True,
+  weight_decay=5e-4)``, which applies the same update);
+* ``range``: the whole range test as a user runs it (:func:`lrjax.lr_range_test`,
+  SGD momentum 0.9, one epoch swept 1e-5 -> 10, stopping on divergence) against
+  a hand-written PyTorch range test over as many updates as lrjax ran;
+* ``augment``: the ``epoch`` fit with the model behind
+  :class:`lrjax.models.Augment`, as ``--augment`` builds it, against the plain
+  fit epoch;
+* ``steps``: the evidence for ``loop="auto"``: ``--steps`` updates of the range
+  test through ``lrjax.lr_range_test(loop="auto")``, a hand-written jitted step
+  dispatched per update, and PyTorch; and, once, ``--scan-steps`` updates of
+  the same step inside ``lax.scan`` (hand-written and ``loop="scan"``).
 
-and for the record, on ``--scan-steps`` updates only (about 13x slower per step):
-``hand_scan`` (the same step inside ``lax.scan``, compiled, one timed run) and
-``lrjax_scan`` (``loop="scan"``, one chunk). Per-step times and the projected
-epoch time (429 steps) are reported. Nothing is asserted.
+lrjax's times are after compilation (the compile time it reports is recorded
+beside them); PyTorch runs a few warm-up updates once, before any timing. The
+JSON's ``note`` says what each number is. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -40,8 +47,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_find import _data, meta  # noqa: E402
 
 BATCH = 128
-LR0, LR1, SWEEP = 1e-5, 10.0, 429  # the sweep of one epoch; only its start is run
+LR0, LR1, SWEEP = 1e-5, 10.0, 429  # the sweep of one epoch; `steps` runs its start
 WARMUP = 3
+PARTS = ("steps", "epoch", "range", "augment")
+# The epoch's optimizer: lrjax-train --optimizer nesterov --lr 0.05
+# --weight-decay 5e-4, and torch.optim.SGD with the same arguments.
+EPOCH_LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 
 
 def cnn(key):
@@ -52,17 +63,27 @@ def cnn(key):
 
 
 def optimizer(lr):
+    """The range test's optimizer."""
     import optax
 
-    return optax.sgd(lr, momentum=0.9)
+    return optax.sgd(lr, momentum=MOMENTUM)
 
 
-def lrjax_run(x, y, steps: int, loop: str, chunks: int) -> dict:
+def sweep_lrs(num_steps: int):
+    """The range test's lr of every update, as :func:`lrjax.exponential_sweep`."""
+    import numpy as np
+
+    return LR0 * (LR1 / LR0) ** (np.arange(num_steps) / (num_steps - 1))
+
+
+def lrjax_run(x, y, steps: int, loop: str = "auto", **kw) -> dict:
+    """One :func:`lrjax.lr_range_test` of ``steps`` updates; ``kw`` goes to it."""
     import jax
 
     import lrjax
 
     key = jax.random.key(0)
+    t0 = time.perf_counter()
     r = lrjax.lr_range_test(
         cnn(key),
         optimizer,
@@ -71,21 +92,67 @@ def lrjax_run(x, y, steps: int, loop: str, chunks: int) -> dict:
         preprocess=lrjax.scale_images,
         batch_size=BATCH,
         num_steps=steps,
-        chunks=chunks,
         loop=loop,
-        stop_on_divergence=False,
+        **kw,
     )
+    wall = time.perf_counter() - t0
     t = r.timings
     return {
         "compile_s": t["compile_s"],
         "run_s": t["run_s"],
+        "wall_s": wall,
         "loop": t["loop"],
-        "steps_run": r.steps_run,  # the chunks cover exactly `steps`
+        "steps_run": r.steps_run,
+        "stop_reason": r.stop_reason,
+        "suggested_lr": r.suggested_lr,
+    }
+
+
+def lrjax_epoch(x, y, steps: int, *, augment: bool) -> dict:
+    """One epoch of ``steps`` updates through :func:`lrjax.fit`."""
+    import jax
+    from flax import nnx
+
+    import lrjax
+    from lrjax import models
+    from lrjax.cli import optimizer_factory
+
+    key = jax.random.key(0)
+    k = jax.random.fold_in(key, 0)
+    # As lrjax.cli.model_choice builds --model cnn [--augment].
+    model = models.cnn(10, key=k)
+    if augment:
+        aug = models.Augment(rngs=nnx.Rngs(augment=jax.random.fold_in(k, 1)))
+        model = nnx.Sequential(aug, model)
+    config = lrjax.FitConfig(
+        epochs=1,
+        batch_size=BATCH,
+        learning_rate=EPOCH_LR,
+        steps_per_epoch=steps,
+    )
+    t0 = time.perf_counter()
+    r = lrjax.fit(
+        model,
+        optimizer_factory("nesterov", WEIGHT_DECAY),
+        (x, y),
+        key=key,
+        config=config,
+        preprocess=lrjax.scale_images,
+    )
+    wall = time.perf_counter() - t0
+    t = r.timings
+    return {
+        "run_s": t["epoch_s"][0],
+        "compile_s": t["compile_s"],
+        "wall_s": wall,
+        "loop": t["loop"],
+        "steps_run": r.step,
+        "train_loss": r.history[-1]["train_loss"],
     }
 
 
 def hand_written(x, y):
-    """``(dispatch(steps) -> s, scan(steps) -> (compile_s, run_s))``."""
+    """``(dispatch(steps) -> s, compile_s, scan(steps) -> (compile_s, run_s))``."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -154,126 +221,349 @@ def hand_written(x, y):
     return dispatch, dispatch_compile, scan
 
 
-def torch_loop(x, y):
-    """``run(steps) -> s``: the same CNN and sweep in a plain PyTorch loop."""
-    import numpy as np
-    import torch
-    from torch import nn
+class TorchCNN:
+    """The same CNN in a plain PyTorch CPU loop, as a user writes one.
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 128),
-        nn.ReLU(),
-        nn.Dropout(0.3),
-        nn.Linear(128, 10),
-    )
-    net.train()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    rng = np.random.default_rng(1)
-    rows = [torch.from_numpy(rng.permutation(len(y))[:BATCH]) for _ in range(SWEEP)]
-    lrs = LR0 * (LR1 / LR0) ** (np.arange(SWEEP) / (SWEEP - 1))
+    2 threads; every run starts from the same fresh initialisation; each batch
+    is gathered from a uint8 tensor by a shuffled index row and scaled to
+    [0, 1]; ``loss.item()`` every update. A few updates run once at
+    construction, so that one-time setup is not timed (as JAX's compile is not).
+    """
 
-    def run(steps: int) -> float:
-        opt = torch.optim.SGD(net.parameters(), lr=LR0, momentum=0.9)
-        t0 = None
-        for i in range(WARMUP + steps):
-            if i == WARMUP:
+    def __init__(self, x, y):
+        import numpy as np
+        import torch
+
+        torch.set_num_threads(2)
+        self.torch = torch
+        self.version = torch.__version__
+        self.threads = torch.get_num_threads()
+        self.xt = torch.from_numpy(x)
+        self.yt = torch.from_numpy(y.astype(np.int64))
+        self.rng = np.random.default_rng(1)
+        net = self.net()
+        self.loop(net, self.sgd(net, LR0), WARMUP)
+
+    def net(self):
+        from torch import nn
+
+        self.torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 128),
+            nn.ReLU(),
+            nn.Dropout(0.3),
+            nn.Linear(128, 10),
+        )
+        return net.train()
+
+    def sgd(self, net, lr, **kw):
+        return self.torch.optim.SGD(net.parameters(), lr=lr, momentum=MOMENTUM, **kw)
+
+    def rows(self, steps: int):
+        """``steps`` index rows of ``BATCH``: shuffled epochs, as a DataLoader's."""
+        import numpy as np
+
+        n = len(self.yt)
+        per = n // BATCH
+        perms = [
+            self.rng.permutation(n)[: per * BATCH] for _ in range(-(-steps // per))
+        ]
+        idx = np.concatenate(perms)[: steps * BATCH].reshape(steps, BATCH)
+        return list(self.torch.from_numpy(idx))
+
+    def loop(self, net, opt, steps: int, lrs=None, *, warmup: int = 0) -> float:
+        """Runs ``warmup + steps`` updates (update ``i`` at ``lrs[i]`` if given);
+        returns the seconds of the last ``steps``."""
+        f = self.torch.nn.functional
+        rows = self.rows(warmup + steps)
+        losses = []
+        t0 = time.perf_counter()
+        for i, idx in enumerate(rows):
+            if i == warmup:
                 t0 = time.perf_counter()
-            for g in opt.param_groups:
-                g["lr"] = float(lrs[i])
-            idx = rows[i]
-            xb = xt[idx].unsqueeze(1).float().div_(255.0)
-            loss = nn.functional.cross_entropy(net(xb), yt[idx])
+            if lrs is not None:
+                for g in opt.param_groups:
+                    g["lr"] = float(lrs[i])
+            xb = self.xt[idx].unsqueeze(1).float().div_(255.0)
+            loss = f.cross_entropy(net(xb), self.yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss.item()
+            losses.append(loss.item())
         return time.perf_counter() - t0
 
-    return run, torch.__version__
+    def epoch(self, steps: int) -> float:
+        net = self.net()
+        opt = self.sgd(net, EPOCH_LR, nesterov=True, weight_decay=WEIGHT_DECAY)
+        return self.loop(net, opt, steps)
+
+    def range_test(self, steps: int, num_steps: int) -> float:
+        """The first ``steps`` updates of a ``num_steps`` sweep."""
+        net = self.net()
+        return self.loop(net, self.sgd(net, LR0), steps, sweep_lrs(num_steps))
+
+    def sweep_start(self, steps: int) -> float:
+        """The ``steps`` part: updates ``WARMUP..WARMUP+steps`` of the epoch sweep."""
+        net = self.net()
+        lrs = sweep_lrs(SWEEP)
+        return self.loop(net, self.sgd(net, LR0), steps, lrs, warmup=WARMUP)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def measured(times, steps, **extra) -> dict:
+    """The best of ``times`` (seconds of ``steps`` updates each)."""
+    steps = steps if isinstance(steps, list) else [steps] * len(times)
+    i = min(range(len(times)), key=times.__getitem__)
+    return {
+        "run_s": times[i],
+        "run_s_all": times,
+        "steps": steps[i],
+        "ms_per_step": 1e3 * times[i] / steps[i],
+        **extra,
+    }
+
+
+def projected(times, n: int, epoch: int, **extra) -> dict:
+    """:func:`measured` plus ``epoch_s``, the epoch projected from ``n`` updates."""
+    e = measured(times, n, **extra)
+    return {**e, "epoch_s": e["run_s"] / n * epoch}
+
+
+def parse_parts(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(
+            f"--parts takes a comma-separated subset of {','.join(PARTS)}, got {text!r}"
+        )
+    return tuple(p for p in PARTS if p in parts)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+NOTES = {
+    "all": "Seconds are wall-clock on the device named in `device`, lrjax's after "
+    "compilation; `run_s` is the minimum over `repeats` repeats (in `run_s_all`) "
+    "in which every chosen part's variants run in turn; other processes may "
+    "share the cores, so run_s_all shows the noise. `ms_per_step` is run_s / "
+    "steps. `compile_s` is the compile time lrjax reports; `wall_s` is the whole "
+    "lrjax call (compile, setup, run) of the best repeat, what a user waits. "
+    "PyTorch runs 3 warm-up updates once at setup, untimed; every timed PyTorch "
+    "run starts from a fresh model, gathers each batch from a uint8 tensor and "
+    "calls loss.item() every update.",
+    "epoch": "`epoch`: seconds of one training epoch of `steps` updates at batch "
+    "128. lrjax_fit: lrjax.fit(FitConfig(epochs=1, steps_per_epoch=steps)), "
+    "timings['epoch_s'][0] (after compile, host hooks included, no validation); "
+    "torch: the same number of updates, shuffled batches. Both SGD Nesterov "
+    "momentum 0.9, lr 0.05, L2 weight decay 5e-4 on every parameter. "
+    "lrjax_vs_torch = lrjax_fit.run_s / torch.run_s.",
+    "range_test": "`range_test`: lrjax: lrjax.lr_range_test as a user runs it "
+    "(SGD momentum 0.9, `num_steps` updates swept 1e-5 -> 10 exponentially, "
+    "stop_on_divergence=True, default chunks, loop auto); `steps` is "
+    "steps_run, run_s is timings['run_s'] (after compile, the host's "
+    "divergence checks between chunks included). torch: a plain loop over the "
+    "same steps_run updates with the same per-update lr. lrjax_vs_torch = "
+    "lrjax.run_s / torch.run_s.",
+    "augment": "`augment`: lrjax_fit is the `epoch` fit with the model "
+    "nnx.Sequential(lrjax.models.Augment(...), cnn) as --augment builds it "
+    "(random 2-pixel shifts and flips on the device); vs_plain_epoch = its "
+    "run_s / epoch.lrjax_fit.run_s.",
+    "steps": "top-level lrjax_auto, hand_dispatch, torch, hand_scan, lrjax_scan "
+    "(the `steps` part, the evidence for loop='auto'): each variant is timed "
+    "over `steps_timed` updates of the range test's sweep (not a full epoch); "
+    "epoch_s is ms_per_step x 429 (a full epoch), a projection. The scan "
+    "variants are timed over `scan_steps_timed` updates, once. hand_dispatch "
+    "runs 3 warm-up "
+    "updates first, torch runs updates 3.. of the sweep; lrjax_auto's first "
+    "timed update is its first execution; its run_s includes the host checks "
+    "between its 4 chunks.",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/cnn.json")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--scan-steps", type=int, default=4)
-    args = ap.parse_args()
-    steps, epoch = args.steps, 429
+    ap.add_argument("--parts", type=parse_parts, default=PARTS)
+    ap.add_argument("--repeats", type=positive_int, default=2)
+    ap.add_argument("--steps", type=positive_int, default=60)
+    ap.add_argument("--scan-steps", type=positive_int, default=4)
+    ap.add_argument(
+        "--n-train",
+        type=positive_int,
+        default=None,
+        help="use the first N training images (default all 55000)",
+    )
+    ap.add_argument(
+        "--epoch-steps",
+        type=positive_int,
+        default=None,
+        help="updates in the epoch and the range test (default N // 128)",
+    )
+    args = ap.parse_args(argv)
+    parts = args.parts
+
+    x, y = _data()
+    if args.n_train is not None:
+        x, y = x[: args.n_train], y[: args.n_train]
+    full = len(y) // BATCH
+    epoch = full if args.epoch_steps is None else args.epoch_steps
+    if not 2 <= epoch <= full:
+        ap.error(f"--epoch-steps must be between 2 and {full} ({len(y)} images)")
+    if "steps" in parts and not (
+        2 <= args.steps <= SWEEP - WARMUP and args.scan_steps >= 2
+    ):
+        # lr_range_test runs at least 2 updates
+        ap.error(f"need 2 <= --steps <= {SWEEP - WARMUP} and --scan-steps >= 2")
 
     res = {
-        "benchmark": "CNN range test (Conv3x3-32-BN-ReLU-MaxPool, Conv3x3-64-BN-ReLU-"
-        "MaxPool, Dense 128 + Dropout 0.3, Dense 10), Fashion-MNIST, SGD momentum "
-        f"0.9, batch {BATCH}, exponential sweep 1e-5 -> 10",
+        "benchmark": "CNN (Conv3x3-32-BN-ReLU-MaxPool, Conv3x3-64-BN-ReLU-MaxPool, "
+        f"Dense 128 + Dropout 0.3, Dense 10), Fashion-MNIST, batch {BATCH}: one "
+        "training epoch, the range test (1e-5 -> 10) and --augment, lrjax beside a "
+        "plain PyTorch CPU loop",
         **meta(),
-        "steps_timed": steps,
-        "scan_steps_timed": args.scan_steps,
+        "parts": list(parts),
         "repeats": args.repeats,
+        "n_train": len(y),
+        "batch_size": BATCH,
         "epoch_steps": epoch,
-        "note": f"each variant is timed over {steps} updates (not a full epoch of "
-        f"{epoch}); epoch_s is ms_per_step x {epoch}, a projection. The scan "
-        f"variants are timed over {args.scan_steps} updates, once. Minimum over "
-        "interleaved repeats; the 2 cores are shared with other processes, "
-        "run_s_all shows the noise. hand_dispatch and torch run 3 warm-up steps "
-        "first; lrjax_auto's first timed step is its first execution.",
+        "note": {"all": NOTES["all"]},
     }
     print(f"device: {res['device']}", flush=True)
-    x, y = _data()
-    dispatch, dispatch_compile, scan = hand_written(x, y)
-    torch_run, torch_version = torch_loop(x, y)
-    res["torch_version"] = torch_version
-    runs = {"lrjax_auto": [], "hand_dispatch": [], "torch": []}
-    compiles = []
-    for _ in range(args.repeats):
-        r = lrjax_run(x, y, steps, "auto", 4)
-        compiles.append(r["compile_s"])
-        runs["lrjax_auto"].append(r["run_s"])
-        res["lrjax_steps_run"] = r["steps_run"]
-        res["lrjax_loop_choice"] = r["loop"]
-        runs["hand_dispatch"].append(dispatch(steps))
-        runs["torch"].append(torch_run(steps))
-        print({k: round(v[-1], 3) for k, v in runs.items()}, flush=True)
+    torch = TorchCNN(x, y)
+    res["torch_version"] = torch.version
+    res["torch_threads"] = torch.threads
+    print(f"torch {torch.version}, {torch.threads} threads", flush=True)
 
-    def entry(times, n, **extra):
-        best = min(times)
-        return {
-            "run_s": best,
-            "run_s_all": times,
-            "steps": n,
-            "ms_per_step": 1e3 * best / n,
-            "epoch_s": best / n * epoch,
-            **extra,
+    if "steps" in parts:
+        dispatch, dispatch_compile, scan = hand_written(x, y)
+    runs: dict[str, list] = {}
+
+    def add(name, value):
+        runs.setdefault(name, []).append(value)
+        v = value if isinstance(value, float) else value["run_s"]
+        print(f"  {name}: {v:.2f} s", flush=True)
+
+    for rep in range(args.repeats):
+        print(f"repeat {rep + 1}/{args.repeats}", flush=True)
+        if "epoch" in parts:
+            add("epoch_lrjax", lrjax_epoch(x, y, epoch, augment=False))
+            add("epoch_torch", torch.epoch(epoch))
+        if "range" in parts:
+            r = lrjax_run(x, y, epoch)
+            add("range_lrjax", r)
+            add("range_torch", torch.range_test(r["steps_run"], epoch))
+        if "augment" in parts:
+            add("augment_lrjax", lrjax_epoch(x, y, epoch, augment=True))
+        if "steps" in parts:
+            add(
+                "lrjax_auto",
+                lrjax_run(x, y, args.steps, chunks=4, stop_on_divergence=False),
+            )
+            add("hand_dispatch", dispatch(args.steps))
+            add("torch", torch.sweep_start(args.steps))
+
+    def best_lrjax(name) -> dict:
+        rs = runs[name]
+        e = measured([r["run_s"] for r in rs], [r["steps_run"] for r in rs])
+        b = rs[e["run_s_all"].index(e["run_s"])]
+        keep = ("compile_s", "wall_s", "loop", "stop_reason", "suggested_lr")
+        return {**e, **{k: b[k] for k in keep if k in b}}
+
+    if "epoch" in parts:
+        ep = {
+            "lrjax_fit": best_lrjax("epoch_lrjax"),
+            "torch": measured(runs["epoch_torch"], epoch),
+            "optimizer": f"SGD Nesterov momentum {MOMENTUM}, lr {EPOCH_LR}, L2 "
+            f"weight decay {WEIGHT_DECAY}",
         }
+        ep["lrjax_vs_torch"] = ep["lrjax_fit"]["run_s"] / ep["torch"]["run_s"]
+        res["epoch"] = ep
+        res["note"]["epoch"] = NOTES["epoch"]
+    if "range" in parts:
+        steps_run = [r["steps_run"] for r in runs["range_lrjax"]]
+        rt = {
+            "num_steps": epoch,
+            "steps_run_all": steps_run,
+            "lrjax": best_lrjax("range_lrjax"),
+            "torch": measured(runs["range_torch"], steps_run),
+        }
+        rt["lrjax_vs_torch"] = rt["lrjax"]["run_s"] / rt["torch"]["run_s"]
+        res["range_test"] = rt
+        res["note"]["range_test"] = NOTES["range_test"]
+    if "augment" in parts:
+        res["augment"] = {"lrjax_fit": best_lrjax("augment_lrjax")}
+        if "epoch" in parts:
+            plain = res["epoch"]["lrjax_fit"]["run_s"]
+            res["augment"]["vs_plain_epoch"] = (
+                res["augment"]["lrjax_fit"]["run_s"] / plain
+            )
+        res["note"]["augment"] = NOTES["augment"]
+    if "steps" in parts:
+        steps_part(res, runs, args, scan, dispatch_compile, x, y)
+        res["note"]["steps"] = NOTES["steps"]
 
-    res["lrjax_auto"] = entry(
-        runs["lrjax_auto"],
+    for name in ("epoch", "range_test", "augment"):
+        if name in res:
+            print(f"{name}: " + json.dumps(summary(res[name])), flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+        f.write("\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def summary(section: dict) -> dict:
+    """Seconds and ratios of a section, rounded, for the printed log."""
+    out = {}
+    for k, v in section.items():
+        if isinstance(v, dict) and "run_s" in v:
+            out[k] = round(v["run_s"], 2)
+        elif isinstance(v, float):
+            out[k] = round(v, 2)
+    return out
+
+
+def steps_part(res, runs, args, scan, dispatch_compile, x, y) -> None:
+    """The ``steps`` part's entries, at the JSON's top level (as before)."""
+    steps, epoch = args.steps, SWEEP
+    auto = runs["lrjax_auto"]
+    res.update(steps_timed=steps, scan_steps_timed=args.scan_steps)
+    res["lrjax_steps_run"] = auto[-1]["steps_run"]  # the chunks cover exactly `steps`
+    res["lrjax_loop_choice"] = auto[-1]["loop"]
+    res["lrjax_auto"] = projected(
+        [r["run_s"] for r in auto],
         steps,
-        compile_s=min(compiles),
+        epoch,
+        compile_s=min(r["compile_s"] for r in auto),
         loop=res["lrjax_loop_choice"],
     )
-    res["hand_dispatch"] = entry(
-        runs["hand_dispatch"], steps, compile_s=dispatch_compile
+    res["hand_dispatch"] = projected(
+        runs["hand_dispatch"], steps, epoch, compile_s=dispatch_compile
     )
-    res["torch"] = entry(runs["torch"], steps)
+    res["torch"] = projected(runs["torch"], steps, epoch)
     sc_compile, sc_run = scan(args.scan_steps)
-    res["hand_scan"] = entry([sc_run], args.scan_steps, compile_s=sc_compile)
+    res["hand_scan"] = projected([sc_run], args.scan_steps, epoch, compile_s=sc_compile)
     print(f"hand scan: {res['hand_scan']['ms_per_step']:.0f} ms/step", flush=True)
-    r = lrjax_run(x, y, args.scan_steps, "scan", 1)
-    res["lrjax_scan"] = entry([r["run_s"]], args.scan_steps, compile_s=r["compile_s"])
-    ms = {k: res[k]["ms_per_step"] for k in runs} | {
-        k: res[k]["ms_per_step"] for k in ("hand_scan", "lrjax_scan")
-    }
+    r = lrjax_run(x, y, args.scan_steps, "scan", chunks=1, stop_on_divergence=False)
+    res["lrjax_scan"] = projected(
+        [r["run_s"]], args.scan_steps, epoch, compile_s=r["compile_s"]
+    )
+    names = ("lrjax_auto", "hand_dispatch", "torch", "hand_scan", "lrjax_scan")
+    ms = {k: res[k]["ms_per_step"] for k in names}
     res["ratios"] = {
         "lrjax_auto_vs_hand_dispatch": ms["lrjax_auto"] / ms["hand_dispatch"],
         "lrjax_auto_vs_torch": ms["lrjax_auto"] / ms["torch"],
@@ -284,12 +574,7 @@ def main() -> None:
     for k, v in ms.items():
         print(f"{k}: {v:.1f} ms/step, epoch {v * epoch / 1e3:.1f} s")
     print({k: round(v, 2) for k, v in res["ratios"].items()})
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
-        f.write("\n")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
