@@ -268,7 +268,9 @@ def _summary(r, out, total_s) -> str:
         + (f" x {len(sw.values)} values" if sw is not None else "")
         + (f" x {r.seeds} seeds" if r.seeds > 1 else ""),
         f"time:         compile {t['compile_s']:.2f} s, run {t['run_s']:.2f} s, "
-        f"total {total_s:.2f} s on {r.device} ({t['loop']} loop)",
+        f"total {total_s:.2f} s on {r.device} ({t['loop']} loop"
+        + (f", {t['population']} members" if "population" in t else "")
+        + ")",
         f"written to:   {out}",
     ]
     return "\n".join(lines)
