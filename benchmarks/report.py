@@ -202,11 +202,13 @@ def range_test_sources(d: dict) -> str:
     )
 
 
-def cnn(d: dict) -> str:
+def _cnn_steps(d: dict) -> str:
+    """The ``steps`` part (top-level keys): the per-step evidence for loop="auto"."""
+    threads = d.get("torch_threads", 2)
     names = (
         ("lrjax_auto", f'lrjax, loop="auto" (chose {d["lrjax_loop_choice"]})'),
         ("hand_dispatch", "hand-written jitted step, dispatched, donated"),
-        ("torch", f"PyTorch {d.get('torch_version', '')} CPU, 2 threads"),
+        ("torch", f"PyTorch {d.get('torch_version', '')} CPU, {threads} threads"),
         ("hand_scan", "hand-written step inside lax.scan"),
         ("lrjax_scan", 'lrjax, loop="scan"'),
     )
@@ -241,8 +243,89 @@ def cnn(d: dict) -> str:
         f"\n\nlrjax auto / hand dispatch: {r['lrjax_auto_vs_hand_dispatch']:.2f}x; "
         f"hand scan / hand dispatch: {r['hand_scan_vs_hand_dispatch']:.1f}x; "
         f"lrjax scan / lrjax auto: {r['lrjax_scan_vs_lrjax_auto']:.1f}x."
-        f"\n\nMeasured on {_where(d)}."
     )
+
+
+def _cnn_parts(d: dict) -> str:
+    """The ``epoch``, ``range_test`` and ``augment`` parts, one row per variant."""
+    torch = f"PyTorch {d.get('torch_version', '')} CPU, {d.get('torch_threads', 2)} "
+    torch += "threads"
+    rows, notes = [], []
+
+    def add(part: str, what: str, v: dict, ratio: str) -> None:
+        c = v.get("compile_s")
+        rows.append(
+            [
+                part,
+                what,
+                str(v["steps"]),
+                "-" if c is None else f"{c:.1f}",
+                f"{v['run_s']:.1f}",
+                f"{v['ms_per_step']:.0f}",
+                ratio,
+            ]
+        )
+
+    ep = d.get("epoch")
+    if ep:
+        lj = ep["lrjax_fit"]
+        ratio = f"{ep['lrjax_vs_torch']:.2f}x PyTorch"
+        add("epoch", f"`lrjax.fit` (loop {lj.get('loop', '?')})", lj, ratio)
+        add("epoch", torch, ep["torch"], "1.00")
+        notes.append(
+            f"Epoch: both {ep['optimizer']}; lrjax / PyTorch "
+            f"**{ep['lrjax_vs_torch']:.2f}x**."
+        )
+    rt = d.get("range_test")
+    if rt:
+        lj = rt["lrjax"]
+        what = f"`lrjax.lr_range_test` (loop {lj.get('loop', '?')})"
+        add("range test", what, lj, f"{rt['lrjax_vs_torch']:.2f}x PyTorch")
+        add("range test", f"{torch}, same updates", rt["torch"], "1.00")
+        sug = lj.get("suggested_lr")
+        notes.append(
+            f"Range test: {rt['num_steps']} updates swept 1e-5 -> 10, stopping on "
+            f"divergence; steps run {', '.join(map(str, rt['steps_run_all']))} "
+            f"(stop reason: {lj.get('stop_reason') or 'none, the sweep ran out'}; "
+            f"suggested lr {_fmt(sug)}); lrjax / PyTorch "
+            f"**{rt['lrjax_vs_torch']:.2f}x**."
+        )
+    au = d.get("augment")
+    if au:
+        vs = au.get("vs_plain_epoch")
+        ratio = "-" if vs is None else f"{vs:.2f}x plain epoch"
+        what = "`lrjax.fit`, the model behind `models.Augment`"
+        add("epoch, `--augment`", what, au["lrjax_fit"], ratio)
+        if vs is not None:
+            notes.append(f"`--augment` epoch / plain epoch: **{vs:.2f}x**.")
+    out = _table(
+        ["part", "variant", "updates", "compile s", "run s", "ms/step", "ratio"],
+        rows,
+    )
+    head = (
+        f"An epoch of {d['epoch_steps']} updates (batch {d['batch_size']}, "
+        f"{d['n_train']} images); run s is the fastest of "
+        f"{_count(d['repeats'], 'interleaved repeat')}, after compilation."
+    )
+    return "\n\n".join([head, out, *([" ".join(notes)] if notes else [])])
+
+
+def cnn(d: dict) -> str:
+    """Whichever parts of ``bench_cnn.py --parts`` the JSON holds."""
+    parts = []
+    if any(k in d for k in ("epoch", "range_test", "augment")):
+        parts.append(_cnn_parts(d))
+    if "lrjax_auto" in d:
+        steps = _cnn_steps(d)
+        if parts:
+            steps = (
+                f"Per step (the `steps` part, {d['steps_timed']} updates of the "
+                'sweep; the evidence for `loop="auto"`):\n\n' + steps
+            )
+        parts.append(steps)
+    if not parts:
+        return NOT_MEASURED
+    return "\n\n".join([*parts, f"Measured on {_where(d)}."])
 
 
 def sweep(name: str) -> Callable[[Path], str]:
@@ -436,6 +519,27 @@ def targets(results: Path) -> str:
             c and _yes(c["mean_test_accuracy"] >= t["cnn_accuracy"]),
             "`cnn_results.py`",
         )
+    # No target in the issue: informational rows, "met?" stays "-".
+    c = _load(results, "cnn")
+    ep, rt = c and c.get("epoch"), c and c.get("range_test")
+    row(
+        "CNN epoch: lrjax vs a plain PyTorch CPU loop, same run (no target)",
+        ep
+        and f"{ep['lrjax_vs_torch']:.2f}x: {ep['lrjax_fit']['run_s']:.1f} s against "
+        f"{ep['torch']['run_s']:.1f} s for {ep['lrjax_fit']['steps']} updates "
+        f"({c['device']})",
+        None,
+        "`bench_cnn.py`",
+    )
+    row(
+        "CNN range test: lrjax vs PyTorch, same run (no target)",
+        rt
+        and f"{rt['lrjax_vs_torch']:.2f}x: {rt['lrjax']['run_s']:.1f} s against "
+        f"{rt['torch']['run_s']:.1f} s for {rt['lrjax']['steps']} updates "
+        f"({c['device']})",
+        None,
+        "`bench_cnn.py`",
+    )
     for name in ("sweep_mlp_adamw", "sweep_cnn"):
         s = _load(results, name)
         c = s and s["cost"]
@@ -1083,6 +1187,45 @@ def population(results: Path) -> str:
     return out
 
 
+# bench_conv_population.py's variants, in the order of its table.
+CONV_POPULATION = ("vmap x1", "unroll x1", "map x1", "vmap x2", "unroll x2")
+
+
+def conv_population(d: dict) -> str:
+    """Per member, a population's update against one model's, for each model."""
+    runs, per = d["runs"], d["per_member_vs_single"]
+    hows = [h for h in CONV_POPULATION if any(h in v for v in per.values())]
+    rows, fastest = [], []
+    for name, v in per.items():
+        m = runs["devices1"]["models"][name]
+        rows.append(
+            [
+                f"{name} (batch {m['batch']}, {m['loop']})",
+                _fmt(m["ms_per_update"]["single"]),
+                *(_fmt(v.get(h), ".2f") + ("x" if h in v else "") for h in hows),
+            ]
+        )
+        one = [h for h in v if h.endswith("x1")]
+        if one:
+            best = min(one, key=v.get)
+            fastest.append(f"{name} `{best.split()[0]}` ({v[best]:.2f}x)")
+    out = _table(
+        ["model", "single: ms/update", *(f"{h} per member" for h in hows)], rows
+    )
+    load = ", ".join(
+        f"{r['device']} {r['load_avg_1min_before']:.1f}" for r in runs.values()
+    )
+    r1 = runs["devices1"]
+    return out + (
+        f"\n\n{d['members']} members; per member: the population's time per update "
+        f"/ {d['members']} / one model's (single) on one device, so 1.00x means a "
+        "member costs what it costs alone; x1: on one device, x2: the members sharded "
+        "over 2 XLA host devices. Fastest on one device: " + "; ".join(fastest) + "."
+        f"\n\n`{d['command'].strip()}` on {r1['device']}, {d['cpu_count']} cores, "
+        f"jax {r1['jax']}; load average before: {load}."
+    )
+
+
 def suite(results: Path) -> str:
     parts = []
     for backend in ("cpu", "gpu"):
@@ -1166,6 +1309,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "finder_knee_scan": finder_knee_scan,
     "knee_default": knee_default,
     "population": population,
+    "conv_population": _one("conv_population", conv_population),
     "suite": suite,
     "data": _one("data", data),
 }
@@ -1200,6 +1344,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "finder_knee_scan",
         "knee_default",
         "population",
+        "conv_population",
         "suite",
         "data",
     ),

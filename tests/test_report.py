@@ -91,3 +91,241 @@ def test_sections_not_measured_yet_and_then_measured(report, tmp_path):
     finder = report.BLOCKS["finder_quality_cnn"](results)
     assert "model `cnn`" in finder and "| knee | **" in finder
     assert "**(recommended)**" in report.BLOCKS["sweep_cnn"](results)
+
+
+def _timed(run_s: float, steps: int, **extra) -> dict:
+    """A bench_cnn.py ``measured`` entry."""
+    return {
+        "run_s": run_s,
+        "run_s_all": [run_s],
+        "steps": steps,
+        "ms_per_step": 1e3 * run_s / steps,
+        **extra,
+    }
+
+
+META = {"device": "cpu x1 (cpu)", "cpu_count": 2, "jax": "0.0", "argv": ["bench"]}
+
+
+def _cnn_parts() -> dict:
+    """bench_cnn.py's epoch, range_test and augment parts (no ``steps``)."""
+    return {
+        **META,
+        "parts": ["epoch", "range", "augment"],
+        "repeats": 2,
+        "n_train": 55000,
+        "batch_size": 128,
+        "epoch_steps": 429,
+        "torch_version": "9.9",
+        "torch_threads": 2,
+        "epoch": {
+            "lrjax_fit": _timed(300.0, 429, compile_s=5.0, loop="dispatch"),
+            "torch": _timed(600.0, 429),
+            "optimizer": "SGD Nesterov momentum 0.9, lr 0.05, L2 weight decay 0.0005",
+            "lrjax_vs_torch": 0.5,
+        },
+        "range_test": {
+            "num_steps": 429,
+            "steps_run_all": [350, 351],
+            "lrjax": _timed(
+                280.0,
+                350,
+                loop="dispatch",
+                stop_reason="diverged",
+                suggested_lr=0.0123,
+            ),
+            "torch": _timed(400.0, 350),
+            "lrjax_vs_torch": 0.7,
+        },
+        "augment": {
+            "lrjax_fit": _timed(330.0, 429, compile_s=6.0, loop="dispatch"),
+            "vs_plain_epoch": 1.1,
+        },
+    }
+
+
+def _cnn_steps() -> dict:
+    """bench_cnn.py's ``steps`` part: the top-level keys of the old layout."""
+
+    def v(ms, steps, **kw):
+        return {**_timed(ms * steps / 1e3, steps, **kw), "epoch_s": ms * 0.429}
+
+    return {
+        **META,
+        "steps_timed": 60,
+        "torch_version": "9.9",
+        "lrjax_loop_choice": "dispatch",
+        "lrjax_auto": v(900, 60, compile_s=10.0, loop="dispatch"),
+        "hand_dispatch": v(910, 60, compile_s=15.0),
+        "torch": v(1500, 60),
+        "hand_scan": v(11000, 4, compile_s=12.0),
+        "lrjax_scan": v(11500, 4, compile_s=18.0),
+        "ratios": {
+            "lrjax_auto_vs_hand_dispatch": 0.99,
+            "lrjax_auto_vs_torch": 0.6,
+            "hand_dispatch_vs_torch": 0.61,
+            "hand_scan_vs_hand_dispatch": 12.1,
+            "lrjax_scan_vs_lrjax_auto": 12.8,
+        },
+    }
+
+
+def _cnn_rows(report, results: Path) -> list[str]:
+    """The targets table's two CNN-against-PyTorch rows."""
+    rows = report.BLOCKS["targets"](results).splitlines()
+    rows = [r for r in rows if r.startswith("| CNN ") and "PyTorch" in r]
+    assert len(rows) == 2
+    return rows
+
+
+def test_cnn_block_renders_whichever_parts_the_json_holds(report, tmp_path):
+    assert report.BLOCKS["cnn"](tmp_path) == report.NOT_MEASURED
+    epoch_row, range_row = _cnn_rows(report, tmp_path)
+    assert f"| {report.NOT_MEASURED} | - |" in epoch_row
+    assert f"| {report.NOT_MEASURED} | - |" in range_row
+
+    # The new parts alone: no "steps" keys at the top level.
+    (tmp_path / "cnn.json").write_text(json.dumps(_cnn_parts()))
+    block = report.BLOCKS["cnn"](tmp_path)
+    lines = block.splitlines()
+    assert (
+        "| epoch | `lrjax.fit` (loop dispatch) | 429 | 5.0 | 300.0 | 699 | "
+        "0.50x PyTorch |" in lines
+    )
+    assert "| epoch | PyTorch 9.9 CPU, 2 threads | 429 | - | 600.0 | 1399 | 1.00 |" in (
+        lines
+    )
+    assert any(
+        r.startswith("| range test | `lrjax.lr_range_test`")
+        and "| 350 | - | 280.0 | 800 | 0.70x PyTorch |" in r
+        for r in lines
+    )
+    assert any(
+        r.startswith("| epoch, `--augment` |") and r.endswith("| 1.10x plain epoch |")
+        for r in lines
+    )
+    assert "steps run 350, 351 (stop reason: diverged; suggested lr 0.0123)" in block
+    assert "steps timed" not in block and block.endswith("`bench`.")
+    epoch_row, range_row = _cnn_rows(report, tmp_path)
+    assert "| 0.50x: 300.0 s against 600.0 s for 429 updates" in epoch_row
+    assert "| 0.70x: 280.0 s against 400.0 s for 350 updates" in range_row
+    # Informational rows: the issue sets no target, so "met?" stays "-".
+    assert epoch_row.endswith("| - | `bench_cnn.py` |")
+    assert range_row.endswith("| - | `bench_cnn.py` |")
+
+    # The steps part alone (the committed layout): the per-step table only.
+    (tmp_path / "cnn.json").write_text(json.dumps(_cnn_steps()))
+    block = report.BLOCKS["cnn"](tmp_path)
+    assert block.startswith("| variant | steps timed |")
+    assert '| lrjax, loop="auto" (chose dispatch) | 60 | 10.0 | 900 |' in block
+    assert "| PyTorch 9.9 CPU, 2 threads | 60 | - | 1500 | 644 | 1.00 |" in block
+    assert "`lrjax.fit`" not in block
+    assert all(report.NOT_MEASURED in r for r in _cnn_rows(report, tmp_path))
+
+    # Both: the parts' table, then the per-step one.
+    (tmp_path / "cnn.json").write_text(json.dumps({**_cnn_steps(), **_cnn_parts()}))
+    block = report.BLOCKS["cnn"](tmp_path)
+    assert block.index("`lrjax.fit`") < block.index("| variant | steps timed |")
+    assert "Per step (the `steps` part, 60 updates" in block
+
+    # --augment without the plain epoch: no ratio to show.
+    parts = _cnn_parts()
+    del parts["epoch"], parts["augment"]["vs_plain_epoch"]
+    (tmp_path / "cnn.json").write_text(json.dumps(parts))
+    block = report.BLOCKS["cnn"](tmp_path)
+    assert "| epoch, `--augment` |" in block and block.count("| epoch |") == 0
+    assert any(r.endswith("| - |") for r in block.splitlines() if "augment" in r)
+    assert "\n\n\n" not in block
+
+
+def _conv_population() -> dict:
+    """bench_conv_population.py's JSON, cut down to what the report reads."""
+
+    def run(device, models):
+        return {
+            "device": device,
+            "jax": "0.0",
+            "load_avg_1min_before": 1.5,
+            "models": models,
+        }
+
+    def model(batch, loop, **ms):
+        return {"batch": batch, "loop": loop, "ms_per_update": ms}
+
+    return {
+        "command": "python benchmarks/bench_conv_population.py ",
+        "cpu_count": 2,
+        "members": 4,
+        "per_member_vs_single": {
+            "cnn": {
+                "vmap x1": 3.0,
+                "unroll x1": 1.05,
+                "map x1": 7.5,
+                "vmap x2": 2.25,
+                "unroll x2": 0.6,
+            },
+            "mlp": {
+                "vmap x1": 0.5,
+                "unroll x1": 1.2,
+                "map x1": 1.3,
+                "vmap x2": 0.4,
+                "unroll x2": 0.35,
+            },
+        },
+        "runs": {
+            "devices1": run(
+                "cpu x1 (cpu)",
+                {
+                    "cnn": model(
+                        128,
+                        "dispatch",
+                        single=160.0,
+                        vmap=1920.0,
+                        unroll=672.0,
+                        map=4800.0,
+                    ),
+                    "mlp": model(
+                        32, "scan", single=0.9, vmap=1.8, unroll=4.32, map=4.68
+                    ),
+                },
+            ),
+            "devices2": run(
+                "cpu x2 (cpu)",
+                {
+                    "cnn": model(128, "dispatch", vmap=1440.0, unroll=384.0),
+                    "mlp": model(32, "scan", vmap=1.44, unroll=1.26),
+                },
+            ),
+        },
+    }
+
+
+def test_conv_population_block(report, tmp_path):
+    assert report.BLOCKS["conv_population"](tmp_path) == report.NOT_MEASURED
+    (tmp_path / "conv_population.json").write_text(json.dumps(_conv_population()))
+    block = report.BLOCKS["conv_population"](tmp_path)
+    lines = block.splitlines()
+    assert lines[0] == (
+        "| model | single: ms/update | vmap x1 per member | unroll x1 per member | "
+        "map x1 per member | vmap x2 per member | unroll x2 per member |"
+    )
+    assert (
+        "| cnn (batch 128, dispatch) | 160 | 3.00x | 1.05x | 7.50x | 2.25x | "
+        "0.60x |" in lines
+    )
+    assert "| mlp (batch 32, scan) | 0.9 | 0.50x | 1.20x | 1.30x | 0.40x | 0.35x |" in (
+        lines
+    )
+    assert "Fastest on one device: cnn `unroll` (1.05x); mlp `vmap` (0.50x)." in block
+    assert "`python benchmarks/bench_conv_population.py` on cpu x1 (cpu)" in block
+
+    # A run of the MLP alone on one device's variants: the other columns go.
+    d = _conv_population()
+    d["per_member_vs_single"] = {
+        "mlp": {"vmap x1": 0.5, "unroll x1": 1.2, "map x1": 1.3}
+    }
+    (tmp_path / "conv_population.json").write_text(json.dumps(d))
+    block = report.BLOCKS["conv_population"](tmp_path)
+    rows = [r for r in block.splitlines() if r.startswith("| ")]
+    assert len(rows) == 2 and rows[1].startswith("| mlp ")
+    assert "x2 per member" not in block and "map x1 per member" in rows[0]
