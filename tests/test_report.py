@@ -7,24 +7,20 @@ regenerates from the committed benchmarks/results/*.json (in-process, as
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from .conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location(
-        "report", ROOT / "benchmarks" / "report.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("report")
 
 
 def test_committed_documents_match_the_results_json(report):
