@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from .conftest import load_benchmark
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_bench():
