@@ -1,4 +1,4 @@
-"""Regenerates every measured number of benchmarks/README.md and docs/results.md.
+"""Regenerates every measured number of the README.md pages and docs/results.md.
 
     python benchmarks/report.py           # rewrite the generated blocks
     python benchmarks/report.py --check   # exit 1 if that would change a file
@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
+FRONT_PAGE = ROOT / "README.md"
 RESULTS_MD = ROOT / "docs" / "results.md"
 NOT_MEASURED = "(not measured yet)"
 
@@ -53,6 +54,10 @@ TARGETS = {
     "population_vs_sequential": 0.8,  # 36 models against one after another
     "cnn_accuracy": 0.93,  # the BatchNorm CNN's test accuracy
 }
+# The seed recipe's published test accuracy of its MLP 300-100 on Fashion-MNIST
+# (source: Hands-On ML, chapter 10): the baseline the front page compares
+# lrjax-train's defaults with. Published, not measured here.
+SEED_RECIPE_ACCURACY = 0.8837
 # The training variant that is lrjax-train's default (train_results.py).
 DEFAULT_VARIANT = "default_peak_decay_0.8"
 # Finder-quality files: name -> what the documents call that run.
@@ -1284,6 +1289,126 @@ def data(d: dict) -> str:
     )
 
 
+# --- README.md: the headline numbers ------------------------------------------
+
+# The detailed sections the headline rows link to.
+_BENCH = "benchmarks/README.md#"
+_DOCS = "docs/results.md#"
+HEADLINE_LINKS = {
+    "find": f"[bench_find]({_BENCH}range-test-seed-recipe-bench_findpy)",
+    "sources": f"[sources]({_BENCH}data-sources-and-model-forms-"
+    "bench_range_test_sourcespy)",
+    "finder": f"[results]({_DOCS}finder-quality-regret-of-each-suggestion)",
+    "mlp": f"[results]({_DOCS}training-the-mlp-on-fashion-mnist)",
+    "cnn": f"[results]({_DOCS}training-the-batchnorm-cnn)",
+    "bench_cnn": f"[bench_cnn]({_BENCH}cnn-on-xlacpu-bench_cnnpy)",
+    "sweep": f"[sweep_quality]({_BENCH}range-test-over-weight-decay-in-one-program-"
+    "sweep_qualitypy)",
+    "conv_population": f"[results]({_DOCS}a-population-of-cnns-vmap-unroll-or-map)",
+}
+
+
+def _cli_flags(command: str, **flags: str) -> list[str]:
+    """``label.format(value)`` for each ``--flag value`` that ``command`` holds."""
+    words = command.split()
+    return [
+        label.format(words[words.index(flag) + 1])
+        for flag, label in flags.items()
+        if flag in words[:-1]
+    ]
+
+
+def headline(results: Path) -> str:
+    """The front page's table: one number per benchmark, linked to its section."""
+    rows: list[list[str]] = []
+
+    def row(what: str, measured: str | None, link: str) -> None:
+        rows.append([what, measured or NOT_MEASURED, HEADLINE_LINKS[link]])
+
+    f = _load(results, "find")
+    row(
+        "range test vs a hand-written JAX scan of the same sweep",
+        f and f"{f['lrjax_vs_floor']:.3f}x",
+        "find",
+    )
+    s = _load(results, "range_test_sources")
+    row(
+        "same sweep fed by a Python generator / the MLP as a pure function",
+        s
+        and f"{s['generator_vs_array']:.2f}x / "
+        f"{s['pure']['run_s'] / s['array']['run_s']:.2f}x the array, NNX path",
+        "sources",
+    )
+    v = _load(results, "finder_quality_validation")
+    row(
+        f"default suggestion (`{DEFAULT_METHOD}`): regret vs a vmapped lr grid"
+        + (f", {len(v['results'])} fresh settings" if v else ""),
+        v and f"<= {v['summary'][DEFAULT_METHOD]['worst_regret_pp']:.2f} pp",
+        "finder",
+    )
+    tr = _load(results, "train_results")
+    m = tr and tr["variants"].get(DEFAULT_VARIANT)
+    acc = m and m.get("test_accuracy_all_seeds", m["test_accuracy"])
+    row(
+        f"MLP, `lrjax-train` defaults vs the seed recipe's "
+        f"{_pct(SEED_RECIPE_ACCURACY)}%",
+        acc
+        and f"{_pct(acc['mean'])}% ({_count(len(acc['values']), 'seed')}), "
+        f"{100 * (acc['mean'] - SEED_RECIPE_ACCURACY):+.2f} pp",
+        "mlp",
+    )
+    c = _load(results, "cnn_results")
+    target = TARGETS["cnn_accuracy"]
+    how = c and _cli_flags(
+        c["description"],
+        **{"--optimizer": "{}", "--weight-decay": "wd {}", "--epochs": "{} epochs"},
+    )
+    row(
+        "BatchNorm CNN, `lrjax-train --model cnn --lr auto`"
+        + (f" ({', '.join(how)})" if how else ""),
+        c
+        and f"{_pct(c['mean_test_accuracy'])}% test, "
+        f"{_count(len(c['seeds_done']), 'seed')} (target {100 * target:.1f}%: "
+        f"{'met' if c['mean_test_accuracy'] >= target else 'missed'})",
+        "cnn",
+    )
+    b = _load(results, "cnn") or {}
+    parts = [("epoch", "epoch"), ("range_test", "range test")]
+    row(
+        "BatchNorm CNN epoch / range test vs a plain PyTorch CPU loop",
+        any(b.get(k) for k, _ in parts)
+        and "; ".join(
+            f"{w}: {b[k]['lrjax_vs_torch']:.2f}x PyTorch's time"
+            if b.get(k)
+            else f"{w}: {NOT_MEASURED}"
+            for k, w in parts
+        ),
+        "bench_cnn",
+    )
+    for name, model in (("sweep_mlp_adamw", "MLP"), ("sweep_cnn", "CNN")):
+        w = _load(results, name)
+        regret = w and w["regret"]
+        row(
+            f"lr x weight decay in one program (`sweep_over=`), {model}",
+            w
+            and f"regret {_fmt(regret and 100 * regret, '.2f')} pp; "
+            f"{w['cost']['wall_ratio']:.2f}x the time of the {len(w['values'])} "
+            "values one by one",
+            "sweep",
+        )
+    p = _load(results, "conv_population")
+    per = (p and p["per_member_vs_single"].get("cnn")) or {}
+    row(
+        "CNN population, members unrolled vs vmapped (CPU, 1 device)",
+        "unroll x1" in per
+        and "vmap x1" in per
+        and f"per member {per['unroll x1']:.2f}x (unroll) / {per['vmap x1']:.2f}x "
+        "(vmap) one model's time",
+        "conv_population",
+    )
+    return _table(["what", "measured", "where"], rows)
+
+
 # --- the documents ------------------------------------------------------------
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
@@ -1312,9 +1437,11 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "conv_population": _one("conv_population", conv_population),
     "suite": suite,
     "data": _one("data", data),
+    "headline": headline,
 }
 # Each document and its blocks, in the order a new document lists them.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
+    FRONT_PAGE: ("headline",),
     README: (
         "find",
         "range_test_sources",

@@ -325,3 +325,102 @@ def test_conv_population_block(report, tmp_path):
     rows = [r for r in block.splitlines() if r.startswith("| ")]
     assert len(rows) == 2 and rows[1].startswith("| mlp ")
     assert "x2 per member" not in block and "map x1 per member" in rows[0]
+
+
+def _headline_rows(report, results: Path) -> dict[str, str]:
+    """The headline table's rows: the "what" cell's start -> the measured cell."""
+    lines = report.BLOCKS["headline"](results).splitlines()
+    assert lines[0] == "| what | measured | where |"
+    cells = [line.split(" | ") for line in lines[2:]]
+    assert len(cells) == 9 and all(c[2].startswith("[") for c in cells)
+    return {c[0].removeprefix("| "): c[1] for c in cells}
+
+
+def test_headline_block(report, tmp_path):
+    rows = _headline_rows(report, tmp_path)
+    assert set(rows.values()) == {report.NOT_MEASURED}
+
+    def write(name: str, d: dict) -> None:
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+
+    write("find", {"lrjax_vs_floor": 1.0412})
+    write(
+        "range_test_sources",
+        {"generator_vs_array": 0.98, "array": {"run_s": 2.0}, "pure": {"run_s": 2.2}},
+    )
+    write(
+        "finder_quality_validation",
+        {"results": [{}] * 5, "summary": {"knee": {"worst_regret_pp": 0.414}}},
+    )
+    acc = {"mean": 0.9012, "values": [0.9, 0.9024, 0.9012]}
+    write(
+        "train_results",
+        {"variants": {report.DEFAULT_VARIANT: {"test_accuracy": acc}}},
+    )
+    write(
+        "cnn_results",
+        {
+            "description": "CNN: python -m lrjax.train --model cnn --lr auto "
+            "--optimizer nesterov --weight-decay 5e-4 --epochs 14",
+            "seeds_done": [0, 1],
+            "mean_test_accuracy": 0.9312,
+        },
+    )
+    write("cnn", _cnn_steps())  # the steps part alone: no epoch, no range test
+    write(
+        "sweep_mlp_adamw",
+        {"regret": 0.0042, "cost": {"wall_ratio": 0.7}, "values": [0, 1e-4, 1e-3]},
+    )
+    write("conv_population", _conv_population())
+    rows = _headline_rows(report, tmp_path)
+    # Both sweeps' rows: the MLP's measured, the CNN's (no sweep_cnn.json) not yet.
+    assert [m for w, m in rows.items() if w.startswith("lr x weight decay")] == [
+        "regret 0.42 pp; 0.70x the time of the 3 values one by one",
+        report.NOT_MEASURED,
+    ]
+    measured = {
+        what.split(" (")[0].split(":")[0]: m
+        for what, m in rows.items()
+        if not what.startswith("lr x weight decay")
+    }
+    assert measured == {
+        "range test vs a hand-written JAX scan of the same sweep": "1.041x",
+        "same sweep fed by a Python generator / the MLP as a pure function": (
+            "0.98x / 1.10x the array, NNX path"
+        ),
+        "default suggestion": "<= 0.41 pp",
+        "MLP, `lrjax-train` defaults vs the seed recipe's 88.37%": (
+            "90.12% (3 seeds), +1.75 pp"
+        ),
+        "BatchNorm CNN, `lrjax-train --model cnn --lr auto`": (
+            "93.12% test, 2 seeds (target 93.0%: met)"
+        ),
+        "BatchNorm CNN epoch / range test vs a plain PyTorch CPU loop": (
+            report.NOT_MEASURED
+        ),
+        "CNN population, members unrolled vs vmapped": (
+            "per member 1.05x (unroll) / 3.00x (vmap) one model's time"
+        ),
+    }
+    assert (
+        "BatchNorm CNN, `lrjax-train --model cnn --lr auto` (nesterov, wd 5e-4, "
+        "14 epochs)" in rows
+    )
+    assert "default suggestion (`knee`): regret vs a vmapped lr grid, 5 fresh " in (
+        " ".join(rows)
+    )
+
+    # bench_cnn.py's epoch and range-test parts against PyTorch; then one alone.
+    write("cnn", _cnn_parts())
+    torch = "BatchNorm CNN epoch / range test vs a plain PyTorch CPU loop"
+    assert _headline_rows(report, tmp_path)[torch] == (
+        "epoch: 0.50x PyTorch's time; range test: 0.70x PyTorch's time"
+    )
+    parts = _cnn_parts()
+    del parts["range_test"]
+    write("cnn", parts)
+    assert _headline_rows(report, tmp_path)[torch] == (
+        f"epoch: 0.50x PyTorch's time; range test: {report.NOT_MEASURED}"
+    )
+    # The seed recipe's baseline is the published constant, not a measurement.
+    assert report.SEED_RECIPE_ACCURACY == 0.8837
