@@ -90,6 +90,15 @@ def summarize(done: dict[int, dict], runs: Path, argv: list[str]) -> dict:
             "val_accuracy": m["val_accuracy"],
             "lr": m["lr"],
             "lr_method": (m.get("lr_finder") or {}).get("method"),
+            "schedule": {
+                "name": m["schedule"]["name"],
+                "cycle_ends_epochs": [
+                    round((e + 1) * m["epochs_run"] / m["history"][-1]["step"], 3)
+                    for e in m["schedule"]["cycle_ends"]
+                ]
+                if m.get("history")
+                else [],
+            },
             "mean_epoch_s": m["timings"].get("mean_epoch_s"),
             "wall_s": m["timings"].get("wall_s"),
             "range_test_s": (m.get("lr_finder") or {}).get("time_s"),

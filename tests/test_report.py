@@ -78,12 +78,15 @@ def test_sections_not_measured_yet_and_then_measured(report, tmp_path):
     (results / "cnn_results.json").write_text(json.dumps(cnn))
     for seed in cnn["per_seed"].values():
         seed["lr_method"] = "divergence"
-    (results / "cnn_results_knee.json").write_text(json.dumps(cnn))
+        seed["schedule"] = {"name": "cosine_restarts", "cycle_ends_epochs": [5, 10]}
+    (results / "cnn_results_balanced.json").write_text(json.dumps(cnn))
 
     table = report.BLOCKS["cnn_results"](results)
     rows = [line for line in table.splitlines() if line.startswith("| `cnn_results")]
-    assert [r.split(" | ")[1] for r in rows] == ["knee", "divergence"]
-    assert report.NOT_MEASURED not in table
+    assert [r.split(" | ")[2] for r in rows] == ["knee", "divergence"]
+    assert [r.split(" | ")[1] for r in rows] == ["-", "cosine_restarts (5, 10)"]
+    assert table.count(report.NOT_MEASURED) == 1  # cnn_results_huang.json only
+    assert "`cnn_results_huang.json`: (not measured yet)" in table
     finder = report.BLOCKS["finder_quality_cnn"](results)
     assert "model `cnn`" in finder and "| knee | **" in finder
     assert "**(recommended)**" in report.BLOCKS["sweep_cnn"](results)
