@@ -95,11 +95,6 @@ def conv_on_cpu(fn: Callable, *example_args, backend: str | None = None) -> bool
     return _has_conv(jax.make_jaxpr(fn)(*example_args).jaxpr)
 
 
-def choose_loop(fn: Callable, *example_args, backend: str | None = None) -> str:
-    """The ``"auto"`` rule: ``"dispatch"`` for a conv step on CPU, else ``"scan"``."""
-    return "dispatch" if conv_on_cpu(fn, *example_args, backend=backend) else "scan"
-
-
 def _member(tree, i: int):
     return jax.tree.map(lambda a: a[i], tree)
 
