@@ -1473,6 +1473,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "find",
         "range_test_sources",
         "cnn",
+        "cnn_results",
         "sweep_mlp_adamw",
         "sweep_cnn",
     ),
