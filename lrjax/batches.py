@@ -316,8 +316,19 @@ class IterSource:
         self.skipped = 0
         self.restarts = 0
         self.exhausted = False
+        self._first = None  # the batch first_batch_size() pulled, not used yet
+
+    def first_batch_size(self) -> int | None:
+        """The first batch's leading size (None: no batch), pulled now and kept
+        for the first chunk, so that a check can run before any update."""
+        if self.spec is None and self._first is None:
+            self._first = self._next_batch()
+        return self.batch_size
 
     def _next_batch(self):
+        if self._first is not None:
+            batch, self._first = self._first, None
+            return batch
         while True:
             try:
                 batch = next(self.iterator)

@@ -57,6 +57,8 @@ from lrjax.step import (
     OptimizerFactory,
     TrainState,
     check_accumulate,
+    check_classification_data,
+    check_optimizer,
     classification_loss,
     fresh,
     init_state,
@@ -278,14 +280,27 @@ def _batch_sharding(mesh: jax.sharding.Mesh, k: int) -> jax.sharding.NamedShardi
 
 
 def _check(cfg: FitConfig) -> FitConfig:
-    for name in ("epochs", "patience"):
+    def integer(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, int)
+
+    if not integer(cfg.patience) or cfg.patience < 0:
+        raise ValueError(f"patience must be an integer >= 0, got {cfg.patience!r}")
+    for name in (
+        "epochs",
+        "batch_size",
+        "chunks_per_epoch",
+        "log_every",
+        "eval_batch_size",
+        "max_to_keep",
+    ):
         v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-    for name in ("chunks_per_epoch", "log_every", "eval_batch_size", "max_to_keep"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not integer(v) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    spe = cfg.steps_per_epoch
+    if spe is not None and (not integer(spe) or spe < 1):
+        raise ValueError(
+            f"steps_per_epoch must be None or an integer >= 1, got {spe!r}"
+        )
     if cfg.monitor_mode not in (None, "min", "max"):
         raise ValueError(
             f"monitor_mode must be 'min' or 'max', got {cfg.monitor_mode!r}"
@@ -343,7 +358,8 @@ def fit(
         ``fold_in(key, e)``.
       config: a :class:`FitConfig` (default ``FitConfig()``).
       loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``;
-        default :func:`lrjax.classification_loss`.
+        default :func:`lrjax.classification_loss`, with which in-memory data are
+        checked once first (:func:`lrjax.step.check_classification_data`).
       eval_fn: ``eval_fn(model, batch) -> {name: scalar}`` for evaluation
         (default: the loss and metrics of ``loss_fn``), in eval mode.
       preprocess: ``batch -> batch`` in compiled code, for training and
@@ -358,9 +374,11 @@ def fit(
       incompatible checkpoint.
     """
     cfg = _check(config or FitConfig())
+    check_optimizer(optimizer)
     t_start = time.perf_counter()
     k = cfg.accumulate_steps
-    loss_fn = classification_loss() if loss_fn is None else loss_fn
+    default_loss = loss_fn is None
+    loss_fn = classification_loss() if default_loss else loss_fn
     mode = cfg.monitor_mode or default_mode(cfg.monitor)
     restore_best = cfg.patience > 0 if cfg.restore_best is None else cfg.restore_best
     if val_data is None and cfg.monitor.startswith("val_") and cfg.patience:
@@ -368,6 +386,10 @@ def fit(
     snap_steps = _snapshot_steps(cfg.snapshot_steps)
     num_snaps = 0 if snap_steps is None else len(snap_steps)
     spec, params, rest, graphdef = _init_model(model, key)
+    if default_loss and is_arrays(data):
+        check_classification_data(
+            spec, params, rest, data, preprocess=preprocess, batch_size=cfg.batch_size
+        )
 
     data_parallel = cfg.data_parallel
     if data_parallel is None:

@@ -47,6 +47,8 @@ from lrjax.step import (
     LossFn,
     OptimizerFactory,
     check_accumulate,
+    check_classification_data,
+    check_optimizer,
     classification_loss,
     fresh,
     init_state,
@@ -83,6 +85,9 @@ class RangeTestResult:
     chosen method (``per_seed``), their ``min`` and ``max``, and every method's
     per-seed values (``per_method``). ``stop_reason`` is ``"diverged"``,
     ``"data"`` (a one-shot iterable ran out), or None (the sweep ran to its end).
+    ``warning`` says when the loss was not finite before any descent (NaN/inf
+    inputs, a broken model or loss, or a sweep that started too high): then the
+    curve says nothing about the lr.
     """
 
     lrs: np.ndarray
@@ -102,6 +107,7 @@ class RangeTestResult:
     device: str
     config: dict[str, Any]
     sweep: SweepResult | None = None
+    warning: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN and inf become None)."""
@@ -121,6 +127,7 @@ class RangeTestResult:
             "spread": self.spread,
             "steps_run": self.steps_run,
             "stop_reason": self.stop_reason,
+            "warning": self.warning,
             "timings": self.timings,
             "device": self.device,
             "config": self.config,
@@ -367,6 +374,36 @@ def _summarize(lrs, smoothed, diverged, method: str) -> dict[str, Any]:
     }
 
 
+def _nonfinite_warning(losses, smoothed, lrs, diverged) -> str | None:
+    """Says when a member's loss turned non-finite before any descent.
+
+    The end of a good curve diverges after the loss went down; a loss that is
+    NaN or inf before its smoothed value went below 95% of its start (the
+    descent :func:`lrjax.find_divergence` calls real) and before any other
+    divergence signal points at the data, the model or the first lrs instead.
+    """
+    steps = []
+    for loss, smooth_, found in zip(losses, smoothed, diverged, strict=True):
+        bad = ~np.isfinite(loss)
+        if not bad.any():
+            continue
+        first = int(np.argmax(bad))
+        if found is not None and found < first:
+            continue  # it diverged on the loss's growth first
+        if first and smooth_[:first].min() < 0.95 * smooth_[0]:
+            continue  # it descended first
+        steps.append(first)
+    if not steps:
+        return None
+    first = min(steps)
+    runs = "" if len(losses) == 1 else f" in {len(steps)} of {len(losses)} runs"
+    return (
+        f"the loss was not finite from step {first} on (lr {lrs[first]:.3g}){runs}, "
+        "before any descent: check the inputs for NaN/inf and the model's output, "
+        "or start the sweep at a lower lr"
+    )
+
+
 def _check_range_args(init_value, end_value, mode, seeds, beta, threshold, method):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -485,11 +522,14 @@ def lr_range_test(
         order (and ``fold_in(fold_in(key, k), 1)`` for a factory's initialisation).
       loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``; default
         :func:`lrjax.classification_loss` (softmax cross-entropy and accuracy on
-        ``(x, y)`` batches).
+        ``(x, y)`` batches); with it, in-memory data are checked once first
+        (:func:`lrjax.step.check_classification_data`: integer labels in
+        ``[0, num_classes)``, finite inputs).
       preprocess: ``batch -> batch`` inside the compiled step (e.g.
         :func:`lrjax.data.scale_images`); default none.
       batch_size: examples per (micro-)batch of in-memory data (default 32); an
-        iterable's batches are used as they come.
+        iterable's batches are used as they come (if given, it must be their
+        size, checked on the first batch).
       num_steps: updates in the sweep; default one epoch of in-memory data, or
         ``len(data)`` of an iterable that has one.
       accumulate_steps: micro-batches averaged into each update; the sweep has
@@ -536,6 +576,7 @@ def lr_range_test(
         init_value, end_value, mode, seeds, smooth_beta, diverge_threshold, method
     )
     k = check_accumulate(accumulate_steps)
+    check_optimizer(optimizer)
     check_loop(loop)
     check_population(population)
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
@@ -549,6 +590,15 @@ def lr_range_test(
     memory: dict[str, Any] = {}
 
     def check(spec, params, rest):
+        if loss_fn is None and is_arrays(data):
+            check_classification_data(
+                spec,
+                params,
+                rest,
+                data,
+                preprocess=preprocess,
+                batch_size=32 if batch_size is None else batch_size,
+            )
         if values is None:
             opt = jax.eval_shape(make_optimizer(optimizer, init_value).init, params)
         else:
@@ -599,10 +649,12 @@ def lr_range_test(
     )
     base = source
     if isinstance(source, IterSource):
-        if batch_size is not None:
+        first = source.first_batch_size() if batch_size is not None else None
+        if first is not None and first != batch_size:
             raise ValueError(
-                "batch_size applies to in-memory data; an iterable's batches are "
-                "used as they come"
+                f"batch_size={batch_size} does not match the iterable's batches of "
+                f"{first} examples (its first batch); an iterable's batches are "
+                "used as they come: leave batch_size out or give their size"
             )
         source.sharding = rep
         if num_steps is None:
@@ -714,6 +766,7 @@ def lr_range_test(
     losses, smoothed = cat.pop("loss"), cat.pop("smoothed")
     cat.pop("lr")
     diverged = [t.found for t in trackers]
+    warning = _nonfinite_warning(losses, smoothed, lrs, diverged)
     rows = [slice(v * seeds, (v + 1) * seeds) for v in range(num_values)]
     per_value = [_summarize(lrs, smoothed[r], diverged[r], method) for r in rows]
     sweep_result = None
@@ -795,4 +848,5 @@ def lr_range_test(
         ),
         config=config,
         sweep=sweep_result,
+        warning=warning,
     )

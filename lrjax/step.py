@@ -130,6 +130,29 @@ def fresh(tree: Any) -> Any:
     return jax.tree.map(lambda a: jnp.asarray(a).copy(), tree)
 
 
+def check_optimizer(optimizer: Any) -> None:
+    """Refuses anything but a factory ``learning_rate -> GradientTransformation``.
+
+    A transformation already built (``optax.sgd(0.1)``) is the usual slip: its lr
+    is fixed, and lrjax must set the lr of every update itself.
+
+    >>> check_optimizer(optax.sgd)  # the factory
+    >>> check_optimizer(optax.sgd(0.1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: optimizer must be a factory ... not a transformation already built ...
+    """
+    how = (
+        "optimizer must be a factory learning_rate -> optax.GradientTransformation "
+        "such as optax.sgd, not {}; give other arguments as lambda lr: "
+        "optax.sgd(lr, momentum=0.9) or functools.partial(optax.sgd, momentum=0.9)"
+    )
+    if isinstance(optimizer, optax.GradientTransformation):
+        what = f"a transformation already built ({type(optimizer).__name__})"
+        raise ValueError(how.format(what))
+    if not callable(optimizer):
+        raise ValueError(how.format(f"{type(optimizer).__name__} {optimizer!r}"))
+
+
 def make_optimizer(
     optimizer: OptimizerFactory, learning_rate
 ) -> optax.GradientTransformation:
@@ -142,7 +165,11 @@ def make_optimizer(
       optimizer: ``learning_rate -> optax.GradientTransformation``, e.g.
         ``optax.sgd`` or ``lambda lr: optax.adamw(lr, weight_decay=1e-4)``.
       learning_rate: a float, or a schedule ``step -> lr``.
+
+    Raises:
+      ValueError: ``optimizer`` is not such a factory (:func:`check_optimizer`).
     """
+    check_optimizer(optimizer)
 
     def factory(learning_rate):
         return optimizer(learning_rate)
@@ -185,16 +212,137 @@ def classification_loss(apply: Callable | None = None) -> LossFn:
     return loss_fn
 
 
+def check_classification_data(
+    model: Model,
+    params: Params,
+    model_state: Any,
+    data: Any,
+    *,
+    preprocess: Callable[[Batch], Batch] | None = None,
+    batch_size: int,
+) -> None:
+    """The in-memory ``(x, y)`` of the default loss, checked once before any update.
+
+    The labels the loss sees (after ``preprocess``) must be integers in
+    ``[0, num_classes)``, ``num_classes`` being the model's output width (from
+    ``jax.eval_shape`` of one batch: nothing runs). The inputs must be finite
+    when they reach the model as they are (no ``preprocess``: one could clean
+    them). Only a module is checked: the default loss calls ``model(x)``.
+
+    Raises:
+      ValueError: float labels, labels out of range, or NaN/inf inputs, in one
+        line naming the bad values and what is allowed.
+    """
+    arrays = (np.ndarray, jax.Array)
+    if not (
+        model.is_module
+        and isinstance(data, tuple)
+        and len(data) == 2
+        and isinstance(data[1], arrays)
+    ):
+        return
+    n = len(data[1])
+    b = min(batch_size, n)
+
+    def labels_and_logits(params, model_state, batch):
+        x, y = batch if preprocess is None else preprocess(batch)
+        return y, model.bind(params, model_state, train=False)(x)
+
+    first = jax.tree.map(lambda a: a[:b], data)
+    y, logits = jax.eval_shape(labels_and_logits, params, model_state, first)
+    if not all(hasattr(a, "shape") and a.shape for a in (y, logits)):
+        return  # not logits and labels: the loss itself will say so
+    classes = logits.shape[-1]
+    passes = preprocess is None
+    if not passes:  # preprocess returns its labels input as it is (scale_images)?
+        jaxpr = jax.make_jaxpr(lambda batch: preprocess(batch)[1])(first).jaxpr
+        passes = jaxpr.outvars[0] is jaxpr.invars[-1]  # y: the last leaf of (x, y)
+    seen = "labels" if passes else "labels after preprocess"
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(
+            f"the default classification loss needs integer class labels in "
+            f"[0, {classes}), got {y.dtype} {seen}: convert them (y.astype(np.int32)) "
+            "or give a loss_fn (one-hot labels: optax.softmax_cross_entropy)"
+        )
+    if passes:
+        labels = np.asarray(data[1])
+        lo, hi = int(labels.min()), int(labels.max())
+        bad = int(np.count_nonzero((labels < 0) | (labels >= classes)))
+    else:
+        # The labels of every example as the loss sees them, through preprocess
+        # in batches of the training size (the inputs' part is dead code); one
+        # small compile (~50 ms on a CPU).
+        idx = (np.arange(-(-n // b) * b) % n).reshape(-1, b)
+
+        def stats(data, idx):
+            def one(i):
+                y = preprocess(jax.tree.map(lambda a: a[i], data))[1]
+                return y.min(), y.max(), jnp.sum((y < 0) | (y >= classes))
+
+            lo, hi, bad = jax.lax.map(one, idx)
+            return lo.min(), hi.max(), bad.sum()
+
+        lo, hi, bad = (int(v) for v in jax.jit(stats)(data, idx))
+    if bad:
+        raise ValueError(
+            f"{seen} must be class indices in [0, {classes}) (the model has "
+            f"{classes} outputs); {bad} of {n} are outside it (min {lo}, max {hi})"
+        )
+    if preprocess is None:
+        for path, a in jax.tree_util.tree_flatten_with_path(data[0])[0]:
+            if not jnp.issubdtype(a.dtype, jnp.inexact):
+                continue
+            xp = jnp if isinstance(a, jax.Array) else np  # where the data are
+            bad = a.size - int(xp.count_nonzero(xp.isfinite(a)))
+            if bad:
+                raise ValueError(
+                    f"the inputs data[0]{jax.tree_util.keystr(path)} hold {bad} "
+                    f"non-finite values (NaN or inf) of {a.size}: clean them "
+                    "(e.g. np.nan_to_num) or give a preprocess that does"
+                )
+
+
+def _structure(out: Any) -> str:
+    """What a loss_fn returned, in one line: ``(float32[], float32[32,10])``."""
+    if isinstance(out, tuple | list):
+        inner = ", ".join(_structure(o) for o in out)
+        return f"({inner})" if isinstance(out, tuple) else f"[{inner}]"
+    if isinstance(out, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_structure(v)}" for k, v in out.items()) + "}"
+    if hasattr(out, "shape") and hasattr(out, "dtype"):
+        return f"{out.dtype}[{','.join(str(d) for d in out.shape)}]"
+    return type(out).__name__
+
+
+def _is_value(x: Any) -> bool:
+    """An array or a Python/numpy number: something with a shape to check."""
+    return (hasattr(x, "shape") and hasattr(x, "dtype")) or isinstance(
+        x, int | float | np.number
+    )
+
+
 def loss_and_metrics(out: Any) -> tuple[jax.Array, Metrics]:
     """Checks and splits what a ``loss_fn`` returned into ``(loss, metrics)``.
 
+    The structure is checked before any value is looked at: ``jnp.shape`` of a
+    tuple of traced arrays would try to convert them to one numpy array.
+
     Raises:
-      ValueError: a non-scalar loss or metric, or a metric named loss/lr.
+      ValueError: anything but a scalar or ``(scalar, {name: scalar})`` (e.g. the
+        common ``(loss, logits)``), or a metric named loss/lr.
     """
-    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping):
+    accepted = "loss_fn must return a scalar loss or (loss, {name: scalar})"
+    if isinstance(out, tuple | list):
+        if len(out) != 2 or not isinstance(out[1], Mapping):
+            raise ValueError(
+                f"{accepted}; got {_structure(out)} (to report e.g. the accuracy, "
+                "compute it inside loss_fn and return (loss, {'accuracy': acc}))"
+            )
         loss, metrics = out
     else:
         loss, metrics = out, {}
+    if not _is_value(loss):
+        raise ValueError(f"{accepted}; got {_structure(out)}")
     shape = jnp.shape(loss)
     if shape != ():
         raise ValueError(
@@ -204,10 +352,9 @@ def loss_and_metrics(out: Any) -> tuple[jax.Array, Metrics]:
     for name, value in metrics.items():
         if name in RESERVED:
             raise ValueError(f"loss_fn metric names must not be {RESERVED}: {name!r}")
-        if jnp.shape(value) != ():
+        if not _is_value(value) or jnp.shape(value) != ():
             raise ValueError(
-                f"loss_fn metric {name!r} must be a scalar, "
-                f"got shape {jnp.shape(value)}"
+                f"loss_fn metric {name!r} must be a scalar, got {_structure(value)}"
             )
     return jnp.asarray(loss, jnp.float32), {
         k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()

@@ -234,6 +234,8 @@ def _summary(r, out, total_s) -> str:
         f"diverged at:  {fmt(r.diverged_at_lr)}"
         + ("" if r.diverged_at_lr is not None else " (did not diverge)"),
     ]
+    if r.warning is not None:
+        lines.append(f"warning:      {r.warning}")
     if r.spread is not None:
         lines.append(
             f"over {r.seeds} seeds: {r.method} from {fmt(r.spread['min'])} "
