@@ -39,10 +39,15 @@ from lrjax.schedules import cosine_restarts as cosine_restarts
 from lrjax.schedules import cyclic as cyclic
 from lrjax.schedules import exp_range as exp_range
 from lrjax.schedules import exponential_sweep as exponential_sweep
+from lrjax.schedules import linear_decay as linear_decay
 from lrjax.schedules import linear_sweep as linear_sweep
+from lrjax.schedules import one_cycle as one_cycle
+from lrjax.schedules import one_cycle_momentum as one_cycle_momentum
 from lrjax.schedules import step_decay as step_decay
 from lrjax.schedules import triangular as triangular
 from lrjax.schedules import triangular2 as triangular2
+from lrjax.schedules import warmup_cosine as warmup_cosine
+from lrjax.schedules import wsd as wsd
 from lrjax.step import TrainState as TrainState
 from lrjax.step import classification_loss as classification_loss
 from lrjax.step import make_optimizer as make_optimizer

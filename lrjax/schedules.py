@@ -40,10 +40,15 @@ __all__ = [
     "cyclic",
     "exp_range",
     "exponential_sweep",
+    "linear_decay",
     "linear_sweep",
+    "one_cycle",
+    "one_cycle_momentum",
     "step_decay",
     "triangular",
     "triangular2",
+    "warmup_cosine",
+    "wsd",
 ]
 
 Schedule = Callable[[ArrayLike], jax.Array]
@@ -55,6 +60,8 @@ _MAX_PERIOD = 2**30
 # the table is baked into every jitted program that uses the schedule.
 _MAX_CYCLES = 2**16
 _CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+_ONE_CYCLE_ANNEALS = ("cos", "linear")
+_WSD_DECAYS = ("linear", "cosine", "sqrt")
 
 
 # --------------------------------------------------------------------------
@@ -153,17 +160,23 @@ def _f32(x) -> jax.Array:
     return jnp.asarray(x, dtype=jnp.float32)
 
 
-def _half_cosine(pos: jax.Array, period: jax.Array) -> jax.Array:
+def _half_cosine(
+    pos: jax.Array, period: jax.Array, rest: jax.Array | None = None
+) -> jax.Array:
     """Returns ``(1 + cos(pi * pos / period)) / 2`` to a few float32 ulps.
 
     Written as ``cos(a)**2`` in the first half of the cycle and
     ``sin(pi/2 - a)**2`` in the second half (``a = pi * pos / (2 * period)``),
     both with a small argument, so the value stays accurate relative to itself
-    near the end of the cycle, where ``1 + cos`` would cancel.
+    near the end of the cycle, where ``1 + cos`` would cancel. ``rest`` is
+    ``period - pos``, passed when the caller knows it more accurately than
+    their float32 difference (fractional phase ends of :func:`one_cycle`).
     """
+    if rest is None:
+        rest = period - pos
     a = (jnp.pi / 2) * (pos / period)
-    b = (jnp.pi / 2) * ((period - pos) / period)
-    return jnp.where(2 * pos <= period, jnp.cos(a) ** 2, jnp.sin(b) ** 2)
+    b = (jnp.pi / 2) * (rest / period)
+    return jnp.where(pos <= rest, jnp.cos(a) ** 2, jnp.sin(b) ** 2)
 
 
 # --------------------------------------------------------------------------
@@ -657,3 +670,453 @@ def step_decay(init_value: float, factor: float, step_size: int) -> Schedule:
         return (init * jnp.exp2(k * log2_factor)).astype(jnp.float32)
 
     return _compiled(schedule)
+
+
+# --------------------------------------------------------------------------
+# Piecewise schedules: the 1cycle policy, warmup then decay.
+
+# One phase of a piecewise schedule: (end_step, start_value, end_value, shape).
+_Phase = tuple[float, float, float, str]
+
+
+def _piecewise(phases: list[_Phase]) -> Schedule:
+    """Returns the schedule that runs through ``phases`` one after the other.
+
+    Phase ``i`` runs from ``s``, the previous phase's end step (0 for the
+    first), to its own end step ``e``; both may be real numbers, as in
+    PyTorch's ``OneCycleLR``. Step ``t`` belongs to the first phase with
+    ``t <= e``; the last end step is an integer after which the lr holds. With
+    ``pct = (t - s) / (e - s)``, a phase from value ``a`` to value ``b`` is::
+
+        "linear": a + (b - a) * pct
+        "cos":    b + (a - b) * (1 + cos(pi * pct)) / 2
+        "sqrt":   a - (a - b) * sqrt(pct)
+
+    each evaluated as ``a * w + b * (1 - w)`` with both weights computed
+    directly (``1 - pct`` from ``e - t``, ``1 - cos`` as ``sin**2``,
+    ``1 - sqrt(pct)`` as ``(1 - pct) / (1 + sqrt(pct))``), so no difference
+    cancels and the lr is accurate to a few float32 ulps relative to itself. A
+    phase with ``a == b`` gives exactly ``a``; phases of zero length are
+    skipped. For integer steps, ``t - s`` and ``e - t`` are formed in integer
+    arithmetic before the fractional parts of ``s`` and ``e`` are applied.
+    """
+    kept: list[_Phase] = []
+    for phase in phases:
+        if phase[0] > (kept[-1][0] if kept else 0):
+            kept.append(phase)
+    ends = [p[0] for p in kept]
+    starts = [0, *ends[:-1]]
+    last = int(ends[-1])
+    shapes = sorted({p[3] for p in kept})
+    # Per-phase tables, indexed by the phase of each step.
+    s_int = np.array([math.floor(s) for s in starts], np.int32)
+    e_int = np.array([math.floor(e) for e in ends], np.int32)
+    s_frac = np.array([s - math.floor(s) for s in starts], np.float32)
+    e_frac = np.array([e - math.floor(e) for e in ends], np.float32)
+    s_f32 = np.array(starts, np.float32)
+    e_f32 = np.array(ends, np.float32)
+    length = np.array([e - s for s, e in zip(starts, ends, strict=True)], np.float32)
+    v_start = np.array([p[1] for p in kept], np.float32)
+    v_end = np.array([p[2] for p in kept], np.float32)
+    code = np.array([shapes.index(p[3]) for p in kept], np.int32)
+
+    def weights(shape: str, pos: jax.Array, rem: jax.Array, n: jax.Array):
+        if shape == "linear":
+            return rem / n, pos / n
+        if shape == "cos":
+            return _half_cosine(pos, n, rem), _half_cosine(rem, n, pos)
+        root = jnp.sqrt(pos / n)
+        return (rem / n) / (1 + root), root
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = jnp.minimum(_as_step(step), last)
+        integer = jnp.issubdtype(t.dtype, jnp.integer)
+        # For an integer t, t <= e  <=>  t <= floor(e).
+        bounds = jnp.asarray((e_int if integer else e_f32)[:-1])
+        phase = jnp.searchsorted(bounds, t, side="left")
+
+        def at(table: np.ndarray) -> jax.Array:
+            return jnp.asarray(table)[phase]
+
+        if integer:
+            pos = (t - at(s_int)).astype(jnp.float32) - at(s_frac)
+            rem = (at(e_int) - t).astype(jnp.float32) + at(e_frac)
+        else:
+            pos, rem = t - at(s_f32), at(e_f32) - t
+        pos, rem = jnp.maximum(pos, 0.0), jnp.maximum(rem, 0.0)
+        n = at(length)
+        w_start, w_end = weights(shapes[0], pos, rem, n)
+        for i, shape in enumerate(shapes[1:], start=1):
+            w0, w1 = weights(shape, pos, rem, n)
+            use = at(code) == i
+            w_start, w_end = jnp.where(use, w0, w_start), jnp.where(use, w1, w_end)
+        a, b = at(v_start), at(v_end)
+        return jnp.where(a == b, a, a * w_start + b * w_end).astype(jnp.float32)
+
+    return _compiled(schedule)
+
+
+def _one_cycle(
+    total_steps, pct_start, anneal, three_phase, start: float, turn: float, final: float
+) -> Schedule:
+    """PyTorch's ``OneCycleLR`` phases, from ``start`` via ``turn`` to ``final``.
+
+    Two phases: ``start -> turn -> final``; three: ``start -> turn -> start ->
+    final``. The lr is ``(initial, peak, min)``, the momentum ``(max, base,
+    max)``.
+    """
+    total = _check_int("total_steps", total_steps, 2, _MAX_STEP + 1)
+    pct = _check_float("pct_start", pct_start, "in (0, 1)", lambda v: 0 < v < 1)
+    if anneal not in _ONE_CYCLE_ANNEALS:
+        raise ValueError(f"anneal must be one of {_ONE_CYCLE_ANNEALS}, got {anneal!r}")
+    if not isinstance(three_phase, (bool, np.bool_)):
+        raise ValueError(f"three_phase must be True or False, got {three_phase!r}")
+    shape = "cos" if anneal == "cos" else "linear"
+    # PyTorch's end steps, computed with the same float64 operations.
+    e1 = float(pct * total) - 1
+    if three_phase:
+        e2 = float(2 * pct * total) - 2
+        phases = [
+            (e1, start, turn, shape),
+            (e2, turn, start, shape),
+            (total - 1, start, final, shape),
+        ]
+        high, high_value = (
+            "(total_steps + 1) / (2 * total_steps)",
+            (total + 1) / (2 * total),
+        )
+    else:
+        phases = [(e1, start, turn, shape), (total - 1, turn, final, shape)]
+        high, high_value = "1", 1
+    ends = [0.0] + [p[0] for p in phases]
+    if any(b <= a for a, b in zip(ends[:-1], ends[1:], strict=True)):
+        raise ValueError(
+            f"pct_start must be in (1 / total_steps, {high}) = ({1 / total!r}, "
+            f"{high_value!r}) for total_steps={total}"
+            f"{' and three_phase=True' if three_phase else ''}, so that no phase "
+            f"is empty (PyTorch would divide by zero), got {pct_start!r}"
+        )
+    return _piecewise(phases)
+
+
+def one_cycle(
+    peak_value: float,
+    total_steps: int,
+    *,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    anneal: str = "cos",
+    three_phase: bool = False,
+) -> Schedule:
+    """The 1cycle policy (Smith & Topin 2019), equal to PyTorch's ``OneCycleLR``.
+
+    With ``T = total_steps``, ``initial = peak_value / div_factor`` and ``min =
+    initial / final_div_factor``, the lr runs through phases that end at
+    PyTorch's (real-valued) end steps::
+
+        two phases:   initial -> peak     until  e1 = pct_start * T - 1
+                      peak    -> min      until  T - 1
+        three_phase:  initial -> peak     until  e1 = pct_start * T - 1
+                      peak    -> initial  until  e2 = 2 * pct_start * T - 2
+                      initial -> min      until  T - 1
+
+    Step ``t`` is in the first phase whose end ``e >= t``; with ``s`` the
+    previous phase's end (0 for the first) and ``pct = (t - s) / (e - s)``, a
+    phase from ``a`` to ``b`` gives::
+
+        lr = b + (a - b) * (1 + cos(pi * pct)) / 2     anneal="cos"
+        lr = a + (b - a) * pct                         anneal="linear"
+
+    Same as ``torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak_value,
+    total_steps=T, pct_start=pct_start, anneal_strategy=anneal,
+    div_factor=div_factor, final_div_factor=final_div_factor,
+    three_phase=three_phase)`` after ``t`` calls of ``step()``, for ``t < T``.
+    PyTorch extrapolates past ``min`` at ``t = T`` and raises after; here steps
+    ``>= T`` hold ``lr(T - 1) = min``.
+
+    Optax's ``cosine_onecycle_schedule(T, peak_value, pct_start, div_factor,
+    final_div_factor)`` peaks at step ``int(pct_start * T)``, one step later
+    than PyTorch; lrjax follows PyTorch and peaks at step ``pct_start * T - 1``.
+    :func:`one_cycle_momentum` is the matching momentum (or Adam ``b1``).
+
+    Args:
+      peak_value: highest lr (PyTorch's ``max_lr``), > 0.
+      total_steps: number of updates of the cycle, an integer >= 2.
+      pct_start: fraction of the steps spent rising, in ``(1 / T, 1)`` (in
+        ``(1 / T, (T + 1) / (2 * T))`` with ``three_phase``): every phase must
+        have a positive length.
+      div_factor: ``initial = peak_value / div_factor``, > 0.
+      final_div_factor: ``min = initial / final_div_factor``, > 0.
+      anneal: ``"cos"`` or ``"linear"`` (PyTorch's ``anneal_strategy``).
+      three_phase: if True, come back down to ``initial`` symmetrically, then
+        anneal to ``min`` (fastai's original schedule).
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument (the message names it and its value).
+
+    >>> s = one_cycle(1.0, total_steps=100)
+    >>> [round(float(s(t)), 6) for t in (0, 29, 30, 99, 100)]
+    [0.04, 1.0, 0.999497, 4e-06, 4e-06]
+    >>> s = one_cycle(1.0, 100, anneal="linear", three_phase=True)
+    >>> [round(float(s(t)), 6) for t in (0, 29, 58, 99)]
+    [0.04, 1.0, 0.04, 4e-06]
+    """
+    peak = _positive("peak_value", peak_value)
+    div = _positive("div_factor", div_factor)
+    final_div = _positive("final_div_factor", final_div_factor)
+    initial = peak / div
+    return _one_cycle(
+        total_steps, pct_start, anneal, three_phase, initial, peak, initial / final_div
+    )
+
+
+def one_cycle_momentum(
+    total_steps: int,
+    *,
+    pct_start: float = 0.3,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+    anneal: str = "cos",
+    three_phase: bool = False,
+) -> Schedule:
+    """The momentum of the 1cycle policy, moving against :func:`one_cycle`'s lr.
+
+    Same phases and formula as :func:`one_cycle` (same ``total_steps``,
+    ``pct_start``, ``anneal`` and ``three_phase``), with the values::
+
+        two phases:   max -> base,  base -> max
+        three_phase:  max -> base,  base -> max,  max -> max (constant)
+
+    Equal to PyTorch's ``OneCycleLR(..., cycle_momentum=True,
+    base_momentum=base_momentum, max_momentum=max_momentum)``:
+    ``param_groups[0]["momentum"]`` for SGD, ``param_groups[0]["betas"][0]``
+    for Adam, after ``t`` calls of ``step()``; steps ``>= total_steps`` hold
+    ``max_momentum``. Use it as SGD's ``momentum`` or Adam's ``b1`` through
+    ``optax.inject_hyperparams``, whose state then records the value each
+    update used.
+
+    Args:
+      total_steps: number of updates of the cycle, an integer >= 2.
+      pct_start: fraction of the steps spent rising (as in :func:`one_cycle`).
+      base_momentum: lowest momentum, reached at the lr's peak, >= 0.
+      max_momentum: highest momentum, at the start and the end, >=
+        ``base_momentum``.
+      anneal: ``"cos"`` or ``"linear"``.
+      three_phase: PyTorch's three-phase variant (see :func:`one_cycle`).
+
+    Returns:
+      A schedule ``step -> momentum`` (float32).
+
+    Raises:
+      ValueError: on a bad argument (the message names it and its value).
+
+    >>> m = one_cycle_momentum(100)
+    >>> [round(float(m(t)), 6) for t in (0, 29, 64, 99, 100)]
+    [0.95, 0.85, 0.9, 0.95, 0.95]
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> tx = optax.inject_hyperparams(optax.sgd)(
+    ...     learning_rate=one_cycle(0.1, 100), momentum=one_cycle_momentum(100)
+    ... )
+    >>> params = jnp.zeros(3)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jnp.ones(3), state, params)
+    >>> round(float(state.hyperparams["momentum"]), 6)
+    0.95
+    """
+    base = _nonnegative("base_momentum", base_momentum)
+    top = _check_float(
+        "max_momentum", max_momentum, f">= base_momentum ({base})", lambda v: v >= base
+    )
+    return _one_cycle(total_steps, pct_start, anneal, three_phase, top, base, top)
+
+
+def _check_warmup_args(
+    peak_value, total_steps, warmup_steps, init_value, end_value
+) -> tuple[float, int, int, float, float]:
+    init = _nonnegative("init_value", init_value)
+    end = _nonnegative("end_value", end_value)
+    top = max(init, end)
+    peak = _check_float(
+        "peak_value",
+        peak_value,
+        f">= max(init_value, end_value) ({top})",
+        lambda v: v >= top,
+    )
+    total = _check_int("total_steps", total_steps, 1, _MAX_STEP)
+    warmup = _check_int("warmup_steps", warmup_steps, 0)
+    if warmup >= total:
+        raise ValueError(
+            f"warmup_steps must be an integer in [0, total_steps) = [0, {total}), "
+            f"got {warmup_steps!r}"
+        )
+    return peak, total, warmup, init, end
+
+
+def warmup_cosine(
+    peak_value: float,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    init_value: float = 0.0,
+    end_value: float = 0.0,
+) -> Schedule:
+    """Linear warmup, then a half cosine reaching ``end_value`` at ``total_steps``.
+
+    With ``w = warmup_steps`` and ``T = total_steps``::
+
+        lr = init + (peak - init) * t / w                                t <= w
+        lr = end + (peak - end) * (1 + cos(pi * (t - w) / (T - w))) / 2  w <= t <= T
+        lr = end                                                         t >= T
+
+    Equal to ``optax.warmup_cosine_decay_schedule(init_value, peak_value,
+    warmup_steps, decay_steps=total_steps, end_value=end_value)`` up to float32
+    rounding (lrjax stays accurate relative to ``lr - end`` near the end,
+    where ``1 + cos`` cancels), and for ``init_value = end_value = 0`` to
+    Hugging Face's ``get_cosine_schedule_with_warmup(opt, w, T)``.
+
+    Args:
+      peak_value: lr at the end of the warmup, >= ``init_value`` and
+        ``end_value``.
+      total_steps: step at which the lr reaches ``end_value``, an integer >= 1.
+      warmup_steps: steps of linear warmup, an integer in ``[0, total_steps)``.
+      init_value: lr at step 0 (if ``warmup_steps > 0``), >= 0.
+      end_value: lr at ``total_steps`` and after, >= 0.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument (the message names it and its value).
+
+    >>> s = warmup_cosine(1.0, total_steps=10, warmup_steps=2)
+    >>> [round(float(s(t)), 6) for t in (0, 1, 2, 6, 10, 11)]
+    [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+    """
+    peak, total, warmup, init, end = _check_warmup_args(
+        peak_value, total_steps, warmup_steps, init_value, end_value
+    )
+    return _piecewise([(warmup, init, peak, "linear"), (total, peak, end, "cos")])
+
+
+def linear_decay(
+    peak_value: float,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    init_value: float = 0.0,
+    end_value: float = 0.0,
+) -> Schedule:
+    """Linear warmup, then a linear decay reaching ``end_value`` at ``total_steps``.
+
+    The budget-aware schedule of Li, Yumer & Ramanan, "Budgeted Training:
+    Rethinking Deep Neural Network Training Under Resource Constraints" (ICLR
+    2020): decay linearly to zero over the training budget. With ``w =
+    warmup_steps`` and ``T = total_steps``::
+
+        lr = init + (peak - init) * t / w              t <= w
+        lr = peak + (end - peak) * (t - w) / (T - w)   w <= t <= T
+        lr = end                                       t >= T
+
+    Args:
+      peak_value: lr at the end of the warmup, >= ``init_value`` and
+        ``end_value``.
+      total_steps: step at which the lr reaches ``end_value`` (the budget), an
+        integer >= 1.
+      warmup_steps: steps of linear warmup, an integer in ``[0, total_steps)``.
+      init_value: lr at step 0 (if ``warmup_steps > 0``), >= 0.
+      end_value: lr at ``total_steps`` and after, >= 0.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument (the message names it and its value).
+
+    >>> s = linear_decay(1.0, total_steps=10, warmup_steps=2, end_value=0.1)
+    >>> [round(float(s(t)), 6) for t in (0, 1, 2, 4, 6, 10, 11)]
+    [0.0, 0.5, 1.0, 0.775, 0.55, 0.1, 0.1]
+    """
+    peak, total, warmup, init, end = _check_warmup_args(
+        peak_value, total_steps, warmup_steps, init_value, end_value
+    )
+    return _piecewise([(warmup, init, peak, "linear"), (total, peak, end, "linear")])
+
+
+def wsd(
+    peak_value: float,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    decay_steps: int | None = None,
+    init_value: float = 0.0,
+    end_value: float = 0.0,
+    decay: str = "linear",
+) -> Schedule:
+    """Warmup-stable-decay: linear warmup, constant peak, then a short decay.
+
+    With ``w = warmup_steps``, ``d = decay_steps``, ``T = total_steps``,
+    ``D = T - d`` (the start of the decay) and ``pct = (t - D) / d``::
+
+        lr = init + (peak - init) * t / w                 t <= w
+        lr = peak                                         w <= t <= D
+        lr = peak + (end - peak) * pct                    D <= t <= T, "linear"
+        lr = end + (peak - end) * (1 + cos(pi * pct)) / 2              "cosine"
+        lr = peak - (peak - end) * sqrt(pct)                           "sqrt"
+        lr = end                                          t >= T
+
+    WSD comes from MiniCPM (Hu et al. 2024); the ``"sqrt"`` ("1-sqrt")
+    cooldown over the last 20% of the steps is the choice of Hägele et al.,
+    "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
+    Durations" (2024).
+
+    Args:
+      peak_value: lr of the stable phase, >= ``init_value`` and ``end_value``.
+      total_steps: step at which the lr reaches ``end_value``, an integer >= 1.
+      warmup_steps: steps of linear warmup, an integer >= 0.
+      decay_steps: steps of the final decay, an integer >= 1 with
+        ``warmup_steps + decay_steps <= total_steps``; defaults to
+        ``max(1, round(0.2 * total_steps))``.
+      init_value: lr at step 0 (if ``warmup_steps > 0``), >= 0.
+      end_value: lr at ``total_steps`` and after, >= 0.
+      decay: shape of the decay, ``"linear"``, ``"cosine"`` or ``"sqrt"``.
+
+    Returns:
+      A schedule ``step -> lr`` (float32).
+
+    Raises:
+      ValueError: on a bad argument (the message names it and its value).
+
+    >>> s = wsd(1.0, total_steps=10, warmup_steps=2, decay_steps=4)
+    >>> [round(float(s(t)), 6) for t in range(12)]
+    [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    >>> s = wsd(1.0, total_steps=10, warmup_steps=2, decay_steps=4, decay="sqrt")
+    >>> [round(float(s(t)), 6) for t in (6, 7, 9, 10)]
+    [1.0, 0.5, 0.133975, 0.0]
+    """
+    peak, total, warmup, init, end = _check_warmup_args(
+        peak_value, total_steps, warmup_steps, init_value, end_value
+    )
+    if decay_steps is None:
+        length = max(1, round(0.2 * total))
+    else:
+        length = _check_int("decay_steps", decay_steps, 1, total)
+    if warmup + length > total:
+        raise ValueError(
+            f"warmup_steps + decay_steps must be <= total_steps ({total}), got "
+            f"{warmup} + {length} = {warmup + length}"
+        )
+    if decay not in _WSD_DECAYS:
+        raise ValueError(f"decay must be one of {_WSD_DECAYS}, got {decay!r}")
+    shape = "cos" if decay == "cosine" else decay
+    return _piecewise(
+        [
+            (warmup, init, peak, "linear"),
+            (total - length, peak, peak, "linear"),
+            (total, peak, end, shape),
+        ]
+    )

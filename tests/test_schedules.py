@@ -269,17 +269,26 @@ def test_step_decay_matches_stateful_reference(init, factor, size):
 # PyTorch equality (torch only in these tests).
 
 
-def torch_lrs(make_scheduler, n):
+def torch_groups(make_scheduler, n, make_optimizer=None):
+    """Copies of ``param_groups[0]`` (lr, momentum, betas) before each update."""
     torch = pytest.importorskip("torch")
     param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param], lr=1.0)
+    if make_optimizer is None:
+        opt = torch.optim.SGD([param], lr=1.0)
+    else:
+        opt = make_optimizer(torch, [param])
     sched = make_scheduler(torch, opt)
-    lrs = []
+    groups = []
     for _ in range(n):
-        lrs.append(opt.param_groups[0]["lr"])
+        groups.append(dict(opt.param_groups[0]))
+        param.grad = torch.ones(1)
         opt.step()  # before sched.step(), or torch warns
         sched.step()
-    return np.array(lrs)
+    return groups
+
+
+def torch_lrs(make_scheduler, n):
+    return np.array([g["lr"] for g in torch_groups(make_scheduler, n)])
 
 
 @pytest.mark.parametrize(
@@ -349,6 +358,16 @@ ALL = {
     "sgdr2": (S.cosine_restarts(0.1, 10, 2, 1e-4, 0.5, 3), 1e-4, 0.1),
     "sgdr1.1": (S.cosine_restarts(0.1, 3, 1.1, 0.0), 0.0, 0.1),
     "step_decay": (S.step_decay(0.1, 0.5, 7), 0.0, 0.1),
+    "one_cycle": (S.one_cycle(0.1, 1000), 0.1 / 25 / 1e4, 0.1),
+    "one_cycle3": (
+        S.one_cycle(0.1, 3001, pct_start=0.37, anneal="linear", three_phase=True),
+        0.1 / 25 / 1e4,
+        0.1,
+    ),
+    "one_cycle_momentum": (S.one_cycle_momentum(1000), 0.85, 0.95),
+    "warmup_cosine": (S.warmup_cosine(0.1, 3000, warmup_steps=100), 0.0, 0.1),
+    "linear_decay": (S.linear_decay(0.1, 3000, end_value=1e-3), 1e-3, 0.1),
+    "wsd": (S.wsd(0.1, 3000, warmup_steps=100, decay="sqrt"), 0.0, 0.1),
 }
 BIG = np.array([2**31 - 1, 2**31 - 2, 2**31 - 2000, 2**30 + 3, 2**24 + 1])
 
@@ -432,7 +451,10 @@ def run_sgd(opt, n):
     return train(params)
 
 
-@pytest.mark.parametrize("name", ["triangular", "exp_range", "sgdr2", "step_decay"])
+@pytest.mark.parametrize(
+    "name",
+    ["triangular", "exp_range", "sgdr2", "step_decay", "one_cycle3", "wsd"],
+)
 def test_sgd_applies_exactly_the_schedule(name):
     s = ALL[name][0]
     n = 2000
@@ -570,3 +592,493 @@ def test_numpy_scalars_accepted_as_arguments():
         np.float32(0.0), np.float64(1.0), np.int64(4), step_size_down=np.int32(2)
     )
     assert float(s(4)) == 1.0
+
+
+# ---------------------------------------------------------------------------
+# The 1cycle policy: PyTorch's OneCycleLR, step for step.
+
+ONE_CYCLE_CONFIGS = [
+    # total_steps, pct_start, div_factor, final_div_factor
+    (10, 0.3, 25.0, 1e4),
+    (10, 0.25, 10.0, 100.0),  # phase ends at 1.5 (and 3.0 with three phases)
+    (100, 0.3, 25.0, 1e4),  # 0.3 * 100 = 30.000000000000004 in float64
+    (100, 0.29, 25.0, 1e4),  # 0.29 * 100 = 28.999999999999996
+    (100, 0.123, 5.0, 1.0),
+    (1001, 0.3, 25.0, 1e4),  # ends at 299.3 (and 598.6)
+    (1001, 0.45, 0.5, 3.0),  # div_factor < 1: the "peak" is the lowest lr
+]
+
+
+def torch_one_cycle(total, pct, div, final_div, anneal, three, optimizer="sgd"):
+    """lr and momentum (SGD's momentum or Adam's betas[0]) of OneCycleLR."""
+
+    def make_optimizer(torch, params):
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=1.0, momentum=0.9)
+        return torch.optim.Adam(params, lr=1.0)
+
+    groups = torch_groups(
+        lambda torch, opt: torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=1.0,
+            total_steps=total,
+            pct_start=pct,
+            div_factor=div,
+            final_div_factor=final_div,
+            anneal_strategy=anneal,
+            three_phase=three,
+        ),
+        total,
+        make_optimizer,
+    )
+    momentum = [g["momentum"] if optimizer == "sgd" else g["betas"][0] for g in groups]
+    return np.array([g["lr"] for g in groups]), np.array(momentum)
+
+
+@pytest.mark.parametrize("three", [False, True])
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+@pytest.mark.parametrize("total,pct,div,final_div", ONE_CYCLE_CONFIGS)
+def test_one_cycle_equals_torch(total, pct, div, final_div, anneal, three):
+    want_lr, want_m = torch_one_cycle(total, pct, div, final_div, anneal, three)
+    lr = S.one_cycle(
+        1.0,
+        total,
+        pct_start=pct,
+        div_factor=div,
+        final_div_factor=final_div,
+        anneal=anneal,
+        three_phase=three,
+    )
+    m = S.one_cycle_momentum(total, pct_start=pct, anneal=anneal, three_phase=three)
+    t = np.arange(total)
+    # lr = a * w + b * (1 - w) with both weights computed directly: a few ulps.
+    check(lr(t), want_lr, RTOL_COSINE)
+    check(jax.jit(lr)(jnp.asarray(t)), want_lr, RTOL_COSINE)
+    check(m(t), want_m, RTOL_COSINE)
+    check(jax.jit(m)(jnp.asarray(t)), want_m, RTOL_COSINE)
+    # Past the end (where torch extrapolates, then raises) the last value holds.
+    later = np.array([total, total + 1, 10 * total, 2**31 - 1])
+    np.testing.assert_array_equal(lr(later), np.full(4, lr(total - 1)))
+    np.testing.assert_array_equal(m(later), np.full(4, np.float32(0.95)))
+
+
+@pytest.mark.parametrize("three", [False, True])
+def test_one_cycle_momentum_equals_torch_adam_beta1(three):
+    total, pct, base, top = 500, 0.25, 0.8, 0.99
+    want_lr, want_b1 = torch_one_cycle_adam(total, pct, base, top, three)
+    lr = S.one_cycle(1.0, total, pct_start=pct, three_phase=three)
+    b1 = S.one_cycle_momentum(
+        total, pct_start=pct, base_momentum=base, max_momentum=top, three_phase=three
+    )
+    check(b1(np.arange(total)), want_b1, RTOL_COSINE)
+    # Optax's Adam reads b1 from the schedule at every update.
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1)
+    hparams = injected_hyperparams(tx, total)
+    check(hparams["b1"], want_b1, RTOL_COSINE)
+    check(hparams["learning_rate"], want_lr, RTOL_COSINE)
+
+
+def torch_one_cycle_adam(total, pct, base, top, three):
+    groups = torch_groups(
+        lambda torch, opt: torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=1.0,
+            total_steps=total,
+            pct_start=pct,
+            base_momentum=base,
+            max_momentum=top,
+            three_phase=three,
+        ),
+        total,
+        lambda torch, params: torch.optim.Adam(params, lr=1.0),
+    )
+    return np.array([g["lr"] for g in groups]), np.array(
+        [g["betas"][0] for g in groups]
+    )
+
+
+def injected_hyperparams(tx, n):
+    """``state.hyperparams`` after each of n updates (the values each one used)."""
+    params = jnp.zeros(3)
+
+    @jax.jit
+    def run(params):
+        def body(carry, _):
+            params, state = carry
+            updates, state = tx.update(jnp.ones_like(params), state, params)
+            return (optax.apply_updates(params, updates), state), (
+                state.hyperparams,
+                updates[0],
+            )
+
+        _, out = jax.lax.scan(body, (params, tx.init(params)), length=n)
+        return out
+
+    hparams, updates = run(params)
+    return {**hparams, "updates": updates}
+
+
+def test_one_cycle_sgd_momentum_applies_the_schedules():
+    """optax.sgd with injected lr and momentum follows torch's SGD update rule."""
+    n = 300
+    lr = S.one_cycle(0.5, n, pct_start=0.4)
+    m = S.one_cycle_momentum(n, pct_start=0.4)
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=m)
+    out = injected_hyperparams(tx, n)
+    lrs, ms = np.asarray(lr(np.arange(n)), np.float64), np.asarray(m(np.arange(n)))
+    same(out["learning_rate"], lrs)
+    same(out["momentum"], ms)
+    # torch's SGD: buf = momentum * buf + grad (buf = grad at first), p -= lr * buf.
+    buf, want = 0.0, []
+    for t in range(n):
+        buf = ms[t] * buf + 1.0
+        want.append(-lrs[t] * buf)
+    # Each step adds about 2 u of relative rounding to buf, damped by m <= 0.95:
+    # at most 2 u / (1 - 0.95) = 40 u, plus the lr's few u.
+    check(out["updates"], want, 64 * U)
+
+
+def test_one_cycle_worked_values():
+    s = S.one_cycle(1.0, 100)  # torch 2.13: 0.04, 1.0, 0.9995 (rounded)
+    lo = 0.04 / 1e4
+    assert float(s(0)) == np.float32(0.04)
+    assert float(s(29)) == pytest.approx(1.0, rel=RTOL_COSINE)
+    assert float(s(30)) == pytest.approx(0.9995, abs=5e-5)
+    want = lo + (1 - lo) * (1 + math.cos(math.pi / 70)) / 2
+    assert float(s(30)) == pytest.approx(want, rel=RTOL_COSINE)
+    assert float(s(99)) == pytest.approx(lo, rel=RTOL_COSINE)
+    # Optax's cosine_onecycle_schedule peaks one step later.
+    onecycle = optax.cosine_onecycle_schedule(100, 1.0, 0.3, 25.0, 1e4)
+    assert int(np.argmax(s(np.arange(100)))) == 29
+    assert int(np.argmax([float(onecycle(t)) for t in range(100)])) == 30
+    m = S.one_cycle_momentum(100)
+    assert float(m(0)) == np.float32(0.95)
+    assert float(m(29)) == pytest.approx(0.85, rel=RTOL_COSINE)
+    assert float(m(99)) == np.float32(0.95)
+    # Three phases, linear: back at initial at 2 * 30 - 2, then towards min.
+    s3 = S.one_cycle(1.0, 100, anneal="linear", three_phase=True)
+    assert float(s3(58)) == pytest.approx(0.04, rel=RTOL_CYCLIC)
+    assert float(s3(78)) == pytest.approx(0.04 + (lo - 0.04) * 20 / 41, rel=RTOL_CYCLIC)
+    m3 = S.one_cycle_momentum(100, three_phase=True)
+    np.testing.assert_array_equal(m3(np.arange(58, 120)), np.float32(0.95))
+
+
+def test_one_cycle_giant_total_steps():
+    total = 2**31
+    s = S.one_cycle(1.0, total)
+    e1 = 0.3 * total - 1
+    lo = 0.04 / 1e4
+    for t in [0, 2**20, int(e1), int(e1) + 1, 2**30, 2**31 - 1000, 2**31 - 1]:
+        if t <= e1:
+            want = 1.0 + (0.04 - 1.0) * (1 + math.cos(math.pi * t / e1)) / 2
+        else:
+            pct = (t - e1) / (total - 1 - e1)
+            want = lo + (1.0 - lo) * (1 + math.cos(math.pi * pct)) / 2
+        assert float(s(t)) == pytest.approx(want, rel=RTOL_COSINE), t
+
+
+def test_piecewise_float_steps_follow_the_formula():
+    s = S.one_cycle(1.0, 100)
+    lo = 0.04 / 1e4
+    want = lo + (1 - lo) * (1 + math.cos(math.pi * 0.5 / 70)) / 2
+    assert float(s(29.5)) == pytest.approx(want, rel=1e-6)
+    assert float(S.wsd(1.0, 10, warmup_steps=2, decay_steps=4)(7.5)) == 0.625
+    assert float(S.linear_decay(1.0, 10, warmup_steps=2)(0.5)) == 0.25
+
+
+# ---------------------------------------------------------------------------
+# Warmup, then decay: warmup_cosine, linear_decay, wsd.
+
+
+def ref_wsd(peak, total, warmup, decay_steps, init, end, decay, n):
+    """Hand formulas in float64: warmup, stable, decay over the last steps."""
+    out = []
+    for t in range(n):
+        if t < warmup:
+            lr = init + (peak - init) * t / warmup
+        elif t < total - decay_steps:
+            lr = peak
+        elif t < total:
+            p = (t - (total - decay_steps)) / decay_steps
+            if decay == "linear":
+                lr = peak + (end - peak) * p
+            elif decay == "cosine":
+                lr = end + (peak - end) * (1 + math.cos(math.pi * p)) / 2
+            else:
+                lr = peak - (peak - end) * math.sqrt(p)
+        else:
+            lr = end
+        out.append(lr)
+    return np.array(out)
+
+
+WARMUP_CONFIGS = [
+    # peak, total_steps, warmup_steps, init_value, end_value
+    (1.0, 100, 0, 0.0, 0.0),
+    (0.1, 1000, 100, 1e-3, 1e-4),
+    (3e-4, 5000, 250, 0.0, 3e-5),
+    (2.0, 7, 6, 2.0, 0.0),
+    (0.5, 1, 0, 0.0, 0.5),
+]
+
+
+@pytest.mark.parametrize("peak,total,warmup,init,end", WARMUP_CONFIGS)
+def test_warmup_cosine_equals_optax(peak, total, warmup, init, end):
+    s = S.warmup_cosine(
+        peak, total, warmup_steps=warmup, init_value=init, end_value=end
+    )
+    t = np.arange(total + 50)
+    want = optax.warmup_cosine_decay_schedule(init, peak, warmup, total, end)(t)
+    want = np.asarray(want, np.float64)
+    # Optax forms 1 + cos(x), which cancels near x = pi: absolute error of a few
+    # u * peak; lrjax is accurate relative to its value (RTOL_COSINE).
+    atol = 8 * U * peak
+    np.testing.assert_allclose(s(t), want, rtol=RTOL_COSINE, atol=atol)
+    np.testing.assert_allclose(jax.jit(s)(t), want, rtol=RTOL_COSINE, atol=atol)
+    ref = ref_wsd(peak, total, warmup, total - warmup, init, end, "cosine", t.size)
+    check(s(t), ref, RTOL_COSINE)
+
+
+@pytest.mark.parametrize("peak,total,warmup,init,end", WARMUP_CONFIGS)
+def test_linear_decay_matches_hand_formula(peak, total, warmup, init, end):
+    s = S.linear_decay(peak, total, warmup_steps=warmup, init_value=init, end_value=end)
+    t = np.arange(total + 50)
+    want = ref_wsd(peak, total, warmup, total - warmup, init, end, "linear", t.size)
+    check(s(t), want, RTOL_CYCLIC)
+    check(jax.jit(s)(jnp.asarray(t)), want, RTOL_CYCLIC)
+
+
+WSD_CONFIGS = [
+    # peak, total_steps, warmup_steps, decay_steps, init_value, end_value, decay
+    (1.0, 100, 0, None, 0.0, 0.0, "linear"),
+    (0.1, 1000, 50, 200, 1e-3, 1e-4, "cosine"),
+    (3e-4, 2500, 100, 500, 0.0, 0.0, "sqrt"),
+    (0.1, 1000, 0, 300, 0.0, 0.02, "sqrt"),
+    (1.0, 10, 2, 8, 0.0, 0.0, "sqrt"),  # no stable phase
+    (0.5, 37, 0, 37, 0.0, 0.05, "cosine"),  # all decay
+    (1.0, 1, 0, None, 0.0, 0.0, "linear"),  # default decay_steps: max(1, 0)
+]
+
+
+@pytest.mark.parametrize("peak,total,warmup,decay_steps,init,end,decay", WSD_CONFIGS)
+def test_wsd_matches_hand_formula(peak, total, warmup, decay_steps, init, end, decay):
+    s = S.wsd(
+        peak,
+        total,
+        warmup_steps=warmup,
+        decay_steps=decay_steps,
+        init_value=init,
+        end_value=end,
+        decay=decay,
+    )
+    t = np.arange(total + 50)
+    length = max(1, round(0.2 * total)) if decay_steps is None else decay_steps
+    want = ref_wsd(peak, total, warmup, length, init, end, decay, t.size)
+    check(s(t), want, RTOL_COSINE)
+    check(jax.jit(s)(jnp.asarray(t)), want, RTOL_COSINE)
+    # The stable phase is exactly the peak.
+    stable = np.asarray(s(np.arange(warmup, total - length + 1)))
+    np.testing.assert_array_equal(stable, np.float32(peak))
+
+
+def test_warmup_decay_worked_values():
+    s = S.linear_decay(0.2, 100, warmup_steps=10)
+    assert [float(s(t)) for t in (0, 5, 10, 55, 100, 1000)] == pytest.approx(
+        [0.0, 0.1, 0.2, 0.1, 0.0, 0.0], rel=RTOL_CYCLIC
+    )
+    w = S.wsd(1.0, 100)  # decays over the last 20 steps
+    assert [float(w(t)) for t in (0, 80, 85, 90, 100)] == pytest.approx(
+        [1.0, 1.0, 0.75, 0.5, 0.0], rel=RTOL_CYCLIC
+    )
+    w = S.wsd(1.0, 100, decay="sqrt")
+    assert float(w(85)) == pytest.approx(0.5, rel=RTOL_CYCLIC)
+    assert float(w(99)) == pytest.approx(1 - math.sqrt(0.95), rel=RTOL_COSINE)
+    w = S.wsd(1.0, 100, decay="cosine", end_value=0.1)
+    assert float(w(90)) == pytest.approx(0.55, rel=RTOL_COSINE)
+    c = S.warmup_cosine(1.0, 10, warmup_steps=2, init_value=0.5)
+    assert float(c(1)) == 0.75 and float(c(6)) == pytest.approx(0.5, rel=RTOL_COSINE)
+    # wsd whose decay is the whole schedule after warmup is warmup_cosine.
+    t = np.arange(1200)
+    same(
+        S.wsd(0.1, 1000, warmup_steps=30, decay_steps=970, decay="cosine")(t),
+        S.warmup_cosine(0.1, 1000, warmup_steps=30)(t),
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: S.warmup_cosine(0.1, 500, warmup_steps=20, end_value=1e-3),
+        lambda: S.linear_decay(0.1, 500, warmup_steps=20, end_value=1e-3),
+        lambda: S.wsd(0.1, 500, warmup_steps=20, end_value=1e-3, decay="cosine"),
+    ],
+)
+def test_warmup_schedules_hold_end_value(make):
+    s = make()
+    later = np.array([500, 501, 5000, 2**31 - 1])
+    np.testing.assert_array_equal(s(later), np.full(4, np.float32(1e-3)))
+    assert float(s(2**40)) == np.float32(1e-3)
+    assert float(s(499)) > np.float32(1e-3)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["one_cycle", "one_cycle3", "one_cycle_momentum", "warmup_cosine", "wsd"],
+)
+def test_python_ints_match_arrays_and_jit(name):
+    s = ALL[name][0]
+    t = np.arange(0, 3100, 97)
+    arr = np.asarray(s(t))
+    same(np.float32([float(s(int(x))) for x in t]), arr)
+    same(jax.jit(s)(jnp.asarray(t)), arr)
+    updates, _ = run_sgd(optax.sgd(learning_rate=s), 100)
+    same(-updates, s(np.arange(100)))
+
+
+# ---------------------------------------------------------------------------
+# Argument validation of the piecewise schedules (keyword-only arguments).
+
+BAD_PIECEWISE = [
+    # one_cycle
+    (S.one_cycle, (0.0, 100), {}, "peak_value must be a real number > 0, got 0.0"),
+    (S.one_cycle, (1.0, 1), {}, "total_steps must be an integer >= 2, got 1"),
+    (S.one_cycle, (1.0, 100.0), {}, "total_steps must be an integer >= 2, got 100.0"),
+    (S.one_cycle, (1.0, 2**31 + 1), {}, "total_steps .* <= 2147483648, got"),
+    (
+        S.one_cycle,
+        (1.0, 100),
+        dict(pct_start=0.0),
+        r"pct_start must be a real number in \(0, 1\), got 0.0",
+    ),
+    (S.one_cycle, (1.0, 100), dict(pct_start=1.0), r"pct_start .* got 1.0"),
+    (
+        S.one_cycle,
+        (1.0, 100),
+        dict(pct_start=0.01),
+        r"pct_start must be in \(1 / total_steps, 1\) = \(0.01, 1\) for "
+        r"total_steps=100, .* divide by zero\), got 0.01",
+    ),
+    (
+        S.one_cycle,
+        (1.0, 100),
+        dict(pct_start=0.505, three_phase=True),
+        r"pct_start must be in \(1 / total_steps, \(total_steps \+ 1\) / \(2 \* "
+        r"total_steps\)\) = \(0.01, 0.505\) for total_steps=100 and "
+        r"three_phase=True, .* got 0.505",
+    ),
+    (S.one_cycle, (1.0, 100), dict(div_factor=0.0), "div_factor .* > 0, got 0.0"),
+    (
+        S.one_cycle,
+        (1.0, 100),
+        dict(final_div_factor=-1.0),
+        "final_div_factor must be a real number > 0, got -1.0",
+    ),
+    (
+        S.one_cycle,
+        (1.0, 100),
+        dict(anneal="cosine"),
+        r"anneal must be one of \('cos', 'linear'\), got 'cosine'",
+    ),
+    (
+        S.one_cycle,
+        (1.0, 100),
+        dict(three_phase="yes"),
+        "three_phase must be True or False, got 'yes'",
+    ),
+    # one_cycle_momentum
+    (S.one_cycle_momentum, (1,), {}, "total_steps must be an integer >= 2, got 1"),
+    (
+        S.one_cycle_momentum,
+        (100,),
+        dict(base_momentum=-0.1),
+        "base_momentum must be a real number >= 0, got -0.1",
+    ),
+    (
+        S.one_cycle_momentum,
+        (100,),
+        dict(max_momentum=0.8),
+        r"max_momentum must be a real number >= base_momentum \(0.85\), got 0.8",
+    ),
+    (S.one_cycle_momentum, (100,), dict(pct_start=1.5), "pct_start .* got 1.5"),
+    (S.one_cycle_momentum, (100,), dict(anneal="exp"), "anneal .* got 'exp'"),
+    # warmup_cosine
+    (S.warmup_cosine, (1.0, 0), {}, "total_steps must be an integer >= 1, got 0"),
+    (
+        S.warmup_cosine,
+        (1.0, 100),
+        dict(warmup_steps=100),
+        r"warmup_steps must be an integer in \[0, total_steps\) = \[0, 100\), got 100",
+    ),
+    (
+        S.warmup_cosine,
+        (1.0, 100),
+        dict(warmup_steps=-1),
+        "warmup_steps must be an integer >= 0, got -1",
+    ),
+    (S.warmup_cosine, (1.0, 100), dict(warmup_steps=2.0), "warmup_steps .* got 2.0"),
+    (
+        S.warmup_cosine,
+        (1.0, 100),
+        dict(init_value=-0.1),
+        "init_value must be a real number >= 0, got -0.1",
+    ),
+    (S.warmup_cosine, (1.0, 100), dict(end_value=-1e-3), "end_value .* got -0.001"),
+    (
+        S.warmup_cosine,
+        (0.1, 100),
+        dict(init_value=0.2),
+        r"peak_value must be a real number >= max\(init_value, end_value\) \(0.2\), "
+        "got 0.1",
+    ),
+    (
+        S.warmup_cosine,
+        (0.1, 100),
+        dict(end_value=0.3),
+        r"peak_value .* \(0.3\), got 0.1",
+    ),
+    (S.warmup_cosine, (math.nan, 100), {}, "peak_value .* got nan"),
+    # linear_decay
+    (S.linear_decay, (1.0, True), {}, "total_steps must be an integer >= 1, got True"),
+    (
+        S.linear_decay,
+        (1.0, 10),
+        dict(warmup_steps=10),
+        r"warmup_steps .* \[0, 10\), got 10",
+    ),
+    (S.linear_decay, (0.1, 10), dict(end_value=0.5), r"peak_value .* got 0.1"),
+    # wsd
+    (S.wsd, (1.0, 0), {}, "total_steps must be an integer >= 1, got 0"),
+    (
+        S.wsd,
+        (1.0, 100),
+        dict(decay_steps=0),
+        "decay_steps must be an integer >= 1, got 0",
+    ),
+    (
+        S.wsd,
+        (1.0, 100),
+        dict(decay_steps=101),
+        "decay_steps must be an integer <= 100, got 101",
+    ),
+    (
+        S.wsd,
+        (1.0, 100),
+        dict(warmup_steps=90, decay_steps=20),
+        r"warmup_steps \+ decay_steps must be <= total_steps \(100\), "
+        r"got 90 \+ 20 = 110",
+    ),
+    (S.wsd, (1.0, 100), dict(warmup_steps=85), r"got 85 \+ 20 = 105"),
+    (
+        S.wsd,
+        (1.0, 100),
+        dict(decay="cos"),
+        r"decay must be one of \('linear', 'cosine', 'sqrt'\), got 'cos'",
+    ),
+    (S.wsd, (0.1, 100), dict(init_value=0.3), r"peak_value .* \(0.3\), got 0.1"),
+]
+
+
+@pytest.mark.parametrize("factory,args,kwargs,match", BAD_PIECEWISE)
+def test_bad_piecewise_arguments_raise(factory, args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        factory(*args, **kwargs)
