@@ -26,13 +26,17 @@ from lrjax.hooks import StopOnSignals as StopOnSignals
 from lrjax.lr_grid import GridResult as GridResult
 from lrjax.lr_grid import accuracy_at as accuracy_at
 from lrjax.lr_grid import lr_grid as lr_grid
+from lrjax.lr_grid import recipe_grid as recipe_grid
 from lrjax.models import cnn as cnn
 from lrjax.models import mlp as mlp
 from lrjax.plots import plot_grid as plot_grid
 from lrjax.plots import plot_learning_curves as plot_learning_curves
 from lrjax.plots import plot_range_test as plot_range_test
+from lrjax.plots import plot_recipe_grid as plot_recipe_grid
 from lrjax.range_test import RangeTestResult as RangeTestResult
 from lrjax.range_test import lr_range_test as lr_range_test
+from lrjax.recipes import Recipe as Recipe
+from lrjax.recipes import recommend as recommend
 from lrjax.schedules import Schedule as Schedule
 from lrjax.schedules import cosine_restart_steps as cosine_restart_steps
 from lrjax.schedules import cosine_restarts as cosine_restarts

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -64,7 +64,7 @@ from lrjax.step import (
     make_step,
 )
 
-__all__ = ["GridResult", "accuracy_at", "lr_grid"]
+__all__ = ["GridResult", "accuracy_at", "lr_grid", "recipe_grid"]
 
 
 @dataclasses.dataclass
@@ -151,9 +151,10 @@ def accuracy_at(result: GridResult, lr: float, epoch: int = -1) -> float | None:
 
 
 class GridState(NamedTuple):
-    """One member's carry: its lr (data, not a constant) and its train state."""
+    """One member's carry: its lr and schedule (data, not constants), its state."""
 
     lr: jax.Array  # float32[]: the member's peak lr
+    family: jax.Array  # int32[]: which unit schedule the member follows
     train: TrainState
 
 
@@ -329,6 +330,96 @@ def lr_grid(
         population's estimated memory exceeds what the device has; raised
         after building the first member, before the others or any compile.
     """
+    units = [schedule] if schedule is not None else [None]
+    return _grid(model, optimizer, train_data, val_data, units, lrs=lrs, key=key,
+                 seeds=seeds, epochs=epochs, batch_size=batch_size, loss_fn=loss_fn,
+                 eval_fn=eval_fn, preprocess=preprocess,
+                 eval_batch_size=eval_batch_size, loop=loop, population=population,
+                 progress=progress)[0]  # fmt: skip
+
+
+def recipe_grid(
+    model: Any,
+    optimizer: OptimizerFactory,
+    train_data: Any,
+    val_data: Any,
+    *,
+    lrs: Sequence[float],
+    families: Mapping[str, Callable[[jax.Array], jax.Array] | None],
+    key: jax.Array,
+    **options: Any,
+) -> dict[str, GridResult]:
+    """A grid over (schedule family x peak lr x seed), trained as ONE population.
+
+    Every family is a unit schedule ``step -> factor`` (peak 1, e.g.
+    ``lrjax.recipes.unit_schedule("one_cycle", total_steps)``; None is a constant
+    lr); member ``(family, lr, seed)`` applies ``lr * family(t)`` at update ``t``.
+    All members share the seeds' initialisations and batch orders, so families
+    and peaks are compared on equal footing, in one compiled program (members
+    vmapped, or unrolled for a convolution on the CPU).
+
+    Args:
+      model, optimizer, train_data, val_data, lrs, key: as :func:`lr_grid`.
+      families: ``{name: unit schedule}``, at least one.
+      **options: the other keyword arguments of :func:`lr_grid` (``seeds``,
+        ``epochs``, ``batch_size``, ``loss_fn``, ``eval_fn``, ``preprocess``,
+        ``eval_batch_size``, ``loop``, ``population``, ``progress``), not
+        ``schedule``.
+
+    Returns:
+      ``{name: GridResult}`` in the order of ``families``; each result's
+      ``config["family"]`` names it, and ``timings`` and ``memory`` are those
+      of the whole program.
+
+    >>> import optax
+    >>> x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)
+    >>> g = recipe_grid(jnp.zeros((3, 2)), optax.sgd, (x, y), (x, y),
+    ...                 lrs=[0.1, 1.0], families={"constant": None,
+    ...                 "half": lambda t: 0.5 * jnp.ones_like(t, jnp.float32)},
+    ...                 key=jax.random.key(0), loss_fn=classification_loss(
+    ...                 lambda p, x: x @ p), batch_size=16)
+    >>> list(g), g["half"].applied_lr[1, 0] / g["constant"].applied_lr[1, 0]
+    (['constant', 'half'], np.float64(0.5))
+    """
+    if "schedule" in options:
+        raise ValueError("recipe_grid takes families={name: schedule}, not schedule=")
+    names = list(families)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"families must be a non-empty mapping of names to schedules, got "
+            f"{families!r}"
+        )
+    results = _grid(
+        model, optimizer, train_data, val_data, [families[n] for n in names],
+        lrs=lrs, key=key, **options,
+    )  # fmt: skip
+    for name, r in zip(names, results, strict=True):
+        r.config["family"] = name
+    return dict(zip(names, results, strict=True))
+
+
+def _grid(
+    model: Any,
+    optimizer: OptimizerFactory,
+    train_data: Any,
+    val_data: Any,
+    units: list,
+    *,
+    lrs: Sequence[float],
+    key: jax.Array,
+    seeds: int = 1,
+    epochs: int = 1,
+    batch_size: int = 32,
+    loss_fn: LossFn | None = None,
+    eval_fn: Callable | None = None,
+    preprocess: Callable | None = None,
+    eval_batch_size: int = 1000,
+    loop: str = "auto",
+    population: str = "auto",
+    progress: bool = False,
+) -> list[GridResult]:
+    """The population of (unit schedule, lr, seed) members; a result per unit."""
     lr_arr = _check_args(lrs, seeds, epochs, batch_size, eval_batch_size)
     check_loop(loop)
     check_population(population)
@@ -339,15 +430,23 @@ def lr_grid(
     check_batch_size(batch_size, n_train)
     num_lrs = lr_arr.size
     loss_fn = classification_loss() if loss_fn is None else loss_fn
-    unit = schedule if schedule is not None else (lambda t: jnp.ones((), jnp.float32))
     steps = n_train // batch_size
+    one = lambda t: jnp.ones(jnp.shape(t), jnp.float32)  # noqa: E731
+    units = [one if u is None else u for u in units]
 
-    def make_tx(lr):
-        return make_optimizer(optimizer, lambda t: lr * unit(t))
+    def make_tx(lr, family):
+        if len(units) == 1:
+            return make_optimizer(optimizer, lambda t: lr * units[0](t))
+        # The family is data too: every unit is evaluated, the member's picked.
+        return make_optimizer(
+            optimizer, lambda t: lr * jnp.stack([u(t) for u in units])[family]
+        )
 
-    # The population: member p = l * seeds + s, padded to a multiple of the
-    # devices with copies of the last member (their results are dropped).
-    size = num_lrs * seeds
+    # The population: member p = c * seeds + s over the cells c = f * num_lrs + l
+    # (family f, lr l), padded to a multiple of the devices with copies of the
+    # last member (their results are dropped).
+    cells = len(units) * num_lrs
+    size = cells * seeds
     n_dev = min(len(jax.devices()), size)
     padded = -(-size // n_dev) * n_dev
     estimate: dict[str, Any] = {}
@@ -357,7 +456,9 @@ def lr_grid(
         other seeds are built and before anything compiles."""
         one = jax.eval_shape(
             lambda p, r: GridState(
-                jnp.float32(0), init_state(p, r, make_tx(jnp.float32(0)))
+                jnp.float32(0),
+                jnp.int32(0),
+                init_state(p, r, make_tx(jnp.float32(0), jnp.int32(0))),
             ),
             params,
             rest,
@@ -371,7 +472,8 @@ def lr_grid(
 
     spec, params, rest = init_members(model, key, seeds, check)
     member = np.minimum(np.arange(padded), size - 1)
-    lr_of, seed_of = member // seeds, member % seeds
+    cell_of, seed_of = member // seeds, member % seeds
+    lr_of, family_of = cell_of % num_lrs, cell_of // num_lrs
     mesh = population_mesh(padded)
     P = jax.sharding.PartitionSpec
     pop = rep = None
@@ -397,22 +499,27 @@ def lr_grid(
     if rep is not None:
         val = jax.device_put(val, rep)
 
-    def init(lr, s, params, rest):
+    def init(lr, family, s, params, rest):
         if seeds > 1:
             params, rest = jax.tree.map(lambda a: a[s], (params, rest))
-        return GridState(lr, init_state(params, rest, make_tx(lr)))
+        return GridState(lr, family, init_state(params, rest, make_tx(lr, family)))
 
     pop_lrs = jnp.asarray(lr_arr[lr_of], jnp.float32)
+    pop_families = jnp.asarray(family_of, jnp.int32)
     seed_idx = jnp.asarray(seed_of, jnp.int32)
-    state = jax.jit(jax.vmap(init, in_axes=(0, 0, None, None)), out_shardings=pop)(
-        pop_lrs, seed_idx, params, rest
+    state = jax.jit(jax.vmap(init, in_axes=(0, 0, 0, None, None)), out_shardings=pop)(
+        pop_lrs, pop_families, seed_idx, params, rest
     )
     del params, rest
 
     def build(unroll: bool):
         def step(gs: GridState, batch):
             inner = make_step(
-                spec, loss_fn, make_tx(gs.lr), preprocess=preprocess, unroll=unroll
+                spec,
+                loss_fn,
+                make_tx(gs.lr, gs.family),
+                preprocess=preprocess,
+                unroll=unroll,
             )
             train, metrics = inner(gs.train, batch)
             return gs._replace(train=train), metrics
@@ -486,9 +593,11 @@ def lr_grid(
     if bar is not None:
         bar.close()
 
-    def grid(per_epoch):  # [epochs][padded] -> [num_lrs, seeds, epochs]
+    nf = len(units)
+
+    def grid(per_epoch):  # [epochs][padded] -> [families, num_lrs, seeds, epochs]
         a = np.stack([np.asarray(v)[:size] for v in per_epoch], axis=-1)
-        return a.astype(np.float64).reshape(num_lrs, seeds, epochs)
+        return a.astype(np.float64).reshape(nf, num_lrs, seeds, epochs)
 
     val_metrics = {name: grid([ev[name] for ev in evals]) for name in evals[0]}
     if "accuracy" not in val_metrics and "loss" not in val_metrics:
@@ -496,55 +605,65 @@ def lr_grid(
             "the evaluation must return 'accuracy' or 'loss' to rank the lrs; got "
             f"{sorted(val_metrics)}"
         )
-    nan = np.full((num_lrs, seeds, epochs), np.nan)
-    val_loss = val_metrics.get("loss", nan)
-    val_acc = val_metrics.get("accuracy", nan)
     losses = np.concatenate(train_parts["loss"]).astype(np.float64)  # [T, padded]
     train_loss = grid(losses.reshape(epochs, steps, padded).mean(axis=1))
     lr_steps = np.concatenate(train_parts["lr"])  # [T, padded]
-    applied = lr_steps[:, :size:seeds].T.astype(np.float64)
-    # A diverged member's accuracy is what it measured: argmax of NaN logits is
-    # class 0, so it is low but finite, and the best lr is never NaN.
-    final = np.mean(val_acc[:, :, -1], axis=1)
-    if "accuracy" in val_metrics:
-        best_by, best = "accuracy", int(np.argmax(final))
-    else:  # a custom evaluation without accuracy: the lowest mean loss wins
-        loss = np.mean(val_loss[:, :, -1], axis=1)
-        best_by, best = "loss", int(np.argmin(np.where(np.isnan(loss), np.inf, loss)))
+    applied = lr_steps[:, :size:seeds].T.astype(np.float64).reshape(nf, num_lrs, -1)
     total_steps = steps * epochs * size
     run_s = out.run_s
-    return GridResult(
-        lrs=lr_arr,
-        seeds=seeds,
-        epochs=epochs,
-        val_loss=val_loss,
-        val_accuracy=val_acc,
-        train_loss=train_loss,
-        applied_lr=applied,
-        best_lr=float(lr_arr[best]),
-        best_accuracy=float(final[best]),
-        steps_per_epoch=steps,
-        timings={
-            "compile_s": program.compile_s + eval_compile_s,
-            "run_s": run_s,
-            "steps_per_s": total_steps / run_s if run_s > 0 else None,
-            "model_epochs_per_s": size * epochs / run_s if run_s > 0 else None,
-            "loop": program.loop,
-            "population": program.population,
-        },
-        device=describe_devices(
-            list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
-        ),
-        memory=memory,
-        config={
-            "batch_size": batch_size,
-            "epochs": epochs,
-            "seeds": seeds,
-            "num_lrs": num_lrs,
-            "eval_batch_size": min(eval_batch_size, n_val),
-            "n_train": n_train,
-            "n_val": n_val,
-        },
-        val_metrics=val_metrics,
-        best_by=best_by,
+    timings = {
+        "compile_s": program.compile_s + eval_compile_s,
+        "run_s": run_s,
+        "steps_per_s": total_steps / run_s if run_s > 0 else None,
+        "model_epochs_per_s": size * epochs / run_s if run_s > 0 else None,
+        "loop": program.loop,
+        "population": program.population,
+    }
+    device = describe_devices(
+        list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
     )
+    config = {
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "seeds": seeds,
+        "num_lrs": num_lrs,
+        "eval_batch_size": min(eval_batch_size, n_val),
+        "n_train": n_train,
+        "n_val": n_val,
+    }
+    nan = np.full((num_lrs, seeds, epochs), np.nan)
+    results = []
+    for f in range(nf):
+        metrics = {name: v[f] for name, v in val_metrics.items()}
+        val_loss = metrics.get("loss", nan)
+        val_acc = metrics.get("accuracy", nan)
+        # A diverged member's accuracy is what it measured: argmax of NaN logits
+        # is class 0, so it is low but finite, and the best lr is never NaN.
+        final = np.mean(val_acc[:, :, -1], axis=1)
+        if "accuracy" in metrics:
+            best_by, best = "accuracy", int(np.argmax(final))
+        else:  # a custom evaluation without accuracy: the lowest mean loss wins
+            loss = np.mean(val_loss[:, :, -1], axis=1)
+            best_by = "loss"
+            best = int(np.argmin(np.where(np.isnan(loss), np.inf, loss)))
+        results.append(
+            GridResult(
+                lrs=lr_arr,
+                seeds=seeds,
+                epochs=epochs,
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                train_loss=train_loss[f],
+                applied_lr=applied[f],
+                best_lr=float(lr_arr[best]),
+                best_accuracy=float(final[best]),
+                steps_per_epoch=steps,
+                timings=dict(timings),
+                device=device,
+                memory=memory,
+                config=dict(config),
+                val_metrics=metrics,
+                best_by=best_by,
+            )
+        )
+    return results

@@ -283,3 +283,42 @@ def plot_grid(result, ax: Axes | None = None, suggestions=None) -> Axes:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     return ax
+
+
+def plot_recipe_grid(results, ax: Axes | None = None, recipes=None) -> Axes:
+    """Final validation accuracy vs peak lr, one line per schedule family.
+
+    Args:
+      results: ``{family: GridResult}`` (:func:`lrjax.recipe_grid`).
+      ax: the Axes to draw on (a new figure when None).
+      recipes: optional ``{family: peak lr}`` (e.g. the recommended peaks),
+        each marked on its family's line.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (family, r) in enumerate(results.items()):
+        color = colors[i % len(colors)]
+        lrs = np.asarray(r.lrs)
+        mean = np.asarray(r.val_accuracy)[:, :, -1].mean(axis=1)
+        ax.plot(lrs, mean, "o-", color=color, lw=1.4, ms=4, label=family)
+        ax.plot([r.best_lr], [r.best_accuracy], marker="*", color=color,
+                mec="black", ms=12, ls="none")  # fmt: skip
+        peak = (recipes or {}).get(family)
+        if peak is not None and lrs[0] <= peak <= lrs[-1]:
+            acc = np.interp(np.log(peak), np.log(lrs), mean)
+            ax.plot([peak], [acc], marker="v", color=color, mec="black", ms=9,
+                    ls="none")  # fmt: skip
+    first = next(iter(results.values()))
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(f"validation accuracy after {first.epochs} epoch(s)")
+    ax.set_title(
+        f"Recipe grid: {len(results)} families x {len(first.lrs)} peaks x "
+        f"{first.seeds} seed(s) (star: best; triangle: recommended)"
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return ax

@@ -20,6 +20,9 @@ PUBLIC = {
     "plot_range_test",
     "scale_images", "smooth", "snapshot_steps", "split_model", "step_decay",
     "suggest", "triangular", "triangular2",
+    # 0.2: the recipe schedules and the recommendation
+    "linear_decay", "one_cycle", "one_cycle_momentum", "warmup_cosine", "wsd",
+    "Recipe", "recommend", "recipe_grid", "plot_recipe_grid",
 }  # fmt: skip
 
 

@@ -107,3 +107,45 @@ def test_an_impossible_population_is_one_line_and_exit_2_in_seconds(
     assert err.count("\n") == 1 and err.startswith("lrjax.grid: error: ")
     assert "10000000 members need about " in err
     assert " GiB available; lower the number of lrs or seeds (--num, --seeds)" in err
+
+
+def test_schedule_all_is_a_family_x_peak_grid_with_recipe_regret(
+    tiny_fashion_mnist, tmp_path, capsys
+):
+    """--schedule all --find: every recipe family in one program, and each
+    family's recommended peak scored against the best cell of the whole grid."""
+    import math
+
+    from lrjax.recipes import FAMILIES, PEAK_RULES
+
+    out = tmp_path / "all"
+    code, stdout, err = run(
+        capsys,
+        "--data-dir", str(tiny_fashion_mnist), "--out", str(out),
+        "--hidden", "16", "--batch-size", "20", "--optimizer", "momentum",
+        "--min-lr", "1e-3", "--max-lr", "3", "--num", "3", "--epochs", "2",
+        "--schedule", "all", "--find",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((out / "grid.json").read_text())
+    assert list(doc["families"]) == list(FAMILIES)
+    finals = {}
+    for name, g in doc["families"].items():
+        assert np.array(g["val_accuracy"], dtype=float).shape == (3, 1, 2)
+        assert g["config"]["family"] == name and g["memory"]["members"] == 12
+        finals[name] = np.array(g["final_accuracy_mean"], dtype=float)
+    best = max(f.max() for f in finals.values())
+    assert doc["best"]["accuracy"] == pytest.approx(best)
+    assert doc["recipes"], "the range test gave no suggestion to build a peak on"
+    for name, rec in doc["recipes"].items():
+        method, factor = PEAK_RULES[name]
+        peak = factor * doc["range_test"]["suggestions"][method]
+        assert rec["peak_lr"] == pytest.approx(peak)
+        lrs = np.array(doc["families"][name]["lrs"])
+        if lrs[0] <= peak <= lrs[-1]:
+            acc = np.interp(math.log(peak), np.log(lrs), finals[name])
+            assert rec["regret_pp"] == pytest.approx(100 * (best - acc))
+            assert f"recipe {name}: " in stdout and "regret" in stdout
+        else:
+            assert rec["regret_pp"] is None
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

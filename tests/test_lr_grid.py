@@ -295,12 +295,14 @@ def test_result_fields_memory_and_best_lr():
 
 
 def test_memory_estimate_is_the_member_state_twice_plus_its_inputs():
-    """The estimate counts each member's exact state (its lr, step, params,
-    optimizer state), twice, plus its batch and its row of the epoch's indices."""
+    """The estimate counts each member's exact state (its lr, schedule family,
+    step, params, optimizer state), twice, plus its batch and its row of the
+    epoch's indices."""
     model = init(jax.random.key(3))
     r = grid(model, optax.adam, lrs=[0.01, 0.1], seeds=2, key=jax.random.key(1))
     est = r.memory["estimate"]
-    assert est["member_state_bytes"] == r.memory["member_bytes"] + 4  # + the lr
+    # + the lr and the family index (int32)
+    assert est["member_state_bytes"] == r.memory["member_bytes"] + 8
     per_example = X[0].nbytes + Y[0].nbytes
     steps = N_TRAIN // BATCH
     assert est["batch_bytes"] == BATCH * per_example + 4 * steps * BATCH
@@ -318,7 +320,7 @@ def test_memory_estimate_is_the_member_state_twice_plus_its_inputs():
 
 def test_a_population_over_the_device_limit_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr("lrjax.results.device_memory_bytes", lambda: 2**19)
-    member = 4 + tree_bytes(init_state(*split_model(init(jax.random.key(0)))[1:],
+    member = 8 + tree_bytes(init_state(*split_model(init(jax.random.key(0)))[1:],
                                        make_optimizer(optax.sgd, 0.1)))  # fmt: skip
     assert 4 * member < 2**19 < 100 * 2 * member  # one fits, 100 do not
     grid(init, optax.sgd, lrs=[0.1], key=jax.random.key(0))  # fits: runs

@@ -234,23 +234,22 @@ def schedule_of(argv, steps_per_epoch=100, peak=0.2):
 
 def test_default_lr_method():
     assert train.default_lr_method("cosine_restarts", "sgd") == "divergence"
-    assert train.default_lr_method("onecycle", "sgd") == "divergence"
     assert train.default_lr_method("constant", "sgd") == "knee"
     assert train.default_lr_method("cosine_restarts", "nesterov") == "knee"
     assert train.default_lr_method("triangular", "adam") == "knee"
 
 
 def test_schedules_and_snapshot_points():
-    # Default: SGDR with T0 = 2 epochs and T_mult = 2 (2+4+8+16 = 30 epochs),
-    # each restart's peak 0.8 times the previous one.
-    sched, desc, snaps = schedule_of([])
+    # SGDR with T0 = 2 epochs and T_mult = 2 (2+4+8+16 = 30 epochs), each
+    # restart's peak 0.8 times the previous one.
+    sched, desc, snaps = schedule_of(["--schedule", "cosine_restarts"])
     assert desc["cycle_ends"] == [199, 599, 1399, 2999] and snaps is None
     assert desc["peak_decay"] == 0.8
     assert float(sched(0)) == pytest.approx(0.2)
     assert float(sched(200)) == pytest.approx(0.16, rel=1e-5)
     assert float(sched(1400)) == pytest.approx(0.2 * 0.8**3, rel=1e-5)
-    _, desc, _ = schedule_of(["--peak-decay", "1"])
-    assert desc["peak_decay"] == 1.0
+    _, desc, _ = schedule_of(["--peak-decay", "1"])  # a restart flag: SGDR
+    assert desc["name"] == "cosine_restarts" and desc["peak_decay"] == 1.0
     # Huang et al.: M cycles of P = T // M steps, T_mult = 1, eta_min = 0.
     sched, desc, snaps = schedule_of(["--snapshots", "6"])
     assert snaps.tolist() == [499, 999, 1499, 1999, 2499, 2999]
@@ -278,3 +277,60 @@ def test_schedules_and_snapshot_points():
     assert snaps.tolist() == [2399, 2799]
     with pytest.raises(train.UsageError, match="first-cycle-epochs needs"):
         schedule_of(["--schedule", "triangular", "--first-cycle-epochs", "3"])
+
+
+def test_default_schedule_is_the_recipe_and_names_every_number():
+    """No --schedule: the recommended recipe (lrjax.recipes.AUTO_FAMILY) at the
+    given peak, built by lrjax.recipes.build_schedule for the whole budget."""
+    from lrjax.recipes import AUTO_FAMILY, build_schedule
+
+    sched, desc, snaps = schedule_of([])  # 30 epochs of 100 updates, peak 0.2
+    ref, params = build_schedule(AUTO_FAMILY, 0.2, 3000)
+    assert snaps is None and desc["name"] == "auto"
+    assert {k: desc[k] for k in params} == params
+    t = np.arange(0, 3001, 37)
+    np.testing.assert_array_equal(np.asarray(sched(t)), np.asarray(ref(t)))
+    for family in ("one_cycle", "warmup_cosine", "linear_decay", "wsd"):
+        _, desc, _ = schedule_of(["--schedule", family, "--epochs", "2"])
+        assert desc["family"] == family and desc["total_steps"] == 200
+    _, desc, _ = schedule_of(["--schedule", "onecycle"])  # the 0.1 name
+    assert desc["family"] == "one_cycle"
+    _, desc, _ = schedule_of(["--snapshots", "3"])  # Huang et al.'s restarts
+    assert desc["name"] == "cosine_restarts"
+
+
+def test_lr_auto_recipe_writes_family_rule_and_numbers(tiny, tmp_path, capsys):
+    """--lr auto with the default schedule: the peak is the recipe rule's
+    multiple of the range test's suggestion; metrics.json names them all."""
+    from lrjax.recipes import AUTO_FAMILY, PEAK_RULES
+
+    out = tmp_path / "recipe"
+    loud = [a for a in tiny if a != "--quiet"]  # the summary lines are the point
+    rc = train.main([*loud, "--epochs", "2", "--logdir", str(out), "--no-plot"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    m = read(out)
+    method, factor = PEAK_RULES[AUTO_FAMILY]
+    finder = m["lr_finder"]
+    assert finder["method"] == method
+    assert m["lr"] == pytest.approx(factor * finder["suggestions"][method])
+    s = m["schedule"]
+    assert s["family"] == AUTO_FAMILY and s["peak_lr"] == m["lr"]
+    assert (
+        s["rule"]
+        == f"peak = {factor:g} x {method} ({finder['suggestions'][method]:.4g})"
+    )
+    assert "lr auto: recipe " + AUTO_FAMILY in printed and "schedule: " in printed
+    # the lr each epoch ended with is the schedule's at that step
+    from lrjax.recipes import build_schedule
+
+    ref, _ = build_schedule(AUTO_FAMILY, m["lr"], s["total_steps"])
+    steps = s["total_steps"] // 2
+    assert m["history"][0]["lr"] == pytest.approx(float(ref(steps - 1)), rel=1e-5)
+    # --lr-method overrides the peak: that suggestion itself
+    out2 = tmp_path / "valley"
+    argv = [*tiny, "--epochs", "1", "--lr-method", "valley", "--logdir", str(out2)]
+    assert train.main([*argv, "--no-plot"]) == 0
+    m2 = read(out2)
+    assert m2["lr"] == pytest.approx(m2["lr_finder"]["suggestions"]["valley"])
+    assert m2["schedule"]["rule"].startswith("peak = 1 x valley")

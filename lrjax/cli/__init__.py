@@ -249,6 +249,19 @@ def save_png(fig, path: Path, dpi: int = 110) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise UsageError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def optimizer_factory(name: str, weight_decay: float | None = None):
     """``name -> (learning_rate -> optax.GradientTransformation)``.
 

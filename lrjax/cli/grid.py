@@ -22,6 +22,7 @@ from lrjax.cli import (
     int_at_least,
     load_data,
     model_choice,
+    nonneg_float,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
@@ -30,9 +31,10 @@ from lrjax.cli import (
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
+from lrjax.recipes import FAMILIES
 
 PROG = "lrjax.grid"
-SCHEDULES = ("constant", "cosine", "restarts", "step")
+SCHEDULES = ("constant", "cosine", "restarts", "step", *FAMILIES, "all")
 
 
 def build_parser() -> ArgumentParser:
@@ -56,7 +58,17 @@ def build_parser() -> ArgumentParser:
         default="constant",
         choices=SCHEDULES,
         help="shape scaled by each lr: constant, cosine (one cosine decay over the "
-        "run), restarts (a cosine cycle per epoch), step (halve every epoch)",
+        "run), restarts (a cosine cycle per epoch), step (halve every epoch), a "
+        "recipe family (one_cycle, warmup_cosine, linear_decay, wsd: the shape "
+        "lrjax-train --schedule FAMILY builds for --epochs), or all (every recipe "
+        "family, one program: a grid over family x peak)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=nonneg_float,
+        default=None,
+        help="as lrjax-train: adamw's decoupled decay (default 1e-4), L2 added to "
+        "the gradient for the others (default none)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -90,7 +102,10 @@ def _check(args) -> None:
 def unit_schedule(name: str, steps_per_epoch: int, epochs: int):
     """The schedule's shape with peak 1; each member applies ``lr * shape(t)``."""
     from lrjax import schedules
+    from lrjax.recipes import unit_schedule as recipe_unit
 
+    if name in FAMILIES:
+        return recipe_unit(name, steps_per_epoch * epochs)
     if name == "constant":
         return None
     if name == "cosine":  # a single cosine cycle over the whole run, down to 0
@@ -100,7 +115,7 @@ def unit_schedule(name: str, steps_per_epoch: int, epochs: int):
     return schedules.step_decay(1.0, 0.5, steps_per_epoch)
 
 
-def _summary(r, find, out, total_s) -> str:
+def _summary(r, find, out, total_s, full: bool = True) -> str:
     acc = r.final_accuracy()
     lines = [f"{'lr':>10}  val acc (mean over {r.seeds} seed(s), epoch {r.epochs})"]
     for lr, a, row in zip(r.lrs, acc, r.val_accuracy[:, :, -1], strict=True):
@@ -114,6 +129,8 @@ def _summary(r, find, out, total_s) -> str:
             "range test: "
             + "  ".join(f"{m}={fmt(v)}" for m, v in find.suggestions.items())
         )
+    if not full:
+        return "\n".join(lines)
     t, m = r.timings, r.memory
     lines += [
         f"population: {m['members']} models, {m['state_bytes'] / 2**20:.1f} MiB of "
@@ -142,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lrjax import data
     from lrjax.batches import scale_images
-    from lrjax.lr_grid import lr_grid
+    from lrjax.lr_grid import recipe_grid
     from lrjax.range_test import lr_range_test
 
     try:
@@ -150,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(ds.y_val) == 0:
             raise UsageError(f"dataset {args.dataset} has no validation split")
         choice = model_choice(args, ds)
-        opt = optimizer_factory(args.optimizer)
+        opt = optimizer_factory(args.optimizer, args.weight_decay)
         out = prepare_out_dir(args.out, "grid", args.force)
     except (UsageError, data.DatasetError) as e:
         return fail(PROG, str(e))
@@ -177,16 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             )
         lrs = np.geomspace(args.min_lr, args.max_lr, args.num)
         steps = len(ds.y_train) // args.batch_size
-        result = lr_grid(
+        names = list(FAMILIES) if args.schedule == "all" else [args.schedule]
+        results = recipe_grid(
             model,
             opt,
             (ds.x_train, ds.y_train),
             (ds.x_val, ds.y_val),
             lrs=lrs,
+            families={n: unit_schedule(n, steps, args.epochs) for n in names},
             seeds=args.seeds,
             epochs=args.epochs,
             batch_size=args.batch_size,
-            schedule=unit_schedule(args.schedule, steps, args.epochs),
             loss_fn=choice.loss_fn,
             preprocess=scale_images,
             key=key,
@@ -194,16 +212,32 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
         return fail(PROG, str(e))
-    result.config.update(
-        dataset=args.dataset,
-        optimizer=args.optimizer,
-        **choice.config,
-        seed=args.seed,
-        schedule=args.schedule,
-        min_lr=args.min_lr,
-        max_lr=args.max_lr,
-    )
-    doc = result.to_json()
+    for r in results.values():
+        r.config.update(
+            dataset=args.dataset,
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            **choice.config,
+            seed=args.seed,
+            schedule=args.schedule,
+            min_lr=args.min_lr,
+            max_lr=args.max_lr,
+        )
+    recipes = {}
+    if find is not None:
+        recipes = recommended(find, results, steps * args.epochs)
+    if args.schedule == "all":
+        best = max(results, key=lambda n: results[n].best_accuracy)
+        doc = {
+            "families": {n: r.to_json() for n, r in results.items()},
+            "best": {
+                "family": best,
+                "lr": results[best].best_lr,
+                "accuracy": results[best].best_accuracy,
+            },
+        }
+    else:
+        doc = results[args.schedule].to_json()
     if find is not None:
         doc["range_test"] = {
             "suggestions": find.suggestions,
@@ -215,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             "timings": find.timings,
             "config": find.config,
         }
+        if recipes:
+            doc["recipes"] = recipes
     write_atomic(out / "grid.json", json.dumps(doc, indent=1) + "\n")
 
     import matplotlib
@@ -222,16 +258,69 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lrjax.plots import plot_grid
+    from lrjax.plots import plot_grid, plot_recipe_grid
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    plot_grid(result, ax, suggestions=None if find is None else find.suggestions)
+    if args.schedule == "all":
+        plot_recipe_grid(
+            results, ax, recipes={n: r["peak_lr"] for n, r in recipes.items()}
+        )
+    else:
+        plot_grid(
+            results[args.schedule],
+            ax,
+            suggestions=None if find is None else find.suggestions,
+        )
     save_png(fig, out / "grid.png")
     if args.json:
         print(json.dumps(doc))
     elif not args.quiet:
-        print(_summary(result, find, out, time.perf_counter() - t_start))
+        total_s = time.perf_counter() - t_start
+        for i, (name, r) in enumerate(results.items()):
+            if len(results) > 1:
+                print(f"--- {name}")
+            last = i == len(results) - 1
+            print(_summary(r, find if last else None, out, total_s, full=last))
+        for name, rec in recipes.items():
+            regret = rec["regret_pp"]
+            print(
+                f"recipe {name}: {rec['rule']} -> peak {rec['peak_lr']:.4g}, "
+                + (
+                    "outside the grid"
+                    if regret is None
+                    else f"val acc {rec['val_accuracy']:.4f}, regret {regret:.2f} pp "
+                    "against the grid's best cell"
+                )
+            )
     return 0
+
+
+def recommended(find, results, total_steps: int) -> dict:
+    """Each family's recommended recipe and its regret against the whole grid.
+
+    Regret (pp) = the best cell of all families (final validation accuracy, mean
+    over seeds) minus the family's accuracy at the recommended peak,
+    interpolated in log lr; None when the peak lies outside the grid.
+    """
+    from lrjax.lr_grid import accuracy_at
+    from lrjax.recipes import FAMILIES, recommend
+
+    best = max(r.best_accuracy for r in results.values())
+    out = {}
+    for name, r in results.items():
+        if name not in FAMILIES:
+            continue
+        try:
+            rec = recommend(find, total_steps, name)
+        except ValueError:  # no suggestion to build a peak on
+            continue
+        acc = accuracy_at(r, rec.peak_lr)
+        out[name] = {
+            **rec.to_json(),
+            "val_accuracy": acc,
+            "regret_pp": None if acc is None else 100 * (best - acc),
+        }
+    return out
 
 
 if __name__ == "__main__":

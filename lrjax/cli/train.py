@@ -12,7 +12,6 @@ saving a checkpoint (continue with ``--resume``).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
@@ -26,6 +25,7 @@ from lrjax.cli import (
     int_at_least,
     load_data,
     model_choice,
+    nonneg_float,
     optimizer_factory,
     positive_float,
     save_png,
@@ -33,26 +33,39 @@ from lrjax.cli import (
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
+from lrjax.recipes import AUTO_FAMILY, FAMILIES
 from lrjax.suggest import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.train"
 SCHEDULES = (
+    "auto",
+    *FAMILIES,
     "constant",
     "step",
     "triangular",
     "triangular2",
     "exp_range",
     "cosine_restarts",
-    "onecycle",
+    "onecycle",  # the name before 0.2: now one_cycle (PyTorch's OneCycleLR)
 )
 CYCLIC = ("triangular", "triangular2", "exp_range", "cosine_restarts")
-DEFAULT_SCHEDULE = "cosine_restarts"
+DEFAULT_SCHEDULE = "auto"
 DEFAULT_PEAK_DECAY = 0.8  # SGDR with --period-mult > 1, see _check
 
 
-def default_lr_method(schedule: str, optimizer: str) -> str:
-    """The suggestion ``--lr auto`` uses when ``--lr-method`` is not given.
+def recipe_family(schedule: str) -> str | None:
+    """The recipe family of ``--schedule`` (``auto``: the recommended), else None."""
+    if schedule == "auto":
+        return AUTO_FAMILY
+    if schedule == "onecycle":
+        return "one_cycle"
+    return schedule if schedule in FAMILIES else None
 
+
+def default_lr_method(schedule: str, optimizer: str) -> str:
+    """The suggestion ``--lr auto`` uses for a schedule that is not a recipe.
+
+    (A recipe family's peak comes from :func:`lrjax.recipes.recommend`'s rule.)
     Half the divergence lr is a good PEAK for plain SGD on a schedule that spends
     little time there; with momentum it diverged (1 of 3 seeds, see
     README.md "Training"), and a constant lr must be lower: the finder's default
@@ -70,16 +83,6 @@ def lr_value(text: str):
         return positive_float(text)
     except Exception as e:
         raise UsageError(f"--lr must be a number > 0 or 'auto': {e}") from None
-
-
-def nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"expected a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise UsageError(f"expected a finite number >= 0, got {text}")
-    return value
 
 
 def build_parser() -> ArgumentParser:
@@ -109,15 +112,21 @@ def build_parser() -> ArgumentParser:
         "--lr-method",
         default=None,
         choices=METHODS,
-        help="which range-test suggestion --lr auto uses (default: divergence, i.e. "
-        "half the lr where the loss blew up, as the PEAK of cyclic, restart and "
-        "onecycle schedules with plain sgd; the finder default, knee, otherwise)",
+        help="which range-test suggestion --lr auto uses as the peak (default: the "
+        "recipe's rule for auto and the recipe families, see lrjax.recipes; "
+        "divergence, i.e. half the lr where the loss blew up, for cyclic and restart "
+        "schedules with plain sgd; the finder default, knee, otherwise)",
     )
     a(
         "--schedule",
-        default=DEFAULT_SCHEDULE,
+        default=None,
         choices=SCHEDULES,
-        help=f"lr schedule (default {DEFAULT_SCHEDULE})",
+        help=f"lr schedule (default {DEFAULT_SCHEDULE}: the recommended recipe, "
+        f"{AUTO_FAMILY} now, with a peak from the range test; cosine_restarts when "
+        "a restart flag (--snapshots, --cycle-epochs, --first-cycle-epochs, "
+        "--period-mult, --peak-decay) is given); one_cycle, warmup_cosine, "
+        "linear_decay and wsd are the recipe families, shaped for --epochs as "
+        "lrjax.recipes.build_schedule says",
     )
     a(
         "--cycle-epochs",
@@ -229,6 +238,16 @@ def _check(args) -> None:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.schedule is None:
+        restart_flags = (
+            args.snapshots,
+            args.cycle_epochs,
+            args.first_cycle_epochs,
+            args.period_mult,
+            args.peak_decay,
+        )
+        restarts = any(v not in (None, 0) for v in restart_flags)
+        args.schedule = "cosine_restarts" if restarts else DEFAULT_SCHEDULE
     if args.period_mult is None:
         # SGDR 2+4+8+16 only when nothing fixes the cycles; else constant cycles.
         fixed = args.snapshots or args.cycle_epochs is not None
@@ -269,6 +288,17 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
 
     total = args.epochs * steps_per_epoch
     s = args.schedule
+    family = recipe_family(s)
+    if family is not None:
+        from lrjax.recipes import build_schedule
+
+        if total < 2:
+            raise UsageError(
+                f"--schedule {s} needs at least 2 updates, got {total} "
+                f"({args.epochs} epoch(s) of {steps_per_epoch})"
+            )
+        sched, params = build_schedule(family, peak, total)
+        return sched, {"name": s, **params, "cycle_ends": []}, None
     desc: dict = {"name": s, "peak_lr": peak}
     base = args.base_lr if args.base_lr is not None else peak / 10
     first = None
@@ -471,7 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.lr == "auto":
         from lrjax.range_test import lr_range_test
 
-        method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
+        family = recipe_family(args.schedule)
+        if family is not None:
+            from lrjax.recipes import PEAK_RULES
+
+            method = args.lr_method or PEAK_RULES[family][0]
+        else:
+            method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
         t0 = time.perf_counter()
         try:
             rt = lr_range_test(
@@ -493,14 +529,33 @@ def main(argv: list[str] | None = None) -> int:
                 PROG, "--lr auto: the range test gave no suggestion; pass --lr FLOAT"
             )
         peak = float(rt.suggested_lr)
+        recipe = None
+        if family is not None:
+            from lrjax.recipes import recommend
+
+            try:
+                recipe = recommend(
+                    rt,
+                    args.epochs * steps_per_epoch,
+                    family,
+                    method=args.lr_method,
+                )
+            except ValueError as e:
+                return fail(PROG, f"--lr auto: {e}")
+            peak = recipe.peak_lr
         finder_doc = {
             "method": method,
-            "suggested_lr": peak,
+            "suggested_lr": float(rt.suggested_lr),
+            "peak_lr": peak,
+            "recipe": None if recipe is None else recipe.to_json(),
             "suggestions": rt.suggestions,
             "diverged_at_lr": rt.diverged_at_lr,
             "time_s": time.perf_counter() - t0,
         }
-        say(f"lr auto: range test suggests {peak:.4g} ({method})")
+        if recipe is None:
+            say(f"lr auto: range test suggests {peak:.4g} ({method})")
+        else:
+            say(f"lr auto: recipe {recipe.describe()}")
     else:
         peak = float(args.lr)
     if not args.resume:
@@ -517,6 +572,20 @@ def main(argv: list[str] | None = None) -> int:
             + "\n",
         )
     sched, sched_desc, snap_steps = make_schedule(args, peak, steps_per_epoch)
+    recipe_doc = (finder_doc or {}).get("recipe")
+    if recipe_doc:
+        sched_desc.update(
+            {k: recipe_doc[k] for k in ("method", "suggestion", "factor", "rule")}
+        )
+    if recipe_family(args.schedule) is not None:
+        say(
+            "schedule: "
+            + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in sched_desc.items()
+                if k not in ("name", "cycle_ends")
+            )
+        )
 
     def summary(rec):
         extra = ""

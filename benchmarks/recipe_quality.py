@@ -1,0 +1,404 @@
+"""How good is the recommended recipe? Regret against a (family x peak) grid.
+
+For one setting (model, optimizer, batch size, weight decay, training budget in
+epochs, on Fashion-MNIST: 55000 training / 5000 validation images) this runs
+
+1. the range test exactly as ``lrjax-train --lr auto`` runs it (the same sweep,
+   batch size and optimizer), with ``--range-seeds`` seeds, for every method's
+   per-seed suggestion;
+2. a recipe grid (``lrjax.recipe_grid``): every schedule family of
+   ``lrjax.recipes.FAMILIES`` x log-spaced peaks x ``--grid-seeds`` seeds, at
+   the full budget, each member shaped by ``lrjax.recipes.build_schedule`` as
+   ``lrjax-train --schedule FAMILY`` shapes it, in one program;
+3. optionally (``--train-seeds``) the recommended recipe itself, ``python -m
+   lrjax.train --lr auto --schedule auto`` with the same flags, per seed.
+
+Recipe regret (pp) = the best grid cell (final validation accuracy, mean over
+seeds) minus the grid's accuracy at the recommended (family, peak),
+interpolated in log lr within that family. Written after every stage to
+``--out``. ``--fit A.json B.json ...`` instead refits the peak rules
+(``lrjax.recipes.PEAK_RULES``) and the auto family on those settings' stored
+grids and suggestions, and scores every candidate on them (no training).
+
+    python benchmarks/recipe_quality.py --model mlp --optimizer sgd --batch-size 32 \\
+        --epochs 10 --out benchmarks/results/recipe_mlp_sgd_e10.json
+    python benchmarks/recipe_quality.py --fit benchmarks/results/recipe_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lrjax.cli import optimizer_factory, setup_jax, write_atomic  # noqa: E402
+
+FACTORS = tuple(round(2 ** (k / 2), 3) for k in range(-4, 9))  # 0.25 .. 16
+
+
+def regret_at(grid: dict, best: float, peak: float | None) -> float | None:
+    """pp below ``best`` at ``peak`` on one family's stored grid; None outside."""
+    import numpy as np
+
+    lrs = np.asarray(grid["lrs"], np.float64)
+    if peak is None or not (lrs[0] * (1 - 1e-9) <= peak <= lrs[-1] * (1 + 1e-9)):
+        return None
+    acc = np.asarray(grid["final_accuracy_mean"], np.float64)
+    return 100 * (best - float(np.interp(math.log(peak), np.log(lrs), acc)))
+
+
+def best_cell(doc: dict) -> float:
+    return max(max(g["final_accuracy_mean"]) for g in doc["grids"].values())
+
+
+def score_rules(doc: dict, rules: dict) -> dict:
+    """Regret of each family's ``(method, factor)`` rule, at the median
+    suggestion and at each range-test seed's suggestion."""
+    import numpy as np
+
+    best = best_cell(doc)
+    out = {}
+    for family, (method, factor) in rules.items():
+        per_seed = doc["range_test"]["per_method"].get(method) or []
+        median = doc["range_test"]["suggestions"].get(method)
+        grid = doc["grids"][family]
+        seeds = [
+            regret_at(grid, best, None if v is None else factor * v) for v in per_seed
+        ]
+        known = [r for r in seeds if r is not None]
+        out[family] = {
+            "method": method,
+            "factor": factor,
+            "peak": None if median is None else factor * median,
+            "regret_pp": regret_at(
+                grid, best, None if median is None else factor * median
+            ),
+            "regret_per_seed_pp": seeds,
+            "regret_seed_max_pp": max(known) if len(known) == len(seeds) else None,
+            "regret_seed_mean_pp": float(np.mean(known)) if known else None,
+        }
+    return out
+
+
+def run_setting(args) -> dict:
+    import jax
+    import numpy as np
+
+    from lrjax.batches import scale_images
+    from lrjax.data import load_dataset
+    from lrjax.lr_grid import recipe_grid
+    from lrjax.models import cnn, mlp
+    from lrjax.range_test import lr_range_test
+    from lrjax.recipes import FAMILIES, PEAK_RULES, unit_schedule
+
+    ds = load_dataset("fashion_mnist")
+    n = args.n_train or len(ds.y_train)
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    nv = args.n_val or len(ds.y_val)
+    xv, yv = ds.x_val[:nv], ds.y_val[:nv]
+    opt = optimizer_factory(args.optimizer, args.weight_decay)
+    in_size = math.prod(ds.x_train.shape[1:])
+
+    def model(k):
+        if args.model == "cnn":
+            return cnn(ds.num_classes, key=k, input_shape=ds.x_train.shape[1:])
+        return mlp(in_size, ds.num_classes, (300, 100), key=k)
+
+    doc = {
+        "description": "recipe regret against a (family x peak x seed) grid at the "
+        "training budget (benchmarks/recipe_quality.py)",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "setting": {
+            "model": args.model,
+            "optimizer": args.optimizer,
+            "batch_size": args.batch_size,
+            "weight_decay": args.weight_decay,
+            "epochs": args.epochs,
+            "n_train": n,
+            "n_val": nv,
+        },
+        "heldout": args.heldout,
+    }
+    out = Path(args.out)
+
+    def save():
+        write_atomic(out, json.dumps(doc, indent=1) + "\n")
+
+    key = jax.random.key(args.seed)
+    t0 = time.perf_counter()
+    rt = lr_range_test(  # the range test lrjax-train --lr auto runs (its sweep)
+        model,
+        opt,
+        (x, y),
+        key=jax.random.fold_in(key, 2),
+        preprocess=scale_images,
+        batch_size=args.batch_size,
+        seeds=args.range_seeds,
+    )
+    per_method = dict(rt.spread["per_method"]) if rt.spread else {}
+    doc["range_test"] = {
+        "seeds": args.range_seeds,
+        "suggestions": rt.suggestions,
+        "per_method": per_method,
+        "diverged_at_lr": rt.diverged_at_lr,
+        "steps_run": rt.steps_run,
+        "wall_s": time.perf_counter() - t0,
+    }
+    save()
+    knee = [v for v in per_method.get("knee", []) if v] or [rt.suggestions["knee"]]
+    lo, hi = args.lo_mult * min(knee), args.hi_mult * max(knee)
+    peaks = np.geomspace(lo, hi, args.peaks)
+    steps = n // args.batch_size
+    total = steps * args.epochs
+    print(
+        f"range test {doc['range_test']['wall_s']:.1f}s, knee {knee}; grid "
+        f"{len(FAMILIES)} families x {len(peaks)} peaks {lo:.3g}..{hi:.3g} x "
+        f"{args.grid_seeds} seeds x {args.epochs} epochs ({total} updates)",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    grids = recipe_grid(
+        model,
+        opt,
+        (x, y),
+        (xv, yv),
+        lrs=peaks,
+        families={f: unit_schedule(f, total) for f in FAMILIES},
+        key=jax.random.fold_in(key, 1000),  # fresh inits and batch orders
+        seeds=args.grid_seeds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        preprocess=scale_images,
+        progress=sys.stderr.isatty(),
+    )
+    first = next(iter(grids.values()))
+    doc["grid"] = {
+        "families": list(FAMILIES),
+        "peaks": peaks.tolist(),
+        "seeds": args.grid_seeds,
+        "epochs": args.epochs,
+        "total_steps": total,
+        "wall_s": time.perf_counter() - t0,
+        "timings": first.timings,
+        "device": first.device,
+    }
+    doc["grids"] = {
+        f: {
+            "lrs": r.lrs.tolist(),
+            "final_accuracy_mean": r.final_accuracy().tolist(),
+            "val_accuracy": r.val_accuracy[:, :, -1].tolist(),  # [peaks][seeds]
+            "best_lr": r.best_lr,
+            "best_accuracy": r.best_accuracy,
+            # the grid's noise: standard error over seeds at the family's best
+            "best_stderr_pp": float(
+                100
+                * np.std(r.val_accuracy[np.argmax(r.final_accuracy()), :, -1])
+                / math.sqrt(max(1, r.seeds - 1))
+            )
+            if r.seeds > 1
+            else None,
+        }
+        for f, r in grids.items()
+    }
+    best_family = max(doc["grids"], key=lambda f: doc["grids"][f]["best_accuracy"])
+    doc["best"] = {
+        "family": best_family,
+        "lr": doc["grids"][best_family]["best_lr"],
+        "accuracy": doc["grids"][best_family]["best_accuracy"],
+    }
+    rescore(doc, PEAK_RULES)
+    save()
+    print(report(doc), flush=True)
+    if args.train_seeds:
+        doc["train"] = train_recipe(args, doc)
+        save()
+        print(report(doc), flush=True)
+    return doc
+
+
+def rescore(doc: dict, rules: dict) -> None:
+    from lrjax.recipes import AUTO_FAMILY
+
+    doc["rules"] = score_rules(doc, rules)
+    doc["auto"] = {"family": AUTO_FAMILY, **doc["rules"][AUTO_FAMILY]}
+
+
+def train_recipe(args, doc) -> dict:
+    """The recommended recipe run as a user runs it: lrjax-train --lr auto."""
+    from lrjax.recipes import AUTO_FAMILY
+
+    runs = []
+    for s in range(args.train_seeds):
+        cmd = [
+            sys.executable, "-m", "lrjax.train", "--model", args.model,
+            "--optimizer", args.optimizer, "--batch-size", str(args.batch_size),
+            "--epochs", str(args.epochs), "--lr", "auto", "--schedule", "auto",
+            "--seed", str(s), "--json", "--no-plot", "--force",
+            "--logdir", f"/tmp/recipe_quality/{Path(args.out).stem}/seed{s}",
+        ]  # fmt: skip
+        if args.weight_decay is not None:
+            cmd += ["--weight-decay", str(args.weight_decay)]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if p.returncode:
+            runs.append({"seed": s, "error": p.stderr[-2000:]})
+            continue
+        m = json.loads(p.stdout.strip().splitlines()[-1])
+        peak = m["lr"]
+        best = best_cell(doc)
+        grid_regret = regret_at(doc["grids"][AUTO_FAMILY], best, peak)
+        runs.append(
+            {
+                "seed": s,
+                "peak_lr": peak,
+                "schedule": m["schedule"],
+                "val_accuracy": m["val_accuracy"],
+                "test_accuracy": m["test_accuracy"],
+                "grid_val_accuracy_at_peak": None
+                if grid_regret is None
+                else best - grid_regret / 100,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+        print(f"train seed {s}: {runs[-1]}", flush=True)
+    return {"family": AUTO_FAMILY, "runs": runs}
+
+
+def report(doc: dict) -> str:
+    s = doc["setting"]
+    lines = [
+        f"## {s['model']} {s['optimizer']} b{s['batch_size']} wd "
+        f"{s['weight_decay']} {s['epochs']} epochs"
+        + (" (held out)" if doc.get("heldout") else "")
+    ]
+    best = best_cell(doc)
+    for f, g in doc["grids"].items():
+        r = doc["rules"][f]
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(
+            f"{f:14s} best {100 * g['best_accuracy']:.2f}% at {g['best_lr']:.3g}; "
+            f"rule {r['factor']:g} x {r['method']} -> {r['peak'] or 0:.3g}: regret "
+            f"{fmt(r['regret_pp'])} pp (seeds max {fmt(r['regret_seed_max_pp'])})"
+        )
+    lines.append(f"best cell {100 * best:.2f}% ({doc['best']['family']})")
+    for run in (doc.get("train") or {}).get("runs", []):
+        if "error" in run:
+            lines.append(f"train seed {run['seed']}: ERROR")
+            continue
+        lines.append(
+            f"train seed {run['seed']}: peak {run['peak_lr']:.4g} val "
+            f"{100 * run['val_accuracy']:.2f}% test {100 * run['test_accuracy']:.2f}%"
+            f" (grid at that peak: "
+            f"{100 * (run['grid_val_accuracy_at_peak'] or math.nan):.2f}%)"
+        )
+    return "\n".join(lines)
+
+
+def fit(paths: list[str], out: str | None) -> int:
+    """Refit each family's (method, factor) on the non-held-out settings.
+
+    The rule minimises the worst regret over the fit settings, judged at every
+    range-test seed's suggestion (not only the median); ties go to the lower
+    mean. The auto family is the one whose fitted rule has the lowest worst
+    regret. Held-out settings are scored with the fitted rules, separately.
+    """
+    from lrjax.recipes import FAMILIES
+    from lrjax.suggest import METHODS
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    docs = [d for d in docs if "grids" in d]
+    fitting = [d for d in docs if not d.get("heldout")]
+    held = [d for d in docs if d.get("heldout")]
+    result: dict = {"fit_on": [], "heldout": [], "families": {}}
+    for fam in FAMILIES:
+        cands = []
+        for method in METHODS:
+            for factor in FACTORS:
+                worst, total, ok = 0.0, 0.0, True
+                for d in fitting:
+                    r = score_rules(d, {fam: (method, factor)})[fam]
+                    w = r["regret_seed_max_pp"]
+                    if w is None:
+                        ok = False
+                        break
+                    worst, total = max(worst, w), total + r["regret_seed_mean_pp"]
+                if ok:
+                    cands.append((worst, total / len(fitting), method, factor))
+        cands.sort()
+        worst, mean, method, factor = cands[0]
+        result["families"][fam] = {
+            "method": method,
+            "factor": factor,
+            "fit_worst_seed_regret_pp": worst,
+            "fit_mean_seed_regret_pp": mean,
+            "runners_up": [
+                {"method": m, "factor": f, "worst": w, "mean": a}
+                for w, a, m, f in cands[1:6]
+            ],
+        }
+    fams = result["families"]
+    auto = min(fams, key=lambda f: (fams[f]["fit_worst_seed_regret_pp"], f))
+    result["auto_family"] = auto
+    rules = {f: (v["method"], v["factor"]) for f, v in fams.items()}
+    for d, bucket in [(d, "fit_on") for d in fitting] + [(d, "heldout") for d in held]:
+        result[bucket].append({"setting": d["setting"], "rules": score_rules(d, rules)})
+    print(json.dumps(result, indent=1))
+    if out:
+        write_atomic(Path(out), json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
+    p.add_argument("--optimizer", default="sgd")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--peaks", type=int, default=8)
+    p.add_argument("--lo-mult", type=float, default=0.5, help="lowest peak / knee")
+    p.add_argument("--hi-mult", type=float, default=12.0, help="highest peak / knee")
+    p.add_argument("--range-seeds", type=int, default=3)
+    p.add_argument("--grid-seeds", type=int, default=2)
+    p.add_argument("--train-seeds", type=int, default=0)
+    p.add_argument("--heldout", action="store_true", help="not used by --fit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=None, help="subset (smoke tests)")
+    p.add_argument("--n-val", type=int, default=None, help="subset (smoke tests)")
+    p.add_argument("--devices", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", default="benchmarks/results/recipe_quality.json")
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help="keep --out's range test and grid; rescore them with today's rules and "
+        "run only the --train-seeds recipe runs",
+    )
+    p.add_argument("--fit", nargs="+", default=None, metavar="JSON")
+    p.add_argument("--fit-out", default=None)
+    args = p.parse_args(argv)
+    if args.fit:
+        return fit(args.fit, args.fit_out)
+    if args.train_only:
+        from lrjax.recipes import PEAK_RULES
+
+        doc = json.loads(Path(args.out).read_text())
+        rescore(doc, PEAK_RULES)
+        doc["train"] = train_recipe(args, doc)
+        write_atomic(Path(args.out), json.dumps(doc, indent=1) + "\n")
+        print(report(doc), flush=True)
+        return 0
+    setup_jax(args.devices)
+    run_setting(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

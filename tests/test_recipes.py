@@ -1,0 +1,166 @@
+"""Recipes: build_schedule's shapes, recommend's rules, recipe_grid's population."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from lrjax import recipes, schedules
+from lrjax.batches import scale_images
+from lrjax.lr_grid import lr_grid, recipe_grid
+from lrjax.recipes import FAMILIES, build_schedule, recommend, unit_schedule
+from tests.test_lr_grid import XV, YV, X, Y, init, momentum, noisy
+
+
+class FakeResult:
+    def __init__(self, **suggestions):
+        self.suggestions = suggestions
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("total", [2, 7, 100, 1719])
+def test_shapes_peak_start_and_end(family, total):
+    if family == "one_cycle" and total < 4:  # PyTorch's first phase would be empty
+        with pytest.raises(ValueError, match="pct_start"):
+            build_schedule(family, 0.3, total)
+        return
+    """Every family peaks at peak_lr (never above), starts low, ends at its final lr."""
+    peak = 0.3
+    sched, p = build_schedule(family, peak, total)
+    lr = np.asarray(sched(np.arange(total + 5)), np.float64)
+    assert p["family"] == family and p["total_steps"] == total
+    assert lr.max() <= peak * (1 + 1e-6)
+    assert lr.max() >= peak * 0.95  # reaches (about) the peak even at tiny budgets
+    assert lr[0] == pytest.approx(p["initial_lr"], rel=1e-5, abs=1e-12)
+    np.testing.assert_allclose(lr[total:], lr[total], rtol=0)  # held after the end
+    if family == "one_cycle":
+        assert p["initial_lr"] == pytest.approx(peak / 25)
+        assert lr[total - 1] == pytest.approx(p["final_lr"], rel=1e-4)
+    else:
+        assert lr[total] == 0.0 and p["final_lr"] == 0.0
+        assert p["warmup_steps"] == min(round(0.05 * total), total - 1)
+
+
+def test_shapes_match_their_definitions_at_worked_values():
+    """Each family against a hand-written formula at a few steps (T = 200)."""
+    T, peak = 200, 1.0
+    lin, _ = build_schedule("linear_decay", peak, T)
+    # warmup 10 steps from 0, then linear from 1 at step 10 to 0 at step 200
+    assert float(lin(5)) == pytest.approx(0.5)
+    assert float(lin(105)) == pytest.approx(1 - 95 / 190, rel=1e-6)
+    cos, _ = build_schedule("warmup_cosine", peak, T)
+    assert float(cos(105)) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 95 / 190)), rel=1e-6
+    )
+    w, p = build_schedule("wsd", peak, T)
+    assert p["decay_steps"] == 40
+    assert float(w(100)) == 1.0 and float(w(159)) == 1.0
+    assert float(w(180)) == pytest.approx(0.5, rel=1e-6)
+    oc, _ = build_schedule("one_cycle", peak, 100)
+    assert float(oc(29)) == pytest.approx(1.0) and float(oc(0)) == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unit_schedule_scales_to_the_built_one(family):
+    """A grid member at lr p (p * unit) follows the schedule training builds."""
+    t = np.arange(0, 1000, 7)
+    sched, _ = build_schedule(family, 0.05, 1000)
+    np.testing.assert_allclose(
+        0.05 * np.asarray(unit_schedule(family, 1000)(t)),
+        np.asarray(sched(t)),
+        rtol=2e-7,
+        atol=1e-12,
+    )
+
+
+def test_recommend_applies_the_rule_and_the_overrides():
+    r = FakeResult(knee=0.01, valley=0.004, divergence=0.2)
+    for family in FAMILIES:
+        method, factor = recipes.PEAK_RULES[family]
+        rec = recommend(FakeResult(**{method: 0.01}), 500, family)
+        assert rec.peak_lr == pytest.approx(factor * 0.01)
+        assert rec.params["peak_lr"] == rec.peak_lr and rec.family == family
+        assert np.asarray(rec.schedule(np.arange(500))).max() == pytest.approx(
+            rec.peak_lr, rel=1e-5
+        )
+    auto = recommend(FakeResult(**{recipes.PEAK_RULES[recipes.AUTO_FAMILY][0]: 0.01}),
+                     500)  # fmt: skip
+    assert auto.family == recipes.AUTO_FAMILY
+    assert recommend(r, 500, "wsd", method="valley").peak_lr == 0.004
+    assert recommend(r, 500, "wsd", method="valley", factor=2).peak_lr == 0.008
+    assert recommend(r, 500, "wsd", factor=2.5).factor == 2.5
+    doc = recommend(r, 500, "one_cycle", method="divergence").to_json()
+    assert doc["rule"] == "peak = 1 x divergence (0.2)" and doc["peak_lr"] == 0.2
+    assert doc["initial_lr"] == pytest.approx(0.2 / 25)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: build_schedule("cosine", 0.1, 100), "unknown schedule family"),
+        (lambda: build_schedule("wsd", 0.0, 100), "peak_lr must be"),
+        (lambda: build_schedule("wsd", 0.1, 1), "total_steps must be"),
+        (lambda: build_schedule("wsd", 0.1, 10.0), "total_steps must be"),
+        (lambda: recommend(FakeResult(knee=None), 100), "gave no 'knee'"),
+        (lambda: recommend(FakeResult(knee=0.1), 100, method="nope"), "unknown sugg"),
+        (lambda: recommend(FakeResult(knee=0.1), 100, factor=-1), "factor must be"),
+        (lambda: recommend(object(), 100), "needs a range-test result"),
+        (lambda: recommend(FakeResult(knee=0.1), 100, "auto2"), "unknown schedule"),
+    ],
+)
+def test_bad_input_is_one_clear_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_recipe_grid_equals_one_grid_per_family():
+    """Families trained as one population equal each family's own lr_grid (the
+    single-family grid is checked against a plain loop in test_lr_grid)."""
+    total = 2 * (len(Y) // 32)
+    fams = {
+        "one_cycle": unit_schedule("one_cycle", total),
+        "wsd": unit_schedule("wsd", total),
+        "constant": None,
+    }
+    args = dict(lrs=[0.03, 0.3], key=jax.random.key(3), seeds=2, epochs=2,
+                batch_size=32, preprocess=scale_images)  # fmt: skip
+    together = recipe_grid(noisy, momentum, (X, Y), (XV, YV), families=fams, **args)
+    assert list(together) == list(fams)
+    for name, unit in fams.items():
+        alone = lr_grid(noisy, momentum, (X, Y), (XV, YV), schedule=unit, **args)
+        got = together[name]
+        assert got.config["family"] == name
+        np.testing.assert_allclose(got.applied_lr, alone.applied_lr, rtol=1e-6)
+        np.testing.assert_allclose(got.val_loss, alone.val_loss, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(got.val_accuracy, alone.val_accuracy, atol=0.01)
+        assert got.best_lr == alone.best_lr
+
+
+def test_recipe_grid_refuses_schedule_and_empty_families():
+    with pytest.raises(ValueError, match="not schedule="):
+        recipe_grid(init, optax.sgd, (X, Y), (XV, YV), lrs=[0.1], key=jax.random.key(0),
+                    families={"a": None}, schedule=None)  # fmt: skip
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        recipe_grid(init, optax.sgd, (X, Y), (XV, YV), lrs=[0.1], key=jax.random.key(0),
+                    families={})  # fmt: skip
+
+
+def test_one_cycle_family_is_pytorch_onecycle():
+    """The recipe's one_cycle is PyTorch's OneCycleLR with its defaults."""
+    torch = pytest.importorskip("torch")
+    T = 137
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=T)
+    want = []
+    for _ in range(T):
+        want.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    sched, _ = build_schedule("one_cycle", 0.1, T)
+    np.testing.assert_allclose(np.asarray(sched(np.arange(T))), want, rtol=2e-5)
+    assert schedules.one_cycle is not None
