@@ -27,7 +27,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def fail(prog: str, message: str) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    """Prints ``prog: error: message`` as ONE line on stderr and returns 2.
+
+    Only the first line of ``message`` is printed: an error raised inside traced
+    code carries JAX's multi-line note about filtered frames after it.
+    """
+    first = next((line for line in str(message).splitlines() if line.strip()), "")
+    print(f"{prog}: error: {first}", file=sys.stderr)
     return 2
 
 
