@@ -62,4 +62,4 @@ from lrjax.suggest import find_divergence as find_divergence
 from lrjax.suggest import smooth as smooth
 from lrjax.suggest import suggest as suggest
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
