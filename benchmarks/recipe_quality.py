@@ -302,6 +302,89 @@ def report(doc: dict) -> str:
     return "\n".join(lines)
 
 
+TARGET_REGRET_PP = 0.15  # issue #16: the recommended recipe, in every setting
+
+
+def _setting_name(doc: dict) -> str:
+    s = doc["setting"]
+    wd = "" if s["weight_decay"] is None else f", wd {s['weight_decay']:g}"
+    return (
+        f"{s['model'].upper() if s['model'] == 'cnn' else 'MLP'} {s['optimizer']}, "
+        f"batch {s['batch_size']}{wd}, {s['epochs']} epochs"
+    )
+
+
+def _pp(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def markdown(results: Path) -> str:
+    """The tables of docs/results.md from every ``recipe_*.json`` in ``results``:
+    the recommended recipe's regret per setting (target <= 0.15 pp), and each
+    family's rule and regret. Rendered by benchmarks/report.py."""
+    docs = []
+    for path in sorted(results.glob("recipe_*.json")):
+        doc = json.loads(path.read_text())
+        if "grids" in doc:
+            docs.append((path.name, doc))
+    if not docs:
+        return "(not measured yet)"
+    head = (
+        "| setting | grid (families x peaks x seeds, cost) | best cell | recipe "
+        "(auto) | regret, median / worst seed | target <= "
+        f"{TARGET_REGRET_PP} pp | grid noise | `lrjax-train --lr auto` runs |"
+    )
+    rows = [head, "|" + "---|" * 8]
+    for name, d in docs:
+        g, a, best = d["grid"], d["auto"], d["best"]
+        regret = a["regret_pp"]
+        met = (
+            "-"
+            if regret is None
+            else ("met" if regret <= TARGET_REGRET_PP else "**missed**")
+        )
+        noise = [v["best_stderr_pp"] for v in d["grids"].values()]
+        noise = [v for v in noise if v is not None]
+        train = [r for r in (d.get("train") or {}).get("runs", []) if "error" not in r]
+        runs = "; ".join(
+            f"val {100 * r['val_accuracy']:.2f}% (grid "
+            f"{100 * r['grid_val_accuracy_at_peak']:.2f}%)"
+            if r.get("grid_val_accuracy_at_peak") is not None
+            else f"val {100 * r['val_accuracy']:.2f}% (peak outside the grid)"
+            for r in train
+        )
+        rows.append(
+            f"| {_setting_name(d)}{' (held out)' if d.get('heldout') else ''} "
+            f"(`{name}`) | {len(g['families'])} x {len(g['peaks'])} x {g['seeds']}, "
+            f"{g['wall_s'] / 60:.0f} min | {best['family']} at {best['lr']:.3g}: "
+            f"{100 * best['accuracy']:.2f}% | {a['family']}, {a['factor']:g} x "
+            f"{a['method']} = {a['peak'] or 0:.3g} | {_pp(regret)} / "
+            f"{_pp(a['regret_seed_max_pp'])} pp | {met} | "
+            + (f"{max(noise):.2f} pp" if noise else "-")
+            + f" | {runs or '-'} |"
+        )
+    fams = list(docs[0][1]["grids"])
+    rows += [
+        "",
+        "Each family's rule and its regret (median suggestion; pp below the best cell "
+        "of the whole grid):",
+        "",
+        "| setting | " + " | ".join(fams) + " |",
+        "|---|" + "---|" * len(fams),
+    ]
+    for _name, d in docs:
+        cells = []
+        for f in fams:
+            r = d["rules"][f]
+            g = d["grids"][f]
+            cells.append(
+                f"{r['factor']:g} x {r['method']}: {_pp(r['regret_pp'])} "
+                f"(best {100 * g['best_accuracy']:.2f}% at {g['best_lr']:.3g})"
+            )
+        rows.append(f"| {_setting_name(d)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def fit(paths: list[str], out: str | None) -> int:
     """Refit each family's (method, factor) on the non-held-out settings.
 

@@ -35,6 +35,7 @@ NOT_MEASURED = "(not measured yet)"
 
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
 import finder_quality  # noqa: E402
+import recipe_quality  # noqa: E402
 import sweep_quality  # noqa: E402
 import train_results  # noqa: E402
 
@@ -1465,6 +1466,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "suite": suite,
     "data": _one("data", data),
     "headline": headline,
+    "recipe_quality": recipe_quality.markdown,
 }
 # Each document and its blocks, in the order a new document lists them.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
@@ -1490,6 +1492,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "train_ceiling",
         "train_bench",
         "cnn_results",
+        "recipe_quality",
         "finder_quality",
         "finder_quality_validation",
         "finder_quality_heldout",

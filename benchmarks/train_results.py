@@ -29,6 +29,11 @@ COMMON = ["--epochs", "30", "--batch-size", "32", "--quiet", "--no-plot"]
 
 # name -> (what it tests, extra argv). Every variant tried is listed here.
 VARIANTS = {
+    "recipe_auto": (
+        "the 0.2 default: --lr auto with the default --schedule auto (the "
+        "recommended recipe of lrjax.recipes for 30 epochs), no snapshots",
+        ["--lr", "auto"],
+    ),
     "default": (
         "the PREVIOUS default (until --peak-decay defaulted to 0.8): --lr auto, "
         "SGD, SGDR peak = range test's divergence/2, T0 = 2 epochs, T_mult = 2 "
