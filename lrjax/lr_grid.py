@@ -129,6 +129,48 @@ class GridResult:
             "config": self.config,
         }
 
+    def __repr__(self) -> str:
+        from lrjax.results import short_repr
+
+        lrs = np.asarray(self.lrs)
+        family = self.config.get("family")  # set by recipe_grid
+        fields: dict[str, Any] = {} if family is None else {"family": family}
+        fields |= {
+            "best_lr": self.best_lr,
+            "best_accuracy": self.best_accuracy,
+            "best_by": self.best_by,
+            "lrs": lrs,
+            "lr_range": (float(lrs.min()), float(lrs.max())) if lrs.size else None,
+            "seeds": self.seeds,
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "val_accuracy": self.val_accuracy,
+            "val_metrics": list(self.val_metrics),
+        }
+        return short_repr(type(self).__name__, fields)
+
+    def plot(
+        self, ax: Any = None, suggestions: Mapping[str, float | None] | None = None
+    ) -> Any:
+        """Final validation accuracy vs lr (:func:`lrjax.plot_grid`).
+
+        Args:
+          ax: the matplotlib Axes to draw on (a new figure when None).
+          suggestions: optional ``{method: lr}`` (e.g. a range test's
+            ``suggestions``), each drawn as a vertical line.
+
+        Returns:
+          The matplotlib Axes drawn on.
+        """
+        from lrjax.plots import plot_grid
+
+        return plot_grid(self, ax, suggestions=suggestions)
+
+    def _repr_html_(self) -> str:
+        from lrjax.results import html_with_plot
+
+        return html_with_plot(repr(self), self.plot)
+
 
 def accuracy_at(result: GridResult, lr: float, epoch: int = -1) -> float | None:
     """Mean-over-seeds validation accuracy at ``lr``, interpolated in log lr.

@@ -24,7 +24,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,10 @@ from lrjax.results import (
     check_memory,
     describe_devices,
     estimate_population,
+    html_with_plot,
     json_floats,
     population_mesh,
+    short_repr,
     tree_bytes,
 )
 from lrjax.step import (
@@ -68,6 +70,9 @@ from lrjax.suggest import (
     recommend,
     suggest,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 MODES = ("exponential", "linear")
 MAX_CHUNK_STEPS = 4096  # bounds a chunk's inputs, whatever the sweep length
@@ -134,6 +139,43 @@ class RangeTestResult:
             **extra,
         }
 
+    def __repr__(self) -> str:
+        fields = {
+            "suggested_lr": self.suggested_lr,
+            "method": self.method,
+            "diverged_at_lr": self.diverged_at_lr,
+            "stop_reason": self.stop_reason,
+            "steps_run": self.steps_run,
+            "seeds": self.seeds,
+            "lrs": self.lrs,
+            "losses": self.losses,
+            "metrics": list(self.metrics),
+        }
+        if self.sweep is not None:
+            sw = self.sweep
+            fields["sweep"] = f"{sw.name}: {len(sw.values)} values" + (
+                "" if sw.value is None else f", best {sw.value:g} at lr {sw.lr:.4g}"
+            )
+        if self.warning is not None:
+            fields["warning"] = self.warning
+        return short_repr(type(self).__name__, fields)
+
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """The loss curve with its suggestions (:func:`lrjax.plot_range_test`).
+
+        Args:
+          ax: the Axes to draw on (a new figure when None).
+
+        Returns:
+          The Axes drawn on.
+        """
+        from lrjax.plots import plot_range_test
+
+        return plot_range_test(self, ax)
+
+    def _repr_html_(self) -> str:
+        return html_with_plot(repr(self), self.plot)
+
 
 @dataclasses.dataclass
 class SweepResult:
@@ -190,6 +232,21 @@ class SweepResult:
             "smoothed_losses": json_floats(self.smoothed_losses),
             "metrics": {k: json_floats(v) for k, v in self.metrics.items()},
         }
+
+    def __repr__(self) -> str:
+        return short_repr(
+            type(self).__name__,
+            {
+                "name": self.name,
+                "values": self.values,
+                "best": self.best,
+                "value": self.value,
+                "lr": self.lr,
+                "suggested_lr": self.suggested_lr,
+                "losses": self.losses,
+                "metrics": list(self.metrics),
+            },
+        )
 
 
 # Values a hyperparameter of this name may take, checked before anything runs.

@@ -1,12 +1,17 @@
-"""Small pieces every result shares: JSON-safe floats, device descriptions, meshes."""
+"""Small pieces every result shares: JSON-safe floats, device descriptions, meshes,
+and the short repr and notebook display of a result."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def json_floats(a: Any) -> Any:
@@ -123,3 +128,70 @@ def check_memory(estimate: dict, flag: str) -> None:
             f"activations), more than the {limit / 2**30:.1f} GiB available; "
             f"lower {flag}"
         )
+
+
+REPR_LIMIT = 400  # characters: a result's repr is a line or two in a notebook
+
+
+def _short(value: Any, items: int = 6) -> str:
+    """One value of :func:`short_repr`: arrays as ``dtype[shape]``, never their data."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{value.dtype}[{','.join(str(d) for d in value.shape)}]"
+    if value is None or isinstance(value, bool | int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, Mapping):
+        parts = [f"{k}: {_short(v, items=3)}" for k, v in list(value.items())[:items]]
+        more = len(value) - items
+        return "{" + ", ".join(parts + ([f"+{more} more"] if more > 0 else [])) + "}"
+    if isinstance(value, list | tuple):
+        parts = [_short(v, items=3) for v in value[:items]]
+        more = len(value) - items
+        text = ", ".join(parts + ([f"+{more} more"] if more > 0 else []))
+        return f"({text})" if isinstance(value, tuple) else f"[{text}]"
+    return type(value).__name__  # a model, a schedule: its name, not its graph
+
+
+def short_repr(name: str, fields: Mapping[str, Any]) -> str:
+    """``name(field=value, ...)`` in at most :data:`REPR_LIMIT` characters.
+
+    Arrays show their dtype and shape, floats 4 significant digits; long strings,
+    lists and mappings are cut short, and any other object shows its type's name.
+    Every result's ``__repr__`` is built here, so that a notebook cell ending in a
+    result prints a line or two, not its arrays.
+
+    >>> short_repr("R", {"lr": 0.0123456, "losses": np.zeros((2, 100), np.float32),
+    ...                  "stop": None, "methods": {"knee": 0.01, "steep": None}})
+    'R(lr=0.01235, losses=float32[2,100], stop=None, methods={knee: 0.01, steep: None})'
+    """
+    text = f"{name}({', '.join(f'{k}={_short(v)}' for k, v in fields.items())})"
+    return text if len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 4] + "...)"
+
+
+def html_with_plot(text: str, plot: Callable[[Axes], Any]) -> str:
+    """A result's notebook display: its short repr above its plot, as HTML.
+
+    ``plot(ax)`` draws on a figure of its own (``matplotlib.figure.Figure``, not
+    pyplot's current figure, so nothing else is shown twice or left open); the
+    figure is embedded as a PNG.
+    """
+    import base64
+    import html
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0))
+    plot(fig.subplots())
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72, bbox_inches="tight")
+    png = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (
+        f"<pre>{html.escape(text)}</pre>"
+        f'<img src="data:image/png;base64,{png}" alt="plot">'
+    )
