@@ -36,6 +36,7 @@ NOT_MEASURED = "(not measured yet)"
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
 import finder_quality  # noqa: E402
 import recipe_quality  # noqa: E402
+import short_budget  # noqa: E402
 import sweep_quality  # noqa: E402
 import train_results  # noqa: E402
 
@@ -1467,6 +1468,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "data": _one("data", data),
     "headline": headline,
     "recipe_quality": recipe_quality.markdown,
+    "short_budget": short_budget.markdown,
 }
 # Each document and its blocks, in the order a new document lists them.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
@@ -1493,6 +1495,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "train_bench",
         "cnn_results",
         "recipe_quality",
+        "short_budget",
         "finder_quality",
         "finder_quality_validation",
         "finder_quality_heldout",
