@@ -1,4 +1,4 @@
-"""Snapshot ensembles: a stacked buffer carried through training, and its prediction.
+"""Snapshot ensembles and weight averages, both carried through training.
 
 Snapshot Ensembles (Huang et al., ICLR 2017) train one network with cosine
 restarts and keep the model at the end of every cycle, just before the lr jumps
@@ -10,8 +10,15 @@ host branch.
 
 The ensemble averages the SOFTMAX OUTPUTS of the last ``m`` snapshots, each
 member predicting in evaluation mode, computed with ``vmap`` over the leading
-axis. Never average logits or weights: snapshots sit in different basins and
-their weight average is a poor model.
+axis. Never average the logits or the weights of snapshots: they sit in
+different basins and their weight average is a poor model.
+
+Weight averaging (SWA, Izmailov et al. 2018; ``torch.optim.swa_utils``) is the
+other cheap ensemble: a running mean of the weights of ONE trajectory over the
+last part of training, where it stays in one basin (:class:`WeightAverage`,
+updated inside the compiled chunk by :func:`update_average`). The averaged
+weights need BatchNorm statistics of their own: :func:`update_batch_stats`
+(torch's ``update_bn``) re-estimates them with one pass over training data.
 
 ``model`` in the prediction functions is how a member turns inputs into logits:
 
@@ -25,6 +32,7 @@ Inputs ``x`` are what the model takes (already preprocessed, e.g. floats).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -219,3 +227,220 @@ def curve_from_probs(probs, y) -> tuple[np.ndarray, np.ndarray]:
     (:func:`member_probs`), for a caller that needs those outputs too."""
     single, ensemble = _curve(jnp.asarray(probs), jnp.asarray(y))
     return np.asarray(single, np.float64), np.asarray(ensemble, np.float64)
+
+
+# Weight averaging (SWA) --------------------------------------------------------
+
+
+class WeightAverage(NamedTuple):
+    """The running mean of the weights, carried through the compiled chunks."""
+
+    params: Any  # the params' pytree; float leaves kept in at least float32
+    count: jax.Array  # int32[]: weights averaged so far
+
+
+def _mean_dtype(a) -> np.dtype:
+    a = jnp.asarray(a)
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+        return jnp.promote_types(a.dtype, jnp.float32)
+    return a.dtype
+
+
+def init_average(params: Any) -> WeightAverage:
+    """An empty average (``count == 0``) for ``params`` (any pytree).
+
+    Float leaves are averaged in at least float32 (``bfloat16`` params in
+    float32); other leaves hold the last weights taken. The mean starts at
+    zeros: the first :func:`update_average` then gives ``params`` exactly.
+
+    >>> avg = init_average({"w": jnp.ones(2, jnp.bfloat16)})
+    >>> avg.params["w"].dtype, int(avg.count)
+    (dtype('float32'), 0)
+    """
+    return WeightAverage(
+        jax.tree.map(lambda a: jnp.zeros(jnp.shape(a), _mean_dtype(a)), params),
+        jnp.zeros((), jnp.int32),
+    )
+
+
+def update_average(average: WeightAverage, params: Any, take: jax.Array):
+    """Adds ``params`` to the running mean if ``take`` (a traced bool).
+
+    With ``n = average.count``::
+
+        avg <- avg + (params - avg) / (n + 1),    n <- n + 1
+
+    (``torch.optim.swa_utils.AveragedModel``'s default ``avg_fn``), so after
+    ``n`` updates ``avg`` is the mean of the ``n`` weights taken, up to float32
+    rounding. It runs under a ``lax.cond``: a step that is not averaged costs
+    nothing but the branch.
+
+    >>> avg = init_average({"w": jnp.zeros(2)})
+    >>> for w, take in ((1.0, True), (9.0, False), (2.0, True), (6.0, True)):
+    ...     avg = update_average(avg, {"w": jnp.full(2, w)}, jnp.array(take))
+    >>> avg.params["w"].tolist(), int(avg.count)
+    ([3.0, 3.0], 3)
+    """
+    n1 = (average.count + 1).astype(jnp.float32)
+
+    def add(mean):
+        def one(a, p):
+            p = p.astype(a.dtype)
+            if not jnp.issubdtype(a.dtype, jnp.inexact):
+                return p
+            return a + (p - a) / n1.astype(a.dtype)
+
+        return jax.tree.map(one, mean, params)
+
+    new = jax.lax.cond(take, add, lambda m: m, average.params)
+    return WeightAverage(new, average.count + take.astype(jnp.int32))
+
+
+def averaged_params(average: WeightAverage, like: Any) -> Any:
+    """The mean cast to the dtypes of ``like`` (the params it averages)."""
+    return jax.tree.map(lambda a, p: a.astype(p.dtype), average.params, like)
+
+
+# BatchNorm statistics for averaged weights (torch's update_bn) ------------------
+
+
+def has_batch_stats(model_state: Any) -> bool:
+    """Whether a module's non-Param state holds ``nnx.BatchStat`` variables."""
+    if not isinstance(model_state, nnx.State):
+        return False
+    return bool(jax.tree.leaves(nnx.filter_state(model_state, nnx.BatchStat)))
+
+
+def batch_stats_model(spec: Model, params: Any, model_state: Any) -> Model:
+    """``spec`` in training mode with every ``nnx.BatchNorm``'s momentum 0.
+
+    With momentum 0 a BatchNorm's update ``ra = 0 * ra + (1 - 0) * batch_stat``
+    leaves exactly the batch's statistic in its ``mean`` / ``var`` variables.
+
+    Raises:
+      ValueError: an ``nnx.BatchStat`` held by a module that is not an
+        ``nnx.BatchNorm`` (its update rule is unknown, so its statistics cannot
+        be re-estimated).
+    """
+    module = nnx.merge(spec.train_def, params, model_state, copy=True)
+    norms = {
+        tuple(p): m for p, m in nnx.iter_modules(module) if isinstance(m, nnx.BatchNorm)
+    }
+    for path, v in nnx.iter_graph(module):
+        if isinstance(v, nnx.BatchStat) and tuple(path[:-1]) not in norms:
+            where = ".".join(str(p) for p in path)
+            raise ValueError(
+                f"weight averaging re-estimates the statistics of nnx.BatchNorm "
+                f"layers only; the BatchStat {where} belongs to another module"
+            )
+    for m in norms.values():
+        m.momentum = 0.0
+    return Model(nnx.split(module, nnx.Param, ...)[0], spec.eval_def)
+
+
+class StatsPass(NamedTuple):
+    """The state of a BatchNorm re-estimation pass (:func:`stats_pass_step`)."""
+
+    model_state: Any  # the module's state as the pass leaves it (rngs advance)
+    mean: Any  # nnx.State of the BatchStat variables: mean over the batches
+    count: jax.Array  # int32[]: batches seen
+
+
+def stats_pass_init(model_state: Any) -> StatsPass:
+    """The pass's start: statistics reset to zero (``reset_running_stats``)."""
+    stats, rest = nnx.split_state(model_state, nnx.BatchStat, ...)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, _mean_dtype(a)), stats)
+    start = nnx.merge_state(jax.tree.map(jnp.zeros_like, stats), rest)
+    return StatsPass(start, zeros, jnp.zeros((), jnp.int32))
+
+
+def stats_pass_step(
+    stats_spec: Model, forward: Callable, params: Any, carry: StatsPass, batch
+) -> StatsPass:
+    """One batch of the pass, in training mode, with ``params`` unchanged.
+
+    ``forward(module, batch)`` runs the module (its output is not used; a loss
+    function will do). ``stats_spec`` (:func:`batch_stats_model`) sets every
+    BatchNorm's momentum to 0, so after the call its variables hold this batch's
+    statistics ``s_k`` exactly; they are added to the running mean of the
+    ``k``-th batch ``m_k = m_{k-1} + (s_k - m_{k-1}) / k``. Deeper layers are
+    normalised with their batch's statistics in training mode, not with the
+    running ones, so every ``s_k`` is what the module computes in training.
+    """
+    bound = stats_spec.bind(params, carry.model_state, train=True)
+    forward(bound, batch)
+    model_state = stats_spec.state_of(bound, carry.model_state)
+    stats = nnx.filter_state(model_state, nnx.BatchStat)
+    k = (carry.count + 1).astype(jnp.float32)
+    mean = jax.tree.map(
+        lambda m, s: m + (s.astype(m.dtype) - m) / k.astype(m.dtype), carry.mean, stats
+    )
+    return StatsPass(model_state, mean, carry.count + 1)
+
+
+def stats_pass_state(carry: StatsPass, model_state: Any) -> Any:
+    """``model_state`` with its BatchStat variables replaced by the pass's means
+    (every other variable, e.g. rng streams, as ``model_state`` holds it)."""
+    stats, rest = nnx.split_state(model_state, nnx.BatchStat, ...)
+    mean = jax.tree.map(lambda m, s: m.astype(s.dtype), carry.mean, stats)
+    return nnx.merge_state(mean, rest)
+
+
+def update_batch_stats(
+    model: nnx.Module,
+    batches: Iterable,
+    *,
+    forward: Callable | None = None,
+    preprocess: Callable | None = None,
+) -> nnx.Module:
+    """A copy of ``model`` whose BatchNorm statistics are re-estimated on ``batches``.
+
+    torch's ``swa_utils.update_bn`` with ``momentum=None``: one pass in training
+    mode with the module's params unchanged; each ``nnx.BatchNorm``'s ``mean``
+    and ``var`` become the plain mean over the ``K`` batches of the batch
+    statistics, ``mean = (1/K) sum_k mean_k`` and ``var = (1/K) sum_k var_k``
+    (``var_k`` the biased variance, as ``nnx.BatchNorm`` computes it). Exact:
+    each batch runs with momentum 0, which leaves the batch's own statistics,
+    and the mean over batches is kept outside the module
+    (:func:`stats_pass_step`). One jitted call per batch; the rng streams of
+    the copy are those of ``model`` (Dropout draws in the pass do not advance
+    them).
+
+    Args:
+      model: an ``nnx.Module`` with BatchNorm layers (e.g.
+        ``FitResult.averaged_model``); it is not changed.
+      batches: an iterable of batches.
+      forward: ``forward(module, batch)`` runs the module (default
+        ``module(batch[0])`` for a tuple or list batch, else ``module(batch)``).
+      preprocess: ``batch -> batch`` applied first, in compiled code.
+
+    Raises:
+      ValueError: ``batches`` gave no batch, or a BatchStat outside an
+        ``nnx.BatchNorm`` (:func:`batch_stats_model`).
+
+    >>> bn = nnx.BatchNorm(2, rngs=nnx.Rngs(0))
+    >>> x = jnp.array([[0.0, 1.0], [2.0, 3.0], [4.0, 9.0], [6.0, 11.0]])
+    >>> new = update_batch_stats(bn, [x[:2], x[2:]])
+    >>> new.mean[...].tolist(), new.var[...].tolist()  # means 1, 2 | 5, 10
+    ([3.0, 6.0], [1.0, 1.0])
+    """
+    if forward is None:
+
+        def forward(module, batch):
+            return module(batch[0] if isinstance(batch, tuple | list) else batch)
+
+    spec, params, rest = split_model(model)
+    stats_spec = batch_stats_model(spec, params, rest)
+
+    @jax.jit
+    def step(params, carry, batch):
+        if preprocess is not None:
+            batch = preprocess(batch)
+        return stats_pass_step(stats_spec, forward, params, carry, batch)
+
+    carry = stats_pass_init(rest)
+    for batch in batches:
+        carry = step(params, carry, batch)
+    if not int(carry.count):
+        raise ValueError("update_batch_stats: batches gave no batch")
+    return nnx.merge(nnx.graphdef(model), params, stats_pass_state(carry, rest))

@@ -11,14 +11,23 @@ Batch order of in-memory data: epoch ``e`` (0-based) is
 ``lrjax.batches.batch_indices(fold_in(key, e), N, B, steps_per_epoch * k)``, so a
 resumed run computes the same chunks on the same inputs as an uninterrupted one:
 the checkpoint holds the whole train state (params, optimizer state, BatchNorm
-statistics, rng streams), the best epoch's state, the snapshot buffer and the
-host state (history, early stopping, the partial sums of an unfinished epoch).
-An iterable is read again from its start after a resume (not exact).
+statistics, rng streams), the best epoch's state, the snapshot buffer, the
+weight average and the host state (history, early stopping, the partial sums of
+an unfinished epoch). An iterable is read again from its start after a resume
+(not exact).
+
+Weight averaging (SWA; ``FitConfig.average_start``): the compiled chunk keeps a
+running mean of the params, ``avg <- avg + (params - avg) / (n + 1)`` after
+every averaged update (:func:`lrjax.ensembles.update_average`); at the end the
+averaged weights get BatchNorm statistics of their own from one pass over the
+training data (:func:`lrjax.ensembles.stats_pass_step`) and are evaluated with
+and without them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +47,7 @@ from lrjax.batches import (
     check_batch_size,
     is_arrays,
     leading_size,
+    take,
 )
 from lrjax.hooks import (
     CheckpointError,
@@ -91,6 +101,16 @@ class FitConfig:
       restore_best: return the best epoch's model (default: when patience > 0).
       snapshot_steps: update indices after which the model is snapshotted
         (:func:`lrjax.ensembles.snapshot_steps`); None for none.
+      average_start: weight averaging (SWA): the index ``s`` of the first update
+        after which the params enter a running mean; None (default) for none.
+        The mean takes the params after every update ``t >= s`` with
+        ``(t - s) % average_every == 0``:
+        ``avg <- avg + (params - avg) / (n + 1)``, ``n <- n + 1``, in float32
+        inside the compiled chunk (``torch.optim.swa_utils.AveragedModel``).
+        Only ``nnx.Param`` variables are averaged; BatchNorm statistics are
+        re-estimated for the average at the end (``FitResult.averaged_model``).
+        Must be below the run's ``epochs * steps_per_epoch`` updates.
+      average_every: average every this many updates from ``average_start``.
       chunks_per_epoch: compiled chunks per epoch (host actions run between).
       log_every: TensorBoard's ``train/*`` scalars every this many updates.
       loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
@@ -122,6 +142,8 @@ class FitConfig:
     monitor_mode: str | None = None
     restore_best: bool | None = None
     snapshot_steps: Any = None
+    average_start: int | None = None
+    average_every: int = 1
     chunks_per_epoch: int = 8
     log_every: int = 10
     loop: str = "auto"
@@ -144,6 +166,18 @@ class FitResult:
     ``model_state``; for a pure model it is the params pytree. ``snapshots`` are
     ``(params, model_state)`` stacked ``[m, ...]``, for
     :func:`lrjax.ensemble_curve` with ``spec``.
+
+    With ``FitConfig.average_start``, ``averaged_model`` is a new module (or the
+    params pytree) of the weight average ``average_params`` (the mean of
+    ``average_count`` weights, cast to the params' dtypes) and
+    ``average_model_state``: the final ``model_state`` whose BatchNorm
+    statistics were re-estimated for the averaged weights with one pass of
+    ``average_bn_batches`` training batches (0: no BatchNorm, or an iterable
+    that gave no batch again). ``average_val`` / ``average_test`` are its
+    metrics on ``val_data`` / ``test_data``; with BatchNorm, ``*_no_bn`` are
+    those of the same weights with the final training statistics (no
+    re-estimation). None when averaging is off, nothing was averaged, or the
+    run was interrupted (``average_count`` still says how far it got).
     """
 
     model: Any
@@ -165,11 +199,22 @@ class FitResult:
     test: dict[str, float] | None = None  # eval metrics of ``model`` on test_data
     snapshot_test_accuracy: list[float] | None = None
     ensemble_curve: list[float] | None = None  # last-m ensembles, m = 1..M
+    averaged_model: Any = None  # the weight average, BatchNorm re-estimated
+    average_params: Any = None
+    average_model_state: Any = None
+    average_start: int | None = None  # first update index averaged
+    average_count: int = 0  # weights averaged
+    average_bn_batches: int = 0  # batches of the BatchNorm re-estimation
+    average_val: dict[str, float] | None = None
+    average_test: dict[str, float] | None = None
+    average_val_no_bn: dict[str, float] | None = None  # only with BatchNorm
+    average_test_no_bn: dict[str, float] | None = None  # only with BatchNorm
 
 
 class Carry(NamedTuple):
     state: TrainState
     snaps: ensembles.SnapshotBuffer | None
+    average: ensembles.WeightAverage | None  # None: averaging off (no leaves)
 
 
 def data_mesh(batch_size: int, devices=None) -> jax.sharding.Mesh:
@@ -292,10 +337,16 @@ def _check(cfg: FitConfig) -> FitConfig:
         "log_every",
         "eval_batch_size",
         "max_to_keep",
+        "average_every",
     ):
         v = getattr(cfg, name)
         if not integer(v) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    start = cfg.average_start
+    if start is not None and (not integer(start) or start < 0):
+        raise ValueError(
+            f"average_start must be None or an update index >= 0, got {start!r}"
+        )
     spe = cfg.steps_per_epoch
     if spe is not None and (not integer(spe) or spe < 1):
         raise ValueError(
@@ -448,6 +499,19 @@ def fit(
         if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:
             raise ValueError(f"steps_per_epoch must be an integer >= 1, got {spe!r}")
 
+    total = cfg.epochs * spe
+    avg_start, avg_every = cfg.average_start, cfg.average_every
+    averaging = avg_start is not None
+    if averaging and avg_start >= total:
+        raise ValueError(
+            f"average_start {avg_start} is past the last update of the run "
+            f"({total} updates: {cfg.epochs} epochs of {spe}); use an index in "
+            f"[0, {total})"
+        )
+    stats_spec = None
+    if averaging and spec.is_module and ensembles.has_batch_stats(rest):
+        stats_spec = ensembles.batch_stats_model(spec, params, rest)
+
     tx = make_optimizer(optimizer, cfg.learning_rate)
     snap_dev = None if snap_steps is None else jnp.asarray(snap_steps, jnp.int32)
 
@@ -459,11 +523,15 @@ def fit(
 
         def carry_step(carry: Carry, batch):
             state, metrics = step(carry.state, batch)
-            snaps = carry.snaps
+            snaps, average = carry.snaps, carry.average
             if snaps is not None:
                 take = jnp.any(snap_dev == state.step - 1)
                 snaps = ensembles.write(snaps, (state.params, state.model_state), take)
-            return Carry(state, snaps), metrics
+            if average is not None:
+                t = state.step - 1  # the update just applied
+                take = (t >= avg_start) & ((t - avg_start) % avg_every == 0)
+                average = ensembles.update_average(average, state.params, take)
+            return Carry(state, snaps, average), metrics
 
         return carry_step
 
@@ -472,7 +540,8 @@ def fit(
     def init(p, r):
         state = init_state(p, r, tx)
         snaps = ensembles.init_buffer((p, r), num_snaps) if num_snaps else None
-        return Carry(state, snaps), (p, r)
+        average = ensembles.init_average(p) if averaging else None
+        return Carry(state, snaps, average), (p, r)
 
     # Fresh buffers: the carry is donated, never the caller's arrays.
     carry, best_state = jax.jit(init, out_shardings=rep)(fresh(params), fresh(rest))
@@ -489,7 +558,12 @@ def fit(
     run = Run(
         steps_per_epoch=spe,
         epochs=cfg.epochs,
-        signature={"steps_per_epoch": spe, "num_snapshots": num_snaps},
+        signature={
+            "steps_per_epoch": spe,
+            "num_snapshots": num_snaps,
+            # None when off: checkpoints from before averaging existed still match
+            "average": [avg_start, avg_every] if averaging else None,
+        },
         carry=carry,
         best_state=best_state,
     )
@@ -527,7 +601,6 @@ def fit(
             ckpt.restore(run)
         for h in actions:
             h.start(run)
-        total = cfg.epochs * spe
         plan = (
             []
             if run.stopped_early
@@ -583,6 +656,26 @@ def fit(
             single, ens = ensembles.ensemble_curve(spec, result.snapshots, xt, yt)
             result.snapshot_test_accuracy = single.tolist()
             result.ensemble_curve = ens.tolist()
+    if averaging:
+        t0 = time.perf_counter()
+        result.average_start = avg_start
+        stats_pass = None
+        if stats_spec is not None:
+            stats_pass = functools.partial(
+                _stats_pass, stats_spec, loss_fn, preprocess, constrain, source,
+                program.loop, spe=spe, k=k, chunks=cfg.chunks_per_epoch,
+            )  # fmt: skip
+        _finish_average(
+            result,
+            run.carry,
+            spec,
+            graphdef,
+            evaluator,
+            val_data,
+            test_data,
+            stats_pass,
+        )
+        average_s = time.perf_counter() - t0
     result.timings = {
         "compile_s": program.compile_s,
         "run_s": float(sum(epoch_times)),
@@ -591,7 +684,119 @@ def fit(
         "total_s": time.perf_counter() - t_start,
         "loop": program.loop,
     }
+    if averaging:
+        result.timings["average_s"] = average_s  # BatchNorm pass and evaluations
     return result
+
+
+def _finish_average(
+    result: FitResult,
+    carry: Carry,
+    spec: Model,
+    graphdef,
+    evaluator: Evaluator,
+    val_data,
+    test_data,
+    stats_pass: Callable | None,
+) -> None:
+    """Fills ``result``'s ``average_*`` fields from the carried weight average.
+
+    ``stats_pass(params, model_state) -> (model_state, batches)`` re-estimates
+    the BatchNorm statistics (:func:`_stats_pass`); None without BatchNorm.
+    """
+    state = carry.state
+    result.average_count = int(carry.average.count)
+    if result.interrupted or not result.average_count:
+        return
+    params = ensembles.averaged_params(carry.average, state.params)
+    model_state = state.model_state
+    if stats_pass is not None:
+        no_bn = model_state
+        model_state, result.average_bn_batches = stats_pass(params, no_bn)
+        if val_data is not None:
+            result.average_val_no_bn = evaluator(params, no_bn, val_data)
+        if test_data is not None:
+            result.average_test_no_bn = evaluator(params, no_bn, test_data)
+    if val_data is not None:
+        result.average_val = evaluator(params, model_state, val_data)
+    if test_data is not None:
+        result.average_test = evaluator(params, model_state, test_data)
+    result.average_params, result.average_model_state = params, model_state
+    result.averaged_model = (
+        nnx.merge(graphdef, params, model_state) if spec.is_module else params
+    )
+
+
+def _stats_pass(
+    stats_spec: Model,
+    loss_fn: LossFn,
+    preprocess,
+    constrain,
+    source,
+    loop: str,
+    params,
+    model_state,
+    *,
+    spe: int,
+    k: int,
+    chunks: int,
+) -> tuple[Any, int]:
+    """BatchNorm statistics of ``params`` from one epoch of training batches.
+
+    In-memory data: the micro-batches of epoch 0 (the key's first batch order);
+    an iterable: its next ``spe * k`` batches (a list or a loader starts over; a
+    one-shot generator gives none, and the statistics are left as they are).
+    Each batch runs ``loss_fn`` in training mode through ``stats_spec``
+    (:func:`lrjax.ensembles.batch_stats_model`: momentum 0, so the module holds
+    the batch's statistics), and the statistics are the plain mean over the
+    batches, as ``torch.optim.swa_utils.update_bn`` with ``momentum=None``. The
+    chunks run like the training's (``loop``: scanned, or one batch per call).
+
+    Returns:
+      ``(model_state with the new statistics, number of batches)``.
+    """
+    gathers = source.gathers
+
+    def one(carry, params, data, x):
+        batch = take(data, x) if gathers else x
+        if constrain is not None:
+            batch = constrain(batch)
+        if preprocess is not None:
+            batch = preprocess(batch)
+        return ensembles.stats_pass_step(stats_spec, loss_fn, params, carry, batch)
+
+    def flat(xs):  # [C, k, B, ...] -> [C * k, B, ...]: every micro-batch
+        return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), xs) if k > 1 else xs
+
+    if loop == "dispatch":  # one batch per call (a conv on XLA:CPU)
+        flat_jit, one_jit = jax.jit(flat), jax.jit(one)
+
+        def run_chunk(carry, params, data, xs):
+            xs = flat_jit(xs)
+            for i in range(jax.tree.leaves(xs)[0].shape[0]):
+                x = jax.tree.map(lambda a, i=i: a[i], xs)
+                carry = one_jit(carry, params, data, x)
+            return carry
+
+    else:
+
+        @jax.jit
+        def run_chunk(carry, params, data, xs):
+            def body(c, x):
+                return one(c, params, data, x), None
+
+            return jax.lax.scan(body, carry, flat(xs))[0]
+
+    carry = ensembles.stats_pass_init(model_state)
+    for lo, hi in epoch_plan(0, spe, spe, chunks):
+        xs = source.chunk(lo, hi)
+        if xs is None:
+            break
+        carry = run_chunk(carry, params, source.data, xs)
+    count = int(carry.count)
+    if not count:
+        return model_state, 0
+    return ensembles.stats_pass_state(carry, model_state), count
 
 
 def _accumulate(partial: dict[str, Any], metrics: dict[str, np.ndarray]) -> None:

@@ -48,7 +48,7 @@ class Run:
     steps_per_epoch: int
     epochs: int
     signature: dict[str, Any]  # what a resumed run must share with the saved one
-    carry: Any = None  # Carry(TrainState, SnapshotBuffer | None)
+    carry: Any = None  # Carry(TrainState, SnapshotBuffer | None, WeightAverage | None)
     best_state: Any = None  # (params, model_state) of the best epoch
     step: int = 0  # completed updates
     epoch: int = 0  # completed epochs
@@ -309,8 +309,9 @@ class Checkpoints(Hook):
     """Orbax checkpoints of the whole run: ``latest/`` and ``best/``.
 
     ``latest/<step>`` (``max_to_keep`` of them) holds the carry (the train state
-    with the model state, rng streams included, and the snapshot buffer), the best
-    epoch's state and the host state (:meth:`Run.host_state`); it is written after
+    with the model state, rng streams included, the snapshot buffer and the weight
+    average with its count), the best epoch's state and the host state
+    (:meth:`Run.host_state`); it is written after
     every epoch and when a hook stops the run. ``best/<step>`` holds the best
     epoch's ``(params, model_state)``. :meth:`restore` makes a resumed run compute
     what an uninterrupted one does.

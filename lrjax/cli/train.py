@@ -203,6 +203,15 @@ def build_parser() -> ArgumentParser:
         metavar="M",
         help="snapshot ensemble of the last M cycle ends (a cyclic schedule)",
     )
+    a(
+        "--average-from",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="weight averaging (SWA): a running mean of the weights after every "
+        "update from this fraction of the run on (0.75: the last 25%%), BatchNorm "
+        "statistics re-estimated for it; in [0, 1) (default: off)",
+    )
     a("--seed", type=int, default=0)
     a("--logdir", default=None, help="output directory (default runs/train-*)")
     a("--resume", action="store_true", help="continue from --logdir's checkpoint")
@@ -223,7 +232,8 @@ def build_parser() -> ArgumentParser:
         "--save-probs",
         action="store_true",
         help="write test_probs.npy: the final model's softmax outputs on the test "
-        "split, float32 [N, classes] (to ensemble independent runs)",
+        "split, float32 [N, classes] (to ensemble independent runs); with "
+        "--average-from also test_probs_average.npy, the weight average's",
     )
     a("--json", action="store_true", help="print metrics.json to stdout")
     a("--quiet", action="store_true", help="no progress bar or epoch lines")
@@ -270,6 +280,11 @@ def _check(args) -> None:
         raise UsageError(
             f"--snapshots needs a cyclic schedule ({', '.join(CYCLIC)}), "
             f"got --schedule {args.schedule}"
+        )
+    f = args.average_from
+    if f is not None and not 0 <= f < 1:
+        raise UsageError(
+            f"--average-from must be a fraction of the run in [0, 1), got {f:g}"
         )
     if args.resume and args.force:
         raise UsageError("--resume and --force exclude each other")
@@ -572,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
             + "\n",
         )
     sched, sched_desc, snap_steps = make_schedule(args, peak, steps_per_epoch)
+    average_start = None
+    if args.average_from is not None:  # the first update index averaged
+        total = args.epochs * steps_per_epoch
+        average_start = min(round(args.average_from * total), total - 1)
     recipe_doc = (finder_doc or {}).get("recipe")
     if recipe_doc:
         sched_desc.update(
@@ -614,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         patience=args.patience,
         monitor=args.monitor,
         snapshot_steps=snap_steps,
+        average_start=average_start,
         chunks_per_epoch=args.chunks,
         logdir=out,
         checkpoint_dir=out / "checkpoints",
@@ -689,12 +709,32 @@ def main(argv: list[str] | None = None) -> int:
             if curve
             else None
         )
+    average = None
+    if average_start is not None:
+
+        def accuracy(ev):
+            return ev.get("accuracy") if ev else None
+
+        average = metrics["average"] = {
+            "start_step": average_start,
+            "count": result.average_count,
+            "bn_batches": result.average_bn_batches,
+            "val_accuracy": accuracy(result.average_val),
+            "test_accuracy": accuracy(result.average_test),
+            # None without BatchNorm: nothing to re-estimate
+            "val_accuracy_no_bn_update": accuracy(result.average_val_no_bn),
+            "test_accuracy_no_bn_update": accuracy(result.average_test_no_bn),
+        }
     if args.save_probs and len(ds.y_test):
         import io
 
-        buf = io.BytesIO()
-        np.save(buf, softmax_outputs(result.model, ds.x_test, scale_images))
-        write_atomic(out / "test_probs.npy", buf.getvalue())
+        probs = {"test_probs.npy": result.model}
+        if result.averaged_model is not None:
+            probs["test_probs_average.npy"] = result.averaged_model
+        for name, m in probs.items():
+            buf = io.BytesIO()
+            np.save(buf, softmax_outputs(m, ds.x_test, scale_images))
+            write_atomic(out / name, buf.getvalue())
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if not args.no_plot:
         _plot(metrics, out)
@@ -707,6 +747,16 @@ def main(argv: list[str] | None = None) -> int:
             + (
                 f"  ensemble({len(curve)}) {metrics['ensemble_test_accuracy']:.4f}"
                 if snap_steps is not None and curve
+                else ""
+            )
+            + (
+                f"  average({average['count']}) {average['test_accuracy']:.4f}"
+                + (
+                    f" (no BN update {average['test_accuracy_no_bn_update']:.4f})"
+                    if average["test_accuracy_no_bn_update"] is not None
+                    else ""
+                )
+                if average and average["test_accuracy"] is not None
                 else ""
             )
             + f"  best epoch {result.best_epoch}  epochs {result.epochs_run}"
