@@ -15,6 +15,7 @@ from lrjax.ensembles import ensemble_predict as ensemble_predict
 from lrjax.ensembles import init_buffer as init_buffer
 from lrjax.ensembles import member_probs as member_probs
 from lrjax.ensembles import snapshot_steps as snapshot_steps
+from lrjax.ensembles import update_batch_stats as update_batch_stats
 from lrjax.fit import CheckpointError as CheckpointError
 from lrjax.fit import FitConfig as FitConfig
 from lrjax.fit import FitResult as FitResult

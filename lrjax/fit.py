@@ -210,6 +210,51 @@ class FitResult:
     average_val_no_bn: dict[str, float] | None = None  # only with BatchNorm
     average_test_no_bn: dict[str, float] | None = None  # only with BatchNorm
 
+    def __repr__(self) -> str:
+        from lrjax.results import short_repr
+
+        last = self.history[-1] if self.history else {}
+        fields: dict[str, Any] = {
+            "epochs_run": self.epochs_run,
+            "step": self.step,
+            "best_epoch": self.best_epoch,
+            "stop_reason": self.stop_reason,
+            "val_accuracy": last.get("val_accuracy"),
+            "val_loss": last.get("val_loss"),
+            "test": self.test,
+        }
+        if self.snapshot_steps:
+            fields["snapshots"] = len(self.snapshot_steps)
+            fields["ensemble_curve"] = self.ensemble_curve
+        if self.average_start is not None:
+            fields["average_count"] = self.average_count
+            fields["average_test"] = self.average_test
+        fields["model"] = self.model  # its type's name, never the graph
+        return short_repr("FitResult", fields)
+
+    def plot(self, ax: Any = None) -> Any:
+        """Loss and accuracy per epoch with the lr (:func:`lrjax.plot_learning_curves`).
+
+        Args:
+          ax: one matplotlib Axes (accuracy only), a pair ``(loss_ax, acc_ax)``,
+            or None for a new figure with both.
+
+        Returns:
+          The accuracy Axes.
+        """
+        from lrjax.plots import plot_learning_curves
+
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+        return plot_learning_curves(self.history, ax)
+
+    def _repr_html_(self) -> str:
+        from lrjax.results import html_with_plot
+
+        return html_with_plot(repr(self), self.plot)
+
 
 class Carry(NamedTuple):
     state: TrainState

@@ -22,7 +22,7 @@ PUBLIC = {
     "suggest", "triangular", "triangular2",
     # 0.2: the recipe schedules and the recommendation
     "linear_decay", "one_cycle", "one_cycle_momentum", "warmup_cosine", "wsd",
-    "Recipe", "recommend", "recipe_grid", "plot_recipe_grid",
+    "Recipe", "recommend", "recipe_grid", "plot_recipe_grid", "update_batch_stats",
 }  # fmt: skip
 
 

@@ -193,3 +193,26 @@ def test_notebook_display_is_the_repr_and_a_png(which, range_result, grid_result
     assert png is not None
     assert base64.b64decode(png.group(1)).startswith(b"\x89PNG\r\n\x1a\n")
     assert len(page) < 150_000  # a small inline image, not a full-size figure
+
+
+def test_fit_result_repr_plot_and_display(tmp_path):
+    """FitResult: a short line with the key numbers and the model's type only
+    (never the NNX graph), plot() draws the history, and the notebook display."""
+    from flax import nnx
+
+    x = np.random.default_rng(0).normal(size=(128, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    config = lrjax.FitConfig(epochs=2, batch_size=16, learning_rate=0.1,
+                             average_start=4)  # fmt: skip
+    r = lrjax.fit(model, optax.sgd, (x, y), key=jax.random.key(0), config=config,
+                  val_data=(x, y), test_data=(x, y))  # fmt: skip
+    text = repr(r)
+    assert_short(text, r)
+    assert "model=Linear" in text and "kernel" not in text and "Param" not in text
+    assert f"epochs_run={r.epochs_run}" in text and "average_count=" in text
+    assert f"val_accuracy={r.history[-1]['val_accuracy']:.4g}" in text
+    ax = r.plot()
+    assert list(ax.lines[0].get_xdata()) == [h["epoch"] for h in r.history]
+    html = r._repr_html_()
+    assert html.startswith("<pre>FitResult(") and "data:image/png;base64," in html
