@@ -102,8 +102,11 @@ def summarize(done: dict[int, dict], runs: Path, argv: list[str]) -> dict:
             "val_accuracy": m["val_accuracy"],
             "lr": m["lr"],
             "lr_method": (m.get("lr_finder") or {}).get("method"),
+            "average": m.get("average"),  # --average-from: the weight average
             "schedule": {
                 "name": m["schedule"]["name"],
+                "family": m["schedule"].get("family"),  # a recipe's family
+                "rule": m["schedule"].get("rule"),
                 "cycle_ends_epochs": [
                     round((e + 1) * m["epochs_run"] / m["history"][-1]["step"], 3)
                     for e in m["schedule"]["cycle_ends"]

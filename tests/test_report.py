@@ -92,8 +92,19 @@ def test_sections_not_measured_yet_and_then_measured(report, tmp_path):
         )
     )
     assert [r.split(" | ")[1] for r in rows] == [first, "cosine_restarts (5, 10)"]
-    assert table.count(report.NOT_MEASURED) == 1  # cnn_results_huang.json only
+    assert table.count(report.NOT_MEASURED) == 2  # the huang and auto files
     assert "`cnn_results_huang.json`: (not measured yet)" in table
+    assert "`cnn_results_auto.json`: (not measured yet)" in table
+    # a recipe run shows its family and is held to issue #16's target
+    for seed in cnn["per_seed"].values():
+        seed["schedule"] = {"name": "auto", "family": "one_cycle"}
+    (results / "cnn_results_auto.json").write_text(json.dumps(cnn))
+    row = next(
+        line
+        for line in report.BLOCKS["cnn_results"](results).splitlines()
+        if line.startswith("| `cnn_results_auto")
+    )
+    assert " | one_cycle (`auto`) | " in row and "92.90%: missed" in row
     finder = report.BLOCKS["finder_quality_cnn"](results)
     assert "model `cnn`" in finder and "| knee | **" in finder
     assert "**(recommended)**" in report.BLOCKS["sweep_cnn"](results)
