@@ -94,7 +94,7 @@ def score(grid, lrs_per_seed, epoch=-1):
     import numpy as np
 
     from lrjax.lr_grid import accuracy_at
-    from lrjax.suggest import median
+    from lrjax.suggestions import median
 
     best = float(np.max(np.mean(grid.val_accuracy[:, :, epoch], axis=1)))
     med = median(lrs_per_seed)
@@ -184,7 +184,7 @@ def knee_family(rt) -> dict:
     its two constants were chosen from (``knee{descent}@{toward}``)."""
     import numpy as np
 
-    from lrjax.suggest import suggest
+    from lrjax.suggestions import suggest
 
     smoothed = np.atleast_2d(rt.smoothed_losses)
     out = {}

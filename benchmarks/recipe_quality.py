@@ -394,7 +394,7 @@ def fit(paths: list[str], out: str | None) -> int:
     regret. Held-out settings are scored with the fitted rules, separately.
     """
     from lrjax.recipes import FAMILIES
-    from lrjax.suggest import METHODS
+    from lrjax.suggestions import METHODS
 
     docs = [json.loads(Path(p).read_text()) for p in paths]
     docs = [d for d in docs if "grids" in d]

@@ -40,7 +40,7 @@ import short_budget  # noqa: E402
 import sweep_quality  # noqa: E402
 import train_results  # noqa: E402
 
-from lrjax.suggest import DEFAULT_METHOD, METHODS  # noqa: E402
+from lrjax.suggestions import DEFAULT_METHOD, METHODS  # noqa: E402
 
 # The issue's targets: specifications, not measurements (a target that a
 # benchmark writes into its JSON is read from there instead).
@@ -1114,7 +1114,7 @@ def _knee_name(descent: float, toward: float) -> str:
 
 def finder_knee_scan(results: Path) -> str:
     """Each (descent, toward) pair of the knee rule: worst regret over settings."""
-    from lrjax.suggest import KNEE_DESCENT, KNEE_TOWARD_DIVERGENCE
+    from lrjax.suggestions import KNEE_DESCENT, KNEE_TOWARD_DIVERGENCE
 
     parts = []
     for name, d in _finder_docs(results).items():

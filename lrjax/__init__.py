@@ -58,9 +58,9 @@ from lrjax.step import classification_loss as classification_loss
 from lrjax.step import make_optimizer as make_optimizer
 from lrjax.step import make_step as make_step
 from lrjax.step import split_model as split_model
-from lrjax.suggest import METHODS as METHODS
-from lrjax.suggest import find_divergence as find_divergence
-from lrjax.suggest import smooth as smooth
-from lrjax.suggest import suggest as suggest
+from lrjax.suggestions import METHODS as METHODS
+from lrjax.suggestions import find_divergence as find_divergence
+from lrjax.suggestions import smooth as smooth
+from lrjax.suggestions import suggest as suggest
 
 __version__ = "0.2.0"

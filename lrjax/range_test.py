@@ -3,7 +3,7 @@
 The lr grows from ``init_value`` to ``end_value`` while the model trains through
 the one step (:func:`lrjax.step.make_step`); the loss of every batch is recorded
 BEFORE its update. The sweep runs as compiled chunks (:mod:`lrjax.loop`); between
-chunks the host smooths the losses, checks for divergence (:mod:`lrjax.suggest`)
+chunks the host smooths the losses, checks for divergence (:mod:`lrjax.suggestions`)
 and stops once every seed has diverged. The caller's model is never changed: the
 sweep trains copies of its arrays.
 
@@ -15,7 +15,7 @@ approach to neural network hyper-parameters"): the optimizer factory is called a
 state (``opt_state.hyperparams["weight_decay"]``), not a constant of the
 program. With ``seeds`` on top the population is values x seeds members; member
 ``(v, s)`` uses seed ``s``'s initialisation and batch order, so values are
-compared on equal footing. :func:`lrjax.suggest.recommend` picks the value.
+compared on equal footing. :func:`lrjax.suggestions.best_sweep_value` picks the value.
 """
 
 from __future__ import annotations
@@ -58,16 +58,16 @@ from lrjax.step import (
     make_step,
     split_model,
 )
-from lrjax.suggest import (
+from lrjax.suggestions import (
     DEFAULT_METHOD,
     METHODS,
     SWEEP_TOLERANCE,
     DivergenceTracker,
     Smoother,
+    best_sweep_value,
     curve_minimum,
     median,
     pick,
-    recommend,
     suggest,
 )
 
@@ -188,7 +188,7 @@ class SweepResult:
     (the chosen method's), ``diverged_at_lr[i]``, ``diverged_at_step[i]`` (per
     seed), ``min_loss[i]`` (median over seeds of the lowest smoothed loss before
     divergence) and ``spread[i]`` (as :class:`RangeTestResult`'s). ``best`` is the
-    index :func:`lrjax.suggest.recommend` picks, ``value`` and ``lr`` the
+    index :func:`lrjax.suggestions.best_sweep_value` picks, ``value`` and ``lr`` the
     recommended pair (None when no value gave a usable curve).
     """
 
@@ -621,10 +621,11 @@ def lr_range_test(
     Returns:
       A :class:`RangeTestResult`. With ``sweep_over``, ``sweep`` is a
       :class:`SweepResult` holding every value's curves, suggestions, divergence
-      and the recommended ``(value, lr)`` (:func:`lrjax.suggest.recommend`), and
-      the other fields describe the recommended value's sweep (the first value's
-      when none is recommended), so the result reads like a plain range test run
-      at that value: ``suggested_lr`` is the recommended lr.
+      and the recommended ``(value, lr)``
+      (:func:`lrjax.suggestions.best_sweep_value`), and the other fields describe
+      the recommended value's sweep (the first value's when none is recommended),
+      so the result reads like a plain range test run at that value:
+      ``suggested_lr`` is the recommended lr.
 
     Raises:
       ValueError, TypeError: a bad argument, naming it and what is allowed.
@@ -829,7 +830,7 @@ def lr_range_test(
     sweep_result = None
     shown = 0  # the value whose sweep the top-level fields describe
     if values is not None:
-        best = recommend(
+        best = best_sweep_value(
             [p["min_loss"] for p in per_value],
             [p["diverged_at_lr"] for p in per_value],
             [p["suggested_lr"] for p in per_value],

@@ -18,7 +18,12 @@ import pytest
 import lrjax
 from lrjax.batches import scale_images
 from lrjax.range_test import check_sweep, sweepable
-from lrjax.suggest import curve_minimum, find_divergence, recommend, smooth
+from lrjax.suggestions import (
+    best_sweep_value,
+    curve_minimum,
+    find_divergence,
+    smooth,
+)
 
 from .conftest import make_images
 
@@ -71,7 +76,7 @@ def test_the_lowest_loss_wins_when_it_is_clearly_lower():
     lrs = np.logspace(-5, 1, 601)
     built = [(0.50, 1.0), (0.30, 0.1), (0.40, 3.0)]  # (floor, blow-up lr)
     lows, divs = zip(*(scores(lrs, curve(lrs, *b)) for b in built), strict=True)
-    assert recommend(lows, divs, [0.01] * 3) == 1
+    assert best_sweep_value(lows, divs, [0.01] * 3) == 1
 
 
 def test_a_tie_in_loss_goes_to_the_value_stable_to_the_highest_lr():
@@ -79,27 +84,27 @@ def test_a_tie_in_loss_goes_to_the_value_stable_to_the_highest_lr():
     lrs = np.logspace(-5, 1, 601)
     built = [(0.300, 0.1), (0.301, 1.0), (0.3015, 0.3), (0.5, 5.0)]
     lows, divs = zip(*(scores(lrs, curve(lrs, *b)) for b in built), strict=True)
-    assert recommend(lows, divs, [0.01] * 4) == 1  # within 1% of 0.300
-    assert recommend(lows, divs, [0.01] * 4, tolerance=0.0) == 0
-    assert recommend(lows, divs, [0.01] * 4, tolerance=1.0) == 3  # all tied
+    assert best_sweep_value(lows, divs, [0.01] * 4) == 1  # within 1% of 0.300
+    assert best_sweep_value(lows, divs, [0.01] * 4, tolerance=0.0) == 0
+    assert best_sweep_value(lows, divs, [0.01] * 4, tolerance=1.0) == 3  # all tied
 
 
 def test_never_diverging_is_the_most_stable_and_ties_fall_to_the_first():
-    assert recommend([0.3, 0.3, 0.3], [1.0, None, 2.0], [0.1, 0.1, 0.1]) == 1
-    assert recommend([0.3, 0.3], [None, None], [0.1, 0.1]) == 0
+    assert best_sweep_value([0.3, 0.3, 0.3], [1.0, None, 2.0], [0.1, 0.1, 0.1]) == 1
+    assert best_sweep_value([0.3, 0.3], [None, None], [0.1, 0.1]) == 0
     # equal divergence: the lower minimum, even inside the tolerance
-    assert recommend([0.301, 0.300], [1.0, 1.0], [0.1, 0.1]) == 1
+    assert best_sweep_value([0.301, 0.300], [1.0, 1.0], [0.1, 0.1]) == 1
 
 
 def test_values_without_a_usable_curve_are_skipped():
     # value 0 has the lowest loss but no suggested lr; value 1 is NaN throughout
-    assert recommend([0.1, None, 0.5], [1.0, None, 1.0], [None, None, 0.2]) == 2
-    assert recommend([0.1, 0.5], [1.0, 2.0], [None, None]) == 0  # none has one
-    assert recommend([None, float("nan")], [None, None], [0.1, None]) is None
+    assert best_sweep_value([0.1, None, 0.5], [1.0, None, 1.0], [None, None, 0.2]) == 2
+    assert best_sweep_value([0.1, 0.5], [1.0, 2.0], [None, None]) == 0  # none has one
+    assert best_sweep_value([None, float("nan")], [None, None], [0.1, None]) is None
     with pytest.raises(ValueError, match="tolerance must be >= 0"):
-        recommend([0.1], [1.0], [0.1], tolerance=-1)
+        best_sweep_value([0.1], [1.0], [0.1], tolerance=-1)
     with pytest.raises(ValueError, match="differ in length"):
-        recommend([0.1, 0.2], [1.0], [0.1])
+        best_sweep_value([0.1, 0.2], [1.0], [0.1])
 
 
 def test_curve_minimum_stops_at_the_divergence():

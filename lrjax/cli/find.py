@@ -32,7 +32,7 @@ from lrjax.cli import (
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
-from lrjax.suggest import DEFAULT_METHOD, METHODS
+from lrjax.suggestions import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.find"
 MOMENTUM = {"sgd": 0.0, "momentum": 0.9, "nesterov": 0.9}  # the built-in defaults

@@ -34,7 +34,7 @@ from lrjax.cli import (
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
 from lrjax.recipes import AUTO_FAMILY, FAMILIES
-from lrjax.suggest import DEFAULT_METHOD, METHODS
+from lrjax.suggestions import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.train"
 SCHEDULES = (

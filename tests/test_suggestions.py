@@ -1,15 +1,13 @@
-"""The range test's host-side rules (lrjax.suggest) on curves with known answers."""
+"""The range test's host-side rules (lrjax.suggestions) on known curves."""
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
 import pytest
 
-# The module, not the function lrjax.suggest that the package re-exports.
-finder = importlib.import_module("lrjax.suggest")
+from lrjax import suggestions
 
 # ----------------------------------------------------------------------- smoothing
 
@@ -25,22 +23,22 @@ def test_smooth_matches_the_bias_corrected_sum():
         / (1 - beta ** (i + 1))
         for i in range(len(losses))
     ]
-    np.testing.assert_allclose(finder.smooth(losses, beta), want, rtol=1e-12)
-    assert finder.smooth(losses, 0.0).tolist() == losses.tolist()
+    np.testing.assert_allclose(suggestions.smooth(losses, beta), want, rtol=1e-12)
+    assert suggestions.smooth(losses, 0.0).tolist() == losses.tolist()
 
 
 def test_smooth_treats_leading_axes_as_independent_rows():
     rng = np.random.default_rng(1)
     rows = rng.uniform(0.5, 2.5, (3, 50))
     rows[1, 20] = np.nan
-    both = finder.smooth(rows)
+    both = suggestions.smooth(rows)
     for k in range(3):
-        np.testing.assert_array_equal(both[k], finder.smooth(rows[k]))
+        np.testing.assert_array_equal(both[k], suggestions.smooth(rows[k]))
     assert np.isnan(both[1, 20:]).all() and np.isfinite(both[[0, 2]]).all()
 
 
 def test_smooth_is_nan_after_the_first_non_finite_loss():
-    out = finder.smooth(np.array([1.0, 2.0, np.inf, 1.0]))
+    out = suggestions.smooth(np.array([1.0, 2.0, np.inf, 1.0]))
     assert np.isfinite(out[:2]).all() and np.isnan(out[2:]).all()
 
 
@@ -49,14 +47,14 @@ def test_smooth_is_nan_after_the_first_non_finite_loss():
 
 def test_divergence_by_threshold():
     s = np.array([2.0, 1.0, 0.5, 0.6, 1.0, 2.01, 3.0])
-    assert finder.find_divergence(s, s, threshold=4.0, rebound=None) == 5
-    assert finder.find_divergence(s, s, threshold=6.5, rebound=None) is None
+    assert suggestions.find_divergence(s, s, threshold=4.0, rebound=None) == 5
+    assert suggestions.find_divergence(s, s, threshold=6.5, rebound=None) is None
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_divergence_at_first_non_finite_loss(bad):
     raw = np.array([2.0, 1.9, 1.8, bad, 1.0])
-    assert finder.find_divergence(raw, finder.smooth(raw)) == 3
+    assert suggestions.find_divergence(raw, suggestions.smooth(raw)) == 3
 
 
 def test_divergence_by_rebound_onto_a_plateau():
@@ -64,16 +62,16 @@ def test_divergence_by_rebound_onto_a_plateau():
     # rule fires once the loss has climbed back half way (0.6 + 0.5 * 1.7 = 1.45).
     s = np.concatenate([np.linspace(2.3, 0.6, 50), np.linspace(0.6, 2.3, 30)])
     s = np.concatenate([s, np.full(40, 2.3)])
-    assert finder.find_divergence(s, s, rebound=None) is None
-    i = finder.find_divergence(s, s)
+    assert suggestions.find_divergence(s, s, rebound=None) is None
+    i = suggestions.find_divergence(s, s)
     assert s[i] >= 1.45 and s[i - 1] < 1.45
 
 
 def test_no_divergence_on_a_falling_curve_or_without_real_descent():
     s = np.linspace(2.3, 0.3, 100)
-    assert finder.find_divergence(s, s) is None
+    assert suggestions.find_divergence(s, s) is None
     flat = 2.3 + 0.01 * np.sin(np.arange(100))  # noise, no descent: no rebound
-    assert finder.find_divergence(flat, flat) is None
+    assert suggestions.find_divergence(flat, flat) is None
 
 
 # ----------------------------------------------------------------------- suggestions
@@ -99,7 +97,7 @@ def fastai_valley(losses):
 def test_valley_index_matches_fastai_loop(seed):
     rng = np.random.default_rng(seed)
     losses = np.cumsum(rng.normal(0, 1, 120))
-    assert finder._valley_index(losses) == fastai_valley(list(losses))
+    assert suggestions._valley_index(losses) == fastai_valley(list(losses))
 
 
 def sigmoid_curve(n=400, center=1e-2, blowup=None):
@@ -113,7 +111,7 @@ def sigmoid_curve(n=400, center=1e-2, blowup=None):
 
 def test_steep_finds_the_steepest_point_on_a_log_axis():
     lrs, loss = sigmoid_curve()
-    got = finder.suggest(lrs, loss, None)["steep"]
+    got = suggestions.suggest(lrs, loss, None)["steep"]
     step = lrs[1] / lrs[0]
     assert 1e-2 / step <= got <= 1e-2 * step
 
@@ -121,8 +119,8 @@ def test_steep_finds_the_steepest_point_on_a_log_axis():
 def test_minimum_divergence_and_balanced_on_a_known_curve():
     lrs, loss = sigmoid_curve(blowup=1.0)
     smoothed = loss
-    div = finder.find_divergence(loss, smoothed)
-    s = finder.suggest(lrs, smoothed, div)
+    div = suggestions.find_divergence(loss, smoothed)
+    s = suggestions.suggest(lrs, smoothed, div)
     assert s["divergence"] == pytest.approx(lrs[div] / 2)
     # The minimum lies just before the blow-up at 1.0 (the sigmoid keeps falling).
     assert 0.05 <= s["minimum"] * 10 <= 1.0
@@ -138,7 +136,7 @@ def test_knee_is_the_75_percent_descent_point_in_closed_form():
     kept = loss[int(0.1 * len(loss)) : len(loss) - 5]
     target = kept.min() + 0.25 * (kept[0] - kept.min())
     exact = 1e-2 * math.sqrt(1.8 / (target - 0.5) - 1)
-    got = finder.suggest(lrs, loss, None)["knee"]
+    got = suggestions.suggest(lrs, loss, None)["knee"]
     step = lrs[1] / lrs[0]
     assert exact <= got <= exact * step  # the first sweep point past the target
     assert 1e-2 < got < 2e-2  # the 75% point lies just past the steepest descent
@@ -146,9 +144,10 @@ def test_knee_is_the_75_percent_descent_point_in_closed_form():
 
 def test_knee_moves_a_quarter_of_the_way_to_divergence():
     lrs, loss = sigmoid_curve(blowup=1.0)
-    div = finder.find_divergence(loss, loss)
-    s = finder.suggest(lrs, loss, div)
-    alone = finder.suggest(lrs[: div + 1], loss[: div + 1], None)["knee"]  # same cut
+    div = suggestions.find_divergence(loss, loss)
+    s = suggestions.suggest(lrs, loss, div)
+    # the same cut
+    alone = suggestions.suggest(lrs[: div + 1], loss[: div + 1], None)["knee"]
     assert s["knee"] == pytest.approx(alone**0.75 * s["divergence"] ** 0.25)
     assert alone < s["knee"] < s["divergence"]
 
@@ -156,14 +155,14 @@ def test_knee_moves_a_quarter_of_the_way_to_divergence():
 def test_knee_without_a_descent_is_the_first_kept_lr():
     lrs = np.geomspace(1e-5, 1, 100)
     rising = np.linspace(1.0, 2.0, 100)  # the loss never falls: no knee past the start
-    assert finder.suggest(lrs, rising, None)["knee"] == pytest.approx(lrs[10])
+    assert suggestions.suggest(lrs, rising, None)["knee"] == pytest.approx(lrs[10])
 
 
 def test_suggestions_ignore_everything_after_the_first_nan():
     lrs, loss = sigmoid_curve(n=200)
     cut = np.concatenate([loss[:100], [np.nan] * 100])
-    s_cut = finder.suggest(lrs, cut, None)
-    s_ref = finder.suggest(lrs[:100], loss[:100], None)
+    s_cut = suggestions.suggest(lrs, cut, None)
+    s_ref = suggestions.suggest(lrs[:100], loss[:100], None)
     assert s_cut == s_ref
     assert s_cut["minimum"] * 10 <= lrs[99]
 
@@ -173,20 +172,20 @@ def test_suggestions_skip_start_and_end():
     loss = np.linspace(2.0, 1.0, 100)
     loss[0:5] = 0.1  # inside the skipped first 10%: ignored
     loss[-3:] = 0.05  # inside the skipped last 5 points: ignored
-    s = finder.suggest(lrs, loss, None)
+    s = suggestions.suggest(lrs, loss, None)
     assert s["minimum"] == pytest.approx(lrs[94] / 10)
     assert s["divergence"] is None and s["balanced"] is None
 
 
 def test_too_short_a_curve_gives_none():
-    s = finder.suggest(np.geomspace(1e-3, 1, 6), np.ones(6), None)
+    s = suggestions.suggest(np.geomspace(1e-3, 1, 6), np.ones(6), None)
     assert all(v is None for v in s.values())
-    assert finder.pick(s, "balanced") is None
+    assert suggestions.pick(s, "balanced") is None
 
 
 def test_pick_falls_back_to_valley():
     assert (
-        finder.pick({"balanced": None, "valley": 0.1, "minimum": 0.2}, "balanced")
+        suggestions.pick({"balanced": None, "valley": 0.1, "minimum": 0.2}, "balanced")
         == 0.1
     )
 
@@ -198,10 +197,10 @@ def test_smoother_fed_in_chunks_equals_smooth():
     rng = np.random.default_rng(3)
     rows = rng.uniform(0.5, 2.5, (2, 97))
     rows[1, 40] = np.inf
-    sm = finder.Smoother(2, 0.9)
+    sm = suggestions.Smoother(2, 0.9)
     parts = [sm.push(rows[:, a:b]) for a, b in ((0, 10), (10, 11), (11, 97))]
     np.testing.assert_allclose(
-        np.concatenate(parts, axis=1), finder.smooth(rows, 0.9), rtol=1e-12
+        np.concatenate(parts, axis=1), suggestions.smooth(rows, 0.9), rtol=1e-12
     )
 
 
@@ -214,9 +213,9 @@ def test_divergence_tracker_equals_find_divergence(seed, rebound):
     raw = base * rng.uniform(0.7, 1.3, n)
     if seed == 5:
         raw[70] = np.nan
-    smoothed = finder.smooth(raw, 0.9)
-    want = finder.find_divergence(raw, smoothed, 4.0, rebound)
-    t = finder.DivergenceTracker(4.0, rebound)
+    smoothed = suggestions.smooth(raw, 0.9)
+    want = suggestions.find_divergence(raw, smoothed, 4.0, rebound)
+    t = suggestions.DivergenceTracker(4.0, rebound)
     got = None
     for a in range(0, n, 17):
         got = t.push(raw[a : a + 17], smoothed[a : a + 17])

@@ -273,7 +273,7 @@ def curve_minimum(smoothed: np.ndarray, diverged_at: int | None) -> float | None
     return float(s.min()) if s.size else None
 
 
-def recommend(
+def best_sweep_value(
     min_losses: Sequence[float | None],
     diverged_lrs: Sequence[float | None],
     suggested_lrs: Sequence[float | None],
@@ -297,9 +297,9 @@ def recommend(
 
     Returns the winner's index, or None when no value has a finite minimum.
 
-    >>> recommend([0.50, 0.502, 0.60], [1.0, 2.0, 4.0], [0.1, 0.2, 0.4])
+    >>> best_sweep_value([0.50, 0.502, 0.60], [1.0, 2.0, 4.0], [0.1, 0.2, 0.4])
     1
-    >>> recommend([0.50, 0.52, 0.40], [1.0, 2.0, None], [0.1, 0.2, None])
+    >>> best_sweep_value([0.50, 0.52, 0.40], [1.0, 2.0, None], [0.1, 0.2, None])
     0
     """
     if not tolerance >= 0:
