@@ -30,6 +30,7 @@ from lrjax.lr_grid import lr_grid as lr_grid
 from lrjax.lr_grid import recipe_grid as recipe_grid
 from lrjax.models import cnn as cnn
 from lrjax.models import mlp as mlp
+from lrjax.own_step import step_range_test as step_range_test
 from lrjax.plots import plot_grid as plot_grid
 from lrjax.plots import plot_learning_curves as plot_learning_curves
 from lrjax.plots import plot_range_test as plot_range_test

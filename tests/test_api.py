@@ -23,6 +23,8 @@ PUBLIC = {
     # 0.2: the recipe schedules and the recommendation
     "linear_decay", "one_cycle", "one_cycle_momentum", "warmup_cosine", "wsd",
     "Recipe", "recommend", "recipe_grid", "plot_recipe_grid", "update_batch_stats",
+    # the range test through the user's own train step (#18 item 2)
+    "step_range_test",
 }  # fmt: skip
 
 
