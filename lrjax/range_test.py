@@ -57,6 +57,7 @@ from lrjax.step import (
     make_optimizer,
     make_step,
     split_model,
+    split_stateful,
 )
 from lrjax.suggestions import (
     DEFAULT_METHOD,
@@ -500,17 +501,35 @@ def _fold_rngs(model_state: Any, k: int) -> Any:
     return jax.tree.map(fold, model_state)
 
 
-def init_members(model: Any, key: jax.Array, seeds: int, check: Callable | None = None):
+def init_members(
+    model: Any,
+    key: jax.Array,
+    seeds: int,
+    check: Callable | None = None,
+    *,
+    model_state: Any = None,
+):
     """``(Model, params, model_state)`` per seed: stacked ``[seeds, ...]`` if > 1.
 
     ``model`` is an ``nnx.Module`` or a params pytree (shared by every seed; a
     module's rng streams are folded with the seed index), or a factory
     ``key -> model`` called with ``fold_in(fold_in(key, k), 1)`` for seed ``k``.
+    With ``model_state``, ``model`` is a params pytree whose model state it is
+    (:func:`lrjax.step.split_stateful`); seed ``k``'s update rngs start from
+    ``fold_in(fold_in(key, k), 2)``.
     Every array is a fresh copy: the caller's model is never donated or changed.
     ``check(spec, params, model_state)`` sees the first member before the others
     are built (a memory estimate refuses an impossible population there).
     """
-    factory = callable(model) and not isinstance(model, nnx.Module)
+    if model_state is not None and isinstance(model, nnx.Module):
+        raise TypeError(
+            "with model_state, model must be the params pytree that the state "
+            "belongs to (loss_fn(params, model_state, batch, key)), not an nnx.Module"
+        )
+    # With model_state the model is params, even when callable (an eqx.Module).
+    factory = (
+        model_state is None and callable(model) and not isinstance(model, nnx.Module)
+    )
     members = []
     for k in range(seeds):
         m = (
@@ -518,8 +537,12 @@ def init_members(model: Any, key: jax.Array, seeds: int, check: Callable | None 
             if factory
             else model
         )
-        spec, params, rest = split_model(m)
-        if not factory and k > 0:
+        if model_state is not None:
+            rngs = jax.random.fold_in(jax.random.fold_in(key, k), 2)
+            spec, params, rest = split_stateful(m, model_state, rngs)
+        else:
+            spec, params, rest = split_model(m)
+        if not factory and k > 0 and model_state is None:
             rest = _fold_rngs(rest, k)
         if k == 0 and check is not None:
             check(spec, params, rest)
@@ -541,6 +564,7 @@ def lr_range_test(
     *,
     key: jax.Array,
     loss_fn: LossFn | None = None,
+    model_state: Any = None,
     preprocess: Callable | None = None,
     batch_size: int | None = None,
     num_steps: int | None = None,
@@ -568,8 +592,10 @@ def lr_range_test(
 
     Args:
       model: an ``nnx.Module`` (BatchNorm, Dropout, any state), a params pytree
-        (with a ``loss_fn(params, batch)``), or a factory ``key -> model`` so that
-        every seed gets its own initialisation. Never modified.
+        (with a ``loss_fn(params, batch)``, or with ``model_state`` and a
+        ``loss_fn(params, model_state, batch, key)``: Linen, Equinox), or a
+        factory ``key -> model`` so that every seed gets its own initialisation.
+        Never modified.
       optimizer: ``learning_rate -> optax.GradientTransformation``, e.g.
         ``optax.sgd`` or ``lambda lr: optax.adamw(lr, weight_decay=1e-4)``.
       data: in-memory arrays (a pytree with a common leading example axis, e.g.
@@ -581,7 +607,14 @@ def lr_range_test(
         :func:`lrjax.classification_loss` (softmax cross-entropy and accuracy on
         ``(x, y)`` batches); with it, in-memory data are checked once first
         (:func:`lrjax.step.check_classification_data`: integer labels in
-        ``[0, num_classes)``, finite inputs).
+        ``[0, num_classes)``, finite inputs). With ``model_state``:
+        ``loss_fn(params, model_state, batch, key) -> (loss, model_state)`` or
+        ``(loss, model_state, {name: scalar})``.
+      model_state: the state of a params-pytree model that it updates while
+        training (Linen's ``{"batch_stats": ...}``, Equinox's ``eqx.nn.State``):
+        carried from update to update, never the caller's arrays. ``key`` of
+        update ``t`` (dropout) is ``fold_in(fold_in(fold_in(key, s), 2), t)``
+        for seed ``s``; the seeds share ``model`` and ``model_state``.
       preprocess: ``batch -> batch`` inside the compiled step (e.g.
         :func:`lrjax.data.scale_images`); default none.
       batch_size: examples per (micro-)batch of in-memory data (default 32); an
@@ -687,7 +720,12 @@ def lr_range_test(
             "seeds (--seeds)" if values is None else "seeds (--seeds) or values",
         )
 
-    spec, params, rest = init_members(model, key, seeds, check)
+    if model_state is not None and loss_fn is None:
+        raise ValueError(
+            "model_state needs a loss_fn(params, model_state, batch, key) -> "
+            "(loss, model_state) that uses and updates it"
+        )
+    spec, params, rest = init_members(model, key, seeds, check, model_state=model_state)
     seed_keys = [jax.random.fold_in(key, s) for s in range(seeds)]
     mesh = population_mesh(size, "seed") if size > 1 else None
     P = jax.sharding.PartitionSpec

@@ -5,7 +5,7 @@ snapshots, benchmarks) trains through :func:`make_step`::
 
     step(state, batch) -> (state, metrics)
 
-A model is either a Flax NNX module or a plain params pytree:
+A model is a Flax NNX module, a params pytree, or a params pytree with a state:
 
 * ``nnx.Module``: it is split once into a static graph definition, its
   ``nnx.Param`` leaves (``params``, what the gradient is taken of) and everything
@@ -16,6 +16,11 @@ A model is either a Flax NNX module or a plain params pytree:
   definition (Dropout off, BatchNorm on its running averages).
 * a params pytree with ``loss_fn(params, batch)`` (hand-written JAX, equinox-style
   code): ``params`` are the pytree and ``model_state`` is empty.
+* a params pytree with its model state (Linen ``batch_stats``, Equinox's
+  ``eqx.nn.State``) and ``loss_fn(params, model_state, batch, key) -> (loss,
+  model_state[, metrics])`` (:func:`split_stateful`): ``model_state`` is a
+  :class:`KeyedState` of the user's state and the base key of the update rngs;
+  update ``t`` gets ``key = fold_in(base_key, t)``.
 
 ``loss_fn`` returns a scalar loss or ``(loss, {"name": scalar, ...})``; the step's
 metrics are ``loss`` (the batch's loss BEFORE the update), ``lr`` (the lr the
@@ -39,7 +44,7 @@ from flax import nnx
 Params = Any
 Batch = Any  # any pytree of arrays with a leading batch axis
 Metrics = dict[str, jax.Array]
-LossFn = Callable[[Any, Batch], Any]  # -> loss | (loss, metrics)
+LossFn = Callable[..., Any]  # (model, batch) -> loss | (loss, metrics); see make_step
 OptimizerFactory = Callable[[Any], optax.GradientTransformation]
 Step = Callable[["TrainState", Batch], tuple["TrainState", Metrics]]
 RESERVED = ("loss", "lr")
@@ -62,6 +67,7 @@ class Model:
 
     train_def: Any = None
     eval_def: Any = None
+    stateful: bool = False  # params + model_state: loss_fn(p, state, batch, key)
 
     @property
     def is_module(self) -> bool:
@@ -128,6 +134,46 @@ def split_model(model: Any) -> tuple[Model, Params, Any]:
 def fresh(tree: Any) -> Any:
     """A copy of every array of ``tree`` in new buffers (safe to donate)."""
     return jax.tree.map(lambda a: jnp.asarray(a).copy(), tree)
+
+
+class KeyedState(NamedTuple):
+    """The ``model_state`` of a params pytree that has a model state of its own."""
+
+    state: Any  # the user's model state (Linen collections, eqx.nn.State, ...)
+    key: jax.Array  # typed key; update t's loss_fn gets fold_in(key, t)
+
+
+def _array_tree(tree: Any, what: str, *, empty: bool = False) -> Any:
+    """``tree`` as jnp arrays; a TypeError naming the leaves that are not arrays."""
+    leaves = jax.tree.leaves(tree)
+    bad = {
+        type(x).__name__ for x in leaves if not isinstance(x, jax.Array | np.ndarray)
+    }
+    if bad or not (leaves or empty):
+        raise TypeError(
+            f"{what} must be a pytree of arrays; got {type(tree).__name__}"
+            + (f" with leaves of type {sorted(bad)}" if bad else " with no arrays")
+        )
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def split_stateful(
+    params: Params, model_state: Any, key: jax.Array
+) -> tuple[Model, Params, KeyedState]:
+    """``(Model, params, KeyedState(model_state, key))`` of a pure model with state.
+
+    The form of Linen (``params`` and ``{"batch_stats": ...}``) and Equinox
+    (``eqx.partition``'s arrays and ``eqx.nn.State``) models, trained by
+    ``loss_fn(params, model_state, batch, key) -> (loss, model_state)`` or
+    ``(loss, model_state, {name: scalar})``; gradients are taken w.r.t.
+    ``params``, and update ``t`` gets the rng ``fold_in(key, t)``.
+
+    Raises:
+      TypeError: ``params`` or ``model_state`` holds something other than arrays.
+    """
+    params = _array_tree(params, "params (with model_state)")
+    state = _array_tree(model_state, "model_state", empty=True)
+    return Model(stateful=True), params, KeyedState(state, key)
 
 
 def check_optimizer(optimizer: Any) -> None:
@@ -361,6 +407,32 @@ def loss_and_metrics(out: Any) -> tuple[jax.Array, Metrics]:
     }
 
 
+def loss_state_metrics(out: Any, model_state: Any) -> tuple[jax.Array, Any, Metrics]:
+    """Checks and splits a stateful ``loss_fn``'s ``(loss, model_state[, metrics])``.
+
+    Raises:
+      ValueError: another form, a non-scalar loss or metric, or a model state of
+        another structure than the one given (e.g. the whole ``variables`` dict
+        with ``params`` returned in place of the mutable collections).
+    """
+    accepted = (
+        "loss_fn(params, model_state, batch, key) must return (loss, model_state) "
+        "or (loss, model_state, {name: scalar})"
+    )
+    if not isinstance(out, tuple | list) or len(out) not in (2, 3):
+        raise ValueError(f"{accepted}; got {_structure(out)}")
+    if len(out) == 3 and not isinstance(out[2], Mapping):
+        raise ValueError(f"{accepted}; got {_structure(out)}")
+    loss, metrics = loss_and_metrics((out[0], out[2] if len(out) == 3 else {}))
+    given, got = jax.tree.structure(model_state), jax.tree.structure(out[1])
+    if given != got:
+        raise ValueError(
+            f"{accepted}, the model_state of the structure it was given: {given}; "
+            f"got {got}"
+        )
+    return loss, out[1], metrics
+
+
 def check_accumulate(accumulate_steps: Any) -> int:
     if (
         isinstance(accumulate_steps, bool)
@@ -400,17 +472,25 @@ def make_step(
       constrain: applied to each (micro-)batch, e.g. a sharding constraint that
         makes the step data parallel.
 
-    Gradients are taken with respect to ``params`` only (``nnx.Param``).
+    Gradients are taken with respect to ``params`` only (``nnx.Param``). A
+    stateful model (:func:`split_stateful`) gets ``loss_fn(params, model_state,
+    batch, key)`` with ``key = fold_in(base_key, step)`` (micro-batch ``i`` of an
+    accumulated update: ``fold_in(key, i)``).
     """
     k = check_accumulate(accumulate_steps)
 
-    def grads_of(params, model_state, batch):
+    def grads_of(params, model_state, batch, key=None):
         if constrain is not None:
             batch = constrain(batch)
         if preprocess is not None:
             batch = preprocess(batch)
 
         def f(p, ms, batch):
+            if model.stateful:
+                loss, new, metrics = loss_state_metrics(
+                    loss_fn(p, ms.state, batch, key), ms.state
+                )
+                return loss, (metrics, ms._replace(state=new))
             bound = model.bind(p, ms, train=True)
             loss, metrics = loss_and_metrics(loss_fn(bound, batch))
             return loss, (metrics, model.state_of(bound, ms))
@@ -421,20 +501,28 @@ def make_step(
         return loss, metrics, new_state, grads
 
     def step(state: TrainState, batch: Batch):
+        key = None
+        if model.stateful:  # this update's rng: fold_in(base key, step)
+            key = jax.random.fold_in(state.model_state.key, state.step)
         if k == 1:
             loss, metrics, model_state, grads = grads_of(
-                state.params, state.model_state, batch
+                state.params, state.model_state, batch, key
             )
         else:
 
-            def micro(carry, b):
+            def micro(carry, x):
                 ms, total = carry
-                loss, metrics, ms, g = grads_of(state.params, ms, b)
+                b, i = x
+                micro_key = None if key is None else jax.random.fold_in(key, i)
+                loss, metrics, ms, g = grads_of(state.params, ms, b, micro_key)
                 return (ms, jax.tree.map(jnp.add, total, g)), (loss, metrics)
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             (model_state, total), (losses, ms) = jax.lax.scan(
-                micro, (state.model_state, zeros), batch, unroll=k if unroll else 1
+                micro,
+                (state.model_state, zeros),
+                (batch, jnp.arange(k)),
+                unroll=k if unroll else 1,
             )
             grads = jax.tree.map(lambda g: g / k, total)
             loss = losses.mean()
