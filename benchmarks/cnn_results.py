@@ -128,7 +128,7 @@ def summarize(done: dict[int, dict], runs: Path, argv: list[str]) -> dict:
     gains = [v["snapshot_gain_pp"] for v in per_seed.values()]
     gains = [g for g in gains if g is not None]
     doc = {
-        "description": "BatchNorm CNN on Fashion-MNIST: python -m lrjax.train "
+        "description": "lrjax-train on Fashion-MNIST: python -m lrjax.train "
         + " ".join(argv),
         "seeds_done": sorted(done),
         "test_accuracy": accs,

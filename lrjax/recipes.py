@@ -54,16 +54,14 @@ SHAPES: dict[str, dict[str, float]] = {
     "wsd": {"warmup_fraction": 0.05, "decay_fraction": 0.2},
 }
 
-# peak = factor x suggestions[method], per family: fitted on recipe grids
-# (benchmarks/recipe_quality.py --fit; the fit and its regrets in
-# docs/results.md).
-PEAK_RULES: dict[str, tuple[str, float]] = {
-    "one_cycle": ("knee", 3.0),
-    "warmup_cosine": ("knee", 3.0),
-    "linear_decay": ("knee", 3.0),
-    "wsd": ("knee", 2.0),
-}
-AUTO_FAMILY = "one_cycle"
+# peak = factor x suggestions[method]: ONE rule for every family, fitted by
+# `python benchmarks/recipe_quality.py --fit` (the lowest mean over the families of
+# their worst per-seed regret on the fit grids; results in docs/results.md and
+# benchmarks/results/recipe_fit.json). AUTO_FAMILY: the family with the lowest
+# regret under that rule in the same fit.
+_FIT_RULE = ("knee", 5.657)
+PEAK_RULES: dict[str, tuple[str, float]] = dict.fromkeys(FAMILIES, _FIT_RULE)
+AUTO_FAMILY = "wsd"
 
 
 def _check_family(family: str, allow_auto: bool = False) -> str:
@@ -232,7 +230,7 @@ def recommend(
     ...     suggestions = {"knee": 0.01, "valley": 0.004}
     >>> r = recommend(R(), 1000, "linear_decay")
     >>> r.family, round(r.peak_lr, 6), r.rule
-    ('linear_decay', 0.03, 'peak = 3 x knee (0.01)')
+    ('linear_decay', 0.05657, 'peak = 5.657 x knee (0.01)')
     >>> recommend(R(), 1000, "one_cycle", method="valley").peak_lr
     0.004
     """
