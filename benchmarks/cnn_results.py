@@ -164,6 +164,60 @@ def summarize(done: dict[int, dict], runs: Path, argv: list[str]) -> dict:
     return doc
 
 
+TARGET_HALF = 0.5  # issue #17: a cheap method reaches half the independent gain
+
+
+def ensembles_markdown(results: Path) -> str:
+    """Single model, weight average (SWA) and independent runs, per results file
+    that holds weight averages (``--extra --average-from F``); rendered by
+    benchmarks/report.py. Gains are against the mean single model, in pp."""
+    rows = [
+        "| file | single model, mean (per seed) | weight average, BN re-estimated "
+        "(per seed) | same weights, BN not re-estimated | ensemble of the "
+        "independent runs | gain: average / independent | target: average >= "
+        "half the independent gain | extra cost of the average |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    found = False
+    for path in sorted(results.glob("*_results_auto.json")):
+        d = json.loads(path.read_text())
+        per = [d["per_seed"][str(s)] for s in d["seeds_done"]]
+        if not all(p.get("average") for p in per):
+            continue
+        found = True
+        single = np.array([p["test_accuracy"] for p in per])
+        avg = np.array([p["average"]["test_accuracy"] for p in per])
+        no_bn = [p["average"].get("test_accuracy_no_bn_update") for p in per]
+        ind = d.get("independent_ensemble")
+        avg_gain = 100 * float(np.mean(avg - single))
+        ind_gain = (
+            None
+            if ind is None
+            else 100 * (ind["ensemble_test_accuracy"] - single.mean())
+        )
+        met = (
+            "-"
+            if ind_gain is None
+            else ("met" if avg_gain >= TARGET_HALF * ind_gain else "**missed**")
+        )
+        pct = lambda a: ", ".join(f"{100 * v:.2f}" for v in a)  # noqa: E731
+        rows.append(
+            f"| `{path.name}` | {100 * single.mean():.2f} ({pct(single)}) | "
+            f"{100 * avg.mean():.2f} ({pct(avg)}) | "
+            + ("-" if None in no_bn else f"{100 * np.mean(no_bn):.2f} ({pct(no_bn)})")
+            + " | "
+            + ("-" if ind is None else f"{100 * ind['ensemble_test_accuracy']:.2f} "
+               f"({ind['members']} runs)")
+            + f" | {avg_gain:+.2f} / "
+            + ("-" if ind_gain is None else f"{ind_gain:+.2f}")
+            + f" pp | {met} | one running mean in the compiled step, then "
+            "one forward epoch for BatchNorm (none without BN); training cost "
+            f"x1 against x{len(per)} for {len(per)} runs, 1 model to serve against "
+            f"{len(per)} |"
+        )  # fmt: skip
+    return "\n".join(rows) if found else "(not measured yet)"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -34,6 +34,7 @@ RESULTS_MD = ROOT / "docs" / "results.md"
 NOT_MEASURED = "(not measured yet)"
 
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
+import cnn_results as cnn_results_bench  # noqa: E402
 import finder_quality  # noqa: E402
 import recipe_quality  # noqa: E402
 import short_budget  # noqa: E402
@@ -1484,6 +1485,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "headline": headline,
     "recipe_quality": recipe_quality.markdown,
     "short_budget": short_budget.markdown,
+    "ensembles": cnn_results_bench.ensembles_markdown,
 }
 # Each document and its blocks, in the order a new document lists them.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
@@ -1509,6 +1511,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "train_ceiling",
         "train_bench",
         "cnn_results",
+        "ensembles",
         "recipe_quality",
         "short_budget",
         "finder_quality",
