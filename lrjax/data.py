@@ -20,6 +20,11 @@ The first directory holding all four files wins. Decoded arrays are cached in
 ``<cache>/<name>/<name>.arrays`` (a few ``.npy`` records, CRC-32 checked, keyed by
 the path, size and mtime of the source files), so a second load skips gunzip.
 
+``$LRJAX_DOCS_TINY=1`` is for the tests of the documentation only (it is the one
+place lrjax reads it): IDX files of any length load without their content hash
+(so that generated stand-ins do), and every split is cut to its first
+:data:`DOCS_TINY_SPLITS` examples, so that each example of the docs runs in seconds.
+
 Only numpy (and the standard library) is imported here; ``tensorflow_datasets`` is
 imported lazily for ``tfds:`` names. Device placement is left to the training code.
 """
@@ -42,6 +47,7 @@ import numpy as np
 
 __all__ = [
     "DEBIAN_DIR",
+    "DOCS_TINY_SPLITS",
     "Dataset",
     "DatasetError",
     "load_dataset",
@@ -52,6 +58,9 @@ _log = logging.getLogger(__name__)
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs the gzipped IDX files.
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+#: (train, validation, test) examples kept with ``$LRJAX_DOCS_TINY=1``.
+DOCS_TINY_SPLITS = (512, 256, 256)
 
 _DOWNLOAD_TIMEOUT_S = 10.0
 _CACHE_VERSION = 1
@@ -104,8 +113,8 @@ class _IdxSpec:
     title: str
     num_classes: int
     image_shape: tuple[int, int]
-    train_count: int
-    test_count: int
+    train_count: int | None  # None: any count ($LRJAX_DOCS_TINY)
+    test_count: int | None
     base_url: str
     files: tuple[_IdxFile, ...]
     install_hint: str = ""
@@ -213,7 +222,8 @@ def load_dataset(
 
     The first ``validation_size`` training examples become the validation split and
     the rest the training split (for Fashion-MNIST: 55000 / 5000, plus the 10000
-    test images). See the module docstring for where files are looked for.
+    test images). See the module docstring for where files are looked for, and for
+    ``$LRJAX_DOCS_TINY``, which the tests of the documentation set.
 
     Args:
         name: ``"fashion_mnist"``, ``"mnist"`` (from a directory of IDX files or a
@@ -239,16 +249,22 @@ def load_dataset(
     """
     if not isinstance(validation_size, int | np.integer) or validation_size < 0:
         raise ValueError(f"validation_size must be an int >= 0, got {validation_size}")
+    tiny = os.environ.get("LRJAX_DOCS_TINY", "") not in ("", "0")
     if name.startswith("tfds:"):
-        return _load_tfds(name[len("tfds:") :], data_dir, download, validation_size)
+        ds = _load_tfds(name[len("tfds:") :], data_dir, download, validation_size)
+        return _docs_tiny(ds) if tiny else ds
     spec = _SPECS.get(name)
     if spec is None:
         allowed = ", ".join([*_SPECS, "tfds:NAME"])
         raise DatasetError(f"unknown dataset {name!r}; allowed names: {allowed}")
+    if tiny:  # any count, no content hash (downloads keep theirs)
+        files = tuple(f._replace(raw_sha256=None) for f in spec.files)
+        spec = dataclasses.replace(spec, train_count=None, test_count=None, files=files)
     train_x, train_y, test_x, test_y = _load_idx_dataset(spec, data_dir, download)
-    return _split(
+    ds = _split(
         train_x, train_y, test_x, test_y, spec.num_classes, name, validation_size
     )
+    return _docs_tiny(ds) if tiny else ds
 
 
 def read_idx(path: str | os.PathLike[str], *, magic: int | None = None) -> np.ndarray:
@@ -355,7 +371,7 @@ def _load_idx_files(
                 f"{ip} holds {len(images)} images but {lp} holds {len(labels)} "
                 "labels; re-download them"
             )
-        if len(images) != count:
+        if count is not None and len(images) != count:
             raise DatasetError(
                 f"{ip}: {len(images)} images, expected {count} for {spec.title} "
                 f"{split}; re-download it"
@@ -516,7 +532,9 @@ def _cached_load(
     return arrays
 
 
-def _expected_shapes(spec: _IdxSpec) -> dict[str, tuple[tuple[int, ...], str]]:
+def _expected_shapes(
+    spec: _IdxSpec,
+) -> dict[str, tuple[tuple[int | None, ...], str]]:
     return {
         "x_train": ((spec.train_count, *spec.image_shape), "|u1"),
         "y_train": ((spec.train_count,), "<i4"),
@@ -566,6 +584,8 @@ def _read_cache(
             for name in _ARRAY_NAMES:
                 array, crc = _read_npy_crc(f)
                 shape, dtype = expected[name]
+                if shape[0] is None:  # any count ($LRJAX_DOCS_TINY)
+                    shape = (len(array), *shape[1:])
                 if array.shape != shape or array.dtype.str != dtype:
                     raise ValueError(f"{name} is {array.dtype.str}{array.shape}")
                 if crc != meta["crc32"][name]:
@@ -692,6 +712,19 @@ def _split(
         y_test=test_y,
         num_classes=int(num_classes),
         name=name,
+    )
+
+
+def _docs_tiny(ds: Dataset) -> Dataset:
+    """The first :data:`DOCS_TINY_SPLITS` examples of each split."""
+    n_train, n_val, n_test = DOCS_TINY_SPLITS
+    return ds._replace(
+        x_train=ds.x_train[:n_train],
+        y_train=ds.y_train[:n_train],
+        x_val=ds.x_val[:n_val],
+        y_val=ds.y_val[:n_val],
+        x_test=ds.x_test[:n_test],
+        y_test=ds.y_test[:n_test],
     )
 
 

@@ -24,6 +24,21 @@ _METHOD_STYLE = {
 }
 
 
+def _over_seeds(curves: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """Percentiles ``qs`` of ``float[seeds, steps]`` over the seeds, ignoring NaN.
+
+    Returns ``float[len(qs), steps]``, NaN at a step where every seed is NaN (after
+    every seed has diverged): numpy's nan-functions warn "All-NaN slice" there.
+    """
+    curves = np.asarray(curves, np.float64)
+    out = np.full((len(qs), curves.shape[1]), np.nan)
+    seen = ~np.isnan(curves).all(axis=0)
+    if seen.any():
+        with np.errstate(invalid="ignore"):  # inf - inf between two infinite seeds
+            out[:, seen] = np.nanpercentile(curves[:, seen], qs, axis=0)
+    return out
+
+
 def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     """Loss vs lr on a log axis: raw (faint), smoothed, suggestions, divergence.
 
@@ -44,8 +59,7 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     for row in raw:
         ax.plot(lrs, row, color="tab:blue", alpha=0.15, lw=0.6)
     if len(sm) > 1:
-        with np.errstate(all="ignore"):
-            lo, mid, hi = (np.nanpercentile(sm, q, axis=0) for q in (0, 50, 100))
+        lo, mid, hi = _over_seeds(sm, (0, 50, 100))
         ax.fill_between(
             lrs,
             lo,
@@ -110,8 +124,7 @@ def plot_sweep(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     lrs = np.asarray(result.lrs)
     sm = np.asarray(sw.smoothed_losses, np.float64)
     if sm.ndim == 3:  # [values, seeds, steps]: the median over seeds
-        with np.errstate(all="ignore"):
-            sm = np.nanmedian(sm, axis=1)
+        sm = np.stack([_over_seeds(v, (50,))[0] for v in sm])
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(sw.values)))
     lows, highs = [], []
     for i, (value, curve) in enumerate(zip(sw.values, sm, strict=True)):

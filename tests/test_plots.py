@@ -1,0 +1,89 @@
+"""The plot helpers on curves that end in NaN: no warning, the right band.
+
+After a seed diverges its smoothed loss is NaN; with several seeds the last steps
+are NaN for every seed (``lrjax-find --seeds 2`` used to print numpy's
+"All-NaN slice encountered" there). The band and median are checked against a
+per-step Python reference over the seeds' non-NaN values.
+"""
+
+from __future__ import annotations
+
+import statistics
+import types
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lrjax.plots import plot_range_test, plot_sweep
+
+NAN = float("nan")
+
+
+def _result(smoothed: np.ndarray, sweep=None):
+    steps = smoothed.shape[-1]
+    return types.SimpleNamespace(
+        lrs=np.geomspace(1e-4, 1.0, steps),
+        losses=smoothed,
+        smoothed_losses=smoothed,
+        suggestions={"knee": 1e-2, "steep": None},
+        method="knee",
+        diverged_at_lr=0.5,
+        steps_run=steps,
+        sweep=sweep,
+    )
+
+
+def _reference(rows: list[list[float]]) -> list[tuple[float, float, float]]:
+    """(min, median, max) over the seeds at each step; NaN where all are NaN."""
+    out = []
+    for column in zip(*rows, strict=True):
+        seen = [v for v in column if v == v]
+        out.append(
+            (min(seen), statistics.median(seen), max(seen)) if seen else (NAN,) * 3
+        )
+    return out
+
+
+def _ydata(ax, label: str) -> np.ndarray:
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == label]
+    return np.asarray(line.get_ydata(), np.float64)
+
+
+def test_seeds_diverged_at_different_steps_draw_without_a_warning():
+    # seed 1 diverges at step 3, seed 0 at step 5; steps 5..6 are NaN for both
+    rows = [
+        [2.0, 1.5, 1.0, 0.8, 0.9, NAN, NAN],
+        [2.2, 1.4, 1.1, NAN, NAN, NAN, NAN],
+    ]
+    ax = Figure().subplots()
+    # pytest's filterwarnings = error turns numpy's RuntimeWarning into a failure
+    assert plot_range_test(_result(np.array(rows)), ax) is ax
+    want = np.array(_reference(rows)).T  # [3, steps]
+    np.testing.assert_array_equal(_ydata(ax, "smoothed (median)"), want[1])
+    (band,) = ax.collections
+    lo_hi = band.get_paths()[0].vertices[:, 1]  # the band's outline: lo, then hi
+    finite = np.isfinite(want[0])
+    assert set(np.round(lo_hi, 9)) >= set(np.round(want[0][finite], 9))
+    assert set(np.round(lo_hi, 9)) >= set(np.round(want[2][finite], 9))
+
+
+def test_a_sweep_whose_values_end_in_nan_draws_each_median():
+    curves = np.array(
+        [
+            [[1.0, 0.5, NAN], [1.2, NAN, NAN]],  # value 0: seeds 0 and 1
+            [[0.9, 0.7, 0.6], [1.1, 0.3, NAN]],  # value 1
+        ]
+    )
+    sweep = types.SimpleNamespace(
+        name="weight_decay",
+        values=[0.0, 1e-4],
+        smoothed_losses=curves,
+        suggested_lr=[None, 1e-2],
+        best=1,
+    )
+    ax = plot_sweep(_result(curves[0], sweep), Figure().subplots())
+    for value, rows in zip(sweep.values, curves.tolist(), strict=True):
+        label = f"weight_decay={value:g}" + (": lr 0.01" if value else "")
+        label += " (recommended)" if value else ""
+        want = [m for _, m, _ in _reference(rows)]
+        np.testing.assert_array_equal(_ydata(ax, label), want)
