@@ -9,6 +9,12 @@ as they do on GitHub (docs/guide.md to ../README.md, README.md to
 benchmarks/README.md); ``include_patterns`` names the pages. The site starts at
 ``docs/index.html`` (``index.html`` redirects there). Warnings are errors
 (``-W``). Nothing here needs the network (no intersphinx).
+
+The notebooks of ``examples/`` are pages too, through myst-nb (the MyST parser
+with notebooks: it reads the Markdown pages as myst-parser does). They are not
+executed here (``nb_execution_mode = "off"``): they need the dataset and minutes,
+and the test suite runs them (tests/test_notebooks.py), so the site shows their
+code and text as committed, without outputs.
 """
 
 from __future__ import annotations
@@ -29,14 +35,21 @@ copyright = "the lrjax authors"
 version = release = lrjax.__version__
 
 extensions = [
-    "myst_parser",
+    "myst_nb",  # myst-parser's Markdown, and the notebooks
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
 ]
-source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
 root_doc = "docs/index"
-include_patterns = ["README.md", "CHANGELOG.md", "benchmarks/README.md", "docs/**"]
+include_patterns = [
+    "README.md",
+    "CHANGELOG.md",
+    "benchmarks/README.md",
+    "docs/**",
+    "examples/*.ipynb",
+]
+nb_execution_mode = "off"
 exclude_patterns = ["docs/_build", ".venv*", "runs", "**/__pycache__"]
 # results.md links the folder of results JSON, which is no page; the link stays.
 nitpick_ignore = [("myst", "../benchmarks/results/")]

@@ -53,9 +53,18 @@ def test_each_name_has_the_directive_of_its_kind():
 def test_the_site_holds_the_guides_and_needs_no_network():
     conf = _conf()
     toctree = (DOCS / "index.md").read_text()
-    for page in ("guide", "api", "results", "multiprocess", "/README", "/CHANGELOG"):
+    notebooks = sorted(DOCS.parent.glob("examples/*.ipynb"))
+    assert len(notebooks) >= 2
+    pages = ["guide", "api", "results", "multiprocess", "/README", "/CHANGELOG"]
+    pages += [f"/examples/{p.stem}" for p in notebooks]
+    for page in pages:
         assert re.search(rf"^(.*<)?{re.escape(page)}>?$", toctree, re.M), page
+    assert "examples/*.ipynb" in conf.include_patterns
     assert "sphinx.ext.intersphinx" not in conf.extensions
-    assert {"myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"} <= set(
+    # myst-nb: myst-parser's Markdown and the notebooks, which the tests run
+    # (tests/test_notebooks.py) and the build shows as committed, never executing
+    assert {"myst_nb", "sphinx.ext.autodoc", "sphinx.ext.napoleon"} <= set(
         conf.extensions
     )
+    assert "myst_parser" not in conf.extensions  # myst_nb sets it up itself
+    assert conf.nb_execution_mode == "off"
