@@ -115,12 +115,20 @@ def plot_sweep(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     Each value's curve (the median over seeds when several) carries a marker at
     its suggested lr; the recommended value's curve is drawn thicker and its
     suggestion starred.
+
+    Raises:
+      ValueError: ``result`` has no sweep (it was not run with ``sweep_over=``).
     """
     import matplotlib.pyplot as plt
 
+    sw = result.sweep
+    if sw is None:
+        raise ValueError(
+            "plot_sweep draws a range test run with sweep_over=...; this one has "
+            "no sweep (plot_range_test draws it)"
+        )
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
-    sw = result.sweep
     lrs = np.asarray(result.lrs)
     sm = np.asarray(sw.smoothed_losses, np.float64)
     if sm.ndim == 3:  # [values, seeds, steps]: the median over seeds

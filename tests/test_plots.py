@@ -12,6 +12,7 @@ import statistics
 import types
 
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 
 from lrjax.plots import plot_range_test, plot_sweep
@@ -87,3 +88,9 @@ def test_a_sweep_whose_values_end_in_nan_draws_each_median():
         label += " (recommended)" if value else ""
         want = [m for _, m, _ in _reference(rows)]
         np.testing.assert_array_equal(_ydata(ax, label), want)
+
+
+def test_plot_sweep_names_what_it_needs():
+    result = _result(np.ones((1, 4)))
+    with pytest.raises(ValueError, match="sweep_over="):
+        plot_sweep(result, Figure().subplots())
