@@ -141,7 +141,7 @@ def build_parser() -> ArgumentParser:
         type=positive_float,
         default=None,
         help="cosine_restarts: a longer first cycle of this many epochs, then "
-        "cycles of --cycle-epochs (default 5)",
+        "cycles of --cycle-epochs (which then defaults to 5); default off",
     )
     a(
         "--period-mult",
