@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import PyTreeDef
 
 __all__ = [
     "ArraySource",
@@ -158,7 +159,7 @@ class ArraySource:
         self.batch_size = check_batch_size(batch_size, self.num_examples)
         self.steps_per_epoch = self.num_examples // self.batch_size
         self.per_member = isinstance(keys, list | tuple)
-        self.keys = list(keys) if self.per_member else [keys]
+        self.keys = list(keys) if isinstance(keys, list | tuple) else [keys]
         self.k = accumulate_steps
         data = jax.tree.map(jnp.asarray, data)
         self.data = data if sharding is None else jax.device_put(data, sharding)
@@ -218,14 +219,11 @@ def process_rows(sharding: jax.sharding.Sharding, shape: tuple, axis: int) -> sl
       ValueError: the rows are not one contiguous block (a mesh whose devices are
         not grouped by process).
     """
+    # jax types the map's values `Index | None`; an addressable device has an Index
+    indices = sharding.addressable_devices_indices_map(shape).values()
+    rows = [ix[axis] for ix in indices]  # type: ignore[index]
     parts = sorted(
-        {
-            (
-                ix[axis].start or 0,
-                shape[axis] if ix[axis].stop is None else ix[axis].stop,
-            )
-            for ix in sharding.addressable_devices_indices_map(shape).values()
-        }
+        {(r.start or 0, shape[axis] if r.stop is None else r.stop) for r in rows}
     )
     if any(a[1] != b[0] for a, b in zip(parts[:-1], parts[1:], strict=True)):
         raise ValueError(
@@ -310,7 +308,9 @@ class IterSource:
         self.k = accumulate_steps
         self.sharding = sharding
         self.local_share = local_share
-        self.spec = None  # (treedef, [(shape, dtype)]) of the first batch
+        # (treedef, [(shape, dtype)]) of the first batch
+        self.spec: tuple[PyTreeDef, list[tuple[tuple[int, ...], np.dtype]]] | None
+        self.spec = None
         self.batch_size: int | None = None
         self.pulled = 0
         self.skipped = 0
@@ -372,6 +372,7 @@ class IterSource:
             stacked = [
                 a.reshape(len(rows) // self.k, self.k, *a.shape[1:]) for a in stacked
             ]
+        assert self.spec is not None  # set by the first batch
         batch = jax.tree.unflatten(self.spec[0], stacked)
         if self.local_share and jax.process_count() > 1:
             # This process's rows of every global batch (its share of the data).

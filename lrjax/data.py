@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -326,7 +327,7 @@ def _parse_idx(data: bytes, path: Path, magic: int | None) -> np.ndarray:
         kind = {_IMAGES_MAGIC: " (IDX images)", _LABELS_MAGIC: " (IDX labels)"}
         raise DatasetError(
             f"{path}: bad magic number 0x{found:08x}, expected {want}"
-            f"{kind.get(magic, '')}; re-download it"
+            f"{kind.get(magic, '') if magic is not None else ''}; re-download it"
         )
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -349,6 +350,12 @@ def _find_file(directory: Path, f: _IdxFile) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _complete(found: dict[str, Path | None]) -> dict[str, Path] | None:
+    """The paths of ``found`` when every file was found, else None."""
+    paths = {role: p for role, p in found.items() if p is not None}
+    return paths if len(paths) == len(found) else None
 
 
 def _load_idx_files(
@@ -384,15 +391,18 @@ def _load_idx_files(
             )
         for raw, path, role in ((iraw, ip, "images"), (lraw, lp, "labels")):
             want = spec.file(f"{split}_{role}").raw_sha256
-            got = hashlib.sha256(raw).hexdigest() if want else None
-            if want and got != want:
+            if not want:
+                continue
+            got = hashlib.sha256(raw).hexdigest()
+            if got != want:
                 raise DatasetError(
                     f"{path}: content SHA-256 {got[:12]}... does not match "
                     f"{spec.title} ({want[:12]}...); wrong dataset or corrupted "
                     "file, re-download it"
                 )
         out += [images, labels.astype(np.int32)]
-    return tuple(out)  # type: ignore[return-value]
+    x_train, y_train, x_test, y_test = out
+    return x_train, y_train, x_test, y_test
 
 
 # -------------------------------------------------------------------- search order
@@ -431,14 +441,14 @@ def _locate(
     """
     if data_dir is not None:
         return _locate_in_data_dir(spec, Path(data_dir).expanduser()), []
-    searched = []
+    searched: list[str] = []
     for label, dirs in _search_dirs(spec):
         note = ""
         for d in dirs:
             found = {f.role: _find_file(d, f) for f in spec.files}
-            if all(found.values()):
+            if (complete := _complete(found)) is not None:
                 _log.debug("loading %s from %s", spec.title, d)
-                return found, searched  # type: ignore[return-value]
+                return complete, searched
             if any(found.values()):
                 missing = [f.filename for f in spec.files if not found[f.role]]
                 note = f" (incomplete in {d}: missing {', '.join(missing)})"
@@ -465,9 +475,9 @@ def _locate_in_data_dir(spec: _IdxSpec, d: Path) -> dict[str, Path]:
     incomplete = ""
     for candidate in (d, d / spec.name):
         found = {f.role: _find_file(candidate, f) for f in spec.files}
-        if all(found.values()):
+        if (complete := _complete(found)) is not None:
             _log.debug("loading %s from %s", spec.title, candidate)
-            return found  # type: ignore[return-value]
+            return complete
         if any(found.values()) and not incomplete:
             missing = [f.filename for f in spec.files if not found[f.role]]
             incomplete = f"{candidate} lacks {', '.join(missing)}"
@@ -543,7 +553,7 @@ def _expected_shapes(
     }
 
 
-def _read_npy_crc(f: BinaryIO) -> tuple[np.ndarray, int]:
+def _read_npy_crc(f: io.BufferedIOBase) -> tuple[np.ndarray, int]:
     """Reads the next ``.npy`` record of ``f`` and its CRC-32, in one pass."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
@@ -553,7 +563,7 @@ def _read_npy_crc(f: BinaryIO) -> tuple[np.ndarray, int]:
     if fortran or dtype.hasobject:
         raise ValueError("unexpected array layout")
     array = np.empty(shape, dtype)
-    view = memoryview(array).cast("B")
+    view = array.data.cast("B")  # array.data: the memoryview of its buffer
     crc, chunk = 0, 1 << 18  # CRC each chunk while it is still in the CPU cache
     for start in range(0, len(view), chunk):
         n = f.readinto(view[start : start + chunk])
@@ -600,7 +610,8 @@ def _read_cache(
         except OSError:
             pass
         return None
-    return tuple(out)  # type: ignore[return-value]
+    x_train, y_train, x_test, y_test = out
+    return x_train, y_train, x_test, y_test
 
 
 def _write_cache(path: Path, key: str, arrays: Sequence[np.ndarray]) -> None:
@@ -608,7 +619,9 @@ def _write_cache(path: Path, key: str, arrays: Sequence[np.ndarray]) -> None:
     meta = {
         "version": _CACHE_VERSION,
         "key": key,
-        "crc32": {n: zlib.crc32(a) for n, a in zip(_ARRAY_NAMES, arrays, strict=True)},
+        "crc32": {
+            n: zlib.crc32(a.data) for n, a in zip(_ARRAY_NAMES, arrays, strict=True)
+        },
     }
     tmp = None
     try:

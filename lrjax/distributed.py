@@ -124,7 +124,7 @@ def _replicate(mesh: jax.sharding.Mesh):
 @functools.cache
 def _process_mesh() -> jax.sharding.Mesh:
     """One device of every process, in rank order, on a ``("process",)`` axis."""
-    first = {}
+    first: dict[int, jax.Device] = {}
     for d in sorted(jax.devices(), key=lambda d: d.id):
         first.setdefault(d.process_index, d)
     return jax.sharding.Mesh(np.array([first[p] for p in sorted(first)]), ("process",))

@@ -178,9 +178,9 @@ class Program:
         self.members = members
         self.loop = check_loop(loop)
         self.population = check_population(population) if members else None
-        self.mesh = None
-        self.one = None
-        self._jitted = None
+        self.mesh: jax.sharding.Mesh | None = None
+        self.one: Callable | None = None  # (state, x, data) -> (state, metrics)
+        self._jitted: jax.stages.Wrapped | None = None
         self._compiled: dict[int, Any] = {}
         self.compile_s = 0.0
 
@@ -196,15 +196,15 @@ class Program:
             one = population_fn(one, own, population, self.mesh)
         return one
 
-    def _jit(self):
+    def _jit(self, one: Callable) -> jax.stages.Wrapped:
         if self.loop == "dispatch":
-            return jax.jit(self.one, donate_argnums=0)
+            return jax.jit(one, donate_argnums=0)
         unroll = self.loop == "unroll"
 
         def chunk(state, xs, data):
             n = jax.tree.leaves(xs)[0].shape[0]
             return jax.lax.scan(
-                lambda s, x: self.one(s, x, data), state, xs, unroll=n if unroll else 1
+                lambda s, x: one(s, x, data), state, xs, unroll=n if unroll else 1
             )
 
         return jax.jit(chunk, donate_argnums=0)
@@ -224,7 +224,7 @@ class Program:
                 self.mesh = _sharded_mesh(state)
             self.one = self._one(self.loop != "scan", self.population or "vmap")
         if self._jitted is None:
-            self._jitted = self._jit()
+            self._jitted = self._jit(self.one)
         key = 0 if self.loop == "dispatch" else jax.tree.leaves(xs)[0].shape[0]
         if key not in self._compiled:
             args = (state, first if self.loop == "dispatch" else xs, data)
@@ -272,7 +272,7 @@ def epoch_plan(start: int, end: int, steps_per_epoch: int, chunks_per_epoch: int
     inner = np.unique(
         np.linspace(0, steps_per_epoch, chunks_per_epoch + 1).astype(int)
     ).tolist()
-    cuts = set()
+    cuts: set[int] = set()
     for e in range(start // steps_per_epoch, -(-end // steps_per_epoch) + 1):
         cuts.update(e * steps_per_epoch + c for c in inner)
     pts = sorted({start, end} | {c for c in cuts if start < c < end})

@@ -245,7 +245,7 @@ def recommend(
     factor = float(factor)
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
-    suggestions: Mapping[str, float | None] = getattr(result, "suggestions", None)
+    suggestions = getattr(result, "suggestions", None)
     if not isinstance(suggestions, Mapping):
         raise ValueError(
             "recommend needs a range-test result (lrjax.lr_range_test's "

@@ -68,14 +68,17 @@ _WSD_DECAYS = ("linear", "cosine", "sqrt")
 # Argument validation (plain Python, before any tracing).
 
 
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
+def _check_int(
+    name: str, value: object, minimum: int, maximum: int | None = None
+) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
+    n = int(value)
+    if n < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and n > maximum:
         raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
-    return int(value)
+    return n
 
 
 def _check_float(name: str, value, allowed: str, ok: Callable[[float], bool]) -> float:
@@ -333,6 +336,7 @@ def cyclic(
         t = _as_step(step)
         q, r = _divmod(t, total)
         f = jnp.where(r <= up, r / up, (total - r) / down)
+        scale: float | jax.Array
         if mode == "triangular":
             scale = 1.0
         elif mode == "triangular2":
@@ -576,6 +580,7 @@ def cosine_restarts(
 
     def schedule(step: ArrayLike) -> jax.Array:
         cycle, pos, period = locate(_as_step(step))
+        height: float | jax.Array
         if decay == 1.0:
             height = peak - lo
         else:

@@ -230,7 +230,7 @@ class DivergenceTracker:
     def __init__(self, threshold: float = 4.0, rebound: float | None = 0.5):
         self.threshold, self.rebound = threshold, rebound
         self.n = 0
-        self.start = None
+        self.start: float | None = None  # the first smoothed loss
         self.best = np.inf
         self.found: int | None = None
 
@@ -307,19 +307,17 @@ def best_sweep_value(
     n = len(min_losses)
     if not len(diverged_lrs) == len(suggested_lrs) == n:
         raise ValueError("min_losses, diverged_lrs and suggested_lrs differ in length")
-    finite = [
-        i
-        for i in range(n)
-        if min_losses[i] is not None and math.isfinite(min_losses[i])
-    ]
-    candidates = [i for i in finite if suggested_lrs[i] is not None] or finite
+    finite = {  # index -> its finite minimum
+        i: m for i, m in enumerate(min_losses) if m is not None and math.isfinite(m)
+    }
+    candidates = [i for i in finite if suggested_lrs[i] is not None] or list(finite)
     if not candidates:
         return None
-    best = min(min_losses[i] for i in candidates)
-    tied = [i for i in candidates if min_losses[i] <= best + tolerance * abs(best)]
+    best = min(finite[i] for i in candidates)
+    tied = [i for i in candidates if finite[i] <= best + tolerance * abs(best)]
 
-    def stability(i):
+    def stability(i: int) -> float:
         d = diverged_lrs[i]
         return math.inf if d is None else d
 
-    return min(tied, key=lambda i: (-stability(i), min_losses[i], i))
+    return min(tied, key=lambda i: (-stability(i), finite[i], i))
