@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.tree_util import PyTreeDef
 
 from lrjax import schedules
 from lrjax.batches import ArraySource, is_arrays, leading_size, take
@@ -175,16 +176,19 @@ class _TreeLr:
             jax.tree_util.GetAttrKey("hyperparams"),
             jax.tree_util.DictKey(name),
         )
+        self.treedef: PyTreeDef  # jax's return type does not resolve (jaxlib stub)
         flat, self.treedef = jax.tree_util.tree_flatten_with_path(state)
-        self.index = next((j for j, (p, _) in enumerate(flat) if p == target), None)
-        if self.index is None:
+        index = next((j for j, (p, _) in enumerate(flat) if p == target), None)
+        if index is None:
             raise ValueError(
                 f"{jax.tree_util.keystr(target)} is not an array of the state; {HOW}"
             )
+        self.index = index
         self.where = jax.tree_util.keystr(target)
         _check_scalar(flat[self.index][1], self.where)
 
-    def set(self, state: Any, lr: np.ndarray) -> Any:
+    def set(self, state: Any, lr: np.float32) -> Any:
+        treedef: PyTreeDef
         leaves, treedef = jax.tree.flatten(state)
         if treedef != self.treedef:
             raise ValueError(
@@ -220,7 +224,7 @@ class _GraphLr:
             )
         _check_scalar(self.applied(state), self.where)
 
-    def set(self, state: Any, lr: np.ndarray) -> Any:
+    def set(self, state: Any, lr: np.float32) -> Any:
         value = _like(self.applied(state), lr)
         if hasattr(self.var, "set_value"):
             self.var.set_value(value)
@@ -238,10 +242,10 @@ class _CallLr:
 
     where = "set_lr"
 
-    def __init__(self, set_lr: Callable[[Any, jax.Array], Any]):
+    def __init__(self, set_lr: Callable[[Any, np.float32], Any]):
         self.set_lr = set_lr
 
-    def set(self, state: Any, lr: np.ndarray) -> Any:
+    def set(self, state: Any, lr: np.float32) -> Any:
         return self.set_lr(state, lr)
 
     def applied(self, state: Any) -> None:
@@ -258,7 +262,7 @@ def _check_scalar(value: Any, where: str) -> None:
         )
 
 
-def _like(old: Any, lr: np.ndarray) -> np.ndarray:
+def _like(old: Any, lr: np.float32) -> np.ndarray:
     """``lr`` in the dtype of ``old``, as a numpy scalar: a jitted step takes it
     with the same signature every update (no retrace), and passing it costs a
     fraction of a ``device_put`` (measured: ~0.07 ms against ~0.4 ms)."""
@@ -293,7 +297,8 @@ class _Iterable:
             )
         self.data, self.iterator = data, iter(data)
         self.restartable = self.iterator is not data
-        self.batch_size, self.wanted = None, batch_size
+        self.batch_size: int | None = None
+        self.wanted = batch_size
         self.skipped = self.restarts = 0
 
     def batches(self, num_steps: int) -> Iterator[Any]:
@@ -475,7 +480,7 @@ def step_range_test(
     num_steps: int,
     key: jax.Array | None = None,
     batch_size: int | None = None,
-    hyperparam: str | Callable[[Any, jax.Array], Any] = "learning_rate",
+    hyperparam: str | Callable[[Any, np.float32], Any] = "learning_rate",
     init_value: float = 1e-5,
     end_value: float = 10.0,
     smooth_beta: float = 0.98,
@@ -539,8 +544,9 @@ def step_range_test(
       hyperparam: where the lr goes: the name of an ``inject_hyperparams``
         hyperparameter (found by walking the state's pytree, or its NNX graph),
         the full path of one as the error messages write it (when several
-        states have the name), or ``set_lr(state, lr) -> state`` (it may set the
-        lr in place on NNX objects and return ``state``).
+        states have the name), or ``set_lr(state, lr) -> state`` (``lr`` a NumPy
+        float32 scalar; it may set the lr in place on NNX objects and return
+        ``state``).
       init_value, end_value: the sweep's first and last lr (both > 0).
       smooth_beta: EMA factor of the smoothed loss (bias-corrected).
       diverge_threshold, rebound: :func:`lrjax.find_divergence`'s rules; the
