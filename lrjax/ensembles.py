@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 
 from lrjax.schedules import cosine_restart_steps
-from lrjax.step import Model, split_model
+from lrjax.step import Model, foreign_model, split_model
 
 
 class SnapshotBuffer(NamedTuple):
@@ -143,8 +143,18 @@ def _logits_fn(model: Any, stacked: Any):
             return model.merge(params, model_state, train=False)(x)
 
         return logits, stacked
-    if not callable(model):
-        raise TypeError(f"model must be a Model, an nnx.Module or apply, got {model!r}")
+    foreign = foreign_model(model)
+    if foreign is not None or not callable(model):
+        kinds = {"linen": "a Linen", "equinox": "an Equinox", "train_state": "a"}
+        got = repr(model)
+        if foreign:  # a TrainState: "a TrainState", a Linen MLP: "a Linen MLP"
+            got = f"{kinds[foreign]} {type(model).__name__}"
+        raise TypeError(
+            "model must be a Model, an nnx.Module or apply(params, x) -> logits, "
+            f"got {got}; for a Linen module pass lambda p, x: module.apply(p, x) "
+            "(p a member's variables), for Equinox lambda p, x: "
+            "jax.vmap(eqx.combine(p, static))(x)"
+        )
     if (
         isinstance(stacked, tuple)
         and len(stacked) == 2

@@ -75,6 +75,7 @@ from lrjax.step import (
     make_eval_batch,
     make_optimizer,
     make_step,
+    model_form,
     split_model,
 )
 
@@ -335,6 +336,8 @@ def evaluate(
     metrics of ``loss_fn`` (default :func:`lrjax.classification_loss`), as
     weighted means over the batches.
     """
+    own = loss_fn is not None or eval_fn is not None
+    model_form(model, has_loss_fn=own, factory=False)
     spec, params, rest = split_model(model)
     loss_fn = classification_loss() if loss_fn is None else loss_fn
     return Evaluator(spec, loss_fn, eval_fn, preprocess, batch_size)(params, rest, data)
@@ -417,9 +420,11 @@ def _snapshot_steps(steps) -> np.ndarray | None:
     return a
 
 
-def _init_model(model, key):
-    if callable(model) and not isinstance(model, nnx.Module):
+def _init_model(model, key, has_loss_fn: bool):
+    if model_form(model, has_loss_fn=has_loss_fn) == "factory":
         model = model(jax.random.fold_in(jax.random.fold_in(key, 0), 1))
+        what = "the model the factory returned"
+        model_form(model, has_loss_fn=has_loss_fn, factory=False, what=what)
     spec, params, rest = split_model(model)
     graphdef = nnx.graphdef(model) if spec.is_module else None
     return spec, params, rest, graphdef
@@ -481,7 +486,7 @@ def fit(
         raise ValueError(f"patience needs val_data to monitor {cfg.monitor!r}")
     snap_steps = _snapshot_steps(cfg.snapshot_steps)
     num_snaps = 0 if snap_steps is None else len(snap_steps)
-    spec, params, rest, graphdef = _init_model(model, key)
+    spec, params, rest, graphdef = _init_model(model, key, not default_loss)
     if default_loss and is_arrays(data):
         check_classification_data(
             spec, params, rest, data, preprocess=preprocess, batch_size=cfg.batch_size

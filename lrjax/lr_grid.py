@@ -99,7 +99,7 @@ class GridResult:
     steps_per_epoch: int
     timings: dict[str, Any]
     device: str
-    memory: dict[str, int]
+    memory: dict[str, Any]
     config: dict[str, Any]
     val_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     best_by: str = "accuracy"
@@ -284,6 +284,7 @@ def _make_evaluate(eval_pop, val, n_val: int, batch: int, dispatch: bool, exampl
                 total = {k: v.sum(0) * batch for k, v in per.items()}
             if rest:
                 total = add(total, part(params, ms, val, full * batch, rest))
+            assert total is not None  # n_val >= 1
             return {k: v / n_val for k, v in total.items()}
 
         run = jax.jit(evaluate_all).lower(*example, val).compile()
@@ -301,6 +302,7 @@ def _make_evaluate(eval_pop, val, n_val: int, batch: int, dispatch: bool, exampl
         total = None
         for i, size in enumerate(sizes):
             total = add(total, runs[size](params, ms, val, jnp.int32(i * batch)))
+        assert total is not None  # n_val >= 1
         return {k: v / n_val for k, v in total.items()}
 
     return evaluate
@@ -312,7 +314,7 @@ def lr_grid(
     train_data: Any,
     val_data: Any,
     *,
-    lrs: Sequence[float],
+    lrs: Sequence[float] | np.ndarray,
     key: jax.Array,
     seeds: int = 1,
     epochs: int = 1,
@@ -386,7 +388,7 @@ def recipe_grid(
     train_data: Any,
     val_data: Any,
     *,
-    lrs: Sequence[float],
+    lrs: Sequence[float] | np.ndarray,
     families: Mapping[str, Callable[[jax.Array], jax.Array] | None],
     key: jax.Array,
     **options: Any,
@@ -448,7 +450,7 @@ def _grid(
     val_data: Any,
     units: list,
     *,
-    lrs: Sequence[float],
+    lrs: Sequence[float] | np.ndarray,
     key: jax.Array,
     seeds: int = 1,
     epochs: int = 1,
@@ -471,6 +473,7 @@ def _grid(
     n_val = leading_size(val_data, "val_data")
     check_batch_size(batch_size, n_train)
     num_lrs = lr_arr.size
+    has_loss_fn = loss_fn is not None
     loss_fn = classification_loss() if loss_fn is None else loss_fn
     steps = n_train // batch_size
     one = lambda t: jnp.ones(jnp.shape(t), jnp.float32)  # noqa: E731
@@ -512,7 +515,7 @@ def _grid(
         estimate.update(estimate_population(tree_bytes(one), inputs, padded))
         check_memory(estimate, "the number of lrs or seeds (--num, --seeds)")
 
-    spec, params, rest = init_members(model, key, seeds, check)
+    spec, params, rest = init_members(model, key, seeds, check, has_loss_fn=has_loss_fn)
     member = np.minimum(np.arange(padded), size - 1)
     cell_of, seed_of = member // seeds, member % seeds
     lr_of, family_of = cell_of % num_lrs, cell_of // num_lrs
@@ -592,7 +595,10 @@ def _grid(
     t0 = time.perf_counter()
     # The members are evaluated the way they train (vmapped, unrolled, mapped).
     eval_members = population_fn(
-        lambda pr, b, _: eval_one(*pr, b), False, program.population, program.mesh
+        lambda pr, b, _: eval_one(pr[0], pr[1], b),
+        False,
+        program.population or "vmap",  # set: the program has members
+        program.mesh,
     )
 
     def eval_pop(params, ms, b):

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from lrjax import schedules
 from lrjax.batches import ArraySource, IterSource, as_source, is_arrays
@@ -56,6 +55,7 @@ from lrjax.step import (
     init_state,
     make_optimizer,
     make_step,
+    model_form,
     split_model,
     split_stateful,
 )
@@ -508,6 +508,7 @@ def init_members(
     check: Callable | None = None,
     *,
     model_state: Any = None,
+    has_loss_fn: bool = True,
 ):
     """``(Model, params, model_state)`` per seed: stacked ``[seeds, ...]`` if > 1.
 
@@ -520,23 +521,17 @@ def init_members(
     Every array is a fresh copy: the caller's model is never donated or changed.
     ``check(spec, params, model_state)`` sees the first member before the others
     are built (a memory estimate refuses an impossible population there).
+    ``has_loss_fn``: whether the caller gave a ``loss_fn`` (:func:`model_form`).
     """
-    if model_state is not None and isinstance(model, nnx.Module):
-        raise TypeError(
-            "with model_state, model must be the params pytree that the state "
-            "belongs to (loss_fn(params, model_state, batch, key)), not an nnx.Module"
-        )
-    # With model_state the model is params, even when callable (an eqx.Module).
-    factory = (
-        model_state is None and callable(model) and not isinstance(model, nnx.Module)
-    )
+    form = model_form(model, has_loss_fn=has_loss_fn, model_state=model_state)
+    factory = form == "factory"
     members = []
     for k in range(seeds):
-        m = (
-            model(jax.random.fold_in(jax.random.fold_in(key, k), 1))
-            if factory
-            else model
-        )
+        m = model
+        if factory:
+            m = model(jax.random.fold_in(jax.random.fold_in(key, k), 1))
+            what = "the model the factory returned"
+            model_form(m, has_loss_fn=has_loss_fn, factory=False, what=what)
         if model_state is not None:
             rngs = jax.random.fold_in(jax.random.fold_in(key, k), 2)
             spec, params, rest = split_stateful(m, model_state, rngs)
@@ -720,12 +715,14 @@ def lr_range_test(
             "seeds (--seeds)" if values is None else "seeds (--seeds) or values",
         )
 
-    if model_state is not None and loss_fn is None:
-        raise ValueError(
-            "model_state needs a loss_fn(params, model_state, batch, key) -> "
-            "(loss, model_state) that uses and updates it"
-        )
-    spec, params, rest = init_members(model, key, seeds, check, model_state=model_state)
+    spec, params, rest = init_members(
+        model,
+        key,
+        seeds,
+        check,
+        model_state=model_state,
+        has_loss_fn=loss_fn is not None,
+    )
     seed_keys = [jax.random.fold_in(key, s) for s in range(seeds)]
     mesh = population_mesh(size, "seed") if size > 1 else None
     P = jax.sharding.PartitionSpec

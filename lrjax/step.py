@@ -32,8 +32,9 @@ the caller or the dataset supplies, never a line of this module.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,197 @@ class Model:
         return self.bind(params, model_state, train=train)
 
 
+# The accepted forms of a model, each detected explicitly (see model_form).
+ModelForm = Literal["module", "factory", "params", "stateful"]
+MODEL_FORMS_DOC = "see docs/guide.md, section 'Linen, Equinox and other model forms'"
+ACCEPTED_FORMS = (
+    "an nnx.Module, a factory key -> nnx.Module, a params pytree with "
+    "loss_fn(params, batch), or params with model_state and "
+    "loss_fn(params, model_state, batch, key)"
+)
+
+
+def _instance_of(obj: Any, module: str, name: str) -> bool:
+    """``isinstance(obj, module.name)`` without importing ``module``: an object of
+    a class whose module was never imported cannot be passed (equinox is optional)."""
+    cls = getattr(sys.modules.get(module), name, None)
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def foreign_model(model: Any) -> str | None:
+    """``"linen"``, ``"equinox"`` or ``"train_state"`` for a Linen module, an
+    Equinox module or a flax ``TrainState``; None for anything else.
+
+    Neither flax.linen nor equinox is imported for this.
+    """
+    for kind, module, name in (
+        ("linen", "flax.linen", "Module"),
+        ("equinox", "equinox", "Module"),
+        ("train_state", "flax.training.train_state", "TrainState"),
+    ):
+        if _instance_of(model, module, name):
+            return kind
+    return None
+
+
+def _has_only_arrays(tree: Any) -> bool:
+    leaves = jax.tree.leaves(tree)
+    return bool(leaves) and all(isinstance(x, jax.Array | np.ndarray) for x in leaves)
+
+
+def _refuse(
+    what: str, got: str, advice: str, error: type[Exception] = TypeError
+) -> NoReturn:
+    raise error(
+        f"{what} is {got}: {advice}. lrjax takes {ACCEPTED_FORMS}; {MODEL_FORMS_DOC}"
+    )
+
+
+def model_form(
+    model: Any,
+    *,
+    has_loss_fn: bool = True,
+    model_state: Any = None,
+    factory: bool = True,
+    what: str = "model",
+) -> ModelForm:
+    """Which accepted form ``model`` is; anything else is refused in one line.
+
+    The forms, each checked for explicitly (never "a factory" from "callable"):
+
+    * ``"module"``: an ``nnx.Module``;
+    * ``"factory"``: any other callable ``key -> model`` (a function, a
+      ``functools.partial``), unless ``factory=False``;
+    * ``"params"``: a pytree of arrays with ``loss_fn(params, batch)``, e.g. the
+      ``eqx.partition`` array half of an Equinox model, or Linen's
+      ``variables["params"]`` (a dict ``{"params": ...}`` of nothing else is
+      accepted too: the loss receives it as it is);
+    * ``"stateful"``: a params pytree with ``model_state`` and
+      ``loss_fn(params, model_state, batch, key)``.
+
+    Refused, each with what to pass instead: a bare Linen module (it is callable,
+    but not ``key -> model``), a bare Equinox module without a ``loss_fn`` or
+    with leaves that are not arrays, a flax ``TrainState`` (use
+    :func:`lrjax.step_range_test`), Linen variables with collections besides
+    ``params`` (their ``batch_stats`` would never be updated), a params pytree
+    without a ``loss_fn``, anything that is not a pytree of arrays.
+
+    Args:
+      model: what the caller passed as the model.
+      has_loss_fn: whether the caller gave a ``loss_fn`` (the default loss calls
+        ``model(x)``, which only a module can answer).
+      model_state: the caller's ``model_state`` (None: none given).
+      factory: whether a factory is accepted here.
+      what: how the message names ``model``.
+
+    Raises:
+      TypeError: ``model`` is none of the forms.
+      ValueError: a form that needs a ``loss_fn`` without one, or Linen variables
+        with collections besides ``params``.
+
+    >>> model_form(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    'module'
+    >>> model_form({"w": jnp.zeros(3)})
+    'params'
+    >>> model_form({"params": {"w": jnp.zeros(3)}, "batch_stats": {}})
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: model is Linen variables with the collections ['batch_stats'] ...
+    """
+    if (
+        isinstance(model, Mapping)
+        and "params" in model
+        and (others := sorted(str(k) for k in model if k != "params"))
+    ):
+        _refuse(
+            what,
+            f"Linen variables with the collections {others} besides 'params'",
+            "pass variables['params'] as the model and model_state={k: v for k, v "
+            "in variables.items() if k != 'params'}, with a loss_fn(params, "
+            "model_state, batch, key) that calls module.apply({'params': params, "
+            "**model_state}, ..., mutable=list(model_state)) and returns the "
+            f"updated state (as params, {others} would never be updated)",
+            ValueError,
+        )
+    foreign = foreign_model(model)
+    if foreign == "linen":
+        _refuse(
+            what,
+            f"a Linen module ({type(model).__name__}), which is not a factory "
+            "key -> model",
+            "pass variables = module.init(...) as variables['params'], with "
+            "model_state={k: v for k, v in variables.items() if k != 'params'} "
+            "when it has other collections (batch_stats), and a loss_fn that "
+            "calls module.apply",
+        )
+    if foreign == "train_state":
+        _refuse(
+            what,
+            "a flax TrainState",
+            "to sweep the lr through your own train_step(state, batch), use "
+            "lrjax.step_range_test(train_step, state, data, ...) with the "
+            "optimizer built by optax.inject_hyperparams (docs/guide.md, section "
+            "'Your own train step'); or pass state.params with a loss_fn",
+        )
+    equinox = foreign == "equinox"
+    if equinox and not (has_loss_fn and _has_only_arrays(model)):
+        _refuse(
+            what,
+            f"an Equinox module ({type(model).__name__})"
+            + ("" if has_loss_fn else " without a loss_fn"),
+            "pass params, static = eqx.partition(model, eqx.is_inexact_array) "
+            "and params as the model, with a loss_fn(params, batch) that calls "
+            "eqx.combine(params, static); with an eqx.nn.State pass "
+            "model_state=state and loss_fn(params, model_state, batch, key)",
+        )
+    if isinstance(model, nnx.Module):
+        if model_state is not None:
+            raise TypeError(
+                "with model_state, model must be the params pytree that the state "
+                "belongs to (loss_fn(params, model_state, batch, key)), not an "
+                "nnx.Module"
+            )
+        return "module"
+    if model_state is not None:
+        if not has_loss_fn:
+            raise ValueError(
+                "model_state needs a loss_fn(params, model_state, batch, key) -> "
+                "(loss, model_state) that uses and updates it"
+            )
+        return "stateful"  # split_stateful names leaves that are not arrays
+    if callable(model) and not equinox:
+        if not factory:
+            _refuse(
+                what,
+                f"the callable {model!r}",
+                "a factory key -> model is accepted only where a model is built "
+                "(lr_range_test, fit, lr_grid), not here",
+            )
+        return "factory"
+    if not _has_only_arrays(model):
+        leaves = jax.tree.leaves(model)
+        bad = {
+            type(x).__name__
+            for x in leaves
+            if not isinstance(x, jax.Array | np.ndarray)
+        }
+        got = f"{type(model).__name__} with no arrays"
+        if leaves == [model]:  # not a container: the object itself
+            got = f"{type(model).__name__} {repr(model)[:60]}"
+        elif bad:
+            got = f"{type(model).__name__} with leaves of type {sorted(bad)}"
+        _refuse(what, got, "not one of the accepted forms")
+    if not has_loss_fn:
+        _refuse(
+            what,
+            f"a params pytree ({type(model).__name__})",
+            "a params pytree needs loss_fn(params, batch) (the default loss calls "
+            "model(x), which only an nnx.Module can answer)",
+            ValueError,
+        )
+    return "params"
+
+
 def split_model(model: Any) -> tuple[Model, Params, Any]:
     """``model -> (Model, params, model_state)`` without touching ``model``.
 
@@ -99,9 +291,10 @@ def split_model(model: Any) -> tuple[Model, Params, Any]:
     the returned arrays are the module's own (immutable) arrays.
 
     Raises:
-      TypeError: if ``model`` is neither an ``nnx.Module`` nor a pytree of arrays.
+      TypeError, ValueError: ``model`` is neither an ``nnx.Module`` nor a params
+        pytree of arrays (:func:`model_form`).
     """
-    if isinstance(model, nnx.Module):
+    if model_form(model, factory=False) == "module":
         graphdef, state = nnx.split(model)
         copy = nnx.merge(graphdef, state)
         copy.set_attributes(
@@ -113,21 +306,6 @@ def split_model(model: Any) -> tuple[Model, Params, Any]:
         )
         eval_def = nnx.split(copy, nnx.Param, ...)[0]
         return Model(train_def, eval_def), params, rest
-    if callable(model):
-        raise TypeError(
-            f"model must be an nnx.Module, a params pytree, or (with seeds) a factory "
-            f"key -> model; got the callable {model!r} where a model was expected"
-        )
-    leaves = jax.tree.leaves(model)
-    bad = [
-        type(x).__name__ for x in leaves if not isinstance(x, jax.Array | np.ndarray)
-    ]
-    if not leaves or bad:
-        raise TypeError(
-            "model must be an nnx.Module or a params pytree of arrays with a "
-            f"loss_fn(params, batch); got {type(model).__name__}"
-            + (f" with leaves of type {sorted(set(bad))}" if bad else " with no arrays")
-        )
     return Model(), jax.tree.map(jnp.asarray, model), ()
 
 

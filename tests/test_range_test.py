@@ -517,7 +517,7 @@ def test_bad_data_and_models(images):
 
     with pytest.raises(ValueError, match="another structure than the first batch"):
         lrjax.lr_range_test(model, optax.sgd, changing(), key=key, num_steps=4)
-    with pytest.raises(TypeError, match="model must be an nnx.Module or a params"):
+    with pytest.raises(TypeError, match="model is str .mlp.: not one of the accepted"):
         lrjax.lr_range_test("mlp", optax.sgd, (x, y), key=key)
     with pytest.raises(ValueError, match="num_steps is required"):
         lrjax.lr_range_test(model, optax.sgd, changing(), key=key)
