@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import math
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +244,7 @@ class StopOnSignals(Hook, contextlib.AbstractContextManager):
     True
     """
 
-    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
+    def __init__(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)):
         self.signals = tuple(signals)
         self.got: list[int] = []
         self.old: dict = {}
@@ -252,14 +253,14 @@ class StopOnSignals(Hook, contextlib.AbstractContextManager):
     def received(self) -> int | None:
         return self.got[0] if self.got else None
 
-    def __enter__(self):
-        def handler(signum, frame):
+    def __enter__(self) -> StopOnSignals:
+        def handler(signum: int, frame: object) -> None:
             self.got.append(signum)
 
         self.old = {s: signal.signal(s, handler) for s in self.signals}
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for s, h in self.old.items():
             signal.signal(s, h)
         return None

@@ -5,13 +5,15 @@ They never call ``plt.show()`` and never pick a backend; the command lines use A
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from lrjax.lr_grid import GridResult
     from lrjax.range_test import RangeTestResult
 
 _METHOD_STYLE = {
@@ -177,7 +179,10 @@ def plot_sweep(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def plot_learning_curves(history, ax) -> Axes:
+def plot_learning_curves(
+    history: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+    ax: Axes | tuple[Axes, Axes] | list[Axes] | np.ndarray,
+) -> Axes:
     """Loss and accuracy per epoch, the lr on a second axis, snapshots marked.
 
     Args:
@@ -188,19 +193,23 @@ def plot_learning_curves(history, ax) -> Axes:
     Returns:
       The accuracy Axes.
     """
-    if isinstance(history, dict):
-        history = history["history"]
-    axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [None, ax]
-    loss_ax, acc_ax = axes[0], axes[-1]
-    epoch = np.array([h["epoch"] for h in history])
+    records: Sequence[Mapping[str, Any]] = (
+        history["history"] if isinstance(history, Mapping) else history
+    )
+    loss_ax: Axes | None
+    if isinstance(ax, (list, tuple, np.ndarray)):
+        loss_ax, acc_ax = ax[0], ax[-1]
+    else:
+        loss_ax, acc_ax = None, ax
+    epoch = np.array([h["epoch"] for h in records])
 
     def lr_twin(a):
         # Linear: a log axis would be dominated by the ~0 lr at cycle ends.
         t = a.twinx()
         t.fill_between(
             epoch,
-            [h["lr_min"] for h in history],
-            [h["lr_max"] for h in history],
+            [h["lr_min"] for h in records],
+            [h["lr_max"] for h in records],
             color="0.85",
             alpha=0.5,
             step="pre",
@@ -208,7 +217,7 @@ def plot_learning_curves(history, ax) -> Axes:
         )
         t.plot(
             epoch,
-            [h["lr_max"] for h in history],
+            [h["lr_max"] for h in records],
             color="0.5",
             lw=1,
             ls="--",
@@ -222,15 +231,15 @@ def plot_learning_curves(history, ax) -> Axes:
         return t
 
     if loss_ax is not None:
-        loss_ax.plot(epoch, [h["train_loss"] for h in history], label="train loss")
-        loss_ax.plot(epoch, [h["val_loss"] for h in history], label="val loss")
+        loss_ax.plot(epoch, [h["train_loss"] for h in records], label="train loss")
+        loss_ax.plot(epoch, [h["val_loss"] for h in records], label="val loss")
         loss_ax.set_xlabel("epoch")
         loss_ax.set_ylabel("loss")
         loss_ax.legend(loc="upper center")
         lr_twin(loss_ax)
-    acc_ax.plot(epoch, [h["train_accuracy"] for h in history], label="train acc")
-    acc_ax.plot(epoch, [h["val_accuracy"] for h in history], label="val acc")
-    snaps = [h for h in history if "ensemble_val_accuracy" in h]
+    acc_ax.plot(epoch, [h["train_accuracy"] for h in records], label="train acc")
+    acc_ax.plot(epoch, [h["val_accuracy"] for h in records], label="val acc")
+    snaps = [h for h in records if "ensemble_val_accuracy" in h]
     if snaps:
         acc_ax.scatter(
             [h["epoch"] for h in snaps],
@@ -256,7 +265,11 @@ def plot_learning_curves(history, ax) -> Axes:
     return acc_ax
 
 
-def plot_grid(result, ax: Axes | None = None, suggestions=None) -> Axes:
+def plot_grid(
+    result: GridResult,
+    ax: Axes | None = None,
+    suggestions: Mapping[str, float | None] | None = None,
+) -> Axes:
     """Final validation accuracy vs lr (log axis): mean over seeds, min-max band.
 
     Args:
@@ -306,7 +319,11 @@ def plot_grid(result, ax: Axes | None = None, suggestions=None) -> Axes:
     return ax
 
 
-def plot_recipe_grid(results, ax: Axes | None = None, recipes=None) -> Axes:
+def plot_recipe_grid(
+    results: Mapping[str, GridResult],
+    ax: Axes | None = None,
+    recipes: Mapping[str, float] | None = None,
+) -> Axes:
     """Final validation accuracy vs peak lr, one line per schedule family.
 
     Args:

@@ -3,7 +3,8 @@
 After a seed diverges its smoothed loss is NaN; with several seeds the last steps
 are NaN for every seed (``lrjax-find --seeds 2`` used to print numpy's
 "All-NaN slice encountered" there). The band and median are checked against a
-per-step Python reference over the seeds' non-NaN values.
+per-step Python reference over the seeds' non-NaN values. plot_learning_curves is
+checked on each form of input it takes.
 """
 
 from __future__ import annotations
@@ -94,3 +95,34 @@ def test_plot_sweep_names_what_it_needs():
     result = _result(np.ones((1, 4)))
     with pytest.raises(ValueError, match="sweep_over="):
         plot_sweep(result, Figure().subplots())
+
+
+def _history() -> list[dict[str, float]]:
+    """Three epochs; the last one took a snapshot (``ensemble_val_accuracy``)."""
+    rows = []
+    for e in (1, 2, 3):
+        rows.append(
+            {"epoch": e, "lr_min": 0.01 * e, "lr_max": 0.1 * e,
+             "train_loss": 1.0 / e, "val_loss": 1.2 / e,
+             "train_accuracy": 0.5 + 0.1 * e, "val_accuracy": 0.4 + 0.1 * e}
+        )  # fmt: skip
+    rows[-1]["ensemble_val_accuracy"] = 0.75
+    return rows
+
+
+def test_plot_learning_curves_takes_a_history_or_metrics_and_one_or_two_axes():
+    from lrjax.plots import plot_learning_curves
+
+    history = _history()
+    loss_ax, acc_ax = Figure().subplots(1, 2)  # an ndarray of two Axes
+    assert plot_learning_curves({"history": history}, (loss_ax, acc_ax)) is acc_ax
+    ys = [list(line.get_ydata()) for line in loss_ax.get_lines()]
+    assert ys == [[h["train_loss"] for h in history], [h["val_loss"] for h in history]]
+    acc_lines = {line.get_label(): line for line in acc_ax.get_lines()}
+    snap = acc_lines["ensemble of snapshots so far"]
+    assert list(snap.get_xdata()) == [3] and list(snap.get_ydata()) == [0.75]
+
+    ax = Figure().subplots()
+    assert plot_learning_curves(history, ax) is ax
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "train acc" in labels and "train loss" not in labels

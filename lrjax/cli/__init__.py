@@ -136,11 +136,11 @@ def _load_user_factory(spec: str):
         raise UsageError(f"--model {spec}: no such file {path}")
     module_name = f"lrjax_user_model_{abs(hash(str(file.resolve())))}"
     try:
-        loader = importlib.util.spec_from_file_location(module_name, file)
-        if loader is None:
+        module_spec = importlib.util.spec_from_file_location(module_name, file)
+        if module_spec is None or module_spec.loader is None:
             raise ImportError("not a Python file")
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
     except Exception as e:  # the user's code: any error is bad input
         raise UsageError(
             f"--model {spec}: importing {path} failed: {_why(e)}"
