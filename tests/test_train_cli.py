@@ -334,3 +334,52 @@ def test_lr_auto_recipe_writes_family_rule_and_numbers(tiny, tmp_path, capsys):
     m2 = read(out2)
     assert m2["lr"] == pytest.approx(m2["lr_finder"]["suggestions"]["valley"])
     assert m2["schedule"]["rule"].startswith("peak = 1 x valley")
+
+
+def test_resume_continues_the_saved_flags_and_refuses_others(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """``--epochs 2`` interrupted, then ``--resume`` alone: it ends at epoch 2 (the
+    default is 30), as the uninterrupted run did; a flag that contradicts the saved
+    run is one line, exit 2, and leaves the run as it was."""
+    flags = ["--lr", "0.1", "--epochs", "2", "--chunks", "2", "--no-plot"]
+    full = tmp_path / "full"
+    assert train.main([*tiny, *flags, "--logdir", str(full)]) == 0
+    original = hooks.StopOnSignals.chunk
+    calls = []
+
+    def chunk(self, *a):
+        calls.append(1)
+        if len(calls) == 3:  # after the first chunk of epoch 2
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *a)
+
+    monkeypatch.setattr(hooks.StopOnSignals, "chunk", chunk)
+    cut = tmp_path / "cut"
+    assert train.main([*tiny, *flags, "--logdir", str(cut)]) == 130
+    monkeypatch.setattr(hooks.StopOnSignals, "chunk", original)
+    capsys.readouterr()
+
+    for argv, needle in (
+        (["--epochs", "3"], "--epochs 3 contradicts the saved run's --epochs 2"),
+        (["--lr", "auto"], "--lr auto contradicts the saved run's --lr 0.1"),
+        (["--schedule", "wsd"], "--schedule wsd contradicts"),
+        (["--augment"], "--augment contradicts the saved run's no --augment"),
+    ):
+        rc = train.main(["--logdir", str(cut), "--resume", *argv])
+        line = one_line_error(capsys, rc)
+        assert needle in line and "run.json" in line, line
+        assert not (cut / "metrics.json").exists()
+
+    # only --logdir and --resume: the saved run goes on, its --data-dir included
+    resume = ["--logdir", str(cut), "--resume"]
+    assert train.main(resume) == 0
+    got = read(cut)
+    assert got["epochs_run"] == 2 and len(got["history"]) == 2
+    assert without_times(got) == without_times(read(full))
+    # flags that agree with the saved ones (or are the defaults they left) are fine
+    agree = [*resume, "--epochs", "2", "--lr", "0.1", "--schedule", "auto", "--json"]
+    assert train.main(agree) == 0
+    assert (
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs_run"] == 2
+    )

@@ -11,6 +11,8 @@ saving a checkpoint (continue with ``--resume``).
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
 import shutil
 import sys
@@ -294,6 +296,92 @@ def _check(args) -> None:
         raise UsageError("--weight-decay with adam: use --optimizer adamw")
 
 
+# Flags that say where the run's files and data are and how it reports, not what
+# it computes: a --resume may give them anew; every other flag it may only repeat.
+# Each defaults to the saved run's (run.json), except the processes', which are
+# always this command line's (a resume may run on other machines).
+RESUME_OWN_FLAGS = (
+    "resume",
+    "force",
+    "logdir",
+    "data_dir",
+    "quiet",
+    "json",
+    "no_plot",
+    "save_probs",
+    "max_to_keep",
+)
+PROCESS_FLAGS = ("coordinator", "num_processes", "process_id", "distributed")
+
+
+def _flag(dest: str, value) -> str:
+    flag = "--" + dest.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    if value is None:
+        return f"no {flag}"
+    if isinstance(value, tuple):
+        value = ",".join(str(v) for v in value)
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def resumed_args(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """The flags of the run that ``--resume`` continues.
+
+    Every flag that decides what the run computes comes from the saved run's
+    command line (``run.json``'s ``argv``), its defaults included; this command
+    line may give :data:`RESUME_OWN_FLAGS` anew (where the files are, how it
+    reports; the saved ones otherwise), and :data:`PROCESS_FLAGS` are always its
+    own. Any other flag given here that the saved run had with another value
+    (after the defaults each one implies) is refused, so that ``--epochs 6``
+    interrupted and resumed without flags still ends at epoch 6. Without a
+    ``run.json`` (none was written yet) ``args`` are returned as they are.
+
+    Raises:
+      UsageError: a contradicting flag, or a ``run.json`` that does not read.
+    """
+    meta = Path(args.logdir) / "run.json"
+    if not meta.is_file():
+        return args
+    parser = build_parser()
+    try:
+        saved_argv = json.loads(meta.read_text())["argv"]
+        saved = parser.parse_args([str(a) for a in saved_argv])
+    except (OSError, ValueError, KeyError, TypeError, UsageError) as e:
+        raise UsageError(
+            f"--resume: cannot read the saved run's flags in {meta}: {e}"
+        ) from None
+    # Only the flags on this command line: argparse sets no default on an
+    # attribute that the namespace already has.
+    unset = object()
+    ns = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
+    given = {
+        k: v for k, v in vars(parser.parse_args(argv, ns)).items() if v is not unset
+    }
+    merged = copy.copy(saved)
+    for dest in ("resume", "force", "logdir", *PROCESS_FLAGS):
+        setattr(merged, dest, getattr(args, dest))
+    for dest, value in given.items():
+        setattr(merged, dest, value)
+    # Compared as they will run: --schedule left out and --schedule auto agree.
+    want, got = copy.copy(saved), copy.copy(merged)
+    want.resume = got.resume = False
+    want.force = got.force = False
+    _check(want)
+    _check(got)
+    for dest in given:
+        if dest in (*RESUME_OWN_FLAGS, *PROCESS_FLAGS):
+            continue
+        if getattr(got, dest) != getattr(want, dest):
+            raise UsageError(
+                f"--resume: {_flag(dest, getattr(got, dest))} contradicts the saved "
+                f"run's {_flag(dest, getattr(want, dest))} ({meta}); a resume "
+                "continues the saved run with its flags: drop the flag, or start a "
+                "new run in another --logdir"
+            )
+    return merged
+
+
 def make_schedule(args, peak: float, steps_per_epoch: int):
     """``(schedule, description, snapshot_steps | None, cycle ends)`` from args."""
     import numpy as np
@@ -469,7 +557,10 @@ def softmax_outputs(model, x, preprocess, batch_size: int = 1000):
 def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        if args.resume and args.logdir is not None and not args.force:
+            args = resumed_args(args, argv)
         _check(args)
         init_distributed(args)  # before JAX starts its backends
     except (UsageError, ValueError) as e:
@@ -578,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             resume_meta,
             json.dumps(
                 {
-                    "argv": list(sys.argv[1:] if argv is None else argv),
+                    "argv": argv,
                     "lr": peak,
                     "lr_finder": finder_doc,
                 },
