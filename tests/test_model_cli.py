@@ -179,3 +179,71 @@ def test_hidden_with_another_model_is_an_error(
                        "--model", spec, "--hidden", "32"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "--hidden applies to --model mlp only" in err
+
+
+DICT_BATCH_MODEL = """
+import jax
+import optax
+from flax import nnx
+
+
+class MyNet(nnx.Module):
+    def __init__(self, num_classes, *, rngs):
+        self.out = nnx.Linear(28 * 28, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(x.reshape(x.shape[0], -1))
+
+
+def build(num_classes, *, rngs):
+    return MyNet(num_classes, rngs=rngs)
+"""
+LOSSES = {
+    "dict": (
+        "def loss_fn(model, batch):\n"
+        "    logits = model(batch['image'])\n"
+        "    return optax.softmax_cross_entropy_with_integer_labels(\n"
+        "        logits, batch['label']).mean()\n",
+        "loss_fn in {path} failed on the first batch (images float32[B, 28, 28], "
+        "labels int32[B]): TypeError: tuple indices must be integers or slices, not "
+        "str; the command lines pass these (x, y) tuples",
+    ),
+    "logits": (
+        "def loss_fn(model, batch):\n"
+        "    logits = model(batch[0])\n"
+        "    return optax.softmax_cross_entropy_with_integer_labels(\n"
+        "        logits, batch[1]).mean(), logits\n",
+        "loss_fn in {path} failed on the first batch (images float32[B, 28, 28], "
+        "labels int32[B]): ValueError: loss_fn must return a scalar loss",
+    ),
+    "channels, default loss": (
+        "class Channels(MyNet):\n"
+        "    def __call__(self, x):  # written for [B, 28, 28, 3]\n"
+        "        return self.out(x.reshape(x.shape[0], 28 * 28, 3).mean(-1))\n\n\n"
+        "def build(num_classes, *, rngs):\n"
+        "    return Channels(num_classes, rngs=rngs)\n",
+        "the model (default loss) failed on the first batch (images float32[B, 28, "
+        "28], labels int32[B]): TypeError: cannot reshape",
+    ),
+}
+
+
+@pytest.mark.parametrize("cli", [find, train, grid], ids=["find", "train", "grid"])
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_a_loss_for_another_batch_form_is_one_line(
+    tiny_fashion_mnist, tmp_path, capsys, cli, loss
+):
+    """The README's MyNet with a dict-batch loss_fn (``batch["image"]``): exit 2 and
+    one line with the batch form the command lines pass, not a traceback."""
+    code, needle = LOSSES[loss]
+    path = tmp_path / "mynet.py"
+    path.write_text(DICT_BATCH_MODEL + "\n\n" + code)
+    rc = cli.main(["--data-dir", str(tiny_fashion_mnist), "--model", f"{path}:build",
+                   "--quiet", "--out" if cli is not train else "--logdir",
+                   str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"--model {path}:build: " in lines[0]
+    assert needle.format(path=path) in lines[0], lines[0]
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -203,16 +203,19 @@ def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
         def base(k):
             return fn(ds.num_classes, rngs=nnx.Rngs(k))
 
-    def build(k):
-        model = base(k)
+    def augmented(model, k):
         if args.augment:
             aug = models.Augment(rngs=nnx.Rngs(augment=jax.random.fold_in(k, 1)))
             model = nnx.Sequential(aug, model)
         return model
 
+    def build(k):
+        return augmented(base(k), k)
+
     if spec not in ("mlp", "cnn"):
+        key = jax.random.key(0)
         try:
-            probe = base(jax.random.key(0))
+            probe = base(key)
         except Exception as e:  # the user's code: any error is bad input
             raise UsageError(f"--model {spec}: the factory raised {_why(e)}") from None
         if not isinstance(probe, nnx.Module):
@@ -220,7 +223,54 @@ def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
                 f"--model {spec}: the factory returned {type(probe).__name__}, "
                 "not an nnx.Module"
             )
+        check_first_batch(spec, augmented(probe, key), loss_fn, ds, args.batch_size)
     return ModelChoice(build, loss_fn, config)
+
+
+def batch_form(ds, batch_size: int | str = "B") -> str:
+    """The batches the command lines give a model file's model and ``loss_fn``:
+    ``(images float32[B, 28, 28], labels int32[B])`` for (Fashion-)MNIST."""
+    dims = ", ".join(str(d) for d in (batch_size, *ds.x_train.shape[1:]))
+    return f"(images float32[{dims}], labels {ds.y_train.dtype}[{batch_size}])"
+
+
+def check_first_batch(spec: str, model, loss_fn, ds, batch_size: int) -> None:
+    """Traces a model file's ``loss_fn`` (or the default loss) once on the batch
+    form the command lines pass (:func:`batch_form`, the images scaled to [0, 1]):
+    nothing runs, and a loss written for another form (``batch["image"]``) is one
+    line before any work, not a traceback from inside a compiled step.
+
+    Raises:
+      UsageError: the loss or the model raised on that form, or the loss returned
+        something other than a scalar or ``(scalar, {name: scalar})``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from lrjax.step import classification_loss, loss_and_metrics, split_model
+
+    loss = classification_loss() if loss_fn is None else loss_fn
+    m, params, rest = split_model(model)
+    batch = (
+        jax.ShapeDtypeStruct((batch_size, *ds.x_train.shape[1:]), jnp.float32),
+        jax.ShapeDtypeStruct((batch_size,), ds.y_train.dtype),
+    )
+
+    def first(params, rest, batch):
+        return loss_and_metrics(loss(m.bind(params, rest, train=True), batch))
+
+    try:
+        jax.eval_shape(first, params, rest, batch)
+    except Exception as e:  # the user's code: any error is bad input
+        path = spec.rpartition(":")[0]
+        what = (
+            f"loss_fn in {path}" if loss_fn is not None else "the model (default loss)"
+        )
+        raise UsageError(
+            f"--model {spec}: {what} failed on the first batch {batch_form(ds)}: "
+            f"{_why(e)}; the command lines pass these (x, y) tuples, not dicts "
+            "(docs/guide.md, 'Your own model on the command line')"
+        ) from None
 
 
 def load_data(args: argparse.Namespace):
