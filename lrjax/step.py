@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.tree_util import PyTreeDef
+from jax.typing import ArrayLike
 
 Params = Any
 Batch = Any  # any pytree of arrays with a leading batch axis
@@ -86,7 +88,8 @@ class Model:
         """``model_state`` after ``loss_fn`` ran on ``bound`` (batch stats, rngs)."""
         if not self.is_module:
             return model_state
-        return nnx.split(bound, nnx.Param, ...)[2]
+        # flax types split(node, f1, f2) as a variadic tuple; it has three items
+        return nnx.split(bound, nnx.Param, ...)[2]  # type: ignore[misc]
 
     def merge(self, params: Params, model_state: Any, *, train: bool = False):
         """A new module (or the params) from arrays, e.g. a trained state."""
@@ -300,7 +303,8 @@ def split_model(model: Any) -> tuple[Model, Params, Any]:
         copy.set_attributes(
             deterministic=False, use_running_average=False, raise_if_not_found=False
         )
-        train_def, params, rest = nnx.split(copy, nnx.Param, ...)
+        # flax types split(node, f1, f2) as a variadic tuple; it has three items
+        train_def, params, rest = nnx.split(copy, nnx.Param, ...)  # type: ignore[misc]
         copy.set_attributes(
             deterministic=True, use_running_average=True, raise_if_not_found=False
         )
@@ -378,7 +382,8 @@ def check_optimizer(optimizer: Any) -> None:
 
 
 def make_optimizer(
-    optimizer: OptimizerFactory, learning_rate
+    optimizer: OptimizerFactory,
+    learning_rate: float | jax.Array | Callable[[jax.Array], ArrayLike],
 ) -> optax.GradientTransformation:
     """``optax.inject_hyperparams(optimizer)(learning_rate=learning_rate)``.
 
@@ -478,7 +483,7 @@ def check_classification_data(
         return  # not logits and labels: the loss itself will say so
     classes = logits.shape[-1]
     passes = preprocess is None
-    if not passes:  # preprocess returns its labels input as it is (scale_images)?
+    if preprocess is not None:  # it returns its labels input as it is (scale_images)?
         jaxpr = jax.make_jaxpr(lambda batch: preprocess(batch)[1])(first).jaxpr
         passes = jaxpr.outvars[0] is jaxpr.invars[-1]  # y: the last leaf of (x, y)
     seen = "labels" if passes else "labels after preprocess"
@@ -488,7 +493,7 @@ def check_classification_data(
             f"[0, {classes}), got {y.dtype} {seen}: convert them (y.astype(np.int32)) "
             "or give a loss_fn (one-hot labels: optax.softmax_cross_entropy)"
         )
-    if passes:
+    if passes or preprocess is None:  # (passes whenever there is no preprocess)
         labels = np.asarray(data[1])
         lo, hi = int(labels.min()), int(labels.max())
         bad = int(np.count_nonzero((labels < 0) | (labels >= classes)))
@@ -602,7 +607,8 @@ def loss_state_metrics(out: Any, model_state: Any) -> tuple[jax.Array, Any, Metr
     if len(out) == 3 and not isinstance(out[2], Mapping):
         raise ValueError(f"{accepted}; got {_structure(out)}")
     loss, metrics = loss_and_metrics((out[0], out[2] if len(out) == 3 else {}))
-    given, got = jax.tree.structure(model_state), jax.tree.structure(out[1])
+    given: PyTreeDef = jax.tree.structure(model_state)  # (jaxlib has no stub)
+    got: PyTreeDef = jax.tree.structure(out[1])
     if given != got:
         raise ValueError(
             f"{accepted}, the model_state of the structure it was given: {given}; "
