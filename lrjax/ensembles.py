@@ -39,14 +39,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
 
 from lrjax.schedules import cosine_restart_steps
 from lrjax.step import Model, foreign_model, split_model
 
 
 class SnapshotBuffer(NamedTuple):
+    # count: snapshots written so far (slots 0 .. count - 1). A field named count
+    # shadows tuple.count: mypy reports it, ignored here, in WeightAverage, StatsPass.
     members: Any  # (params, model_state), every leaf [M, *leaf.shape]
-    count: jax.Array  # int32[]: snapshots written so far (slots 0 .. count - 1)
+    count: jax.Array  # type: ignore[assignment]  # int32[]
 
 
 def init_buffer(tree: Any, num_snapshots: int) -> SnapshotBuffer:
@@ -172,7 +175,9 @@ def _in_batches(a: jax.Array, batch_size: int) -> jax.Array:
     return a.reshape(nb, batch_size, *a.shape[1:])
 
 
-def member_probs(model: Any, stacked: Any, x: jax.Array, batch_size: int = 1000):
+def member_probs(
+    model: Any, stacked: Any, x: jax.Array, batch_size: int = 1000
+) -> jax.Array:
     """Softmax outputs ``float32[M, N, C]`` of every snapshot (``vmap`` over M).
 
     Each member predicts in evaluation mode with its own model state.
@@ -190,7 +195,9 @@ def member_probs(model: Any, stacked: Any, x: jax.Array, batch_size: int = 1000)
     return probs[:, : x.shape[0]]
 
 
-def ensemble_predict(model: Any, stacked: Any, x: jax.Array, m: int | None = None):
+def ensemble_predict(
+    model: Any, stacked: Any, x: jax.Array, m: int | None = None
+) -> jax.Array:
     """Mean softmax of the LAST ``m`` snapshots (default all): ``float32[N, C]``.
 
     >>> apply = lambda p, x: x @ p
@@ -219,7 +226,9 @@ def _curve(probs, y):
     return single, ensemble
 
 
-def ensemble_curve(model: Any, stacked: Any, x, y) -> tuple[np.ndarray, np.ndarray]:
+def ensemble_curve(
+    model: Any, stacked: Any, x: ArrayLike, y: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy of each snapshot, and of the ensemble of the last m, m = 1..M.
 
     Returns:
@@ -246,7 +255,7 @@ class WeightAverage(NamedTuple):
     """The running mean of the weights, carried through the compiled chunks."""
 
     params: Any  # the params' pytree; float leaves kept in at least float32
-    count: jax.Array  # int32[]: weights averaged so far
+    count: jax.Array  # type: ignore[assignment]  # int32[]: weights averaged so far
 
 
 def _mean_dtype(a) -> np.dtype:
@@ -353,7 +362,7 @@ class StatsPass(NamedTuple):
 
     model_state: Any  # the module's state as the pass leaves it (rngs advance)
     mean: Any  # nnx.State of the BatchStat variables: mean over the batches
-    count: jax.Array  # int32[]: batches seen
+    count: jax.Array  # type: ignore[assignment]  # int32[]: batches seen
 
 
 def stats_pass_init(model_state: Any) -> StatsPass:
