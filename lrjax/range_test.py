@@ -370,7 +370,8 @@ def _sweep_optimizer(optimizer: OptimizerFactory, name: str):
         return optimizer(learning_rate, **value)
 
     kind = inspect.Parameter
-    factory.__signature__ = inspect.Signature(
+    # typeshed's functions have no __signature__; inspect.signature reads it
+    factory.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             kind("learning_rate", kind.POSITIONAL_OR_KEYWORD),
             kind(name, kind.KEYWORD_ONLY),
@@ -667,7 +668,7 @@ def lr_range_test(
     check_population(population)
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
-    sweep_name, values = None, None
+    sweep_name, values = "", None  # the name is read only where values is set
     if sweep_over is not None:
         sweep_name, values = check_sweep(sweep_over, optimizer)
         make_tx = _sweep_optimizer(optimizer, sweep_name)
@@ -759,8 +760,10 @@ def lr_range_test(
     elif num_steps is None:
         num_steps = source.steps_per_epoch // k
     num_steps = _check_steps(num_steps)
+    feed: ArraySource | IterSource | _PerMember = source  # what the loop reads
     if swept_seeds:
-        source = _PerMember(base, seed_of, per_member)
+        assert isinstance(source, ArraySource)  # swept_seeds: in-memory arrays
+        feed = _PerMember(source, seed_of, per_member)
 
     sweep = (
         schedules.exponential_sweep if mode == "exponential" else schedules.linear_sweep
@@ -791,7 +794,7 @@ def lr_range_test(
         members = "own" if own else "shared"
     program = Program(
         build,
-        gathers=source.gathers,
+        gathers=feed.gathers,
         members=members,
         loop=loop,
         population=population,
@@ -804,14 +807,14 @@ def lr_range_test(
         state = jax.jit(init, out_shardings=shard)(params, rest)
     else:
 
-        def init(v, s, params, rest):
+        def init_member(v, s, params, rest):
             if seeds > 1:
                 params, rest = jax.tree.map(lambda a: a[s], (params, rest))
             return init_state(params, rest, make_tx(sched, v))
 
         value_of = np.repeat(np.arange(num_values), seeds)
         state = jax.jit(
-            jax.vmap(init, in_axes=(0, 0, None, None)), out_shardings=shard
+            jax.vmap(init_member, in_axes=(0, 0, None, None)), out_shardings=shard
         )(
             jnp.asarray(np.asarray(values)[value_of], jnp.float32),
             jnp.asarray(seed_of, jnp.int32),
@@ -847,7 +850,7 @@ def lr_range_test(
         return None
 
     plan = uniform_plan(num_steps, chunks, MAX_CHUNK_STEPS)
-    out = drive(program, state, source, plan, hooks=[record])
+    out = drive(program, state, feed, plan, hooks=[record])
     if bar is not None:
         bar.close()
     if "loss" not in parts:
