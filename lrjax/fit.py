@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -263,7 +263,9 @@ class Carry(NamedTuple):
     average: ensembles.WeightAverage | None  # None: averaging off (no leaves)
 
 
-def data_mesh(batch_size: int, devices=None) -> jax.sharding.Mesh:
+def data_mesh(
+    batch_size: int, devices: Iterable[jax.Device] | None = None
+) -> jax.sharding.Mesh:
     """A 1-D ``("data",)`` mesh over all devices of every process.
 
     The devices are grouped by process, so each process holds one contiguous
@@ -479,7 +481,7 @@ def fit(
     t_start = time.perf_counter()
     k = cfg.accumulate_steps
     default_loss = loss_fn is None
-    loss_fn = classification_loss() if default_loss else loss_fn
+    loss_fn = classification_loss() if loss_fn is None else loss_fn
     mode = cfg.monitor_mode or default_mode(cfg.monitor)
     restore_best = cfg.patience > 0 if cfg.restore_best is None else cfg.restore_best
     if val_data is None and cfg.monitor.startswith("val_") and cfg.patience:
@@ -508,6 +510,7 @@ def fit(
                 lambda a: jax.lax.with_sharding_constraint(a, shard), batch
             )
 
+    source: _EpochArrays | ProcessShare | IterSource
     if is_arrays(data):
         n, b = leading_size(data, "data"), cfg.batch_size
         spe = (n // check_batch_size(b, n)) // k
@@ -520,7 +523,7 @@ def fit(
             if not 1 <= cfg.steps_per_epoch <= spe:
                 raise ValueError(f"steps_per_epoch must be between 1 and {spe}")
             spe = cfg.steps_per_epoch
-        source = _EpochArrays(
+        arrays = _EpochArrays(
             data,
             b,
             key,
@@ -528,31 +531,36 @@ def fit(
             accumulate_steps=k,
             sharding=None if shares else rep,
         )
+        source = arrays
         if shares:
-            source = ProcessShare(source, _batch_sharding(mesh, k))
-    elif shares:
-        source = IterSource(
-            data,
-            accumulate_steps=k,
-            sharding=_batch_sharding(mesh, k),
-            local_share=True,
-        )
+            assert mesh is not None  # shares: data parallel
+            source = ProcessShare(arrays, _batch_sharding(mesh, k))
     else:
-        source = IterSource(data, accumulate_steps=k, sharding=rep)
-        spe = cfg.steps_per_epoch
-        if spe is None:
+        if shares:  # this process's rows of every global batch
+            assert mesh is not None  # shares: data parallel
+            source = IterSource(
+                data,
+                accumulate_steps=k,
+                sharding=_batch_sharding(mesh, k),
+                local_share=True,
+            )
+        else:
+            source = IterSource(data, accumulate_steps=k, sharding=rep)
+        given = cfg.steps_per_epoch
+        if given is None:
             if not hasattr(data, "__len__"):
                 raise ValueError(
                     "steps_per_epoch is required for an iterable without len()"
                 )
-            spe = len(data) // k
-        if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:
-            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {spe!r}")
+            given = len(data) // k
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {given!r}")
+        spe = given
 
     total = cfg.epochs * spe
     avg_start, avg_every = cfg.average_start, cfg.average_every
     averaging = avg_start is not None
-    if averaging and avg_start >= total:
+    if avg_start is not None and avg_start >= total:
         raise ValueError(
             f"average_start {avg_start} is past the last update of the run "
             f"({total} updates: {cfg.epochs} epochs of {spe}); use an index in "
@@ -577,7 +585,7 @@ def fit(
             if snaps is not None:
                 take = jnp.any(snap_dev == state.step - 1)
                 snaps = ensembles.write(snaps, (state.params, state.model_state), take)
-            if average is not None:
+            if average is not None and avg_start is not None:  # (both or neither)
                 t = state.step - 1  # the update just applied
                 take = (t >= avg_start) & ((t - avg_start) % avg_every == 0)
                 average = ensembles.update_average(average, state.params, take)
@@ -645,7 +653,7 @@ def fit(
             clock[0] = time.perf_counter()
         return next((r for r in reasons if r), None)
 
-    reason = "error"
+    reason: str | None = "error"
     try:
         if ckpt is not None and cfg.resume:
             ckpt.restore(run)
@@ -673,7 +681,9 @@ def fit(
 
     state = run.carry.state
     use_best = restore_best and run.best["epoch"] is not None
-    final = run.best_state if use_best else (state.params, state.model_state)
+    final: tuple[Any, Any] = (  # (params, model_state)
+        run.best_state if use_best else (state.params, state.model_state)
+    )
     if spec.is_module:
         trained = nnx.merge(graphdef, *final)
     else:
@@ -754,11 +764,12 @@ def _finish_average(
     ``stats_pass(params, model_state) -> (model_state, batches)`` re-estimates
     the BatchNorm statistics (:func:`_stats_pass`); None without BatchNorm.
     """
-    state = carry.state
-    result.average_count = int(carry.average.count)
+    state, average = carry.state, carry.average
+    assert average is not None  # called when averaging
+    result.average_count = int(average.count)
     if result.interrupted or not result.average_count:
         return
-    params = ensembles.averaged_params(carry.average, state.params)
+    params = ensembles.averaged_params(average, state.params)
     model_state = state.model_state
     if stats_pass is not None:
         no_bn = model_state
