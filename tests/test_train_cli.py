@@ -226,6 +226,22 @@ def test_signals_save_exit_130_143_and_resume_is_identical(tiny, tmp_path, monke
         assert without_times(read(cut)) == without_times(read(full))
 
 
+def test_a_stop_agreed_from_another_process_exits_143(tiny, tmp_path, monkeypatch):
+    """Under several processes every one stops when one gets a signal (the loop
+    agrees on the reason); one that received none itself exits 143 with the
+    checkpoint message (int(None) raised TypeError here before)."""
+    calls = []
+
+    def chunk(self, *a):
+        calls.append(1)
+        return "signal" if len(calls) == 3 else None  # the peer's signal, agreed
+
+    monkeypatch.setattr(hooks.StopOnSignals, "chunk", chunk)
+    cut = tmp_path / "cut"
+    assert train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot"]) == 143
+    assert (cut / "checkpoints").is_dir() and not (cut / "metrics.json").exists()
+
+
 def schedule_of(argv, steps_per_epoch=100, peak=0.2):
     args = train.build_parser().parse_args(argv)
     train._check(args)

@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -392,6 +393,7 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     total = args.epochs * steps_per_epoch
     s = args.schedule
     family = recipe_family(s)
+    sched: float | schedules.Schedule  # a constant lr is a float
     if family is not None:
         from lrjax.recipes import build_schedule
 
@@ -435,7 +437,7 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     else:
         cycle = max(1, round(cycle_epochs * steps_per_epoch))
     snaps = None
-    ends = []
+    ends: list[int] | np.ndarray = []
     if s == "constant":
         sched = peak
     elif s == "step":
@@ -750,12 +752,15 @@ def main(argv: list[str] | None = None) -> int:
     except (hooks.CheckpointError, ValueError) as e:
         return fail(PROG, str(e))
     if result.interrupted:
+        # Several processes stop together: one that got no signal itself exits
+        # as if it had received the scheduler's SIGTERM.
+        by = f"signal {signum}" if signum is not None else "a signal to another process"
         print(
-            f"{PROG}: stopped by signal {signum} at step {result.step}; checkpoint "
+            f"{PROG}: stopped by {by} at step {result.step}; checkpoint "
             f"saved in {out / 'checkpoints'}; continue with --resume",
             file=sys.stderr,
         )
-        return 128 + int(signum)
+        return 128 + int(signal.SIGTERM if signum is None else signum)
 
     metrics = {
         "test_accuracy": result.test.get("accuracy") if result.test else None,
