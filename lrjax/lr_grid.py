@@ -471,6 +471,8 @@ def _grid(
     val_data = _arrays(val_data, "val_data")
     n_train = leading_size(train_data, "train_data")
     n_val = leading_size(val_data, "val_data")
+    if n_val < 1:
+        raise ValueError("val_data has no examples")
     check_batch_size(batch_size, n_train)
     num_lrs = lr_arr.size
     has_loss_fn = loss_fn is not None

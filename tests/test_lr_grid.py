@@ -390,6 +390,13 @@ def test_bad_input_raises_value_error_naming_the_value(kwargs, message):
         grid(init, optax.sgd, key=jax.random.key(0), **args)
 
 
+def test_empty_val_data_is_refused_before_anything_is_built():
+    # it reached divmod(n_val, 0) after building the population before
+    with pytest.raises(ValueError, match="^val_data has no examples$"):
+        lr_grid(init, optax.sgd, (X, Y), (XV[:0], YV[:0]), lrs=[0.1],
+                key=jax.random.key(0))  # fmt: skip
+
+
 def test_iterables_and_callables_are_refused_with_a_clear_error():
     with pytest.raises(TypeError, match="train_data must be in-memory arrays"):
         lr_grid(init, optax.sgd, iter([(X, Y)]), (XV, YV), lrs=[0.1],
