@@ -22,6 +22,16 @@ every averaged update (:func:`lrjax.ensembles.update_average`); at the end the
 averaged weights get BatchNorm statistics of their own from one pass over the
 training data (:func:`lrjax.ensembles.stats_pass_step`) and are evaluated with
 and without them.
+
+A pure model with a state of its own (Linen's ``batch_stats``, Equinox's
+``eqx.nn.State``; ``model_state=``) trains through ``loss_fn(params,
+model_state, batch, key)`` like :func:`lrjax.lr_range_test`: the state and the
+key of its update rngs are part of the train state, so checkpoints, exact resume,
+the best epoch and snapshots carry them. Its evaluation is the caller's
+``eval_fn(params, model_state, batch)``. Its weight average averages the params
+only and keeps the last update's ``model_state`` (lrjax cannot tell which of its
+leaves are batch statistics; re-estimate them from the averaged params with your
+own pass over the training data if the model has BatchNorm).
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ from lrjax.hooks import (
 from lrjax.loop import ChunkEnd, Program, check_loop, drive, epoch_plan
 from lrjax.results import describe_devices
 from lrjax.step import (
+    STATEFUL_EVAL,
     LossFn,
     Model,
     OptimizerFactory,
@@ -71,12 +82,14 @@ from lrjax.step import (
     check_optimizer,
     classification_loss,
     fresh,
+    init_member,
     init_state,
     make_eval_batch,
     make_optimizer,
     make_step,
     model_form,
     split_model,
+    split_stateful,
 )
 
 __all__ = ["CheckpointError", "FitConfig", "FitResult", "data_mesh", "evaluate", "fit"]
@@ -110,6 +123,8 @@ class FitConfig:
         inside the compiled chunk (``torch.optim.swa_utils.AveragedModel``).
         Only ``nnx.Param`` variables are averaged; BatchNorm statistics are
         re-estimated for the average at the end (``FitResult.averaged_model``).
+        With ``model_state`` (a pure model) the params are averaged and the
+        last update's model state is kept, not re-estimated.
         Must be below the run's ``epochs * steps_per_epoch`` updates.
       average_every: average every this many updates from ``average_start``.
       chunks_per_epoch: compiled chunks per epoch (host actions run between).
@@ -164,9 +179,13 @@ class FitResult:
 
     ``model`` is a NEW module (in the caller's module's mode; ``.eval()`` it for
     inference) from the final, or with ``restore_best`` the best, ``params`` and
-    ``model_state``; for a pure model it is the params pytree. ``snapshots`` are
-    ``(params, model_state)`` stacked ``[m, ...]``, for
-    :func:`lrjax.ensemble_curve` with ``spec``.
+    ``model_state``; for a pure model it is the params pytree. For a model
+    given with ``model_state`` (Linen, Equinox), ``params`` and ``model_state``
+    are the trained params and the caller's kind of state (e.g.
+    ``{"batch_stats": ...}``, an ``eqx.nn.State``), without lrjax's rng key.
+    ``snapshots`` are ``(params, model_state)`` stacked ``[m, ...]``, for
+    :func:`lrjax.ensemble_curve` with ``spec`` (a module), the same kind of
+    state.
 
     With ``FitConfig.average_start``, ``averaged_model`` is a new module (or the
     params pytree) of the weight average ``average_params`` (the mean of
@@ -174,7 +193,8 @@ class FitResult:
     ``average_model_state``: the final ``model_state`` whose BatchNorm
     statistics were re-estimated for the averaged weights with one pass of
     ``average_bn_batches`` training batches (0: no BatchNorm, or an iterable
-    that gave no batch again). ``average_val`` / ``average_test`` are its
+    that gave no batch again; always 0 with ``model_state=``, whose final state
+    is kept as it is). ``average_val`` / ``average_test`` are its
     metrics on ``val_data`` / ``test_data``; with BatchNorm, ``*_no_bn`` are
     those of the same weights with the final training statistics (no
     re-estimation). None when averaging is off, nothing was averaged, or the
@@ -328,6 +348,7 @@ def evaluate(
     data: Any,
     *,
     loss_fn: LossFn | None = None,
+    model_state: Any = None,
     eval_fn: Callable | None = None,
     preprocess: Callable | None = None,
     batch_size: int = 1000,
@@ -336,11 +357,19 @@ def evaluate(
 
     ``eval_fn(model, batch) -> {name: scalar}`` if given, else the loss and
     metrics of ``loss_fn`` (default :func:`lrjax.classification_loss`), as
-    weighted means over the batches.
+    weighted means over the batches. With ``model_state`` (params with a state
+    of their own, e.g. ``FitResult.params`` and ``FitResult.model_state``):
+    ``eval_fn(params, model_state, batch) -> {name: scalar}``, required.
     """
     own = loss_fn is not None or eval_fn is not None
-    model_form(model, has_loss_fn=own, factory=False)
-    spec, params, rest = split_model(model)
+    form = model_form(model, has_loss_fn=own, model_state=model_state, factory=False)
+    if form == "stateful":
+        if eval_fn is None:
+            raise ValueError(STATEFUL_EVAL)
+        # the key of the update rngs: never used by an evaluation
+        spec, params, rest = split_stateful(model, model_state, jax.random.key(0))
+    else:
+        spec, params, rest = split_model(model)
     loss_fn = classification_loss() if loss_fn is None else loss_fn
     return Evaluator(spec, loss_fn, eval_fn, preprocess, batch_size)(params, rest, data)
 
@@ -422,13 +451,19 @@ def _snapshot_steps(steps) -> np.ndarray | None:
     return a
 
 
-def _init_model(model, key, has_loss_fn: bool):
-    if model_form(model, has_loss_fn=has_loss_fn) == "factory":
-        model = model(jax.random.fold_in(jax.random.fold_in(key, 0), 1))
-        what = "the model the factory returned"
-        model_form(model, has_loss_fn=has_loss_fn, factory=False, what=what)
-    spec, params, rest = split_model(model)
-    graphdef = nnx.graphdef(model) if spec.is_module else None
+def _init_model(model, key, has_loss_fn: bool, model_state):
+    """The one member of a fit: :func:`lrjax.step.init_member` at ``fold_in(key,
+    0)``, as seed 0 of a range test or grid; and the graph definition of the
+    caller's module (None for a pure model) for the result's ``model``."""
+    form = model_form(model, has_loss_fn=has_loss_fn, model_state=model_state)
+    spec, params, rest, built = init_member(
+        model,
+        jax.random.fold_in(key, 0),
+        form,
+        model_state=model_state,
+        has_loss_fn=has_loss_fn,
+    )
+    graphdef = nnx.graphdef(built) if spec.is_module else None
     return spec, params, rest, graphdef
 
 
@@ -440,6 +475,7 @@ def fit(
     key: jax.Array,
     config: FitConfig | None = None,
     loss_fn: LossFn | None = None,
+    model_state: Any = None,
     eval_fn: Callable | None = None,
     preprocess: Callable | None = None,
     val_data: Any = None,
@@ -450,8 +486,10 @@ def fit(
 
     Args:
       model: an ``nnx.Module`` (BatchNorm, Dropout, any state; gradients wrt its
-        ``nnx.Param`` only), a params pytree with ``loss_fn(params, batch)``, or a
-        factory ``key -> model`` (called with ``fold_in(fold_in(key, 0), 1)``).
+        ``nnx.Param`` only), a params pytree with ``loss_fn(params, batch)``
+        (or with ``model_state``), or a factory ``key -> model`` (called with
+        ``fold_in(fold_in(key, 0), 1)``; with ``model_state="from_factory"``
+        it returns ``(params, model_state)``).
       optimizer: ``learning_rate -> optax.GradientTransformation``, e.g.
         ``optax.sgd``; the logged lr is the lr each update applied.
       data: in-memory arrays (a pytree with a common leading example axis, on the
@@ -462,9 +500,19 @@ def fit(
       config: a :class:`FitConfig` (default ``FitConfig()``).
       loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``;
         default :func:`lrjax.classification_loss`, with which in-memory data are
-        checked once first (:func:`lrjax.step.check_classification_data`).
+        checked once first (:func:`lrjax.step.check_classification_data`). With
+        ``model_state``: ``loss_fn(params, model_state, batch, key) -> (loss,
+        model_state)`` or ``(loss, model_state, {name: scalar})``.
+      model_state: the state of a params-pytree model that training updates
+        (Linen's ``{"batch_stats": ...}``, Equinox's ``eqx.nn.State``), or
+        ``"from_factory"``; never the caller's arrays. Update ``t``'s ``key``
+        (dropout) is ``fold_in(fold_in(fold_in(key, 0), 2), t)``, as seed 0 of
+        :func:`lrjax.lr_range_test`.
       eval_fn: ``eval_fn(model, batch) -> {name: scalar}`` for evaluation
-        (default: the loss and metrics of ``loss_fn``), in eval mode.
+        (default: the loss and metrics of ``loss_fn``), in eval mode. With
+        ``model_state``: ``eval_fn(params, model_state, batch)`` (the model in
+        evaluation mode: running averages, no dropout), required when there
+        is ``val_data`` or ``test_data``.
       preprocess: ``batch -> batch`` in compiled code, for training and
         evaluation (e.g. :func:`lrjax.batches.scale_images`).
       val_data: evaluated after every epoch (``val_<name>`` in the history).
@@ -475,6 +523,36 @@ def fit(
     Raises:
       ValueError, TypeError: bad arguments. CheckpointError: an unreadable or
       incompatible checkpoint.
+
+    A Linen model with BatchNorm and Dropout, its state carried by lrjax:
+
+    >>> import flax.linen as nn, optax
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x, train: bool):
+    ...         x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
+    ...         x = nn.Dropout(0.2, deterministic=not train)(nn.relu(x))
+    ...         return nn.Dense(2)(x)
+    >>> def loss_fn(params, state, batch, key):  # key: this update's rng
+    ...     (x, y), variables = batch, {"params": params, **state}
+    ...     logits, state = Net().apply(variables, x, train=True,
+    ...                                 mutable=list(state), rngs={"dropout": key})
+    ...     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    ...     return loss.mean(), state
+    >>> def eval_fn(params, state, batch):  # running averages, no dropout
+    ...     (x, y), variables = batch, {"params": params, **state}
+    ...     logits = Net().apply(variables, x, train=False)
+    ...     return {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+    >>> x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)
+    >>> variables = Net().init(jax.random.key(0), x[:1], train=False)
+    >>> state = {"batch_stats": variables["batch_stats"]}
+    >>> r = fit(variables["params"], optax.sgd, (x, y), key=jax.random.key(1),
+    ...         loss_fn=loss_fn, model_state=state, eval_fn=eval_fn,
+    ...         val_data=(x, y), config=FitConfig(epochs=2, batch_size=16))
+    >>> mean = r.model_state["batch_stats"]["BatchNorm_0"]["mean"]
+    >>> bool(jnp.any(mean != 0)), sorted(r.history[-1])[-2:]
+    (True, ['train_loss', 'val_accuracy'])
     """
     cfg = _check(config or FitConfig())
     check_optimizer(optimizer)
@@ -488,7 +566,15 @@ def fit(
         raise ValueError(f"patience needs val_data to monitor {cfg.monitor!r}")
     snap_steps = _snapshot_steps(cfg.snapshot_steps)
     num_snaps = 0 if snap_steps is None else len(snap_steps)
-    spec, params, rest, graphdef = _init_model(model, key, not default_loss)
+    if (
+        model_state is not None
+        and eval_fn is None
+        and (val_data is not None or test_data is not None)
+    ):
+        raise ValueError(STATEFUL_EVAL)
+    spec, params, rest, graphdef = _init_model(
+        model, key, not default_loss, model_state
+    )
     if default_loss and is_arrays(data):
         check_classification_data(
             spec, params, rest, data, preprocess=preprocess, batch_size=cfg.batch_size
@@ -584,7 +670,8 @@ def fit(
             snaps, average = carry.snaps, carry.average
             if snaps is not None:
                 take = jnp.any(snap_dev == state.step - 1)
-                snaps = ensembles.write(snaps, (state.params, state.model_state), take)
+                member = (state.params, spec.user_state(state.model_state))
+                snaps = ensembles.write(snaps, member, take)
             if average is not None and avg_start is not None:  # (both or neither)
                 t = state.step - 1  # the update just applied
                 take = (t >= avg_start) & ((t - avg_start) % avg_every == 0)
@@ -597,7 +684,9 @@ def fit(
 
     def init(p, r):
         state = init_state(p, r, tx)
-        snaps = ensembles.init_buffer((p, r), num_snaps) if num_snaps else None
+        snaps = None
+        if num_snaps:
+            snaps = ensembles.init_buffer((p, spec.user_state(r)), num_snaps)
         average = ensembles.init_average(p) if averaging else None
         return Carry(state, snaps, average), (p, r)
 
@@ -692,7 +781,7 @@ def fit(
     result = FitResult(
         model=trained,
         params=final[0],
-        model_state=final[1],
+        model_state=spec.user_state(final[1]),
         spec=spec,
         history=run.history,
         best_epoch=run.best["epoch"],
@@ -782,7 +871,8 @@ def _finish_average(
         result.average_val = evaluator(params, model_state, val_data)
     if test_data is not None:
         result.average_test = evaluator(params, model_state, test_data)
-    result.average_params, result.average_model_state = params, model_state
+    result.average_params = params
+    result.average_model_state = spec.user_state(model_state)
     result.averaged_model = (
         nnx.merge(graphdef, params, model_state) if spec.is_module else params
     )

@@ -52,12 +52,11 @@ from lrjax.step import (
     check_optimizer,
     classification_loss,
     fresh,
+    init_member,
     init_state,
     make_optimizer,
     make_step,
     model_form,
-    split_model,
-    split_stateful,
 )
 from lrjax.suggestions import (
     DEFAULT_METHOD,
@@ -517,8 +516,9 @@ def init_members(
     module's rng streams are folded with the seed index), or a factory
     ``key -> model`` called with ``fold_in(fold_in(key, k), 1)`` for seed ``k``.
     With ``model_state``, ``model`` is a params pytree whose model state it is
-    (:func:`lrjax.step.split_stateful`); seed ``k``'s update rngs start from
-    ``fold_in(fold_in(key, k), 2)``.
+    (:func:`lrjax.step.split_stateful`), or with ``model_state="from_factory"``
+    a factory ``key -> (params, model_state)``; seed ``k``'s update rngs start
+    from ``fold_in(fold_in(key, k), 2)`` (:func:`lrjax.step.init_member`).
     Every array is a fresh copy: the caller's model is never donated or changed.
     ``check(spec, params, model_state)`` sees the first member before the others
     are built (a memory estimate refuses an impossible population there).
@@ -528,16 +528,13 @@ def init_members(
     factory = form == "factory"
     members = []
     for k in range(seeds):
-        m = model
-        if factory:
-            m = model(jax.random.fold_in(jax.random.fold_in(key, k), 1))
-            what = "the model the factory returned"
-            model_form(m, has_loss_fn=has_loss_fn, factory=False, what=what)
-        if model_state is not None:
-            rngs = jax.random.fold_in(jax.random.fold_in(key, k), 2)
-            spec, params, rest = split_stateful(m, model_state, rngs)
-        else:
-            spec, params, rest = split_model(m)
+        spec, params, rest, _ = init_member(
+            model,
+            jax.random.fold_in(key, k),
+            form,
+            model_state=model_state,
+            has_loss_fn=has_loss_fn,
+        )
         if not factory and k > 0 and model_state is None:
             rest = _fold_rngs(rest, k)
         if k == 0 and check is not None:
@@ -611,6 +608,10 @@ def lr_range_test(
         carried from update to update, never the caller's arrays. ``key`` of
         update ``t`` (dropout) is ``fold_in(fold_in(fold_in(key, s), 2), t)``
         for seed ``s``; the seeds share ``model`` and ``model_state``.
+        ``"from_factory"``: ``model`` is a factory ``key -> (params,
+        model_state)``, called once per seed, so every seed gets its own
+        initialisation (Linen: ``variables = net.init(key, x)``, then
+        ``(variables["params"], {"batch_stats": variables["batch_stats"]})``).
       preprocess: ``batch -> batch`` inside the compiled step (e.g.
         :func:`lrjax.data.scale_images`); default none.
       batch_size: examples per (micro-)batch of in-memory data (default 32); an

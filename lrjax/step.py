@@ -20,7 +20,11 @@ A model is a Flax NNX module, a params pytree, or a params pytree with a state:
   ``eqx.nn.State``) and ``loss_fn(params, model_state, batch, key) -> (loss,
   model_state[, metrics])`` (:func:`split_stateful`): ``model_state`` is a
   :class:`KeyedState` of the user's state and the base key of the update rngs;
-  update ``t`` gets ``key = fold_in(base_key, t)``.
+  update ``t`` gets ``key = fold_in(base_key, t)``. Its evaluation is the
+  user's ``eval_fn(params, model_state, batch) -> {name: scalar}`` (the model in
+  evaluation mode: running averages, no dropout), which lrjax cannot derive
+  from a training loss; a factory ``key -> (params, model_state)`` is passed
+  with ``model_state="from_factory"`` (:func:`init_member`).
 
 ``loss_fn`` returns a scalar loss or ``(loss, {"name": scalar, ...})``; the step's
 metrics are ``loss`` (the batch's loss BEFORE the update), ``lr`` (the lr the
@@ -76,6 +80,11 @@ class Model:
     def is_module(self) -> bool:
         return self.train_def is not None
 
+    def user_state(self, model_state: Any) -> Any:
+        """The ``model_state`` a caller sees: a stateful model's own state (without
+        the key of its update rngs), anything else as it is."""
+        return model_state.state if self.stateful else model_state
+
     def bind(self, params: Params, model_state: Any, *, train: bool):
         """The object ``loss_fn`` receives: a module, or the params themselves."""
         if not self.is_module:
@@ -102,8 +111,11 @@ MODEL_FORMS_DOC = "see docs/guide.md, section 'Linen, Equinox and other model fo
 ACCEPTED_FORMS = (
     "an nnx.Module, a factory key -> nnx.Module, a params pytree with "
     "loss_fn(params, batch), or params with model_state and "
-    "loss_fn(params, model_state, batch, key)"
+    "loss_fn(params, model_state, batch, key) (a factory key -> (params, "
+    "model_state) with model_state='from_factory')"
 )
+# model_state=FROM_FACTORY: the model is a factory key -> (params, model_state).
+FROM_FACTORY = "from_factory"
 
 
 def _instance_of(obj: Any, module: str, name: str) -> bool:
@@ -162,7 +174,9 @@ def model_form(
       ``variables["params"]`` (a dict ``{"params": ...}`` of nothing else is
       accepted too: the loss receives it as it is);
     * ``"stateful"``: a params pytree with ``model_state`` and
-      ``loss_fn(params, model_state, batch, key)``.
+      ``loss_fn(params, model_state, batch, key)``;
+    * ``"factory"`` too: a factory ``key -> (params, model_state)`` with
+      ``model_state="from_factory"`` (:data:`FROM_FACTORY`) and such a loss.
 
     Refused, each with what to pass instead: a bare Linen module (it is callable,
     but not ``key -> model``), a bare Equinox module without a ``loss_fn`` or
@@ -175,7 +189,8 @@ def model_form(
       model: what the caller passed as the model.
       has_loss_fn: whether the caller gave a ``loss_fn`` (the default loss calls
         ``model(x)``, which only a module can answer).
-      model_state: the caller's ``model_state`` (None: none given).
+      model_state: the caller's ``model_state`` (None: none given;
+        ``"from_factory"``: the factory returns it with the params).
       factory: whether a factory is accepted here.
       what: how the message names ``model``.
 
@@ -239,6 +254,28 @@ def model_form(
             "eqx.combine(params, static); with an eqx.nn.State pass "
             "model_state=state and loss_fn(params, model_state, batch, key)",
         )
+    if isinstance(model_state, str):
+        if model_state != FROM_FACTORY:
+            raise ValueError(
+                f"model_state must be a pytree of arrays or {FROM_FACTORY!r} (a "
+                f"factory key -> (params, model_state)), got {model_state!r}"
+            )
+        if not has_loss_fn:
+            raise ValueError(
+                "model_state needs a loss_fn(params, model_state, batch, key) -> "
+                "(loss, model_state) that uses and updates it"
+            )
+        module = equinox or isinstance(model, nnx.Module)
+        if module or not callable(model) or not factory:
+            _refuse(
+                what,
+                f"{type(model).__name__} with model_state={FROM_FACTORY!r}"
+                + ("" if factory else ", where no model is built"),
+                f"model_state={FROM_FACTORY!r} takes a factory key -> (params, "
+                "model_state) (lr_range_test, fit, lr_grid); for one model pass "
+                "the params and model_state=state",
+            )
+        return "factory"
     if isinstance(model, nnx.Module):
         if model_state is not None:
             raise TypeError(
@@ -252,6 +289,12 @@ def model_form(
             raise ValueError(
                 "model_state needs a loss_fn(params, model_state, batch, key) -> "
                 "(loss, model_state) that uses and updates it"
+            )
+        if callable(model) and not equinox:
+            raise TypeError(
+                "with model_state, model must be a pytree of arrays (the params); "
+                f"got the callable {type(model).__name__!r}: a factory key -> "
+                f"(params, model_state) is passed with model_state={FROM_FACTORY!r}"
             )
         return "stateful"  # split_stateful names leaves that are not arrays
     if callable(model) and not equinox:
@@ -356,6 +399,49 @@ def split_stateful(
     params = _array_tree(params, "params (with model_state)")
     state = _array_tree(model_state, "model_state", empty=True)
     return Model(stateful=True), params, KeyedState(state, key)
+
+
+def init_member(
+    model: Any,
+    member_key: jax.Array,
+    form: ModelForm,
+    *,
+    model_state: Any = None,
+    has_loss_fn: bool = True,
+) -> tuple[Model, Params, Any, Any]:
+    """One member's ``(Model, params, model_state, what was built)``.
+
+    ``model`` of ``form`` (:func:`model_form`); a factory is called with
+    ``fold_in(member_key, 1)``, and a stateful model's update rngs start from
+    ``fold_in(member_key, 2)`` (:func:`split_stateful`). With
+    ``model_state="from_factory"`` the factory returns ``(params, model_state)``.
+    The arrays are the model's own: copy them (:func:`fresh`) before donating.
+
+    Raises:
+      TypeError, ValueError: the factory built something else than its form.
+    """
+    built = model
+    what = "the model the factory returned"
+    if form == "factory":
+        built = model(jax.random.fold_in(member_key, 1))
+        if model_state == FROM_FACTORY:
+            if not isinstance(built, tuple | list) or len(built) != 2:
+                raise TypeError(
+                    f"the factory (model_state={FROM_FACTORY!r}) must return "
+                    f"(params, model_state); got {_structure(built)}"
+                )
+            params, model_state = built
+            what = "the params the factory returned"
+            model_form(params, model_state=model_state, factory=False, what=what)
+        else:
+            model_form(built, has_loss_fn=has_loss_fn, factory=False, what=what)
+    if model_state is not None:
+        params = built[0] if form == "factory" else built
+        rngs = jax.random.fold_in(member_key, 2)
+        spec, params, rest = split_stateful(params, model_state, rngs)
+    else:
+        spec, params, rest = split_model(built)
+    return spec, params, rest, built
 
 
 def check_optimizer(optimizer: Any) -> None:
@@ -723,6 +809,14 @@ def make_step(
     return step
 
 
+STATEFUL_EVAL = (
+    "with model_state, evaluation (val_data, test_data) needs "
+    "eval_fn(params, model_state, batch) -> {name: scalar}: the model in "
+    "evaluation mode (running averages, no dropout; e.g. 'loss' and 'accuracy'), "
+    "which lrjax cannot derive from the training loss"
+)
+
+
 def make_eval_batch(
     model: Model,
     loss_fn: LossFn,
@@ -733,20 +827,27 @@ def make_eval_batch(
     """``eval_batch(params, model_state, batch) -> metrics`` in evaluation mode.
 
     ``eval_fn(model, batch) -> {name: scalar}`` when given; otherwise the loss
-    and the metrics of ``loss_fn``. The module state is not updated.
+    and the metrics of ``loss_fn``. The module state is not updated. A stateful
+    model (:func:`split_stateful`) needs ``eval_fn(params, model_state, batch)``
+    (its own state, not the rng key); its training loss cannot evaluate.
     """
 
     def eval_batch(params, model_state, batch):
         if preprocess is not None:
             batch = preprocess(batch)
-        bound = model.bind(params, model_state, train=False)
+        if model.stateful:
+            if eval_fn is None:
+                raise ValueError(STATEFUL_EVAL)
+            out = eval_fn(params, model_state.state, batch)
+        elif eval_fn is not None:
+            out = eval_fn(model.bind(params, model_state, train=False), batch)
         if eval_fn is not None:
-            out = eval_fn(bound, batch)
             if not isinstance(out, Mapping):
                 raise ValueError(
                     f"eval_fn must return a dict of scalars, got {type(out).__name__}"
                 )
             return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+        bound = model.bind(params, model_state, train=False)
         loss, metrics = loss_and_metrics(loss_fn(bound, batch))
         return {"loss": loss, **metrics}
 
