@@ -19,6 +19,13 @@ sharded over the local devices (:func:`lrjax.results.population_mesh`), padded
 with copies of the last member to a multiple of the device count. A member that
 diverges gets NaN losses and a low accuracy; members never interact, so it cannot
 poison the others. The caller's model is never changed.
+
+A params pytree with a state of its own (``model_state=``: Linen's
+``batch_stats``, Equinox's ``eqx.nn.State``) trains through ``loss_fn(params,
+model_state, batch, key)``: every member carries its own copy of the state, and
+update ``t`` of seed ``s`` gets the rng ``fold_in(fold_in(fold_in(key, s), 2),
+t)``, the same for every lr; the members are evaluated by the caller's
+``eval_fn(params, model_state, batch)``.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from lrjax.results import (
     tree_bytes,
 )
 from lrjax.step import (
+    STATEFUL_EVAL,
     LossFn,
     OptimizerFactory,
     TrainState,
@@ -321,6 +329,7 @@ def lr_grid(
     batch_size: int = 32,
     schedule: Callable[[jax.Array], jax.Array] | None = None,
     loss_fn: LossFn | None = None,
+    model_state: Any = None,
     eval_fn: Callable | None = None,
     preprocess: Callable | None = None,
     eval_batch_size: int = 1000,
@@ -332,9 +341,10 @@ def lr_grid(
 
     Args:
       model: an ``nnx.Module`` (BatchNorm, Dropout, any state) or a params pytree
-        (with a ``loss_fn(params, batch)``), shared by every seed; or a factory
-        ``key -> model`` so that every seed gets its own initialisation. Never
-        modified.
+        (with a ``loss_fn(params, batch)``, or with ``model_state``), shared by
+        every seed; or a factory ``key -> model`` (with
+        ``model_state="from_factory"``: ``key -> (params, model_state)``) so that
+        every seed gets its own initialisation. Never modified.
       optimizer: ``learning_rate -> optax.GradientTransformation``, e.g.
         ``optax.sgd``; it is given each member's lr (times ``schedule``).
       train_data, val_data: in-memory arrays, each a pytree with a common leading
@@ -350,10 +360,19 @@ def lr_grid(
         ...)`` or ``optax.cosine_decay_schedule(1.0, total_steps)``); member
         ``lr`` applies ``lr * schedule(t)`` at update ``t``. None: constant lr.
       loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``; default
-        :func:`lrjax.classification_loss` on ``(x, y)`` batches.
+        :func:`lrjax.classification_loss` on ``(x, y)`` batches. With
+        ``model_state``: ``loss_fn(params, model_state, batch, key) ->
+        (loss, model_state[, {name: scalar}])``, as :func:`lrjax.lr_range_test`.
+      model_state: the state of a params-pytree model (Linen's
+        ``{"batch_stats": ...}``, Equinox's ``eqx.nn.State``), or
+        ``"from_factory"``. Every member carries its own copy; ``key`` of update
+        ``t`` is ``fold_in(fold_in(fold_in(key, s), 2), t)`` for seed ``s``, the
+        same for every lr. Needs ``eval_fn``.
       eval_fn: ``eval_fn(model, batch) -> {name: scalar}`` (batch means) for the
         validation split; default the loss and metrics of ``loss_fn``. Its
         ``"accuracy"`` picks the best lr; without one, the lowest ``"loss"`` does.
+        With ``model_state``: ``eval_fn(params, model_state, batch)`` in
+        evaluation mode (running averages, no dropout), required.
       preprocess: ``batch -> batch`` inside the compiled step and evaluation (e.g.
         :func:`lrjax.batches.scale_images`); default none.
       eval_batch_size: examples per evaluation batch.
@@ -377,7 +396,7 @@ def lr_grid(
     units = [schedule] if schedule is not None else [None]
     return _grid(model, optimizer, train_data, val_data, units, lrs=lrs, key=key,
                  seeds=seeds, epochs=epochs, batch_size=batch_size, loss_fn=loss_fn,
-                 eval_fn=eval_fn, preprocess=preprocess,
+                 model_state=model_state, eval_fn=eval_fn, preprocess=preprocess,
                  eval_batch_size=eval_batch_size, loop=loop, population=population,
                  progress=progress)[0]  # fmt: skip
 
@@ -406,9 +425,9 @@ def recipe_grid(
       model, optimizer, train_data, val_data, lrs, key: as :func:`lr_grid`.
       families: ``{name: unit schedule}``, at least one.
       **options: the other keyword arguments of :func:`lr_grid` (``seeds``,
-        ``epochs``, ``batch_size``, ``loss_fn``, ``eval_fn``, ``preprocess``,
-        ``eval_batch_size``, ``loop``, ``population``, ``progress``), not
-        ``schedule``.
+        ``epochs``, ``batch_size``, ``loss_fn``, ``model_state``, ``eval_fn``,
+        ``preprocess``, ``eval_batch_size``, ``loop``, ``population``,
+        ``progress``), not ``schedule``.
 
     Returns:
       ``{name: GridResult}`` in the order of ``families``; each result's
@@ -456,6 +475,7 @@ def _grid(
     epochs: int = 1,
     batch_size: int = 32,
     loss_fn: LossFn | None = None,
+    model_state: Any = None,
     eval_fn: Callable | None = None,
     preprocess: Callable | None = None,
     eval_batch_size: int = 1000,
@@ -467,6 +487,8 @@ def _grid(
     lr_arr = _check_args(lrs, seeds, epochs, batch_size, eval_batch_size)
     check_loop(loop)
     check_population(population)
+    if model_state is not None and eval_fn is None:
+        raise ValueError(STATEFUL_EVAL)
     train_data = _arrays(train_data, "train_data")
     val_data = _arrays(val_data, "val_data")
     n_train = leading_size(train_data, "train_data")
@@ -517,7 +539,9 @@ def _grid(
         estimate.update(estimate_population(tree_bytes(one), inputs, padded))
         check_memory(estimate, "the number of lrs or seeds (--num, --seeds)")
 
-    spec, params, rest = init_members(model, key, seeds, check, has_loss_fn=has_loss_fn)
+    spec, params, rest = init_members(
+        model, key, seeds, check, model_state=model_state, has_loss_fn=has_loss_fn
+    )
     member = np.minimum(np.arange(padded), size - 1)
     cell_of, seed_of = member // seeds, member % seeds
     lr_of, family_of = cell_of % num_lrs, cell_of // num_lrs

@@ -1,6 +1,6 @@
-"""Pure models with a state of their own in fit and seeds (#18 item 1).
+"""Pure models with a state of their own in fit, lr_grid and seeds (#18 item 1).
 
-``fit(params, ..., model_state=state)``
+``fit(params, ..., model_state=state)`` and ``lr_grid(..., model_state=state)``
 against hand-written loops of the same updates: the documented batch order of
 each driver, the documented rng of each update, optax's own optimizer, the
 user's ``eval_fn``. Linen (BatchNorm and Dropout) and Equinox (``eqx.nn.State``);
@@ -141,6 +141,36 @@ def hand_fit(loss_fn, eval_fn, params, state, data, val, key, *, tx, epochs):
     return params, state, history
 
 
+def hand_grid_member(loss_fn, eval_fn, params, state, data, val, key, *, lr, seed,
+                     epochs):  # fmt: skip
+    """One lr_grid member written out: seed s's batches are ``batch_indices(
+    fold_in(key, s), N, B, epochs * SPE)``, its rngs ``fold_in(fold_in(fold_in(
+    key, s), 2), t)``, plain SGD at ``lr``; each epoch's mean batch loss and its
+    eval metrics after it."""
+    tx = optax.sgd(lr)
+    rngs = jax.random.fold_in(jax.random.fold_in(key, seed), 2)
+    opt = tx.init(params)
+
+    @jax.jit
+    def update(params, state, opt, batch, t):
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, state, batch, jax.random.fold_in(rngs, t)
+        )
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), state, opt, loss
+
+    x, y = data
+    idx = batch_indices(jax.random.fold_in(key, seed), N, BATCH, epochs * SPE)
+    losses, train_loss, evals = [], [], []
+    for t, rows in enumerate(np.asarray(idx)):
+        params, state, opt, loss = update(params, state, opt, (x[rows], y[rows]), t)
+        losses.append(float(loss))
+        if (t + 1) % SPE == 0:
+            train_loss.append(np.mean(losses[-SPE:]))
+            evals.append(jax.device_get(jax.jit(eval_fn)(params, state, val)))
+    return train_loss, evals
+
+
 # fit ---------------------------------------------------------------------------
 
 
@@ -275,6 +305,9 @@ def test_evaluation_with_model_state_needs_an_eval_fn(data):
         lrjax.fit(params, sgd, train, model_state=state, loss_fn=linen_loss,
                   key=jax.random.key(0), val_data=val)  # fmt: skip
     with pytest.raises(ValueError, match=r"eval_fn\(params, model_state, batch\)"):
+        lrjax.lr_grid(params, optax.sgd, train, val, lrs=[0.1], key=jax.random.key(0),
+                      loss_fn=linen_loss, model_state=state)  # fmt: skip
+    with pytest.raises(ValueError, match=r"eval_fn\(params, model_state, batch\)"):
         lrjax.evaluate(params, val, model_state=state, loss_fn=linen_loss)
 
 
@@ -324,3 +357,61 @@ def test_range_test_seeds_each_get_the_factory_s_model(data):
             losses.append(float(loss))
         np.testing.assert_allclose(got.losses[s], losses, rtol=RTOL, atol=ATOL)
     assert not np.allclose(got.losses[0], got.losses[1])
+
+
+# lr_grid and recipe_grid -------------------------------------------------------
+
+
+LRS, EPOCHS = [0.03, 0.3], 2
+GRID_TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def check_grid(result, loss_fn, eval_fn, members, data, key):
+    """Every member of ``result`` against :func:`hand_grid_member`; ``members(s)``
+    is seed ``s``'s ``(params, state)``."""
+    train, val = data
+    for i, lr in enumerate(LRS):
+        for s in range(result.seeds):
+            train_loss, evals = hand_grid_member(
+                loss_fn, eval_fn, *members(s), train, val, key, lr=lr, seed=s,
+                epochs=EPOCHS,
+            )  # fmt: skip
+            want = [e["loss"] for e in evals]
+            # vmapped members against one unbatched run: float32, 16 updates
+            np.testing.assert_allclose(result.val_loss[i, s], want, **GRID_TOL)
+            np.testing.assert_allclose(result.train_loss[i, s], train_loss, **GRID_TOL)
+
+
+def test_lr_grid_members_equal_hand_written_runs_linen(data):
+    train, val = data
+    params, state = linen_init(jax.random.key(1))
+    before = host((params, state))
+    key = jax.random.key(6)
+    got = lrjax.lr_grid(params, optax.sgd, train, val, lrs=LRS, key=key, seeds=2,
+                        epochs=EPOCHS, batch_size=BATCH, loss_fn=linen_loss,
+                        model_state=state, eval_fn=linen_eval)  # fmt: skip
+    check_grid(got, linen_loss, linen_eval, lambda s: (params, state), data, key)
+    assert got.best_by == "accuracy"
+    assert_same(before, (params, state))
+    # A factory key -> (params, model_state): each seed its own initialisation.
+    by_factory = lrjax.recipe_grid(
+        linen_init, optax.sgd, train, val, lrs=LRS, key=key, seeds=2,
+        families={"constant": None}, epochs=EPOCHS, batch_size=BATCH,
+        loss_fn=linen_loss, model_state="from_factory", eval_fn=linen_eval,
+    )["constant"]  # fmt: skip
+
+    def member(s):
+        return linen_init(jax.random.fold_in(jax.random.fold_in(key, s), 1))
+
+    check_grid(by_factory, linen_loss, linen_eval, member, data, key)
+
+
+def test_lr_grid_members_equal_hand_written_runs_equinox(data):
+    train, val = data
+    params, state, loss_fn, eval_fn = eqx_parts()
+    key = jax.random.key(6)
+    got = lrjax.lr_grid(params, optax.sgd, train, val, lrs=LRS, key=key,
+                        epochs=EPOCHS, batch_size=BATCH, loss_fn=loss_fn,
+                        model_state=state, eval_fn=eval_fn)  # fmt: skip
+    check_grid(got, loss_fn, eval_fn, lambda s: (params, state), data, key)
+    assert got.best_by == "loss"
