@@ -22,9 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
+import os
+import re
+import shutil
 import signal
-from collections.abc import Iterable
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +138,95 @@ class EarlyStopping(Hook):
         return None
 
 
+class WriteError(OSError):
+    """A file of the run could not be written (a full disk, a lost mount, ...).
+
+    ``path`` is what could not be written, ``cause`` why, e.g. ``"[Errno 28] No
+    space left on device"``. The run stops at once; checkpoints written before
+    are kept (a failed one leaves no partial step behind).
+    """
+
+    def __init__(self, path: str | Path, cause: str):
+        super().__init__(f"cannot write {path}: {cause}")
+        self.path, self.cause = Path(path), cause
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _cause(e: BaseException) -> str:
+    """``"[Errno N] reason"`` of a write failure, also from Orbax's (TensorStore's)
+    ``ValueError`` that only carries ``os_error_code='N'`` in its text.
+
+    >>> _cause(OSError(28, "No space left on device"))
+    '[Errno 28] No space left on device'
+    >>> _cause(ValueError("RESOURCE_EXHAUSTED: ... to file 11: [os_error_code='28']"))
+    '[Errno 28] No space left on device'
+    """
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:
+        found = re.search(r"os_error_code='?(\d+)", str(e))
+        code = int(found[1]) if found else None
+    if code:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else None
+        return f"[Errno {code}] {reason or os.strerror(code)}"
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+
+
+class _EventFile:
+    """One TensorBoard event file, written in the calling thread.
+
+    tensorboardX's ``SummaryWriter`` writes from a thread fed by a bounded queue:
+    when a write fails (a full disk) the thread dies with the error and the next
+    ``add_scalar`` blocks forever on the full queue (so does its ``atexit``
+    close). Here every write, flush and close raises :class:`WriteError` in the
+    caller instead. The records are tensorboardX's (no TensorFlow).
+    """
+
+    def __init__(self, logdir: Path, purge_step: int | None):
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.record_writer import RecordWriter
+        from tensorboardX.summary import scalar
+
+        self._event, self._scalar = Event, scalar
+        name = f"events.out.tfevents.{str(time.time())[:10]}.{socket.gethostname()}"
+        self.path = logdir / name
+        with self._io():
+            logdir.mkdir(parents=True, exist_ok=True)
+            self._records = RecordWriter(str(self.path))
+        self._write(Event(file_version="brain.Event:2"))
+        if purge_step:  # TensorBoard drops the old file's events from this step on
+            start = SessionLog(status=SessionLog.START)
+            self._write(Event(step=purge_step, file_version="brain.Event:2"))
+            self._write(Event(step=purge_step, session_log=start))
+
+    @contextlib.contextmanager
+    def _io(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise WriteError(self.path, _cause(e)) from e
+
+    def _write(self, event: Any) -> None:
+        event.wall_time = time.time()
+        with self._io():
+            self._records.write(event.SerializeToString())
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._write(self._event(summary=self._scalar(tag, value), step=int(step)))
+
+    def flush(self) -> None:
+        with self._io():
+            self._records.flush()
+
+    def close(self) -> None:
+        with self._io():  # the file is closed even when its last flush fails
+            self._records.close()
+
+
 class TensorBoard(Hook):
-    """Scalars for TensorBoard (tensorboardX, no TensorFlow).
+    """Scalars for TensorBoard (tensorboardX's event files, no TensorFlow).
 
     ``train/<metric>`` (``loss``, the loss function's metrics) at global steps
     ``s = k * log_every``: the mean over that window's updates within the chunk;
@@ -140,20 +234,18 @@ class TensorBoard(Hook):
     ``train/epoch_<metric>``, ``val/<metric>``, and after a snapshot
     ``ensemble/accuracy`` (validation) and ``ensemble/members``. Under several
     processes only process 0 writes (every process sees the same metrics).
+
+    Written in the driver's thread and flushed after every epoch: a write that
+    fails (a full disk) raises :class:`WriteError` and stops the run.
     """
 
     def __init__(self, logdir: str | Path, log_every: int = 10):
         self.logdir, self.log_every = Path(logdir), log_every
-        self.writer = None
+        self.writer: _EventFile | None = None
 
     def start(self, run: Run) -> None:
-        if not is_main():
-            return
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(
-            str(self.logdir), purge_step=run.step or None, flush_secs=30
-        )
+        if is_main():
+            self.writer = _EventFile(self.logdir, purge_step=run.step or None)
 
     def chunk(self, run: Run, end: ChunkEnd) -> str | None:
         every, w = self.log_every, self.writer
@@ -163,10 +255,10 @@ class TensorBoard(Hook):
             s = end.lo + j + 1
             for name, v in end.metrics.items():
                 if name == "lr":
-                    w.add_scalar("train/lr", float(v[j]), s)
+                    w.scalar("train/lr", float(v[j]), s)
                 else:
                     window = np.asarray(v[max(0, j + 1 - every) : j + 1], np.float64)
-                    w.add_scalar(f"train/{name}", float(window.mean()), s)
+                    w.scalar(f"train/{name}", float(window.mean()), s)
         return None
 
     def epoch(self, run: Run, record: dict[str, Any]) -> str | None:
@@ -175,18 +267,24 @@ class TensorBoard(Hook):
             return None
         for name, value in record.items():
             if name.startswith("train_"):
-                w.add_scalar(f"train/epoch_{name[6:]}", value, s)
+                w.scalar(f"train/epoch_{name[6:]}", value, s)
             elif name.startswith("val_"):
-                w.add_scalar(f"val/{name[4:]}", value, s)
+                w.scalar(f"val/{name[4:]}", value, s)
         if "ensemble_val_accuracy" in record:
-            w.add_scalar("ensemble/accuracy", record["ensemble_val_accuracy"], s)
-            w.add_scalar("ensemble/members", record["snapshots"], s)
+            w.scalar("ensemble/accuracy", record["ensemble_val_accuracy"], s)
+            w.scalar("ensemble/members", record["snapshots"], s)
         w.flush()
         return None
 
     def end(self, run: Run, reason: str | None) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        w, self.writer = self.writer, None
+        if w is None:
+            return
+        try:
+            w.close()
+        except WriteError:
+            if reason != "error":  # else the error that stopped the run is reported
+                raise
 
 
 class ProgressBar(Hook):
@@ -300,6 +398,49 @@ def from_disk(template: Any, flat: dict[str, jax.Array]) -> Any:
     return jax.tree.unflatten(jax.tree.structure(template), out)
 
 
+class _OrbaxThreadErrors(logging.Filter):
+    """Drops the traceback that Orbax's write threads log for an exception that
+    the save then raises in the caller (reported there in one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_SignalingThread.run() raised an exception" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _orbax_errors_to_caller() -> Iterator[None]:
+    absl_logger = logging.getLogger("absl")
+    quiet = _OrbaxThreadErrors()
+    absl_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(quiet)
+
+
+class _OrphanedCallbacks:
+    """``sys.unraisablehook`` that drops the ``RuntimeError('Event loop is
+    closed')`` of TensorStore writes completing after their Orbax save failed.
+
+    The save's event loop is closed by then, so every write still in flight calls
+    back into a closed loop: bare tracebacks on stderr, some even after the
+    failure was reported. Installed at the first save (they may come before the
+    save raises), it drops only those; anything else reaches the previous hook.
+    """
+
+    def __init__(self, previous: Any):
+        self.previous = previous
+
+    def __call__(self, u: Any) -> None:
+        late = isinstance(u.exc_value, RuntimeError) and u.object is None
+        if not (late and str(u.exc_value) == "Event loop is closed"):
+            self.previous(u)
+
+
+def _drop_orphaned_callbacks() -> None:
+    if not isinstance(sys.unraisablehook, _OrphanedCallbacks):
+        sys.unraisablehook = _OrphanedCallbacks(sys.unraisablehook)
+
+
 def _abstract(tree):
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
@@ -315,7 +456,9 @@ class Checkpoints(Hook):
     (:meth:`Run.host_state`); it is written after
     every epoch and when a hook stops the run. ``best/<step>`` holds the best
     epoch's ``(params, model_state)``. :meth:`restore` makes a resumed run compute
-    what an uninterrupted one does.
+    what an uninterrupted one does. A save that fails raises :class:`WriteError`
+    (one line, Orbax's thread tracebacks left out): the run stops, the failed
+    step's partial directory is removed and the earlier checkpoints are kept.
     """
 
     def __init__(
@@ -328,7 +471,10 @@ class Checkpoints(Hook):
         self.latest = ocp.CheckpointManager(
             directory / "latest",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+                max_to_keep=max_to_keep,
+                create=True,
+                enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,  # a save cut short by a crash or kill
             ),
         )
         sign = -1.0 if mode == "min" else 1.0
@@ -341,22 +487,42 @@ class Checkpoints(Hook):
                 best_mode="max",
                 create=True,
                 enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,
             ),
         )
 
     def _tree(self, run: Run):
         return {"carry": to_disk(run.carry), "best": to_disk(run.best_state)}
 
+    def _save(self, manager: Any, step: int, **kwargs: Any) -> None:
+        """``manager.save(step, ...)``; a failure is a :class:`WriteError` naming the
+        step's directory, and the partial step is removed (it would hold space)."""
+        _drop_orphaned_callbacks()  # they may come before the save raises
+        try:
+            with _orbax_errors_to_caller():
+                manager.save(step, force=True, **kwargs)
+        except (OSError, ValueError) as e:  # Orbax wraps TensorStore's in ValueError
+            where = Path(str(manager.directory))
+            if is_main():
+                for tmp in where.glob(f"{step}.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+            raise WriteError(where / str(step), _cause(e)) from e
+
     def save(self, run: Run) -> None:
+        """Writes ``latest/<step>`` (once per step).
+
+        Raises:
+          WriteError: it could not be written; the earlier ones are kept.
+        """
         if self.latest.latest_step() == run.step:
             return
         a = self.ocp.args
-        self.latest.save(
+        self._save(
+            self.latest,
             run.step,
             args=a.Composite(
                 state=a.StandardSave(self._tree(run)), meta=a.JsonSave(run.host_state())
             ),
-            force=True,
         )
 
     def restore(self, run: Run) -> bool:
@@ -403,14 +569,14 @@ class Checkpoints(Hook):
         if run.best["epoch"] == record["epoch"]:
             a = self.ocp.args
             value = run.best["value"]
-            self.best.save(
+            self._save(
+                self.best,
                 run.step,
                 args=a.Composite(
                     state=a.StandardSave(to_disk(run.best_state)),
                     meta=a.JsonSave({"epoch": record["epoch"], self.monitor: value}),
                 ),
                 metrics={self.monitor: value},
-                force=True,
             )
         return None
 

@@ -4,6 +4,7 @@ output dirs, JAX setup, model and optimizer flags."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -398,16 +399,25 @@ def prepare_out_dir(out: str | None, kind: str, force: bool) -> Path:
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Writes via a temp file in the same directory and ``os.replace``; under
-    several processes only process 0 writes."""
+    several processes only process 0 writes.
+
+    Raises:
+      OSError: with ``filename`` ``path``; the temp file is removed.
+    """
     from lrjax.distributed import is_main
 
     if not is_main():
         return
     tmp = path.with_name(f".{path.name}.tmp")
     mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode) as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: leave no partial file, name the path
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def setup_jax(cpu_devices: int | None = None) -> None:

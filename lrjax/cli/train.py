@@ -5,8 +5,10 @@ range test's suggestion for the same model and optimizer), a schedule, early
 stopping, Orbax checkpoints with exact resume, TensorBoard curves, and snapshot
 ensembles collected inside the compiled scan.
 
-Exit codes: 0 done, 2 bad input, 130 / 143 stopped by SIGINT / SIGTERM after
-saving a checkpoint (continue with ``--resume``).
+Exit codes: 0 done, 2 bad input or a file that cannot be written (a full disk:
+one line with the path and the cause; the last good checkpoint is kept), 130 /
+143 stopped by SIGINT / SIGTERM after saving a checkpoint (continue with
+``--resume``).
 """
 
 from __future__ import annotations
@@ -517,6 +519,42 @@ def _prepare_logdir(args) -> Path:
     return path
 
 
+def _last_checkpoint(out: Path) -> int | None:
+    """The step of the newest complete checkpoint in ``out`` (Orbax writes a step
+    under a temporary name and renames it to the bare number when complete)."""
+    latest = out / "checkpoints" / "latest"
+    try:
+        steps = [int(p.name) for p in latest.iterdir() if p.name.isdigit()]
+    except OSError:
+        return None
+    return max(steps, default=None)
+
+
+def _write_failed(e: OSError, out: Path, steps_per_epoch: int) -> str:
+    """One line for a write that failed: the path, the cause, what was kept.
+
+    >>> e = OSError(28, "No space left on device", "runs/b/metrics.json")
+    >>> _write_failed(e, Path("no-such-dir"), 100)  # doctest: +NORMALIZE_WHITESPACE
+    'cannot write runs/b/metrics.json: [Errno 28] No space left on device; no
+    checkpoint was written yet: free space and run again with --force'
+    """
+    what = str(e)  # a hooks.WriteError says it all
+    if not what.startswith("cannot write "):
+        why = f"[Errno {e.errno}] {e.strerror}" if e.errno else what
+        what = f"cannot write {e.filename or out}: {why}"
+    step = _last_checkpoint(out)
+    if step is None:
+        kept = "no checkpoint was written yet: free space and run again with --force"
+    else:
+        epoch, part = divmod(step, steps_per_epoch)
+        at = f"epoch {epoch}" if not part else f"step {step}, in epoch {epoch + 1}"
+        kept = (
+            f"the last good checkpoint ({at}) is kept: free space and run again "
+            "with --resume"
+        )
+    return f"{what}; {kept}"
+
+
 def _plot(metrics: dict, out: Path) -> None:
     import matplotlib
 
@@ -667,18 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         peak = float(args.lr)
     if not args.resume:
-        write_atomic(
-            resume_meta,
-            json.dumps(
-                {
-                    "argv": argv,
-                    "lr": peak,
-                    "lr_finder": finder_doc,
-                },
-                indent=1,
-            )
-            + "\n",
-        )
+        doc = {"argv": argv, "lr": peak, "lr_finder": finder_doc}
+        try:
+            write_atomic(resume_meta, json.dumps(doc, indent=1) + "\n")
+        except OSError as e:
+            return fail(PROG, _write_failed(e, out, steps_per_epoch))
     sched, sched_desc, snap_steps = make_schedule(args, peak, steps_per_epoch)
     average_start = None
     if args.average_from is not None:  # the first update index averaged
@@ -749,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
                 hooks=[hooks.EpochEnd(summary), stop],
             )
             signum = stop.received
+    except OSError as e:  # hooks.WriteError: a full disk, a lost mount, ...
+        return fail(PROG, _write_failed(e, out, steps_per_epoch))
     except (hooks.CheckpointError, ValueError) as e:
         return fail(PROG, str(e))
     if result.interrupted:
@@ -821,19 +854,22 @@ def main(argv: list[str] | None = None) -> int:
             "val_accuracy_no_bn_update": accuracy(result.average_val_no_bn),
             "test_accuracy_no_bn_update": accuracy(result.average_test_no_bn),
         }
-    if args.save_probs and len(ds.y_test):
-        import io
+    try:
+        if args.save_probs and len(ds.y_test):
+            import io
 
-        probs = {"test_probs.npy": result.model}
-        if result.averaged_model is not None:
-            probs["test_probs_average.npy"] = result.averaged_model
-        for name, m in probs.items():
-            buf = io.BytesIO()
-            np.save(buf, softmax_outputs(m, ds.x_test, scale_images))
-            write_atomic(out / name, buf.getvalue())
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    if not args.no_plot:
-        _plot(metrics, out)
+            probs = {"test_probs.npy": result.model}
+            if result.averaged_model is not None:
+                probs["test_probs_average.npy"] = result.averaged_model
+            for name, m in probs.items():
+                buf = io.BytesIO()
+                np.save(buf, softmax_outputs(m, ds.x_test, scale_images))
+                write_atomic(out / name, buf.getvalue())
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        if not args.no_plot:
+            _plot(metrics, out)
+    except OSError as e:
+        return fail(PROG, _write_failed(e, out, steps_per_epoch))
     if args.json:
         print(json.dumps(metrics))
     else:
