@@ -97,7 +97,7 @@ def run_setting(args) -> dict:
     from lrjax.lr_grid import recipe_grid
     from lrjax.models import cnn, mlp
     from lrjax.range_test import lr_range_test
-    from lrjax.recipes import FAMILIES, PEAK_RULES, unit_schedule
+    from lrjax.recipes import FAMILIES, unit_schedule
 
     ds = load_dataset("fashion_mnist")
     n = args.n_train or len(ds.y_train)
@@ -214,7 +214,7 @@ def run_setting(args) -> dict:
         "lr": doc["grids"][best_family]["best_lr"],
         "accuracy": doc["grids"][best_family]["best_accuracy"],
     }
-    rescore(doc, PEAK_RULES)
+    rescore(doc)
     save()
     print(report(doc), flush=True)
     if args.train_seeds:
@@ -224,10 +224,17 @@ def run_setting(args) -> dict:
     return doc
 
 
-def rescore(doc: dict, rules: dict) -> None:
+def kind_rules(doc: dict) -> dict:
+    """Today's rules for the setting's optimizer kind: family -> (method, factor)."""
+    from lrjax.recipes import PEAK_RULES, optimizer_kind
+
+    return PEAK_RULES[optimizer_kind(doc["setting"]["optimizer"])]
+
+
+def rescore(doc: dict) -> None:
     from lrjax.recipes import AUTO_FAMILY
 
-    doc["rules"] = score_rules(doc, rules)
+    doc["rules"] = score_rules(doc, kind_rules(doc))
     doc["auto"] = {"family": AUTO_FAMILY, **doc["rules"][AUTO_FAMILY]}
 
 
@@ -386,87 +393,104 @@ def markdown(results: Path) -> str:
 
 
 def fit(paths: list[str], out: str | None) -> int:
-    """Refit the peak rule on the non-held-out settings.
+    """Refit the peak rules on the non-held-out settings, per optimizer kind.
 
-    Per family, the (method, factor) that minimises the worst regret over the
-    fit settings, judged at every range-test seed's suggestion (not only the
-    median); ties go to the lower mean (``families``, for information). The rule
-    lrjax uses is ONE (method, factor) for all families (``shared``): the lowest
-    mean over the families of their worst regret. The auto family is the one
-    with the lowest worst regret under that rule. Held-out settings are scored
-    with the shared rule, separately.
+    Per kind (``lrjax.recipes.OPTIMIZER_KINDS``) and family, the (method,
+    factor) that minimises the worst regret over that kind's fit settings,
+    judged at every range-test seed's suggestion (not only the median); ties go
+    to the lower mean (``families``, for information). The rule lrjax uses is
+    ONE (method, factor) per kind for all families (``shared``): the lowest mean
+    over the families of their worst regret. The auto family is the one with the
+    lowest worst regret under those rules over all fit settings. Held-out
+    settings are scored with their kind's shared rule, separately.
     """
-    from lrjax.recipes import FAMILIES
+    from lrjax.recipes import FAMILIES, optimizer_kind
     from lrjax.suggestions import METHODS
 
     docs = [json.loads(Path(p).read_text()) for p in paths]
     docs = [d for d in docs if "grids" in d]
     fitting = [d for d in docs if not d.get("heldout")]
     held = [d for d in docs if d.get("heldout")]
-    result: dict = {"fit_on": [], "heldout": [], "families": {}}
-    for fam in FAMILIES:
-        cands = []
+    kind_of = lambda d: optimizer_kind(d["setting"]["optimizer"])  # noqa: E731
+    result: dict = {"fit_on": [], "heldout": [], "kinds": {}}
+    rules: dict[str, dict] = {}
+    for kind in sorted({kind_of(d) for d in fitting}):
+        mine = [d for d in fitting if kind_of(d) == kind]
+        families = {}
+        for fam in FAMILIES:
+            cands = []
+            for method in METHODS:
+                for factor in FACTORS:
+                    worst, total, ok = 0.0, 0.0, True
+                    for d in mine:
+                        r = score_rules(d, {fam: (method, factor)})[fam]
+                        w = r["regret_seed_max_pp"]
+                        if w is None:
+                            ok = False
+                            break
+                        worst, total = max(worst, w), total + r["regret_seed_mean_pp"]
+                    if ok:
+                        cands.append((worst, total / len(mine), method, factor))
+            cands.sort()
+            worst, mean, method, factor = cands[0]
+            families[fam] = {
+                "method": method,
+                "factor": factor,
+                "fit_worst_seed_regret_pp": worst,
+                "fit_mean_seed_regret_pp": mean,
+                "runners_up": [
+                    {"method": m, "factor": f, "worst": w, "mean": a}
+                    for w, a, m, f in cands[1:6]
+                ],
+            }
+        # One (method, factor) for every family, the lowest mean over the
+        # families of their worst regret: fewer numbers fitted than measured.
+        shared = []
         for method in METHODS:
             for factor in FACTORS:
-                worst, total, ok = 0.0, 0.0, True
-                for d in fitting:
-                    r = score_rules(d, {fam: (method, factor)})[fam]
-                    w = r["regret_seed_max_pp"]
-                    if w is None:
-                        ok = False
-                        break
-                    worst, total = max(worst, w), total + r["regret_seed_mean_pp"]
-                if ok:
-                    cands.append((worst, total / len(fitting), method, factor))
-        cands.sort()
-        worst, mean, method, factor = cands[0]
-        result["families"][fam] = {
-            "method": method,
-            "factor": factor,
-            "fit_worst_seed_regret_pp": worst,
-            "fit_mean_seed_regret_pp": mean,
-            "runners_up": [
-                {"method": m, "factor": f, "worst": w, "mean": a}
-                for w, a, m, f in cands[1:6]
-            ],
+                worst = []
+                for fam in FAMILIES:
+                    w = [
+                        score_rules(d, {fam: (method, factor)})[fam][
+                            "regret_seed_max_pp"
+                        ]
+                        for d in mine
+                    ]
+                    worst.append(None if None in w else max(w))
+                if None not in worst:
+                    shared.append((sum(worst) / len(worst), max(worst), method, factor))
+        shared.sort()
+        mean, worst, method, factor = shared[0]
+        rules[kind] = {f: (method, factor) for f in FAMILIES}
+        result["kinds"][kind] = {
+            "settings": [d["setting"] for d in mine],
+            "families": families,
+            "shared": {
+                "method": method,
+                "factor": factor,
+                "mean_of_family_worst_pp": mean,
+                "worst_pp": worst,
+                "runners_up": [
+                    {"method": m, "factor": f, "mean": a, "worst": w}
+                    for a, w, m, f in shared[1:6]
+                ],
+            },
         }
-    # One (method, factor) for every family, the lowest mean over the families
-    # of their worst regret: fewer numbers fitted than settings measured.
-    shared = []
-    for method in METHODS:
-        for factor in FACTORS:
-            worst = []
-            for fam in FAMILIES:
-                w = [
-                    score_rules(d, {fam: (method, factor)})[fam]["regret_seed_max_pp"]
-                    for d in fitting
-                ]
-                worst.append(None if None in w else max(w))
-            if None not in worst:
-                shared.append((sum(worst) / len(worst), max(worst), method, factor))
-    shared.sort()
-    mean, worst, method, factor = shared[0]
-    result["shared"] = {
-        "method": method,
-        "factor": factor,
-        "mean_of_family_worst_pp": mean,
-        "worst_pp": worst,
-        "runners_up": [
-            {"method": m, "factor": f, "mean": a, "worst": w}
-            for a, w, m, f in shared[1:6]
-        ],
-    }
-    rules = {f: (method, factor) for f in FAMILIES}
     scored = {f: 0.0 for f in FAMILIES}
     for d in fitting:
-        for f, r in score_rules(d, rules).items():
+        for f, r in score_rules(d, rules[kind_of(d)]).items():
             scored[f] = max(scored[f], r["regret_seed_max_pp"])
-    # auto: the family whose regret under the shared rule is lowest
+    # auto: the family whose worst regret under the kinds' rules is lowest
     auto = min(scored, key=lambda f: (scored[f], f))
     result["auto_family"] = auto
     result["auto_fit_worst_seed_regret_pp"] = scored
     for d, bucket in [(d, "fit_on") for d in fitting] + [(d, "heldout") for d in held]:
-        result[bucket].append({"setting": d["setting"], "rules": score_rules(d, rules)})
+        kind = kind_of(d)
+        if kind not in rules:  # a kind with no fit setting: no rule to score
+            continue
+        result[bucket].append(
+            {"setting": d["setting"], "rules": score_rules(d, rules[kind])}
+        )
     print(json.dumps(result, indent=1))
     if out:
         write_atomic(Path(out), json.dumps(result, indent=1) + "\n")
@@ -504,10 +528,8 @@ def main(argv=None) -> int:
     if args.fit:
         return fit(args.fit, args.fit_out)
     if args.train_only:
-        from lrjax.recipes import PEAK_RULES
-
         doc = json.loads(Path(args.out).read_text())
-        rescore(doc, PEAK_RULES)
+        rescore(doc)
         doc["train"] = train_recipe(args, doc)
         write_atomic(Path(args.out), json.dumps(doc, indent=1) + "\n")
         print(report(doc), flush=True)

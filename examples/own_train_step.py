@@ -85,7 +85,8 @@ def main() -> None:
 
     # 2. The recipe: a schedule for the training budget, in updates.
     steps_per_epoch = len(ds.y_train) // BATCH
-    recipe = lrjax.recommend(result, EPOCHS * steps_per_epoch)
+    # Your step hides its optimizer from lrjax: say which (it picks the rule).
+    recipe = lrjax.recommend(result, EPOCHS * steps_per_epoch, optimizer="sgd")
     print(f"recipe: {recipe.describe()}")
 
     # 3. Your own loop and step; inject_hyperparams evaluates the schedule.

@@ -57,6 +57,7 @@ from lrjax.step import (
     make_optimizer,
     make_step,
     model_form,
+    optimizer_name,
 )
 from lrjax.suggestions import (
     DEFAULT_METHOD,
@@ -900,6 +901,7 @@ def lr_range_test(
     top = per_value[shown]
     one = (lambda a: a[rows[shown]][0]) if seeds == 1 else (lambda a: a[rows[shown]])  # noqa: E731
     config = {
+        "optimizer": optimizer_name(optimizer),
         "mode": mode,
         "init_value": init_value,
         "end_value": end_value,

@@ -3,10 +3,11 @@
 A *recipe* is a schedule family, the numbers of its shape for a budget of
 ``total_steps`` updates, and its peak learning rate. The shapes are fixed
 fractions of the budget (:data:`SHAPES`); the peak is a rule on the range test's
-suggestions (:data:`PEAK_RULES`): ``peak = factor x suggestions[method]``. The
-rules and the family that ``family="auto"`` picks (:data:`AUTO_FAMILY`) were
-derived from recipe grids, one population of models per (family x peak x seed)
-trained at the full budget (``benchmarks/recipe_quality.py``; the measured
+suggestions (:data:`PEAK_RULES`, one per optimizer kind of
+:data:`OPTIMIZER_KINDS`): ``peak = factor x suggestions[method]``. The rules and
+the family that ``family="auto"`` picks (:data:`AUTO_FAMILY`) were derived
+from recipe grids, one population of models per (family x peak x seed) trained
+at the full budget (``benchmarks/recipe_quality.py``; the measured
 regrets are in ``docs/results.md``), not guessed.
 
 The same :func:`build_schedule` makes the schedule that ``lrjax-train
@@ -33,10 +34,12 @@ from lrjax.schedules import Schedule
 __all__ = [
     "AUTO_FAMILY",
     "FAMILIES",
+    "OPTIMIZER_KINDS",
     "PEAK_RULES",
     "SHAPES",
     "Recipe",
     "build_schedule",
+    "optimizer_kind",
     "recommend",
     "unit_schedule",
 ]
@@ -54,13 +57,26 @@ SHAPES: dict[str, dict[str, float]] = {
     "wsd": {"warmup_fraction": 0.05, "decay_fraction": 0.2},
 }
 
-# peak = factor x suggestions[method]: ONE rule for every family, fitted by
-# `python benchmarks/recipe_quality.py --fit` (the lowest mean over the families of
-# their worst per-seed regret on the fit grids; results in docs/results.md and
-# benchmarks/results/recipe_fit.json). AUTO_FAMILY: the family with the lowest
-# regret under that rule in the same fit.
-_FIT_RULE = ("knee", 5.657)
-PEAK_RULES: dict[str, tuple[str, float]] = dict.fromkeys(FAMILIES, _FIT_RULE)
+# The optimizers the peak rules were fitted for, by kind: plain and momentum SGD
+# share one rule, Adam and AdamW another (their knees sit at very different
+# places relative to the best peak: 5.657 x against 0.707 x on the MLP grids).
+OPTIMIZER_KINDS: dict[str, str] = {
+    "sgd": "sgd",
+    "momentum": "sgd",
+    "nesterov": "sgd",
+    "adam": "adam",
+    "adamw": "adam",
+}
+
+# peak = factor x suggestions[method], per optimizer kind: ONE rule for every
+# family, fitted by `python benchmarks/recipe_quality.py --fit` on that kind's
+# grids (the lowest mean over the families of their worst per-seed regret;
+# results in docs/results.md and benchmarks/results/recipe_fit.json).
+# AUTO_FAMILY: the family with the lowest worst regret under those rules.
+PEAK_RULES: dict[str, dict[str, tuple[str, float]]] = {
+    "sgd": dict.fromkeys(FAMILIES, ("knee", 5.657)),
+    "adam": dict.fromkeys(FAMILIES, ("knee", 0.707)),
+}
 AUTO_FAMILY = "wsd"
 
 
@@ -71,6 +87,26 @@ def _check_family(family: str, allow_auto: bool = False) -> str:
             f"unknown schedule family {family!r}; choose from {', '.join(allowed)}"
         )
     return family
+
+
+def optimizer_kind(optimizer: str | None) -> str:
+    """The kind of :data:`PEAK_RULES` that applies to ``optimizer``.
+
+    ``optimizer`` is an optax factory's name (``"sgd"``, ``"adamw"``, ...) or a
+    kind itself; anything else is refused: the rules were fitted for these
+    optimizers only, and a rule for the wrong kind is off by about 8x.
+
+    >>> optimizer_kind("nesterov"), optimizer_kind("adamw")
+    ('sgd', 'adam')
+    """
+    if isinstance(optimizer, str) and optimizer in OPTIMIZER_KINDS:
+        return OPTIMIZER_KINDS[optimizer]
+    raise ValueError(
+        f"no peak rule for the optimizer {optimizer!r}: the rules are fitted for "
+        f"{', '.join(OPTIMIZER_KINDS)}; pass optimizer= the nearest of these (e.g. "
+        "'sgd' for an SGD variant, 'adam' for an Adam variant), or method= and "
+        "factor= for a rule of your own"
+    )
 
 
 def _check_total(total_steps: Any) -> int:
@@ -198,15 +234,16 @@ def recommend(
     total_steps: int,
     family: str = "auto",
     *,
+    optimizer: str | None = None,
     method: str | None = None,
     factor: float | None = None,
 ) -> Recipe:
     """A schedule for ``total_steps`` updates from a range test's suggestions.
 
     ``peak = factor x result.suggestions[method]``, with ``(method, factor)``
-    from :data:`PEAK_RULES` for the family (fitted on recipe grids). A method
-    given here overrides the rule's and then means that suggestion itself
-    (``factor`` 1) unless a factor is given too.
+    from :data:`PEAK_RULES` for the optimizer's kind and the family (fitted on
+    recipe grids). A method given here overrides the rule's and then means that
+    suggestion itself (``factor`` 1) unless a factor is given too.
 
     Args:
       result: a :class:`lrjax.RangeTestResult` (or anything with a
@@ -214,6 +251,11 @@ def recommend(
         model, optimizer and batch size as the training.
       total_steps: the training budget in updates, >= 2.
       family: one of :data:`FAMILIES`, or ``"auto"`` (:data:`AUTO_FAMILY`).
+      optimizer: the optimizer the range test and the training use, by optax
+        name (a key of :data:`OPTIMIZER_KINDS`); default: the name
+        ``lr_range_test`` recorded (``result.config["optimizer"]``, the
+        factory's ``__name__``, e.g. ``optax.adamw`` -> ``"adamw"``). Needed
+        only when the rule gives the peak (no ``method=`` given).
       method: the suggestion the peak is built on (default: the rule's).
       factor: the multiple of that suggestion (default: the rule's; 1 when
         ``method`` is given).
@@ -223,22 +265,29 @@ def recommend(
       learning rate.
 
     Raises:
-      ValueError: an unknown family or method, a factor that is not > 0, or a
-        range test without that suggestion (e.g. it never descended).
+      ValueError: an unknown family, method or optimizer (the optimizer of a
+        range test whose factory has no known name, e.g. a lambda, must be
+        given), a factor that is not > 0, or a range test without that
+        suggestion (e.g. it never descended).
 
     >>> class R:  # a range test's suggestions
     ...     suggestions = {"knee": 0.01, "valley": 0.004}
-    >>> r = recommend(R(), 1000, "linear_decay")
+    >>> r = recommend(R(), 1000, "linear_decay", optimizer="sgd")
     >>> r.family, round(r.peak_lr, 6), r.rule
     ('linear_decay', 0.05657, 'peak = 5.657 x knee (0.01)')
+    >>> round(recommend(R(), 1000, optimizer="adamw").peak_lr, 6)
+    0.00707
     >>> recommend(R(), 1000, "one_cycle", method="valley").peak_lr
     0.004
     """
     _check_family(family, allow_auto=True)
     total = _check_total(total_steps)
     name = AUTO_FAMILY if family == "auto" else family
-    rule_method, rule_factor = PEAK_RULES[name]
     if method is None:
+        if optimizer is None:
+            config = getattr(result, "config", None)
+            optimizer = config.get("optimizer") if isinstance(config, Mapping) else None
+        rule_method, rule_factor = PEAK_RULES[optimizer_kind(optimizer)][name]
         method, factor = rule_method, rule_factor if factor is None else factor
     elif factor is None:
         factor = 1.0

@@ -36,6 +36,7 @@ the caller or the dataset supplies, never a line of this module.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple, NoReturn
@@ -442,6 +443,22 @@ def init_member(
     else:
         spec, params, rest = split_model(built)
     return spec, params, rest, built
+
+
+def optimizer_name(optimizer: Any) -> str | None:
+    """The ``__name__`` of an optimizer factory, through ``functools.partial``
+    (``optax.adamw`` -> ``"adamw"``); None for a lambda or an unnamed callable.
+
+    >>> import functools
+    >>> optimizer_name(optax.adamw), optimizer_name(functools.partial(optax.sgd))
+    ('adamw', 'sgd')
+    >>> optimizer_name(lambda lr: optax.sgd(lr)) is None
+    True
+    """
+    while isinstance(optimizer, functools.partial):
+        optimizer = optimizer.func
+    name = getattr(optimizer, "__name__", None)
+    return name if isinstance(name, str) and name != "<lambda>" else None
 
 
 def check_optimizer(optimizer: Any) -> None:

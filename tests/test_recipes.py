@@ -79,23 +79,68 @@ def test_unit_schedule_scales_to_the_built_one(family):
 
 def test_recommend_applies_the_rule_and_the_overrides():
     r = FakeResult(knee=0.01, valley=0.004, divergence=0.2)
-    for family in FAMILIES:
-        method, factor = recipes.PEAK_RULES[family]
-        rec = recommend(FakeResult(**{method: 0.01}), 500, family)
-        assert rec.peak_lr == pytest.approx(factor * 0.01)
-        assert rec.params["peak_lr"] == rec.peak_lr and rec.family == family
-        assert np.asarray(rec.schedule(np.arange(500))).max() == pytest.approx(
-            rec.peak_lr, rel=1e-5
-        )
-    auto = recommend(FakeResult(**{recipes.PEAK_RULES[recipes.AUTO_FAMILY][0]: 0.01}),
-                     500)  # fmt: skip
+    for opt, kind in recipes.OPTIMIZER_KINDS.items():
+        for family in FAMILIES:
+            method, factor = recipes.PEAK_RULES[kind][family]
+            rec = recommend(FakeResult(**{method: 0.01}), 500, family, optimizer=opt)
+            assert rec.peak_lr == pytest.approx(factor * 0.01)
+            assert rec.params["peak_lr"] == rec.peak_lr and rec.family == family
+            assert np.asarray(rec.schedule(np.arange(500))).max() == pytest.approx(
+                rec.peak_lr, rel=1e-5
+            )
+    method, factor = recipes.PEAK_RULES["sgd"][recipes.AUTO_FAMILY]
+    auto = recommend(FakeResult(**{method: 0.01}), 500, optimizer="sgd")
     assert auto.family == recipes.AUTO_FAMILY
     assert recommend(r, 500, "wsd", method="valley").peak_lr == 0.004
     assert recommend(r, 500, "wsd", method="valley", factor=2).peak_lr == 0.008
-    assert recommend(r, 500, "wsd", factor=2.5).factor == 2.5
+    assert recommend(r, 500, "wsd", factor=2.5, optimizer="adam").factor == 2.5
     doc = recommend(r, 500, "one_cycle", method="divergence").to_json()
     assert doc["rule"] == "peak = 1 x divergence (0.2)" and doc["peak_lr"] == 0.2
     assert doc["initial_lr"] == pytest.approx(0.2 / 25)
+
+
+def test_the_rules_differ_by_optimizer_kind():
+    """The fitted rules (benchmarks/results/recipe_fit.json): Adam's peak sits
+    far lower relative to its knee than SGD's; a rule for the wrong kind would be
+    off by that ratio, so the kind is never guessed."""
+    sgd = recipes.PEAK_RULES["sgd"][recipes.AUTO_FAMILY]
+    adam = recipes.PEAK_RULES["adam"][recipes.AUTO_FAMILY]
+    assert sgd[0] == adam[0] == "knee" and sgd[1] / adam[1] == pytest.approx(8.0, 1e-3)
+    r = FakeResult(knee=0.01)
+    assert recommend(r, 500, optimizer="momentum").peak_lr == pytest.approx(0.05657)
+    assert recommend(r, 500, optimizer="adamw").peak_lr == pytest.approx(0.00707)
+
+
+def test_recommend_reads_the_optimizer_the_range_test_recorded():
+    """lr_range_test records the factory's name; recommend picks its kind's rule
+    from it, and refuses a factory it cannot name (a lambda)."""
+    import functools
+
+    import jax
+    import optax
+
+    import lrjax
+
+    x = np.random.default_rng(0).normal(size=(256, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    model = lrjax.mlp(8, 2, (16,), key=jax.random.key(0))
+    kw = dict(key=jax.random.key(1), batch_size=32, num_steps=40)
+    for factory, name, kind in [
+        (optax.adamw, "adamw", "adam"),
+        (functools.partial(optax.sgd, momentum=0.9), "sgd", "sgd"),
+    ]:
+        res = lrjax.lr_range_test(model, factory, (x, y), **kw)
+        assert res.config["optimizer"] == name
+        if res.suggestions.get("knee") is not None:
+            method, factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILY]
+            rec = recommend(res, 100)
+            assert rec.peak_lr == pytest.approx(factor * res.suggestions[method])
+    res = lrjax.lr_range_test(model, lambda lr: optax.sgd(lr), (x, y), **kw)
+    assert res.config["optimizer"] is None
+    with pytest.raises(ValueError, match="no peak rule for the optimizer None"):
+        recommend(res, 100)
+    method = "knee" if res.suggestions.get("knee") else "steep"
+    assert recommend(res, 100, method=method).factor == 1.0
 
 
 @pytest.mark.parametrize(
@@ -105,10 +150,15 @@ def test_recommend_applies_the_rule_and_the_overrides():
         (lambda: build_schedule("wsd", 0.0, 100), "peak_lr must be"),
         (lambda: build_schedule("wsd", 0.1, 1), "total_steps must be"),
         (lambda: build_schedule("wsd", 0.1, 10.0), "total_steps must be"),
-        (lambda: recommend(FakeResult(knee=None), 100), "gave no 'knee'"),
+        (lambda: recommend(FakeResult(knee=None), 100, optimizer="sgd"), "no 'knee'"),
+        (lambda: recommend(FakeResult(knee=0.1), 100), "no peak rule for the opt"),
+        (lambda: recommend(FakeResult(knee=0.1), 100, optimizer="lion"), "'lion'"),
         (lambda: recommend(FakeResult(knee=0.1), 100, method="nope"), "unknown sugg"),
-        (lambda: recommend(FakeResult(knee=0.1), 100, factor=-1), "factor must be"),
-        (lambda: recommend(object(), 100), "needs a range-test result"),
+        (
+            lambda: recommend(FakeResult(knee=0.1), 9, optimizer="sgd", factor=-1),
+            "factor must be",
+        ),
+        (lambda: recommend(object(), 100, optimizer="sgd"), "needs a range-test"),
         (lambda: recommend(FakeResult(knee=0.1), 100, "auto2"), "unknown schedule"),
     ],
 )

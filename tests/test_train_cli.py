@@ -326,7 +326,7 @@ def test_lr_auto_recipe_writes_family_rule_and_numbers(tiny, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     m = read(out)
-    method, factor = PEAK_RULES[AUTO_FAMILY]
+    method, factor = PEAK_RULES["sgd"][AUTO_FAMILY]  # the default optimizer, sgd
     finder = m["lr_finder"]
     assert finder["method"] == method
     assert m["lr"] == pytest.approx(factor * finder["suggestions"][method])

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     recipes = {}
     if find is not None:
-        recipes = recommended(find, results, steps * args.epochs)
+        recipes = recommended(find, results, steps * args.epochs, args.optimizer)
     if args.schedule == "all":
         best = max(results, key=lambda n: results[n].best_accuracy)
         doc = {
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def recommended(find, results, total_steps: int) -> dict:
+def recommended(find, results, total_steps: int, optimizer: str) -> dict:
     """Each family's recommended recipe and its regret against the whole grid.
 
     Regret (pp) = the best cell of all families (final validation accuracy, mean
@@ -311,7 +311,7 @@ def recommended(find, results, total_steps: int) -> dict:
         if name not in FAMILIES:
             continue
         try:
-            rec = recommend(find, total_steps, name)
+            rec = recommend(find, total_steps, name, optimizer=optimizer)
         except ValueError:  # no suggestion to build a peak on
             continue
         acc = accuracy_at(r, rec.peak_lr)

@@ -649,9 +649,10 @@ def main(argv: list[str] | None = None) -> int:
 
         family = recipe_family(args.schedule)
         if family is not None:
-            from lrjax.recipes import PEAK_RULES
+            from lrjax.recipes import PEAK_RULES, optimizer_kind
 
-            method = args.lr_method or PEAK_RULES[family][0]
+            kind = optimizer_kind(args.optimizer)
+            method = args.lr_method or PEAK_RULES[kind][family][0]
         else:
             method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
         t0 = time.perf_counter()
@@ -684,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                     rt,
                     args.epochs * steps_per_epoch,
                     family,
+                    optimizer=args.optimizer,
                     method=args.lr_method,
                 )
             except ValueError as e:
