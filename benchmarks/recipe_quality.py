@@ -22,7 +22,9 @@ grids and suggestions, and scores every candidate on them (no training).
 
     python benchmarks/recipe_quality.py --model mlp --optimizer sgd --batch-size 32 \\
         --epochs 10 --out benchmarks/results/recipe_mlp_sgd_e10.json
-    python benchmarks/recipe_quality.py --fit benchmarks/results/recipe_*.json
+    python benchmarks/recipe_quality.py --fit benchmarks/results/recipe_*.json \\
+        --fit-out benchmarks/results/recipe_fit.json
+    python benchmarks/recipe_quality.py --rescore benchmarks/results/recipe_*.json
 """
 
 from __future__ import annotations
@@ -524,9 +526,24 @@ def main(argv=None) -> int:
     )
     p.add_argument("--fit", nargs="+", default=None, metavar="JSON")
     p.add_argument("--fit-out", default=None)
+    p.add_argument(
+        "--rescore",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="score stored grids with today's lrjax.recipes rules (no training)",
+    )
     args = p.parse_args(argv)
     if args.fit:
         return fit(args.fit, args.fit_out)
+    if args.rescore:
+        for path in args.rescore:
+            doc = json.loads(Path(path).read_text())
+            if "grids" in doc:
+                rescore(doc)
+                write_atomic(Path(path), json.dumps(doc, indent=1) + "\n")
+                print(report(doc), flush=True)
+        return 0
     if args.train_only:
         doc = json.loads(Path(args.out).read_text())
         rescore(doc)
