@@ -391,6 +391,22 @@ def markdown(results: Path) -> str:
                 f"(best {100 * g['best_accuracy']:.2f}% at {g['best_lr']:.3g})"
             )
         rows.append(f"| {_setting_name(d)} | " + " | ".join(cells) + " |")
+    fitted = results / "recipe_fit.json"
+    if fitted.exists():
+        f = json.loads(fitted.read_text())
+        kinds = "; ".join(
+            f"**{kind}** kind: {k['shared']['factor']:g} x {k['shared']['method']}, "
+            "fitted on "
+            + ", ".join(_setting_name({"setting": s}) for s in k["settings"])
+            + " (worst per-seed regret of any family there "
+            + f"{k['shared']['worst_pp']:.2f} pp)"
+            for kind, k in f["kinds"].items()
+        )
+        rows += [
+            "",
+            f"The rules (`recipe_fit.json`, `recipe_quality.py --fit`): {kinds}; auto "
+            f"family **{f['auto_family']}**. Settings marked held out were not used.",
+        ]
     return "\n".join(rows)
 
 
