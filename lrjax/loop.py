@@ -212,10 +212,13 @@ class Program:
     def compile(self, state, xs, data) -> None:
         """Compiles for a chunk like ``xs`` (once per chunk length when scanned)."""
         t0 = time.perf_counter()
-        first = jax.tree.map(lambda a: a[0], xs)
+
+        def first():  # one update's inputs (a device op: only when needed)
+            return jax.tree.map(lambda a: a[0], xs)
+
         if self.one is None:
             if "auto" in (self.loop, self.population):
-                conv = conv_on_cpu(self._one(False), state, first, data)
+                conv = conv_on_cpu(self._one(False), state, first(), data)
                 if self.loop == "auto":
                     self.loop = "dispatch" if conv else "scan"
                 if self.population == "auto":
@@ -227,7 +230,7 @@ class Program:
             self._jitted = self._jit(self.one)
         key = 0 if self.loop == "dispatch" else jax.tree.leaves(xs)[0].shape[0]
         if key not in self._compiled:
-            args = (state, first if self.loop == "dispatch" else xs, data)
+            args = (state, first() if self.loop == "dispatch" else xs, data)
             self._compiled[key] = self._jitted.lower(*args).compile()
         self.compile_s += time.perf_counter() - t0
 
@@ -243,19 +246,43 @@ class Program:
         return state, jax.tree.map(lambda *a: jnp.stack(a), *metrics)
 
 
+#: A long plan's first chunk (updates): the first progress, its rate and the time
+#: left show after this many updates, not after a whole long chunk.
+FIRST_CHUNK_STEPS = 256
+
+
 def uniform_plan(num_steps: int, chunks: int, max_chunk: int | None = None):
     """``chunks`` equal chunks covering ``num_steps`` (the last may run past it).
 
     One chunk length, so one compile; the caller drops the updates past the end.
+    When the chunks would be ``16 * FIRST_CHUNK_STEPS`` (4096) updates or longer,
+    the plan starts with one chunk of :data:`FIRST_CHUNK_STEPS` and cuts the rest
+    alike, for a first report after seconds (``lrjax-find --steps 100000000``
+    showed nothing until its first 4096-update chunk had run). That costs a second
+    compile (:func:`drive` compiles it while the first chunk runs), so shorter
+    plans, where a chunk takes seconds anyway, keep one length.
 
     >>> uniform_plan(10, 3)
     [(0, 4), (4, 8), (8, 12)]
+    >>> uniform_plan(20_000, 8)[:2]
+    [(0, 2500), (2500, 5000)]
+    >>> plan = uniform_plan(10**8, 8, max_chunk=4096)
+    >>> plan[:3], plan[-1], len(plan)
+    ([(0, 256), (256, 4352), (4352, 8448)], (99995904, 100000000), 24415)
     """
-    length = -(-num_steps // max(1, min(chunks, num_steps)))
-    if max_chunk is not None:
-        length = min(length, max_chunk)
-    n = -(-num_steps // length)
-    return [(i * length, (i + 1) * length) for i in range(n)]
+
+    def cut(start: int, steps: int) -> list[tuple[int, int]]:
+        length = -(-steps // max(1, min(chunks, steps)))
+        if max_chunk is not None:
+            length = min(length, max_chunk)
+        n = -(-steps // length)
+        return [(start + i * length, start + (i + 1) * length) for i in range(n)]
+
+    plan = cut(0, num_steps)
+    first = FIRST_CHUNK_STEPS
+    if plan[0][1] >= 16 * first:
+        plan = [(0, first), *cut(first, num_steps - first)]
+    return plan
 
 
 def epoch_plan(start: int, end: int, steps_per_epoch: int, chunks_per_epoch: int):
@@ -328,8 +355,11 @@ def drive(
             break
         n = jax.tree.leaves(xs)[0].shape[0]
         state, metrics = program(state, xs, source.data)
-        # Prefetch: the next chunk's inputs are built while this one computes.
+        # Prefetch: the next chunk's inputs are built while this one computes,
+        # and its program compiled if its length is new (a short first chunk).
         xs = source.chunk(*plan[i + 1]) if i + 1 < len(plan) else None
+        if xs is not None:
+            program.compile(state, xs, source.data)
         # Sharded over processes (a population), metrics are gathered first.
         metrics = jax.tree.map(host, metrics)
         hi_run = lo + n

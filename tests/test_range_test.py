@@ -568,7 +568,8 @@ def test_the_memory_estimate_is_in_the_result(images):
 
 def test_a_sweep_of_1e8_steps_builds_only_its_chunks_inputs(images):
     """No up-front [num_steps, batch] index array (51 GB here); it stops at the
-    first chunk, where every loss is already non-finite."""
+    first chunk (a short one, lrjax.loop.FIRST_CHUNK_STEPS), where every loss is
+    already non-finite."""
     r = lrjax.lr_range_test(
         mlp(jax.random.key(0)),
         optax.sgd,
@@ -579,5 +580,44 @@ def test_a_sweep_of_1e8_steps_builds_only_its_chunks_inputs(images):
         end_value=1e7,
     )
     assert r.stop_reason == "diverged" and r.config["num_steps"] == 10**8
-    assert r.config["chunk_steps"] == lrjax.range_test.MAX_CHUNK_STEPS
-    assert r.steps_run == lrjax.range_test.MAX_CHUNK_STEPS
+    assert r.config["chunk_steps"] == lrjax.loop.FIRST_CHUNK_STEPS
+    assert r.steps_run == lrjax.loop.FIRST_CHUNK_STEPS
+
+
+def test_a_long_sweep_reports_progress_after_its_short_first_chunk(
+    images, monkeypatch, capsys
+):
+    """lrjax-find --steps 100000000 printed nothing until a first chunk of 4096
+    updates had run (25 s and more on a busy CPU): the first chunk of a long sweep
+    is short, its progress (and the rate tqdm derives the time left from) shows
+    after it; the rest of the plan keeps the long chunks."""
+    from lrjax import loop, range_test
+
+    seen = []
+
+    def drive(program, state, source, plan, hooks=()):
+        seen.append(plan[:3])
+
+        def stop(end):
+            seen.append((end.lo, end.hi))
+            return "enough"
+
+        return loop.drive(program, state, source, plan, hooks=[*hooks, stop])
+
+    monkeypatch.setattr(range_test, "drive", drive)
+    r = lrjax.lr_range_test(
+        mlp(jax.random.key(0)),
+        optax.sgd,
+        images,
+        key=jax.random.key(0),
+        num_steps=10**8,
+        progress=True,
+    )
+    first = loop.FIRST_CHUNK_STEPS
+    long = range_test.MAX_CHUNK_STEPS
+    assert seen == [
+        [(0, first), (first, first + long), (first + long, first + 2 * long)],
+        (0, first),
+    ]
+    assert r.steps_run == first and r.stop_reason == "enough"
+    assert f"{first}/{10**8}" in capsys.readouterr().err  # the bar, after 256 steps
