@@ -912,7 +912,7 @@ def lr_range_test(
         "diverge_threshold": diverge_threshold,
         "rebound": rebound,
         "chunks": len(plan),
-        "chunk_steps": plan[0][1] - plan[0][0],
+        "chunk_steps": max(hi - lo for lo, hi in plan),
         "data": "arrays" if isinstance(base, ArraySource) else "iterable",
         "memory": memory,
     }

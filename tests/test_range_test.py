@@ -580,7 +580,7 @@ def test_a_sweep_of_1e8_steps_builds_only_its_chunks_inputs(images):
         end_value=1e7,
     )
     assert r.stop_reason == "diverged" and r.config["num_steps"] == 10**8
-    assert r.config["chunk_steps"] == lrjax.loop.FIRST_CHUNK_STEPS
+    assert r.config["chunk_steps"] == lrjax.range_test.MAX_CHUNK_STEPS  # not the first
     assert r.steps_run == lrjax.loop.FIRST_CHUNK_STEPS
 
 
