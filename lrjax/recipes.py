@@ -59,7 +59,7 @@ SHAPES: dict[str, dict[str, float]] = {
 
 # The optimizers the peak rules were fitted for, by kind: plain and momentum SGD
 # share one rule, Adam and AdamW another (their knees sit at very different
-# places relative to the best peak: 5.657 x against 0.707 x on the MLP grids).
+# places relative to the best peak: 4 x against 0.707 x on the MLP grids).
 OPTIMIZER_KINDS: dict[str, str] = {
     "sgd": "sgd",
     "momentum": "sgd",
@@ -74,7 +74,7 @@ OPTIMIZER_KINDS: dict[str, str] = {
 # results in docs/results.md and benchmarks/results/recipe_fit.json).
 # AUTO_FAMILY: the family with the lowest worst regret under those rules.
 PEAK_RULES: dict[str, dict[str, tuple[str, float]]] = {
-    "sgd": dict.fromkeys(FAMILIES, ("knee", 5.657)),
+    "sgd": dict.fromkeys(FAMILIES, ("knee", 4.0)),
     "adam": dict.fromkeys(FAMILIES, ("knee", 0.707)),
 }
 AUTO_FAMILY = "wsd"
@@ -94,7 +94,7 @@ def optimizer_kind(optimizer: str | None) -> str:
 
     ``optimizer`` is an optax factory's name (``"sgd"``, ``"adamw"``, ...) or a
     kind itself; anything else is refused: the rules were fitted for these
-    optimizers only, and a rule for the wrong kind is off by about 8x.
+    optimizers only, and a rule for the wrong kind is off by about 6x.
 
     >>> optimizer_kind("nesterov"), optimizer_kind("adamw")
     ('sgd', 'adam')
@@ -274,7 +274,7 @@ def recommend(
     ...     suggestions = {"knee": 0.01, "valley": 0.004}
     >>> r = recommend(R(), 1000, "linear_decay", optimizer="sgd")
     >>> r.family, round(r.peak_lr, 6), r.rule
-    ('linear_decay', 0.05657, 'peak = 5.657 x knee (0.01)')
+    ('linear_decay', 0.04, 'peak = 4 x knee (0.01)')
     >>> round(recommend(R(), 1000, optimizer="adamw").peak_lr, 6)
     0.00707
     >>> recommend(R(), 1000, "one_cycle", method="valley").peak_lr
