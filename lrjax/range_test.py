@@ -809,14 +809,14 @@ def lr_range_test(
         state = jax.jit(init, out_shardings=shard)(params, rest)
     else:
 
-        def init_member(v, s, params, rest):
+        def init_value_member(v, s, params, rest):
             if seeds > 1:
                 params, rest = jax.tree.map(lambda a: a[s], (params, rest))
             return init_state(params, rest, make_tx(sched, v))
 
         value_of = np.repeat(np.arange(num_values), seeds)
         state = jax.jit(
-            jax.vmap(init_member, in_axes=(0, 0, None, None)), out_shardings=shard
+            jax.vmap(init_value_member, in_axes=(0, 0, None, None)), out_shardings=shard
         )(
             jnp.asarray(np.asarray(values)[value_of], jnp.float32),
             jnp.asarray(seed_of, jnp.int32),

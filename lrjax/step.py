@@ -421,8 +421,7 @@ def init_member(
     Raises:
       TypeError, ValueError: the factory built something else than its form.
     """
-    built = model
-    what = "the model the factory returned"
+    built = params = model
     if form == "factory":
         built = model(jax.random.fold_in(member_key, 1))
         if model_state == FROM_FACTORY:
@@ -435,13 +434,14 @@ def init_member(
             what = "the params the factory returned"
             model_form(params, model_state=model_state, factory=False, what=what)
         else:
-            model_form(built, has_loss_fn=has_loss_fn, factory=False, what=what)
+            params = built
+            what = "the model the factory returned"
+            model_form(params, has_loss_fn=has_loss_fn, factory=False, what=what)
     if model_state is not None:
-        params = built[0] if form == "factory" else built
         rngs = jax.random.fold_in(member_key, 2)
         spec, params, rest = split_stateful(params, model_state, rngs)
     else:
-        spec, params, rest = split_model(built)
+        spec, params, rest = split_model(params)
     return spec, params, rest, built
 
 
