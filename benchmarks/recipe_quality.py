@@ -434,22 +434,28 @@ def fit(paths: list[str], out: str | None) -> int:
     rules: dict[str, dict] = {}
     for kind in sorted({kind_of(d) for d in fitting}):
         mine = [d for d in fitting if kind_of(d) == kind]
-        families = {}
+        # Every candidate rule scored once per family: (worst, mean) over this
+        # kind's settings of the per-seed regret; None where a setting's
+        # suggestion x factor falls outside its grid.
+        scores: dict[tuple, tuple[float, float] | None] = {}
         for fam in FAMILIES:
-            cands = []
             for method in METHODS:
                 for factor in FACTORS:
-                    worst, total, ok = 0.0, 0.0, True
-                    for d in mine:
-                        r = score_rules(d, {fam: (method, factor)})[fam]
-                        w = r["regret_seed_max_pp"]
-                        if w is None:
-                            ok = False
-                            break
-                        worst, total = max(worst, w), total + r["regret_seed_mean_pp"]
-                    if ok:
-                        cands.append((worst, total / len(mine), method, factor))
-            cands.sort()
+                    rs = [score_rules(d, {fam: (method, factor)})[fam] for d in mine]
+                    worst = [r["regret_seed_max_pp"] for r in rs]
+                    scores[fam, method, factor] = (
+                        None
+                        if None in worst
+                        else (
+                            max(0.0, *worst),
+                            sum(r["regret_seed_mean_pp"] for r in rs) / len(mine),
+                        )
+                    )
+        families = {}
+        for fam in FAMILIES:
+            cands = sorted(
+                (*v, m, f) for (fa, m, f), v in scores.items() if fa == fam and v
+            )
             worst, mean, method, factor = cands[0]
             families[fam] = {
                 "method": method,
@@ -466,16 +472,9 @@ def fit(paths: list[str], out: str | None) -> int:
         shared = []
         for method in METHODS:
             for factor in FACTORS:
-                worst = []
-                for fam in FAMILIES:
-                    w = [
-                        score_rules(d, {fam: (method, factor)})[fam][
-                            "regret_seed_max_pp"
-                        ]
-                        for d in mine
-                    ]
-                    worst.append(None if None in w else max(w))
-                if None not in worst:
+                per_family = [scores[fam, method, factor] for fam in FAMILIES]
+                if None not in per_family:
+                    worst = [v[0] for v in per_family if v is not None]
                     shared.append((sum(worst) / len(worst), max(worst), method, factor))
         shared.sort()
         mean, worst, method, factor = shared[0]
