@@ -17,7 +17,6 @@ document still shows what its JSON holds.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -31,7 +30,6 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 FRONT_PAGE = ROOT / "README.md"
 RESULTS_MD = ROOT / "docs" / "results.md"
-NOT_MEASURED = "(not measured yet)"
 
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
 import cnn_results as cnn_results_bench  # noqa: E402
@@ -40,6 +38,17 @@ import recipe_quality  # noqa: E402
 import short_budget  # noqa: E402
 import sweep_quality  # noqa: E402
 import train_results  # noqa: E402
+from _report_util import (  # noqa: E402
+    NOT_MEASURED,
+    fmt,
+    json_block,
+    load_result,
+    md_table,
+    pct,
+    plural,
+    where,
+    yes,
+)
 
 from lrjax.suggestions import DEFAULT_METHOD, METHODS  # noqa: E402
 
@@ -89,57 +98,13 @@ COLLAPSED_BELOW = 0.5
 # --- helpers -----------------------------------------------------------------
 
 
-def _load(results: Path, name: str) -> dict | None:
-    path = results / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _where(d: dict) -> str:
-    return (
-        f"{d['device']}, {d['cpu_count']} cores, jax {d['jax']}; "
-        f"`{' '.join(d.get('argv', []))}`"
-    )
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
 def _pct_stats(st: dict) -> str:
     """``mean [min, max]`` in percent, as train_results.py's tables."""
-    return f"{_pct(st['mean'])} [{_pct(st['min'])}, {_pct(st['max'])}]"
+    return f"{pct(st['mean'])} [{pct(st['min'])}, {pct(st['max'])}]"
 
 
 def _pp_stats(st: dict) -> str:
     return f"{st['mean']:+.2f} [{st['min']:+.2f}, {st['max']:+.2f}]"
-
-
-def _fmt(v, spec: str = ".3g") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}" + ("" if n == 1 else "s")
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "no"
-
-
-def _one(name: str, render: Callable[[dict], str]) -> Callable[[Path], str]:
-    """A block rendered from one JSON; ``(not measured yet)`` without it."""
-
-    def block(results: Path) -> str:
-        d = _load(results, name)
-        return NOT_MEASURED if d is None else render(d)
-
-    return block
 
 
 # --- benchmarks/README.md: speed ----------------------------------------------
@@ -185,13 +150,13 @@ def find(d: dict) -> str:
                 ]
             )
     w = d["whole_process"]
-    out = _table(["variant", "compile s", "run s", "steps/s", "x floor"], rows)
+    out = md_table(["variant", "compile s", "run s", "steps/s", "x floor"], rows)
     out += (
         f"\n\nTarget: lrjax within {d.get('target_lrjax_vs_floor', 1.1)}x of the "
         f"floor. Whole process, `{w['command']}`: {w['warm_s']:.2f} s warm "
         f"(first {w['first_s']:.2f} s)."
     )
-    return f"{out}\n\nMeasured on {_where(d)}."
+    return f"{out}\n\nMeasured on {where(d)}."
 
 
 def range_test_sources(d: dict) -> str:
@@ -211,12 +176,12 @@ def range_test_sources(d: dict) -> str:
                 f"{v['run_s'] / d['array']['run_s']:.2f}",
             ]
         )
-    out = _table(["variant", "compile s", "run s", "steps/s", "x arrays"], rows)
+    out = md_table(["variant", "compile s", "run s", "steps/s", "x arrays"], rows)
     return out + (
         f"\n\ngenerator / arrays: {d['generator_vs_array']:.2f}x "
         f"(target <= {d['target_generator_vs_array']}); NNX / pure: "
         f"{d['nnx_vs_pure']:.3f}x (target <= {d['target_nnx_vs_pure']})."
-        f"\n\nMeasured on {_where(d)}."
+        f"\n\nMeasured on {where(d)}."
     )
 
 
@@ -246,7 +211,7 @@ def _cnn_steps(d: dict) -> str:
             ]
         )
     r = d["ratios"]
-    out = _table(
+    out = md_table(
         [
             "variant",
             "steps timed",
@@ -305,7 +270,7 @@ def _cnn_parts(d: dict) -> str:
             f"Range test: {rt['num_steps']} updates swept 1e-5 -> 10, stopping on "
             f"divergence; steps run {', '.join(map(str, rt['steps_run_all']))} "
             f"(stop reason: {lj.get('stop_reason') or 'none, the sweep ran out'}; "
-            f"suggested lr {_fmt(sug)}); lrjax / PyTorch "
+            f"suggested lr {fmt(sug)}); lrjax / PyTorch "
             f"**{rt['lrjax_vs_torch']:.2f}x**."
         )
     au = d.get("augment")
@@ -316,14 +281,14 @@ def _cnn_parts(d: dict) -> str:
         add("epoch, `--augment`", what, au["lrjax_fit"], ratio)
         if vs is not None:
             notes.append(f"`--augment` epoch / plain epoch: **{vs:.2f}x**.")
-    out = _table(
+    out = md_table(
         ["part", "variant", "updates", "compile s", "run s", "ms/step", "ratio"],
         rows,
     )
     head = (
         f"An epoch of {d['epoch_steps']} updates (batch {d['batch_size']}, "
         f"{d['n_train']} images); run s is the fastest of "
-        f"{_count(d['repeats'], 'interleaved repeat')}, after compilation."
+        f"{plural(d['repeats'], 'interleaved repeat')}, after compilation."
     )
     return "\n\n".join([head, out, *([" ".join(notes)] if notes else [])])
 
@@ -343,7 +308,7 @@ def cnn(d: dict) -> str:
         parts.append(steps)
     if not parts:
         return NOT_MEASURED
-    return "\n\n".join([*parts, f"Measured on {_where(d)}."])
+    return "\n\n".join([*parts, f"Measured on {where(d)}."])
 
 
 def sweep(name: str) -> Callable[[Path], str]:
@@ -351,7 +316,7 @@ def sweep(name: str) -> Callable[[Path], str]:
     the same sweep run as a map over members (``<name>_cost_map.json``)."""
 
     def block(results: Path) -> str:
-        d = _load(results, name)
+        d = load_result(results, name)
         if d is None:
             return NOT_MEASURED
         losses = [r["min_loss"] for r in d["per_value"] if r["min_loss"] is not None]
@@ -362,7 +327,7 @@ def sweep(name: str) -> Callable[[Path], str]:
                 f"{100 * (max(losses) / min(losses) - 1):.2f}% of the lowest (the "
                 f"rule's tie tolerance: {100 * d['tolerance']:g}%)."
             )
-        m = _load(results, f"{name}_cost_map")
+        m = load_result(results, f"{name}_cost_map")
         if m is not None:
             out += (
                 f'\nWith `population="{m.get("population", "map")}"` '
@@ -379,7 +344,11 @@ def sweep(name: str) -> Callable[[Path], str]:
 
 
 def _finder_docs(results: Path) -> dict[str, dict]:
-    return {name: d for name in FINDER_FILES if (d := _load(results, name)) is not None}
+    return {
+        name: d
+        for name in FINDER_FILES
+        if (d := load_result(results, name)) is not None
+    }
 
 
 def targets(results: Path) -> str:
@@ -391,19 +360,19 @@ def targets(results: Path) -> str:
         """``measured`` and ``met`` are falsy (None, {}, []) without a JSON."""
         rows.append([target, measured or NOT_MEASURED, met or "-", source])
 
-    f = _load(results, "find")
+    f = load_result(results, "find")
     limit = f.get("target_lrjax_vs_floor", 1.1) if f else 1.1
     row(
         f"range test run time within {limit}x of a hand-written JAX loop",
         f and f"{f['lrjax_vs_floor']:.3f}x",
-        f and _yes(f["lrjax_vs_floor"] <= limit),
+        f and yes(f["lrjax_vs_floor"] <= limit),
         "`bench_find.py`",
     )
     w = f and f["whole_process"]
     row(
         f"`python -m lrjax.find` whole process < {t['whole_process_s']} s, warm",
         w and f"{w['warm_s']:.2f} s",
-        w and _yes(w["warm_s"] < t["whole_process_s"]),
+        w and yes(w["warm_s"] < t["whole_process_s"]),
         "`bench_find.py`",
     )
     cost = f and f["seeds_8_cost_vs_1_seed"]
@@ -413,7 +382,7 @@ def targets(results: Path) -> str:
     row(
         f"8 seeds in at most {t['seeds_8_vs_1_cpu']}x one seed (CPU)",
         cost and f"{cost[key]:.2f}x ({key.replace('_', ' ')})",
-        cost and _yes(cost[key] <= t["seeds_8_vs_1_cpu"]),
+        cost and yes(cost[key] <= t["seeds_8_vs_1_cpu"]),
         "`bench_find.py`",
     )
     lo, hi = t["sgd_divergence_lr"]
@@ -432,19 +401,19 @@ def targets(results: Path) -> str:
         divs
         and f"{min(divs):.2f}-{max(divs):.2f}, median {med:.2f}, over {len(divs)} "
         "range-test seeds",
-        divs and _yes(lo <= med <= hi) + " (median)",
+        divs and yes(lo <= med <= hi) + " (median)",
         "`finder_quality.py`",
     )
-    b = _load(results, "train_bench")
+    b = load_result(results, "train_bench")
     row(
         f"training epoch within {t['train_vs_floor']}x of a hand-written loop",
         b
         and f"{b['ratio_lrjax_vs_hand']:.3f}x (median epoch), "
         f"{b['ratio_lrjax_vs_hand_min']:.3f}x (fastest)",
-        b and _yes(b["ratio_lrjax_vs_hand"] <= t["train_vs_floor"]),
+        b and yes(b["ratio_lrjax_vs_hand"] <= t["train_vs_floor"]),
         "`bench_train.py`",
     )
-    tr = _load(results, "train_results")
+    tr = load_result(results, "train_results")
     v = tr and tr["variants"].get(DEFAULT_VARIANT)
     if v:
         acc = v.get("test_accuracy_all_seeds", v["test_accuracy"])
@@ -454,9 +423,9 @@ def targets(results: Path) -> str:
             if "test_accuracy_all_seeds" in v
             else ""
         )
-        met = _yes(margin >= 0) + f", by {margin:+.2f} pp"
+        met = yes(margin >= 0) + f", by {margin:+.2f} pp"
     row(
-        f"`--lr auto`, default schedule: >= {_pct(t['default_accuracy'])}% test "
+        f"`--lr auto`, default schedule: >= {pct(t['default_accuracy'])}% test "
         "accuracy (MLP, 30 epochs)",
         v and measured,
         v and met,
@@ -483,11 +452,11 @@ def targets(results: Path) -> str:
     row(
         f"snapshot ensemble >= best single snapshot + {t['snapshot_gain_pp']} pp",
         gains and measured,
-        gains and _yes(max(gains.values()) >= t["snapshot_gain_pp"]),
+        gains and yes(max(gains.values()) >= t["snapshot_gain_pp"]),
         "`train_results.py`",
     )
     for name, label in FINDER_FILES.items():
-        d = _load(results, name)
+        d = load_result(results, name)
         s = d and d["summary"][DEFAULT_METHOD]
         if d:
             worst_any = max(
@@ -500,7 +469,7 @@ def targets(results: Path) -> str:
                 f"settings, {d['config']['epochs']}-epoch grids ("
                 f"{worst_any:.2f} pp at the worst grid epoch)"
             )
-            met = _yes(
+            met = yes(
                 s["worst_regret_pp"] <= t["regret_pp"]
                 and s["worst_spread_factor"] <= t["spread"]
             )
@@ -511,7 +480,7 @@ def targets(results: Path) -> str:
             d and met,
             "`finder_quality.py`",
         )
-    p = _load(results, "population")
+    p = load_result(results, "population")
     if p:
         spread = min(
             (r for r in p["runs"] if r["variant"] != "sequential"),
@@ -522,19 +491,18 @@ def targets(results: Path) -> str:
         "sequential (CPU)",
         p
         and f"{spread['vs_sequential']:.2f}x ({spread['variant']}, {spread['device']})",
-        p and _yes(spread["vs_sequential"] <= t["population_vs_sequential"]),
+        p and yes(spread["vs_sequential"] <= t["population_vs_sequential"]),
         "`bench_population.py`",
     )
     for name in CNN_FILES:
-        c = _load(results, name)
+        c = load_result(results, name)
         method = c and ", ".join(_cnn_methods(c))
         row(
-            f"BatchNorm CNN >= {_pct(t['cnn_accuracy'])}% test accuracy "
-            f"(`{name}.json`)",
+            f"BatchNorm CNN >= {pct(t['cnn_accuracy'])}% test accuracy (`{name}.json`)",
             c
-            and f"{_pct(c['mean_test_accuracy'])}% over "
-            f"{_count(len(c['seeds_done']), 'seed')}, lr method {method}",
-            c and _yes(c["mean_test_accuracy"] >= t["cnn_accuracy"]),
+            and f"{pct(c['mean_test_accuracy'])}% over "
+            f"{plural(len(c['seeds_done']), 'seed')}, lr method {method}",
+            c and yes(c["mean_test_accuracy"] >= t["cnn_accuracy"]),
             "`cnn_results.py`",
         )
         ind = c and c.get("independent_ensemble")
@@ -547,11 +515,11 @@ def targets(results: Path) -> str:
             and gain is not None
             and f"snapshots {gain:+.2f} pp (mean over seeds) against "
             f"{ind['gain_pp']:+.2f} pp for {ind['members']} independent runs",
-            ind and gain is not None and _yes(gain >= frac * ind["gain_pp"]),
+            ind and gain is not None and yes(gain >= frac * ind["gain_pp"]),
             "`cnn_results.py`",
         )
     # No target in the issue: informational rows, "met?" stays "-".
-    c = _load(results, "cnn")
+    c = load_result(results, "cnn")
     ep, rt = c and c.get("epoch"), c and c.get("range_test")
     row(
         "CNN epoch: lrjax vs a plain PyTorch CPU loop, same run (no target)",
@@ -572,18 +540,18 @@ def targets(results: Path) -> str:
         "`bench_cnn.py`",
     )
     for name in ("sweep_mlp_adamw", "sweep_cnn"):
-        s = _load(results, name)
+        s = load_result(results, name)
         c = s and s["cost"]
         row(
             f"range test over a second hyperparameter in one program: at most "
             f"{c['target_ratio'] if c else 0.8}x the wall time of one range test "
             f"per value (`{name}.json`)",
             c and f"{c['wall_ratio']:.2f}x (on {c['sweep_device']})",
-            c and _yes(c["wall_ratio"] <= c["target_ratio"]),
+            c and yes(c["wall_ratio"] <= c["target_ratio"]),
             "`sweep_quality.py`",
         )
-    gpu = _load(results, "suite_gpu")
-    ref = gpu or _load(results, "suite_cpu")
+    gpu = load_result(results, "suite_gpu")
+    ref = gpu or load_result(results, "suite_cpu")
     for key, what, one in (
         ("seeds_8_vs_1", "8 seeds", "one seed"),
         ("population_36_vs_1", "36 models", "one model"),
@@ -595,10 +563,10 @@ def targets(results: Path) -> str:
             + ("against " if target is None else f"at most {target:g}x ")
             + one,
             g and f"{g['measured']:.2f}x ({gpu['device']})",
-            g and _yes(g["met"]),
+            g and yes(g["met"]),
             "`suite.py`",
         )
-    return _table(["target", "measured", "met?", "benchmark"], rows)
+    return md_table(["target", "measured", "met?", "benchmark"], rows)
 
 
 # --- docs/results.md: training ------------------------------------------------
@@ -679,14 +647,14 @@ def train_default(doc: dict) -> str:
         f"- decaying peaks (`{DEFAULT_VARIANT}`): "
         f"{_pct_stats(new['test_accuracy'])} over {new['runs']} seeds, "
         f"{_pct_stats(new['test_accuracy_all_seeds'])} over {len(a)}: "
-        f"{100 * (np.mean(a) - threshold):+.2f} pp from {_pct(threshold)}%, "
+        f"{100 * (np.mean(a) - threshold):+.2f} pp from {pct(threshold)}%, "
         f"{len(below)} of {len(a)} seeds below it "
-        f"({', '.join(_pct(x) for x in below) or 'none'});",
+        f"({', '.join(pct(x) for x in below) or 'none'});",
         f"- same seed, same range-test lr, decaying minus equal peaks: "
         f"{', '.join(f'{x:+.2f}' for x in diff)} pp (mean {np.mean(diff):+.2f}); "
         f"the decaying peaks won on {sum(x > 0 for x in diff)} of {n} seeds;",
         "- peak decay on the first seeds (mean test accuracy): "
-        + ", ".join(f"{k:g}: {_pct(decays[k])}%" for k in sorted(decays))
+        + ", ".join(f"{k:g}: {pct(decays[k])}%" for k in sorted(decays))
         + ".",
     ]
     return "\n".join(lines)
@@ -767,8 +735,8 @@ def train_snapshots(doc: dict) -> str:
         f"{gains[lo]:+.2f} (`{lo}`) to {gains[hi]:+.2f} pp (`{hi}`);",
         f"- chosen on validation: ensemble minus single snapshot "
         f"{min(val.values()):+.2f} to {max(val.values()):+.2f} pp; for the "
-        f"default (`{DEFAULT_VARIANT}`) {_pct(d['val_selected_ensemble']['mean'])}% "
-        f"vs {_pct(d['val_selected_single']['mean'])}% "
+        f"default (`{DEFAULT_VARIANT}`) {pct(d['val_selected_ensemble']['mean'])}% "
+        f"vs {pct(d['val_selected_single']['mean'])}% "
         f"({d['gain_val_selected_pp']['mean']:+.2f} pp);",
         f"- validation-fitted weights minus the best single snapshot: "
         f"{min(wt.values()):+.2f} to {max(wt.values()):+.2f} pp;",
@@ -788,16 +756,16 @@ def train_snapshots(doc: dict) -> str:
         s = f["snapshot_test_accuracy_mean"]
         lines.append(
             f"- `fge_balanced_20+5x2`: {len(s)} snapshots of "
-            f"{_pct(min(s))}-{_pct(max(s))}% (means over seeds), gain "
+            f"{pct(min(s))}-{pct(max(s))}% (means over seeds), gain "
             f"{f['gain_pp']['mean']:+.2f} pp, final "
-            f"{_pct(f['test_accuracy']['mean'])}%;"
+            f"{pct(f['test_accuracy']['mean'])}%;"
         )
     if "three_cycles_peak_0.55" in v:
         c = v["three_cycles_peak_0.55"]
         accs = sorted(c["test_accuracy"]["values"])
         lines.append(
             f"- `three_cycles_peak_0.55`: final test accuracy per seed "
-            f"{', '.join(_pct(x) for x in accs)}%, gain {_pp_stats(c['gain_pp'])} pp;"
+            f"{', '.join(pct(x) for x in accs)}%, gain {_pp_stats(c['gain_pp'])} pp;"
         )
     decay = [n for n in v if n.startswith("default_peak_decay")]
     if decay:
@@ -811,7 +779,7 @@ def train_snapshots(doc: dict) -> str:
         lines.append(
             f"- `nesterov_huang`: gain up to {nh['gain_pp']['max']:+.2f} pp on one "
             f"seed, from final test accuracies of "
-            f"{', '.join(_pct(x) for x in sorted(nh['test_accuracy']['values']))}%."
+            f"{', '.join(pct(x) for x in sorted(nh['test_accuracy']['values']))}%."
         )
     lines[-1] = lines[-1].rstrip(";") + ("" if lines[-1].endswith(".") else ".")
     return "\n".join(lines)
@@ -903,7 +871,7 @@ def train_bench(d: dict) -> str:
             ]
         )
     n = len(d["epoch_s"]["lrjax"])
-    out = _table(
+    out = md_table(
         [
             "loop",
             "median epoch",
@@ -943,7 +911,7 @@ def cnn_results(results: Path) -> str:
     rows, missing, commands = [], [], []
     for name in CNN_FILES:
         target = CNN_TARGETS.get(name, TARGETS["cnn_accuracy"])
-        d = _load(results, name)
+        d = load_result(results, name)
         if d is None:
             missing.append(f"`{name}.json`: {NOT_MEASURED}")
             continue
@@ -959,22 +927,22 @@ def cnn_results(results: Path) -> str:
                 _cnn_schedule(per[0]),
                 ", ".join(_cnn_methods(d)),
                 ", ".join(f"{p['lr']:.3g}" for p in per),
-                ", ".join(_pct(p["test_accuracy"]) for p in per),
-                _pct(mean) + ("" if std is None else f" ± {100 * std:.2f}"),
+                ", ".join(pct(p["test_accuracy"]) for p in per),
+                pct(mean) + ("" if std is None else f" ± {100 * std:.2f}"),
                 f"{d['mean_epoch_s']:.0f}",
-                _fmt(gain, "+.2f"),
+                fmt(gain, "+.2f"),
                 "-"
                 if ind is None
                 else f"{ind['gain_pp']:+.2f} ({ind['members']} runs)",
-                f"{_pct(target)}%: "
+                f"{pct(target)}%: "
                 + ("met" if mean >= target else "missed")
-                + f" ({_count(len(seeds), 'seed')})",
+                + f" ({plural(len(seeds), 'seed')})",
             ]
         )
         commands.append(f"`{name}.json`: {d['description']} (on {d['device']}).")
     if not rows:
         return NOT_MEASURED
-    out = _table(
+    out = md_table(
         [
             "file",
             "schedule (cycle ends, epochs)",
@@ -1017,12 +985,12 @@ def _worst_by_epoch(d: dict) -> str:
         spread = max(r["methods"][m]["spread_factor"] for r in d["results"])
         rows.append([m, *cells, f"{spread:.2f}"])
     header = ["method", *(e.replace("epoch", "epoch ") for e in epochs)]
-    return _table([*header, "worst spread x"], rows)
+    return md_table([*header, "worst spread x"], rows)
 
 
 def finder_block(name: str) -> Callable[[Path], str]:
     def block(results: Path) -> str:
-        d = _load(results, name)
+        d = load_result(results, name)
         if d is None:
             return NOT_MEASURED
         cfg, res = d["config"], d["results"]
@@ -1084,7 +1052,7 @@ def finder_rules(d: dict) -> str:
             f"{s['worst_regret_pp']:.2f}",
             f"{s['worst_seed_regret_pp']:.2f}",
             f"{s['worst_spread_factor']:.2f}",
-            *(_fmt(x, ".2f") for x in s["regret_pp"]),
+            *(fmt(x, ".2f") for x in s["regret_pp"]),
         ]
         for name in RULES
         if (s := scan.get(name)) is not None
@@ -1093,7 +1061,7 @@ def finder_rules(d: dict) -> str:
         (n for n in scan if scan[n]["worst_regret_pp"] is not None),
         key=lambda n: scan[n]["worst_regret_pp"],
     )
-    out = _table(
+    out = md_table(
         [
             "rule",
             "worst regret pp",
@@ -1142,7 +1110,7 @@ def finder_knee_scan(results: Path) -> str:
         parts.append(
             f"{FINDER_FILES[name]} (`{name}.json`, grid epoch "
             f"{d['config']['epochs']}):\n\n"
-            + _table(
+            + md_table(
                 ["descent \\ toward", *(f"{a:g}" for a in finder_quality.KNEE_TOWARDS)],
                 rows,
             )
@@ -1189,7 +1157,7 @@ def knee_default(results: Path) -> str:
 
 
 def population(results: Path) -> str:
-    d = _load(results, "population")
+    d = load_result(results, "population")
     if d is None:
         return NOT_MEASURED
     rows = [
@@ -1203,7 +1171,7 @@ def population(results: Path) -> str:
         ]
         for r in d["runs"]
     ]
-    out = _table(
+    out = md_table(
         ["variant", "device", "compile s", "run s", "vs sequential", "load avg before"],
         rows,
     )
@@ -1247,15 +1215,15 @@ def conv_population(d: dict) -> str:
         rows.append(
             [
                 f"{name} (batch {m['batch']}, {m['loop']})",
-                _fmt(m["ms_per_update"]["single"]),
-                *(_fmt(v.get(h), ".2f") + ("x" if h in v else "") for h in hows),
+                fmt(m["ms_per_update"]["single"]),
+                *(fmt(v.get(h), ".2f") + ("x" if h in v else "") for h in hows),
             ]
         )
         one = [h for h in v if h.endswith("x1")]
         if one:
             best = min(one, key=v.get)
             fastest.append(f"{name} `{best.split()[0]}` ({v[best]:.2f}x)")
-    out = _table(
+    out = md_table(
         ["model", "single: ms/update", *(f"{h} per member" for h in hows)], rows
     )
     load = ", ".join(
@@ -1275,7 +1243,7 @@ def conv_population(d: dict) -> str:
 def suite(results: Path) -> str:
     parts = []
     for backend in ("cpu", "gpu"):
-        d = _load(results, f"suite_{backend}")
+        d = load_result(results, f"suite_{backend}")
         if d is None:
             parts.append(f"`suite_{backend}.json`: {NOT_MEASURED}")
             continue
@@ -1291,12 +1259,12 @@ def suite(results: Path) -> str:
                 continue
             for r in ratios:
                 rows.append([section, r, f"{s[r]:.3f}x", f"{s['section_s']:.0f}"])
-        out = _table(["section", "ratio", "measured", "section s"], rows)
+        out = md_table(["section", "ratio", "measured", "section s"], rows)
         t = [
-            [k, f"{v['measured']:.3f}", f"{v['target']:g}", _yes(v["met"])]
+            [k, f"{v['measured']:.3f}", f"{v['target']:g}", yes(v["met"])]
             for k, v in d["targets"].items()
         ]
-        out += "\n\n" + _table(["target", "measured", "target", "met?"], t)
+        out += "\n\n" + md_table(["target", "measured", "target", "met?"], t)
         g = d.get("gpu_estimate")
         out += (
             f"\n\n`suite_{backend}.json`: `python benchmarks/suite.py "
@@ -1323,7 +1291,7 @@ def data(d: dict) -> str:
         ],
     ]
     m = d["machine"]
-    return _table(["load", "time"], [[w, f"{1000 * s:.0f} ms"] for w, s in rows]) + (
+    return md_table(["load", "time"], [[w, f"{1000 * s:.0f} ms"] for w, s in rows]) + (
         f"\n\nMedians of {d['repeats']}; {d['dataset']} from `{d['source_dir']}`, "
         f"a cache file of {d['cache_file_bytes'] / 1e6:.0f} MB; {m['processor']}, "
         f"{m['cpu_count']} CPUs, Python {m['python']}, numpy {m['numpy']}."
@@ -1366,13 +1334,13 @@ def headline(results: Path) -> str:
     def row(what: str, measured: str | None, link: str) -> None:
         rows.append([what, measured or NOT_MEASURED, HEADLINE_LINKS[link]])
 
-    f = _load(results, "find")
+    f = load_result(results, "find")
     row(
         "range test vs a hand-written JAX scan of the same sweep",
         f and f"{f['lrjax_vs_floor']:.3f}x",
         "find",
     )
-    s = _load(results, "range_test_sources")
+    s = load_result(results, "range_test_sources")
     row(
         "same sweep fed by a Python generator / the MLP as a pure function",
         s
@@ -1380,29 +1348,31 @@ def headline(results: Path) -> str:
         f"{s['pure']['run_s'] / s['array']['run_s']:.2f}x the array, NNX path",
         "sources",
     )
-    v = _load(results, "finder_quality_validation")
+    v = load_result(results, "finder_quality_validation")
     row(
         f"default suggestion (`{DEFAULT_METHOD}`): regret vs a vmapped lr grid"
         + (f", {len(v['results'])} fresh settings" if v else ""),
         v and f"<= {v['summary'][DEFAULT_METHOD]['worst_regret_pp']:.2f} pp",
         "finder",
     )
-    tr = _load(results, "train_results")
+    tr = load_result(results, "train_results")
     m = tr and tr["variants"].get(DEFAULT_VARIANT)
     acc = m and m.get("test_accuracy_all_seeds", m["test_accuracy"])
     row(
         f"MLP, `lrjax-train` defaults vs the seed recipe's "
-        f"{_pct(SEED_RECIPE_ACCURACY)}%",
+        f"{pct(SEED_RECIPE_ACCURACY)}%",
         acc
-        and f"{_pct(acc['mean'])}% ({_count(len(acc['values']), 'seed')}), "
+        and f"{pct(acc['mean'])}% ({plural(len(acc['values']), 'seed')}), "
         f"{100 * (acc['mean'] - SEED_RECIPE_ACCURACY):+.2f} pp",
         "mlp",
     )
     # the default command's file: 0.2's recipe once it is measured
     cnn_file = (
-        "cnn_results_auto" if _load(results, "cnn_results_auto") else "cnn_results"
+        "cnn_results_auto"
+        if load_result(results, "cnn_results_auto")
+        else "cnn_results"
     )
-    c = _load(results, cnn_file)
+    c = load_result(results, cnn_file)
     target = CNN_TARGETS.get(cnn_file, TARGETS["cnn_accuracy"])
     how = c and _cli_flags(
         c["description"],
@@ -1412,12 +1382,12 @@ def headline(results: Path) -> str:
         "BatchNorm CNN, `lrjax-train --model cnn --lr auto`"
         + (f" ({', '.join(how)})" if how else ""),
         c
-        and f"{_pct(c['mean_test_accuracy'])}% test, "
-        f"{_count(len(c['seeds_done']), 'seed')} (target {100 * target:.1f}%: "
+        and f"{pct(c['mean_test_accuracy'])}% test, "
+        f"{plural(len(c['seeds_done']), 'seed')} (target {100 * target:.1f}%: "
         f"{'met' if c['mean_test_accuracy'] >= target else 'missed'})",
         "cnn",
     )
-    b = _load(results, "cnn") or {}
+    b = load_result(results, "cnn") or {}
     parts = [("epoch", "epoch"), ("range_test", "range test")]
     row(
         "BatchNorm CNN epoch / range test vs a plain PyTorch CPU loop",
@@ -1431,17 +1401,17 @@ def headline(results: Path) -> str:
         "bench_cnn",
     )
     for name, model in (("sweep_mlp_adamw", "MLP"), ("sweep_cnn", "CNN")):
-        w = _load(results, name)
+        w = load_result(results, name)
         regret = w and w["regret"]
         row(
             f"lr x weight decay in one program (`sweep_over=`), {model}",
             w
-            and f"regret {_fmt(regret and 100 * regret, '.2f')} pp; "
+            and f"regret {fmt(regret and 100 * regret, '.2f')} pp; "
             f"{w['cost']['wall_ratio']:.2f}x the time of the {len(w['values'])} "
             "values one by one",
             "sweep",
         )
-    p = _load(results, "conv_population")
+    p = load_result(results, "conv_population")
     per = (p and p["per_member_vs_single"].get("cnn")) or {}
     row(
         "CNN population, members unrolled vs vmapped (CPU, 1 device)",
@@ -1451,37 +1421,37 @@ def headline(results: Path) -> str:
         "(vmap) one model's time",
         "conv_population",
     )
-    return _table(["what", "measured", "where"], rows)
+    return md_table(["what", "measured", "where"], rows)
 
 
 # --- the documents ------------------------------------------------------------
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
-    "find": _one("find", find),
-    "range_test_sources": _one("range_test_sources", range_test_sources),
-    "cnn": _one("cnn", cnn),
+    "find": json_block("find", find),
+    "range_test_sources": json_block("range_test_sources", range_test_sources),
+    "cnn": json_block("cnn", cnn),
     "sweep_mlp_adamw": sweep("sweep_mlp_adamw"),
     "sweep_cnn": sweep("sweep_cnn"),
     "targets": targets,
-    "train_setup": _one("train_results", train_setup),
-    "train_results": _one("train_results", train_results.markdown),
-    "train_variants": _one("train_results", train_variants),
-    "train_default": _one("train_results", train_default),
-    "train_peak": _one("train_results", train_peak),
-    "train_snapshots": _one("train_results", train_snapshots),
-    "train_knee": _one("train_results", train_knee),
-    "train_ceiling": _one("train_results", train_ceiling),
-    "train_bench": _one("train_bench", train_bench),
+    "train_setup": json_block("train_results", train_setup),
+    "train_results": json_block("train_results", train_results.markdown),
+    "train_variants": json_block("train_results", train_variants),
+    "train_default": json_block("train_results", train_default),
+    "train_peak": json_block("train_results", train_peak),
+    "train_snapshots": json_block("train_results", train_snapshots),
+    "train_knee": json_block("train_results", train_knee),
+    "train_ceiling": json_block("train_results", train_ceiling),
+    "train_bench": json_block("train_bench", train_bench),
     "cnn_results": cnn_results,
     **{name: finder_block(name) for name in FINDER_FILES},
     "finder_noise": finder_noise,
-    "finder_rules": _one("finder_quality", finder_rules),
+    "finder_rules": json_block("finder_quality", finder_rules),
     "finder_knee_scan": finder_knee_scan,
     "knee_default": knee_default,
     "population": population,
-    "conv_population": _one("conv_population", conv_population),
+    "conv_population": json_block("conv_population", conv_population),
     "suite": suite,
-    "data": _one("data", data),
+    "data": json_block("data", data),
     "headline": headline,
     "recipe_quality": recipe_quality.markdown,
     "short_budget": short_budget.markdown,
