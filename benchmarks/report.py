@@ -32,6 +32,7 @@ FRONT_PAGE = ROOT / "README.md"
 RESULTS_MD = ROOT / "docs" / "results.md"
 
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
+import bench_find  # noqa: E402
 import cnn_results as cnn_results_bench  # noqa: E402
 import finder_quality  # noqa: E402
 import recipe_quality  # noqa: E402
@@ -108,55 +109,6 @@ def _pp_stats(st: dict) -> str:
 
 
 # --- benchmarks/README.md: speed ----------------------------------------------
-
-
-def find(d: dict) -> str:
-    f, one = d["floor_hand_written"], d["lrjax_1_seed"]
-    rows = [
-        [
-            "hand-written scan (floor)",
-            f"{f['compile_s']:.2f}",
-            f"{f['run_s']:.3f}",
-            f"{f['steps_per_s']:.0f}",
-            "1.00",
-        ],
-        [
-            f"lrjax, 1 seed ({one['loop']})",
-            f"{one['compile_s']:.2f}",
-            f"{one['run_s']:.3f}",
-            f"{one['steps_per_s']:.0f}",
-            f"{d['lrjax_vs_floor']:.2f}",
-        ],
-    ]
-    cost = d["seeds_8_cost_vs_1_seed"]
-    for name, key, ck in (
-        ("lrjax, 8 seeds, vmap on 1 device", "seeds_8_vmap_1_device", "vmap_1_device"),
-        (
-            "lrjax, 8 seeds, over host devices",
-            "seeds_8_host_devices",
-            "spread_over_host_devices",
-        ),
-        ("lrjax, 8 seeds", "seeds_8", "vmap"),
-    ):
-        if key in d:
-            s = d[key]
-            rows.append(
-                [
-                    f"{name} ({s['device']})",
-                    f"{s['compile_s']:.2f}",
-                    f"{s['run_s']:.3f}",
-                    f"{s['steps_per_s']:.0f}",
-                    f"{cost[ck]:.2f} (vs 1 seed)",
-                ]
-            )
-    w = d["whole_process"]
-    out = md_table(["variant", "compile s", "run s", "steps/s", "x floor"], rows)
-    out += (
-        f"\n\nTarget: lrjax within {d.get('target_lrjax_vs_floor', 1.1)}x of the "
-        f"floor. Whole process, `{w['command']}`: {w['warm_s']:.2f} s warm "
-        f"(first {w['first_s']:.2f} s)."
-    )
-    return f"{out}\n\nMeasured on {where(d)}."
 
 
 def range_test_sources(d: dict) -> str:
@@ -360,31 +312,12 @@ def targets(results: Path) -> str:
         """``measured`` and ``met`` are falsy (None, {}, []) without a JSON."""
         rows.append([target, measured or NOT_MEASURED, met or "-", source])
 
-    f = load_result(results, "find")
-    limit = f.get("target_lrjax_vs_floor", 1.1) if f else 1.1
-    row(
-        f"range test run time within {limit}x of a hand-written JAX loop",
-        f and f"{f['lrjax_vs_floor']:.3f}x",
-        f and yes(f["lrjax_vs_floor"] <= limit),
-        "`bench_find.py`",
-    )
-    w = f and f["whole_process"]
-    row(
-        f"`python -m lrjax.find` whole process < {t['whole_process_s']} s, warm",
-        w and f"{w['warm_s']:.2f} s",
-        w and yes(w["warm_s"] < t["whole_process_s"]),
-        "`bench_find.py`",
-    )
-    cost = f and f["seeds_8_cost_vs_1_seed"]
-    key = cost and next(
-        k for k in ("spread_over_host_devices", "vmap", "vmap_1_device") if k in cost
-    )
-    row(
-        f"8 seeds in at most {t['seeds_8_vs_1_cpu']}x one seed (CPU)",
-        cost and f"{cost[key]:.2f}x ({key.replace('_', ' ')})",
-        cost and yes(cost[key] <= t["seeds_8_vs_1_cpu"]),
-        "`bench_find.py`",
-    )
+    def add(group: str) -> None:
+        source, rows_of = TARGET_ROWS[group]
+        for target, measured, met in rows_of(results):
+            row(target, measured, met, source)
+
+    add("find")
     lo, hi = t["sgd_divergence_lr"]
     divs = [
         x
@@ -1334,12 +1267,11 @@ def headline(results: Path) -> str:
     def row(what: str, measured: str | None, link: str) -> None:
         rows.append([what, measured or NOT_MEASURED, HEADLINE_LINKS[link]])
 
-    f = load_result(results, "find")
-    row(
-        "range test vs a hand-written JAX scan of the same sweep",
-        f and f"{f['lrjax_vs_floor']:.3f}x",
-        "find",
-    )
+    def add(group: str) -> None:
+        for what, measured in HEADLINE_ROWS[group][1](results):
+            row(what, measured, group)
+
+    add("find")
     s = load_result(results, "range_test_sources")
     row(
         "same sweep fed by a Python generator / the MLP as a pure function",
@@ -1426,8 +1358,25 @@ def headline(results: Path) -> str:
 
 # --- the documents ------------------------------------------------------------
 
+# The benchmarks whose blocks and rows the documents show.
+BENCHMARKS = (bench_find,)
+
+
+def _groups(attr: str) -> dict[str, tuple[str, Callable]]:
+    """Every benchmark's row groups ``attr``: name -> (its file, rows(results))."""
+    out: dict[str, tuple[str, Callable]] = {}
+    for bench in BENCHMARKS:
+        for name, rows in getattr(bench, attr, {}).items():
+            assert name not in out, f"two benchmarks give {attr} {name!r}"
+            out[name] = (f"`{Path(bench.__file__).name}`", rows)
+    return out
+
+
+TARGET_ROWS = _groups("TARGET_ROWS")
+HEADLINE_ROWS = _groups("HEADLINE_ROWS")
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
-    "find": json_block("find", find),
+    **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "range_test_sources": json_block("range_test_sources", range_test_sources),
     "cnn": json_block("cnn", cnn),
     "sweep_mlp_adamw": sweep("sweep_mlp_adamw"),
