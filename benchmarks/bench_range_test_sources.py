@@ -22,10 +22,16 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _report_util import HeadlineRow, json_block, load_result, md_table, where  # noqa: E402
 from bench_find import BATCH, STEPS, _data, meta  # noqa: E402
+
+# The targets, written into the JSON with the measurements.
+TARGET_GENERATOR_VS_ARRAY = 1.25  # a generator's sweep against the arrays'
+TARGET_NNX_VS_PURE = 1.03  # the NNX module against the same MLP as a function
 
 
 def variant(name: str, x, y) -> dict:
@@ -106,9 +112,9 @@ def main() -> None:
             "data": runs[n][0]["data"],
         }
     res["generator_vs_array"] = res["generator"]["run_s"] / res["array"]["run_s"]
-    res["target_generator_vs_array"] = 1.25
+    res["target_generator_vs_array"] = TARGET_GENERATOR_VS_ARRAY
     res["nnx_vs_pure"] = res["array"]["run_s"] / res["pure"]["run_s"]
-    res["target_nnx_vs_pure"] = 1.03
+    res["target_nnx_vs_pure"] = TARGET_NNX_VS_PURE
     print(
         f"generator/array {res['generator_vs_array']:.3f}x, "
         f"nnx/pure {res['nnx_vs_pure']:.3f}x"
@@ -118,6 +124,52 @@ def main() -> None:
         json.dump(res, f, indent=1)
         f.write("\n")
     print(f"wrote {args.out}")
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def markdown(d: dict) -> str:
+    """The ``range_test_sources`` block: each source against the arrays."""
+    rows = []
+    for n, what in (
+        ("array", "arrays, NNX module"),
+        ("generator", "generator of numpy batches, NNX module"),
+        ("pure", "arrays, pure function"),
+    ):
+        v = d[n]
+        rows.append(
+            [
+                what,
+                f"{v['compile_s']:.2f}",
+                f"{v['run_s']:.3f}",
+                f"{v['steps_per_s']:.0f}",
+                f"{v['run_s'] / d['array']['run_s']:.2f}",
+            ]
+        )
+    out = md_table(["variant", "compile s", "run s", "steps/s", "x arrays"], rows)
+    return out + (
+        f"\n\ngenerator / arrays: {d['generator_vs_array']:.2f}x "
+        f"(target <= {d['target_generator_vs_array']}); NNX / pure: "
+        f"{d['nnx_vs_pure']:.3f}x (target <= {d['target_nnx_vs_pure']})."
+        f"\n\nMeasured on {where(d)}."
+    )
+
+
+def headline_rows(results: Path) -> list[HeadlineRow]:
+    s = load_result(results, "range_test_sources")
+    return [
+        (
+            "same sweep fed by a Python generator / the MLP as a pure function",
+            s
+            and f"{s['generator_vs_array']:.2f}x / "
+            f"{s['pure']['run_s'] / s['array']['run_s']:.2f}x the array, NNX path",
+        )
+    ]
+
+
+BLOCKS = {"range_test_sources": json_block("range_test_sources", markdown)}
+HEADLINE_ROWS = {"range_test_sources": headline_rows}
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ RESULTS_MD = ROOT / "docs" / "results.md"
 
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
 import bench_find  # noqa: E402
+import bench_range_test_sources  # noqa: E402
 import cnn_results as cnn_results_bench  # noqa: E402
 import finder_quality  # noqa: E402
 import recipe_quality  # noqa: E402
@@ -109,32 +110,6 @@ def _pp_stats(st: dict) -> str:
 
 
 # --- benchmarks/README.md: speed ----------------------------------------------
-
-
-def range_test_sources(d: dict) -> str:
-    rows = []
-    for n, what in (
-        ("array", "arrays, NNX module"),
-        ("generator", "generator of numpy batches, NNX module"),
-        ("pure", "arrays, pure function"),
-    ):
-        v = d[n]
-        rows.append(
-            [
-                what,
-                f"{v['compile_s']:.2f}",
-                f"{v['run_s']:.3f}",
-                f"{v['steps_per_s']:.0f}",
-                f"{v['run_s'] / d['array']['run_s']:.2f}",
-            ]
-        )
-    out = md_table(["variant", "compile s", "run s", "steps/s", "x arrays"], rows)
-    return out + (
-        f"\n\ngenerator / arrays: {d['generator_vs_array']:.2f}x "
-        f"(target <= {d['target_generator_vs_array']}); NNX / pure: "
-        f"{d['nnx_vs_pure']:.3f}x (target <= {d['target_nnx_vs_pure']})."
-        f"\n\nMeasured on {where(d)}."
-    )
 
 
 def _cnn_steps(d: dict) -> str:
@@ -1238,7 +1213,7 @@ _BENCH = "benchmarks/README.md#"
 _DOCS = "docs/results.md#"
 HEADLINE_LINKS = {
     "find": f"[bench_find]({_BENCH}range-test-seed-recipe-bench_findpy)",
-    "sources": f"[sources]({_BENCH}data-sources-and-model-forms-"
+    "range_test_sources": f"[sources]({_BENCH}data-sources-and-model-forms-"
     "bench_range_test_sourcespy)",
     "finder": f"[results]({_DOCS}finder-quality-regret-of-each-suggestion)",
     "mlp": f"[results]({_DOCS}training-the-mlp-on-fashion-mnist)",
@@ -1272,14 +1247,7 @@ def headline(results: Path) -> str:
             row(what, measured, group)
 
     add("find")
-    s = load_result(results, "range_test_sources")
-    row(
-        "same sweep fed by a Python generator / the MLP as a pure function",
-        s
-        and f"{s['generator_vs_array']:.2f}x / "
-        f"{s['pure']['run_s'] / s['array']['run_s']:.2f}x the array, NNX path",
-        "sources",
-    )
+    add("range_test_sources")
     v = load_result(results, "finder_quality_validation")
     row(
         f"default suggestion (`{DEFAULT_METHOD}`): regret vs a vmapped lr grid"
@@ -1359,7 +1327,7 @@ def headline(results: Path) -> str:
 # --- the documents ------------------------------------------------------------
 
 # The benchmarks whose blocks and rows the documents show.
-BENCHMARKS = (bench_find,)
+BENCHMARKS = (bench_find, bench_range_test_sources)
 
 
 def _groups(attr: str) -> dict[str, tuple[str, Callable]]:
@@ -1377,7 +1345,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
-    "range_test_sources": json_block("range_test_sources", range_test_sources),
     "cnn": json_block("cnn", cnn),
     "sweep_mlp_adamw": sweep("sweep_mlp_adamw"),
     "sweep_cnn": sweep("sweep_cnn"),
