@@ -41,9 +41,21 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _report_util import (  # noqa: E402
+    NOT_MEASURED,
+    HeadlineRow,
+    TargetRow,
+    fmt,
+    json_block,
+    load_result,
+    md_table,
+    plural,
+    where,
+)
 from bench_find import _data, meta  # noqa: E402
 
 BATCH = 128
@@ -574,6 +586,181 @@ def steps_part(res, runs, args, scan, dispatch_compile, x, y) -> None:
     for k, v in ms.items():
         print(f"{k}: {v:.1f} ms/step, epoch {v * epoch / 1e3:.1f} s")
     print({k: round(v, 2) for k, v in res["ratios"].items()})
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def _steps_markdown(d: dict) -> str:
+    """The ``steps`` part (top-level keys): the per-step evidence for loop="auto"."""
+    threads = d.get("torch_threads", 2)
+    names = (
+        ("lrjax_auto", f'lrjax, loop="auto" (chose {d["lrjax_loop_choice"]})'),
+        ("hand_dispatch", "hand-written jitted step, dispatched, donated"),
+        ("torch", f"PyTorch {d.get('torch_version', '')} CPU, {threads} threads"),
+        ("hand_scan", "hand-written step inside lax.scan"),
+        ("lrjax_scan", 'lrjax, loop="scan"'),
+    )
+    torch_ms = d["torch"]["ms_per_step"]
+    rows = []
+    for k, what in names:
+        v = d[k]
+        c = v.get("compile_s")
+        rows.append(
+            [
+                what,
+                str(v["steps"]),
+                "-" if c is None else f"{c:.1f}",
+                f"{v['ms_per_step']:.0f}",
+                f"{v['epoch_s']:.0f}",
+                f"{v['ms_per_step'] / torch_ms:.2f}",
+            ]
+        )
+    r = d["ratios"]
+    out = md_table(
+        [
+            "variant",
+            "steps timed",
+            "compile s",
+            "ms/step",
+            "epoch s (projected)",
+            "x PyTorch",
+        ],
+        rows,
+    )
+    return out + (
+        f"\n\nlrjax auto / hand dispatch: {r['lrjax_auto_vs_hand_dispatch']:.2f}x; "
+        f"hand scan / hand dispatch: {r['hand_scan_vs_hand_dispatch']:.1f}x; "
+        f"lrjax scan / lrjax auto: {r['lrjax_scan_vs_lrjax_auto']:.1f}x."
+    )
+
+
+def _parts_markdown(d: dict) -> str:
+    """The ``epoch``, ``range_test`` and ``augment`` parts, one row per variant."""
+    torch = f"PyTorch {d.get('torch_version', '')} CPU, {d.get('torch_threads', 2)} "
+    torch += "threads"
+    rows, notes = [], []
+
+    def add(part: str, what: str, v: dict, ratio: str) -> None:
+        c = v.get("compile_s")
+        rows.append(
+            [
+                part,
+                what,
+                str(v["steps"]),
+                "-" if c is None else f"{c:.1f}",
+                f"{v['run_s']:.1f}",
+                f"{v['ms_per_step']:.0f}",
+                ratio,
+            ]
+        )
+
+    ep = d.get("epoch")
+    if ep:
+        lj = ep["lrjax_fit"]
+        ratio = f"{ep['lrjax_vs_torch']:.2f}x PyTorch"
+        add("epoch", f"`lrjax.fit` (loop {lj.get('loop', '?')})", lj, ratio)
+        add("epoch", torch, ep["torch"], "1.00")
+        notes.append(
+            f"Epoch: both {ep['optimizer']}; lrjax / PyTorch "
+            f"**{ep['lrjax_vs_torch']:.2f}x**."
+        )
+    rt = d.get("range_test")
+    if rt:
+        lj = rt["lrjax"]
+        what = f"`lrjax.lr_range_test` (loop {lj.get('loop', '?')})"
+        add("range test", what, lj, f"{rt['lrjax_vs_torch']:.2f}x PyTorch")
+        add("range test", f"{torch}, same updates", rt["torch"], "1.00")
+        sug = lj.get("suggested_lr")
+        notes.append(
+            f"Range test: {rt['num_steps']} updates swept 1e-5 -> 10, stopping on "
+            f"divergence; steps run {', '.join(map(str, rt['steps_run_all']))} "
+            f"(stop reason: {lj.get('stop_reason') or 'none, the sweep ran out'}; "
+            f"suggested lr {fmt(sug)}); lrjax / PyTorch "
+            f"**{rt['lrjax_vs_torch']:.2f}x**."
+        )
+    au = d.get("augment")
+    if au:
+        vs = au.get("vs_plain_epoch")
+        ratio = "-" if vs is None else f"{vs:.2f}x plain epoch"
+        what = "`lrjax.fit`, the model behind `models.Augment`"
+        add("epoch, `--augment`", what, au["lrjax_fit"], ratio)
+        if vs is not None:
+            notes.append(f"`--augment` epoch / plain epoch: **{vs:.2f}x**.")
+    out = md_table(
+        ["part", "variant", "updates", "compile s", "run s", "ms/step", "ratio"],
+        rows,
+    )
+    head = (
+        f"An epoch of {d['epoch_steps']} updates (batch {d['batch_size']}, "
+        f"{d['n_train']} images); run s is the fastest of "
+        f"{plural(d['repeats'], 'interleaved repeat')}, after compilation."
+    )
+    return "\n\n".join([head, out, *([" ".join(notes)] if notes else [])])
+
+
+def markdown(d: dict) -> str:
+    """The ``cnn`` block: whichever parts of ``--parts`` the JSON holds."""
+    parts = []
+    if any(k in d for k in ("epoch", "range_test", "augment")):
+        parts.append(_parts_markdown(d))
+    if "lrjax_auto" in d:
+        steps = _steps_markdown(d)
+        if parts:
+            steps = (
+                f"Per step (the `steps` part, {d['steps_timed']} updates of the "
+                'sweep; the evidence for `loop="auto"`):\n\n' + steps
+            )
+        parts.append(steps)
+    if not parts:
+        return NOT_MEASURED
+    return "\n\n".join([*parts, f"Measured on {where(d)}."])
+
+
+def target_rows(results: Path) -> list[TargetRow]:
+    """lrjax against PyTorch: no target in the issue, so "met?" stays "-"."""
+    c = load_result(results, "cnn")
+    ep, rt = c and c.get("epoch"), c and c.get("range_test")
+    return [
+        (
+            "CNN epoch: lrjax vs a plain PyTorch CPU loop, same run (no target)",
+            ep
+            and f"{ep['lrjax_vs_torch']:.2f}x: {ep['lrjax_fit']['run_s']:.1f} s "
+            f"against {ep['torch']['run_s']:.1f} s for {ep['lrjax_fit']['steps']} "
+            f"updates ({c['device']})",
+            None,
+        ),
+        (
+            "CNN range test: lrjax vs PyTorch, same run (no target)",
+            rt
+            and f"{rt['lrjax_vs_torch']:.2f}x: {rt['lrjax']['run_s']:.1f} s against "
+            f"{rt['torch']['run_s']:.1f} s for {rt['lrjax']['steps']} updates "
+            f"({c['device']})",
+            None,
+        ),
+    ]
+
+
+def headline_rows(results: Path) -> list[HeadlineRow]:
+    b = load_result(results, "cnn") or {}
+    parts = [("epoch", "epoch"), ("range_test", "range test")]
+    return [
+        (
+            "BatchNorm CNN epoch / range test vs a plain PyTorch CPU loop",
+            any(b.get(k) for k, _ in parts)
+            and "; ".join(
+                f"{w}: {b[k]['lrjax_vs_torch']:.2f}x PyTorch's time"
+                if b.get(k)
+                else f"{w}: {NOT_MEASURED}"
+                for k, w in parts
+            ),
+        )
+    ]
+
+
+BLOCKS = {"cnn": json_block("cnn", markdown)}
+TARGET_ROWS = {"cnn": target_rows}
+HEADLINE_ROWS = {"cnn": headline_rows}
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ FRONT_PAGE = ROOT / "README.md"
 RESULTS_MD = ROOT / "docs" / "results.md"
 
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
+import bench_cnn  # noqa: E402
 import bench_find  # noqa: E402
 import bench_range_test_sources  # noqa: E402
 import cnn_results as cnn_results_bench  # noqa: E402
@@ -48,7 +49,6 @@ from _report_util import (  # noqa: E402
     md_table,
     pct,
     plural,
-    where,
     yes,
 )
 
@@ -110,132 +110,6 @@ def _pp_stats(st: dict) -> str:
 
 
 # --- benchmarks/README.md: speed ----------------------------------------------
-
-
-def _cnn_steps(d: dict) -> str:
-    """The ``steps`` part (top-level keys): the per-step evidence for loop="auto"."""
-    threads = d.get("torch_threads", 2)
-    names = (
-        ("lrjax_auto", f'lrjax, loop="auto" (chose {d["lrjax_loop_choice"]})'),
-        ("hand_dispatch", "hand-written jitted step, dispatched, donated"),
-        ("torch", f"PyTorch {d.get('torch_version', '')} CPU, {threads} threads"),
-        ("hand_scan", "hand-written step inside lax.scan"),
-        ("lrjax_scan", 'lrjax, loop="scan"'),
-    )
-    torch_ms = d["torch"]["ms_per_step"]
-    rows = []
-    for k, what in names:
-        v = d[k]
-        c = v.get("compile_s")
-        rows.append(
-            [
-                what,
-                str(v["steps"]),
-                "-" if c is None else f"{c:.1f}",
-                f"{v['ms_per_step']:.0f}",
-                f"{v['epoch_s']:.0f}",
-                f"{v['ms_per_step'] / torch_ms:.2f}",
-            ]
-        )
-    r = d["ratios"]
-    out = md_table(
-        [
-            "variant",
-            "steps timed",
-            "compile s",
-            "ms/step",
-            "epoch s (projected)",
-            "x PyTorch",
-        ],
-        rows,
-    )
-    return out + (
-        f"\n\nlrjax auto / hand dispatch: {r['lrjax_auto_vs_hand_dispatch']:.2f}x; "
-        f"hand scan / hand dispatch: {r['hand_scan_vs_hand_dispatch']:.1f}x; "
-        f"lrjax scan / lrjax auto: {r['lrjax_scan_vs_lrjax_auto']:.1f}x."
-    )
-
-
-def _cnn_parts(d: dict) -> str:
-    """The ``epoch``, ``range_test`` and ``augment`` parts, one row per variant."""
-    torch = f"PyTorch {d.get('torch_version', '')} CPU, {d.get('torch_threads', 2)} "
-    torch += "threads"
-    rows, notes = [], []
-
-    def add(part: str, what: str, v: dict, ratio: str) -> None:
-        c = v.get("compile_s")
-        rows.append(
-            [
-                part,
-                what,
-                str(v["steps"]),
-                "-" if c is None else f"{c:.1f}",
-                f"{v['run_s']:.1f}",
-                f"{v['ms_per_step']:.0f}",
-                ratio,
-            ]
-        )
-
-    ep = d.get("epoch")
-    if ep:
-        lj = ep["lrjax_fit"]
-        ratio = f"{ep['lrjax_vs_torch']:.2f}x PyTorch"
-        add("epoch", f"`lrjax.fit` (loop {lj.get('loop', '?')})", lj, ratio)
-        add("epoch", torch, ep["torch"], "1.00")
-        notes.append(
-            f"Epoch: both {ep['optimizer']}; lrjax / PyTorch "
-            f"**{ep['lrjax_vs_torch']:.2f}x**."
-        )
-    rt = d.get("range_test")
-    if rt:
-        lj = rt["lrjax"]
-        what = f"`lrjax.lr_range_test` (loop {lj.get('loop', '?')})"
-        add("range test", what, lj, f"{rt['lrjax_vs_torch']:.2f}x PyTorch")
-        add("range test", f"{torch}, same updates", rt["torch"], "1.00")
-        sug = lj.get("suggested_lr")
-        notes.append(
-            f"Range test: {rt['num_steps']} updates swept 1e-5 -> 10, stopping on "
-            f"divergence; steps run {', '.join(map(str, rt['steps_run_all']))} "
-            f"(stop reason: {lj.get('stop_reason') or 'none, the sweep ran out'}; "
-            f"suggested lr {fmt(sug)}); lrjax / PyTorch "
-            f"**{rt['lrjax_vs_torch']:.2f}x**."
-        )
-    au = d.get("augment")
-    if au:
-        vs = au.get("vs_plain_epoch")
-        ratio = "-" if vs is None else f"{vs:.2f}x plain epoch"
-        what = "`lrjax.fit`, the model behind `models.Augment`"
-        add("epoch, `--augment`", what, au["lrjax_fit"], ratio)
-        if vs is not None:
-            notes.append(f"`--augment` epoch / plain epoch: **{vs:.2f}x**.")
-    out = md_table(
-        ["part", "variant", "updates", "compile s", "run s", "ms/step", "ratio"],
-        rows,
-    )
-    head = (
-        f"An epoch of {d['epoch_steps']} updates (batch {d['batch_size']}, "
-        f"{d['n_train']} images); run s is the fastest of "
-        f"{plural(d['repeats'], 'interleaved repeat')}, after compilation."
-    )
-    return "\n\n".join([head, out, *([" ".join(notes)] if notes else [])])
-
-
-def cnn(d: dict) -> str:
-    """Whichever parts of ``bench_cnn.py --parts`` the JSON holds."""
-    parts = []
-    if any(k in d for k in ("epoch", "range_test", "augment")):
-        parts.append(_cnn_parts(d))
-    if "lrjax_auto" in d:
-        steps = _cnn_steps(d)
-        if parts:
-            steps = (
-                f"Per step (the `steps` part, {d['steps_timed']} updates of the "
-                'sweep; the evidence for `loop="auto"`):\n\n' + steps
-            )
-        parts.append(steps)
-    if not parts:
-        return NOT_MEASURED
-    return "\n\n".join([*parts, f"Measured on {where(d)}."])
 
 
 def sweep(name: str) -> Callable[[Path], str]:
@@ -426,27 +300,7 @@ def targets(results: Path) -> str:
             ind and gain is not None and yes(gain >= frac * ind["gain_pp"]),
             "`cnn_results.py`",
         )
-    # No target in the issue: informational rows, "met?" stays "-".
-    c = load_result(results, "cnn")
-    ep, rt = c and c.get("epoch"), c and c.get("range_test")
-    row(
-        "CNN epoch: lrjax vs a plain PyTorch CPU loop, same run (no target)",
-        ep
-        and f"{ep['lrjax_vs_torch']:.2f}x: {ep['lrjax_fit']['run_s']:.1f} s against "
-        f"{ep['torch']['run_s']:.1f} s for {ep['lrjax_fit']['steps']} updates "
-        f"({c['device']})",
-        None,
-        "`bench_cnn.py`",
-    )
-    row(
-        "CNN range test: lrjax vs PyTorch, same run (no target)",
-        rt
-        and f"{rt['lrjax_vs_torch']:.2f}x: {rt['lrjax']['run_s']:.1f} s against "
-        f"{rt['torch']['run_s']:.1f} s for {rt['lrjax']['steps']} updates "
-        f"({c['device']})",
-        None,
-        "`bench_cnn.py`",
-    )
+    add("cnn")
     for name in ("sweep_mlp_adamw", "sweep_cnn"):
         s = load_result(results, name)
         c = s and s["cost"]
@@ -1217,8 +1071,8 @@ HEADLINE_LINKS = {
     "bench_range_test_sourcespy)",
     "finder": f"[results]({_DOCS}finder-quality-regret-of-each-suggestion)",
     "mlp": f"[results]({_DOCS}training-the-mlp-on-fashion-mnist)",
-    "cnn": f"[results]({_DOCS}training-the-batchnorm-cnn)",
-    "bench_cnn": f"[bench_cnn]({_BENCH}cnn-on-xlacpu-bench_cnnpy)",
+    "cnn_results": f"[results]({_DOCS}training-the-batchnorm-cnn)",
+    "cnn": f"[bench_cnn]({_BENCH}cnn-on-xlacpu-bench_cnnpy)",
     "sweep": f"[sweep_quality]({_BENCH}range-test-over-weight-decay-in-one-program-"
     "sweep_qualitypy)",
     "conv_population": f"[results]({_DOCS}a-population-of-cnns-vmap-unroll-or-map)",
@@ -1285,21 +1139,9 @@ def headline(results: Path) -> str:
         and f"{pct(c['mean_test_accuracy'])}% test, "
         f"{plural(len(c['seeds_done']), 'seed')} (target {100 * target:.1f}%: "
         f"{'met' if c['mean_test_accuracy'] >= target else 'missed'})",
-        "cnn",
+        "cnn_results",
     )
-    b = load_result(results, "cnn") or {}
-    parts = [("epoch", "epoch"), ("range_test", "range test")]
-    row(
-        "BatchNorm CNN epoch / range test vs a plain PyTorch CPU loop",
-        any(b.get(k) for k, _ in parts)
-        and "; ".join(
-            f"{w}: {b[k]['lrjax_vs_torch']:.2f}x PyTorch's time"
-            if b.get(k)
-            else f"{w}: {NOT_MEASURED}"
-            for k, w in parts
-        ),
-        "bench_cnn",
-    )
+    add("cnn")
     for name, model in (("sweep_mlp_adamw", "MLP"), ("sweep_cnn", "CNN")):
         w = load_result(results, name)
         regret = w and w["regret"]
@@ -1327,7 +1169,7 @@ def headline(results: Path) -> str:
 # --- the documents ------------------------------------------------------------
 
 # The benchmarks whose blocks and rows the documents show.
-BENCHMARKS = (bench_find, bench_range_test_sources)
+BENCHMARKS = (bench_find, bench_range_test_sources, bench_cnn)
 
 
 def _groups(attr: str) -> dict[str, tuple[str, Callable]]:
@@ -1345,7 +1187,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
-    "cnn": json_block("cnn", cnn),
     "sweep_mlp_adamw": sweep("sweep_mlp_adamw"),
     "sweep_cnn": sweep("sweep_cnn"),
     "targets": targets,
