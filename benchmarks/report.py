@@ -112,35 +112,6 @@ def _pp_stats(st: dict) -> str:
 # --- benchmarks/README.md: speed ----------------------------------------------
 
 
-def sweep(name: str) -> Callable[[Path], str]:
-    """sweep_quality.py's ``--report`` table of one results JSON, with the cost of
-    the same sweep run as a map over members (``<name>_cost_map.json``)."""
-
-    def block(results: Path) -> str:
-        d = load_result(results, name)
-        if d is None:
-            return NOT_MEASURED
-        losses = [r["min_loss"] for r in d["per_value"] if r["min_loss"] is not None]
-        out = sweep_quality.markdown(d)
-        if losses:
-            out += (
-                f"\nMinimum smoothed losses within "
-                f"{100 * (max(losses) / min(losses) - 1):.2f}% of the lowest (the "
-                f"rule's tie tolerance: {100 * d['tolerance']:g}%)."
-            )
-        m = load_result(results, f"{name}_cost_map")
-        if m is not None:
-            out += (
-                f'\nWith `population="{m.get("population", "map")}"` '
-                f"(`{m['command']}`): one program {m['one_program_wall_s']:.1f} s "
-                f"against {m['one_by_one_wall_s']:.1f} s (**{m['wall_ratio']:.2f}x** "
-                f"wall; {m['run_ratio']:.2f}x in run time), on {m['sweep_device']}."
-            )
-        return out
-
-    return block
-
-
 # --- docs/results.md: where lrjax stands --------------------------------------
 
 
@@ -301,17 +272,7 @@ def targets(results: Path) -> str:
             "`cnn_results.py`",
         )
     add("cnn")
-    for name in ("sweep_mlp_adamw", "sweep_cnn"):
-        s = load_result(results, name)
-        c = s and s["cost"]
-        row(
-            f"range test over a second hyperparameter in one program: at most "
-            f"{c['target_ratio'] if c else 0.8}x the wall time of one range test "
-            f"per value (`{name}.json`)",
-            c and f"{c['wall_ratio']:.2f}x (on {c['sweep_device']})",
-            c and yes(c["wall_ratio"] <= c["target_ratio"]),
-            "`sweep_quality.py`",
-        )
+    add("sweep")
     gpu = load_result(results, "suite_gpu")
     ref = gpu or load_result(results, "suite_cpu")
     for key, what, one in (
@@ -1142,17 +1103,7 @@ def headline(results: Path) -> str:
         "cnn_results",
     )
     add("cnn")
-    for name, model in (("sweep_mlp_adamw", "MLP"), ("sweep_cnn", "CNN")):
-        w = load_result(results, name)
-        regret = w and w["regret"]
-        row(
-            f"lr x weight decay in one program (`sweep_over=`), {model}",
-            w
-            and f"regret {fmt(regret and 100 * regret, '.2f')} pp; "
-            f"{w['cost']['wall_ratio']:.2f}x the time of the {len(w['values'])} "
-            "values one by one",
-            "sweep",
-        )
+    add("sweep")
     p = load_result(results, "conv_population")
     per = (p and p["per_member_vs_single"].get("cnn")) or {}
     row(
@@ -1169,7 +1120,7 @@ def headline(results: Path) -> str:
 # --- the documents ------------------------------------------------------------
 
 # The benchmarks whose blocks and rows the documents show.
-BENCHMARKS = (bench_find, bench_range_test_sources, bench_cnn)
+BENCHMARKS = (bench_find, bench_range_test_sources, bench_cnn, sweep_quality)
 
 
 def _groups(attr: str) -> dict[str, tuple[str, Callable]]:
@@ -1187,8 +1138,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
-    "sweep_mlp_adamw": sweep("sweep_mlp_adamw"),
-    "sweep_cnn": sweep("sweep_cnn"),
     "targets": targets,
     "train_setup": json_block("train_results", train_setup),
     "train_results": json_block("train_results", train_results.markdown),

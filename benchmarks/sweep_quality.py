@@ -33,10 +33,22 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+from _report_util import (
+    NOT_MEASURED,
+    HeadlineRow,
+    TargetRow,
+    fmt,
+    load_result,
+    yes,
+)
 
-def fmt(v, spec=".3g") -> str:
-    return "-" if v is None else format(v, spec)
+# The results files the documents show: name -> the model it sweeps.
+SWEEPS = {"sweep_mlp_adamw": "MLP", "sweep_cnn": "CNN"}
+# The one program's wall time against the values' range tests one by one.
+TARGET_RATIO = 0.8
 
 
 def markdown(doc: dict) -> str:
@@ -103,7 +115,7 @@ def cost_parent(args, argv) -> int:
         "run_ratio": fastest_run["sweep"] / fastest_run["one_by_one"],
         "one_program_compile_s": best["sweep"]["compile_s"],
         "one_by_one_compile_s": best["one_by_one"]["compile_s"],
-        "target_ratio": 0.8,
+        "target_ratio": TARGET_RATIO,
         "runs": runs,
         "sweep_device": best["sweep"]["device"],
         "one_by_one_device": best["one_by_one"]["device"],
@@ -329,7 +341,7 @@ def main(argv=None) -> int:
             "one_program_run_s": min(sweep_run),
             "one_by_one_run_s": min(seq_run),
             "run_ratio": min(sweep_run) / min(seq_run),
-            "target_ratio": 0.8,
+            "target_ratio": TARGET_RATIO,
             "wall_s_all": {"one_program": sweep_wall, "one_by_one": seq_wall},
             "steps_run": r.steps_run,
             "loop": r.timings["loop"],
@@ -347,6 +359,77 @@ def main(argv=None) -> int:
             f.write(text)
     print(text)
     return 0
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def sweep_block(name: str) -> Callable[[Path], str]:
+    """The ``--report`` table of one results JSON, with the cost of
+    the same sweep run as a map over members (``<name>_cost_map.json``)."""
+
+    def block(results: Path) -> str:
+        d = load_result(results, name)
+        if d is None:
+            return NOT_MEASURED
+        losses = [r["min_loss"] for r in d["per_value"] if r["min_loss"] is not None]
+        out = markdown(d)
+        if losses:
+            out += (
+                f"\nMinimum smoothed losses within "
+                f"{100 * (max(losses) / min(losses) - 1):.2f}% of the lowest (the "
+                f"rule's tie tolerance: {100 * d['tolerance']:g}%)."
+            )
+        m = load_result(results, f"{name}_cost_map")
+        if m is not None:
+            out += (
+                f'\nWith `population="{m.get("population", "map")}"` '
+                f"(`{m['command']}`): one program {m['one_program_wall_s']:.1f} s "
+                f"against {m['one_by_one_wall_s']:.1f} s (**{m['wall_ratio']:.2f}x** "
+                f"wall; {m['run_ratio']:.2f}x in run time), on {m['sweep_device']}."
+            )
+        return out
+
+    return block
+
+
+def target_rows(results: Path) -> list[TargetRow]:
+    rows = []
+    for name in SWEEPS:
+        s = load_result(results, name)
+        c = s and s["cost"]
+        rows.append(
+            (
+                f"range test over a second hyperparameter in one program: at most "
+                f"{c['target_ratio'] if c else TARGET_RATIO}x the wall time of one "
+                f"range test per value (`{name}.json`)",
+                c and f"{c['wall_ratio']:.2f}x (on {c['sweep_device']})",
+                c and yes(c["wall_ratio"] <= c["target_ratio"]),
+            )
+        )
+    return rows
+
+
+def headline_rows(results: Path) -> list[HeadlineRow]:
+    rows = []
+    for name, model in SWEEPS.items():
+        w = load_result(results, name)
+        regret = w and w["regret"]
+        rows.append(
+            (
+                f"lr x weight decay in one program (`sweep_over=`), {model}",
+                w
+                and f"regret {fmt(regret and 100 * regret, '.2f')} pp; "
+                f"{w['cost']['wall_ratio']:.2f}x the time of the {len(w['values'])} "
+                "values one by one",
+            )
+        )
+    return rows
+
+
+BLOCKS = {name: sweep_block(name) for name in SWEEPS}
+TARGET_ROWS = {"sweep": target_rows}
+HEADLINE_ROWS = {"sweep": headline_rows}
 
 
 if __name__ == "__main__":
