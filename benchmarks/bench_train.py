@@ -22,23 +22,22 @@ import json
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-
-from lrjax import ensembles, schedules
-from lrjax.batches import batch_indices, scale_images
-from lrjax.data import load_dataset
-from lrjax.fit import FitConfig, fit
-from lrjax.models import mlp, pure
-from lrjax.results import describe_devices
+from _report_util import TargetRow, json_block, load_result, md_table, yes
 
 OUT = Path(__file__).resolve().parent / "results" / "train_bench.json"
+# The issue's target: a training epoch against the hand-written loop.
+TARGET_VS_HAND = 1.1
 
 
 def hand_written(apply, params, x, y, xv, yv, sched, batch, epochs, key):
     """The loop one would write by hand: one jitted scan per epoch."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from lrjax.batches import batch_indices
+
     tx = optax.sgd(sched)
 
     @jax.jit
@@ -92,6 +91,17 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from lrjax import ensembles, schedules
+    from lrjax.batches import scale_images
+    from lrjax.data import load_dataset
+    from lrjax.fit import FitConfig, fit
+    from lrjax.models import mlp, pure
+    from lrjax.results import describe_devices
+
     ds = load_dataset("fashion_mnist")
     device = describe_devices(jax.local_devices())
     print(f"device: {device}")
@@ -167,6 +177,86 @@ def main(argv=None) -> int:
         f"{doc['ratio_snapshots_vs_none_min']:.3f}x"
     )
     return 0
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def markdown(d: dict) -> str:
+    """The ``train_bench`` block: each loop's epoch against the hand-written one."""
+    names = (
+        ("hand_written", "hand-written `jit(lax.scan)` + optax, one scan per epoch"),
+        (
+            "lrjax",
+            "`lrjax.fit` (chunks of `make_step`, `inject_hyperparams`, lr logged)",
+        ),
+        (
+            "lrjax_snapshots_cond",
+            "`fit` + 6-snapshot buffer, `lax.cond` write (default)",
+        ),
+        (
+            "lrjax_snapshots_dus",
+            "`fit` + 6-snapshot buffer, `dynamic_update_slice` every step",
+        ),
+    )
+    ratio = {
+        "hand_written": "1",
+        "lrjax": f"{d['ratio_lrjax_vs_hand']:.3f}x / "
+        f"{d['ratio_lrjax_vs_hand_min']:.3f}x",
+        "lrjax_snapshots_cond": f"{d['ratio_snapshots_cond_vs_none']:.3f}x / "
+        f"{d['ratio_snapshots_cond_vs_none_min']:.3f}x of `fit`",
+        "lrjax_snapshots_dus": f"{d['ratio_snapshots_dus_vs_none']:.2f}x / "
+        f"{d['ratio_snapshots_dus_vs_none_min']:.2f}x of `fit`",
+    }
+    rows = []
+    for k, what in names:
+        if k not in d["median_epoch_s"]:
+            continue
+        c = d["compile_s"][k]
+        rows.append(
+            [
+                what,
+                f"{d['median_epoch_s'][k]:.3f} s",
+                f"{d['min_epoch_s'][k]:.3f} s",
+                ratio[k],
+                f"{min(c):.2f}-{max(c):.2f} s",
+            ]
+        )
+    n = len(d["epoch_s"]["lrjax"])
+    out = md_table(
+        [
+            "loop",
+            "median epoch",
+            "fastest epoch",
+            "vs hand-written (median / fastest)",
+            "compile",
+        ],
+        rows,
+    )
+    return out + (
+        f"\n\n`python benchmarks/bench_train.py --epochs "
+        f"{d['epochs_per_measurement']} --repeats {d['repeats']}`: {n} epochs of "
+        f"{d['steps_per_epoch']} steps each per loop ({d['repeats']} interleaved "
+        f"measurements of {d['epochs_per_measurement']}), on {d['device']}, jax "
+        f"{d['jax']}."
+    )
+
+
+def target_rows(results: Path) -> list[TargetRow]:
+    b = load_result(results, "train_bench")
+    return [
+        (
+            f"training epoch within {TARGET_VS_HAND}x of a hand-written loop",
+            b
+            and f"{b['ratio_lrjax_vs_hand']:.3f}x (median epoch), "
+            f"{b['ratio_lrjax_vs_hand_min']:.3f}x (fastest)",
+            b and yes(b["ratio_lrjax_vs_hand"] <= TARGET_VS_HAND),
+        )
+    ]
+
+
+BLOCKS = {"train_bench": json_block("train_bench", markdown)}
+TARGET_ROWS = {"train_bench": target_rows}
 
 
 if __name__ == "__main__":

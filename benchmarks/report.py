@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
 import bench_cnn  # noqa: E402
 import bench_find  # noqa: E402
 import bench_range_test_sources  # noqa: E402
+import bench_train  # noqa: E402
 import cnn_results as cnn_results_bench  # noqa: E402
 import finder_quality  # noqa: E402
 import recipe_quality  # noqa: E402
@@ -60,7 +61,6 @@ TARGETS = {
     "whole_process_s": 3.5,  # python -m lrjax.find, warm caches
     "seeds_8_vs_1_cpu": 4.5,  # 8 seeds against 1 on this CPU
     "sgd_divergence_lr": (0.4, 0.7),  # where SGD diverges on Fashion-MNIST
-    "train_vs_floor": 1.1,  # a training epoch against a hand-written loop
     "default_accuracy": 0.90,  # --lr auto with the default schedule, MLP
     "snapshot_gain_pp": 0.3,  # best last-m ensemble over the best snapshot
     "regret_pp": 0.5,  # the default suggestion, in every setting
@@ -157,15 +157,7 @@ def targets(results: Path) -> str:
         divs and yes(lo <= med <= hi) + " (median)",
         "`finder_quality.py`",
     )
-    b = load_result(results, "train_bench")
-    row(
-        f"training epoch within {t['train_vs_floor']}x of a hand-written loop",
-        b
-        and f"{b['ratio_lrjax_vs_hand']:.3f}x (median epoch), "
-        f"{b['ratio_lrjax_vs_hand_min']:.3f}x (fastest)",
-        b and yes(b["ratio_lrjax_vs_hand"] <= t["train_vs_floor"]),
-        "`bench_train.py`",
-    )
+    add("train_bench")
     tr = load_result(results, "train_results")
     v = tr and tr["variants"].get(DEFAULT_VARIANT)
     if v:
@@ -551,65 +543,6 @@ def train_ceiling(doc: dict) -> str:
         f"\n\nGain over the best member, mean over subsets, leaving out "
         f"{', '.join(f'`{n}`' for n in dropped)} (weight decay, or a run below "
         f"{COLLAPSED_BELOW:.0%}): " + "; ".join(lines) + "."
-    )
-
-
-def train_bench(d: dict) -> str:
-    names = (
-        ("hand_written", "hand-written `jit(lax.scan)` + optax, one scan per epoch"),
-        (
-            "lrjax",
-            "`lrjax.fit` (chunks of `make_step`, `inject_hyperparams`, lr logged)",
-        ),
-        (
-            "lrjax_snapshots_cond",
-            "`fit` + 6-snapshot buffer, `lax.cond` write (default)",
-        ),
-        (
-            "lrjax_snapshots_dus",
-            "`fit` + 6-snapshot buffer, `dynamic_update_slice` every step",
-        ),
-    )
-    ratio = {
-        "hand_written": "1",
-        "lrjax": f"{d['ratio_lrjax_vs_hand']:.3f}x / "
-        f"{d['ratio_lrjax_vs_hand_min']:.3f}x",
-        "lrjax_snapshots_cond": f"{d['ratio_snapshots_cond_vs_none']:.3f}x / "
-        f"{d['ratio_snapshots_cond_vs_none_min']:.3f}x of `fit`",
-        "lrjax_snapshots_dus": f"{d['ratio_snapshots_dus_vs_none']:.2f}x / "
-        f"{d['ratio_snapshots_dus_vs_none_min']:.2f}x of `fit`",
-    }
-    rows = []
-    for k, what in names:
-        if k not in d["median_epoch_s"]:
-            continue
-        c = d["compile_s"][k]
-        rows.append(
-            [
-                what,
-                f"{d['median_epoch_s'][k]:.3f} s",
-                f"{d['min_epoch_s'][k]:.3f} s",
-                ratio[k],
-                f"{min(c):.2f}-{max(c):.2f} s",
-            ]
-        )
-    n = len(d["epoch_s"]["lrjax"])
-    out = md_table(
-        [
-            "loop",
-            "median epoch",
-            "fastest epoch",
-            "vs hand-written (median / fastest)",
-            "compile",
-        ],
-        rows,
-    )
-    return out + (
-        f"\n\n`python benchmarks/bench_train.py --epochs "
-        f"{d['epochs_per_measurement']} --repeats {d['repeats']}`: {n} epochs of "
-        f"{d['steps_per_epoch']} steps each per loop ({d['repeats']} interleaved "
-        f"measurements of {d['epochs_per_measurement']}), on {d['device']}, jax "
-        f"{d['jax']}."
     )
 
 
@@ -1120,7 +1053,13 @@ def headline(results: Path) -> str:
 # --- the documents ------------------------------------------------------------
 
 # The benchmarks whose blocks and rows the documents show.
-BENCHMARKS = (bench_find, bench_range_test_sources, bench_cnn, sweep_quality)
+BENCHMARKS = (
+    bench_find,
+    bench_range_test_sources,
+    bench_cnn,
+    sweep_quality,
+    bench_train,
+)
 
 
 def _groups(attr: str) -> dict[str, tuple[str, Callable]]:
@@ -1147,7 +1086,6 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "train_snapshots": json_block("train_results", train_snapshots),
     "train_knee": json_block("train_results", train_knee),
     "train_ceiling": json_block("train_results", train_ceiling),
-    "train_bench": json_block("train_bench", train_bench),
     "cnn_results": cnn_results,
     **{name: finder_block(name) for name in FINDER_FILES},
     "finder_noise": finder_noise,
