@@ -24,7 +24,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,15 @@ import optax
 
 from lrjax import schedules
 from lrjax.batches import ArraySource, IterSource, as_source, is_arrays
-from lrjax.loop import Program, check_loop, check_population, drive, uniform_plan
+from lrjax.loop import (
+    ChunkEnd,
+    DriveResult,
+    Program,
+    check_loop,
+    check_population,
+    drive,
+    uniform_plan,
+)
 from lrjax.results import (
     check_memory,
     describe_devices,
@@ -660,6 +668,19 @@ def lr_range_test(
 
     Raises:
       ValueError, TypeError: a bad argument, naming it and what is allowed.
+
+    A linear model (a params pytree with its loss) on synthetic data:
+
+    >>> x = np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)
+    >>> loss_fn = classification_loss(lambda w, x: x @ w)
+    >>> result = lr_range_test(jnp.zeros((4, 2)), optax.sgd, (x, y),
+    ...                        key=jax.random.key(0), loss_fn=loss_fn,
+    ...                        batch_size=16, num_steps=40)
+    >>> result.losses.shape, result.stop_reason
+    ((40,), None)
+    >>> 1e-5 < result.suggested_lr < 10.0  # inside the swept range
+    True
     """
     _check_range_args(
         init_value, end_value, mode, seeds, smooth_beta, diverge_threshold, method
@@ -670,71 +691,180 @@ def lr_range_test(
     check_population(population)
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
-    sweep_name, values = "", None  # the name is read only where values is set
-    if sweep_over is not None:
-        sweep_name, values = check_sweep(sweep_over, optimizer)
-        make_tx = _sweep_optimizer(optimizer, sweep_name)
-    num_values = 1 if values is None else len(values)
-    size = num_values * seeds  # the population: member v * seeds + s
+    swept = _Swept.of(optimizer, sweep_over)
+    size = swept.num_values * seeds  # the population: member v * seeds + s
     memory: dict[str, Any] = {}
 
-    def check(spec, params, rest):
+    def check(spec, params, rest):  # the first member, before the others exist
+        bs = 32 if batch_size is None else batch_size
         if loss_fn is None and is_arrays(data):
             check_classification_data(
-                spec,
-                params,
-                rest,
-                data,
-                preprocess=preprocess,
-                batch_size=32 if batch_size is None else batch_size,
+                spec, params, rest, data, preprocess=preprocess, batch_size=bs
             )
-        if values is None:
-            opt = jax.eval_shape(make_optimizer(optimizer, init_value).init, params)
-        else:
-            for v in values:  # the optimizer itself may reject a value
-                try:
-                    tx = optimizer(init_value, **{sweep_name: v})
-                    jax.eval_shape(tx.init, params)
-                except (TypeError, ValueError, AssertionError) as e:
-                    raise ValueError(
-                        f"the optimizer rejected {sweep_name}={v:g}: {e}"
-                    ) from None
-            try:  # ... or be unable to take it as data (a Python branch on it)
-                opt = jax.eval_shape(make_tx(init_value, values[0]).init, params)
-            except jax.errors.ConcretizationTypeError as e:
-                first = str(e).splitlines()[0]
-                raise ValueError(
-                    f"the optimizer cannot take {sweep_name} as data (it branches "
-                    f"on its value in Python): {first}"
-                ) from None
-        member = tree_bytes(params) + tree_bytes(rest) + tree_bytes(opt)
-        batch = 0
-        if is_arrays(data):
-            per_example = tree_bytes(jax.tree.map(lambda a: a[:1], data))
-            batch = per_example * (32 if batch_size is None else batch_size) * k
-        memory.update(estimate_population(member, batch, size))
-        check_memory(
-            memory,
-            "seeds (--seeds)" if values is None else "seeds (--seeds) or values",
-        )
+        opt = swept.opt_shape(init_value, params)
+        memory.update(_estimate(params, rest, opt, data, bs * k, size))
+        fewer = "seeds (--seeds)" + ("" if swept.values is None else " or values")
+        check_memory(memory, fewer)
 
     spec, params, rest = init_members(
-        model,
-        key,
-        seeds,
-        check,
-        model_state=model_state,
+        model, key, seeds, check, model_state=model_state,
         has_loss_fn=loss_fn is not None,
+    )  # fmt: skip
+    pop = _Population(swept, seeds, population_mesh(size, "seed") if size > 1 else None)
+    source, feed, num_steps = _batches(data, key, pop, batch_size, num_steps, k)
+    sweep = (
+        schedules.exponential_sweep if mode == "exponential" else schedules.linear_sweep
     )
+    sched = sweep(init_value, end_value, num_steps)
+    tx = swept.tx(sched)
+    loss_fn = classification_loss() if loss_fn is None else loss_fn
+
+    def build(unroll: bool):
+        return make_step(
+            spec, loss_fn, tx, preprocess=preprocess, accumulate_steps=k, unroll=unroll
+        )
+
+    members = None
+    if size > 1:
+        members = "own" if isinstance(source, ArraySource) and seeds > 1 else "shared"
+    program = Program(
+        build, gathers=feed.gathers, members=members, loop=loop, population=population
+    )
+    state = _init_population(params, rest, tx, sched, pop)
+    del params, rest
+
+    recorder = _Recorder(
+        size, num_steps, smooth_beta, diverge_threshold, rebound,
+        stop_on_divergence=stop_on_divergence, progress=progress,
+    )  # fmt: skip
+    plan = uniform_plan(num_steps, chunks, MAX_CHUNK_STEPS)
+    out = drive(program, state, feed, plan, hooks=[recorder])
+    curves = recorder.curves()
+
+    summary = _summaries(curves, pop, method)
+    config = {
+        "optimizer": optimizer_name(optimizer),
+        "mode": mode,
+        "init_value": init_value,
+        "end_value": end_value,
+        "num_steps": num_steps,
+        "batch_size": source.batch_size,
+        "accumulate_steps": k,
+        "smooth_beta": smooth_beta,
+        "diverge_threshold": diverge_threshold,
+        "rebound": rebound,
+        **_run_config(plan, source, memory, swept, summary.shown),
+    }
+    return _result(curves, summary, pop, method, out, program, config)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Swept:
+    """The optimizer factory, and the hyperparameter ``sweep_over`` names if any.
+
+    With ``values``, :meth:`make_tx` (:func:`_sweep_optimizer`) puts a member's
+    value in its optimizer state, so one compiled step serves every value.
+    """
+
+    optimizer: OptimizerFactory
+    name: str = ""  # read only where values is set
+    values: list[float] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        optimizer: OptimizerFactory,
+        sweep_over: Mapping[str, Sequence[float]] | None,
+    ) -> _Swept:
+        if sweep_over is None:
+            return cls(optimizer)
+        return cls(optimizer, *check_sweep(sweep_over, optimizer))
+
+    @property
+    def num_values(self) -> int:
+        return 1 if self.values is None else len(self.values)
+
+    def make_tx(self, learning_rate, value) -> optax.GradientTransformation:
+        """The transformation of a member with ``value``."""
+        return _sweep_optimizer(self.optimizer, self.name)(learning_rate, value)
+
+    def tx(self, learning_rate) -> optax.GradientTransformation:
+        """The population's transformation: every update reads the member's value
+        from its state, so one built at any value serves them all."""
+        if self.values is None:
+            return make_optimizer(self.optimizer, learning_rate)
+        return self.make_tx(learning_rate, self.values[0])
+
+    def opt_shape(self, init_value: float, params: Any) -> Any:
+        """The shapes of a member's optimizer state; every value is tried first.
+
+        Raises:
+          ValueError: the optimizer rejects a value, or cannot take the swept
+            hyperparameter as data (a Python branch on its value).
+        """
+        if self.values is None:
+            return jax.eval_shape(self.tx(init_value).init, params)
+        for v in self.values:  # the optimizer itself may reject a value
+            try:
+                tx = self.optimizer(init_value, **{self.name: v})
+                jax.eval_shape(tx.init, params)
+            except (TypeError, ValueError, AssertionError) as e:
+                raise ValueError(
+                    f"the optimizer rejected {self.name}={v:g}: {e}"
+                ) from None
+        try:  # ... or be unable to take it as data (a Python branch on it)
+            return jax.eval_shape(self.tx(init_value).init, params)
+        except jax.errors.ConcretizationTypeError as e:
+            first = str(e).splitlines()[0]
+            raise ValueError(
+                f"the optimizer cannot take {self.name} as data (it branches "
+                f"on its value in Python): {first}"
+            ) from None
+
+
+class _Population(NamedTuple):
+    """Members ``v * seeds + s``: value ``v`` of the sweep seed ``s``."""
+
+    swept: _Swept
+    seeds: int
+    mesh: jax.sharding.Mesh | None  # its "seed" axis spreads the members
+
+    @property
+    def size(self) -> int:
+        return self.swept.num_values * self.seeds
+
+    @property
+    def seed_of(self) -> np.ndarray:  # int[size]: each member's seed
+        return np.tile(np.arange(self.seeds), self.swept.num_values)
+
+    def sharding(self, *axes: str | None) -> jax.sharding.NamedSharding | None:
+        """``PartitionSpec(*axes)`` over the mesh; None on one device."""
+        if self.mesh is None:
+            return None
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*axes))
+
+
+def _estimate(params, rest, opt, data, examples: int, size: int) -> dict[str, Any]:
+    """The population's memory from its first member and ``examples`` per update
+    (:func:`lrjax.results.estimate_population`)."""
+    member = tree_bytes(params) + tree_bytes(rest) + tree_bytes(opt)
+    batch = 0
+    if is_arrays(data):
+        batch = tree_bytes(jax.tree.map(lambda a: a[:1], data)) * examples
+    return estimate_population(member, batch, size)
+
+
+def _batches(
+    data: Any, key: jax.Array, pop: _Population, batch_size, num_steps, k: int
+) -> tuple[ArraySource | IterSource, ArraySource | IterSource | _PerMember, int]:
+    """``(source, feed, num_steps)``: the data's source; what the loop reads from it
+    (with values and seeds over arrays, each member's seed's batch order); and the
+    sweep's length, checked (default one epoch, or ``len()`` of an iterable).
+    Seed ``s`` draws its batch order from ``fold_in(key, s)``."""
+    seeds = pop.seeds
     seed_keys = [jax.random.fold_in(key, s) for s in range(seeds)]
-    mesh = population_mesh(size, "seed") if size > 1 else None
-    P = jax.sharding.PartitionSpec
-    rep = None if mesh is None else jax.sharding.NamedSharding(mesh, P())
-    per_member = (
-        None if mesh is None else jax.sharding.NamedSharding(mesh, P(None, "seed"))
-    )
-    seed_of = np.tile(np.arange(seeds), num_values)
-    swept_seeds = values is not None and seeds > 1 and is_arrays(data)
+    rep, per_member = pop.sharding(), pop.sharding(None, "seed")
+    swept_seeds = pop.swept.values is not None and seeds > 1 and is_arrays(data)
     source = as_source(
         data,
         batch_size=32 if batch_size is None else batch_size,
@@ -743,7 +873,6 @@ def lr_range_test(
         sharding=rep,
         index_sharding=None if swept_seeds else (per_member if seeds > 1 else rep),
     )
-    base = source
     if isinstance(source, IterSource):
         first = source.first_batch_size() if batch_size is not None else None
         if first is not None and first != batch_size:
@@ -762,170 +891,203 @@ def lr_range_test(
     elif num_steps is None:
         num_steps = source.steps_per_epoch // k
     num_steps = _check_steps(num_steps)
-    feed: ArraySource | IterSource | _PerMember = source  # what the loop reads
-    if swept_seeds:
-        assert isinstance(source, ArraySource)  # swept_seeds: in-memory arrays
-        feed = _PerMember(source, seed_of, per_member)
+    if not swept_seeds:
+        return source, source, num_steps
+    assert isinstance(source, ArraySource)  # swept_seeds: in-memory arrays
+    return source, _PerMember(source, pop.seed_of, per_member), num_steps
 
-    sweep = (
-        schedules.exponential_sweep if mode == "exponential" else schedules.linear_sweep
-    )
-    sched = sweep(init_value, end_value, num_steps)
-    if values is None:
-        tx = make_optimizer(optimizer, sched)
-    else:
-        # Every update reads the member's value from its state, so one step (built
-        # at any value) serves the whole population.
-        tx = make_tx(sched, values[0])
-    loss_fn = classification_loss() if loss_fn is None else loss_fn
 
-    own = isinstance(base, ArraySource) and seeds > 1
+def _init_population(params, rest, tx, sched, pop: _Population) -> Any:
+    """The members' train states (``[size, ...]`` when several), on the mesh.
 
-    def build(unroll: bool):
-        return make_step(
-            spec,
-            loss_fn,
-            tx,
-            preprocess=preprocess,
-            accumulate_steps=k,
-            unroll=unroll,
-        )
-
-    members = None
-    if size > 1:
-        members = "own" if own else "shared"
-    program = Program(
-        build,
-        gathers=feed.gathers,
-        members=members,
-        loop=loop,
-        population=population,
-    )
-    shard = None if mesh is None else jax.sharding.NamedSharding(mesh, P("seed"))
-    if values is None:
+    Member ``v * seeds + s`` starts from seed ``s``'s ``params`` and ``rest``
+    (stacked ``[seeds, ...]`` when several) with value ``v`` in its optimizer
+    state; without a swept value every seed's state uses ``tx``.
+    """
+    seeds, swept, shard = pop.seeds, pop.swept, pop.sharding("seed")
+    if swept.values is None:
         init = lambda p, r: init_state(p, r, tx)  # noqa: E731
         if seeds > 1:
             init = jax.vmap(init)
-        state = jax.jit(init, out_shardings=shard)(params, rest)
-    else:
+        return jax.jit(init, out_shardings=shard)(params, rest)
 
-        def init_value_member(v, s, params, rest):
-            if seeds > 1:
-                params, rest = jax.tree.map(lambda a: a[s], (params, rest))
-            return init_state(params, rest, make_tx(sched, v))
+    def init_value_member(v, s, params, rest):
+        if seeds > 1:
+            params, rest = jax.tree.map(lambda a: a[s], (params, rest))
+        return init_state(params, rest, swept.make_tx(sched, v))
 
-        value_of = np.repeat(np.arange(num_values), seeds)
-        state = jax.jit(
-            jax.vmap(init_value_member, in_axes=(0, 0, None, None)), out_shardings=shard
-        )(
-            jnp.asarray(np.asarray(values)[value_of], jnp.float32),
-            jnp.asarray(seed_of, jnp.int32),
-            params,
-            rest,
-        )
-    del params, rest
+    value_of = np.repeat(np.arange(swept.num_values), seeds)
+    init_all = jax.vmap(init_value_member, in_axes=(0, 0, None, None))
+    return jax.jit(init_all, out_shardings=shard)(
+        jnp.asarray(np.asarray(swept.values)[value_of], jnp.float32),
+        jnp.asarray(pop.seed_of, jnp.int32),
+        params,
+        rest,
+    )
 
-    smoother = Smoother(size, smooth_beta)
-    trackers = [DivergenceTracker(diverge_threshold, rebound) for _ in range(size)]
-    parts: dict[str, list[np.ndarray]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_steps, desc="lr range test", unit="step", leave=False)
+class _Curves(NamedTuple):
+    """What the sweep recorded, a row per member (``[members, steps_run]``)."""
 
-    def record(end):
-        n = min(end.hi, num_steps) - end.lo
+    lrs: np.ndarray  # float64[steps_run]: the same for every member
+    losses: np.ndarray
+    smoothed: np.ndarray
+    metrics: dict[str, np.ndarray]  # the loss function's other metrics
+    diverged: list[int | None]  # per member: the step it diverged at, if it did
+
+
+class _Recorder:
+    """The host action after every chunk (a :func:`lrjax.loop.drive` hook).
+
+    Records the chunk's curves, smooths the losses, checks every member for
+    divergence and moves the progress bar; returns ``"diverged"`` to stop the
+    sweep once every member has diverged (with ``stop_on_divergence``).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        num_steps: int,
+        smooth_beta: float,
+        diverge_threshold: float,
+        rebound: float | None,
+        *,
+        stop_on_divergence: bool,
+        progress: bool,
+    ):
+        self.size, self.num_steps, self.stop = size, num_steps, stop_on_divergence
+        self.smoother = Smoother(size, smooth_beta)
+        self.trackers = [
+            DivergenceTracker(diverge_threshold, rebound) for _ in range(size)
+        ]
+        self.parts: dict[str, list[np.ndarray]] = {}  # name -> chunks [members, C]
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=num_steps, desc="lr range test", unit="step", leave=False
+            )
+
+    def __call__(self, end: ChunkEnd) -> str | None:
+        parts = self.parts
+        n = min(end.hi, self.num_steps) - end.lo
         for name, v in end.metrics.items():
             v = np.asarray(v, np.float64)[:n]
-            parts.setdefault(name, []).append(v.T if size > 1 else v[None])
+            parts.setdefault(name, []).append(v.T if self.size > 1 else v[None])
         losses = parts["loss"][-1]
-        smoothed = smoother.push(losses)
+        smoothed = self.smoother.push(losses)
         parts.setdefault("smoothed", []).append(smoothed)
-        diverged = [t.push(losses[s], smoothed[s]) for s, t in enumerate(trackers)]
-        if bar is not None:
-            bar.update(n)
+        diverged = [t.push(losses[s], smoothed[s]) for s, t in enumerate(self.trackers)]
+        if self.bar is not None:
+            self.bar.update(n)
             lr = float(parts["lr"][-1][0, -1])
-            bar.set_postfix(lr=f"{lr:.3g}", loss=f"{smoothed[-1, -1]:.3f}")
-        if stop_on_divergence and all(d is not None for d in diverged):
+            self.bar.set_postfix(lr=f"{lr:.3g}", loss=f"{smoothed[-1, -1]:.3f}")
+        if self.stop and all(d is not None for d in diverged):
             return "diverged"
         return None
 
-    plan = uniform_plan(num_steps, chunks, MAX_CHUNK_STEPS)
-    out = drive(program, state, feed, plan, hooks=[record])
-    if bar is not None:
-        bar.close()
-    if "loss" not in parts:
-        raise ValueError("the data gave no batch: the iterable is empty")
+    def curves(self) -> _Curves:
+        """Closes the progress bar; the curves recorded.
 
-    cat = {name: np.concatenate(v, axis=1) for name, v in parts.items()}
-    steps_run = cat["loss"].shape[1]
-    lrs = cat["lr"][0]
-    losses, smoothed = cat.pop("loss"), cat.pop("smoothed")
-    cat.pop("lr")
-    diverged = [t.found for t in trackers]
-    warning = _nonfinite_warning(losses, smoothed, lrs, diverged)
-    rows = [slice(v * seeds, (v + 1) * seeds) for v in range(num_values)]
-    per_value = [_summarize(lrs, smoothed[r], diverged[r], method) for r in rows]
-    sweep_result = None
-    shown = 0  # the value whose sweep the top-level fields describe
-    if values is not None:
-        best = best_sweep_value(
-            [p["min_loss"] for p in per_value],
-            [p["diverged_at_lr"] for p in per_value],
-            [p["suggested_lr"] for p in per_value],
-        )
-        shown = 0 if best is None else best
+        Raises:
+          ValueError: no chunk ran (an empty iterable).
+        """
+        if self.bar is not None:
+            self.bar.close()
+        if "loss" not in self.parts:
+            raise ValueError("the data gave no batch: the iterable is empty")
+        cat = {name: np.concatenate(v, axis=1) for name, v in self.parts.items()}
+        lrs, losses, smoothed = cat.pop("lr")[0], cat.pop("loss"), cat.pop("smoothed")
+        return _Curves(lrs, losses, smoothed, cat, [t.found for t in self.trackers])
 
-        def stack(a):  # [values * seeds, T] -> [values, (seeds,) T]
-            a = a.reshape(num_values, seeds, -1)
-            return a[:, 0] if seeds == 1 else a
 
-        sweep_result = SweepResult(
-            name=sweep_name,
-            values=values,
-            losses=stack(losses),
-            smoothed_losses=stack(smoothed),
-            metrics={name: stack(v) for name, v in cat.items()},
-            suggestions=[p["suggestions"] for p in per_value],
-            suggested_lr=[p["suggested_lr"] for p in per_value],
-            diverged_at_lr=[p["diverged_at_lr"] for p in per_value],
-            diverged_at_step=[p["diverged_at_step"] for p in per_value],
-            min_loss=[p["min_loss"] for p in per_value],
-            spread=[p["spread"] for p in per_value],
-            best=best,
-            value=None if best is None else values[best],
-            lr=None if best is None else per_value[best]["suggested_lr"],
-            tolerance=SWEEP_TOLERANCE,
-        )
-    top = per_value[shown]
-    one = (lambda a: a[rows[shown]][0]) if seeds == 1 else (lambda a: a[rows[shown]])  # noqa: E731
-    config = {
-        "optimizer": optimizer_name(optimizer),
-        "mode": mode,
-        "init_value": init_value,
-        "end_value": end_value,
-        "num_steps": num_steps,
-        "batch_size": base.batch_size,
-        "accumulate_steps": k,
-        "smooth_beta": smooth_beta,
-        "diverge_threshold": diverge_threshold,
-        "rebound": rebound,
+class _Summary(NamedTuple):
+    per_value: list[dict[str, Any]]  # :func:`_summarize` of each value's seeds
+    sweep: SweepResult | None  # with sweep_over
+    shown: int  # the value the top-level fields describe
+
+
+def _summaries(curves: _Curves, pop: _Population, method: str) -> _Summary:
+    """Every value's summary; with a swept hyperparameter its :class:`SweepResult`
+    and the recommended value (:func:`lrjax.suggestions.best_sweep_value`), shown
+    at the top level (the first value when none is recommended)."""
+    seeds, values = pop.seeds, pop.swept.values
+    rows = [slice(v * seeds, (v + 1) * seeds) for v in range(pop.swept.num_values)]
+    per_value = [
+        _summarize(curves.lrs, curves.smoothed[r], curves.diverged[r], method)
+        for r in rows
+    ]
+    if values is None:
+        return _Summary(per_value, None, 0)
+    best = best_sweep_value(
+        [p["min_loss"] for p in per_value],
+        [p["diverged_at_lr"] for p in per_value],
+        [p["suggested_lr"] for p in per_value],
+    )
+
+    def stack(a):  # [values * seeds, T] -> [values, (seeds,) T]
+        a = a.reshape(len(values), seeds, -1)
+        return a[:, 0] if seeds == 1 else a
+
+    sweep = SweepResult(
+        name=pop.swept.name,
+        values=values,
+        losses=stack(curves.losses),
+        smoothed_losses=stack(curves.smoothed),
+        metrics={name: stack(v) for name, v in curves.metrics.items()},
+        suggestions=[p["suggestions"] for p in per_value],
+        suggested_lr=[p["suggested_lr"] for p in per_value],
+        diverged_at_lr=[p["diverged_at_lr"] for p in per_value],
+        diverged_at_step=[p["diverged_at_step"] for p in per_value],
+        min_loss=[p["min_loss"] for p in per_value],
+        spread=[p["spread"] for p in per_value],
+        best=best,
+        value=None if best is None else values[best],
+        lr=None if best is None else per_value[best]["suggested_lr"],
+        tolerance=SWEEP_TOLERANCE,
+    )
+    return _Summary(per_value, sweep, 0 if best is None else best)
+
+
+def _run_config(plan, source, memory, swept: _Swept, shown: int) -> dict[str, Any]:
+    """The config's entries the run decided: chunks, data, memory, the sweep."""
+    config: dict[str, Any] = {
         "chunks": len(plan),
         "chunk_steps": max(hi - lo for lo, hi in plan),
-        "data": "arrays" if isinstance(base, ArraySource) else "iterable",
+        "data": "arrays" if isinstance(source, ArraySource) else "iterable",
         "memory": memory,
     }
-    if values is not None:
-        config["sweep"] = {"name": sweep_name, "values": values, "shown": shown}
-    if isinstance(base, IterSource):
-        config.update(batches_skipped=base.skipped, data_restarts=base.restarts)
+    if swept.values is not None:
+        config["sweep"] = {"name": swept.name, "values": swept.values, "shown": shown}
+    if isinstance(source, IterSource):
+        config.update(batches_skipped=source.skipped, data_restarts=source.restarts)
+    return config
+
+
+def _result(
+    curves: _Curves,
+    summary: _Summary,
+    pop: _Population,
+    method: str,
+    out: DriveResult,
+    program: Program,
+    config: dict[str, Any],
+) -> RangeTestResult:
+    """The result: the curves and suggestions of the shown value's seeds."""
+    seeds, top = pop.seeds, summary.per_value[summary.shown]
+    rows = slice(summary.shown * seeds, (summary.shown + 1) * seeds)
+
+    def one(a):  # the shown value's rows: [seeds, T], or [T] for one seed
+        return a[rows][0] if seeds == 1 else a[rows]
+
+    steps_run = curves.losses.shape[1]
     run_s = out.run_s
     return RangeTestResult(
-        lrs=lrs,
-        losses=one(losses),
-        smoothed_losses=one(smoothed),
-        metrics={name: one(v) for name, v in cat.items()},
+        lrs=curves.lrs,
+        losses=one(curves.losses),
+        smoothed_losses=one(curves.smoothed),
+        metrics={name: one(v) for name, v in curves.metrics.items()},
         diverged_at_lr=top["diverged_at_lr"],
         diverged_at_step=top["diverged_at_step"],
         suggestions=top["suggestions"],
@@ -938,14 +1100,16 @@ def lr_range_test(
         timings={
             "compile_s": program.compile_s,
             "run_s": run_s,
-            "steps_per_s": steps_run * size / run_s if run_s > 0 else None,
+            "steps_per_s": steps_run * pop.size / run_s if run_s > 0 else None,
             "loop": program.loop,
-            **({} if size == 1 else {"population": program.population}),
+            **({} if pop.size == 1 else {"population": program.population}),
         },
         device=describe_devices(
-            list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+            list(pop.mesh.devices.flat) if pop.mesh is not None else jax.devices()[:1]
         ),
         config=config,
-        sweep=sweep_result,
-        warning=warning,
+        sweep=summary.sweep,
+        warning=_nonfinite_warning(
+            curves.losses, curves.smoothed, curves.lrs, curves.diverged
+        ),
     )
