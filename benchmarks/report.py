@@ -61,8 +61,6 @@ TARGETS = {
     "whole_process_s": 3.5,  # python -m lrjax.find, warm caches
     "seeds_8_vs_1_cpu": 4.5,  # 8 seeds against 1 on this CPU
     "sgd_divergence_lr": (0.4, 0.7),  # where SGD diverges on Fashion-MNIST
-    "default_accuracy": 0.90,  # --lr auto with the default schedule, MLP
-    "snapshot_gain_pp": 0.3,  # best last-m ensemble over the best snapshot
     "regret_pp": 0.5,  # the default suggestion, in every setting
     "spread": 2.0,  # max / min of the per-seed suggestions
     "population_vs_sequential": 0.8,  # 36 models against one after another
@@ -70,12 +68,6 @@ TARGETS = {
     # snapshot ensemble gain >= this fraction of the independent-run gain
     "snapshot_vs_independent": 0.5,
 }
-# The seed recipe's published test accuracy of its MLP 300-100 on Fashion-MNIST
-# (source: Hands-On ML, chapter 10): the baseline the front page compares
-# lrjax-train's defaults with. Published, not measured here.
-SEED_RECIPE_ACCURACY = 0.8837
-# The training variant that is lrjax-train's default (train_results.py).
-DEFAULT_VARIANT = "default_peak_decay_0.8"
 # Finder-quality files: name -> what the documents call that run.
 FINDER_FILES = {
     "finder_quality_validation": "validation",
@@ -93,20 +85,6 @@ CNN_FILES = (
 )
 # Issue #16's target for the default recipe (#10's 93.0% for the 0.1 default).
 CNN_TARGETS = {"cnn_results_auto": 0.929}
-# A run below this test accuracy ended far from every other one (it diverged).
-COLLAPSED_BELOW = 0.5
-
-
-# --- helpers -----------------------------------------------------------------
-
-
-def _pct_stats(st: dict) -> str:
-    """``mean [min, max]`` in percent, as train_results.py's tables."""
-    return f"{pct(st['mean'])} [{pct(st['min'])}, {pct(st['max'])}]"
-
-
-def _pp_stats(st: dict) -> str:
-    return f"{st['mean']:+.2f} [{st['min']:+.2f}, {st['max']:+.2f}]"
 
 
 # --- benchmarks/README.md: speed ----------------------------------------------
@@ -158,48 +136,7 @@ def targets(results: Path) -> str:
         "`finder_quality.py`",
     )
     add("train_bench")
-    tr = load_result(results, "train_results")
-    v = tr and tr["variants"].get(DEFAULT_VARIANT)
-    if v:
-        acc = v.get("test_accuracy_all_seeds", v["test_accuracy"])
-        margin = 100 * (acc["mean"] - t["default_accuracy"])
-        measured = f"{_pct_stats(v['test_accuracy'])} over {v['runs']} seeds" + (
-            f", {_pct_stats(acc)} over {len(acc['values'])}"
-            if "test_accuracy_all_seeds" in v
-            else ""
-        )
-        met = yes(margin >= 0) + f", by {margin:+.2f} pp"
-    row(
-        f"`--lr auto`, default schedule: >= {pct(t['default_accuracy'])}% test "
-        "accuracy (MLP, 30 epochs)",
-        v and measured,
-        v and met,
-        "`train_results.py`",
-    )
-    gains = (
-        {n: x["gain_pp"]["mean"] for n, x in tr["variants"].items() if "gain_pp" in x}
-        if tr
-        else {}
-    )
-    if gains:
-        best = max(gains, key=gains.get)
-        ind = tr["variants"][DEFAULT_VARIANT].get("independent_ensembles", {})
-        measured = (
-            f"best mean gain over {len(gains)} variants {gains[best]:+.2f} pp "
-            f"(`{best}`); the default's {gains[DEFAULT_VARIANT]:+.2f} pp"
-        )
-        if "3" in ind:
-            measured += (
-                f"; 3 independent trainings gain "
-                f"{ind['3']['gain_over_best_member_pp']['mean']:+.2f} pp over their "
-                "best member"
-            )
-    row(
-        f"snapshot ensemble >= best single snapshot + {t['snapshot_gain_pp']} pp",
-        gains and measured,
-        gains and yes(max(gains.values()) >= t["snapshot_gain_pp"]),
-        "`train_results.py`",
-    )
+    add("train_results")
     for name, label in FINDER_FILES.items():
         d = load_result(results, name)
         s = d and d["summary"][DEFAULT_METHOD]
@@ -285,265 +222,6 @@ def targets(results: Path) -> str:
 
 
 # --- docs/results.md: training ------------------------------------------------
-
-
-def _variant(doc: dict, name: str) -> dict:
-    return doc["variants"][name]
-
-
-def _all_seeds(v: dict) -> list[float]:
-    return list(v["test_accuracy"]["values"]) + list(
-        v.get("extra_seeds_test_accuracy", [])
-    )
-
-
-def _flag(v: dict, flag: str) -> str | None:
-    argv = v["argv"]
-    return argv[argv.index(flag) + 1] if flag in argv else None
-
-
-def train_setup(doc: dict) -> str:
-    seeds = ", ".join(str(s) for s in doc["seeds"])
-    extra = {
-        n: len(v["extra_seeds_test_accuracy"])
-        for n, v in doc["variants"].items()
-        if "extra_seeds_test_accuracy" in v
-    }
-    epoch_s = [v["mean_epoch_s"]["mean"] for v in doc["variants"].values()]
-    devices = sorted({v["device"] for v in doc["variants"].values()})
-    out = (
-        f"Each run: `python -m lrjax.train {' '.join(doc['common_argv'])} "
-        f"<variant flags> --seed K` for K = {seeds}"
-    )
-    if extra:
-        more = range(len(doc["seeds"]), len(doc["seeds"]) + max(extra.values()))
-        out += (
-            f"; more seeds (`python benchmarks/train_results.py --only "
-            f"{' '.join(extra)} --seeds {' '.join(str(s) for s in more)}`) for "
-            + ", ".join(f"`{n}`" for n in extra)
-        )
-    return out + (
-        f". {len(doc['variants'])} variants; an epoch took "
-        f"{min(epoch_s):.1f}-{max(epoch_s):.1f} s on average "
-        f"({', '.join(devices)})."
-    )
-
-
-def train_variants(doc: dict) -> str:
-    return "\n".join(
-        f"- `{n}`: `{' '.join(v['argv'])}` — {v['description']}"
-        for n, v in doc["variants"].items()
-    )
-
-
-def train_default(doc: dict) -> str:
-    """Target 1: the default schedule's peak decay against equal peaks."""
-    new, old = _variant(doc, DEFAULT_VARIANT), _variant(doc, "default")
-    a, b = _all_seeds(new), _all_seeds(old)
-    n = min(len(a), len(b))
-    diff = [100 * (x - y) for x, y in zip(a[:n], b[:n], strict=True)]
-    threshold = TARGETS["default_accuracy"]
-    below = [x for x in a if x < threshold]
-    decays = {}
-    for name, v in doc["variants"].items():
-        argv = v["argv"]
-        if (
-            name.startswith("default")
-            and _flag(v, "--lr") == "auto"
-            and "--optimizer" not in argv
-            and "--lr-method" not in argv
-            and _flag(v, "--peak-decay") is not None
-        ):
-            decays[float(_flag(v, "--peak-decay"))] = v["test_accuracy"]["mean"]
-    lines = [
-        f"- equal peaks (`default`): {_pct_stats(old['test_accuracy'])} over "
-        f"{old['runs']} seeds, {_pct_stats(old['test_accuracy_all_seeds'])} over "
-        f"{len(b)};",
-        f"- decaying peaks (`{DEFAULT_VARIANT}`): "
-        f"{_pct_stats(new['test_accuracy'])} over {new['runs']} seeds, "
-        f"{_pct_stats(new['test_accuracy_all_seeds'])} over {len(a)}: "
-        f"{100 * (np.mean(a) - threshold):+.2f} pp from {pct(threshold)}%, "
-        f"{len(below)} of {len(a)} seeds below it "
-        f"({', '.join(pct(x) for x in below) or 'none'});",
-        f"- same seed, same range-test lr, decaying minus equal peaks: "
-        f"{', '.join(f'{x:+.2f}' for x in diff)} pp (mean {np.mean(diff):+.2f}); "
-        f"the decaying peaks won on {sum(x > 0 for x in diff)} of {n} seeds;",
-        "- peak decay on the first seeds (mean test accuracy): "
-        + ", ".join(f"{k:g}: {pct(decays[k])}%" for k in sorted(decays))
-        + ".",
-    ]
-    return "\n".join(lines)
-
-
-def train_peak(doc: dict) -> str:
-    """The peak of the default schedule: balanced, a fixed lr, divergence/2."""
-    v = doc["variants"]
-
-    def acc(name: str) -> str:
-        x = v[name]
-        out = f"`{name}` {_pct_stats(x['test_accuracy'])}"
-        if "test_accuracy_all_seeds" in x:
-            out += (
-                f" ({_pct_stats(x['test_accuracy_all_seeds'])} over "
-                f"{len(x['test_accuracy_all_seeds']['values'])} seeds)"
-            )
-        return out
-
-    equal = ("default_balanced", "default_peak_0.12", "default")
-    others = [
-        n
-        for n in ("default_nesterov_balanced", "onecycle_auto", DEFAULT_VARIANT)
-        + tuple(n for n in v if n.startswith("default_peak_decay"))
-        if n in v
-    ]
-    others = list(dict.fromkeys(others))
-    means = [v[n]["test_accuracy"]["mean"] for n in others]
-    spread = {
-        n: 100 * (v[n]["test_accuracy"]["max"] - v[n]["test_accuracy"]["min"])
-        for n in (*equal, *others)
-        if n in v
-    }
-    widest = max(spread, key=spread.get)
-
-    def sgd_lrs(method: str | None) -> list[float]:
-        """The range test's suggestions for plain SGD (no weight decay)."""
-        return [
-            lr
-            for x in v.values()
-            if _flag(x, "--lr") == "auto"
-            and _flag(x, "--lr-method") == method
-            and "--optimizer" not in x["argv"]
-            and "--weight-decay" not in x["argv"]
-            for lr in x["lr"]["values"]
-        ]
-
-    div = sgd_lrs(None) + sgd_lrs("divergence")
-    bal = sgd_lrs("balanced")
-    return "\n".join(
-        [
-            "- equal peaks on the default schedule, by peak: "
-            + "; ".join(
-                f"{acc(n)}, peak {v[n]['lr']['mean']:.3g}" for n in equal if n in v
-            )
-            + ";",
-            f"- {', '.join(f'`{n}`' for n in others)}: means "
-            f"{100 * min(means):.2f}-{100 * max(means):.2f}%, within "
-            f"{100 * (max(means) - min(means)):.2f} pp of each other;",
-            f"- spread over seeds (max - min) within one variant of this bullet or "
-            f"the one above: up to {spread[widest]:.2f} pp (`{widest}`);",
-            f"- peaks the range test suggested for SGD, over seeds: divergence/2 "
-            f"{min(div):.3g}-{max(div):.3g}, balanced {min(bal):.3g}-{max(bal):.3g}.",
-        ]
-    )
-
-
-def train_snapshots(doc: dict) -> str:
-    """Target 2: what the snapshot ensembles gained, and what did not help."""
-    v = {n: x for n, x in doc["variants"].items() if "gain_pp" in x}
-    gains = {n: x["gain_pp"]["mean"] for n, x in v.items()}
-    val = {n: x["gain_val_selected_pp"]["mean"] for n, x in v.items()}
-    wt = {n: x["gain_weighted_vs_best_single_pp"]["mean"] for n, x in v.items()}
-    lo, hi = min(gains, key=gains.get), max(gains, key=gains.get)
-    d = v[DEFAULT_VARIANT]
-    lines = [
-        f"- best last-m ensemble over the best single snapshot, mean over seeds: "
-        f"{gains[lo]:+.2f} (`{lo}`) to {gains[hi]:+.2f} pp (`{hi}`);",
-        f"- chosen on validation: ensemble minus single snapshot "
-        f"{min(val.values()):+.2f} to {max(val.values()):+.2f} pp; for the "
-        f"default (`{DEFAULT_VARIANT}`) {pct(d['val_selected_ensemble']['mean'])}% "
-        f"vs {pct(d['val_selected_single']['mean'])}% "
-        f"({d['gain_val_selected_pp']['mean']:+.2f} pp);",
-        f"- validation-fitted weights minus the best single snapshot: "
-        f"{min(wt.values()):+.2f} to {max(wt.values()):+.2f} pp;",
-    ]
-    if "huang_divergence_wd" in v and "huang_divergence" in v:
-        wd = 100 * (
-            v["huang_divergence_wd"]["test_accuracy"]["mean"]
-            - v["huang_divergence"]["test_accuracy"]["mean"]
-        )
-        lines.append(
-            f"- weight decay {_flag(v['huang_divergence_wd'], '--weight-decay')} "
-            f"(`huang_divergence_wd` vs `huang_divergence`): {wd:+.2f} pp final "
-            "test accuracy;"
-        )
-    if "fge_balanced_20+5x2" in v:
-        f = v["fge_balanced_20+5x2"]
-        s = f["snapshot_test_accuracy_mean"]
-        lines.append(
-            f"- `fge_balanced_20+5x2`: {len(s)} snapshots of "
-            f"{pct(min(s))}-{pct(max(s))}% (means over seeds), gain "
-            f"{f['gain_pp']['mean']:+.2f} pp, final "
-            f"{pct(f['test_accuracy']['mean'])}%;"
-        )
-    if "three_cycles_peak_0.55" in v:
-        c = v["three_cycles_peak_0.55"]
-        accs = sorted(c["test_accuracy"]["values"])
-        lines.append(
-            f"- `three_cycles_peak_0.55`: final test accuracy per seed "
-            f"{', '.join(pct(x) for x in accs)}%, gain {_pp_stats(c['gain_pp'])} pp;"
-        )
-    decay = [n for n in v if n.startswith("default_peak_decay")]
-    if decay:
-        g = [gains[n] for n in decay]
-        lines.append(
-            f"- decaying peaks ({', '.join(f'`{n}`' for n in decay)}): gains "
-            f"{min(g):+.2f} to {max(g):+.2f} pp;"
-        )
-    if "nesterov_huang" in v:
-        nh = v["nesterov_huang"]
-        lines.append(
-            f"- `nesterov_huang`: gain up to {nh['gain_pp']['max']:+.2f} pp on one "
-            f"seed, from final test accuracies of "
-            f"{', '.join(pct(x) for x in sorted(nh['test_accuracy']['values']))}%."
-        )
-    lines[-1] = lines[-1].rstrip(";") + ("" if lines[-1].endswith(".") else ".")
-    return "\n".join(lines)
-
-
-def train_knee(doc: dict) -> str:
-    """``knee`` against ``balanced`` where ``--lr auto`` takes the finder's default."""
-    v = doc["variants"]
-    pairs = (
-        ("default_nesterov_knee", "default_nesterov_balanced"),
-        ("constant_knee", "constant_balanced"),
-    )
-    lines = []
-    for k, b in pairs:
-        if k in v and b in v:
-            ka, ba = v[k]["test_accuracy"], v[b]["test_accuracy"]
-            lines.append(
-                f"- `{k}` {_pct_stats(ka)} vs `{b}` {_pct_stats(ba)} "
-                f"({100 * (ka['mean'] - ba['mean']):+.2f} pp);"
-            )
-    return "\n".join(lines).rstrip(";") + "." if lines else NOT_MEASURED
-
-
-def train_ceiling(doc: dict) -> str:
-    """Independent-run ensembles, and what they gain over their best member."""
-    out = train_results.ceiling_markdown(doc)
-    kept = {
-        n: x["independent_ensembles"]
-        for n, x in doc["variants"].items()
-        if "independent_ensembles" in x
-        and "--weight-decay" not in x["argv"]
-        and min(x["independent_ensembles"]["members_test_accuracy"]) >= COLLAPSED_BELOW
-    }
-    lines = []
-    for k in ("2", "3"):
-        g = {n: e[k]["gain_over_best_member_pp"]["mean"] for n, e in kept.items()}
-        if g:
-            default = g.get(DEFAULT_VARIANT)
-            lines.append(
-                f"k = {k}: {min(g.values()):+.2f} to {max(g.values()):+.2f} pp"
-                + ("" if default is None else f" ({default:+.2f} for the default)")
-            )
-    dropped = [n for n in doc["variants"] if n not in kept and
-               "independent_ensembles" in doc["variants"][n]]  # fmt: skip
-    return out + (
-        f"\n\nGain over the best member, mean over subsets, leaving out "
-        f"{', '.join(f'`{n}`' for n in dropped)} (weight decay, or a run below "
-        f"{COLLAPSED_BELOW:.0%}): " + "; ".join(lines) + "."
-    )
 
 
 def _cnn_methods(d: dict) -> list[str]:
@@ -964,7 +642,7 @@ HEADLINE_LINKS = {
     "range_test_sources": f"[sources]({_BENCH}data-sources-and-model-forms-"
     "bench_range_test_sourcespy)",
     "finder": f"[results]({_DOCS}finder-quality-regret-of-each-suggestion)",
-    "mlp": f"[results]({_DOCS}training-the-mlp-on-fashion-mnist)",
+    "train_results": f"[results]({_DOCS}training-the-mlp-on-fashion-mnist)",
     "cnn_results": f"[results]({_DOCS}training-the-batchnorm-cnn)",
     "cnn": f"[bench_cnn]({_BENCH}cnn-on-xlacpu-bench_cnnpy)",
     "sweep": f"[sweep_quality]({_BENCH}range-test-over-weight-decay-in-one-program-"
@@ -1003,17 +681,7 @@ def headline(results: Path) -> str:
         v and f"<= {v['summary'][DEFAULT_METHOD]['worst_regret_pp']:.2f} pp",
         "finder",
     )
-    tr = load_result(results, "train_results")
-    m = tr and tr["variants"].get(DEFAULT_VARIANT)
-    acc = m and m.get("test_accuracy_all_seeds", m["test_accuracy"])
-    row(
-        f"MLP, `lrjax-train` defaults vs the seed recipe's "
-        f"{pct(SEED_RECIPE_ACCURACY)}%",
-        acc
-        and f"{pct(acc['mean'])}% ({plural(len(acc['values']), 'seed')}), "
-        f"{100 * (acc['mean'] - SEED_RECIPE_ACCURACY):+.2f} pp",
-        "mlp",
-    )
+    add("train_results")
     # the default command's file: 0.2's recipe once it is measured
     cnn_file = (
         "cnn_results_auto"
@@ -1059,6 +727,7 @@ BENCHMARKS = (
     bench_cnn,
     sweep_quality,
     bench_train,
+    train_results,
 )
 
 
@@ -1078,14 +747,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "targets": targets,
-    "train_setup": json_block("train_results", train_setup),
-    "train_results": json_block("train_results", train_results.markdown),
-    "train_variants": json_block("train_results", train_variants),
-    "train_default": json_block("train_results", train_default),
-    "train_peak": json_block("train_results", train_peak),
-    "train_snapshots": json_block("train_results", train_snapshots),
-    "train_knee": json_block("train_results", train_knee),
-    "train_ceiling": json_block("train_results", train_ceiling),
     "cnn_results": cnn_results,
     **{name: finder_block(name) for name in FINDER_FILES},
     "finder_noise": finder_noise,

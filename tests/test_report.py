@@ -376,7 +376,7 @@ def test_headline_block(report, tmp_path):
     acc = {"mean": 0.9012, "values": [0.9, 0.9024, 0.9012]}
     write(
         "train_results",
-        {"variants": {report.DEFAULT_VARIANT: {"test_accuracy": acc}}},
+        {"variants": {report.train_results.DEFAULT_VARIANT: {"test_accuracy": acc}}},
     )
     write(
         "cnn_results",
@@ -444,4 +444,4 @@ def test_headline_block(report, tmp_path):
         f"epoch: 0.50x PyTorch's time; range test: {report.NOT_MEASURED}"
     )
     # The seed recipe's baseline is the published constant, not a measurement.
-    assert report.SEED_RECIPE_ACCURACY == 0.8837
+    assert report.train_results.SEED_RECIPE_ACCURACY == 0.8837
