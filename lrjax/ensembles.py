@@ -32,6 +32,7 @@ Inputs ``x`` are what the model takes (already preprocessed, e.g. floats).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -181,6 +182,14 @@ def member_probs(
     """Softmax outputs ``float32[M, N, C]`` of every snapshot (``vmap`` over M).
 
     Each member predicts in evaluation mode with its own model state.
+
+    >>> apply = lambda p, x: x @ p  # a linear model, p: float32[2, 2]
+    >>> w = jnp.stack([jnp.eye(2), -jnp.eye(2), jnp.zeros((2, 2))])  # M = 3 members
+    >>> probs = member_probs(apply, w, jnp.array([[1.0, 0.0], [0.0, 2.0]]))
+    >>> probs.shape
+    (3, 2, 2)
+    >>> [round(float(p), 4) for p in probs[:, 0, 0]]  # softmax of (1, 0), (-1, 0), 0
+    [0.7311, 0.2689, 0.5]
     """
     logits, stacked = _logits_fn(model, stacked)
     x = jnp.asarray(x)
@@ -213,7 +222,11 @@ def ensemble_predict(
     return member_probs(model, last, x).mean(0)
 
 
-_member_probs = jax.jit(member_probs, static_argnums=(0, 3))
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _member_probs(model, stacked, x, batch_size):
+    """:func:`member_probs` under ``jax.jit``: a def, since ``jax.jit(member_probs)``
+    copies its docstring, and the doctests would run its example twice."""
+    return member_probs(model, stacked, x, batch_size)
 
 
 @jax.jit
@@ -235,6 +248,19 @@ def ensemble_curve(
       ``(single[M], ensemble[M])``: ``single[i]`` is snapshot ``i``'s accuracy,
       ``ensemble[m - 1]`` that of the mean softmax of the last ``m`` snapshots
       (``ensemble[0] == single[-1]``).
+
+    Two snapshots, each right only where it is confident (the "model" looks up
+    each snapshot's logits of examples 0 and 1, both of class 0); the mean of
+    their softmax outputs is right on both, e.g. ``(sigmoid(3) + sigmoid(-1)) / 2
+    = 0.61`` for class 0 of example 0:
+
+    >>> logits = jnp.array([[[3.0, 0.0], [0.0, 1.0]],   # snapshot 0
+    ...                     [[0.0, 1.0], [3.0, 0.0]]])  # snapshot 1
+    >>> lookup = lambda table, i: table[i]
+    >>> x, y = jnp.arange(2), jnp.array([0, 0])
+    >>> single, ensemble = ensemble_curve(lookup, logits, x, y)
+    >>> single.tolist(), ensemble.tolist()
+    ([0.5, 0.5], [0.5, 1.0])
     """
     if isinstance(model, nnx.Module):
         model = split_model(model)[0]

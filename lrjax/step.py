@@ -340,6 +340,19 @@ def split_model(model: Any) -> tuple[Model, Params, Any]:
     Raises:
       TypeError, ValueError: ``model`` is neither an ``nnx.Module`` nor a params
         pytree of arrays (:func:`model_form`).
+
+    >>> rngs = nnx.Rngs(0)
+    >>> net = nnx.Sequential(nnx.Linear(3, 4, rngs=rngs), nnx.BatchNorm(4, rngs=rngs))
+    >>> model, params, model_state = split_model(net)
+    >>> sum(a.size for a in jax.tree.leaves(params))  # 3 * 4 + 4, BatchNorm's 4 + 4
+    24
+    >>> sum(a.size for a in jax.tree.leaves(model_state))  # its mean and var
+    8
+    >>> model.merge(params, model_state)(jnp.ones((2, 3))).shape  # evaluation mode
+    (2, 4)
+    >>> model, params, model_state = split_model({"w": jnp.zeros(3)})  # pure params
+    >>> model.is_module, params["w"].shape, model_state
+    (False, (3,), ())
     """
     if model_form(model, factory=False) == "module":
         graphdef, state = nnx.split(model)
@@ -500,6 +513,15 @@ def make_optimizer(
 
     Raises:
       ValueError: ``optimizer`` is not such a factory (:func:`check_optimizer`).
+
+    >>> tx = make_optimizer(optax.sgd, lambda step: 0.1 / (1 + step))
+    >>> opt_state = tx.init({"w": jnp.zeros(2)})
+    >>> applied = []
+    >>> for _ in range(3):  # gradient 1: each update is -lr
+    ...     updates, opt_state = tx.update({"w": jnp.ones(2)}, opt_state)
+    ...     applied.append(round(float(opt_state.hyperparams["learning_rate"]), 6))
+    >>> applied, round(float(updates["w"][0]), 6)
+    ([0.1, 0.05, 0.033333], -0.033333)
     """
     check_optimizer(optimizer)
 
@@ -763,6 +785,22 @@ def make_step(
     stateful model (:func:`split_stateful`) gets ``loss_fn(params, model_state,
     batch, key)`` with ``key = fold_in(base_key, step)`` (micro-batch ``i`` of an
     accumulated update: ``fold_in(key, i)``).
+
+    One SGD update of least squares from ``w = 0``: the gradient of
+    ``mean((x @ w - y)**2)`` with ``x = I``, ``y = (1, 2)`` is ``-(1, 2)``:
+
+    >>> def loss_fn(params, batch):
+    ...     x, y = batch
+    ...     return jnp.mean((x @ params["w"] - y) ** 2)
+    >>> model, params, model_state = split_model({"w": jnp.zeros(2)})
+    >>> tx = make_optimizer(optax.sgd, 0.1)
+    >>> step = jax.jit(make_step(model, loss_fn, tx))
+    >>> state = TrainState(jnp.array(0), params, model_state, tx.init(params))
+    >>> state, metrics = step(state, (jnp.eye(2), jnp.array([1.0, 2.0])))
+    >>> [round(w, 6) for w in state.params["w"].tolist()], int(state.step)
+    ([0.1, 0.2], 1)
+    >>> {name: round(float(v), 6) for name, v in metrics.items()}  # loss before it
+    {'loss': 2.5, 'lr': 0.1}
     """
     k = check_accumulate(accumulate_steps)
 

@@ -137,6 +137,24 @@ def suggest(
       grids of ``benchmarks/finder_quality.py`` and checked on fresh grids (README).
 
     A method with nothing to go on (too short a curve, no divergence) gives None.
+
+    A loss flat at 2 up to lr 1e-3, falling linearly in log lr to 0.5 at lr 0.1,
+    then blowing up (10 lrs a decade):
+
+    >>> lrs = np.geomspace(1e-4, 1.0, 41)
+    >>> x = np.log10(lrs)
+    >>> loss = np.clip(2.0 - 0.75 * (x + 3), 0.5, 2.0) + np.maximum(0.0, 5 * (x + 1))
+    >>> diverged_at = find_divergence(loss, loss)  # back above 0.5 + 0.5 * 1.5
+    >>> diverged_at, round(float(lrs[diverged_at]), 4)  # 10**-0.8
+    (32, 0.1585)
+    >>> s = suggest(lrs, loss, diverged_at)
+    >>> # lrs[32] / 2, and lrs[27] / 10: the lowest loss before the skip_end points
+    >>> round(s["divergence"], 4), round(s["minimum"], 5)
+    (0.0792, 0.00501)
+    >>> round(s["knee"], 4)  # 75% down at 10**-1.7: 10**(-1.7 * 0.75) * 0.0792**0.25
+    0.0282
+    >>> all(1e-3 < s[m] < 0.1 for m in ("steep", "valley", "knee"))  # where it falls
+    True
     """
     lrs = np.asarray(lrs, np.float64)
     smoothed = np.asarray(smoothed, np.float64)
