@@ -48,6 +48,29 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     median, and the suggestions are the medians over seeds. A result with a
     ``sweep`` (``lr_range_test(..., sweep_over=...)``) is drawn by
     :func:`plot_sweep`.
+
+    A range test of least squares with noisy targets (``Figure().subplots()``
+    draws without pyplot; ``plot_range_test(result)`` opens a pyplot figure):
+
+    >>> import jax, optax
+    >>> from matplotlib.figure import Figure
+    >>> from lrjax import lr_range_test
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(256, 2)).astype(np.float32)
+    >>> y = (x @ np.array([1.0, -2.0]) + rng.normal(size=256)).astype(np.float32)
+    >>> def loss_fn(w, batch):
+    ...     return jax.numpy.mean((batch[0] @ w - batch[1]) ** 2)
+    >>> result = lr_range_test(jax.numpy.zeros(2), optax.sgd, (x, y),
+    ...                        key=jax.random.key(0), loss_fn=loss_fn, batch_size=64,
+    ...                        num_steps=100, init_value=1e-3, end_value=10.0)
+    >>> ax = plot_range_test(result, Figure().subplots())
+    >>> ax.get_xscale(), ax.get_title() == f"LR range test ({result.steps_run} steps)"
+    ('log', True)
+    >>> curve = next(ln for ln in ax.get_lines() if ln.get_label() == "smoothed loss")
+    >>> bool(np.array_equal(curve.get_ydata(), result.smoothed_losses))
+    True
+    >>> [ln.get_label().split(":")[0] for ln in ax.get_lines()][2:]  # the markers
+    ['steep', 'valley', 'minimum', 'divergence', 'balanced', 'knee', 'diverged at 1.71']
     """
     import matplotlib.pyplot as plt
 
@@ -192,6 +215,18 @@ def plot_learning_curves(
 
     Returns:
       The accuracy Axes.
+
+    >>> from matplotlib.figure import Figure
+    >>> history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
+    ...             "train_accuracy": 1 - 0.2 / e, "val_accuracy": 1 - 0.3 / e,
+    ...             "lr_min": 0.0, "lr_max": 0.1} for e in (1, 2, 3)]
+    >>> loss_ax, acc_ax = Figure().subplots(1, 2)
+    >>> plot_learning_curves(history, (loss_ax, acc_ax)) is acc_ax
+    True
+    >>> [line.get_label() for line in acc_ax.get_lines()]
+    ['train acc', 'val acc']
+    >>> acc_ax.get_lines()[1].get_ydata().round(3).tolist()  # 1 - 0.3 / epoch
+    [0.7, 0.85, 0.9]
     """
     records: Sequence[Mapping[str, Any]] = (
         history["history"] if isinstance(history, Mapping) else history
@@ -277,6 +312,21 @@ def plot_grid(
       ax: the Axes to draw on (a new figure when None).
       suggestions: optional ``{method: lr}`` (e.g. a range test's
         ``suggestions``), each drawn as a vertical line.
+
+    A grid of 3 lrs x 2 seeds x 1 epoch (built by hand here; :func:`lrjax.lr_grid`
+    returns one):
+
+    >>> from matplotlib.figure import Figure
+    >>> from lrjax import GridResult
+    >>> lrs = np.array([0.01, 0.1, 1.0])
+    >>> acc = np.array([[0.80, 0.82], [0.86, 0.90], [0.10, 0.12]])[..., None]
+    >>> result = GridResult(lrs, 2, 1, 1 - acc, acc, 1 - acc, acc, 0.1, 0.88, 1,
+    ...                     {}, "cpu", {}, {})  # loss, accuracy, ..., best lr, best acc
+    >>> ax = plot_grid(result, Figure().subplots(), suggestions={"knee": 0.05})
+    >>> [line.get_label() for line in ax.get_lines()]
+    ['mean over seeds', 'best 0.1 (0.880)', 'knee: 0.05']
+    >>> ax.get_lines()[0].get_ydata().round(3).tolist()  # the mean over the seeds
+    [0.81, 0.88, 0.11]
     """
     import matplotlib.pyplot as plt
 
@@ -331,6 +381,24 @@ def plot_recipe_grid(
       ax: the Axes to draw on (a new figure when None).
       recipes: optional ``{family: peak lr}`` (e.g. the recommended peaks),
         each marked on its family's line.
+
+    Two families over 3 peaks, 1 seed, 1 epoch (built by hand here;
+    :func:`lrjax.recipe_grid` returns such a dict):
+
+    >>> from matplotlib.figure import Figure
+    >>> from lrjax import GridResult
+    >>> lrs = np.array([0.01, 0.1, 1.0])
+    >>> def grid(accuracies):  # [num_lrs, seeds, epochs]
+    ...     acc = np.array(accuracies)[:, None, None]
+    ...     best = int(acc.argmax())
+    ...     return GridResult(lrs, 1, 1, 1 - acc, acc, 1 - acc, acc, lrs[best],
+    ...                       float(acc.max()), 1, {}, "cpu", {}, {})
+    >>> results = {"wsd": grid([0.80, 0.88, 0.10]), "one_cycle": grid([0.8, 0.84, 0.9])}
+    >>> ax = plot_recipe_grid(results, Figure().subplots(), recipes={"wsd": 0.1})
+    >>> [ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    ['wsd', 'one_cycle']
+    >>> ax.get_lines()[2].get_xydata().round(3).tolist()  # wsd's recommended peak
+    [[0.1, 0.88]]
     """
     import matplotlib.pyplot as plt
 
