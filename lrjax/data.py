@@ -247,6 +247,21 @@ def load_dataset(
             one-line message says what was found where and how to fix it.
         ValueError: ``validation_size`` is negative or not smaller than the number
             of training examples.
+
+    Example:
+        Fashion-MNIST, here from the Debian package ``dataset-fashion-mnist`` (the
+        test suite skips this example where it is not installed):
+
+        >>> ds = load_dataset("fashion_mnist")
+        >>> ds.x_train.shape, ds.x_val.shape, ds.x_test.shape, ds.x_train.dtype
+        ((55000, 28, 28), (5000, 28, 28), (10000, 28, 28), dtype('uint8'))
+        >>> ds.num_classes, ds.y_val[:3].tolist()  # ankle boot, T-shirt, T-shirt
+        (10, [9, 0, 0])
+        >>> np.bincount(ds.y_test).tolist() == [1000] * 10  # a balanced test set
+        True
+        >>> load_dataset("cifar10")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        lrjax.data.DatasetError: unknown dataset 'cifar10'; allowed names: fashion...
     """
     if not isinstance(validation_size, int | np.integer) or validation_size < 0:
         raise ValueError(f"validation_size must be an int >= 0, got {validation_size}")
