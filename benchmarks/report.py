@@ -36,7 +36,7 @@ import bench_cnn  # noqa: E402
 import bench_find  # noqa: E402
 import bench_range_test_sources  # noqa: E402
 import bench_train  # noqa: E402
-import cnn_results as cnn_results_bench  # noqa: E402
+import cnn_results  # noqa: E402
 import finder_quality  # noqa: E402
 import recipe_quality  # noqa: E402
 import short_budget  # noqa: E402
@@ -48,8 +48,6 @@ from _report_util import (  # noqa: E402
     json_block,
     load_result,
     md_table,
-    pct,
-    plural,
     yes,
 )
 
@@ -64,9 +62,6 @@ TARGETS = {
     "regret_pp": 0.5,  # the default suggestion, in every setting
     "spread": 2.0,  # max / min of the per-seed suggestions
     "population_vs_sequential": 0.8,  # 36 models against one after another
-    "cnn_accuracy": 0.93,  # the BatchNorm CNN's test accuracy
-    # snapshot ensemble gain >= this fraction of the independent-run gain
-    "snapshot_vs_independent": 0.5,
 }
 # Finder-quality files: name -> what the documents call that run.
 FINDER_FILES = {
@@ -75,16 +70,6 @@ FINDER_FILES = {
     "finder_quality": "fit",
     "finder_quality_cnn": "CNN",
 }
-# The CNN results (cnn_results.py --out ...): the default command, the same with
-# the balanced lr, and Huang et al.'s equal cycles for snapshot ensembles.
-CNN_FILES = (
-    "cnn_results_auto",  # 0.2's default: --schedule auto (the recipe), 15 epochs
-    "cnn_results",
-    "cnn_results_balanced",
-    "cnn_results_huang",
-)
-# Issue #16's target for the default recipe (#10's 93.0% for the 0.1 default).
-CNN_TARGETS = {"cnn_results_auto": 0.929}
 
 
 # --- benchmarks/README.md: speed ----------------------------------------------
@@ -176,30 +161,7 @@ def targets(results: Path) -> str:
         p and yes(spread["vs_sequential"] <= t["population_vs_sequential"]),
         "`bench_population.py`",
     )
-    for name in CNN_FILES:
-        c = load_result(results, name)
-        method = c and ", ".join(_cnn_methods(c))
-        row(
-            f"BatchNorm CNN >= {pct(t['cnn_accuracy'])}% test accuracy (`{name}.json`)",
-            c
-            and f"{pct(c['mean_test_accuracy'])}% over "
-            f"{plural(len(c['seeds_done']), 'seed')}, lr method {method}",
-            c and yes(c["mean_test_accuracy"] >= t["cnn_accuracy"]),
-            "`cnn_results.py`",
-        )
-        ind = c and c.get("independent_ensemble")
-        gain = c and c["snapshot_gain_pp"]["mean"]
-        frac = t["snapshot_vs_independent"]
-        row(
-            f"CNN snapshot ensemble gain >= {frac:g} x the gain of as many "
-            f"independent runs (`{name}.json`)",
-            ind
-            and gain is not None
-            and f"snapshots {gain:+.2f} pp (mean over seeds) against "
-            f"{ind['gain_pp']:+.2f} pp for {ind['members']} independent runs",
-            ind and gain is not None and yes(gain >= frac * ind["gain_pp"]),
-            "`cnn_results.py`",
-        )
+    add("cnn_results")
     add("cnn")
     add("sweep")
     gpu = load_result(results, "suite_gpu")
@@ -222,76 +184,6 @@ def targets(results: Path) -> str:
 
 
 # --- docs/results.md: training ------------------------------------------------
-
-
-def _cnn_methods(d: dict) -> list[str]:
-    return sorted({str(s.get("lr_method")) for s in d["per_seed"].values()})
-
-
-def _cnn_schedule(seed: dict) -> str:
-    """E.g. ``"cosine_restarts (2, 6, 14)"`` from a seed's stored schedule."""
-    sched = seed.get("schedule")
-    if not sched:
-        return "-"
-    if sched.get("family"):  # a recipe: the family the name stands for
-        name = sched["name"]
-        return sched["family"] + (f" (`{name}`)" if name != sched["family"] else "")
-    ends = ", ".join(f"{e:g}" for e in sched["cycle_ends_epochs"])
-    return f"{sched['name']} ({ends})"
-
-
-def cnn_results(results: Path) -> str:
-    """The BatchNorm CNN, one row per lr-method file."""
-    rows, missing, commands = [], [], []
-    for name in CNN_FILES:
-        target = CNN_TARGETS.get(name, TARGETS["cnn_accuracy"])
-        d = load_result(results, name)
-        if d is None:
-            missing.append(f"`{name}.json`: {NOT_MEASURED}")
-            continue
-        seeds = [str(s) for s in d["seeds_done"]]
-        per = [d["per_seed"][s] for s in seeds]
-        std = d["std_test_accuracy"]
-        gain = d["snapshot_gain_pp"]["mean"]
-        ind = d.get("independent_ensemble")
-        mean = d["mean_test_accuracy"]
-        rows.append(
-            [
-                f"`{name}.json`",
-                _cnn_schedule(per[0]),
-                ", ".join(_cnn_methods(d)),
-                ", ".join(f"{p['lr']:.3g}" for p in per),
-                ", ".join(pct(p["test_accuracy"]) for p in per),
-                pct(mean) + ("" if std is None else f" ± {100 * std:.2f}"),
-                f"{d['mean_epoch_s']:.0f}",
-                fmt(gain, "+.2f"),
-                "-"
-                if ind is None
-                else f"{ind['gain_pp']:+.2f} ({ind['members']} runs)",
-                f"{pct(target)}%: "
-                + ("met" if mean >= target else "missed")
-                + f" ({plural(len(seeds), 'seed')})",
-            ]
-        )
-        commands.append(f"`{name}.json`: {d['description']} (on {d['device']}).")
-    if not rows:
-        return NOT_MEASURED
-    out = md_table(
-        [
-            "file",
-            "schedule (cycle ends, epochs)",
-            "lr method",
-            "lr per seed",
-            "test acc % per seed",
-            "mean ± std %",
-            "s/epoch",
-            "snapshot gain pp (mean)",
-            "independent-ensemble gain pp",
-            "target",
-        ],
-        rows,
-    )
-    return "\n\n".join([out, "\n".join(commands + missing)])
 
 
 # --- docs/results.md: finder quality ------------------------------------------
@@ -651,16 +543,6 @@ HEADLINE_LINKS = {
 }
 
 
-def _cli_flags(command: str, **flags: str) -> list[str]:
-    """``label.format(value)`` for each ``--flag value`` that ``command`` holds."""
-    words = command.split()
-    return [
-        label.format(words[words.index(flag) + 1])
-        for flag, label in flags.items()
-        if flag in words[:-1]
-    ]
-
-
 def headline(results: Path) -> str:
     """The front page's table: one number per benchmark, linked to its section."""
     rows: list[list[str]] = []
@@ -682,27 +564,7 @@ def headline(results: Path) -> str:
         "finder",
     )
     add("train_results")
-    # the default command's file: 0.2's recipe once it is measured
-    cnn_file = (
-        "cnn_results_auto"
-        if load_result(results, "cnn_results_auto")
-        else "cnn_results"
-    )
-    c = load_result(results, cnn_file)
-    target = CNN_TARGETS.get(cnn_file, TARGETS["cnn_accuracy"])
-    how = c and _cli_flags(
-        c["description"],
-        **{"--optimizer": "{}", "--weight-decay": "wd {}", "--epochs": "{} epochs"},
-    )
-    row(
-        "BatchNorm CNN, `lrjax-train --model cnn --lr auto`"
-        + (f" ({', '.join(how)})" if how else ""),
-        c
-        and f"{pct(c['mean_test_accuracy'])}% test, "
-        f"{plural(len(c['seeds_done']), 'seed')} (target {100 * target:.1f}%: "
-        f"{'met' if c['mean_test_accuracy'] >= target else 'missed'})",
-        "cnn_results",
-    )
+    add("cnn_results")
     add("cnn")
     add("sweep")
     p = load_result(results, "conv_population")
@@ -728,6 +590,7 @@ BENCHMARKS = (
     sweep_quality,
     bench_train,
     train_results,
+    cnn_results,
 )
 
 
@@ -747,7 +610,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "targets": targets,
-    "cnn_results": cnn_results,
     **{name: finder_block(name) for name in FINDER_FILES},
     "finder_noise": finder_noise,
     "finder_rules": json_block("finder_quality", finder_rules),
@@ -760,7 +622,6 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "headline": headline,
     "recipe_quality": recipe_quality.markdown,
     "short_budget": short_budget.markdown,
-    "ensembles": cnn_results_bench.ensembles_markdown,
 }
 # Each document and its blocks, in the order a new document lists them.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {

@@ -84,7 +84,7 @@ def test_sections_not_measured_yet_and_then_measured(report, tmp_path):
     table = report.BLOCKS["cnn_results"](results)
     rows = [line for line in table.splitlines() if line.startswith("| `cnn_results")]
     assert [r.split(" | ")[2] for r in rows] == ["knee", "divergence"]
-    first = report._cnn_schedule(
+    first = report.cnn_results.schedule_cell(
         next(
             iter(
                 json.loads((src / "cnn_results.json").read_text())["per_seed"].values()
