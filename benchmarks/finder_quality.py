@@ -37,9 +37,21 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _report_util import (  # noqa: E402
+    NOT_MEASURED,
+    HeadlineRow,
+    TargetRow,
+    fmt,
+    json_block,
+    load_result,
+    md_table,
+    yes,
+)
 
 from lrjax.cli import (  # noqa: E402
     hidden_sizes,
@@ -47,6 +59,7 @@ from lrjax.cli import (  # noqa: E402
     setup_jax,
     write_atomic,
 )
+from lrjax.suggestions import DEFAULT_METHOD, METHODS  # noqa: E402
 
 SWEEPS = {  # range-test sweep (init, end) and the grid's default window
     "sgd": ((1e-5, 10.0), (1e-3, 3.0)),
@@ -56,6 +69,17 @@ SWEEPS = {  # range-test sweep (init, end) and the grid's default window
 }
 DIV_FRACTIONS = (4, 8, 16)
 VD_POINTS = (0.25, 0.75)
+# The runs the documents show: file name -> what they call that run.
+FILES = {
+    "finder_quality_validation": "validation",
+    "finder_quality_heldout": "held-out model",
+    "finder_quality": "fit",
+    "finder_quality_cnn": "CNN",
+}
+# The issue's targets: specifications, not measurements.
+TARGET_REGRET_PP = 0.5  # the default suggestion, in every setting
+TARGET_SPREAD = 2.0  # max / min of the per-seed suggestions
+TARGET_SGD_DIVERGENCE_LR = (0.4, 0.7)  # where SGD diverges on Fashion-MNIST
 
 
 def div_rule(div_lrs, k):
@@ -179,6 +203,10 @@ KNEE_DESCENTS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 KNEE_TOWARDS = (0.0, 0.1, 0.2, 0.25, 0.3)
 
 
+def _knee_name(descent: float, toward: float) -> str:
+    return f"knee{descent:g}@{toward:g}"
+
+
 def knee_family(rt) -> dict:
     """Per-seed lrs of the knee rule for each (descent, toward) pair: the scan
     its two constants were chosen from (``knee{descent}@{toward}``)."""
@@ -190,7 +218,7 @@ def knee_family(rt) -> dict:
     out = {}
     for d in KNEE_DESCENTS:
         for a in KNEE_TOWARDS:
-            out[f"knee{d:g}@{a:g}"] = [
+            out[_knee_name(d, a)] = [
                 suggest(
                     rt.lrs, smoothed[k], rt.diverged_at_step[k],
                     knee_descent=d, knee_toward=a,
@@ -323,10 +351,6 @@ def run_setting(opt_name, batch_size, args, ds):
     return result
 
 
-def fmt(v, spec=".3g"):
-    return "-" if v is None else format(v, spec)
-
-
 def table(results) -> str:
     lines = [
         "| setting | grid best lr (acc) | method | suggested lr (median) | "
@@ -388,7 +412,9 @@ def summary(results) -> dict:
             "worst_regret_pp": max(regs) if ok else None,
             "worst_seed_regret_pp": max(seed_max) if ok else None,
             "worst_spread_factor": max(spreads) if ok else None,
-            "meets_targets": bool(ok and max(regs) <= 0.5 and max(spreads) <= 2.0),
+            "meets_targets": bool(
+                ok and max(regs) <= TARGET_REGRET_PP and max(spreads) <= TARGET_SPREAD
+            ),
         }
     return out
 
@@ -539,6 +565,287 @@ def main(argv=None) -> int:
     print(table(results))
     print(json.dumps(summary(results), indent=1))
     return 0
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def finder_docs(results: Path) -> dict[str, dict]:
+    """The finder-quality JSONs that exist, in the order of ``FILES``."""
+    return {name: d for name in FILES if (d := load_result(results, name)) is not None}
+
+
+def _methods(d: dict) -> list[str]:
+    return [m for m in METHODS if m in d["results"][0]["methods"]]
+
+
+def _stored_by_epoch(d: dict) -> dict:
+    """Per method and grid epoch, the worst regrets (computed if not stored)."""
+    return d.get("by_epoch") or by_epoch(d["results"])
+
+
+def _by_epoch_table(d: dict) -> str:
+    per_epoch = _stored_by_epoch(d)
+    epochs = list(per_epoch[DEFAULT_METHOD])
+    rows = []
+    for m in _methods(d):
+        bold = "**{}**" if m == DEFAULT_METHOD else "{}"
+        cells = [
+            bold.format(f"{e['worst_regret_pp']:.2f} / {e['worst_seed_regret_pp']:.2f}")
+            for e in per_epoch[m].values()
+        ]
+        spread = max(r["methods"][m]["spread_factor"] for r in d["results"])
+        rows.append([m, *cells, f"{spread:.2f}"])
+    header = ["method", *(e.replace("epoch", "epoch ") for e in epochs)]
+    return md_table([*header, "worst spread x"], rows)
+
+
+def finder_block(name: str) -> Callable[[Path], str]:
+    """The block of one finder-quality JSON: its run, the pivot, regret by epoch."""
+
+    def block(results: Path) -> str:
+        d = load_result(results, name)
+        if d is None:
+            return NOT_MEASURED
+        cfg, res = d["config"], d["results"]
+        sweeps = {
+            r["optimizer"]: "..".join(f"{x:g}" for x in r["range_test"]["sweep"])
+            for r in res
+        }
+        n_lrs = [len(r["grid"]["lrs"]) for r in res]
+        head = (
+            f"`{d['command']}` ({d['description']}; model `{d.get('model', 'mlp')}`"
+            f"): {len(res)} settings; range tests of {cfg['range_seeds']} seeds "
+            f"(sweeps {', '.join(f'{k} {v}' for k, v in sweeps.items())}); grids of "
+            f"{min(n_lrs)}-{max(n_lrs)} lrs x {cfg['grid_seeds']} seeds x "
+            f"{cfg['epochs']} epochs, seed {cfg['seed']}; "
+            f"{d['total_s'] / 60:.0f} min on {res[0]['device']}."
+        )
+        return "\n\n".join(
+            [
+                head,
+                pivot(res, _methods(d)),
+                "Worst over settings of the regret at the median suggestion / at "
+                "any seed's own suggestion, at each epoch of the grid (pp):",
+                _by_epoch_table(d),
+            ]
+        )
+
+    return block
+
+
+def noise_markdown(results: Path) -> str:
+    """The standard error of the grid's mean over seeds at its best lr."""
+    import numpy as np
+
+    lines = []
+    for name, d in finder_docs(results).items():
+        se = []
+        for r in d["results"]:
+            acc = np.asarray(r["grid"]["val_accuracy"], np.float64)  # [lr, seed, ep]
+            last = acc[:, :, -1]
+            best = int(np.argmax(last.mean(1)))
+            se.append(100 * last[best].std(ddof=1) / np.sqrt(last.shape[1]))
+        lines.append(
+            f"- {FILES[name]} (`{name}.json`, {d['config']['grid_seeds']} "
+            f"seeds): {min(se):.2f}-{max(se):.2f} pp;"
+        )
+    if not lines:
+        return NOT_MEASURED
+    return "\n".join(lines).rstrip(";") + "."
+
+
+# The rules of rule_scan that the finder_rules block shows, in its order.
+RULES = ("vd@0.5", "vd@0.55", "vd@0.6", "vd@0.65", "div/8", "div/10", "div/16",
+         "min*2", "min*3")  # fmt: skip
+
+
+def rules_markdown(d: dict) -> str:
+    """The ``finder_rules`` block: the fixed rules' worst regret over settings."""
+    scan = d["rule_scan"]
+    head = [f"{r['optimizer']} b{r['batch_size']}" for r in d["results"]]
+    rows = [
+        [
+            name,
+            f"{s['worst_regret_pp']:.2f}",
+            f"{s['worst_seed_regret_pp']:.2f}",
+            f"{s['worst_spread_factor']:.2f}",
+            *(fmt(x, ".2f") for x in s["regret_pp"]),
+        ]
+        for name in RULES
+        if (s := scan.get(name)) is not None
+    ]
+    best = min(
+        (n for n in scan if scan[n]["worst_regret_pp"] is not None),
+        key=lambda n: scan[n]["worst_regret_pp"],
+    )
+    out = md_table(
+        [
+            "rule",
+            "worst regret pp",
+            "worst per-seed regret pp",
+            "worst spread x",
+            *head,
+        ],
+        rows,
+    )
+    return out + (
+        f"\n\nThe lowest worst-case regret of all {len(scan)} rules scanned: "
+        f"{scan[best]['worst_regret_pp']:.2f} pp (`{best}`)."
+    )
+
+
+def knee_scan_markdown(results: Path) -> str:
+    """Each (descent, toward) pair of the knee rule: worst regret over settings."""
+    from lrjax.suggestions import KNEE_DESCENT, KNEE_TOWARD_DIVERGENCE
+
+    parts = []
+    for name, d in finder_docs(results).items():
+        scan = d.get("knee_scan")
+        if not scan:
+            continue
+        last = f"epoch{d['config']['epochs']}"
+        rows = []
+        for descent in KNEE_DESCENTS:
+            cells = []
+            for toward in KNEE_TOWARDS:
+                e = scan.get(_knee_name(descent, toward))
+                if e is None:
+                    cells.append("-")
+                    continue
+                cell = (
+                    f"{e[last]['worst_regret_pp']:.2f} / "
+                    f"{e[last]['worst_seed_regret_pp']:.2f} "
+                    f"({max(x['worst_regret_pp'] for x in e.values()):.2f})"
+                )
+                chosen = (descent, toward) == (KNEE_DESCENT, KNEE_TOWARD_DIVERGENCE)
+                cells.append(f"**{cell}**" if chosen else cell)
+            rows.append([f"{descent:g}", *cells])
+        parts.append(
+            f"{FILES[name]} (`{name}.json`, grid epoch "
+            f"{d['config']['epochs']}):\n\n"
+            + md_table(
+                ["descent \\ toward", *(f"{a:g}" for a in KNEE_TOWARDS)],
+                rows,
+            )
+        )
+    return "\n\n".join(parts) or NOT_MEASURED
+
+
+def knee_default_markdown(results: Path) -> str:
+    """Where the default method is worst, and how the grid's optimum moves."""
+    lines = []
+    for name, d in finder_docs(results).items():
+        res = d["results"]
+        at_worst = max(res, key=lambda r: r["methods"][DEFAULT_METHOD]["regret_pp"])
+        k = at_worst["methods"][DEFAULT_METHOD]
+        b = {r["optimizer"] + f" b{r['batch_size']}": r["methods"]["balanced"]
+             for r in res}  # fmt: skip
+        bw = max(b, key=lambda s: b[s]["regret_pp"])
+        per_epoch = _stored_by_epoch(d)[DEFAULT_METHOD]
+        moved = [
+            f"{r['optimizer']} b{r['batch_size']} {r['grid']['best_lr_epoch1']:.2g} "
+            f"-> {r['grid']['best_lr']:.2g}"
+            for r in res
+            if r["grid"]["best_lr_epoch1"] != r["grid"]["best_lr"]
+        ]
+        lines.append(
+            f"- {FILES[name]}: `{DEFAULT_METHOD}` worst at "
+            f"{at_worst['optimizer']} b{at_worst['batch_size']} "
+            f"({k['regret_pp']:.2f} pp at the median, {k['regret_pp_max']:.2f} pp "
+            "at one seed's); by grid epoch "
+            + ", ".join(
+                f"{e.replace('epoch', '')}: {v['worst_regret_pp']:.2f}"
+                for e, v in per_epoch.items()
+            )
+            + f" pp; `balanced` worst at {bw} ({b[bw]['regret_pp']:.2f} pp); "
+            f"grid best lr after epoch 1 -> after the last: "
+            f"{'; '.join(moved) or 'unchanged'};"
+        )
+    if not lines:
+        return NOT_MEASURED
+    return "\n".join(lines).rstrip(";") + "."
+
+
+def sgd_divergence_rows(results: Path) -> list[TargetRow]:
+    """Where SGD (batch 32) diverged in the MLP runs' range tests."""
+    import numpy as np
+
+    lo, hi = TARGET_SGD_DIVERGENCE_LR
+    divs = [
+        x
+        for d in finder_docs(results).values()
+        if d.get("model", "mlp") == "mlp"
+        for r in d["results"]
+        if r["optimizer"] == "sgd" and r["batch_size"] == 32
+        for x in r["range_test"]["diverged_at_lr"]
+        if x is not None
+    ]
+    med = float(np.median(divs)) if divs else None
+    return [
+        (
+            f"SGD (batch 32) diverges around {lo}-{hi} on Fashion-MNIST",
+            divs
+            and f"{min(divs):.2f}-{max(divs):.2f}, median {med:.2f}, over "
+            f"{len(divs)} range-test seeds",
+            divs and yes(lo <= med <= hi) + " (median)",
+        )
+    ]
+
+
+def regret_rows(results: Path) -> list[TargetRow]:
+    """The default suggestion's worst regret and spread, per finder-quality run."""
+    rows: list[TargetRow] = []
+    for name, label in FILES.items():
+        d = load_result(results, name)
+        s = d and d["summary"][DEFAULT_METHOD]
+        if d:
+            worst_any = max(
+                e["worst_regret_pp"]
+                for e in _stored_by_epoch(d)[DEFAULT_METHOD].values()
+            )
+            measured = (
+                f"`{DEFAULT_METHOD}`: {s['worst_regret_pp']:.2f} pp at the median "
+                f"suggestion, {s['worst_seed_regret_pp']:.2f} pp at one seed's, "
+                f"spread x{s['worst_spread_factor']:.2f}; {len(d['results'])} "
+                f"settings, {d['config']['epochs']}-epoch grids ("
+                f"{worst_any:.2f} pp at the worst grid epoch)"
+            )
+            met = yes(
+                s["worst_regret_pp"] <= TARGET_REGRET_PP
+                and s["worst_spread_factor"] <= TARGET_SPREAD
+            )
+        rows.append(
+            (
+                f"default suggestion: regret <= {TARGET_REGRET_PP} pp in every "
+                f"setting, spread <= {TARGET_SPREAD}x ({label} run)",
+                d and measured,
+                d and met,
+            )
+        )
+    return rows
+
+
+def headline_rows(results: Path) -> list[HeadlineRow]:
+    v = load_result(results, "finder_quality_validation")
+    return [
+        (
+            f"default suggestion (`{DEFAULT_METHOD}`): regret vs a vmapped lr grid"
+            + (f", {len(v['results'])} fresh settings" if v else ""),
+            v and f"<= {v['summary'][DEFAULT_METHOD]['worst_regret_pp']:.2f} pp",
+        )
+    ]
+
+
+BLOCKS = {
+    **{name: finder_block(name) for name in FILES},
+    "finder_noise": noise_markdown,
+    "finder_rules": json_block("finder_quality", rules_markdown),
+    "finder_knee_scan": knee_scan_markdown,
+    "knee_default": knee_default_markdown,
+}
+TARGET_ROWS = {"sgd_divergence": sgd_divergence_rows, "finder_quality": regret_rows}
+HEADLINE_ROWS = {"finder_quality": headline_rows}
 
 
 if __name__ == "__main__":

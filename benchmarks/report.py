@@ -22,8 +22,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -51,24 +49,12 @@ from _report_util import (  # noqa: E402
     yes,
 )
 
-from lrjax.suggestions import DEFAULT_METHOD, METHODS  # noqa: E402
-
 # The issue's targets: specifications, not measurements (a target that a
 # benchmark writes into its JSON is read from there instead).
 TARGETS = {
     "whole_process_s": 3.5,  # python -m lrjax.find, warm caches
     "seeds_8_vs_1_cpu": 4.5,  # 8 seeds against 1 on this CPU
-    "sgd_divergence_lr": (0.4, 0.7),  # where SGD diverges on Fashion-MNIST
-    "regret_pp": 0.5,  # the default suggestion, in every setting
-    "spread": 2.0,  # max / min of the per-seed suggestions
     "population_vs_sequential": 0.8,  # 36 models against one after another
-}
-# Finder-quality files: name -> what the documents call that run.
-FINDER_FILES = {
-    "finder_quality_validation": "validation",
-    "finder_quality_heldout": "held-out model",
-    "finder_quality": "fit",
-    "finder_quality_cnn": "CNN",
 }
 
 
@@ -76,14 +62,6 @@ FINDER_FILES = {
 
 
 # --- docs/results.md: where lrjax stands --------------------------------------
-
-
-def _finder_docs(results: Path) -> dict[str, dict]:
-    return {
-        name: d
-        for name in FINDER_FILES
-        if (d := load_result(results, name)) is not None
-    }
 
 
 def targets(results: Path) -> str:
@@ -101,52 +79,10 @@ def targets(results: Path) -> str:
             row(target, measured, met, source)
 
     add("find")
-    lo, hi = t["sgd_divergence_lr"]
-    divs = [
-        x
-        for d in _finder_docs(results).values()
-        if d.get("model", "mlp") == "mlp"
-        for r in d["results"]
-        if r["optimizer"] == "sgd" and r["batch_size"] == 32
-        for x in r["range_test"]["diverged_at_lr"]
-        if x is not None
-    ]
-    med = float(np.median(divs)) if divs else None
-    row(
-        f"SGD (batch 32) diverges around {lo}-{hi} on Fashion-MNIST",
-        divs
-        and f"{min(divs):.2f}-{max(divs):.2f}, median {med:.2f}, over {len(divs)} "
-        "range-test seeds",
-        divs and yes(lo <= med <= hi) + " (median)",
-        "`finder_quality.py`",
-    )
+    add("sgd_divergence")
     add("train_bench")
     add("train_results")
-    for name, label in FINDER_FILES.items():
-        d = load_result(results, name)
-        s = d and d["summary"][DEFAULT_METHOD]
-        if d:
-            worst_any = max(
-                e["worst_regret_pp"] for e in _by_epoch(d)[DEFAULT_METHOD].values()
-            )
-            measured = (
-                f"`{DEFAULT_METHOD}`: {s['worst_regret_pp']:.2f} pp at the median "
-                f"suggestion, {s['worst_seed_regret_pp']:.2f} pp at one seed's, "
-                f"spread x{s['worst_spread_factor']:.2f}; {len(d['results'])} "
-                f"settings, {d['config']['epochs']}-epoch grids ("
-                f"{worst_any:.2f} pp at the worst grid epoch)"
-            )
-            met = yes(
-                s["worst_regret_pp"] <= t["regret_pp"]
-                and s["worst_spread_factor"] <= t["spread"]
-            )
-        row(
-            f"default suggestion: regret <= {t['regret_pp']} pp in every setting, "
-            f"spread <= {t['spread']}x ({label} run)",
-            d and measured,
-            d and met,
-            "`finder_quality.py`",
-        )
+    add("finder_quality")
     p = load_result(results, "population")
     if p:
         spread = min(
@@ -186,199 +122,6 @@ def targets(results: Path) -> str:
 # --- docs/results.md: training ------------------------------------------------
 
 
-# --- docs/results.md: finder quality ------------------------------------------
-
-
-def _finder_methods(d: dict) -> list[str]:
-    return [m for m in METHODS if m in d["results"][0]["methods"]]
-
-
-def _by_epoch(d: dict) -> dict:
-    """Per method and grid epoch, the worst regrets (computed if not stored)."""
-    return d.get("by_epoch") or finder_quality.by_epoch(d["results"])
-
-
-def _worst_by_epoch(d: dict) -> str:
-    by_epoch = _by_epoch(d)
-    epochs = list(by_epoch[DEFAULT_METHOD])
-    rows = []
-    for m in _finder_methods(d):
-        bold = "**{}**" if m == DEFAULT_METHOD else "{}"
-        cells = [
-            bold.format(f"{e['worst_regret_pp']:.2f} / {e['worst_seed_regret_pp']:.2f}")
-            for e in by_epoch[m].values()
-        ]
-        spread = max(r["methods"][m]["spread_factor"] for r in d["results"])
-        rows.append([m, *cells, f"{spread:.2f}"])
-    header = ["method", *(e.replace("epoch", "epoch ") for e in epochs)]
-    return md_table([*header, "worst spread x"], rows)
-
-
-def finder_block(name: str) -> Callable[[Path], str]:
-    def block(results: Path) -> str:
-        d = load_result(results, name)
-        if d is None:
-            return NOT_MEASURED
-        cfg, res = d["config"], d["results"]
-        sweeps = {
-            r["optimizer"]: "..".join(f"{x:g}" for x in r["range_test"]["sweep"])
-            for r in res
-        }
-        n_lrs = [len(r["grid"]["lrs"]) for r in res]
-        head = (
-            f"`{d['command']}` ({d['description']}; model `{d.get('model', 'mlp')}`"
-            f"): {len(res)} settings; range tests of {cfg['range_seeds']} seeds "
-            f"(sweeps {', '.join(f'{k} {v}' for k, v in sweeps.items())}); grids of "
-            f"{min(n_lrs)}-{max(n_lrs)} lrs x {cfg['grid_seeds']} seeds x "
-            f"{cfg['epochs']} epochs, seed {cfg['seed']}; "
-            f"{d['total_s'] / 60:.0f} min on {res[0]['device']}."
-        )
-        return "\n\n".join(
-            [
-                head,
-                finder_quality.pivot(res, _finder_methods(d)),
-                "Worst over settings of the regret at the median suggestion / at "
-                "any seed's own suggestion, at each epoch of the grid (pp):",
-                _worst_by_epoch(d),
-            ]
-        )
-
-    return block
-
-
-def finder_noise(results: Path) -> str:
-    """The standard error of the grid's mean over seeds at its best lr."""
-    lines = []
-    for name, d in _finder_docs(results).items():
-        se = []
-        for r in d["results"]:
-            acc = np.asarray(r["grid"]["val_accuracy"], np.float64)  # [lr, seed, ep]
-            last = acc[:, :, -1]
-            best = int(np.argmax(last.mean(1)))
-            se.append(100 * last[best].std(ddof=1) / np.sqrt(last.shape[1]))
-        lines.append(
-            f"- {FINDER_FILES[name]} (`{name}.json`, {d['config']['grid_seeds']} "
-            f"seeds): {min(se):.2f}-{max(se):.2f} pp;"
-        )
-    if not lines:
-        return NOT_MEASURED
-    return "\n".join(lines).rstrip(";") + "."
-
-
-RULES = ("vd@0.5", "vd@0.55", "vd@0.6", "vd@0.65", "div/8", "div/10", "div/16",
-         "min*2", "min*3")  # fmt: skip
-
-
-def finder_rules(d: dict) -> str:
-    scan = d["rule_scan"]
-    head = [f"{r['optimizer']} b{r['batch_size']}" for r in d["results"]]
-    rows = [
-        [
-            name,
-            f"{s['worst_regret_pp']:.2f}",
-            f"{s['worst_seed_regret_pp']:.2f}",
-            f"{s['worst_spread_factor']:.2f}",
-            *(fmt(x, ".2f") for x in s["regret_pp"]),
-        ]
-        for name in RULES
-        if (s := scan.get(name)) is not None
-    ]
-    best = min(
-        (n for n in scan if scan[n]["worst_regret_pp"] is not None),
-        key=lambda n: scan[n]["worst_regret_pp"],
-    )
-    out = md_table(
-        [
-            "rule",
-            "worst regret pp",
-            "worst per-seed regret pp",
-            "worst spread x",
-            *head,
-        ],
-        rows,
-    )
-    return out + (
-        f"\n\nThe lowest worst-case regret of all {len(scan)} rules scanned: "
-        f"{scan[best]['worst_regret_pp']:.2f} pp (`{best}`)."
-    )
-
-
-def _knee_name(descent: float, toward: float) -> str:
-    return f"knee{descent:g}@{toward:g}"
-
-
-def finder_knee_scan(results: Path) -> str:
-    """Each (descent, toward) pair of the knee rule: worst regret over settings."""
-    from lrjax.suggestions import KNEE_DESCENT, KNEE_TOWARD_DIVERGENCE
-
-    parts = []
-    for name, d in _finder_docs(results).items():
-        scan = d.get("knee_scan")
-        if not scan:
-            continue
-        last = f"epoch{d['config']['epochs']}"
-        rows = []
-        for descent in finder_quality.KNEE_DESCENTS:
-            cells = []
-            for toward in finder_quality.KNEE_TOWARDS:
-                e = scan.get(_knee_name(descent, toward))
-                if e is None:
-                    cells.append("-")
-                    continue
-                cell = (
-                    f"{e[last]['worst_regret_pp']:.2f} / "
-                    f"{e[last]['worst_seed_regret_pp']:.2f} "
-                    f"({max(x['worst_regret_pp'] for x in e.values()):.2f})"
-                )
-                chosen = (descent, toward) == (KNEE_DESCENT, KNEE_TOWARD_DIVERGENCE)
-                cells.append(f"**{cell}**" if chosen else cell)
-            rows.append([f"{descent:g}", *cells])
-        parts.append(
-            f"{FINDER_FILES[name]} (`{name}.json`, grid epoch "
-            f"{d['config']['epochs']}):\n\n"
-            + md_table(
-                ["descent \\ toward", *(f"{a:g}" for a in finder_quality.KNEE_TOWARDS)],
-                rows,
-            )
-        )
-    return "\n\n".join(parts) or NOT_MEASURED
-
-
-def knee_default(results: Path) -> str:
-    """Where the default method is worst, and how the grid's optimum moves."""
-    lines = []
-    for name, d in _finder_docs(results).items():
-        res = d["results"]
-        worst = max(res, key=lambda r: r["methods"][DEFAULT_METHOD]["regret_pp"])
-        k = worst["methods"][DEFAULT_METHOD]
-        b = {r["optimizer"] + f" b{r['batch_size']}": r["methods"]["balanced"]
-             for r in res}  # fmt: skip
-        bw = max(b, key=lambda s: b[s]["regret_pp"])
-        by_epoch = _by_epoch(d)[DEFAULT_METHOD]
-        moved = [
-            f"{r['optimizer']} b{r['batch_size']} {r['grid']['best_lr_epoch1']:.2g} "
-            f"-> {r['grid']['best_lr']:.2g}"
-            for r in res
-            if r["grid"]["best_lr_epoch1"] != r["grid"]["best_lr"]
-        ]
-        lines.append(
-            f"- {FINDER_FILES[name]}: `{DEFAULT_METHOD}` worst at "
-            f"{worst['optimizer']} b{worst['batch_size']} ({k['regret_pp']:.2f} pp "
-            f"at the median, {k['regret_pp_max']:.2f} pp at one seed's); by grid "
-            f"epoch "
-            + ", ".join(
-                f"{e.replace('epoch', '')}: {v['worst_regret_pp']:.2f}"
-                for e, v in by_epoch.items()
-            )
-            + f" pp; `balanced` worst at {bw} ({b[bw]['regret_pp']:.2f} pp); "
-            f"grid best lr after epoch 1 -> after the last: "
-            f"{'; '.join(moved) or 'unchanged'};"
-        )
-    if not lines:
-        return NOT_MEASURED
-    return "\n".join(lines).rstrip(";") + "."
-
-
 # --- docs/results.md: population, suite, data ----------------------------------
 
 
@@ -410,7 +153,7 @@ def population(results: Path) -> str:
             f"MiB), {mem['member_bytes']:,} bytes a member."
         )
     per_opt = {}
-    for f in _finder_docs(results).values():
+    for f in finder_quality.finder_docs(results).values():
         if f.get("model", "mlp") != "mlp" or f["config"].get("hidden") not in (
             None,
             [300, 100],
@@ -533,7 +276,7 @@ HEADLINE_LINKS = {
     "find": f"[bench_find]({_BENCH}range-test-seed-recipe-bench_findpy)",
     "range_test_sources": f"[sources]({_BENCH}data-sources-and-model-forms-"
     "bench_range_test_sourcespy)",
-    "finder": f"[results]({_DOCS}finder-quality-regret-of-each-suggestion)",
+    "finder_quality": f"[results]({_DOCS}finder-quality-regret-of-each-suggestion)",
     "train_results": f"[results]({_DOCS}training-the-mlp-on-fashion-mnist)",
     "cnn_results": f"[results]({_DOCS}training-the-batchnorm-cnn)",
     "cnn": f"[bench_cnn]({_BENCH}cnn-on-xlacpu-bench_cnnpy)",
@@ -556,13 +299,7 @@ def headline(results: Path) -> str:
 
     add("find")
     add("range_test_sources")
-    v = load_result(results, "finder_quality_validation")
-    row(
-        f"default suggestion (`{DEFAULT_METHOD}`): regret vs a vmapped lr grid"
-        + (f", {len(v['results'])} fresh settings" if v else ""),
-        v and f"<= {v['summary'][DEFAULT_METHOD]['worst_regret_pp']:.2f} pp",
-        "finder",
-    )
+    add("finder_quality")
     add("train_results")
     add("cnn_results")
     add("cnn")
@@ -591,6 +328,7 @@ BENCHMARKS = (
     bench_train,
     train_results,
     cnn_results,
+    finder_quality,
 )
 
 
@@ -610,11 +348,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "targets": targets,
-    **{name: finder_block(name) for name in FINDER_FILES},
-    "finder_noise": finder_noise,
-    "finder_rules": json_block("finder_quality", finder_rules),
-    "finder_knee_scan": finder_knee_scan,
-    "knee_default": knee_default,
     "population": population,
     "conv_population": json_block("conv_population", conv_population),
     "suite": suite,
