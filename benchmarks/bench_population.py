@@ -26,7 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report_util import NOT_MEASURED, TargetRow, load_result, md_table, yes  # noqa: E402
+
 LRS = (1e-3, 3.0)
+# The issue's target: the fastest population against one model after another.
+TARGET_VS_SEQUENTIAL = 0.8
 
 
 def child(args) -> dict:
@@ -177,7 +181,7 @@ def main(argv=None) -> int:
         "note": "load_avg_1min_before: the machine is shared; other processes "
         "competing for its cores slow every variant unevenly",
         "runs": runs,
-        "target": "spread population <= 0.8x sequential",
+        "target": f"spread population <= {TARGET_VS_SEQUENTIAL}x sequential",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
@@ -187,6 +191,80 @@ def main(argv=None) -> int:
             f" s  {r['vs_sequential']:.2f}x sequential  on {r['device']}"
         )
     return 0
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def markdown(results: Path) -> str:
+    """The ``population`` block: each variant against the sequential run, and
+    the memory a member takes (here and in the finder-quality grids)."""
+    import finder_quality
+
+    d = load_result(results, "population")
+    if d is None:
+        return NOT_MEASURED
+    rows = [
+        [
+            r["variant"],
+            r["device"],
+            f"{r['compile_s']:.2f}",
+            f"{r['run_s']:.1f}",
+            f"{r['vs_sequential']:.2f}x",
+            f"{r['load_avg_1min_before']:.1f}",
+        ]
+        for r in d["runs"]
+    ]
+    out = md_table(
+        ["variant", "device", "compile s", "run s", "vs sequential", "load avg before"],
+        rows,
+    )
+    out += f"\n\n{d['description']}; `{d['command'].strip()}`; target: {d['target']}."
+    mem = next((r["memory"] for r in d["runs"] if "memory" in r), None)
+    if mem:
+        out += (
+            f"\n\nMemory (params + optimizer state, SGD): {mem['members']} members "
+            f"hold {mem['state_bytes']:,} bytes ({mem['state_bytes'] / 2**20:.1f} "
+            f"MiB), {mem['member_bytes']:,} bytes a member."
+        )
+    per_opt = {}
+    for f in finder_quality.finder_docs(results).values():
+        if f.get("model", "mlp") != "mlp" or f["config"].get("hidden") not in (
+            None,
+            [300, 100],
+        ):
+            continue
+        for r in f["results"]:
+            per_opt.setdefault(r["optimizer"], r["grid"]["memory"]["member_bytes"])
+    if per_opt:
+        out += (
+            " A member of the same MLP in the finder-quality grids: "
+            + ", ".join(f"{k} {v:,} bytes" for k, v in sorted(per_opt.items()))
+            + "."
+        )
+    return out
+
+
+def target_rows(results: Path) -> list[TargetRow]:
+    p = load_result(results, "population")
+    if p:
+        spread = min(
+            (r for r in p["runs"] if r["variant"] != "sequential"),
+            key=lambda r: r["vs_sequential"],
+        )
+    return [
+        (
+            f"population of 36 models at most {TARGET_VS_SEQUENTIAL}x sequential (CPU)",
+            p
+            and f"{spread['vs_sequential']:.2f}x ({spread['variant']}, "
+            f"{spread['device']})",
+            p and yes(spread["vs_sequential"] <= TARGET_VS_SEQUENTIAL),
+        )
+    ]
+
+
+BLOCKS = {"population": markdown}
+TARGET_ROWS = {"population": target_rows}
 
 
 if __name__ == "__main__":

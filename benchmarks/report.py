@@ -32,6 +32,7 @@ RESULTS_MD = ROOT / "docs" / "results.md"
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
 import bench_cnn  # noqa: E402
 import bench_find  # noqa: E402
+import bench_population  # noqa: E402
 import bench_range_test_sources  # noqa: E402
 import bench_train  # noqa: E402
 import cnn_results  # noqa: E402
@@ -49,15 +50,6 @@ from _report_util import (  # noqa: E402
     yes,
 )
 
-# The issue's targets: specifications, not measurements (a target that a
-# benchmark writes into its JSON is read from there instead).
-TARGETS = {
-    "whole_process_s": 3.5,  # python -m lrjax.find, warm caches
-    "seeds_8_vs_1_cpu": 4.5,  # 8 seeds against 1 on this CPU
-    "population_vs_sequential": 0.8,  # 36 models against one after another
-}
-
-
 # --- benchmarks/README.md: speed ----------------------------------------------
 
 
@@ -66,7 +58,6 @@ TARGETS = {
 
 def targets(results: Path) -> str:
     """One row per target: what was measured, by which benchmark, met or not."""
-    t = TARGETS
     rows: list[list[str]] = []
 
     def row(target: str, measured, met, source: str) -> None:
@@ -83,20 +74,7 @@ def targets(results: Path) -> str:
     add("train_bench")
     add("train_results")
     add("finder_quality")
-    p = load_result(results, "population")
-    if p:
-        spread = min(
-            (r for r in p["runs"] if r["variant"] != "sequential"),
-            key=lambda r: r["vs_sequential"],
-        )
-    row(
-        f"population of 36 models at most {t['population_vs_sequential']}x "
-        "sequential (CPU)",
-        p
-        and f"{spread['vs_sequential']:.2f}x ({spread['variant']}, {spread['device']})",
-        p and yes(spread["vs_sequential"] <= t["population_vs_sequential"]),
-        "`bench_population.py`",
-    )
+    add("population")
     add("cnn_results")
     add("cnn")
     add("sweep")
@@ -123,51 +101,6 @@ def targets(results: Path) -> str:
 
 
 # --- docs/results.md: population, suite, data ----------------------------------
-
-
-def population(results: Path) -> str:
-    d = load_result(results, "population")
-    if d is None:
-        return NOT_MEASURED
-    rows = [
-        [
-            r["variant"],
-            r["device"],
-            f"{r['compile_s']:.2f}",
-            f"{r['run_s']:.1f}",
-            f"{r['vs_sequential']:.2f}x",
-            f"{r['load_avg_1min_before']:.1f}",
-        ]
-        for r in d["runs"]
-    ]
-    out = md_table(
-        ["variant", "device", "compile s", "run s", "vs sequential", "load avg before"],
-        rows,
-    )
-    out += f"\n\n{d['description']}; `{d['command'].strip()}`; target: {d['target']}."
-    mem = next((r["memory"] for r in d["runs"] if "memory" in r), None)
-    if mem:
-        out += (
-            f"\n\nMemory (params + optimizer state, SGD): {mem['members']} members "
-            f"hold {mem['state_bytes']:,} bytes ({mem['state_bytes'] / 2**20:.1f} "
-            f"MiB), {mem['member_bytes']:,} bytes a member."
-        )
-    per_opt = {}
-    for f in finder_quality.finder_docs(results).values():
-        if f.get("model", "mlp") != "mlp" or f["config"].get("hidden") not in (
-            None,
-            [300, 100],
-        ):
-            continue
-        for r in f["results"]:
-            per_opt.setdefault(r["optimizer"], r["grid"]["memory"]["member_bytes"])
-    if per_opt:
-        out += (
-            " A member of the same MLP in the finder-quality grids: "
-            + ", ".join(f"{k} {v:,} bytes" for k, v in sorted(per_opt.items()))
-            + "."
-        )
-    return out
 
 
 # bench_conv_population.py's variants, in the order of its table.
@@ -329,6 +262,7 @@ BENCHMARKS = (
     train_results,
     cnn_results,
     finder_quality,
+    bench_population,
 )
 
 
@@ -348,7 +282,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "targets": targets,
-    "population": population,
     "conv_population": json_block("conv_population", conv_population),
     "suite": suite,
     "data": json_block("data", data),
