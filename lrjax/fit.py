@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from lrjax import ensembles
@@ -554,24 +555,13 @@ def fit(
     >>> bool(jnp.any(mean != 0)), sorted(r.history[-1])[-2:]
     (True, ['train_loss', 'val_accuracy'])
     """
-    cfg = _check(config or FitConfig())
-    check_optimizer(optimizer)
+    cfg, snap_steps = _checked(
+        config, optimizer, model_state, eval_fn, val_data, test_data
+    )
     t_start = time.perf_counter()
-    k = cfg.accumulate_steps
     default_loss = loss_fn is None
     loss_fn = classification_loss() if loss_fn is None else loss_fn
-    mode = cfg.monitor_mode or default_mode(cfg.monitor)
-    restore_best = cfg.patience > 0 if cfg.restore_best is None else cfg.restore_best
-    if val_data is None and cfg.monitor.startswith("val_") and cfg.patience:
-        raise ValueError(f"patience needs val_data to monitor {cfg.monitor!r}")
-    snap_steps = _snapshot_steps(cfg.snapshot_steps)
     num_snaps = 0 if snap_steps is None else len(snap_steps)
-    if (
-        model_state is not None
-        and eval_fn is None
-        and (val_data is not None or test_data is not None)
-    ):
-        raise ValueError(STATEFUL_EVAL)
     spec, params, rest, graphdef = _init_model(
         model, key, not default_loss, model_state
     )
@@ -579,90 +569,196 @@ def fit(
         check_classification_data(
             spec, params, rest, data, preprocess=preprocess, batch_size=cfg.batch_size
         )
+    par = _data_parallel(cfg)
+    source, spe = _train_source(data, key, cfg, par)
+    averaging = _check_average_start(cfg, spe)
+    stats_spec = None  # re-estimates the weight average's BatchNorm statistics
+    if averaging and spec.is_module and ensembles.has_batch_stats(rest):
+        stats_spec = ensembles.batch_stats_model(spec, params, rest)
 
+    tx = make_optimizer(optimizer, cfg.learning_rate)
+    build = _carry_builder(
+        spec, loss_fn, tx, preprocess, par.constrain, snap_steps, cfg
+    )
+    program = Program(build, gathers=source.gathers, loop=cfg.loop)
+    carry, best_state = _init_carry(
+        spec, tx, params, rest, num_snaps, averaging, par.rep
+    )
+    del params, rest
+
+    if par.rep is not None and is_arrays(val_data):
+        val_data = jax.device_put(val_data, par.rep)
+    evaluator = Evaluator(spec, loss_fn, eval_fn, preprocess, cfg.eval_batch_size)
+    ens_val = None
+    if num_snaps and spec.is_module and isinstance(val_data, tuple):
+        ens_val = preprocess(val_data) if preprocess is not None else val_data
+    record = functools.partial(
+        _epoch_record, evaluator=evaluator, val_data=val_data, ens_val=ens_val,
+        spec=spec, num_snaps=num_snaps,
+    )  # fmt: skip
+    run = _new_run(cfg, spe, num_snaps, carry, best_state)
+    actions, ckpt = _actions(cfg, hooks)
+    on_chunk = _OnChunk(run, actions, record)
+    reason = _train(
+        program, run, source, actions, on_chunk,
+        resume=ckpt if cfg.resume else None, chunks_per_epoch=cfg.chunks_per_epoch,
+    )  # fmt: skip
+
+    restore_best = cfg.patience > 0 if cfg.restore_best is None else cfg.restore_best
+    final = _final(run, restore_best)
+    result = _fit_result(run, reason, final, spec, graphdef, snap_steps, par.mesh)
+    if test_data is not None and not result.interrupted:
+        _test(result, final, run, evaluator, test_data, preprocess)
+    average_s = None
+    if averaging:
+        t0 = time.perf_counter()
+        result.average_start = cfg.average_start
+        stats_pass = None
+        if stats_spec is not None:
+            stats_pass = functools.partial(
+                _stats_pass, stats_spec, loss_fn, preprocess, par.constrain, source,
+                program.loop, spe=spe, k=cfg.accumulate_steps,
+                chunks=cfg.chunks_per_epoch,
+            )  # fmt: skip
+        _finish_average(
+            result, run.carry, spec, graphdef, evaluator, val_data, test_data,
+            stats_pass,
+        )  # fmt: skip
+        average_s = time.perf_counter() - t0
+    result.timings = _timings(program, on_chunk.epoch_times, t_start, average_s)
+    return result
+
+
+def _checked(
+    config: FitConfig | None,
+    optimizer: OptimizerFactory,
+    model_state: Any,
+    eval_fn: Callable | None,
+    val_data: Any,
+    test_data: Any,
+) -> tuple[FitConfig, np.ndarray | None]:
+    """``(config, snapshot steps)``, checked with what the run will evaluate."""
+    cfg = _check(config or FitConfig())
+    check_optimizer(optimizer)
+    if val_data is None and cfg.monitor.startswith("val_") and cfg.patience:
+        raise ValueError(f"patience needs val_data to monitor {cfg.monitor!r}")
+    snap_steps = _snapshot_steps(cfg.snapshot_steps)
+    if (
+        model_state is not None
+        and eval_fn is None
+        and (val_data is not None or test_data is not None)
+    ):
+        raise ValueError(STATEFUL_EVAL)
+    return cfg, snap_steps
+
+
+class _Parallel(NamedTuple):
+    """How the batches are split over the devices (all None: one device)."""
+
+    mesh: jax.sharding.Mesh | None  # ("data",): params replicated, batches split
+    rep: jax.sharding.NamedSharding | None  # replicated over the mesh
+    constrain: Callable | None  # batch -> batch split along its examples
+    shares: bool  # several processes: each one feeds its rows of every batch
+
+
+def _data_parallel(cfg: FitConfig) -> _Parallel:
+    """The data-parallel mesh (default: when there are several devices)."""
     data_parallel = cfg.data_parallel
     if data_parallel is None:
         data_parallel = jax.device_count() > 1
     # Several processes: each one feeds its rows of every global batch.
     shares = data_parallel and jax.process_count() > 1
-    rep = constrain = mesh = None
-    if data_parallel:
-        mesh = data_mesh(cfg.batch_size)
-        rep = jax.sharding.NamedSharding(mesh, P())
-        shard = jax.sharding.NamedSharding(mesh, P("data"))
+    if not data_parallel:
+        return _Parallel(None, None, None, shares)
+    mesh = data_mesh(cfg.batch_size)
+    shard = jax.sharding.NamedSharding(mesh, P("data"))
 
-        def constrain(batch):
-            return jax.tree.map(
-                lambda a: jax.lax.with_sharding_constraint(a, shard), batch
-            )
+    def constrain(batch):
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, shard), batch)
 
-    source: _EpochArrays | ProcessShare | IterSource
-    if is_arrays(data):
-        n, b = leading_size(data, "data"), cfg.batch_size
-        spe = (n // check_batch_size(b, n)) // k
-        if spe < 1:
-            raise ValueError(
-                f"batch_size * accumulate_steps ({b} * {k}) is more than the {n} "
-                "examples"
-            )
-        if cfg.steps_per_epoch is not None:
-            if not 1 <= cfg.steps_per_epoch <= spe:
-                raise ValueError(f"steps_per_epoch must be between 1 and {spe}")
-            spe = cfg.steps_per_epoch
-        arrays = _EpochArrays(
-            data,
-            b,
-            key,
-            steps_per_epoch=spe,
-            accumulate_steps=k,
-            sharding=None if shares else rep,
-        )
-        source = arrays
-        if shares:
-            assert mesh is not None  # shares: data parallel
-            source = ProcessShare(arrays, _batch_sharding(mesh, k))
-    else:
-        if shares:  # this process's rows of every global batch
-            assert mesh is not None  # shares: data parallel
+    return _Parallel(mesh, jax.sharding.NamedSharding(mesh, P()), constrain, shares)
+
+
+def _train_source(
+    data: Any, key: jax.Array, cfg: FitConfig, par: _Parallel
+) -> tuple[_EpochArrays | ProcessShare | IterSource, int]:
+    """``(source, steps_per_epoch)``: the training batches, epoch ``e`` of
+    in-memory data in the order of ``fold_in(key, e)``; an iterable's as they come.
+    """
+    k, b = cfg.accumulate_steps, cfg.batch_size
+    if not is_arrays(data):
+        if par.shares:  # this process's rows of every global batch
+            assert par.mesh is not None  # shares: data parallel
+            sharding = _batch_sharding(par.mesh, k)
             source = IterSource(
-                data,
-                accumulate_steps=k,
-                sharding=_batch_sharding(mesh, k),
-                local_share=True,
+                data, accumulate_steps=k, sharding=sharding, local_share=True
             )
         else:
-            source = IterSource(data, accumulate_steps=k, sharding=rep)
-        given = cfg.steps_per_epoch
-        if given is None:
+            source = IterSource(data, accumulate_steps=k, sharding=par.rep)
+        spe = cfg.steps_per_epoch
+        if spe is None:
             if not hasattr(data, "__len__"):
                 raise ValueError(
                     "steps_per_epoch is required for an iterable without len()"
                 )
-            given = len(data) // k
-        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
-            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {given!r}")
-        spe = given
-
-    total = cfg.epochs * spe
-    avg_start, avg_every = cfg.average_start, cfg.average_every
-    averaging = avg_start is not None
-    if avg_start is not None and avg_start >= total:
+            spe = len(data) // k
+        if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:
+            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {spe!r}")
+        return source, spe
+    n = leading_size(data, "data")
+    spe = (n // check_batch_size(b, n)) // k
+    if spe < 1:
         raise ValueError(
-            f"average_start {avg_start} is past the last update of the run "
+            f"batch_size * accumulate_steps ({b} * {k}) is more than the {n} examples"
+        )
+    if cfg.steps_per_epoch is not None:
+        if not 1 <= cfg.steps_per_epoch <= spe:
+            raise ValueError(f"steps_per_epoch must be between 1 and {spe}")
+        spe = cfg.steps_per_epoch
+    arrays = _EpochArrays(
+        data, b, key, steps_per_epoch=spe, accumulate_steps=k,
+        sharding=None if par.shares else par.rep,
+    )  # fmt: skip
+    if not par.shares:
+        return arrays, spe
+    assert par.mesh is not None  # shares: data parallel
+    return ProcessShare(arrays, _batch_sharding(par.mesh, k)), spe
+
+
+def _check_average_start(cfg: FitConfig, spe: int) -> bool:
+    """Whether the run averages weights; its start must be inside the run."""
+    start, total = cfg.average_start, cfg.epochs * spe
+    if start is not None and start >= total:
+        raise ValueError(
+            f"average_start {start} is past the last update of the run "
             f"({total} updates: {cfg.epochs} epochs of {spe}); use an index in "
             f"[0, {total})"
         )
-    stats_spec = None
-    if averaging and spec.is_module and ensembles.has_batch_stats(rest):
-        stats_spec = ensembles.batch_stats_model(spec, params, rest)
+    return start is not None
 
-    tx = make_optimizer(optimizer, cfg.learning_rate)
+
+def _carry_builder(
+    spec: Model,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    preprocess: Callable | None,
+    constrain: Callable | None,
+    snap_steps: np.ndarray | None,
+    cfg: FitConfig,
+) -> Callable[[bool], Callable]:
+    """``build(unroll) -> carry_step`` for :class:`lrjax.loop.Program`.
+
+    ``carry_step`` is the one step (:func:`lrjax.step.make_step`) followed, inside
+    the compiled chunk, by the snapshot (after the updates in ``snap_steps``) and
+    the running weight average (``cfg.average_start``, ``cfg.average_every``).
+    """
     snap_dev = None if snap_steps is None else jnp.asarray(snap_steps, jnp.int32)
+    avg_start, avg_every = cfg.average_start, cfg.average_every
 
     def build(unroll: bool):
         step = make_step(
-            spec, loss_fn, tx, preprocess=preprocess, accumulate_steps=k,
-            unroll=unroll, constrain=constrain,
+            spec, loss_fn, tx, preprocess=preprocess,
+            accumulate_steps=cfg.accumulate_steps, unroll=unroll, constrain=constrain,
         )  # fmt: skip
 
         def carry_step(carry: Carry, batch):
@@ -680,7 +776,13 @@ def fit(
 
         return carry_step
 
-    program = Program(build, gathers=source.gathers, loop=cfg.loop)
+    return build
+
+
+def _init_carry(spec, tx, params, rest, num_snaps: int, averaging: bool, rep):
+    """``(carry, best_state)`` on the devices: the train state, snapshot buffer
+    and weight average, and the best epoch's ``(params, model_state)`` so far.
+    Fresh buffers: the carry is donated, never the caller's arrays."""
 
     def init(p, r):
         state = init_state(p, r, tx)
@@ -690,30 +792,33 @@ def fit(
         average = ensembles.init_average(p) if averaging else None
         return Carry(state, snaps, average), (p, r)
 
-    # Fresh buffers: the carry is donated, never the caller's arrays.
     carry, best_state = jax.jit(init, out_shardings=rep)(fresh(params), fresh(rest))
-    best_state = fresh(best_state)
-    del params, rest
+    return carry, fresh(best_state)
 
-    if rep is not None and is_arrays(val_data):
-        val_data = jax.device_put(val_data, rep)
-    evaluator = Evaluator(spec, loss_fn, eval_fn, preprocess, cfg.eval_batch_size)
-    ens_val = None
-    if num_snaps and spec.is_module and isinstance(val_data, tuple):
-        ens_val = preprocess(val_data) if preprocess is not None else val_data
 
-    run = Run(
+def _new_run(cfg: FitConfig, spe: int, num_snaps: int, carry, best_state) -> Run:
+    """A run at its start; its signature is what a resumed run must share."""
+    averaging = cfg.average_start is not None
+    return Run(
         steps_per_epoch=spe,
         epochs=cfg.epochs,
         signature={
             "steps_per_epoch": spe,
             "num_snapshots": num_snaps,
             # None when off: checkpoints from before averaging existed still match
-            "average": [avg_start, avg_every] if averaging else None,
+            "average": [cfg.average_start, cfg.average_every] if averaging else None,
         },
         carry=carry,
         best_state=best_state,
     )
+
+
+def _actions(
+    cfg: FitConfig, hooks: Sequence[Hook]
+) -> tuple[list[Hook], Checkpoints | None]:
+    """The built-in hooks the config asks for, then the caller's; and the
+    checkpoints (None without ``checkpoint_dir``)."""
+    mode = cfg.monitor_mode or default_mode(cfg.monitor)
     actions: list[Hook] = [EarlyStopping(cfg.monitor, mode, cfg.patience)]
     if cfg.logdir is not None:
         actions.append(TensorBoard(cfg.logdir, cfg.log_every))
@@ -724,39 +829,72 @@ def fit(
     if cfg.progress:
         actions.append(ProgressBar())
     actions.extend(hooks)
+    return actions, ckpt
 
-    epoch_times: list[float] = []
-    clock = [time.perf_counter()]
 
-    def on_chunk(end: ChunkEnd) -> str | None:
+class _OnChunk:
+    """The host action after every chunk (a :func:`lrjax.loop.drive` hook).
+
+    Moves the run on, adds the chunk's metrics to the epoch's sums and runs the
+    hooks' ``chunk``; at an epoch's end, ``record(run)`` makes its record
+    (timed from :meth:`start_clock` or the previous epoch's end) and the hooks'
+    ``epoch`` run. The first stop reason a hook gives is returned.
+    """
+
+    def __init__(self, run: Run, actions: list[Hook], record: Callable[[Run], dict]):
+        self.run, self.actions, self.record = run, actions, record
+        self.epoch_times: list[float] = []
+        self.start_clock()
+
+    def start_clock(self) -> None:
+        self.clock = time.perf_counter()
+
+    def __call__(self, end: ChunkEnd) -> str | None:
+        run, actions = self.run, self.actions
         run.carry, run.step = end.state, end.hi
         _accumulate(run.partial, end.metrics)
         reasons = [h.chunk(run, end) for h in actions]
-        if end.hi % spe == 0:
-            rec = _epoch_record(run, evaluator, val_data, ens_val, spec, num_snaps)
-            rec["time_s"] = time.perf_counter() - clock[0]
-            epoch_times.append(rec["time_s"])
+        if end.hi % run.steps_per_epoch == 0:
+            rec = self.record(run)
+            rec["time_s"] = time.perf_counter() - self.clock
+            self.epoch_times.append(rec["time_s"])
             run.history.append(rec)
             run.epoch, run.partial = rec["epoch"], {}
             reasons += [h.epoch(run, rec) for h in actions]
-            clock[0] = time.perf_counter()
+            self.start_clock()
         return next((r for r in reasons if r), None)
 
+
+def _train(
+    program: Program,
+    run: Run,
+    source: Any,
+    actions: list[Hook],
+    on_chunk: _OnChunk,
+    *,
+    resume: Checkpoints | None,
+    chunks_per_epoch: int,
+) -> str | None:
+    """Runs the rest of the run (from ``resume``'s checkpoint if given) and
+    returns why it stopped: None (it ran to its end), ``"early_stop"``,
+    ``"data"``, a hook's reason, or ``"error"`` for the hooks' ``end`` when an
+    exception leaves. Every hook's ``start`` runs first and its ``end`` last."""
+    total = run.epochs * run.steps_per_epoch
     reason: str | None = "error"
     try:
-        if ckpt is not None and cfg.resume:
-            ckpt.restore(run)
+        if resume is not None:
+            resume.restore(run)
         for h in actions:
             h.start(run)
         plan = (
             []
             if run.stopped_early
-            else epoch_plan(run.step, total, spe, cfg.chunks_per_epoch)
+            else epoch_plan(run.step, total, run.steps_per_epoch, chunks_per_epoch)
         )
         if isinstance(source, ArraySource | ProcessShare):
             for lo, hi in {hi - lo: (lo, hi) for lo, hi in plan}.values():
                 program.compile(run.carry, source.chunk(lo, hi), source.data)
-        clock[0] = time.perf_counter()
+        on_chunk.start_clock()
         out = drive(program, run.carry, source, plan, hooks=[on_chunk])
         run.carry = out.state
         reason = out.stop_reason
@@ -767,18 +905,30 @@ def fit(
     finally:
         for h in actions:
             h.end(run, reason)
+    return reason
 
+
+def _final(run: Run, restore_best: bool) -> tuple[Any, Any]:
+    """The ``(params, model_state)`` returned: the best epoch's or the last."""
     state = run.carry.state
-    use_best = restore_best and run.best["epoch"] is not None
-    final: tuple[Any, Any] = (  # (params, model_state)
-        run.best_state if use_best else (state.params, state.model_state)
-    )
-    if spec.is_module:
-        trained = nnx.merge(graphdef, *final)
-    else:
-        trained = final[0]
-    interrupted = reason not in (None, "early_stop", "data")
-    result = FitResult(
+    if restore_best and run.best["epoch"] is not None:
+        return run.best_state
+    return state.params, state.model_state
+
+
+def _fit_result(
+    run: Run,
+    reason: str | None,
+    final: tuple[Any, Any],
+    spec: Model,
+    graphdef: Any,
+    snap_steps: np.ndarray | None,
+    mesh: jax.sharding.Mesh | None,
+) -> FitResult:
+    """The result of the training itself (no test, no average, no timings)."""
+    trained = nnx.merge(graphdef, *final) if spec.is_module else final[0]
+    spe = run.steps_per_epoch
+    return FitResult(
         model=trained,
         params=final[0],
         model_state=spec.user_state(final[1]),
@@ -787,10 +937,10 @@ def fit(
         best_epoch=run.best["epoch"],
         epochs_run=run.epoch,
         stopped_early=run.stopped_early,
-        interrupted=interrupted,
+        interrupted=reason not in (None, "early_stop", "data"),
         stop_reason=reason,
         step=run.step,
-        snapshots=ensembles.snapshots(run.carry.snaps) if num_snaps else None,
+        snapshots=None if snap_steps is None else ensembles.snapshots(run.carry.snaps),
         snapshot_steps=[] if snap_steps is None else snap_steps.tolist(),
         snapshot_epochs=[] if snap_steps is None else ((snap_steps + 1) / spe).tolist(),
         timings={},
@@ -798,34 +948,25 @@ def fit(
             list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
         ),
     )
-    if test_data is not None and not interrupted:
-        result.test = evaluator(*final, test_data)
-        if num_snaps and spec.is_module and int(run.carry.snaps.count):
+
+
+def _test(result: FitResult, final, run: Run, evaluator, test_data, preprocess):
+    """``result.test``; with snapshots of a module, each one's test accuracy and
+    the ensembles' curve (:func:`lrjax.ensembles.ensemble_curve`)."""
+    result.test = evaluator(*final, test_data)
+    if result.snapshots is not None and result.spec.is_module:
+        if int(run.carry.snaps.count):
             xt, yt = preprocess(test_data) if preprocess is not None else test_data
-            single, ens = ensembles.ensemble_curve(spec, result.snapshots, xt, yt)
+            single, ens = ensembles.ensemble_curve(
+                result.spec, result.snapshots, xt, yt
+            )
             result.snapshot_test_accuracy = single.tolist()
             result.ensemble_curve = ens.tolist()
-    if averaging:
-        t0 = time.perf_counter()
-        result.average_start = avg_start
-        stats_pass = None
-        if stats_spec is not None:
-            stats_pass = functools.partial(
-                _stats_pass, stats_spec, loss_fn, preprocess, constrain, source,
-                program.loop, spe=spe, k=k, chunks=cfg.chunks_per_epoch,
-            )  # fmt: skip
-        _finish_average(
-            result,
-            run.carry,
-            spec,
-            graphdef,
-            evaluator,
-            val_data,
-            test_data,
-            stats_pass,
-        )
-        average_s = time.perf_counter() - t0
-    result.timings = {
+
+
+def _timings(program: Program, epoch_times, t_start: float, average_s) -> dict:
+    """``FitResult.timings``; ``average_s`` (None: no averaging) is left out if None."""
+    timings = {
         "compile_s": program.compile_s,
         "run_s": float(sum(epoch_times)),
         "epoch_s": epoch_times,
@@ -833,9 +974,9 @@ def fit(
         "total_s": time.perf_counter() - t_start,
         "loop": program.loop,
     }
-    if averaging:
-        result.timings["average_s"] = average_s  # BatchNorm pass and evaluations
-    return result
+    if average_s is not None:
+        timings["average_s"] = average_s  # BatchNorm pass and evaluations
+    return timings
 
 
 def _finish_average(
