@@ -33,7 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report_util import HeadlineRow, fmt, json_block, load_result, md_table  # noqa: E402
+
 HOWS = ("single", "vmap", "unroll", "map")
+# The population variants (how, devices), in the order of the documents' table.
+VARIANTS = ("vmap x1", "unroll x1", "map x1", "vmap x2", "unroll x2")
 
 
 def child(args) -> dict:
@@ -189,6 +193,62 @@ def main(argv=None) -> int:
     for name, v in per_member.items():
         print(name, "  ".join(f"{k}: {x:.2f}x" for k, x in v.items()))
     return 0
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def markdown(d: dict) -> str:
+    """Per member, a population's update against one model's, for each model."""
+    runs, per = d["runs"], d["per_member_vs_single"]
+    hows = [h for h in VARIANTS if any(h in v for v in per.values())]
+    rows, fastest = [], []
+    for name, v in per.items():
+        m = runs["devices1"]["models"][name]
+        rows.append(
+            [
+                f"{name} (batch {m['batch']}, {m['loop']})",
+                fmt(m["ms_per_update"]["single"]),
+                *(fmt(v.get(h), ".2f") + ("x" if h in v else "") for h in hows),
+            ]
+        )
+        one = [h for h in v if h.endswith("x1")]
+        if one:
+            best = min(one, key=v.get)
+            fastest.append(f"{name} `{best.split()[0]}` ({v[best]:.2f}x)")
+    out = md_table(
+        ["model", "single: ms/update", *(f"{h} per member" for h in hows)], rows
+    )
+    load = ", ".join(
+        f"{r['device']} {r['load_avg_1min_before']:.1f}" for r in runs.values()
+    )
+    r1 = runs["devices1"]
+    return out + (
+        f"\n\n{d['members']} members; per member: the population's time per update "
+        f"/ {d['members']} / one model's (single) on one device, so 1.00x means a "
+        "member costs what it costs alone; x1: on one device, x2: the members sharded "
+        "over 2 XLA host devices. Fastest on one device: " + "; ".join(fastest) + "."
+        f"\n\n`{d['command'].strip()}` on {r1['device']}, {d['cpu_count']} cores, "
+        f"jax {r1['jax']}; load average before: {load}."
+    )
+
+
+def headline_rows(results: Path) -> list[HeadlineRow]:
+    p = load_result(results, "conv_population")
+    per = (p and p["per_member_vs_single"].get("cnn")) or {}
+    return [
+        (
+            "CNN population, members unrolled vs vmapped (CPU, 1 device)",
+            "unroll x1" in per
+            and "vmap x1" in per
+            and f"per member {per['unroll x1']:.2f}x (unroll) / "
+            f"{per['vmap x1']:.2f}x (vmap) one model's time",
+        )
+    ]
+
+
+BLOCKS = {"conv_population": json_block("conv_population", markdown)}
+HEADLINE_ROWS = {"conv_population": headline_rows}
 
 
 if __name__ == "__main__":

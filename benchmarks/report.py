@@ -31,6 +31,7 @@ RESULTS_MD = ROOT / "docs" / "results.md"
 
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
 import bench_cnn  # noqa: E402
+import bench_conv_population  # noqa: E402
 import bench_find  # noqa: E402
 import bench_population  # noqa: E402
 import bench_range_test_sources  # noqa: E402
@@ -43,7 +44,6 @@ import sweep_quality  # noqa: E402
 import train_results  # noqa: E402
 from _report_util import (  # noqa: E402
     NOT_MEASURED,
-    fmt,
     json_block,
     load_result,
     md_table,
@@ -101,45 +101,6 @@ def targets(results: Path) -> str:
 
 
 # --- docs/results.md: population, suite, data ----------------------------------
-
-
-# bench_conv_population.py's variants, in the order of its table.
-CONV_POPULATION = ("vmap x1", "unroll x1", "map x1", "vmap x2", "unroll x2")
-
-
-def conv_population(d: dict) -> str:
-    """Per member, a population's update against one model's, for each model."""
-    runs, per = d["runs"], d["per_member_vs_single"]
-    hows = [h for h in CONV_POPULATION if any(h in v for v in per.values())]
-    rows, fastest = [], []
-    for name, v in per.items():
-        m = runs["devices1"]["models"][name]
-        rows.append(
-            [
-                f"{name} (batch {m['batch']}, {m['loop']})",
-                fmt(m["ms_per_update"]["single"]),
-                *(fmt(v.get(h), ".2f") + ("x" if h in v else "") for h in hows),
-            ]
-        )
-        one = [h for h in v if h.endswith("x1")]
-        if one:
-            best = min(one, key=v.get)
-            fastest.append(f"{name} `{best.split()[0]}` ({v[best]:.2f}x)")
-    out = md_table(
-        ["model", "single: ms/update", *(f"{h} per member" for h in hows)], rows
-    )
-    load = ", ".join(
-        f"{r['device']} {r['load_avg_1min_before']:.1f}" for r in runs.values()
-    )
-    r1 = runs["devices1"]
-    return out + (
-        f"\n\n{d['members']} members; per member: the population's time per update "
-        f"/ {d['members']} / one model's (single) on one device, so 1.00x means a "
-        "member costs what it costs alone; x1: on one device, x2: the members sharded "
-        "over 2 XLA host devices. Fastest on one device: " + "; ".join(fastest) + "."
-        f"\n\n`{d['command'].strip()}` on {r1['device']}, {d['cpu_count']} cores, "
-        f"jax {r1['jax']}; load average before: {load}."
-    )
 
 
 def suite(results: Path) -> str:
@@ -237,16 +198,7 @@ def headline(results: Path) -> str:
     add("cnn_results")
     add("cnn")
     add("sweep")
-    p = load_result(results, "conv_population")
-    per = (p and p["per_member_vs_single"].get("cnn")) or {}
-    row(
-        "CNN population, members unrolled vs vmapped (CPU, 1 device)",
-        "unroll x1" in per
-        and "vmap x1" in per
-        and f"per member {per['unroll x1']:.2f}x (unroll) / {per['vmap x1']:.2f}x "
-        "(vmap) one model's time",
-        "conv_population",
-    )
+    add("conv_population")
     return md_table(["what", "measured", "where"], rows)
 
 
@@ -263,6 +215,7 @@ BENCHMARKS = (
     cnn_results,
     finder_quality,
     bench_population,
+    bench_conv_population,
 )
 
 
@@ -282,7 +235,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "targets": targets,
-    "conv_population": json_block("conv_population", conv_population),
     "suite": suite,
     "data": json_block("data", data),
     "headline": headline,
