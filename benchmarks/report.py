@@ -40,14 +40,13 @@ import cnn_results  # noqa: E402
 import finder_quality  # noqa: E402
 import recipe_quality  # noqa: E402
 import short_budget  # noqa: E402
+import suite  # noqa: E402
 import sweep_quality  # noqa: E402
 import train_results  # noqa: E402
 from _report_util import (  # noqa: E402
     NOT_MEASURED,
     json_block,
-    load_result,
     md_table,
-    yes,
 )
 
 # --- benchmarks/README.md: speed ----------------------------------------------
@@ -78,22 +77,7 @@ def targets(results: Path) -> str:
     add("cnn_results")
     add("cnn")
     add("sweep")
-    gpu = load_result(results, "suite_gpu")
-    ref = gpu or load_result(results, "suite_cpu")
-    for key, what, one in (
-        ("seeds_8_vs_1", "8 seeds", "one seed"),
-        ("population_36_vs_1", "36 models", "one model"),
-    ):
-        g = gpu and gpu["targets"][key]
-        target = ref["targets"][key]["target"] if ref else None
-        row(
-            f"GPU: {what} "
-            + ("against " if target is None else f"at most {target:g}x ")
-            + one,
-            g and f"{g['measured']:.2f}x ({gpu['device']})",
-            g and yes(g["met"]),
-            "`suite.py`",
-        )
+    add("suite")
     return md_table(["target", "measured", "met?", "benchmark"], rows)
 
 
@@ -101,47 +85,6 @@ def targets(results: Path) -> str:
 
 
 # --- docs/results.md: population, suite, data ----------------------------------
-
-
-def suite(results: Path) -> str:
-    parts = []
-    for backend in ("cpu", "gpu"):
-        d = load_result(results, f"suite_{backend}")
-        if d is None:
-            parts.append(f"`suite_{backend}.json`: {NOT_MEASURED}")
-            continue
-        rows = []
-        for section, ratios in (
-            ("range_test", ("vs_floor", "seeds_vs_1")),
-            ("population", ("population_vs_1",)),
-            ("train", ("vs_floor",)),
-            ("cnn", ("vs_floor",)),
-        ):
-            s = d.get(section)
-            if s is None:
-                continue
-            for r in ratios:
-                rows.append([section, r, f"{s[r]:.3f}x", f"{s['section_s']:.0f}"])
-        out = md_table(["section", "ratio", "measured", "section s"], rows)
-        t = [
-            [k, f"{v['measured']:.3f}", f"{v['target']:g}", yes(v["met"])]
-            for k, v in d["targets"].items()
-        ]
-        out += "\n\n" + md_table(["target", "measured", "target", "met?"], t)
-        g = d.get("gpu_estimate")
-        out += (
-            f"\n\n`suite_{backend}.json`: `python benchmarks/suite.py "
-            f"{' '.join(d['argv'])}` on {d['device']}, {d['cpu_count']} cores, jax "
-            f"{d['jax']}; {d['wall_s']:.0f} s wall"
-            + (
-                f"; estimated {g['total_s']:.0f} s on one GPU ({g['model']})"
-                if g
-                else ""
-            )
-            + "."
-        )
-        parts.append(out)
-    return "\n\n".join(parts)
 
 
 def data(d: dict) -> str:
@@ -216,6 +159,7 @@ BENCHMARKS = (
     finder_quality,
     bench_population,
     bench_conv_population,
+    suite,
 )
 
 
@@ -235,7 +179,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "targets": targets,
-    "suite": suite,
     "data": json_block("data", data),
     "headline": headline,
     "recipe_quality": recipe_quality.markdown,

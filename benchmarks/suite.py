@@ -63,6 +63,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _report_util import NOT_MEASURED, TargetRow, load_result, md_table, yes  # noqa: E402
+
 SIZES = {
     # tiny synthetic arrays: the same programs, compiled and run in seconds
     "smoke": {
@@ -536,6 +538,78 @@ def main(argv: list[str] | None = None) -> int:
     print(table(res))
     print(f"wrote {out}")
     return 0
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def markdown(results: Path) -> str:
+    """The ``suite`` block: each platform's ratios and targets, and the command."""
+    parts = []
+    for backend in ("cpu", "gpu"):
+        d = load_result(results, f"suite_{backend}")
+        if d is None:
+            parts.append(f"`suite_{backend}.json`: {NOT_MEASURED}")
+            continue
+        rows = []
+        for section, ratios in (
+            ("range_test", ("vs_floor", "seeds_vs_1")),
+            ("population", ("population_vs_1",)),
+            ("train", ("vs_floor",)),
+            ("cnn", ("vs_floor",)),
+        ):
+            s = d.get(section)
+            if s is None:
+                continue
+            for r in ratios:
+                rows.append([section, r, f"{s[r]:.3f}x", f"{s['section_s']:.0f}"])
+        out = md_table(["section", "ratio", "measured", "section s"], rows)
+        t = [
+            [k, f"{v['measured']:.3f}", f"{v['target']:g}", yes(v["met"])]
+            for k, v in d["targets"].items()
+        ]
+        out += "\n\n" + md_table(["target", "measured", "target", "met?"], t)
+        g = d.get("gpu_estimate")
+        out += (
+            f"\n\n`suite_{backend}.json`: `python benchmarks/suite.py "
+            f"{' '.join(d['argv'])}` on {d['device']}, {d['cpu_count']} cores, jax "
+            f"{d['jax']}; {d['wall_s']:.0f} s wall"
+            + (
+                f"; estimated {g['total_s']:.0f} s on one GPU ({g['model']})"
+                if g
+                else ""
+            )
+            + "."
+        )
+        parts.append(out)
+    return "\n\n".join(parts)
+
+
+def target_rows(results: Path) -> list[TargetRow]:
+    """The GPU's targets, as the GPU run (or else the CPU run) recorded them."""
+    gpu = load_result(results, "suite_gpu")
+    ref = gpu or load_result(results, "suite_cpu")
+    rows: list[TargetRow] = []
+    for key, what, one in (
+        ("seeds_8_vs_1", "8 seeds", "one seed"),
+        ("population_36_vs_1", "36 models", "one model"),
+    ):
+        g = gpu and gpu["targets"][key]
+        target = ref["targets"][key]["target"] if ref else None
+        rows.append(
+            (
+                f"GPU: {what} "
+                + ("against " if target is None else f"at most {target:g}x ")
+                + one,
+                g and f"{g['measured']:.2f}x ({gpu['device']})",
+                g and yes(g["met"]),
+            )
+        )
+    return rows
+
+
+BLOCKS = {"suite": markdown}
+TARGET_ROWS = {"suite": target_rows}
 
 
 if __name__ == "__main__":
