@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lrjax import data  # noqa: E402
+from _report_util import json_block, md_table  # noqa: E402
 
 _CHILD = """
 import sys, time
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/data.json"))
     args = parser.parse_args(argv)
+    from lrjax import data
 
     def load():
         return data.load_dataset(data_dir=args.data_dir, download=False)
@@ -107,6 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+# --- what benchmarks/report.py stitches into the documents -----------------------
+
+
+def markdown(d: dict) -> str:
+    """The ``data`` block: the dataset's load times, cold and warm."""
+    rows = [
+        ["cold (gunzip, validate, hash, write cache)", d["cold_s_median"]],
+        ["warm, same process", d["warm_s_median"]],
+        [
+            "warm, new process (a second run of a script)",
+            d["warm_new_process_s_median"],
+        ],
+    ]
+    m = d["machine"]
+    return md_table(["load", "time"], [[w, f"{1000 * s:.0f} ms"] for w, s in rows]) + (
+        f"\n\nMedians of {d['repeats']}; {d['dataset']} from `{d['source_dir']}`, "
+        f"a cache file of {d['cache_file_bytes'] / 1e6:.0f} MB; {m['processor']}, "
+        f"{m['cpu_count']} CPUs, Python {m['python']}, numpy {m['numpy']}."
+    )
+
+
+BLOCKS = {"data": json_block("data", markdown)}
 
 
 if __name__ == "__main__":

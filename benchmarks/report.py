@@ -32,6 +32,7 @@ RESULTS_MD = ROOT / "docs" / "results.md"
 sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
 import bench_cnn  # noqa: E402
 import bench_conv_population  # noqa: E402
+import bench_data  # noqa: E402
 import bench_find  # noqa: E402
 import bench_population  # noqa: E402
 import bench_range_test_sources  # noqa: E402
@@ -45,7 +46,6 @@ import sweep_quality  # noqa: E402
 import train_results  # noqa: E402
 from _report_util import (  # noqa: E402
     NOT_MEASURED,
-    json_block,
     md_table,
 )
 
@@ -85,23 +85,6 @@ def targets(results: Path) -> str:
 
 
 # --- docs/results.md: population, suite, data ----------------------------------
-
-
-def data(d: dict) -> str:
-    rows = [
-        ["cold (gunzip, validate, hash, write cache)", d["cold_s_median"]],
-        ["warm, same process", d["warm_s_median"]],
-        [
-            "warm, new process (a second run of a script)",
-            d["warm_new_process_s_median"],
-        ],
-    ]
-    m = d["machine"]
-    return md_table(["load", "time"], [[w, f"{1000 * s:.0f} ms"] for w, s in rows]) + (
-        f"\n\nMedians of {d['repeats']}; {d['dataset']} from `{d['source_dir']}`, "
-        f"a cache file of {d['cache_file_bytes'] / 1e6:.0f} MB; {m['processor']}, "
-        f"{m['cpu_count']} CPUs, Python {m['python']}, numpy {m['numpy']}."
-    )
 
 
 # --- README.md: the headline numbers ------------------------------------------
@@ -160,6 +143,7 @@ BENCHMARKS = (
     bench_population,
     bench_conv_population,
     suite,
+    bench_data,
 )
 
 
@@ -179,7 +163,6 @@ HEADLINE_ROWS = _groups("HEADLINE_ROWS")
 BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "targets": targets,
-    "data": json_block("data", data),
     "headline": headline,
     "recipe_quality": recipe_quality.markdown,
     "short_budget": short_budget.markdown,
