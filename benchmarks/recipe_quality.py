@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _report_util import NOT_MEASURED  # noqa: E402
+
 from lrjax.cli import optimizer_factory, setup_jax, write_atomic  # noqa: E402
 
 FACTORS = tuple(round(2 ** (k / 2), 3) for k in range(-4, 9))  # 0.25 .. 16
@@ -337,7 +339,7 @@ def markdown(results: Path) -> str:
         if "grids" in doc:
             docs.append((path.name, doc))
     if not docs:
-        return "(not measured yet)"
+        return NOT_MEASURED
     head = (
         "| setting | grid (families x peaks x seeds, cost) | best cell | recipe "
         "(auto) | regret, median / worst seed | target <= "
@@ -569,6 +571,10 @@ def main(argv=None) -> int:
     setup_jax(args.devices)
     run_setting(args)
     return 0
+
+
+# The block benchmarks/report.py stitches into docs/results.md.
+BLOCKS = {"recipe_quality": markdown}
 
 
 if __name__ == "__main__":

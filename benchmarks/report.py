@@ -144,6 +144,8 @@ BENCHMARKS = (
     bench_conv_population,
     suite,
     bench_data,
+    recipe_quality,
+    short_budget,
 )
 
 
@@ -164,8 +166,6 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
     "targets": targets,
     "headline": headline,
-    "recipe_quality": recipe_quality.markdown,
-    "short_budget": short_budget.markdown,
 }
 # Each document and its blocks, in the order a new document lists them.
 DOCUMENTS: dict[Path, tuple[str, ...]] = {
