@@ -12,6 +12,12 @@ missing document (or block) is created (appended) with empty blocks.
 The numbers live in the JSON, the words in the documents: rerun a benchmark, then
 this report, and ``--check`` (run by ``tests/test_report.py``) says whether a
 document still shows what its JSON holds.
+
+Each benchmark owns its blocks and the targets it checks: it exposes ``BLOCKS``
+(block name -> results folder -> markdown) and, for the two cross-benchmark
+tables, ``TARGET_ROWS`` and ``HEADLINE_ROWS`` (see ``_report_util.py``). This
+script only stitches them: which documents hold which blocks, in which order,
+and the order of the targets and headline rows.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ README = HERE / "README.md"
 FRONT_PAGE = ROOT / "README.md"
 RESULTS_MD = ROOT / "docs" / "results.md"
 
-sys.path.insert(0, str(HERE))  # the benchmarks' own table functions
+sys.path.insert(0, str(HERE))  # the benchmarks render their own blocks
 import bench_cnn  # noqa: E402
 import bench_conv_population  # noqa: E402
 import bench_data  # noqa: E402
@@ -44,93 +50,10 @@ import short_budget  # noqa: E402
 import suite  # noqa: E402
 import sweep_quality  # noqa: E402
 import train_results  # noqa: E402
-from _report_util import (  # noqa: E402
-    NOT_MEASURED,
-    md_table,
-)
+from _report_util import NOT_MEASURED, md_table  # noqa: E402
 
-# --- benchmarks/README.md: speed ----------------------------------------------
-
-
-# --- docs/results.md: where lrjax stands --------------------------------------
-
-
-def targets(results: Path) -> str:
-    """One row per target: what was measured, by which benchmark, met or not."""
-    rows: list[list[str]] = []
-
-    def row(target: str, measured, met, source: str) -> None:
-        """``measured`` and ``met`` are falsy (None, {}, []) without a JSON."""
-        rows.append([target, measured or NOT_MEASURED, met or "-", source])
-
-    def add(group: str) -> None:
-        source, rows_of = TARGET_ROWS[group]
-        for target, measured, met in rows_of(results):
-            row(target, measured, met, source)
-
-    add("find")
-    add("sgd_divergence")
-    add("train_bench")
-    add("train_results")
-    add("finder_quality")
-    add("population")
-    add("cnn_results")
-    add("cnn")
-    add("sweep")
-    add("suite")
-    return md_table(["target", "measured", "met?", "benchmark"], rows)
-
-
-# --- docs/results.md: training ------------------------------------------------
-
-
-# --- docs/results.md: population, suite, data ----------------------------------
-
-
-# --- README.md: the headline numbers ------------------------------------------
-
-# The detailed sections the headline rows link to.
-_BENCH = "benchmarks/README.md#"
-_DOCS = "docs/results.md#"
-HEADLINE_LINKS = {
-    "find": f"[bench_find]({_BENCH}range-test-seed-recipe-bench_findpy)",
-    "range_test_sources": f"[sources]({_BENCH}data-sources-and-model-forms-"
-    "bench_range_test_sourcespy)",
-    "finder_quality": f"[results]({_DOCS}finder-quality-regret-of-each-suggestion)",
-    "train_results": f"[results]({_DOCS}training-the-mlp-on-fashion-mnist)",
-    "cnn_results": f"[results]({_DOCS}training-the-batchnorm-cnn)",
-    "cnn": f"[bench_cnn]({_BENCH}cnn-on-xlacpu-bench_cnnpy)",
-    "sweep": f"[sweep_quality]({_BENCH}range-test-over-weight-decay-in-one-program-"
-    "sweep_qualitypy)",
-    "conv_population": f"[results]({_DOCS}a-population-of-cnns-vmap-unroll-or-map)",
-}
-
-
-def headline(results: Path) -> str:
-    """The front page's table: one number per benchmark, linked to its section."""
-    rows: list[list[str]] = []
-
-    def row(what: str, measured: str | None, link: str) -> None:
-        rows.append([what, measured or NOT_MEASURED, HEADLINE_LINKS[link]])
-
-    def add(group: str) -> None:
-        for what, measured in HEADLINE_ROWS[group][1](results):
-            row(what, measured, group)
-
-    add("find")
-    add("range_test_sources")
-    add("finder_quality")
-    add("train_results")
-    add("cnn_results")
-    add("cnn")
-    add("sweep")
-    add("conv_population")
-    return md_table(["what", "measured", "where"], rows)
-
-
-# --- the documents ------------------------------------------------------------
-
-# The benchmarks whose blocks and rows the documents show.
+# The benchmarks whose blocks and rows the documents show. Each renders its own
+# markdown from the JSON it writes (see _report_util.py for the interface).
 BENCHMARKS = (
     bench_find,
     bench_range_test_sources,
@@ -149,21 +72,79 @@ BENCHMARKS = (
 )
 
 
-def _groups(attr: str) -> dict[str, tuple[str, Callable]]:
-    """Every benchmark's row groups ``attr``: name -> (its file, rows(results))."""
+def _collect(attr: str) -> dict[str, tuple[str, Callable]]:
+    """Every benchmark's ``attr`` dict, merged: name -> (its file, the function)."""
     out: dict[str, tuple[str, Callable]] = {}
     for bench in BENCHMARKS:
-        for name, rows in getattr(bench, attr, {}).items():
-            assert name not in out, f"two benchmarks give {attr} {name!r}"
-            out[name] = (f"`{Path(bench.__file__).name}`", rows)
+        file = f"`{Path(bench.__file__).name}`"
+        for name, fn in getattr(bench, attr, {}).items():
+            if name in out:
+                raise ValueError(f"{attr} {name!r}: in {out[name][0]} and {file}")
+            out[name] = (file, fn)
     return out
 
 
-TARGET_ROWS = _groups("TARGET_ROWS")
-HEADLINE_ROWS = _groups("HEADLINE_ROWS")
+TARGET_ROWS = _collect("TARGET_ROWS")
+HEADLINE_ROWS = _collect("HEADLINE_ROWS")
+
+# docs/results.md's targets table: the benchmarks' TARGET_ROWS groups, in order.
+TARGETS_TABLE = (
+    "find",
+    "sgd_divergence",
+    "train_bench",
+    "train_results",
+    "finder_quality",
+    "population",
+    "cnn_results",
+    "cnn",
+    "sweep",
+    "suite",
+)
+# The front page's headline table: the benchmarks' HEADLINE_ROWS groups, in
+# order, each with the detailed section its rows link to.
+_BENCH = "benchmarks/README.md#"
+_DOCS = "docs/results.md#"
+HEADLINE_TABLE = {
+    "find": f"[bench_find]({_BENCH}range-test-seed-recipe-bench_findpy)",
+    "range_test_sources": f"[sources]({_BENCH}data-sources-and-model-forms-"
+    "bench_range_test_sourcespy)",
+    "finder_quality": f"[results]({_DOCS}finder-quality-regret-of-each-suggestion)",
+    "train_results": f"[results]({_DOCS}training-the-mlp-on-fashion-mnist)",
+    "cnn_results": f"[results]({_DOCS}training-the-batchnorm-cnn)",
+    "cnn": f"[bench_cnn]({_BENCH}cnn-on-xlacpu-bench_cnnpy)",
+    "sweep": f"[sweep_quality]({_BENCH}range-test-over-weight-decay-in-one-program-"
+    "sweep_qualitypy)",
+    "conv_population": f"[results]({_DOCS}a-population-of-cnns-vmap-unroll-or-map)",
+}
+if set(TARGETS_TABLE) != set(TARGET_ROWS) or set(HEADLINE_TABLE) != set(HEADLINE_ROWS):
+    raise ValueError("each benchmark's row group belongs in one of the tables")
+
+
+def targets(results: Path) -> str:
+    """One row per target: what was measured, met or not, by which benchmark."""
+    rows = []
+    for group in TARGETS_TABLE:
+        source, rows_of = TARGET_ROWS[group]
+        rows += [
+            [target, measured or NOT_MEASURED, met or "-", source]
+            for target, measured, met in rows_of(results)
+        ]
+    return md_table(["target", "measured", "met?", "benchmark"], rows)
+
+
+def headline(results: Path) -> str:
+    """The front page's table: one number per benchmark, linked to its section."""
+    rows = []
+    for group, link in HEADLINE_TABLE.items():
+        rows += [
+            [what, measured or NOT_MEASURED, link]
+            for what, measured in HEADLINE_ROWS[group][1](results)
+        ]
+    return md_table(["what", "measured", "where"], rows)
+
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
-    **{name: b for bench in BENCHMARKS for name, b in bench.BLOCKS.items()},
+    **{name: block for name, (_, block) in _collect("BLOCKS").items()},
     "targets": targets,
     "headline": headline,
 }
