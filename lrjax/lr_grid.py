@@ -74,6 +74,8 @@ from lrjax.step import (
 
 __all__ = ["GridResult", "accuracy_at", "lr_grid", "recipe_grid"]
 
+P = jax.sharding.PartitionSpec
+
 
 @dataclasses.dataclass
 class GridResult:
@@ -392,6 +394,20 @@ def lr_grid(
       lrjax.results.MemoryRefused: a ValueError, in one line, when the
         population's estimated memory exceeds what the device has; raised
         after building the first member, before the others or any compile.
+
+    Two lrs for a linear model (a params pytree with its loss), one epoch:
+
+    >>> import optax
+    >>> x = np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)
+    >>> loss_fn = classification_loss(lambda w, x: x @ w)
+    >>> grid = lr_grid(jnp.zeros((4, 2)), optax.sgd, (x[:192], y[:192]),
+    ...                (x[192:], y[192:]), lrs=[0.01, 1.0], key=jax.random.key(0),
+    ...                loss_fn=loss_fn, batch_size=16)
+    >>> len(grid.lrs), grid.val_accuracy.shape, grid.steps_per_epoch
+    (2, (2, 1, 1), 12)
+    >>> bool(grid.best_accuracy > 0.9), grid.best_lr in (0.01, 1.0)
+    (True, True)
     """
     units = [schedule] if schedule is not None else [None]
     return _grid(model, optimizer, train_data, val_data, units, lrs=lrs, key=key,
@@ -489,6 +505,75 @@ def _grid(
     check_population(population)
     if model_state is not None and eval_fn is None:
         raise ValueError(STATEFUL_EVAL)
+    train_data, val_data, n_train, n_val = _checked_data(
+        train_data, val_data, batch_size
+    )
+    has_loss_fn = loss_fn is not None
+    loss_fn = classification_loss() if loss_fn is None else loss_fn
+    grid = _Grid.of(lr_arr, len(units), seeds, epochs, n_train // batch_size)
+    make_tx = _unit_optimizer(optimizer, units)
+    estimate: dict[str, Any] = {}
+    check = _memory_check(grid, make_tx, train_data, batch_size, estimate)
+    spec, params, rest = init_members(
+        model, key, seeds, check, model_state=model_state, has_loss_fn=has_loss_fn
+    )
+    mesh = population_mesh(grid.padded)
+    source = _member_batches(train_data, key, batch_size, grid, mesh)
+    val = jax.tree.map(jnp.asarray, val_data)
+    if mesh is not None:
+        val = jax.device_put(val, jax.sharding.NamedSharding(mesh, P()))
+    state = _init_members(params, rest, grid, make_tx, mesh)
+    del params, rest
+
+    program = Program(
+        _member_builder(spec, loss_fn, make_tx, preprocess),
+        gathers=True,
+        members="own" if seeds > 1 else "shared",
+        loop=loop,
+        population=population,
+    )
+    eval_one = make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
+    member_bytes = tree_bytes(state.train) // grid.padded
+    memory = {
+        "state_bytes": member_bytes * grid.size,
+        "member_bytes": member_bytes,
+        "members": grid.size,
+        "padded_members": grid.padded,
+        "estimate": estimate,
+    }
+    # Compile the epoch and the evaluation before the clock starts ("auto"
+    # decides the loop here, and the evaluation follows it).
+    plan = epoch_plan(0, grid.steps * epochs, grid.steps, 1)
+    program.compile(state, source.chunk(*plan[0]), source.data)
+    t0 = time.perf_counter()
+    evaluate = _member_evaluate(
+        program, eval_one, val, n_val, min(eval_batch_size, n_val), state
+    )
+    eval_compile_s = time.perf_counter() - t0
+
+    recorder = _EpochRecorder(evaluate, grid, progress)
+    out = drive(program, state, source, plan, hooks=[recorder])
+    del state
+    recorder.close()
+
+    config = {
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "seeds": seeds,
+        "num_lrs": grid.num_lrs,
+        "eval_batch_size": min(eval_batch_size, n_val),
+        "n_train": n_train,
+        "n_val": n_val,
+    }
+    timings = _timings(program, eval_compile_s, out.run_s, grid)
+    device = describe_devices(
+        list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+    )
+    return _results(grid, recorder, timings, device, memory, config)
+
+
+def _checked_data(train_data, val_data, batch_size: int) -> tuple[Any, Any, int, int]:
+    """``(train_data, val_data, n_train, n_val)``: in-memory arrays, checked."""
     train_data = _arrays(train_data, "train_data")
     val_data = _arrays(val_data, "val_data")
     n_train = leading_size(train_data, "train_data")
@@ -496,10 +581,58 @@ def _grid(
     if n_val < 1:
         raise ValueError("val_data has no examples")
     check_batch_size(batch_size, n_train)
-    num_lrs = lr_arr.size
-    has_loss_fn = loss_fn is not None
-    loss_fn = classification_loss() if loss_fn is None else loss_fn
-    steps = n_train // batch_size
+    return train_data, val_data, n_train, n_val
+
+
+class _Grid(NamedTuple):
+    """The population and how long it trains.
+
+    Member ``p = c * seeds + s`` over the cells ``c = f * num_lrs + l`` (family
+    ``f``, lr ``l``), padded to a multiple of the devices with copies of the last
+    member (their results are dropped); each trains ``epochs`` of ``steps``.
+    """
+
+    lrs: np.ndarray  # float64[num_lrs]
+    families: int
+    seeds: int
+    epochs: int
+    steps: int  # updates per epoch
+    padded: int  # members run: a multiple of the devices
+
+    @classmethod
+    def of(
+        cls, lrs: np.ndarray, families: int, seeds: int, epochs: int, steps: int
+    ) -> _Grid:
+        size = families * lrs.size * seeds
+        n_dev = min(len(jax.devices()), size)
+        return cls(lrs, families, seeds, epochs, steps, -(-size // n_dev) * n_dev)
+
+    @property
+    def num_lrs(self) -> int:
+        return self.lrs.size
+
+    @property
+    def size(self) -> int:  # members that count
+        return self.families * self.num_lrs * self.seeds
+
+    def members(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(lr_of, family_of, seed_of)``: int[padded], every member's indices."""
+        member = np.minimum(np.arange(self.padded), self.size - 1)
+        cell_of, seed_of = member // self.seeds, member % self.seeds
+        return cell_of % self.num_lrs, cell_of // self.num_lrs, seed_of
+
+    def stack(self, per_epoch) -> np.ndarray:
+        """``[epochs][padded] -> float64[families, num_lrs, seeds, epochs]``."""
+        a = np.stack([np.asarray(v)[: self.size] for v in per_epoch], axis=-1)
+        shape = (self.families, self.num_lrs, self.seeds, self.epochs)
+        return a.astype(np.float64).reshape(shape)
+
+
+def _unit_optimizer(optimizer: OptimizerFactory, units: list) -> Callable:
+    """``make_tx(lr, family)``: the optimizer at ``lr * units[family](t)``.
+
+    A unit that is None is the constant 1 (a constant lr).
+    """
     one = lambda t: jnp.ones(jnp.shape(t), jnp.float32)  # noqa: E731
     units = [one if u is None else u for u in units]
 
@@ -511,18 +644,19 @@ def _grid(
             optimizer, lambda t: lr * jnp.stack([u(t) for u in units])[family]
         )
 
-    # The population: member p = c * seeds + s over the cells c = f * num_lrs + l
-    # (family f, lr l), padded to a multiple of the devices with copies of the
-    # last member (their results are dropped).
-    cells = len(units) * num_lrs
-    size = cells * seeds
-    n_dev = min(len(jax.devices()), size)
-    padded = -(-size // n_dev) * n_dev
-    estimate: dict[str, Any] = {}
+    return make_tx
+
+
+def _memory_check(
+    grid: _Grid, make_tx: Callable, train_data, batch_size: int, estimate: dict
+) -> Callable:
+    """``check(spec, params, rest)`` for :func:`lrjax.range_test.init_members`.
+
+    It refuses an impossible population from its first member, before the other
+    seeds are built and before anything compiles; ``estimate`` gets the numbers.
+    """
 
     def check(spec, params, rest):
-        """Refuses an impossible population from its first member, before the
-        other seeds are built and before anything compiles."""
         one = jax.eval_shape(
             lambda p, r: GridState(
                 jnp.float32(0),
@@ -535,53 +669,55 @@ def _grid(
         # A member's inputs: its batch, and with several seeds its own row of
         # the epoch chunk's indices (int32[steps, batch]).
         per_example = tree_bytes(jax.tree.map(lambda a: a[:1], train_data))
-        inputs = per_example * batch_size + (4 * steps * batch_size if seeds > 1 else 0)
-        estimate.update(estimate_population(tree_bytes(one), inputs, padded))
+        own = 4 * grid.steps * batch_size if grid.seeds > 1 else 0
+        inputs = per_example * batch_size + own
+        estimate.update(estimate_population(tree_bytes(one), inputs, grid.padded))
         check_memory(estimate, "the number of lrs or seeds (--num, --seeds)")
 
-    spec, params, rest = init_members(
-        model, key, seeds, check, model_state=model_state, has_loss_fn=has_loss_fn
-    )
-    member = np.minimum(np.arange(padded), size - 1)
-    cell_of, seed_of = member // seeds, member % seeds
-    lr_of, family_of = cell_of % num_lrs, cell_of // num_lrs
-    mesh = population_mesh(padded)
-    P = jax.sharding.PartitionSpec
-    pop = rep = None
-    if mesh is not None:
-        pop = jax.sharding.NamedSharding(mesh, P("pop"))
-        rep = jax.sharding.NamedSharding(mesh, P())
+    return check
 
+
+def _member_batches(
+    train_data, key: jax.Array, batch_size: int, grid: _Grid, mesh
+) -> _MemberBatches:
+    """Seed ``k``'s batch order from ``fold_in(key, k)``, shared by its members."""
+    seeds = grid.seeds
     seed_keys = [jax.random.fold_in(key, k) for k in range(seeds)]
+    rep = None if mesh is None else jax.sharding.NamedSharding(mesh, P())
     base = ArraySource(
-        train_data,
-        batch_size,
-        seed_keys if seeds > 1 else seed_keys[0],
-        sharding=rep,
+        train_data, batch_size, seed_keys if seeds > 1 else seed_keys[0], sharding=rep
     )
-    source = _MemberBatches(
-        base,
-        seed_of if seeds > 1 else None,
-        None
-        if mesh is None
-        else jax.sharding.NamedSharding(mesh, P(None, "pop") if seeds > 1 else P()),
-    )
-    val = jax.tree.map(jnp.asarray, val_data)
-    if rep is not None:
-        val = jax.device_put(val, rep)
+    sharding = None
+    if mesh is not None:
+        sharding = jax.sharding.NamedSharding(
+            mesh, P(None, "pop") if seeds > 1 else P()
+        )
+    return _MemberBatches(base, grid.members()[2] if seeds > 1 else None, sharding)
+
+
+def _init_members(params, rest, grid: _Grid, make_tx: Callable, mesh) -> GridState:
+    """Every member's :class:`GridState` (``[padded, ...]``), split over ``mesh``."""
+    seeds = grid.seeds
 
     def init(lr, family, s, params, rest):
         if seeds > 1:
             params, rest = jax.tree.map(lambda a: a[s], (params, rest))
         return GridState(lr, family, init_state(params, rest, make_tx(lr, family)))
 
-    pop_lrs = jnp.asarray(lr_arr[lr_of], jnp.float32)
-    pop_families = jnp.asarray(family_of, jnp.int32)
-    seed_idx = jnp.asarray(seed_of, jnp.int32)
-    state = jax.jit(jax.vmap(init, in_axes=(0, 0, 0, None, None)), out_shardings=pop)(
-        pop_lrs, pop_families, seed_idx, params, rest
+    lr_of, family_of, seed_of = grid.members()
+    pop = None if mesh is None else jax.sharding.NamedSharding(mesh, P("pop"))
+    return jax.jit(jax.vmap(init, in_axes=(0, 0, 0, None, None)), out_shardings=pop)(
+        jnp.asarray(grid.lrs[lr_of], jnp.float32),
+        jnp.asarray(family_of, jnp.int32),
+        jnp.asarray(seed_of, jnp.int32),
+        params,
+        rest,
     )
-    del params, rest
+
+
+def _member_builder(spec, loss_fn: LossFn, make_tx: Callable, preprocess) -> Callable:
+    """``build(unroll)`` for :class:`lrjax.loop.Program`: the one step, with the
+    optimizer of the member's lr and family (read from its state)."""
 
     def build(unroll: bool):
         def step(gs: GridState, batch):
@@ -597,29 +733,14 @@ def _grid(
 
         return step
 
-    program = Program(
-        build,
-        gathers=True,
-        members="own" if seeds > 1 else "shared",
-        loop=loop,
-        population=population,
-    )
-    eval_one = make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
-    member_bytes = tree_bytes(state.train) // padded
-    memory = {
-        "state_bytes": member_bytes * size,
-        "member_bytes": member_bytes,
-        "members": size,
-        "padded_members": padded,
-        "estimate": estimate,
-    }
+    return build
 
-    # Compile the epoch and the evaluation before the clock starts ("auto"
-    # decides the loop here, and the evaluation follows it).
-    plan = epoch_plan(0, steps * epochs, steps, 1)
-    program.compile(state, source.chunk(*plan[0]), source.data)
-    t0 = time.perf_counter()
-    # The members are evaluated the way they train (vmapped, unrolled, mapped).
+
+def _member_evaluate(program: Program, eval_one, val, n_val: int, batch: int, state):
+    """``evaluate(params, model_state) -> {name: [members]}`` (:func:`_make_evaluate`).
+
+    The members are evaluated the way they train (vmapped, unrolled, mapped).
+    """
     eval_members = population_fn(
         lambda pr, b, _: eval_one(pr[0], pr[1], b),
         False,
@@ -630,84 +751,97 @@ def _grid(
     def eval_pop(params, ms, b):
         return eval_members((params, ms), b, None)
 
-    evaluate = _make_evaluate(
+    return _make_evaluate(
         eval_pop,
         val,
         n_val,
-        min(eval_batch_size, n_val),
+        batch,
         program.loop == "dispatch",
         (state.train.params, state.train.model_state),
     )
-    eval_compile_s = time.perf_counter() - t0
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc="lr grid", unit="epoch", leave=False)
-    train_parts: dict[str, list[np.ndarray]] = {"loss": [], "lr": []}
-    evals: list[dict[str, jax.Array]] = []
+class _EpochRecorder:
+    """The host action after every chunk (a :func:`lrjax.loop.drive` hook).
 
-    def epoch_end(end: ChunkEnd) -> None:
-        for name in train_parts:
-            train_parts[name].append(end.metrics[name])
-        if end.hi % steps == 0:  # every chunk is an epoch; kept general
+    Keeps the chunk's training losses and applied lrs and, at an epoch's end,
+    every member's evaluation (before the next chunk donates the state); moves
+    the progress bar over epochs.
+    """
+
+    def __init__(self, evaluate: Callable, grid: _Grid, progress: bool):
+        self.evaluate, self.steps, self.size = evaluate, grid.steps, grid.size
+        self.train_parts: dict[str, list[np.ndarray]] = {"loss": [], "lr": []}
+        self.evals: list[dict[str, jax.Array]] = []  # per epoch: {name: [padded]}
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=grid.epochs, desc="lr grid", unit="epoch", leave=False
+            )
+
+    def __call__(self, end: ChunkEnd) -> None:
+        for name in self.train_parts:
+            self.train_parts[name].append(end.metrics[name])
+        if end.hi % self.steps == 0:  # every chunk is an epoch; kept general
             train = end.state.train  # evaluated before the next chunk donates it
-            evals.append(jax.tree.map(host, evaluate(train.params, train.model_state)))
-            if bar is not None:
-                bar.update(1)
-                ev = evals[-1]
+            ev = jax.tree.map(host, self.evaluate(train.params, train.model_state))
+            self.evals.append(ev)
+            if self.bar is not None:
+                self.bar.update(1)
                 if "accuracy" in ev:
-                    best = np.nanmax(np.asarray(ev["accuracy"])[:size])
-                    bar.set_postfix(best_acc=f"{best:.3f}")
+                    best = np.nanmax(np.asarray(ev["accuracy"])[: self.size])
+                    self.bar.set_postfix(best_acc=f"{best:.3f}")
         return None
 
-    out = drive(program, state, source, plan, hooks=[epoch_end])
-    del state
-    if bar is not None:
-        bar.close()
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
-    nf = len(units)
 
-    def grid(per_epoch):  # [epochs][padded] -> [families, num_lrs, seeds, epochs]
-        a = np.stack([np.asarray(v)[:size] for v in per_epoch], axis=-1)
-        return a.astype(np.float64).reshape(nf, num_lrs, seeds, epochs)
+def _timings(program: Program, eval_compile_s: float, run_s: float, grid: _Grid):
+    total_steps = grid.steps * grid.epochs * grid.size
+    return {
+        "compile_s": program.compile_s + eval_compile_s,
+        "run_s": run_s,
+        "steps_per_s": total_steps / run_s if run_s > 0 else None,
+        "model_epochs_per_s": grid.size * grid.epochs / run_s if run_s > 0 else None,
+        "loop": program.loop,
+        "population": program.population,
+    }
 
-    val_metrics = {name: grid([ev[name] for ev in evals]) for name in evals[0]}
+
+def _results(
+    grid: _Grid,
+    recorder: _EpochRecorder,
+    timings: dict[str, Any],
+    device: str,
+    memory: dict[str, Any],
+    config: dict[str, Any],
+) -> list[GridResult]:
+    """A :class:`GridResult` per family from the recorded epochs.
+
+    Raises:
+      ValueError: the evaluation has neither ``"accuracy"`` nor ``"loss"``.
+    """
+    evals, parts = recorder.evals, recorder.train_parts
+    val_metrics = {name: grid.stack([ev[name] for ev in evals]) for name in evals[0]}
     if "accuracy" not in val_metrics and "loss" not in val_metrics:
         raise ValueError(
             "the evaluation must return 'accuracy' or 'loss' to rank the lrs; got "
             f"{sorted(val_metrics)}"
         )
-    losses = np.concatenate(train_parts["loss"]).astype(np.float64)  # [T, padded]
-    train_loss = grid(losses.reshape(epochs, steps, padded).mean(axis=1))
-    lr_steps = np.concatenate(train_parts["lr"])  # [T, padded]
-    applied = lr_steps[:, :size:seeds].T.astype(np.float64).reshape(nf, num_lrs, -1)
-    total_steps = steps * epochs * size
-    run_s = out.run_s
-    timings = {
-        "compile_s": program.compile_s + eval_compile_s,
-        "run_s": run_s,
-        "steps_per_s": total_steps / run_s if run_s > 0 else None,
-        "model_epochs_per_s": size * epochs / run_s if run_s > 0 else None,
-        "loop": program.loop,
-        "population": program.population,
-    }
-    device = describe_devices(
-        list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+    losses = np.concatenate(parts["loss"]).astype(np.float64)  # [T, padded]
+    train_loss = grid.stack(
+        losses.reshape(grid.epochs, grid.steps, grid.padded).mean(axis=1)
     )
-    config = {
-        "batch_size": batch_size,
-        "epochs": epochs,
-        "seeds": seeds,
-        "num_lrs": num_lrs,
-        "eval_batch_size": min(eval_batch_size, n_val),
-        "n_train": n_train,
-        "n_val": n_val,
-    }
-    nan = np.full((num_lrs, seeds, epochs), np.nan)
+    lr_steps = np.concatenate(parts["lr"])  # [T, padded]
+    applied = lr_steps[:, : grid.size : grid.seeds].T.astype(np.float64)
+    applied = applied.reshape(grid.families, grid.num_lrs, -1)
+    nan = np.full((grid.num_lrs, grid.seeds, grid.epochs), np.nan)
     results = []
-    for f in range(nf):
+    for f in range(grid.families):
         metrics = {name: v[f] for name, v in val_metrics.items()}
         val_loss = metrics.get("loss", nan)
         val_acc = metrics.get("accuracy", nan)
@@ -722,16 +856,16 @@ def _grid(
             best = int(np.argmin(np.where(np.isnan(loss), np.inf, loss)))
         results.append(
             GridResult(
-                lrs=lr_arr,
-                seeds=seeds,
-                epochs=epochs,
+                lrs=grid.lrs,
+                seeds=grid.seeds,
+                epochs=grid.epochs,
                 val_loss=val_loss,
                 val_accuracy=val_acc,
                 train_loss=train_loss[f],
                 applied_lr=applied[f],
-                best_lr=float(lr_arr[best]),
+                best_lr=float(grid.lrs[best]),
                 best_accuracy=float(final[best]),
-                steps_per_epoch=steps,
+                steps_per_epoch=grid.steps,
                 timings=dict(timings),
                 device=device,
                 memory=memory,
