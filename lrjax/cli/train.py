@@ -20,10 +20,13 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from lrjax.cli import (
     ArgumentParser,
+    ModelChoice,
     UsageError,
     add_model_args,
     fail,
@@ -595,193 +598,45 @@ def softmax_outputs(model, x, preprocess, batch_size: int = 1000):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs ``python -m lrjax.train``; returns the exit code (module docstring)."""
     t_start = time.perf_counter()
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        args = build_parser().parse_args(argv)
-        if args.resume and args.logdir is not None and not args.force:
-            args = resumed_args(args, argv)
-        _check(args)
+        args = _parse_args(argv)
         init_distributed(args)  # before JAX starts its backends
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
 
     setup_jax()
     import jax
-    import numpy as np
 
     from lrjax import hooks
-    from lrjax.batches import scale_images
     from lrjax.data import DatasetError
-    from lrjax.fit import FitConfig, fit
 
     try:
-        ds = load_data(args)
-        ndev = jax.local_device_count()
-        if args.batch_size % ndev:
-            raise UsageError(
-                f"--batch-size {args.batch_size} must be divisible by the number of "
-                f"devices ({ndev}) for data-parallel training"
-            )
-        choice = model_choice(args, ds)
-        opt = optimizer_factory(args.optimizer, args.weight_decay)
-        steps_per_epoch = len(ds.y_train) // args.batch_size
-        # Validate the schedule before any work (auto's peak is unknown: use 1).
-        make_schedule(args, 1.0 if args.lr == "auto" else args.lr, steps_per_epoch)
-        out = _prepare_logdir(args)
+        setup = _setup(args)
     except (UsageError, DatasetError, ValueError) as e:
         return fail(PROG, str(e))
+    out, steps_per_epoch = setup.out, setup.steps_per_epoch
 
     key = jax.random.key(args.seed)
-    model = choice.build(jax.random.fold_in(key, 0))
-    train_data = (ds.x_train, ds.y_train)
+    model = setup.choice.build(jax.random.fold_in(key, 0))
     progress = not args.quiet and sys.stderr.isatty()
     say = (lambda *a: None) if (args.quiet or args.json) else print
-
-    finder_doc = None
-    resume_meta = out / "run.json"
-    if args.resume and resume_meta.exists():
-        prev = json.loads(resume_meta.read_text())
-        peak = prev["lr"]
-        finder_doc = prev.get("lr_finder")
-    elif args.lr == "auto":
-        from lrjax.range_test import lr_range_test
-
-        family = recipe_family(args.schedule)
-        if family is not None:
-            from lrjax.recipes import PEAK_RULES, optimizer_kind
-
-            kind = optimizer_kind(args.optimizer)
-            method = args.lr_method or PEAK_RULES[kind][family][0]
-        else:
-            method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
-        t0 = time.perf_counter()
-        try:
-            rt = lr_range_test(
-                model,
-                opt,
-                train_data,
-                key=jax.random.fold_in(key, 2),
-                loss_fn=choice.loss_fn,
-                preprocess=scale_images,
-                batch_size=args.batch_size,
-                method=method,
-                progress=progress,
-            )
-        except KeyboardInterrupt:  # before any training: nothing to save
-            print(f"{PROG}: interrupted during the range test", file=sys.stderr)
-            return 130
-        if rt.suggested_lr is None:
-            return fail(
-                PROG, "--lr auto: the range test gave no suggestion; pass --lr FLOAT"
-            )
-        peak = float(rt.suggested_lr)
-        recipe = None
-        if family is not None:
-            from lrjax.recipes import recommend
-
-            try:
-                recipe = recommend(
-                    rt,
-                    args.epochs * steps_per_epoch,
-                    family,
-                    optimizer=args.optimizer,
-                    method=args.lr_method,
-                )
-            except ValueError as e:
-                return fail(PROG, f"--lr auto: {e}")
-            peak = recipe.peak_lr
-        finder_doc = {
-            "method": method,
-            "suggested_lr": float(rt.suggested_lr),
-            "peak_lr": peak,
-            "recipe": None if recipe is None else recipe.to_json(),
-            "suggestions": rt.suggestions,
-            "diverged_at_lr": rt.diverged_at_lr,
-            "time_s": time.perf_counter() - t0,
-        }
-        if recipe is None:
-            say(f"lr auto: range test suggests {peak:.4g} ({method})")
-        else:
-            say(f"lr auto: recipe {recipe.describe()}")
-    else:
-        peak = float(args.lr)
+    try:
+        peak, finder_doc = _peak_lr(args, setup, model, key, progress, say)
+    except _Exit as e:
+        return e.code
     if not args.resume:
         doc = {"argv": argv, "lr": peak, "lr_finder": finder_doc}
         try:
-            write_atomic(resume_meta, json.dumps(doc, indent=1) + "\n")
+            write_atomic(out / "run.json", json.dumps(doc, indent=1) + "\n")
         except OSError as e:
             return fail(PROG, _write_failed(e, out, steps_per_epoch))
-    sched, sched_desc, snap_steps = make_schedule(args, peak, steps_per_epoch)
-    average_start = None
-    if args.average_from is not None:  # the first update index averaged
-        total = args.epochs * steps_per_epoch
-        average_start = min(round(args.average_from * total), total - 1)
-    recipe_doc = (finder_doc or {}).get("recipe")
-    if recipe_doc:
-        sched_desc.update(
-            {k: recipe_doc[k] for k in ("method", "suggestion", "factor", "rule")}
-        )
-    if recipe_family(args.schedule) is not None:
-        say(
-            "schedule: "
-            + ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                for k, v in sched_desc.items()
-                if k not in ("name", "cycle_ends")
-            )
-        )
+    plan = _plan(args, peak, finder_doc, steps_per_epoch, say)
 
-    def summary(rec):
-        extra = ""
-        if "ensemble_val_accuracy" in rec:
-            extra = (
-                f"  ensemble({rec['snapshots']}) val_acc "
-                f"{rec['ensemble_val_accuracy']:.4f}"
-            )
-        # A user's loss_fn may report no accuracy: print what the record has.
-        parts = [f"epoch {rec['epoch']:3d}/{args.epochs}"]
-        for name, label in (
-            ("train_loss", "loss"),
-            ("train_accuracy", "acc"),
-            ("val_loss", "val_loss"),
-            ("val_accuracy", "val_acc"),
-        ):
-            if name in rec:
-                parts.append(f"{label} {rec[name]:.4f}")
-        parts.append(f"lr {rec['lr']:.4g}  {rec['time_s']:.2f}s{extra}")
-        say("  ".join(parts))
-
-    config = FitConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=sched,
-        patience=args.patience,
-        monitor=args.monitor,
-        snapshot_steps=snap_steps,
-        average_start=average_start,
-        chunks_per_epoch=args.chunks,
-        logdir=out,
-        checkpoint_dir=out / "checkpoints",
-        resume=args.resume,
-        max_to_keep=args.max_to_keep,
-        progress=progress,
-    )
     try:
-        with hooks.StopOnSignals() as stop:
-            result = fit(
-                model,
-                opt,
-                train_data,
-                key=jax.random.fold_in(key, 1),
-                config=config,
-                loss_fn=choice.loss_fn,
-                preprocess=scale_images,
-                val_data=(ds.x_val, ds.y_val),
-                test_data=(ds.x_test, ds.y_test) if len(ds.y_test) else None,
-                hooks=[hooks.EpochEnd(summary), stop],
-            )
-            signum = stop.received
+        result, signum = _train(args, setup, model, key, plan, progress, say)
     except OSError as e:  # hooks.WriteError: a full disk, a lost mount, ...
         return fail(PROG, _write_failed(e, out, steps_per_epoch))
     except (hooks.CheckpointError, ValueError) as e:
@@ -797,6 +652,267 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 128 + int(signal.SIGTERM if signum is None else signum)
 
+    metrics = _metrics(args, setup, result, plan, t_start)
+    try:
+        _write_outputs(args, setup, result, metrics)
+    except OSError as e:
+        return fail(PROG, _write_failed(e, out, steps_per_epoch))
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        say(_test_line(metrics))
+        t = result.timings
+        say(
+            f"time: compile {t['compile_s']:.2f} s, train {t['run_s']:.2f} s "
+            f"({t['mean_epoch_s'] or 0:.2f} s/epoch) on {result.device}; "
+            f"written to {out}"
+        )
+    return 0
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    """The flags (a ``--resume``'s merged with the saved run's), checked.
+
+    Raises:
+      UsageError, ValueError: a bad flag, or one that contradicts the saved run.
+    """
+    args = build_parser().parse_args(argv)
+    if args.resume and args.logdir is not None and not args.force:
+        args = resumed_args(args, argv)
+    _check(args)
+    return args
+
+
+class _Exit(Exception):
+    """Leaves :func:`main` with ``code``; its message is printed already."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+class _Setup(NamedTuple):
+    """What the run trains on and with, and where its files go."""
+
+    ds: Any  # the dataset (lrjax.data)
+    choice: ModelChoice  # --model: its factory, loss and config
+    opt: Callable  # --optimizer: learning_rate -> optax.GradientTransformation
+    steps_per_epoch: int
+    out: Path  # --logdir, prepared
+
+
+def _setup(args) -> _Setup:
+    """The data, model and optimizer, checked before any work.
+
+    Raises:
+      UsageError, DatasetError, ValueError: a bad flag, data or logdir.
+    """
+    import jax
+
+    ds = load_data(args)
+    ndev = jax.local_device_count()
+    if args.batch_size % ndev:
+        raise UsageError(
+            f"--batch-size {args.batch_size} must be divisible by the number of "
+            f"devices ({ndev}) for data-parallel training"
+        )
+    choice = model_choice(args, ds)
+    opt = optimizer_factory(args.optimizer, args.weight_decay)
+    steps_per_epoch = len(ds.y_train) // args.batch_size
+    # Validate the schedule before any work (auto's peak is unknown: use 1).
+    make_schedule(args, 1.0 if args.lr == "auto" else args.lr, steps_per_epoch)
+    return _Setup(ds, choice, opt, steps_per_epoch, _prepare_logdir(args))
+
+
+def _peak_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
+    """``(peak lr, the range test's record or None)``: the resumed run's, the
+    range test's (``--lr auto``, :func:`_auto_lr`) or ``--lr``'s."""
+    resume_meta = setup.out / "run.json"
+    if args.resume and resume_meta.exists():
+        prev = json.loads(resume_meta.read_text())
+        return prev["lr"], prev.get("lr_finder")
+    if args.lr == "auto":
+        return _auto_lr(args, setup, model, key, progress, say)
+    return float(args.lr), None
+
+
+def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
+    """``--lr auto``: the range test's suggestion, or a recipe's peak from it.
+
+    Raises:
+      _Exit: interrupted (130), or no suggestion or recipe (2, after the error).
+    """
+    import jax
+
+    from lrjax.batches import scale_images
+    from lrjax.range_test import lr_range_test
+
+    family = recipe_family(args.schedule)
+    if family is not None:
+        from lrjax.recipes import PEAK_RULES, optimizer_kind
+
+        kind = optimizer_kind(args.optimizer)
+        method = args.lr_method or PEAK_RULES[kind][family][0]
+    else:
+        method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
+    t0 = time.perf_counter()
+    try:
+        rt = lr_range_test(
+            model,
+            setup.opt,
+            (setup.ds.x_train, setup.ds.y_train),
+            key=jax.random.fold_in(key, 2),
+            loss_fn=setup.choice.loss_fn,
+            preprocess=scale_images,
+            batch_size=args.batch_size,
+            method=method,
+            progress=progress,
+        )
+    except KeyboardInterrupt:  # before any training: nothing to save
+        print(f"{PROG}: interrupted during the range test", file=sys.stderr)
+        raise _Exit(130) from None
+    if rt.suggested_lr is None:
+        raise _Exit(
+            fail(PROG, "--lr auto: the range test gave no suggestion; pass --lr FLOAT")
+        )
+    peak = float(rt.suggested_lr)
+    recipe = None
+    if family is not None:
+        from lrjax.recipes import recommend
+
+        try:
+            recipe = recommend(
+                rt,
+                args.epochs * setup.steps_per_epoch,
+                family,
+                optimizer=args.optimizer,
+                method=args.lr_method,
+            )
+        except ValueError as e:
+            raise _Exit(fail(PROG, f"--lr auto: {e}")) from None
+        peak = recipe.peak_lr
+    finder_doc = {
+        "method": method,
+        "suggested_lr": float(rt.suggested_lr),
+        "peak_lr": peak,
+        "recipe": None if recipe is None else recipe.to_json(),
+        "suggestions": rt.suggestions,
+        "diverged_at_lr": rt.diverged_at_lr,
+        "time_s": time.perf_counter() - t0,
+    }
+    if recipe is None:
+        say(f"lr auto: range test suggests {peak:.4g} ({method})")
+    else:
+        say(f"lr auto: recipe {recipe.describe()}")
+    return peak, finder_doc
+
+
+class _Plan(NamedTuple):
+    """The lr and its schedule, decided before training."""
+
+    peak: float
+    finder_doc: dict | None  # --lr auto: the range test's numbers
+    sched: Any  # a float (constant) or a schedule step -> lr
+    desc: dict  # metrics.json's "schedule"
+    snap_steps: Any  # int64[M] update indices of the snapshots, or None
+    average_start: int | None  # --average-from: the first update index averaged
+
+
+def _plan(args, peak: float, finder_doc, steps_per_epoch: int, say) -> _Plan:
+    """The schedule at ``peak`` (:func:`make_schedule`); a recipe's is printed."""
+    sched, desc, snap_steps = make_schedule(args, peak, steps_per_epoch)
+    average_start = None
+    if args.average_from is not None:  # the first update index averaged
+        total = args.epochs * steps_per_epoch
+        average_start = min(round(args.average_from * total), total - 1)
+    recipe_doc = (finder_doc or {}).get("recipe")
+    if recipe_doc:
+        desc.update(
+            {k: recipe_doc[k] for k in ("method", "suggestion", "factor", "rule")}
+        )
+    if recipe_family(args.schedule) is not None:
+        say(
+            "schedule: "
+            + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in desc.items()
+                if k not in ("name", "cycle_ends")
+            )
+        )
+    return _Plan(peak, finder_doc, sched, desc, snap_steps, average_start)
+
+
+def _epoch_line(rec: dict, epochs: int) -> str:
+    """The line printed after an epoch, from what its record has.
+
+    >>> _epoch_line({"epoch": 2, "train_loss": 0.5, "lr": 0.1, "time_s": 1.0}, 3)
+    'epoch   2/3  loss 0.5000  lr 0.1  1.00s'
+    """
+    extra = ""
+    if "ensemble_val_accuracy" in rec:
+        extra = (
+            f"  ensemble({rec['snapshots']}) val_acc {rec['ensemble_val_accuracy']:.4f}"
+        )
+    # A user's loss_fn may report no accuracy: print what the record has.
+    parts = [f"epoch {rec['epoch']:3d}/{epochs}"]
+    for name, label in (
+        ("train_loss", "loss"),
+        ("train_accuracy", "acc"),
+        ("val_loss", "val_loss"),
+        ("val_accuracy", "val_acc"),
+    ):
+        if name in rec:
+            parts.append(f"{label} {rec[name]:.4f}")
+    parts.append(f"lr {rec['lr']:.4g}  {rec['time_s']:.2f}s{extra}")
+    return "  ".join(parts)
+
+
+def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
+    """``(FitResult, the signal received or None)``: :func:`lrjax.fit` with the
+    flags' config, stopped at a chunk boundary by SIGINT / SIGTERM."""
+    import jax
+
+    from lrjax import hooks
+    from lrjax.batches import scale_images
+    from lrjax.fit import FitConfig, fit
+
+    ds, out = setup.ds, setup.out
+    config = FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=plan.sched,
+        patience=args.patience,
+        monitor=args.monitor,
+        snapshot_steps=plan.snap_steps,
+        average_start=plan.average_start,
+        chunks_per_epoch=args.chunks,
+        logdir=out,
+        checkpoint_dir=out / "checkpoints",
+        resume=args.resume,
+        max_to_keep=args.max_to_keep,
+        progress=progress,
+    )
+    with hooks.StopOnSignals() as stop:
+        result = fit(
+            model,
+            setup.opt,
+            (ds.x_train, ds.y_train),
+            key=jax.random.fold_in(key, 1),
+            config=config,
+            loss_fn=setup.choice.loss_fn,
+            preprocess=scale_images,
+            val_data=(ds.x_val, ds.y_val),
+            test_data=(ds.x_test, ds.y_test) if len(ds.y_test) else None,
+            hooks=[
+                hooks.EpochEnd(lambda rec: say(_epoch_line(rec, args.epochs))),
+                stop,
+            ],
+        )
+        return result, stop.received
+
+
+def _metrics(args, setup: _Setup, result, plan: _Plan, t_start: float) -> dict:
+    """``metrics.json``: the test, the best epoch, the run's flags and numbers."""
     metrics = {
         "test_accuracy": result.test.get("accuracy") if result.test else None,
         "test_loss": result.test.get("loss") if result.test else None,
@@ -807,21 +923,33 @@ def main(argv: list[str] | None = None) -> int:
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "restored_best": bool(args.patience),
-        "lr": peak,
-        "lr_finder": finder_doc,
-        "schedule": sched_desc,
+        "lr": plan.peak,
+        "lr_finder": plan.finder_doc,
+        "schedule": plan.desc,
         "optimizer": args.optimizer,
         "weight_decay": args.weight_decay,
         "batch_size": args.batch_size,
-        **choice.config,
+        **setup.choice.config,
         "seed": args.seed,
         "dataset": args.dataset,
         "timings": {**result.timings, "wall_s": time.perf_counter() - t_start},
         "device": result.device,
         "history": result.history,
     }
-    if snap_steps is not None:
-        metrics["snapshots"] = [
+    if plan.snap_steps is not None:
+        metrics.update(_ensemble_metrics(result))
+    if plan.average_start is not None:
+        metrics["average"] = _average_metrics(result, plan.average_start)
+    return metrics
+
+
+def _ensemble_metrics(result) -> dict:
+    """The snapshots' test accuracies and their ensembles' (last m, m = 1..M)."""
+    import numpy as np
+
+    curve = result.ensemble_curve or []
+    return {
+        "snapshots": [
             {"epoch": e, "step": int(s) + 1, "test_accuracy": a}
             for e, s, a in zip(
                 result.snapshot_epochs,
@@ -829,79 +957,87 @@ def main(argv: list[str] | None = None) -> int:
                 result.snapshot_test_accuracy or [],
                 strict=False,
             )
-        ]
-        curve = result.ensemble_curve or []
-        metrics["ensemble_curve"] = [
+        ],
+        "ensemble_curve": [
             {"m": i + 1, "test_accuracy": a} for i, a in enumerate(curve)
-        ]
-        metrics["ensemble_test_accuracy"] = curve[-1] if curve else None
-        metrics["best_ensemble"] = (
+        ],
+        "ensemble_test_accuracy": curve[-1] if curve else None,
+        "best_ensemble": (
             {"m": int(np.argmax(curve)) + 1, "test_accuracy": max(curve)}
             if curve
             else None
+        ),
+    }
+
+
+def _average_metrics(result, start_step: int) -> dict:
+    """The weight average's accuracies, with and without BatchNorm re-estimated."""
+
+    def accuracy(ev):
+        return ev.get("accuracy") if ev else None
+
+    return {
+        "start_step": start_step,
+        "count": result.average_count,
+        "bn_batches": result.average_bn_batches,
+        "val_accuracy": accuracy(result.average_val),
+        "test_accuracy": accuracy(result.average_test),
+        # None without BatchNorm: nothing to re-estimate
+        "val_accuracy_no_bn_update": accuracy(result.average_val_no_bn),
+        "test_accuracy_no_bn_update": accuracy(result.average_test_no_bn),
+    }
+
+
+def _write_outputs(args, setup: _Setup, result, metrics: dict) -> None:
+    """``test_probs*.npy`` (``--save-probs``), ``metrics.json`` and the plot.
+
+    Raises:
+      OSError: a file that cannot be written.
+    """
+    import numpy as np
+
+    from lrjax.batches import scale_images
+
+    ds, out = setup.ds, setup.out
+    if args.save_probs and len(ds.y_test):
+        import io
+
+        probs = {"test_probs.npy": result.model}
+        if result.averaged_model is not None:
+            probs["test_probs_average.npy"] = result.averaged_model
+        for name, m in probs.items():
+            buf = io.BytesIO()
+            np.save(buf, softmax_outputs(m, ds.x_test, scale_images))
+            write_atomic(out / name, buf.getvalue())
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    if not args.no_plot:
+        _plot(metrics, out)
+
+
+def _test_line(metrics: dict) -> str:
+    """The summary line of ``metrics.json``: test accuracy, ensemble, average."""
+    curve = metrics.get("ensemble_curve") or []
+    average = metrics.get("average")
+    return (
+        f"test accuracy {metrics['test_accuracy'] or float('nan'):.4f}"
+        + (
+            f"  ensemble({len(curve)}) {metrics['ensemble_test_accuracy']:.4f}"
+            if curve
+            else ""
         )
-    average = None
-    if average_start is not None:
-
-        def accuracy(ev):
-            return ev.get("accuracy") if ev else None
-
-        average = metrics["average"] = {
-            "start_step": average_start,
-            "count": result.average_count,
-            "bn_batches": result.average_bn_batches,
-            "val_accuracy": accuracy(result.average_val),
-            "test_accuracy": accuracy(result.average_test),
-            # None without BatchNorm: nothing to re-estimate
-            "val_accuracy_no_bn_update": accuracy(result.average_val_no_bn),
-            "test_accuracy_no_bn_update": accuracy(result.average_test_no_bn),
-        }
-    try:
-        if args.save_probs and len(ds.y_test):
-            import io
-
-            probs = {"test_probs.npy": result.model}
-            if result.averaged_model is not None:
-                probs["test_probs_average.npy"] = result.averaged_model
-            for name, m in probs.items():
-                buf = io.BytesIO()
-                np.save(buf, softmax_outputs(m, ds.x_test, scale_images))
-                write_atomic(out / name, buf.getvalue())
-        write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-        if not args.no_plot:
-            _plot(metrics, out)
-    except OSError as e:
-        return fail(PROG, _write_failed(e, out, steps_per_epoch))
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        t = result.timings
-        say(
-            f"test accuracy {metrics['test_accuracy'] or float('nan'):.4f}"
+        + (
+            f"  average({average['count']}) {average['test_accuracy']:.4f}"
             + (
-                f"  ensemble({len(curve)}) {metrics['ensemble_test_accuracy']:.4f}"
-                if snap_steps is not None and curve
+                f" (no BN update {average['test_accuracy_no_bn_update']:.4f})"
+                if average["test_accuracy_no_bn_update"] is not None
                 else ""
             )
-            + (
-                f"  average({average['count']}) {average['test_accuracy']:.4f}"
-                + (
-                    f" (no BN update {average['test_accuracy_no_bn_update']:.4f})"
-                    if average["test_accuracy_no_bn_update"] is not None
-                    else ""
-                )
-                if average and average["test_accuracy"] is not None
-                else ""
-            )
-            + f"  best epoch {result.best_epoch}  epochs {result.epochs_run}"
-            + ("  (stopped early)" if result.stopped_early else "")
+            if average and average["test_accuracy"] is not None
+            else ""
         )
-        say(
-            f"time: compile {t['compile_s']:.2f} s, train {t['run_s']:.2f} s "
-            f"({t['mean_epoch_s'] or 0:.2f} s/epoch) on {result.device}; "
-            f"written to {out}"
-        )
-    return 0
+        + f"  best epoch {metrics['best_epoch']}  epochs {metrics['epochs_run']}"
+        + ("  (stopped early)" if metrics["stopped_early"] else "")
+    )
 
 
 if __name__ == "__main__":
