@@ -518,11 +518,11 @@ def _grid(
         model, key, seeds, check, model_state=model_state, has_loss_fn=has_loss_fn
     )
     mesh = population_mesh(grid.padded)
-    source = _member_batches(train_data, key, batch_size, grid, mesh)
+    source = _grid_batches(train_data, key, batch_size, grid, mesh)
     val = jax.tree.map(jnp.asarray, val_data)
     if mesh is not None:
         val = jax.device_put(val, jax.sharding.NamedSharding(mesh, P()))
-    state = _init_members(params, rest, grid, make_tx, mesh)
+    state = _init_states(params, rest, grid, make_tx, mesh)
     del params, rest
 
     program = Program(
@@ -677,7 +677,7 @@ def _memory_check(
     return check
 
 
-def _member_batches(
+def _grid_batches(
     train_data, key: jax.Array, batch_size: int, grid: _Grid, mesh
 ) -> _MemberBatches:
     """Seed ``k``'s batch order from ``fold_in(key, k)``, shared by its members."""
@@ -695,7 +695,7 @@ def _member_batches(
     return _MemberBatches(base, grid.members()[2] if seeds > 1 else None, sharding)
 
 
-def _init_members(params, rest, grid: _Grid, make_tx: Callable, mesh) -> GridState:
+def _init_states(params, rest, grid: _Grid, make_tx: Callable, mesh) -> GridState:
     """Every member's :class:`GridState` (``[padded, ...]``), split over ``mesh``."""
     seeds = grid.seeds
 
