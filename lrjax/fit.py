@@ -294,6 +294,13 @@ def data_mesh(
 
     Raises:
       ValueError: if ``batch_size`` is not divisible by the device count.
+
+    >>> mesh = data_mesh(64)  # batch size 64 over every device, grouped by process
+    >>> mesh.axis_names, mesh.devices.size == jax.device_count()
+    (('data',), True)
+    >>> data_mesh(3, [jax.devices()[0]] * 2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: batch size 3 must be divisible by the number of devices (2) ...
     """
     if devices is None:
         devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
@@ -361,6 +368,14 @@ def evaluate(
     weighted means over the batches. With ``model_state`` (params with a state
     of their own, e.g. ``FitResult.params`` and ``FitResult.model_state``):
     ``eval_fn(params, model_state, batch) -> {name: scalar}``, required.
+
+    >>> w = jnp.eye(2)  # a linear model: logits = x @ w
+    >>> x = jnp.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [3.0, 0.0]])
+    >>> y = jnp.array([0, 1, 1, 0])  # example 2 is wrong
+    >>> m = evaluate(w, (x, y), loss_fn=classification_loss(lambda w, x: x @ w),
+    ...              batch_size=3)  # batches of 3 and 1, weighted by size
+    >>> round(m["accuracy"], 6), round(m["loss"], 4)  # mean of log(1 + e**-2), ...
+    (0.75, 0.4505)
     """
     own = loss_fn is not None or eval_fn is not None
     form = model_form(model, has_loss_fn=own, model_state=model_state, factory=False)

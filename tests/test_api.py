@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 import subprocess
 import sys
@@ -32,6 +33,18 @@ def test_public_names_are_pinned():
     names = {n for n in vars(lrjax) if not n.startswith("_")}
     modules = {n for n in names if type(getattr(lrjax, n)).__name__ == "module"}
     assert names - modules == PUBLIC
+
+
+def test_every_public_function_has_a_runnable_example():
+    """STYLE.md principle 11: a ``>>>`` example, which --doctest-modules runs."""
+    functions = {
+        name: obj
+        for name, obj in vars(lrjax).items()
+        if not name.startswith("_") and inspect.isfunction(obj)
+    }
+    assert {"fit", "lr_range_test", "suggest"} <= set(functions)  # sees the API
+    missing = sorted(n for n, f in functions.items() if ">>>" not in (f.__doc__ or ""))
+    assert not missing, f"public functions without a >>> example: {missing}"
 
 
 def test_import_does_not_load_the_command_lines():
