@@ -1,7 +1,9 @@
 """How batches reach the step: in-memory arrays gathered by index, or an iterable.
 
-Two sources, one interface: ``source.chunk(lo, hi)`` returns the inputs of updates
-``lo .. hi - 1`` stacked along a leading axis, ready for a compiled chunk.
+Every source is a :class:`Source`: ``source.chunk(lo, hi)`` returns the inputs of
+updates ``lo .. hi - 1`` stacked along a leading axis, ready for a compiled chunk,
+and ``source.gathers`` says whether they are batch indices into ``source.data``
+or the batches themselves.
 
 * :class:`ArraySource`: a pytree of arrays with a common leading example axis
   (a tuple ``(x, y)``, a dict ``{"image": ..., "label": ...}``, nested). The data
@@ -9,7 +11,8 @@ Two sources, one interface: ``source.chunk(lo, hi)`` returns the inputs of updat
   built when the chunk runs (memory does not grow with the sweep), and the
   compiled step gathers the batch itself. Epoch ``e`` of key ``k`` is the
   permutation ``jax.random.permutation(fold_in(k, e), N)`` cut into
-  ``N // batch_size`` batches (the remainder is dropped, as ``drop_last=True``).
+  ``N // batch_size`` batches (the remainder is dropped, as ``drop_last=True``):
+  :func:`epoch_order`, the one definition of a batch order.
 * :class:`IterSource`: any Python iterable of batch pytrees (a generator of numpy
   batches, a ``grain`` dataset, ``tfds.as_numpy(...)``), pulled on the host and
   stacked; the loop driver asks for the next chunk right after dispatching the
@@ -25,8 +28,8 @@ lists of batches, loaders) is an iterable of batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -37,12 +40,58 @@ __all__ = [
     "ArraySource",
     "IterSource",
     "ProcessShare",
+    "Source",
     "as_source",
     "batch_indices",
+    "epoch_order",
     "leading_size",
 ]
 
 _ARRAY = (np.ndarray, jax.Array)
+
+
+class Source(Protocol):
+    """What the drivers read from a source of training batches.
+
+    :func:`lrjax.loop.drive` (fit, the range test, the grid) and fit's BatchNorm
+    pass use these three members and nothing else; everything else a source
+    has (``batch_size``, ``skipped``, ...) is read only by the code that built it.
+    Implementations: :class:`ArraySource` (and fit's per-epoch variant),
+    :class:`ProcessShare`, :class:`IterSource`, and the population wrappers
+    that give each member its seed's indices.
+    """
+
+    @property
+    def gathers(self) -> bool:
+        """Whether :meth:`chunk` gives batch indices into :attr:`data` (the
+        compiled step gathers ``data[idx]`` itself) rather than the batches.
+        Read on the host once, when the driver builds its
+        :class:`lrjax.loop.Program`."""
+        ...
+
+    @property
+    def data(self) -> Any:
+        """The pytree the indices point into, already on the device(s) and
+        passed to every compiled chunk as an argument (never closed over, so
+        never baked into the executable); None when :attr:`gathers` is False."""
+        ...
+
+    def chunk(self, lo: int, hi: int) -> Any:
+        """The inputs of updates ``lo .. hi - 1``, stacked on a leading axis.
+
+        Called on the host between compiled chunks: :func:`lrjax.loop.drive`
+        asks for chunk ``i + 1`` right after dispatching chunk ``i`` (so the
+        host builds or pulls it while the device computes). When
+        :attr:`gathers`: ``int32[C, (members,) (k,) B]`` batch indices on the
+        device (``C = hi - lo``; a member axis when each member has its own
+        batch order, ``k`` micro-batches under gradient accumulation), a pure
+        function of ``(lo, hi)``, so a driver may ask twice or out of order
+        (fit compiles every chunk length up front). Otherwise the batches
+        themselves, each leaf ``[C, (k,) B, ...]`` placed on the device(s); an
+        iterable source is consumed, and gives fewer than ``hi - lo`` updates
+        when it runs out, or None when nothing is left.
+        """
+        ...
 
 
 def leading_size(tree: Any, what: str = "batch") -> int:
@@ -96,13 +145,41 @@ def check_batch_size(batch_size: Any, num_examples: int) -> int:
     return int(batch_size)
 
 
-def epoch_order(key: jax.Array, epoch: int, num_examples: int, batch_size: int):
-    """``int32[N // B, B]``: the batches of one epoch (a permutation, cut)."""
+def epoch_order(
+    key: jax.Array, epoch: int, num_examples: int, batch_size: int
+) -> jax.Array:
+    """``int32[N // B, B]``: the batches of one epoch (a permutation, cut).
+
+    Batch ``b`` of epoch ``e`` is ``perm[b * B : (b + 1) * B]`` with ``perm =
+    jax.random.permutation(fold_in(key, e), N)``; the last ``N % B`` examples of
+    the permutation are left out of the epoch. Every in-memory batch order in
+    lrjax is this function: the range test's and the grid's seed ``s`` at
+    ``fold_in(key, s)``, epoch after epoch; fit's epoch ``e`` is epoch ``0`` at
+    ``fold_in(key, e)`` (``lrjax.fit``), so fit's first epoch is the range
+    test's first seed's first epoch, and its later epochs are not.
+
+    >>> order = epoch_order(jax.random.key(0), 1, 10, 3)
+    >>> order.shape, order.dtype, len(set(order.ravel().tolist()))
+    ((3, 3), dtype('int32'), 9)
+    """
     per_epoch = num_examples // batch_size
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
     return (
         perm[: per_epoch * batch_size].reshape(per_epoch, batch_size).astype(jnp.int32)
     )
+
+
+def _span(
+    epoch_batches: Callable[[int], jax.Array], per_epoch: int, start: int, count: int
+) -> jax.Array:
+    """Batches ``start .. start + count - 1`` of a stream of epochs of
+    ``per_epoch`` batches each, epoch ``e`` being ``epoch_batches(e)``; only the
+    epochs that the range touches are built."""
+    first, last = start // per_epoch, (start + count - 1) // per_epoch
+    orders = [epoch_batches(e) for e in range(first, last + 1)]
+    out = jnp.concatenate(orders) if len(orders) > 1 else orders[0]
+    lo = start - first * per_epoch
+    return out[lo : lo + count]
 
 
 def batch_indices(
@@ -120,18 +197,20 @@ def batch_indices(
     True
     """
     batch_size = check_batch_size(batch_size, num_examples)
-    per_epoch = num_examples // batch_size
-    first, last = start // per_epoch, (start + num_steps - 1) // per_epoch
-    orders = [
-        epoch_order(key, e, num_examples, batch_size) for e in range(first, last + 1)
-    ]
-    out = jnp.concatenate(orders) if len(orders) > 1 else orders[0]
-    lo = start - first * per_epoch
-    return out[lo : lo + num_steps]
+
+    def epoch(e: int) -> jax.Array:
+        return epoch_order(key, e, num_examples, batch_size)
+
+    return _span(epoch, num_examples // batch_size, start, num_steps)
 
 
 class ArraySource:
     """In-memory data on the device; chunks are batch indices per member key.
+
+    A :class:`Source`. Member ``m``'s micro-batches run through the epochs of
+    :func:`epoch_order` at ``keys[m]`` without a break: update ``t`` takes
+    micro-batches ``t * k .. t * k + k - 1`` of that stream (an epoch's
+    ``N // B`` micro-batches need not be a multiple of ``k``).
 
     Args:
       data: a pytree of arrays with a common leading example axis.
@@ -144,6 +223,7 @@ class ArraySource:
     """
 
     gathers = True
+    data: Any  # the pytree on the device(s)
 
     def __init__(
         self,
@@ -158,6 +238,8 @@ class ArraySource:
         self.num_examples = leading_size(data, "data")
         self.batch_size = check_batch_size(batch_size, self.num_examples)
         self.steps_per_epoch = self.num_examples // self.batch_size
+        # micro-batches per epoch of the stream (:meth:`_order`'s length)
+        self.epoch_length = self.steps_per_epoch
         self.per_member = isinstance(keys, list | tuple)
         self.keys = list(keys) if isinstance(keys, list | tuple) else [keys]
         self.k = accumulate_steps
@@ -166,29 +248,24 @@ class ArraySource:
         self.index_sharding = index_sharding
         self._orders: dict[int, dict[int, jax.Array]] = {}
 
-    def batches_per_epoch(self) -> int:
-        return self.steps_per_epoch
+    def _order(self, m: int, epoch: int) -> jax.Array:
+        """Member ``m``'s micro-batches of ``epoch``: :func:`epoch_order`."""
+        return epoch_order(self.keys[m], epoch, self.num_examples, self.batch_size)
 
     def _epoch(self, m: int, epoch: int) -> jax.Array:
-        """Member ``m``'s batches of ``epoch``; the last two epochs are cached, so
-        a permutation is drawn once per epoch, not once per chunk."""
+        """:meth:`_order`, of which the last two epochs are cached, so a
+        permutation is drawn once per epoch, not once per chunk."""
         cache = self._orders.setdefault(m, {})
         if epoch not in cache:
             if len(cache) >= 2:
                 cache.pop(min(cache))
-            cache[epoch] = epoch_order(
-                self.keys[m], epoch, self.num_examples, self.batch_size
-            )
+            cache[epoch] = self._order(m, epoch)
         return cache[epoch]
 
     def _indices(self, m: int, start: int, count: int) -> jax.Array:
-        """:func:`batch_indices` ``(key_m, N, B, count, start)`` from the cache."""
-        per = self.steps_per_epoch
-        first, last = start // per, (start + count - 1) // per
-        orders = [self._epoch(m, e) for e in range(first, last + 1)]
-        out = jnp.concatenate(orders) if len(orders) > 1 else orders[0]
-        lo = start - first * per
-        return out[lo : lo + count]
+        """Member ``m``'s micro-batches ``start .. start + count - 1``
+        (:func:`batch_indices` ``(key_m, N, B, count, start)``)."""
+        return _span(lambda e: self._epoch(m, e), self.epoch_length, start, count)
 
     def chunk(self, lo: int, hi: int) -> jax.Array:
         n, k, b = hi - lo, self.k, self.batch_size
@@ -235,6 +312,8 @@ def process_rows(sharding: jax.sharding.Sharding, shape: tuple, axis: int) -> sl
 class ProcessShare:
     """The global batches of an :class:`ArraySource`, each process reading its share.
 
+    A :class:`Source` whose chunks are batches (``gathers`` is False).
+
     ``base.chunk`` gives every process the same global batch indices
     ``[C, (k,) B]`` (the same keys, the same order); this process keeps the
     columns its devices hold under ``sharding`` (:func:`process_rows`), gathers
@@ -273,6 +352,8 @@ class ProcessShare:
 
 class IterSource:
     """An iterable of batch pytrees, pulled on the host and stacked per chunk.
+
+    A :class:`Source` whose chunks are batches (``gathers`` is False).
 
     Every batch must have the structure, shapes and dtypes of the first one; a
     batch with a smaller leading size (a loader's last partial batch) is skipped

@@ -7,14 +7,15 @@ and only there, host actions run (:mod:`lrjax.hooks`: progress bar, TensorBoard,
 checkpoints, early stopping, signals); at every epoch end the model is evaluated
 in evaluation mode on ``val_data``.
 
-Batch order of in-memory data: epoch ``e`` (0-based) is
-``lrjax.batches.batch_indices(fold_in(key, e), N, B, steps_per_epoch * k)``, so a
-resumed run computes the same chunks on the same inputs as an uninterrupted one:
-the checkpoint holds the whole train state (params, optimizer state, BatchNorm
-statistics, rng streams), the best epoch's state, the snapshot buffer, the
-weight average and the host state (history, early stopping, the partial sums of
-an unfinished epoch). An iterable is read again from its start after a resume
-(not exact).
+Batch order of in-memory data: epoch ``e`` (0-based) is the first
+``steps_per_epoch * k`` batches of ``lrjax.batches.epoch_order(fold_in(key, e),
+0, N, B)`` (equally ``batch_indices(fold_in(key, e), N, B, steps_per_epoch *
+k)``), so a resumed run computes the same chunks on the same inputs as an
+uninterrupted one: the checkpoint holds the whole train state (params, optimizer
+state, BatchNorm statistics, rng streams), the best epoch's state, the snapshot
+buffer, the weight average and the host state (history, early stopping, the
+partial sums of an unfinished epoch). An iterable is read again from its start
+after a resume (not exact).
 
 Weight averaging (SWA; ``FitConfig.average_start``): the compiled chunk keeps a
 running mean of the params, ``avg <- avg + (params - avg) / (n + 1)`` after
@@ -54,8 +55,9 @@ from lrjax.batches import (
     ArraySource,
     IterSource,
     ProcessShare,
-    batch_indices,
+    Source,
     check_batch_size,
+    epoch_order,
     is_arrays,
     leading_size,
     take,
@@ -391,25 +393,23 @@ def evaluate(
 
 
 class _EpochArrays(ArraySource):
-    """In-memory data whose epoch ``e`` is ``batch_indices(fold_in(key, e), ...)``."""
+    """In-memory data in fit's batch order (a :class:`lrjax.batches.Source`).
+
+    Epoch ``e`` is the first ``steps_per_epoch * k`` micro-batches of
+    :func:`lrjax.batches.epoch_order` ``(fold_in(key, e), 0, N, B)``: each epoch
+    starts a fresh permutation, the micro-batches left over by
+    ``steps_per_epoch`` are skipped, and update ``t`` of the epoch takes
+    micro-batches ``t * k .. t * k + k - 1``.
+    """
 
     def __init__(self, data, batch_size, key, *, steps_per_epoch, **kw):
         super().__init__(data, batch_size, key, **kw)
-        self.spe = steps_per_epoch
+        self.epoch_length = steps_per_epoch * self.k
 
-    def chunk(self, lo: int, hi: int) -> jax.Array:
-        k, spe, parts = self.k, self.spe, []
-        for e in range(lo // spe, (hi - 1) // spe + 1):
-            idx = batch_indices(
-                jax.random.fold_in(self.keys[0], e),
-                self.num_examples,
-                self.batch_size,
-                spe * k,
-            )
-            a, b = max(lo - e * spe, 0), min(hi - e * spe, spe)
-            parts.append(idx[a * k : b * k])
-        idx = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
-        return idx.reshape(hi - lo, k, self.batch_size) if k > 1 else idx
+    def _order(self, m: int, epoch: int) -> jax.Array:
+        key = jax.random.fold_in(self.keys[m], epoch)
+        order = epoch_order(key, 0, self.num_examples, self.batch_size)
+        return order[: self.epoch_length]
 
 
 def _batch_sharding(mesh: jax.sharding.Mesh, k: int) -> jax.sharding.NamedSharding:
@@ -696,7 +696,7 @@ def _data_parallel(cfg: FitConfig) -> _Parallel:
 
 def _train_source(
     data: Any, key: jax.Array, cfg: FitConfig, par: _Parallel
-) -> tuple[_EpochArrays | ProcessShare | IterSource, int]:
+) -> tuple[Source, int]:
     """``(source, steps_per_epoch)``: the training batches, epoch ``e`` of
     in-memory data in the order of ``fold_in(key, e)``; an iterable's as they come.
     """
@@ -883,7 +883,7 @@ class _OnChunk:
 def _train(
     program: Program,
     run: Run,
-    source: Any,
+    source: Source,
     actions: list[Hook],
     on_chunk: _OnChunk,
     *,
@@ -1039,7 +1039,7 @@ def _stats_pass(
     loss_fn: LossFn,
     preprocess,
     constrain,
-    source,
+    source: Source,
     loop: str,
     params,
     model_state,

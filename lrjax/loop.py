@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax.batches import take
+from lrjax.batches import Source, take
 from lrjax.distributed import agree, host
 
 LOOPS = ("auto", "scan", "unroll", "dispatch")
@@ -151,8 +151,9 @@ class Program:
       build: ``build(unroll) -> step`` with ``step(state, batch) -> (state,
         metrics)``; ``unroll`` asks for inner loops (gradient accumulation)
         unrolled, as the ``"unroll"`` and ``"dispatch"`` loops want.
-      gathers: ``xs`` are batch indices into ``data`` (an :class:`ArraySource`);
-        otherwise ``xs`` are the stacked batches themselves.
+      gathers: ``xs`` are batch indices into ``data``; otherwise ``xs`` are the
+        stacked batches themselves (the source's
+        :attr:`lrjax.batches.Source.gathers`).
       members: ``None`` for one model; else the state has a leading population
         axis and ``members`` says whether each member gets its own inputs
         (``"own"``: ``xs[c, p]``) or all share them (``"shared"``).
@@ -331,14 +332,15 @@ class DriveResult:
 def drive(
     program: Program,
     state: Any,
-    source: Any,
+    source: Source,
     plan: Sequence[tuple[int, int]],
     hooks: Sequence[Hook] = (),
 ) -> DriveResult:
     """Runs ``plan``'s chunks with ``source``'s inputs; hooks run between chunks.
 
     The stop reason is the first hook's, or ``"data"`` when an iterable source ran
-    out (the result's ``hi`` says how far it got).
+    out: a chunk came back short or None (the result's ``hi`` says how far it
+    got).
     """
     if not plan:
         return DriveResult(state, None, 0.0, 0, 0)
@@ -349,7 +351,7 @@ def drive(
     reason = None
     hi_run = lo0
     t0 = time.perf_counter()
-    for i, (lo, _) in enumerate(plan):
+    for i, (lo, hi) in enumerate(plan):
         if xs is None:
             reason = "data"
             break
@@ -367,11 +369,9 @@ def drive(
         for hook in hooks:
             r = hook(end)
             reason = reason or r
-        if xs is None and i + 1 < len(plan):
+        if n < hi - lo or (xs is None and i + 1 < len(plan)):
             reason = reason or "data"  # the iterable ran out
         reason = agree(reason)  # every process stops at the same chunk, or none
         if reason:
             break
-    if reason is None and getattr(source, "exhausted", False):
-        reason = "data"
     return DriveResult(state, reason, time.perf_counter() - t0, lo0, hi_run)
