@@ -321,8 +321,15 @@ def _setting_name(doc: dict) -> str:
     wd = "" if s["weight_decay"] is None else f", wd {s['weight_decay']:g}"
     return (
         f"{s['model'].upper() if s['model'] == 'cnn' else 'MLP'} {s['optimizer']}, "
-        f"batch {s['batch_size']}{wd}, {s['epochs']} epochs"
+        f"batch {s['batch_size']}{wd}, {s['epochs']} "
+        + ("epoch" if s["epochs"] == 1 else "epochs")
     )
+
+
+def _edge(lr: float, peaks) -> str:
+    """' (grid edge)' when ``lr`` is the lowest or highest peak of the grid: the
+    best cell may lie outside it."""
+    return " (grid edge)" if lr in (min(peaks), max(peaks)) else ""
 
 
 def _pp(v) -> str:
@@ -367,8 +374,9 @@ def markdown(results: Path) -> str:
         rows.append(
             f"| {_setting_name(d)}{' (held out)' if d.get('heldout') else ''} "
             f"(`{name}`) | {len(g['families'])} x {len(g['peaks'])} x {g['seeds']}, "
-            f"{g['wall_s'] / 60:.0f} min | {best['family']} at {best['lr']:.3g}: "
-            f"{100 * best['accuracy']:.2f}% | {a['family']}, {a['factor']:g} x "
+            f"{g['wall_s'] / 60:.0f} min | {best['family']} at {best['lr']:.3g}"
+            f"{_edge(best['lr'], g['peaks'])}: {100 * best['accuracy']:.2f}% | "
+            f"{a['family']}, {a['factor']:g} x "
             f"{a['method']} = {a['peak'] or 0:.3g} | {_pp(regret)} / "
             f"{_pp(a['regret_seed_max_pp'])} pp | {met} | "
             + (f"{max(noise):.2f} pp" if noise else "-")
