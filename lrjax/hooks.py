@@ -150,6 +150,18 @@ class WriteError(OSError):
         super().__init__(f"cannot write {path}: {cause}")
         self.path, self.cause = Path(path), cause
 
+    @classmethod
+    def of(cls, path: str | Path, error: BaseException) -> WriteError:
+        """The failure ``error`` (an ``OSError``, Orbax's ``ValueError``...)
+        of writing ``path``; a ``WriteError`` already is one.
+
+        >>> str(WriteError.of("m.json", OSError(28, "No space left on device")))
+        'cannot write m.json: [Errno 28] No space left on device'
+        """
+        if isinstance(error, WriteError):
+            return error
+        return cls(path, _cause(error))
+
     def __str__(self) -> str:
         return str(self.args[0])
 
@@ -206,7 +218,7 @@ class _EventFile:
         try:
             yield
         except OSError as e:
-            raise WriteError(self.path, _cause(e)) from e
+            raise WriteError.of(self.path, e) from e
 
     def _write(self, event: Any) -> None:
         event.wall_time = time.time()
@@ -506,7 +518,7 @@ class Checkpoints(Hook):
             if is_main():
                 for tmp in where.glob(f"{step}.orbax-checkpoint-tmp*"):
                     shutil.rmtree(tmp, ignore_errors=True)
-            raise WriteError(where / str(step), _cause(e)) from e
+            raise WriteError.of(where / str(step), e) from e
 
     def save(self, run: Run) -> None:
         """Writes ``latest/<step>`` (once per step).

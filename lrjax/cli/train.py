@@ -541,10 +541,9 @@ def _write_failed(e: OSError, out: Path, steps_per_epoch: int) -> str:
     'cannot write runs/b/metrics.json: [Errno 28] No space left on device; no
     checkpoint was written yet: free space and run again with --force'
     """
-    what = str(e)  # a hooks.WriteError says it all
-    if not what.startswith("cannot write "):
-        why = f"[Errno {e.errno}] {e.strerror}" if e.errno else what
-        what = f"cannot write {e.filename or out}: {why}"
+    from lrjax import hooks
+
+    what = str(hooks.WriteError.of(e.filename or out, e))
     step = _last_checkpoint(out)
     if step is None:
         kept = "no checkpoint was written yet: free space and run again with --force"
