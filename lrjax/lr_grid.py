@@ -10,15 +10,15 @@ the lr a member logs is exactly the lr it applied, ``lr * schedule(t)``.
 
 Seed ``k`` draws its batch order from ``fold_in(key, k)`` and, when the model is a
 factory ``key -> model``, its initialisation from ``fold_in(fold_in(key, k), 1)``
-(:func:`lrjax.range_test.init_members`, as the range test does); every lr shares
+(:func:`lrjax._population.init_members`, as the range test does); every lr shares
 them, so learning rates are compared on equal footing. The epochs run through the
 shared host driver (:func:`lrjax.loop.drive`), one compiled chunk per epoch; a
 hook between chunks evaluates every member on the validation split in evaluation
 mode (Dropout off, BatchNorm on its running averages). The population axis is
-sharded over the local devices (:func:`lrjax.results.population_mesh`), padded
-with copies of the last member to a multiple of the device count. A member that
-diverges gets NaN losses and a low accuracy; members never interact, so it cannot
-poison the others. The caller's model is never changed.
+sharded over the devices, padded with copies of the last member to a multiple of
+their count (:class:`lrjax._population.Layout`, the range test's rule too). A
+member that diverges gets NaN losses and a low accuracy; members never interact,
+so it cannot poison the others. The caller's model is never changed.
 
 A params pytree with a state of its own (``model_state=``: Linen's
 ``batch_stats``, Equinox's ``eqx.nn.State``) trains through ``loss_fn(params,
@@ -40,6 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lrjax._population import (
+    Layout,
+    MemberBatches,
+    check_memory,
+    init_members,
+    init_states,
+    member_keys,
+)
 from lrjax.batches import ArraySource, check_batch_size, leading_size
 from lrjax.distributed import host
 from lrjax.loop import (
@@ -51,15 +59,7 @@ from lrjax.loop import (
     epoch_plan,
     population_fn,
 )
-from lrjax.range_test import init_members
-from lrjax.results import (
-    check_memory,
-    describe_devices,
-    estimate_population,
-    json_floats,
-    population_mesh,
-    tree_bytes,
-)
+from lrjax.results import describe_devices, json_floats, tree_bytes
 from lrjax.step import (
     STATEFUL_EVAL,
     LossFn,
@@ -73,8 +73,6 @@ from lrjax.step import (
 )
 
 __all__ = ["GridResult", "accuracy_at", "lr_grid", "recipe_grid"]
-
-P = jax.sharding.PartitionSpec
 
 
 @dataclasses.dataclass
@@ -240,27 +238,6 @@ def _arrays(data: Any, name: str) -> Any:
             f"{type(data).__name__}"
         )
     return data
-
-
-class _MemberBatches:
-    """The population's batch indices: each member gets its seed's batch order."""
-
-    gathers = True
-
-    def __init__(self, base: ArraySource, seed_of: np.ndarray | None, sharding):
-        self.base = base
-        self.seed_of = seed_of  # None: one seed, every member shares the batches
-        self.sharding = sharding
-
-    @property
-    def data(self):
-        return self.base.data
-
-    def chunk(self, lo: int, hi: int) -> jax.Array:
-        idx = self.base.chunk(lo, hi)  # [C, seeds, B], or [C, B] for one seed
-        if self.seed_of is not None:
-            idx = idx[:, self.seed_of]  # [C, members, B]
-        return idx if self.sharding is None else jax.device_put(idx, self.sharding)
 
 
 def _make_evaluate(eval_pop, val, n_val: int, batch: int, dispatch: bool, example):
@@ -517,12 +494,11 @@ def _grid(
     spec, params, rest = init_members(
         model, key, seeds, check, model_state=model_state, has_loss_fn=has_loss_fn
     )
-    mesh = population_mesh(grid.padded)
-    source = _grid_batches(train_data, key, batch_size, grid, mesh)
+    source = _grid_batches(train_data, key, batch_size, grid)
     val = jax.tree.map(jnp.asarray, val_data)
-    if mesh is not None:
-        val = jax.device_put(val, jax.sharding.NamedSharding(mesh, P()))
-    state = _init_states(params, rest, grid, make_tx, mesh)
+    if grid.layout.mesh is not None:
+        val = jax.device_put(val, grid.layout.sharding())
+    state = _init_states(params, rest, grid, make_tx)
     del params, rest
 
     program = Program(
@@ -566,9 +542,7 @@ def _grid(
         "n_val": n_val,
     }
     timings = _timings(program, eval_compile_s, out.run_s, grid)
-    device = describe_devices(
-        list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
-    )
+    device = describe_devices(grid.layout.devices())
     return _results(grid, recorder, timings, device, memory, config)
 
 
@@ -588,38 +562,37 @@ class _Grid(NamedTuple):
     """The population and how long it trains.
 
     Member ``p = c * seeds + s`` over the cells ``c = f * num_lrs + l`` (family
-    ``f``, lr ``l``), padded to a multiple of the devices with copies of the last
-    member (their results are dropped); each trains ``epochs`` of ``steps``.
+    ``f``, lr ``l``), laid out (and padded with copies of the last member) by
+    :class:`lrjax._population.Layout`; each trains ``epochs`` of ``steps``.
     """
 
     lrs: np.ndarray  # float64[num_lrs]
     families: int
-    seeds: int
     epochs: int
     steps: int  # updates per epoch
-    padded: int  # members run: a multiple of the devices
+    layout: Layout
 
     @classmethod
     def of(
         cls, lrs: np.ndarray, families: int, seeds: int, epochs: int, steps: int
     ) -> _Grid:
-        size = families * lrs.size * seeds
-        n_dev = min(len(jax.devices()), size)
-        return cls(lrs, families, seeds, epochs, steps, -(-size // n_dev) * n_dev)
+        return cls(lrs, families, epochs, steps, Layout.of(families * lrs.size, seeds))
 
     @property
     def num_lrs(self) -> int:
         return self.lrs.size
 
     @property
-    def size(self) -> int:  # members that count
-        return self.families * self.num_lrs * self.seeds
+    def seeds(self) -> int:
+        return self.layout.seeds
 
-    def members(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(lr_of, family_of, seed_of)``: int[padded], every member's indices."""
-        member = np.minimum(np.arange(self.padded), self.size - 1)
-        cell_of, seed_of = member // self.seeds, member % self.seeds
-        return cell_of % self.num_lrs, cell_of // self.num_lrs, seed_of
+    @property
+    def size(self) -> int:  # members that count
+        return self.layout.size
+
+    @property
+    def padded(self) -> int:  # members run: a multiple of the devices
+        return self.layout.padded
 
     def stack(self, per_epoch) -> np.ndarray:
         """``[epochs][padded] -> float64[families, num_lrs, seeds, epochs]``."""
@@ -650,7 +623,7 @@ def _unit_optimizer(optimizer: OptimizerFactory, units: list) -> Callable:
 def _memory_check(
     grid: _Grid, make_tx: Callable, train_data, batch_size: int, estimate: dict
 ) -> Callable:
-    """``check(spec, params, rest)`` for :func:`lrjax.range_test.init_members`.
+    """``check(spec, params, rest)`` for :func:`lrjax._population.init_members`.
 
     It refuses an impossible population from its first member, before the other
     seeds are built and before anything compiles; ``estimate`` gets the numbers.
@@ -668,51 +641,44 @@ def _memory_check(
         )
         # A member's inputs: its batch, and with several seeds its own row of
         # the epoch chunk's indices (int32[steps, batch]).
-        per_example = tree_bytes(jax.tree.map(lambda a: a[:1], train_data))
         own = 4 * grid.steps * batch_size if grid.seeds > 1 else 0
-        inputs = per_example * batch_size + own
-        estimate.update(estimate_population(tree_bytes(one), inputs, grid.padded))
-        check_memory(estimate, "the number of lrs or seeds (--num, --seeds)")
+        fewer = "the number of lrs or seeds (--num, --seeds)"
+        estimate.update(
+            check_memory(one, train_data, batch_size, own, grid.layout, fewer)
+        )
 
     return check
 
 
 def _grid_batches(
-    train_data, key: jax.Array, batch_size: int, grid: _Grid, mesh
-) -> _MemberBatches:
+    train_data, key: jax.Array, batch_size: int, grid: _Grid
+) -> MemberBatches:
     """Seed ``k``'s batch order from ``fold_in(key, k)``, shared by its members."""
-    seeds = grid.seeds
-    seed_keys = [jax.random.fold_in(key, k) for k in range(seeds)]
-    rep = None if mesh is None else jax.sharding.NamedSharding(mesh, P())
+    keys = member_keys(key, grid.seeds)
     base = ArraySource(
-        train_data, batch_size, seed_keys if seeds > 1 else seed_keys[0], sharding=rep
+        train_data,
+        batch_size,
+        keys if grid.seeds > 1 else keys[0],
+        sharding=grid.layout.sharding(),
     )
-    sharding = None
-    if mesh is not None:
-        sharding = jax.sharding.NamedSharding(
-            mesh, P(None, "pop") if seeds > 1 else P()
-        )
-    return _MemberBatches(base, grid.members()[2] if seeds > 1 else None, sharding)
+    return MemberBatches.of(base, grid.layout)
 
 
-def _init_states(params, rest, grid: _Grid, make_tx: Callable, mesh) -> GridState:
-    """Every member's :class:`GridState` (``[padded, ...]``), split over ``mesh``."""
-    seeds = grid.seeds
+def _init_states(params, rest, grid: _Grid, make_tx: Callable) -> GridState:
+    """Every member's :class:`GridState` (``[padded, ...]``), split over the mesh.
 
-    def init(lr, family, s, params, rest):
-        if seeds > 1:
-            params, rest = jax.tree.map(lambda a: a[s], (params, rest))
+    A cell's lr and family are the member's data
+    (:func:`lrjax._population.init_states`). Even one member has a member axis:
+    the evaluation and the results read every member along it.
+    """
+
+    def init(params, rest, lr, family):
         return GridState(lr, family, init_state(params, rest, make_tx(lr, family)))
 
-    lr_of, family_of, seed_of = grid.members()
-    pop = None if mesh is None else jax.sharding.NamedSharding(mesh, P("pop"))
-    return jax.jit(jax.vmap(init, in_axes=(0, 0, 0, None, None)), out_shardings=pop)(
-        jnp.asarray(grid.lrs[lr_of], jnp.float32),
-        jnp.asarray(family_of, jnp.int32),
-        jnp.asarray(seed_of, jnp.int32),
-        params,
-        rest,
-    )
+    num_lrs = grid.num_lrs
+    lr_of = np.tile(grid.lrs.astype(np.float32), grid.families)  # [cells]
+    family_of = np.repeat(np.arange(grid.families, dtype=np.int32), num_lrs)
+    return init_states(grid.layout, params, rest, init, [lr_of, family_of])
 
 
 def _member_builder(spec, loss_fn: LossFn, make_tx: Callable, preprocess) -> Callable:

@@ -27,11 +27,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
+import jax.numpy as jnp  # noqa: F401 (the docstring examples use it)
 import numpy as np
 import optax
 
 from lrjax import schedules
+from lrjax._population import (
+    Layout,
+    MemberBatches,
+    check_memory,
+    init_members,
+    init_states,
+    member_keys,
+)
 from lrjax.batches import ArraySource, IterSource, as_source, is_arrays
 from lrjax.loop import (
     ChunkEnd,
@@ -43,14 +51,10 @@ from lrjax.loop import (
     uniform_plan,
 )
 from lrjax.results import (
-    check_memory,
     describe_devices,
-    estimate_population,
     html_with_plot,
     json_floats,
-    population_mesh,
     short_repr,
-    tree_bytes,
 )
 from lrjax.step import (
     LossFn,
@@ -59,12 +63,9 @@ from lrjax.step import (
     check_classification_data,
     check_optimizer,
     classification_loss,
-    fresh,
-    init_member,
     init_state,
     make_optimizer,
     make_step,
-    model_form,
     optimizer_name,
 )
 from lrjax.suggestions import (
@@ -394,23 +395,6 @@ def _sweep_optimizer(optimizer: OptimizerFactory, name: str):
     return make
 
 
-class _PerMember:
-    """A source's per-seed batch indices given to a values x seeds population."""
-
-    gathers = True
-
-    def __init__(self, base: ArraySource, seed_of: np.ndarray, sharding):
-        self.base, self.seed_of, self.sharding = base, seed_of, sharding
-
-    @property
-    def data(self):
-        return self.base.data
-
-    def chunk(self, lo: int, hi: int) -> jax.Array:
-        idx = self.base.chunk(lo, hi)[:, self.seed_of]  # [C, values * seeds, ...]
-        return idx if self.sharding is None else jax.device_put(idx, self.sharding)
-
-
 def _summarize(lrs, smoothed, diverged, method: str) -> dict[str, Any]:
     """Suggestions, divergence and spread of one set of seeds (rows of a curve)."""
     seeds = len(smoothed)
@@ -497,66 +481,6 @@ def _check_steps(num_steps: Any) -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
         raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
     return num_steps
-
-
-def _fold_rngs(model_state: Any, k: int) -> Any:
-    """Every rng key in ``model_state`` folded with ``k``: seed k's own streams."""
-
-    def fold(a):
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            return jax.random.fold_in(a, k)
-        return a
-
-    return jax.tree.map(fold, model_state)
-
-
-def init_members(
-    model: Any,
-    key: jax.Array,
-    seeds: int,
-    check: Callable | None = None,
-    *,
-    model_state: Any = None,
-    has_loss_fn: bool = True,
-):
-    """``(Model, params, model_state)`` per seed: stacked ``[seeds, ...]`` if > 1.
-
-    ``model`` is an ``nnx.Module`` or a params pytree (shared by every seed; a
-    module's rng streams are folded with the seed index), or a factory
-    ``key -> model`` called with ``fold_in(fold_in(key, k), 1)`` for seed ``k``.
-    With ``model_state``, ``model`` is a params pytree whose model state it is
-    (:func:`lrjax.step.split_stateful`), or with ``model_state="from_factory"``
-    a factory ``key -> (params, model_state)``; seed ``k``'s update rngs start
-    from ``fold_in(fold_in(key, k), 2)`` (:func:`lrjax.step.init_member`).
-    Every array is a fresh copy: the caller's model is never donated or changed.
-    ``check(spec, params, model_state)`` sees the first member before the others
-    are built (a memory estimate refuses an impossible population there).
-    ``has_loss_fn``: whether the caller gave a ``loss_fn`` (:func:`model_form`).
-    """
-    form = model_form(model, has_loss_fn=has_loss_fn, model_state=model_state)
-    factory = form == "factory"
-    members = []
-    for k in range(seeds):
-        spec, params, rest, _ = init_member(
-            model,
-            jax.random.fold_in(key, k),
-            form,
-            model_state=model_state,
-            has_loss_fn=has_loss_fn,
-        )
-        if not factory and k > 0 and model_state is None:
-            rest = _fold_rngs(rest, k)
-        if k == 0 and check is not None:
-            check(spec, params, rest)
-        members.append((spec, fresh(params), fresh(rest)))
-    spec = members[0][0]
-    if seeds == 1:
-        return spec, members[0][1], members[0][2]
-    if spec.is_module and any(m[0].train_def != spec.train_def for m in members):
-        raise ValueError("the model factory built modules of different structures")
-    params = jax.tree.map(lambda *a: jnp.stack(a), *[m[1] for m in members])
-    rest = jax.tree.map(lambda *a: jnp.stack(a), *[m[2] for m in members])
-    return spec, params, rest
 
 
 def lr_range_test(
@@ -692,7 +616,7 @@ def lr_range_test(
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
     swept = _Swept.of(optimizer, sweep_over)
-    size = swept.num_values * seeds  # the population: member v * seeds + s
+    pop = _Population(swept, Layout.of(swept.num_values, seeds))
     memory: dict[str, Any] = {}
 
     def check(spec, params, rest):  # the first member, before the others exist
@@ -702,15 +626,15 @@ def lr_range_test(
                 spec, params, rest, data, preprocess=preprocess, batch_size=bs
             )
         opt = swept.opt_shape(init_value, params)
-        memory.update(_estimate(params, rest, opt, data, bs * k, size))
         fewer = "seeds (--seeds)" + ("" if swept.values is None else " or values")
-        check_memory(memory, fewer)
+        memory.update(
+            check_memory((params, rest, opt), data, bs * k, 0, pop.layout, fewer)
+        )
 
     spec, params, rest = init_members(
         model, key, seeds, check, model_state=model_state,
         has_loss_fn=loss_fn is not None,
     )  # fmt: skip
-    pop = _Population(swept, seeds, population_mesh(size, "seed") if size > 1 else None)
     source, feed, num_steps = _batches(data, key, pop, batch_size, num_steps, k)
     sweep = (
         schedules.exponential_sweep if mode == "exponential" else schedules.linear_sweep
@@ -725,7 +649,7 @@ def lr_range_test(
         )
 
     members = None
-    if size > 1:
+    if pop.layout.padded > 1:
         members = "own" if isinstance(source, ArraySource) and seeds > 1 else "shared"
     program = Program(
         build, gathers=feed.gathers, members=members, loop=loop, population=population
@@ -734,7 +658,7 @@ def lr_range_test(
     del params, rest
 
     recorder = _Recorder(
-        size, num_steps, smooth_beta, diverge_threshold, rebound,
+        pop.layout, num_steps, smooth_beta, diverge_threshold, rebound,
         stop_on_divergence=stop_on_divergence, progress=progress,
     )  # fmt: skip
     plan = uniform_plan(num_steps, chunks, MAX_CHUNK_STEPS)
@@ -823,55 +747,36 @@ class _Swept:
 
 
 class _Population(NamedTuple):
-    """Members ``v * seeds + s``: value ``v`` of the sweep seed ``s``."""
+    """Members ``v * seeds + s``: value ``v`` of the sweep, seed ``s`` (a cell of
+    the :class:`lrjax._population.Layout` per value)."""
 
     swept: _Swept
-    seeds: int
-    mesh: jax.sharding.Mesh | None  # its "seed" axis spreads the members
+    layout: Layout
 
     @property
-    def size(self) -> int:
-        return self.swept.num_values * self.seeds
+    def seeds(self) -> int:
+        return self.layout.seeds
 
     @property
-    def seed_of(self) -> np.ndarray:  # int[size]: each member's seed
-        return np.tile(np.arange(self.seeds), self.swept.num_values)
-
-    def sharding(self, *axes: str | None) -> jax.sharding.NamedSharding | None:
-        """``PartitionSpec(*axes)`` over the mesh; None on one device."""
-        if self.mesh is None:
-            return None
-        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*axes))
-
-
-def _estimate(params, rest, opt, data, examples: int, size: int) -> dict[str, Any]:
-    """The population's memory from its first member and ``examples`` per update
-    (:func:`lrjax.results.estimate_population`)."""
-    member = tree_bytes(params) + tree_bytes(rest) + tree_bytes(opt)
-    batch = 0
-    if is_arrays(data):
-        batch = tree_bytes(jax.tree.map(lambda a: a[:1], data)) * examples
-    return estimate_population(member, batch, size)
+    def size(self) -> int:  # members that count (the layout may pad them)
+        return self.layout.size
 
 
 def _batches(
     data: Any, key: jax.Array, pop: _Population, batch_size, num_steps, k: int
-) -> tuple[ArraySource | IterSource, ArraySource | IterSource | _PerMember, int]:
+) -> tuple[ArraySource | IterSource, IterSource | MemberBatches, int]:
     """``(source, feed, num_steps)``: the data's source; what the loop reads from it
-    (with values and seeds over arrays, each member's seed's batch order); and the
-    sweep's length, checked (default one epoch, or ``len()`` of an iterable).
+    (over arrays, each member's seed's batch order: :class:`MemberBatches`); and
+    the sweep's length, checked (default one epoch, or ``len()`` of an iterable).
     Seed ``s`` draws its batch order from ``fold_in(key, s)``."""
-    seeds = pop.seeds
-    seed_keys = [jax.random.fold_in(key, s) for s in range(seeds)]
-    rep, per_member = pop.sharding(), pop.sharding(None, "seed")
-    swept_seeds = pop.swept.values is not None and seeds > 1 and is_arrays(data)
+    seeds, rep = pop.seeds, pop.layout.sharding()
+    keys = member_keys(key, seeds)
     source = as_source(
         data,
         batch_size=32 if batch_size is None else batch_size,
-        keys=seed_keys if seeds > 1 else seed_keys[0],
+        keys=keys if seeds > 1 else keys[0],
         accumulate_steps=k,
         sharding=rep,
-        index_sharding=None if swept_seeds else (per_member if seeds > 1 else rep),
     )
     if isinstance(source, IterSource):
         first = source.first_batch_size() if batch_size is not None else None
@@ -881,49 +786,37 @@ def _batches(
                 f"{first} examples (its first batch); an iterable's batches are "
                 "used as they come: leave batch_size out or give their size"
             )
-        source.sharding = rep
+        source.sharding = rep  # every member shares an iterable's batches
         if num_steps is None:
             if not hasattr(data, "__len__"):
                 raise ValueError(
                     "num_steps is required for an iterable of batches without len()"
                 )
             num_steps = len(data) // k
-    elif num_steps is None:
+        return source, source, _check_steps(num_steps)
+    if num_steps is None:
         num_steps = source.steps_per_epoch // k
-    num_steps = _check_steps(num_steps)
-    if not swept_seeds:
-        return source, source, num_steps
-    assert isinstance(source, ArraySource)  # swept_seeds: in-memory arrays
-    return source, _PerMember(source, pop.seed_of, per_member), num_steps
+    return source, MemberBatches.of(source, pop.layout), _check_steps(num_steps)
 
 
 def _init_population(params, rest, tx, sched, pop: _Population) -> Any:
-    """The members' train states (``[size, ...]`` when several), on the mesh.
+    """The members' train states (``[padded, ...]`` when several), on the mesh.
 
     Member ``v * seeds + s`` starts from seed ``s``'s ``params`` and ``rest``
     (stacked ``[seeds, ...]`` when several) with value ``v`` in its optimizer
-    state; without a swept value every seed's state uses ``tx``.
+    state (:func:`lrjax._population.init_states`); without a swept value every
+    member's state uses ``tx``. A population of one has no member axis.
     """
-    seeds, swept, shard = pop.seeds, pop.swept, pop.sharding("seed")
+    swept, stacked = pop.swept, pop.layout.padded > 1
     if swept.values is None:
         init = lambda p, r: init_state(p, r, tx)  # noqa: E731
-        if seeds > 1:
-            init = jax.vmap(init)
-        return jax.jit(init, out_shardings=shard)(params, rest)
+        return init_states(pop.layout, params, rest, init, stacked=stacked)
 
-    def init_value_member(v, s, params, rest):
-        if seeds > 1:
-            params, rest = jax.tree.map(lambda a: a[s], (params, rest))
+    def init_value(params, rest, v):
         return init_state(params, rest, swept.make_tx(sched, v))
 
-    value_of = np.repeat(np.arange(swept.num_values), seeds)
-    init_all = jax.vmap(init_value_member, in_axes=(0, 0, None, None))
-    return jax.jit(init_all, out_shardings=shard)(
-        jnp.asarray(np.asarray(swept.values)[value_of], jnp.float32),
-        jnp.asarray(pop.seed_of, jnp.int32),
-        params,
-        rest,
-    )
+    values = np.asarray(swept.values, np.float32)  # [cells]
+    return init_states(pop.layout, params, rest, init_value, [values], stacked=stacked)
 
 
 class _Curves(NamedTuple):
@@ -941,12 +834,13 @@ class _Recorder:
 
     Records the chunk's curves, smooths the losses, checks every member for
     divergence and moves the progress bar; returns ``"diverged"`` to stop the
-    sweep once every member has diverged (with ``stop_on_divergence``).
+    sweep once every member has diverged (with ``stop_on_divergence``). The
+    layout's padded members are dropped here, as their metrics arrive.
     """
 
     def __init__(
         self,
-        size: int,
+        layout: Layout,
         num_steps: int,
         smooth_beta: float,
         diverge_threshold: float,
@@ -955,6 +849,7 @@ class _Recorder:
         stop_on_divergence: bool,
         progress: bool,
     ):
+        size, self.stacked = layout.size, layout.padded > 1
         self.size, self.num_steps, self.stop = size, num_steps, stop_on_divergence
         self.smoother = Smoother(size, smooth_beta)
         self.trackers = [
@@ -974,7 +869,10 @@ class _Recorder:
         n = min(end.hi, self.num_steps) - end.lo
         for name, v in end.metrics.items():
             v = np.asarray(v, np.float64)[:n]
-            parts.setdefault(name, []).append(v.T if self.size > 1 else v[None])
+            # [n, padded] -> [members, n]; one member's metrics are [n]
+            parts.setdefault(name, []).append(
+                v.T[: self.size] if self.stacked else v[None]
+            )
         losses = parts["loss"][-1]
         smoothed = self.smoother.push(losses)
         parts.setdefault("smoothed", []).append(smoothed)
@@ -1104,9 +1002,7 @@ def _result(
             "loop": program.loop,
             **({} if pop.size == 1 else {"population": program.population}),
         },
-        device=describe_devices(
-            list(pop.mesh.devices.flat) if pop.mesh is not None else jax.devices()[:1]
-        ),
+        device=describe_devices(pop.layout.devices()),
         config=config,
         sweep=summary.sweep,
         warning=_nonfinite_warning(

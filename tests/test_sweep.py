@@ -234,6 +234,21 @@ def test_an_iterable_of_batches_feeds_every_value(images):
     np.testing.assert_allclose(r.sweep.losses[1], plain.losses, rtol=1e-4, atol=1e-5)
 
 
+def test_one_value_on_one_seed_is_a_plain_run(images):
+    """A population of one member has no member axis (it used to crash)."""
+    model, key, kw = mlp(jax.random.key(1)), jax.random.key(0), dict(KW, num_steps=20)
+    r = lrjax.lr_range_test(
+        model, adamw, images, key=key, sweep_over={"weight_decay": [0.5]}, **kw
+    )
+    plain = lrjax.lr_range_test(
+        model, lambda lr: adamw(lr, weight_decay=0.5), images, key=key, **kw
+    )
+    assert r.sweep.losses.shape == (1, 20) and r.losses.shape == (20,)
+    assert "population" not in r.timings and r.config["memory"]["members"] == 1
+    np.testing.assert_allclose(r.losses, plain.losses, rtol=1e-4, atol=1e-5)
+    assert r.sweep.values == [0.5] and r.config["sweep"]["shown"] == 0
+
+
 # -------------------------------------------------------------- bad input
 
 
