@@ -42,10 +42,15 @@ from lrjax.step import fresh, init_member, model_form
 AXIS = "pop"
 
 
-def member_keys(key: jax.Array, seeds: int) -> list[jax.Array]:
+def member_key(key: jax.Array, s: int) -> jax.Array:
     """Seed ``s``'s key ``fold_in(key, s)``: its batch order, and the root of its
     initialisation and update rngs (:func:`lrjax.step.init_member`)."""
-    return [jax.random.fold_in(key, s) for s in range(seeds)]
+    return jax.random.fold_in(key, s)
+
+
+def member_keys(key: jax.Array, seeds: int) -> list[jax.Array]:
+    """Every seed's :func:`member_key`."""
+    return [member_key(key, s) for s in range(seeds)]
 
 
 class Layout(NamedTuple):
@@ -174,9 +179,13 @@ def init_members(
     form = model_form(model, has_loss_fn=has_loss_fn, model_state=model_state)
     factory = form == "factory"
     members = []
-    for k, member_key in enumerate(member_keys(key, seeds)):
+    for k in range(seeds):  # one key at a time: the check may refuse at k == 0
         spec, params, rest, _ = init_member(
-            model, member_key, form, model_state=model_state, has_loss_fn=has_loss_fn
+            model,
+            member_key(key, k),
+            form,
+            model_state=model_state,
+            has_loss_fn=has_loss_fn,
         )
         if not factory and k > 0 and model_state is None:
             rest = _fold_rngs(rest, k)
