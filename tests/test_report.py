@@ -92,9 +92,10 @@ def test_sections_not_measured_yet_and_then_measured(report, tmp_path):
         )
     )
     assert [r.split(" | ")[1] for r in rows] == [first, "cosine_restarts (5, 10)"]
-    assert table.count(report.NOT_MEASURED) == 2  # the huang and auto files
+    assert table.count(report.NOT_MEASURED) == 3  # huang, auto, auto under 5.657
     assert "`cnn_results_huang.json`: (not measured yet)" in table
     assert "`cnn_results_auto.json`: (not measured yet)" in table
+    assert "`cnn_results_auto_rule5657.json`: (not measured yet)" in table
     # a recipe run shows its family and is held to issue #16's target
     for seed in cnn["per_seed"].values():
         seed["schedule"] = {"name": "auto", "family": "one_cycle"}
