@@ -396,7 +396,6 @@ class IterSource:
         self.pulled = 0
         self.skipped = 0
         self.restarts = 0
-        self.exhausted = False
         self._first = None  # the batch first_batch_size() pulled, not used yet
 
     def first_batch_size(self) -> int | None:
@@ -415,7 +414,6 @@ class IterSource:
                 batch = next(self.iterator)
             except StopIteration:
                 if not self.restartable or self.pulled == 0:
-                    self.exhausted = True
                     return None
                 self.iterator = iter(self.source)
                 self.restarts += 1
