@@ -29,11 +29,9 @@ import numpy as np
 
 from lrjax.batches import ArraySource, is_arrays
 from lrjax.results import (
-    check_memory as _refuse,
-)
-from lrjax.results import (
     estimate_population,
     population_mesh,
+    refuse_population,
     tree_bytes,
 )
 from lrjax.step import fresh, init_member, model_form
@@ -257,5 +255,5 @@ def check_memory(
     if is_arrays(data):
         batch = tree_bytes(jax.tree.map(lambda a: a[:1], data)) * examples
     estimate = estimate_population(tree_bytes(member), batch + own_bytes, layout.padded)
-    _refuse(estimate, fewer)
+    refuse_population(estimate, fewer)
     return estimate

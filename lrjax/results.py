@@ -113,7 +113,7 @@ def estimate_population(member_bytes: int, batch_bytes: int, members: int) -> di
     }
 
 
-def check_memory(estimate: dict, flag: str) -> None:
+def refuse_population(estimate: dict, flag: str) -> None:
     """Refuses, in one line, a population whose estimate exceeds the device.
 
     Raises:
