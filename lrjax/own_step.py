@@ -31,6 +31,7 @@ from flax import nnx
 from jax.tree_util import PyTreeDef
 
 from lrjax import schedules
+from lrjax._population import member_key
 from lrjax.batches import ArraySource, is_arrays, leading_size, take
 from lrjax.range_test import (
     RangeTestResult,
@@ -278,9 +279,9 @@ def _source(data: Any, key: jax.Array | None, batch_size: int | None):
             "key is required for in-memory data: it draws the batch order, "
             "e.g. key=jax.random.key(0)"
         )
-    # fold_in(key, 0): the order of lr_range_test's (first) seed
+    # the batch order of lr_range_test's (first) seed
     return ArraySource(
-        data, 32 if batch_size is None else batch_size, jax.random.fold_in(key, 0)
+        data, 32 if batch_size is None else batch_size, member_key(key, 0)
     )
 
 
