@@ -503,7 +503,7 @@ def _grid(
 
     program = Program(
         _member_builder(spec, loss_fn, make_tx, preprocess),
-        gathers=True,
+        gathers=source.gathers,
         members="own" if seeds > 1 else "shared",
         loop=loop,
         population=population,
