@@ -190,6 +190,16 @@ class FitResult:
     :func:`lrjax.ensemble_curve` with ``spec`` (a module), the same kind of
     state.
 
+    With snapshots of a module, ``ensemble_curve[m - 1]`` is the test accuracy
+    of the ensemble of the last ``m`` snapshots (mean softmax, m = 1..M), and
+    ``snapshot_test_accuracy`` each snapshot's; ``ensemble_val_curve`` and
+    ``snapshot_val_accuracy`` are the same on ``val_data`` (an ``(x, y)``
+    tuple), computed by the same :func:`lrjax.ensembles.ensemble_curve`. Choose
+    ``m`` on the validation curve and read its test accuracy off
+    ``ensemble_curve``: ``m`` chosen on the test curve overstates the test
+    accuracy. Each is None without that data, without a snapshot written, for a
+    pure model, or when the run was interrupted.
+
     With ``FitConfig.average_start``, ``averaged_model`` is a new module (or the
     params pytree) of the weight average ``average_params`` (the mean of
     ``average_count`` weights, cast to the params' dtypes) and
@@ -223,6 +233,8 @@ class FitResult:
     test: dict[str, float] | None = None  # eval metrics of ``model`` on test_data
     snapshot_test_accuracy: list[float] | None = None
     ensemble_curve: list[float] | None = None  # last-m ensembles, m = 1..M
+    snapshot_val_accuracy: list[float] | None = None
+    ensemble_val_curve: list[float] | None = None  # the same ensembles on val_data
     averaged_model: Any = None  # the weight average, BatchNorm re-estimated
     average_params: Any = None
     average_model_state: Any = None
@@ -624,6 +636,9 @@ def fit(
     result = _fit_result(run, reason, final, spec, graphdef, snap_steps, par.mesh)
     if test_data is not None and not result.interrupted:
         _test(result, final, run, evaluator, test_data, preprocess)
+    if ens_val is not None and not result.interrupted and _has_snapshots(result, run):
+        curves = _snapshot_curves(result, ens_val)  # as the test's, on val_data
+        result.snapshot_val_accuracy, result.ensemble_val_curve = curves
     average_s = None
     if averaging:
         t0 = time.perf_counter()
@@ -967,16 +982,30 @@ def _fit_result(
 
 def _test(result: FitResult, final, run: Run, evaluator, test_data, preprocess):
     """``result.test``; with snapshots of a module, each one's test accuracy and
-    the ensembles' curve (:func:`lrjax.ensembles.ensemble_curve`)."""
+    the ensembles' curve (:func:`_snapshot_curves`)."""
     result.test = evaluator(*final, test_data)
-    if result.snapshots is not None and result.spec.is_module:
-        if int(run.carry.snaps.count):
-            xt, yt = preprocess(test_data) if preprocess is not None else test_data
-            single, ens = ensembles.ensemble_curve(
-                result.spec, result.snapshots, xt, yt
-            )
-            result.snapshot_test_accuracy = single.tolist()
-            result.ensemble_curve = ens.tolist()
+    if _has_snapshots(result, run):
+        data = preprocess(test_data) if preprocess is not None else test_data
+        curves = _snapshot_curves(result, data)
+        result.snapshot_test_accuracy, result.ensemble_curve = curves
+
+
+def _has_snapshots(result: FitResult, run: Run) -> bool:
+    """Whether the run wrote a snapshot of a module (one the curves can predict)."""
+    return (
+        result.snapshots is not None
+        and result.spec.is_module
+        and bool(int(run.carry.snaps.count))
+    )
+
+
+def _snapshot_curves(result: FitResult, data) -> tuple[list, list]:
+    """``(single, ensemble)`` accuracies on ``data``, a preprocessed ``(x, y)``
+    pair (:func:`lrjax.ensembles.ensemble_curve`): each snapshot's, and the
+    last-m ensembles', m = 1..M. The test and the validation curves both."""
+    x, y = data
+    single, ens = ensembles.ensemble_curve(result.spec, result.snapshots, x, y)
+    return single.tolist(), ens.tolist()
 
 
 def _timings(program: Program, epoch_times, t_start: float, average_s) -> dict:

@@ -116,3 +116,49 @@ def test_ensemble_curve_against_manual_average():
         avg = sum(probs[4 - m :]) / m
         assert ens[m - 1] == pytest.approx(float(jnp.mean(jnp.argmax(avg, -1) == y)))
     assert ens[0] == single[-1]
+
+
+def test_fit_val_curve_against_a_hand_written_ensemble():
+    """FitResult.ensemble_val_curve == the mean softmax of the last m snapshots,
+    each predicting on the validation split, written out by hand; the test curve
+    is the same rule on test, and without val_data there is no val curve."""
+    x, y = synthetic(256)
+    xv, yv = synthetic(300, seed=5)
+    xt, yt = synthetic(200, seed=6)
+    ends = ensembles.snapshot_steps(4, num_steps=16, num_snapshots=3)  # 7, 11, 15
+    config = FitConfig(epochs=2, batch_size=32, snapshot_steps=ends,
+                       learning_rate=schedules.cosine_restarts(0.1, 4))  # fmt: skip
+    r = fit(mlp(64, 10, (16,), key=jax.random.key(0)), optax.sgd, (x, y),
+            key=jax.random.key(1), preprocess=scale_images, config=config,
+            val_data=(xv, yv), test_data=(xt, yt))  # fmt: skip
+    apply, _ = pure(mlp(64, 10, (16,), key=jax.random.key(0)))
+    params, _ = r.snapshots  # stacked [3, ...]; the MLP holds no other state
+
+    def by_hand(xs, ys):
+        xf = jnp.asarray(xs, jnp.float32) / 255
+        probs = [
+            jax.nn.softmax(apply(jax.tree.map(lambda a, k=k: a[k], params), xf))
+            for k in range(3)
+        ]
+        single = [float(jnp.mean(jnp.argmax(p, -1) == ys)) for p in probs]
+        ens = [
+            float(jnp.mean(jnp.argmax(sum(probs[3 - m :]) / m, -1) == ys))
+            for m in range(1, 4)
+        ]
+        return single, ens
+
+    single, ens = by_hand(xv, yv)
+    assert r.snapshot_val_accuracy == pytest.approx(single, rel=1e-6)
+    assert r.ensemble_val_curve == pytest.approx(ens, rel=1e-6)
+    single, ens = by_hand(xt, yt)
+    assert r.snapshot_test_accuracy == pytest.approx(single, rel=1e-6)
+    assert r.ensemble_curve == pytest.approx(ens, rel=1e-6)
+    # The last epoch's record scores the ensemble of all snapshots on val too.
+    assert r.history[-1]["ensemble_val_accuracy"] == r.ensemble_val_curve[-1]
+    assert r.ensemble_val_curve != r.ensemble_curve  # two splits, two curves
+
+    r = fit(mlp(64, 10, (16,), key=jax.random.key(0)), optax.sgd, (x, y),
+            key=jax.random.key(1), preprocess=scale_images, config=config,
+            test_data=(xt, yt))  # fmt: skip
+    assert r.ensemble_val_curve is None and r.snapshot_val_accuracy is None
+    assert r.ensemble_curve == pytest.approx(ens, rel=1e-6)
