@@ -8,6 +8,7 @@ import json
 import signal
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -167,6 +168,13 @@ def test_full_run_writes_metrics_plot_events_checkpoints(tiny, tmp_path, capsys)
     assert (
         m["ensemble_curve"][0]["test_accuracy"] == m["snapshots"][-1]["test_accuracy"]
     )
+    # m is chosen on the validation curve (held out of train), judged on test.
+    val = [e["val_accuracy"] for e in m["ensemble_val_curve"]]
+    best = m["best_ensemble"]
+    assert best["chosen_on"] == "val" and best["m"] == val.index(max(val)) + 1
+    assert best["val_accuracy"] == max(val)
+    assert best["test_accuracy"] == m["ensemble_curve"][best["m"] - 1]["test_accuracy"]
+    assert val[-1] == m["history"][-1]["ensemble_val_accuracy"]
     assert m["test_accuracy"] > 0.3
     assert {"compile_s", "run_s", "epoch_s"} <= set(m["timings"])
     png = (out / "learning_curves.png").read_bytes()
@@ -174,6 +182,39 @@ def test_full_run_writes_metrics_plot_events_checkpoints(tiny, tmp_path, capsys)
     assert list(out.glob("events.out.tfevents.*"))
     assert (out / "checkpoints" / "latest").is_dir()
     assert (out / "checkpoints" / "best").is_dir()
+
+
+def test_best_ensemble_m_is_chosen_on_validation_not_test():
+    """A stand-in FitResult whose val and test curves peak at different m: the
+    best ensemble takes the val argmax (ties: the smallest m) and reports the
+    test accuracy there, not the test curve's maximum; no val curve, no choice."""
+    result = SimpleNamespace(
+        snapshot_epochs=[1.0, 2.0, 3.0, 4.0],  # planned; 3 written (early stop)
+        snapshot_steps=[9, 19, 29, 39],
+        snapshot_test_accuracy=[0.70, 0.74, 0.80],
+        snapshot_val_accuracy=[0.72, 0.75, 0.86],
+        ensemble_curve=[0.80, 0.90, 0.85],  # test: best at m = 2
+        ensemble_val_curve=[0.86, 0.84, 0.86],  # val: m = 1 and 3 tie
+    )
+    m = train._ensemble_metrics(result)
+    assert m["best_ensemble"] == {
+        "m": 1,
+        "chosen_on": "val",
+        "val_accuracy": 0.86,
+        "test_accuracy": 0.80,
+    }
+    assert [e["val_accuracy"] for e in m["ensemble_val_curve"]] == [0.86, 0.84, 0.86]
+    assert [e["test_accuracy"] for e in m["ensemble_curve"]] == [0.80, 0.90, 0.85]
+    assert m["snapshots"][-1] == {
+        "epoch": 3.0, "step": 30, "val_accuracy": 0.86, "test_accuracy": 0.80,
+    }  # fmt: skip
+    assert len(m["snapshots"]) == 3 and m["ensemble_test_accuracy"] == 0.85
+
+    result.ensemble_val_curve = result.snapshot_val_accuracy = None  # no val split
+    m = train._ensemble_metrics(result)
+    assert m["best_ensemble"] is None and m["ensemble_val_curve"] == []
+    assert [e["test_accuracy"] for e in m["ensemble_curve"]] == [0.80, 0.90, 0.85]
+    assert m["snapshots"][0]["val_accuracy"] is None
 
 
 def test_lr_auto_uses_the_range_test_suggestion(tiny, tmp_path):

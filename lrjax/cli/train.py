@@ -943,29 +943,47 @@ def _metrics(args, setup: _Setup, result, plan: _Plan, t_start: float) -> dict:
 
 
 def _ensemble_metrics(result) -> dict:
-    """The snapshots' test accuracies and their ensembles' (last m, m = 1..M)."""
-    import numpy as np
+    """The snapshots' accuracies, their ensembles' (last m, m = 1..M), and the
+    best ensemble: ``m`` chosen on the validation curve, judged on test.
 
-    curve = result.ensemble_curve or []
+    ``best_ensemble`` is ``{"m", "chosen_on": "val", "val_accuracy",
+    "test_accuracy"}`` with ``m`` the first maximum of the validation curve (ties:
+    the smallest m); None without a validation curve: ``m`` is never chosen on
+    the test curve, which would overstate its test accuracy.
+    """
+    test = result.ensemble_curve or []
+    val = result.ensemble_val_curve or []
+    written = max(len(test), len(val))  # snapshots written (early stops write fewer)
+    test_single = result.snapshot_test_accuracy or [None] * written
+    val_single = result.snapshot_val_accuracy or [None] * written
+    best = None
+    if val:
+        i = val.index(max(val))  # the first maximum: ties go to the smallest m
+        best = {
+            "m": i + 1,
+            "chosen_on": "val",
+            "val_accuracy": val[i],
+            "test_accuracy": test[i] if test else None,
+        }
     return {
         "snapshots": [
-            {"epoch": e, "step": int(s) + 1, "test_accuracy": a}
-            for e, s, a in zip(
-                result.snapshot_epochs,
-                result.snapshot_steps,
-                result.snapshot_test_accuracy or [],
-                strict=False,
+            {"epoch": e, "step": int(s) + 1, "val_accuracy": v, "test_accuracy": t}
+            for e, s, v, t in zip(
+                result.snapshot_epochs[:written],
+                result.snapshot_steps[:written],
+                val_single,
+                test_single,
+                strict=True,
             )
         ],
         "ensemble_curve": [
-            {"m": i + 1, "test_accuracy": a} for i, a in enumerate(curve)
+            {"m": i + 1, "test_accuracy": a} for i, a in enumerate(test)
         ],
-        "ensemble_test_accuracy": curve[-1] if curve else None,
-        "best_ensemble": (
-            {"m": int(np.argmax(curve)) + 1, "test_accuracy": max(curve)}
-            if curve
-            else None
-        ),
+        "ensemble_val_curve": [
+            {"m": i + 1, "val_accuracy": a} for i, a in enumerate(val)
+        ],
+        "ensemble_test_accuracy": test[-1] if test else None,
+        "best_ensemble": best,
     }
 
 
