@@ -446,3 +446,58 @@ def test_headline_block(report, tmp_path):
     )
     # The seed recipe's baseline is the published constant, not a measurement.
     assert report.train_results.SEED_RECIPE_ACCURACY == 0.8837
+
+
+def _cnn_metrics(best: dict | None, snapshots: list[dict]) -> dict:
+    """An lrjax-train metrics.json, cut down to what cnn_results.summarize reads."""
+    return {
+        "test_accuracy": 0.9,
+        "val_accuracy": 0.9,
+        "lr": 0.01,
+        "lr_finder": {"method": "knee", "time_s": 1.0},
+        "schedule": {"name": "cosine_restarts", "cycle_ends": [9, 29]},
+        "epochs_run": 3,
+        "history": [{"step": 30}],
+        "timings": {"mean_epoch_s": 2.0, "wall_s": 7.0},
+        "device": "cpu x1 (cpu)",
+        "snapshots": snapshots,
+        "best_ensemble": best,
+    }
+
+
+def test_cnn_snapshot_gain_chooses_on_validation_and_marks_old_runs(report, tmp_path):
+    """A run that chose m on validation gains over the snapshot chosen on
+    validation; a run from before ``chosen_on`` is shown as chosen on test."""
+    cnn = report.cnn_results
+    snaps = [
+        {"val_accuracy": 0.90, "test_accuracy": 0.88},
+        {"val_accuracy": 0.93, "test_accuracy": 0.87},  # the val-chosen single
+        {"val_accuracy": 0.89, "test_accuracy": 0.92},  # the best on test
+    ]
+    new = {"m": 2, "chosen_on": "val", "val_accuracy": 0.94, "test_accuracy": 0.89}
+    old = {"m": 1, "test_accuracy": 0.92}  # m chosen on the test curve
+    assert cnn.snapshot_gain_pp(_cnn_metrics(new, snaps)) == pytest.approx(2.0)
+    assert cnn.snapshot_gain_pp(_cnn_metrics(old, snaps)) == pytest.approx(0.0)
+    assert cnn.snapshot_gain_pp(_cnn_metrics(None, [])) is None
+
+    def rendered(*bests):
+        done = {s: _cnn_metrics(b, snaps) for s, b in enumerate(bests)}
+        doc = cnn.summarize(done, tmp_path / "runs", ["--snapshots", "3"])
+        doc["independent_ensemble"] = {"members": 2, "gain_pp": 0.5}  # no probs here
+        (tmp_path / "cnn_results.json").write_text(json.dumps(doc))
+        return doc, cnn.results_markdown(tmp_path), cnn.target_rows(tmp_path)
+
+    doc, block, rows = rendered(new, new)
+    assert cnn.chosen_on(doc) == "val" and doc["snapshot_gain_pp"]["mean"] == (
+        pytest.approx(2.0)
+    )
+    assert "snapshot gain pp (mean; m chosen on validation)" in block
+    assert "| +2.00 |" in block and "old run" not in block
+    assert any(
+        "snapshots +2.00 pp (mean over seeds) against" in str(r[1]) for r in rows
+    )
+    for bests in ((old, old), (new, old)):  # old runs, or some seeds old
+        doc, block, rows = rendered(*bests)
+        assert cnn.chosen_on(doc) == "test"
+        assert "(m chosen on test, old run)" in block
+        assert any("m chosen on test, old run" in str(r[1]) for r in rows)
