@@ -6,6 +6,9 @@ real Fashion-MNIST, 30 epochs, batch 32, for 3 seeds, into
 run again, so the script can be stopped and restarted. The summary (mean and
 spread over seeds of the final test accuracy, each snapshot's test accuracy and
 the last-m ensemble curve) goes to ``benchmarks/results/train_results.json``.
+Snapshot ensembles are judged on test with ``m`` chosen on validation
+(:func:`analyze`); the ``best_ensemble`` / ``gain_pp`` fields choose ``m`` on the
+test curve itself and are shown only as an optimistic bound.
 
     python benchmarks/train_results.py                 # everything
     python benchmarks/train_results.py --only default  # one variant
@@ -40,7 +43,8 @@ COMMON = ["--epochs", "30", "--batch-size", "32", "--quiet", "--no-plot"]
 DEFAULT_VARIANT = "default_peak_decay_0.8"
 # The issue's targets: specifications, not measurements.
 TARGET_ACCURACY = 0.90  # --lr auto with the default schedule, MLP, 30 epochs
-TARGET_SNAPSHOT_GAIN_PP = 0.3  # best last-m ensemble over the best snapshot
+# the last-m ensemble over the single snapshot, both chosen on validation
+TARGET_SNAPSHOT_GAIN_PP = 0.3
 # The seed recipe's published test accuracy of its MLP 300-100 on Fashion-MNIST
 # (source: Hands-On ML, chapter 10): the baseline the front page compares
 # lrjax-train's defaults with. Published, not measured here.
@@ -349,7 +353,9 @@ def analyze(run_dir: Path, ds) -> dict:
     pt = member_probs(apply, stacked, jnp.asarray(ds.x_test) / 255.0)
     v_single, v_ens = curve_from_probs(pv, ds.y_val)
     t_single, t_ens = curve_from_probs(pt, ds.y_test)
-    m_val = int(np.argmax(v_ens[::-1]))  # ties: the larger m
+    # ties: the larger m (lrjax-train's best_ensemble takes the smaller one; the
+    # cached posthoc.json files of the published runs were made with this rule)
+    m_val = int(np.argmax(v_ens[::-1]))
     m_val = len(v_ens) - m_val
     yv = jnp.asarray(ds.y_val)
 
@@ -507,6 +513,7 @@ def summarize(runs: Path) -> dict:
             best_ens = curve.max(1)
             v["snapshot_test_accuracy_mean"] = snaps.mean(0).tolist()
             v["ensemble_curve_mean"] = curve.mean(0).tolist()  # last m, m = 1..M
+            # Chosen on TEST: an optimistic bound, not a measurement.
             v["best_single_snapshot"] = stats(best_single)
             v["best_ensemble"] = stats(best_ens)
             v["best_ensemble_m"] = [int(np.argmax(c)) + 1 for c in curve]
@@ -530,10 +537,10 @@ def summarize(runs: Path) -> dict:
 def markdown(doc: dict) -> str:
     """The results table of README.md "Training" (mean [min, max] over seeds)."""
     rows = [
-        "| variant | peak lr (mean) | final test acc % | best single snapshot % "
-        "| best last-m ensemble % (m) | gain pp (mean [min, max]) "
-        "| val-chosen m: ensemble % vs val-chosen single % (m) "
-        "| val-weighted ensemble % |",
+        "| variant | peak lr (mean) | final test acc % | best single snapshot on "
+        "test % | m chosen on test (optimistic): best last-m ensemble % (m) "
+        "| its gain pp (mean [min, max]) | m chosen on validation: ensemble % vs "
+        "single snapshot chosen on validation % (m) | val-weighted ensemble % |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, v in doc["variants"].items():
@@ -631,9 +638,9 @@ def main(argv=None) -> int:
         )
         if "best_ensemble" in v:
             line += (
-                f"  best single {100 * v['best_single_snapshot']['mean']:.2f}"
-                f"  best ens {100 * v['best_ensemble']['mean']:.2f}"
-                f"  gain {v['gain_pp']['mean']:+.2f} pp"
+                f"  val-chosen ens {100 * v['val_selected_ensemble']['mean']:.2f}"
+                f"  gain {v['gain_val_selected_pp']['mean']:+.2f} pp"
+                f"  (chosen on test: {v['gain_pp']['mean']:+.2f} pp)"
             )
         if "test_accuracy_all_seeds" in v:
             a = v["test_accuracy_all_seeds"]
@@ -812,22 +819,28 @@ def peak_markdown(doc: dict) -> str:
 
 
 def snapshots_markdown(doc: dict) -> str:
-    """Target 2: what the snapshot ensembles gained, and what did not help."""
+    """Target 2: what the snapshot ensembles gained, and what did not help.
+
+    Gains choose ``m`` (and the single snapshot) on validation, except the first
+    bullet's, which chooses both on test: an optimistic bound."""
     v = {n: x for n, x in doc["variants"].items() if "gain_pp" in x}
-    gains = {n: x["gain_pp"]["mean"] for n, x in v.items()}
-    val = {n: x["gain_val_selected_pp"]["mean"] for n, x in v.items()}
+    on_test = {n: x["gain_pp"]["mean"] for n, x in v.items()}
+    gains = {n: x["gain_val_selected_pp"]["mean"] for n, x in v.items()}
     wt = {n: x["gain_weighted_vs_best_single_pp"]["mean"] for n, x in v.items()}
     lo, hi = min(gains, key=gains.get), max(gains, key=gains.get)
+    tlo, thi = min(on_test, key=on_test.get), max(on_test, key=on_test.get)
     d = v[DEFAULT_VARIANT]
     lines = [
-        f"- best last-m ensemble over the best single snapshot, mean over seeds: "
-        f"{gains[lo]:+.2f} (`{lo}`) to {gains[hi]:+.2f} pp (`{hi}`);",
-        f"- chosen on validation: ensemble minus single snapshot "
-        f"{min(val.values()):+.2f} to {max(val.values()):+.2f} pp; for the "
+        f"- m chosen on validation, judged on test: ensemble minus single "
+        f"snapshot (also chosen on validation), mean over seeds: "
+        f"{gains[lo]:+.2f} (`{lo}`) to {gains[hi]:+.2f} pp (`{hi}`); for the "
         f"default (`{DEFAULT_VARIANT}`) {pct(d['val_selected_ensemble']['mean'])}% "
         f"vs {pct(d['val_selected_single']['mean'])}% "
         f"({d['gain_val_selected_pp']['mean']:+.2f} pp);",
-        f"- validation-fitted weights minus the best single snapshot: "
+        f"- m chosen on test instead (optimistic: the best last-m ensemble over "
+        f"the best single snapshot): {on_test[tlo]:+.2f} (`{tlo}`) to "
+        f"{on_test[thi]:+.2f} pp (`{thi}`);",
+        f"- validation-fitted weights minus the best single snapshot (on test): "
         f"{min(wt.values()):+.2f} to {max(wt.values()):+.2f} pp;",
     ]
     if "huang_divergence_wd" in v and "huang_divergence" in v:
@@ -846,7 +859,7 @@ def snapshots_markdown(doc: dict) -> str:
         lines.append(
             f"- `fge_balanced_20+5x2`: {len(s)} snapshots of "
             f"{pct(min(s))}-{pct(max(s))}% (means over seeds), gain "
-            f"{f['gain_pp']['mean']:+.2f} pp, final "
+            f"{f['gain_val_selected_pp']['mean']:+.2f} pp, final "
             f"{pct(f['test_accuracy']['mean'])}%;"
         )
     if "three_cycles_peak_0.55" in v:
@@ -854,7 +867,8 @@ def snapshots_markdown(doc: dict) -> str:
         accs = sorted(c["test_accuracy"]["values"])
         lines.append(
             f"- `three_cycles_peak_0.55`: final test accuracy per seed "
-            f"{', '.join(pct(x) for x in accs)}%, gain {pp_stats(c['gain_pp'])} pp;"
+            f"{', '.join(pct(x) for x in accs)}%, gain "
+            f"{pp_stats(c['gain_val_selected_pp'])} pp;"
         )
     decay = [n for n in v if n.startswith("default_peak_decay")]
     if decay:
@@ -866,7 +880,8 @@ def snapshots_markdown(doc: dict) -> str:
     if "nesterov_huang" in v:
         nh = v["nesterov_huang"]
         lines.append(
-            f"- `nesterov_huang`: gain up to {nh['gain_pp']['max']:+.2f} pp on one "
+            f"- `nesterov_huang`: gain up to {nh['gain_val_selected_pp']['max']:+.2f} "
+            "pp on one "
             f"seed, from final test accuracies of "
             f"{', '.join(pct(x) for x in sorted(nh['test_accuracy']['values']))}%."
         )
@@ -942,17 +957,17 @@ def target_rows(results: Path) -> list[TargetRow]:
             v and met,
         )
     )
-    gains = (
-        {n: x["gain_pp"]["mean"] for n, x in tr["variants"].items() if "gain_pp" in x}
-        if tr
-        else {}
-    )
+    snap = {n: x for n, x in tr["variants"].items() if "gain_pp" in x} if tr else {}
+    gains = {n: x["gain_val_selected_pp"]["mean"] for n, x in snap.items()}
     if gains:
         best = max(gains, key=gains.get)
+        on_test = max(x["gain_pp"]["mean"] for x in snap.values())
         ind = tr["variants"][DEFAULT_VARIANT].get("independent_ensembles", {})
         measured = (
-            f"best mean gain over {len(gains)} variants {gains[best]:+.2f} pp "
-            f"(`{best}`); the default's {gains[DEFAULT_VARIANT]:+.2f} pp"
+            f"m chosen on validation: best mean gain over {len(gains)} variants "
+            f"{gains[best]:+.2f} pp (`{best}`); the default's "
+            f"{gains[DEFAULT_VARIANT]:+.2f} pp; at most {on_test:+.2f} pp with m "
+            "chosen on test (optimistic)"
         )
         if "3" in ind:
             measured += (
@@ -962,7 +977,8 @@ def target_rows(results: Path) -> list[TargetRow]:
             )
     rows.append(
         (
-            f"snapshot ensemble >= best single snapshot + {TARGET_SNAPSHOT_GAIN_PP} pp",
+            f"snapshot ensemble >= single snapshot + {TARGET_SNAPSHOT_GAIN_PP} pp, "
+            "both chosen on validation",
             gains and measured,
             gains and yes(max(gains.values()) >= TARGET_SNAPSHOT_GAIN_PP),
         )
