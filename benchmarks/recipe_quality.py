@@ -86,29 +86,22 @@ def score_rules(doc: dict, rules: dict) -> dict:
                 grid, best, None if median is None else factor * median
             ),
             "regret_per_seed_pp": seeds,
-            "regret_seed_max_pp": max(known) if len(known) == len(seeds) else None,
+            "regret_seed_max_pp": max(known)
+            if known and len(known) == len(seeds)
+            else None,
             "regret_seed_mean_pp": float(np.mean(known)) if known else None,
         }
     return out
 
 
-def run_setting(args) -> dict:
-    import jax
-    import numpy as np
-
-    from lrjax.batches import scale_images
+def load_setting(args):
+    """The setting's model factory, optimizer factory and (train, val) arrays."""
     from lrjax.data import load_dataset
-    from lrjax.lr_grid import recipe_grid
     from lrjax.models import cnn, mlp
-    from lrjax.range_test import lr_range_test
-    from lrjax.recipes import FAMILIES, unit_schedule
 
     ds = load_dataset("fashion_mnist")
     n = args.n_train or len(ds.y_train)
-    x, y = ds.x_train[:n], ds.y_train[:n]
     nv = args.n_val or len(ds.y_val)
-    xv, yv = ds.x_val[:nv], ds.y_val[:nv]
-    opt = optimizer_factory(args.optimizer, args.weight_decay)
     in_size = math.prod(ds.x_train.shape[1:])
 
     def model(k):
@@ -116,6 +109,20 @@ def run_setting(args) -> dict:
             return cnn(ds.num_classes, key=k, input_shape=ds.x_train.shape[1:])
         return mlp(in_size, ds.num_classes, (300, 100), key=k)
 
+    opt = optimizer_factory(args.optimizer, args.weight_decay)
+    return model, opt, (ds.x_train[:n], ds.y_train[:n]), (ds.x_val[:nv], ds.y_val[:nv])
+
+
+def run_setting(args) -> dict:
+    import jax
+    import numpy as np
+
+    from lrjax.batches import scale_images
+    from lrjax.range_test import lr_range_test
+    from lrjax.recipes import FAMILIES
+
+    model, opt, (x, y), (xv, yv) = load_setting(args)
+    n, nv = len(y), len(yv)
     doc = {
         "description": "recipe regret against a (family x peak x seed) grid at the "
         "training budget (benchmarks/recipe_quality.py)",
@@ -169,11 +176,75 @@ def run_setting(args) -> dict:
         flush=True,
     )
     t0 = time.perf_counter()
+    doc["grids"] = run_grid(args, model, opt, (x, y), (xv, yv), peaks, total, key)
+    timings, device = doc["grids"].pop("_timings"), doc["grids"].pop("_device")
+    doc["grid"] = {
+        "families": list(FAMILIES),
+        "peaks": peaks.tolist(),
+        "seeds": args.grid_seeds,
+        "epochs": args.epochs,
+        "total_steps": total,
+        "wall_s": time.perf_counter() - t0,
+        "timings": timings,
+        "device": device,
+    }
+    doc["best"] = best_of(doc)
+    rescore(doc)
+    save()
+    print(report(doc), flush=True)
+    if args.train_seeds:
+        doc["train"] = train_recipe(args, doc)
+        save()
+        print(report(doc), flush=True)
+    return doc
+
+
+def family_summary(lrs, val) -> dict:
+    """One family's stored grid: ``val`` is ``[peaks][seeds]`` final val accuracy."""
+    import numpy as np
+
+    lrs, val = np.asarray(lrs, np.float64), np.asarray(val, np.float64)
+    mean = val.mean(axis=1)
+    i = int(np.argmax(mean))
+    seeds = val.shape[1]
+    return {
+        "lrs": lrs.tolist(),
+        "final_accuracy_mean": mean.tolist(),
+        "val_accuracy": val.tolist(),
+        "best_lr": float(lrs[i]),
+        "best_accuracy": float(mean[i]),
+        # the grid's noise: standard error over seeds at the family's best
+        "best_stderr_pp": float(100 * np.std(val[i]) / math.sqrt(seeds - 1))
+        if seeds > 1
+        else None,
+    }
+
+
+def best_of(doc: dict) -> dict:
+    family = max(doc["grids"], key=lambda f: doc["grids"][f]["best_accuracy"])
+    return {
+        "family": family,
+        "lr": doc["grids"][family]["best_lr"],
+        "accuracy": doc["grids"][family]["best_accuracy"],
+    }
+
+
+def run_grid(args, model, opt, train, val, peaks, total: int, key) -> dict:
+    """Every family x ``peaks`` x ``--grid-seeds`` in one program: ``{family:
+    family_summary}`` plus the program's ``_timings`` and ``_device``. The grid key
+    is fixed (``fold_in(key, 1000)``): members of one seed share the
+    initialisation and batch order at every peak, also across ``--extend`` runs."""
+    import jax
+
+    from lrjax.batches import scale_images
+    from lrjax.lr_grid import recipe_grid
+    from lrjax.recipes import FAMILIES, unit_schedule
+
     grids = recipe_grid(
         model,
         opt,
-        (x, y),
-        (xv, yv),
+        train,
+        val,
         lrs=peaks,
         families={f: unit_schedule(f, total) for f in FAMILIES},
         key=jax.random.fold_in(key, 1000),  # fresh inits and batch orders
@@ -183,48 +254,62 @@ def run_setting(args) -> dict:
         preprocess=scale_images,
         progress=sys.stderr.isatty(),
     )
+    out: dict = {
+        f: family_summary(r.lrs, r.val_accuracy[:, :, -1]) for f, r in grids.items()
+    }
     first = next(iter(grids.values()))
-    doc["grid"] = {
-        "families": list(FAMILIES),
-        "peaks": peaks.tolist(),
-        "seeds": args.grid_seeds,
-        "epochs": args.epochs,
-        "total_steps": total,
-        "wall_s": time.perf_counter() - t0,
-        "timings": first.timings,
-        "device": first.device,
-    }
-    doc["grids"] = {
-        f: {
-            "lrs": r.lrs.tolist(),
-            "final_accuracy_mean": r.final_accuracy().tolist(),
-            "val_accuracy": r.val_accuracy[:, :, -1].tolist(),  # [peaks][seeds]
-            "best_lr": r.best_lr,
-            "best_accuracy": r.best_accuracy,
-            # the grid's noise: standard error over seeds at the family's best
-            "best_stderr_pp": float(
-                100
-                * np.std(r.val_accuracy[np.argmax(r.final_accuracy()), :, -1])
-                / math.sqrt(max(1, r.seeds - 1))
-            )
-            if r.seeds > 1
-            else None,
-        }
-        for f, r in grids.items()
-    }
-    best_family = max(doc["grids"], key=lambda f: doc["grids"][f]["best_accuracy"])
-    doc["best"] = {
-        "family": best_family,
-        "lr": doc["grids"][best_family]["best_lr"],
-        "accuracy": doc["grids"][best_family]["best_accuracy"],
-    }
+    out["_timings"], out["_device"] = first.timings, first.device
+    return out
+
+
+def extend_setting(args) -> dict:
+    """``--extend``: more peaks (``--lo-mult``..``--hi-mult`` x the stored knee) for
+    the grid stored in ``--out``, merged into it and rescored; the range test
+    and the stored cells are kept (same setting and seeds, checked)."""
+    import jax
+    import numpy as np
+
+    out = Path(args.out)
+    doc = json.loads(out.read_text())
+    names = ("model", "optimizer", "batch_size", "weight_decay", "epochs")
+    mine = tuple(getattr(args, k) for k in names)
+    theirs = tuple(doc["setting"][k] for k in names)
+    if mine != theirs or args.grid_seeds != doc["grid"]["seeds"]:
+        raise SystemExit(
+            f"--extend: {out} holds {theirs} x {doc['grid']['seeds']} seeds, "
+            f"not {mine} x {args.grid_seeds} seeds"
+        )
+    model, opt, train, val = load_setting(args)
+    per = doc["range_test"]["per_method"].get("knee") or []
+    knee = [v for v in per if v] or [doc["range_test"]["suggestions"]["knee"]]
+    old = np.asarray(doc["grid"]["peaks"])
+    peaks = np.geomspace(args.lo_mult * min(knee), args.hi_mult * max(knee), args.peaks)
+    peaks = np.array([p for p in peaks if not np.isclose(old, p, rtol=1e-6).any()])
+    if not len(peaks):
+        raise SystemExit("--extend: every requested peak is already in the grid")
+    print(f"extending {out} by peaks {np.round(peaks, 5).tolist()}", flush=True)
+    t0 = time.perf_counter()
+    new = run_grid(
+        args, model, opt, train, val, peaks, doc["grid"]["total_steps"],
+        jax.random.key(args.seed),
+    )  # fmt: skip
+    new.pop("_timings"), new.pop("_device")
+    for f in doc["grids"]:
+        lrs = doc["grids"][f]["lrs"] + new[f]["lrs"]
+        vals = doc["grids"][f]["val_accuracy"] + new[f]["val_accuracy"]
+        order = np.argsort(lrs)
+        doc["grids"][f] = family_summary(
+            np.asarray(lrs)[order], np.asarray(vals)[order]
+        )
+    doc["grid"]["peaks"] = sorted(doc["grid"]["peaks"] + peaks.tolist())
+    doc["grid"]["wall_s"] += time.perf_counter() - t0
+    doc["grid"].setdefault("extended_by", []).append(
+        " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    )
+    doc["best"] = best_of(doc)
     rescore(doc)
-    save()
+    write_atomic(out, json.dumps(doc, indent=1) + "\n")
     print(report(doc), flush=True)
-    if args.train_seeds:
-        doc["train"] = train_recipe(args, doc)
-        save()
-        print(report(doc), flush=True)
     return doc
 
 
@@ -549,6 +634,12 @@ def main(argv=None) -> int:
         help="keep --out's range test and grid; rescore them with today's rules and "
         "run only the --train-seeds recipe runs",
     )
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="add --peaks peaks (--lo-mult..--hi-mult x the stored knee) to --out's "
+        "grid, keeping its range test and cells",
+    )
     p.add_argument("--fit", nargs="+", default=None, metavar="JSON")
     p.add_argument("--fit-out", default=None)
     p.add_argument(
@@ -577,7 +668,10 @@ def main(argv=None) -> int:
         print(report(doc), flush=True)
         return 0
     setup_jax(args.devices)
-    run_setting(args)
+    if args.extend:
+        extend_setting(args)
+    else:
+        run_setting(args)
     return 0
 
 
