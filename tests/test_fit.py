@@ -220,6 +220,8 @@ def test_resume_is_exact_at_an_epoch_and_mid_epoch(tmp_path):
     cut = run(4, checkpoint_dir=tmp_path / "b", hooks=[StopAfter(8)], **common)
     assert cut.interrupted and cut.stop_reason == "requested"
     assert cut.epochs_run == 2 and cut.step == 2 * SPE + 10 and cut.test is None
+    assert cut.ensemble_val_curve is None  # interrupted: no curve of a partial run
+    assert len(full.ensemble_val_curve) == len(ends)
     resumed_mid = run(4, checkpoint_dir=tmp_path / "b", resume=True, **common)
     for other in (resumed, resumed_mid):
         assert_same(other.params, full.params)
@@ -227,6 +229,7 @@ def test_resume_is_exact_at_an_epoch_and_mid_epoch(tmp_path):
         assert strip_times(other.history) == strip_times(full.history)
         assert other.test == full.test
         assert other.ensemble_curve == full.ensemble_curve
+        assert other.ensemble_val_curve == full.ensemble_val_curve
         assert other.best_epoch == full.best_epoch
 
 
@@ -277,6 +280,8 @@ def test_cnn_with_batchnorm_and_dropout_resumes_bit_identically(tmp_path):
     assert_same(resumed.snapshots, full.snapshots)
     assert strip_times(resumed.history) == strip_times(full.history)
     assert resumed.ensemble_curve == full.ensemble_curve
+    assert resumed.ensemble_val_curve == full.ensemble_val_curve
+    assert len(full.ensemble_val_curve) == 2  # each member with its own BN stats
     # Each snapshot predicts with its OWN batch stats: member 0 != final model.
     s_params, s_state = full.snapshots
     assert not np.array_equal(leaves(s_state)[0][0], leaves(s_state)[0][1])
