@@ -8,6 +8,7 @@ The images are class-dependent stripes plus noise: a small MLP learns them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import importlib.util
 import os
@@ -29,6 +30,17 @@ jax.config.update(
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def jax_cache_env() -> dict[str, str]:
+    """The environment that points a subprocess's JAX (python code or a notebook
+    kernel) at the compilation cache above, so that it shares the suite's compiles."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -60,20 +72,27 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
+@functools.cache
+def _tiny_fashion_mnist_files() -> dict[str, bytes]:
+    """The gz IDX files' bytes, generated once a session (each test writes its own
+    copy: some corrupt or delete them)."""
+    x, y = make_images(TINY_TRAIN, 0)
+    xt, yt = make_images(TINY_TEST, 1)
+    return {
+        "train-images-idx3-ubyte.gz": _idx(x),
+        "train-labels-idx1-ubyte.gz": _idx(y),
+        "t10k-images-idx3-ubyte.gz": _idx(xt),
+        "t10k-labels-idx1-ubyte.gz": _idx(yt),
+    }
+
+
 @pytest.fixture
 def tiny_fashion_mnist(tmp_path, monkeypatch) -> Path:
     """A directory of tiny Fashion-MNIST IDX files, wired in as ``fashion_mnist``."""
     directory = tmp_path / "tiny-fashion"
     directory.mkdir()
-    x, y = make_images(TINY_TRAIN, 0)
-    xt, yt = make_images(TINY_TEST, 1)
-    for name, arr in {
-        "train-images-idx3-ubyte.gz": x,
-        "train-labels-idx1-ubyte.gz": y,
-        "t10k-images-idx3-ubyte.gz": xt,
-        "t10k-labels-idx1-ubyte.gz": yt,
-    }.items():
-        (directory / name).write_bytes(_idx(arr))
+    for name, raw in _tiny_fashion_mnist_files().items():
+        (directory / name).write_bytes(raw)
     spec = data._SPECS["fashion_mnist"]
     files = tuple(f._replace(raw_sha256=None) for f in spec.files)
     monkeypatch.setitem(

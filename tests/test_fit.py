@@ -364,8 +364,10 @@ DP_SCRIPT = textwrap.dedent(
 
 
 def test_data_parallel_matches_single_device():
+    from tests.conftest import jax_cache_env  # here: the script imports this file
+
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env["JAX_PLATFORMS"] = "cpu"
+    env.update(JAX_PLATFORMS="cpu", **jax_cache_env())
     code = DP_SCRIPT.format(tests=str(Path(__file__).parent))
     proc = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],

@@ -3,8 +3,8 @@
 Each notebook runs in a fresh Jupyter kernel of this interpreter, in a fresh
 directory, with ``LRJAX_DOCS_TINY=1`` on the generated datasets of
 tests/test_docs_blocks.py (the same stand-ins and the same variable as the docs'
-code blocks). The notebooks are committed without outputs; every one that
-examples/ holds is run.
+code blocks), sharing the test suite's JAX compilation cache (tests/conftest.py).
+The notebooks are committed without outputs; every one that examples/ holds is run.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import nbclient
 import nbformat
 import pytest
 
+from tests.conftest import jax_cache_env
 from tests.test_docs_blocks import datasets  # noqa: F401  (a fixture)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -55,6 +56,8 @@ def test_notebook_runs(path, datasets, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("LRJAX_DOCS_TINY", "1")
     monkeypatch.setenv("LRJAX_DATA_DIR", str(datasets))
     monkeypatch.setenv("LRJAX_CACHE_DIR", str(tmp_path / "cache"))
+    for name, value in jax_cache_env().items():  # the kernel shares the suite's
+        monkeypatch.setenv(name, value)
     book = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         book,

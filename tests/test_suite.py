@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import jax_cache_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SECTIONS = {
@@ -28,7 +30,9 @@ RATIOS = {
 
 def test_smoke_suite_writes_every_figure(tmp_path):
     out = tmp_path / "suite.json"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # the suite's JAX compilation cache (tests/conftest.py): compiles are lookups
+    # after the first run; the test checks the figures, not what compiling costs
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **jax_cache_env())
     proc = subprocess.run(
         [sys.executable, "benchmarks/suite.py", "--size", "smoke", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
