@@ -409,24 +409,36 @@ import jax
 jax.config.update("jax_num_cpu_devices", 2)
 sys.path.insert(0, {tests!r})
 import test_lr_grid as t
-r = t.grid(t.init, lrs=[0.01, 0.05, 0.2], key=jax.random.key(7),
-           population={population!r})
-print(json.dumps({{"device": r.device, "val_loss": r.val_loss.tolist(),
-                  "memory": r.memory, "population": r.timings["population"]}}))
+for population in ("vmap", "unroll"):
+    r = t.grid(t.init, lrs=[0.01, 0.05, 0.2], key=jax.random.key(7),
+               population=population)
+    print(json.dumps({{"asked": population, "device": r.device,
+                      "val_loss": r.val_loss.tolist(), "memory": r.memory,
+                      "population": r.timings["population"]}}))
 """
 
 
-@pytest.mark.parametrize("population", ["vmap", "unroll"])
-def test_population_spread_over_two_host_devices_matches(population):
-    """3 members padded to 4 and sharded over 2 XLA host devices: same numbers
-    (unrolled members run under shard_map, each device over its own)."""
-    code = _SHARDED.format(tests=os.path.dirname(__file__), population=population)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+@pytest.fixture(scope="module")
+def sharded_grids():
+    """``{population: doc}``: both populations' grids on 2 XLA host devices, in
+    one subprocess (one JAX start for both tests)."""
+    from tests.conftest import jax_cache_env  # here: the script imports this file
+
+    code = _SHARDED.format(tests=os.path.dirname(__file__))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **jax_cache_env())
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env,
         check=True, timeout=120,
     )  # fmt: skip
-    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    docs = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    return {doc["asked"]: doc for doc in docs}
+
+
+@pytest.mark.parametrize("population", ["vmap", "unroll"])
+def test_population_spread_over_two_host_devices_matches(sharded_grids, population):
+    """3 members padded to 4 and sharded over 2 XLA host devices: same numbers
+    (unrolled members run under shard_map, each device over its own)."""
+    doc = sharded_grids[population]
     assert doc["device"] == "cpu x2 (cpu)" and doc["population"] == population
     assert doc["memory"]["members"] == 3 and doc["memory"]["padded_members"] == 4
     key = jax.random.key(7)

@@ -22,7 +22,7 @@ import lrjax
 from lrjax.batches import batch_indices, scale_images
 from lrjax.step import init_state, make_optimizer, make_step, split_model
 
-from .conftest import make_images
+from .conftest import jax_cache_env, make_images
 
 
 class TinyCNN(nnx.Module):
@@ -235,36 +235,37 @@ def test_conv_seeds_run_unrolled_on_cpu_and_equal_their_own_runs(small_images):
     assert not np.allclose(auto.losses[0], auto.losses[1])
 
 
-@pytest.mark.parametrize("population", ["vmap", "unroll"])
-def test_seed_axis_sharded_over_host_devices_matches_one_device(tmp_path, population):
-    """Two XLA host devices (a subprocess: the flag must precede JAX's start);
-    unrolled members run under shard_map, each device over its own seeds. Three
-    seeds are padded to four, so that both devices run (not one, the largest
-    divisor of 3); the padded member's curve is dropped."""
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory):
+    """``{n: {population: (device, population run, losses)}}``: the range test of
+    3 seeds on ``n`` XLA host devices, each population in the same subprocess
+    (one JAX start per device count, not one per test)."""
     script = textwrap.dedent(
         """
-        import jax, numpy as np, optax, sys
+        import json, jax, numpy as np, optax, sys
         sys.path.insert(0, %r)
         from conftest import make_images
         import lrjax
         from lrjax.batches import scale_images
         x, y = make_images(512, 0)
-        r = lrjax.lr_range_test(lambda k: lrjax.mlp(784, 10, (16,), key=k),
-            optax.sgd, (x, y.astype(np.int32)), key=jax.random.key(0), seeds=3,
-            num_steps=30, preprocess=scale_images, stop_on_divergence=False,
-            population=%r)
-        print(r.device, r.timings["population"])
-        np.save(sys.argv[1], r.losses)
+        for population in ("vmap", "unroll"):
+            r = lrjax.lr_range_test(lambda k: lrjax.mlp(784, 10, (16,), key=k),
+                optax.sgd, (x, y.astype(np.int32)), key=jax.random.key(0),
+                seeds=3, num_steps=30, preprocess=scale_images,
+                stop_on_divergence=False, population=population)
+            print(json.dumps([population, r.device, r.timings["population"]]))
+            np.save(f"{sys.argv[1]}-{population}.npy", r.losses)
         """
-    ) % (os.path.dirname(__file__), population)
-    outs = {}
+    ) % os.path.dirname(__file__)
+    runs = {}
     for n in (1, 2):
         env = dict(
             os.environ,
             XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
             JAX_PLATFORMS="cpu",
+            **jax_cache_env(),
         )
-        out = tmp_path / f"{n}.npy"
+        out = tmp_path_factory.mktemp(f"devices{n}") / "losses"
         proc = subprocess.run(
             [sys.executable, "-c", script, str(out)],
             env=env,
@@ -273,8 +274,27 @@ def test_seed_axis_sharded_over_host_devices_matches_one_device(tmp_path, popula
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
-        assert f"x{n}" in proc.stdout and population in proc.stdout
-        outs[n] = np.load(out)
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        runs[n] = {
+            asked: (device, ran, np.load(f"{out}-{asked}.npy"))
+            for asked, device, ran in lines
+        }
+    return runs
+
+
+@pytest.mark.parametrize("population", ["vmap", "unroll"])
+def test_seed_axis_sharded_over_host_devices_matches_one_device(
+    sharded_runs, population
+):
+    """Two XLA host devices (a subprocess: the flag must precede JAX's start);
+    unrolled members run under shard_map, each device over its own seeds. Three
+    seeds are padded to four, so that both devices run (not one, the largest
+    divisor of 3); the padded member's curve is dropped."""
+    outs = {}
+    for n in (1, 2):
+        device, ran, losses = sharded_runs[n][population]
+        assert f"x{n}" in device and ran == population
+        outs[n] = losses
     assert outs[2].shape == (3, 30)
     np.testing.assert_allclose(outs[1], outs[2], rtol=1e-5, atol=1e-6)
 
