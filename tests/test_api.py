@@ -61,9 +61,24 @@ def test_import_does_not_load_the_command_lines():
 def test_console_scripts_run_the_command_lines():
     """``lrjax-find`` etc. ([project.scripts]) beside ``python -m lrjax.find``."""
     bindir = pathlib.Path(sys.executable).parent
-    for name in ("find", "train", "grid"):
-        out = subprocess.run(
-            [str(bindir / f"lrjax-{name}"), "--help"], capture_output=True, text=True
+    names = ("find", "train", "grid")
+    # started together: each is mostly importing JAX, one core's work
+    procs = {
+        name: subprocess.Popen(
+            [str(bindir / f"lrjax-{name}"), "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.startswith(f"usage: python -m lrjax.{name} ")
+        for name in names
+    }
+    try:
+        outs = {name: p.communicate(timeout=300) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for name, (stdout, stderr) in outs.items():
+        assert procs[name].returncode == 0, stderr
+        assert stdout.startswith(f"usage: python -m lrjax.{name} ")
