@@ -54,6 +54,11 @@ from lrjax.schedules import triangular as triangular
 from lrjax.schedules import triangular2 as triangular2
 from lrjax.schedules import warmup_cosine as warmup_cosine
 from lrjax.schedules import wsd as wsd
+from lrjax.specs import Divergence as Divergence
+from lrjax.specs import Execution as Execution
+from lrjax.specs import GridConfig as GridConfig
+from lrjax.specs import Population as Population
+from lrjax.specs import Sweep as Sweep
 from lrjax.step import TrainState as TrainState
 from lrjax.step import classification_loss as classification_loss
 from lrjax.step import make_optimizer as make_optimizer
@@ -64,4 +69,4 @@ from lrjax.suggestions import find_divergence as find_divergence
 from lrjax.suggestions import smooth as smooth
 from lrjax.suggestions import suggest as suggest
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -53,13 +53,18 @@ from lrjax.distributed import host
 from lrjax.loop import (
     ChunkEnd,
     Program,
-    check_loop,
-    check_population,
     drive,
     epoch_plan,
     population_fn,
 )
 from lrjax.results import describe_devices, json_floats, tree_bytes
+from lrjax.specs import (
+    Execution,
+    GridConfig,
+    Population,
+    check_moved,
+    spec_or_default,
+)
 from lrjax.step import (
     STATEFUL_EVAL,
     LossFn,
@@ -208,24 +213,40 @@ class GridState(NamedTuple):
     train: TrainState
 
 
-def _check_args(lrs, seeds, epochs, batch_size, eval_batch_size) -> np.ndarray:
+def _check_lrs(lrs) -> np.ndarray:
     arr = np.asarray(lrs, np.float64)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"lrs must be a non-empty 1-D sequence, got {lrs!r}")
     bad = [float(v) for v in arr if not (math.isfinite(v) and v > 0)]
     if bad:
         raise ValueError(f"learning rates must be finite and > 0, got {bad[0]}")
-    for name, value in (
-        ("seeds", seeds),
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("eval_batch_size", eval_batch_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return arr
+
+
+def _grid_specs(
+    caller: str, config: Any, population: Any, execution: Any
+) -> tuple[GridConfig, Population, Execution]:
+    """The specs of a grid, defaults for None.
+
+    Raises:
+      TypeError: a spec of the wrong type (0.2's ``population="vmap"`` named).
+      ValueError: a ``Population.sweep_over`` or ``Execution.chunks`` (the grid
+        has neither), each in one line.
+    """
+    config = spec_or_default(caller, "config", config, GridConfig)
+    population = spec_or_default(caller, "population", population, Population)
+    execution = spec_or_default(caller, "execution", execution, Execution)
+    if population.sweep_over is not None:
+        raise ValueError(
+            f"{caller} has no sweep_over (its members differ by lr and seed): "
+            "Population.sweep_over is lr_range_test's; give lrs= here"
+        )
+    if execution.chunks != Execution().chunks:
+        raise ValueError(
+            f"{caller} runs one compiled chunk per epoch: Execution.chunks must "
+            f"keep its default ({Execution().chunks}), got {execution.chunks}"
+        )
+    return config, population, execution
 
 
 def _arrays(data: Any, name: str) -> Any:
@@ -303,18 +324,14 @@ def lr_grid(
     *,
     lrs: Sequence[float] | np.ndarray,
     key: jax.Array,
-    seeds: int = 1,
-    epochs: int = 1,
-    batch_size: int = 32,
-    schedule: Callable[[jax.Array], jax.Array] | None = None,
     loss_fn: LossFn | None = None,
     model_state: Any = None,
     eval_fn: Callable | None = None,
     preprocess: Callable | None = None,
-    eval_batch_size: int = 1000,
-    loop: str = "auto",
-    population: str = "auto",
-    progress: bool = False,
+    config: GridConfig | None = None,
+    population: Population | None = None,
+    execution: Execution | None = None,
+    **moved: Any,
 ) -> GridResult:
     """Trains one model per (lr, seed) in one compiled program; returns the grid.
 
@@ -325,19 +342,12 @@ def lr_grid(
         ``model_state="from_factory"``: ``key -> (params, model_state)``) so that
         every seed gets its own initialisation. Never modified.
       optimizer: ``learning_rate -> optax.GradientTransformation``, e.g.
-        ``optax.sgd``; it is given each member's lr (times ``schedule``).
+        ``optax.sgd``; it is given each member's lr (times ``config.schedule``).
       train_data, val_data: in-memory arrays, each a pytree with a common leading
         example axis (``(x, y)``, ``{"image": x, "label": y}``).
       lrs: the learning rates, each finite and > 0 (typically log-spaced).
       key: a ``jax.random.key``; seed ``k`` uses ``fold_in(key, k)`` for its batch
         order and ``fold_in(fold_in(key, k), 1)`` for a factory's initialisation.
-      seeds: independent runs per lr, >= 1.
-      epochs: training epochs, >= 1; the validation split is evaluated after each.
-      batch_size: examples per update; each epoch is a fresh permutation with the
-        remainder dropped.
-      schedule: a unit schedule ``step -> factor`` (e.g. ``lrjax.cosine_restarts(1.0,
-        ...)`` or ``optax.cosine_decay_schedule(1.0, total_steps)``); member
-        ``lr`` applies ``lr * schedule(t)`` at update ``t``. None: constant lr.
       loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``; default
         :func:`lrjax.classification_loss` on ``(x, y)`` batches. With
         ``model_state``: ``loss_fn(params, model_state, batch, key) ->
@@ -354,20 +364,28 @@ def lr_grid(
         evaluation mode (running averages, no dropout), required.
       preprocess: ``batch -> batch`` inside the compiled step and evaluation (e.g.
         :func:`lrjax.batches.scale_images`); default none.
-      eval_batch_size: examples per evaluation batch.
-      loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
-        (:mod:`lrjax.loop`); the choice is ``timings["loop"]``.
-      population: how the members run inside each compiled update and
-        evaluation: ``"vmap"``, ``"unroll"`` or ``"map"``; ``"auto"`` is
-        ``"unroll"`` for a convolution on the CPU, else ``"vmap"``
-        (:mod:`lrjax.loop`); the choice is ``timings["population"]``.
-      progress: show a tqdm progress bar over epochs.
+      config: the training of every member (:class:`lrjax.GridConfig`: epochs,
+        the validation split evaluated after each; examples per update, each
+        epoch a fresh permutation with the remainder dropped; a unit
+        ``schedule`` ``step -> factor``, e.g. ``optax.cosine_decay_schedule(1.0,
+        total_steps)``, so that member ``lr`` applies ``lr * schedule(t)`` at
+        update ``t``, None a constant lr; examples per evaluation batch).
+        Default ``GridConfig()``.
+      population: ``seeds`` independent runs per lr, and the members' ``layout``
+        inside each compiled update and evaluation (:class:`lrjax.Population`;
+        the choice is ``timings["population"]``). Its ``sweep_over`` is the
+        range test's, refused here. Default ``Population()``: one seed.
+      execution: the ``loop`` (the choice is ``timings["loop"]``) and a tqdm
+        ``progress`` bar over epochs (:class:`lrjax.Execution`); the grid runs
+        one compiled chunk per epoch, so ``chunks`` keeps its default.
 
     Returns:
-      A :class:`GridResult`.
+      A :class:`GridResult`; its ``config`` holds the settings under their 0.2
+      names (``epochs``, ``batch_size``, ``seeds``, ...).
 
     Raises:
-      ValueError, TypeError: a bad argument, naming it and what is allowed.
+      ValueError, TypeError: a bad argument, naming it and what is allowed; a
+        keyword of 0.2 that moved into a spec (``epochs=2``) names the spec.
       lrjax.results.MemoryRefused: a ValueError, in one line, when the
         population's estimated memory exceeds what the device has; raised
         after building the first member, before the others or any compile.
@@ -380,18 +398,17 @@ def lr_grid(
     >>> loss_fn = classification_loss(lambda w, x: x @ w)
     >>> grid = lr_grid(jnp.zeros((4, 2)), optax.sgd, (x[:192], y[:192]),
     ...                (x[192:], y[192:]), lrs=[0.01, 1.0], key=jax.random.key(0),
-    ...                loss_fn=loss_fn, batch_size=16)
+    ...                loss_fn=loss_fn, config=GridConfig(batch_size=16))
     >>> len(grid.lrs), grid.val_accuracy.shape, grid.steps_per_epoch
     (2, (2, 1, 1), 12)
     >>> bool(grid.best_accuracy > 0.9), grid.best_lr in (0.01, 1.0)
     (True, True)
     """
-    units = [schedule] if schedule is not None else [None]
-    return _grid(model, optimizer, train_data, val_data, units, lrs=lrs, key=key,
-                 seeds=seeds, epochs=epochs, batch_size=batch_size, loss_fn=loss_fn,
-                 model_state=model_state, eval_fn=eval_fn, preprocess=preprocess,
-                 eval_batch_size=eval_batch_size, loop=loop, population=population,
-                 progress=progress)[0]  # fmt: skip
+    check_moved("lr_grid", moved)
+    specs = _grid_specs("lr_grid", config, population, execution)
+    return _grid(model, optimizer, train_data, val_data, [specs[0].schedule],
+                 lrs=lrs, key=key, loss_fn=loss_fn, model_state=model_state,
+                 eval_fn=eval_fn, preprocess=preprocess, specs=specs)[0]  # fmt: skip
 
 
 def recipe_grid(
@@ -417,10 +434,10 @@ def recipe_grid(
     Args:
       model, optimizer, train_data, val_data, lrs, key: as :func:`lr_grid`.
       families: ``{name: unit schedule}``, at least one.
-      **options: the other keyword arguments of :func:`lr_grid` (``seeds``,
-        ``epochs``, ``batch_size``, ``loss_fn``, ``model_state``, ``eval_fn``,
-        ``preprocess``, ``eval_batch_size``, ``loop``, ``population``,
-        ``progress``), not ``schedule``.
+      **options: the other keyword arguments of :func:`lr_grid` (``loss_fn``,
+        ``model_state``, ``eval_fn``, ``preprocess``, ``config``,
+        ``population``, ``execution``); ``config.schedule`` must be None (the
+        families are the schedules).
 
     Returns:
       ``{name: GridResult}`` in the order of ``families``; each result's
@@ -434,12 +451,24 @@ def recipe_grid(
     ...                 lrs=[0.1, 1.0], families={"constant": None,
     ...                 "half": lambda t: 0.5 * jnp.ones_like(t, jnp.float32)},
     ...                 key=jax.random.key(0), loss_fn=classification_loss(
-    ...                 lambda p, x: x @ p), batch_size=16)
+    ...                 lambda p, x: x @ p), config=GridConfig(batch_size=16))
     >>> list(g), g["half"].applied_lr[1, 0] / g["constant"].applied_lr[1, 0]
     (['constant', 'half'], np.float64(0.5))
     """
     if "schedule" in options:
         raise ValueError("recipe_grid takes families={name: schedule}, not schedule=")
+    passed = {k: options.pop(k) for k in _GRID_OPTIONS if k in options}
+    check_moved("recipe_grid", options)
+    specs = _grid_specs(
+        "recipe_grid",
+        passed.pop("config", None),
+        passed.pop("population", None),
+        passed.pop("execution", None),
+    )
+    if specs[0].schedule is not None:
+        raise ValueError(
+            "recipe_grid takes families={name: schedule}, not config.schedule"
+        )
     names = list(families)
     if not names or not all(isinstance(n, str) for n in names):
         raise ValueError(
@@ -448,11 +477,18 @@ def recipe_grid(
         )
     results = _grid(
         model, optimizer, train_data, val_data, [families[n] for n in names],
-        lrs=lrs, key=key, **options,
+        lrs=lrs, key=key, specs=specs, **passed,
     )  # fmt: skip
     for name, r in zip(names, results, strict=True):
         r.config["family"] = name
     return dict(zip(names, results, strict=True))
+
+
+# What recipe_grid passes through to _grid besides the specs.
+_GRID_OPTIONS = (
+    "loss_fn", "model_state", "eval_fn", "preprocess", "config", "population",
+    "execution",
+)  # fmt: skip
 
 
 def _grid(
@@ -464,22 +500,17 @@ def _grid(
     *,
     lrs: Sequence[float] | np.ndarray,
     key: jax.Array,
-    seeds: int = 1,
-    epochs: int = 1,
-    batch_size: int = 32,
+    specs: tuple[GridConfig, Population, Execution],
     loss_fn: LossFn | None = None,
     model_state: Any = None,
     eval_fn: Callable | None = None,
     preprocess: Callable | None = None,
-    eval_batch_size: int = 1000,
-    loop: str = "auto",
-    population: str = "auto",
-    progress: bool = False,
 ) -> list[GridResult]:
     """The population of (unit schedule, lr, seed) members; a result per unit."""
-    lr_arr = _check_args(lrs, seeds, epochs, batch_size, eval_batch_size)
-    check_loop(loop)
-    check_population(population)
+    config, population, execution = specs
+    seeds, epochs, batch_size = population.seeds, config.epochs, config.batch_size
+    eval_batch_size = config.eval_batch_size
+    lr_arr = _check_lrs(lrs)
     if model_state is not None and eval_fn is None:
         raise ValueError(STATEFUL_EVAL)
     train_data, val_data, n_train, n_val = _checked_data(
@@ -505,8 +536,8 @@ def _grid(
         _member_builder(spec, loss_fn, make_tx, preprocess),
         gathers=source.gathers,
         members="own" if seeds > 1 else "shared",
-        loop=loop,
-        population=population,
+        loop=execution.loop,
+        population=population.layout,
     )
     eval_one = make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
     member_bytes = tree_bytes(state.train) // grid.padded
@@ -527,12 +558,12 @@ def _grid(
     )
     eval_compile_s = time.perf_counter() - t0
 
-    recorder = _EpochRecorder(evaluate, grid, progress)
+    recorder = _EpochRecorder(evaluate, grid, execution.progress)
     out = drive(program, state, source, plan, hooks=[recorder])
     del state
     recorder.close()
 
-    config = {
+    settings = {
         "batch_size": batch_size,
         "epochs": epochs,
         "seeds": seeds,
@@ -543,7 +574,7 @@ def _grid(
     }
     timings = _timings(program, eval_compile_s, out.run_s, grid)
     device = describe_devices(grid.layout.devices())
-    return _results(grid, recorder, timings, device, memory, config)
+    return _results(grid, recorder, timings, device, memory, settings)
 
 
 def _checked_data(train_data, val_data, batch_size: int) -> tuple[Any, Any, int, int]:

@@ -30,16 +30,17 @@ import optax
 from flax import nnx
 from jax.tree_util import PyTreeDef
 
-from lrjax import schedules
 from lrjax._population import member_key
 from lrjax.batches import ArraySource, is_arrays, leading_size, take
-from lrjax.range_test import (
-    RangeTestResult,
-    _check_range_args,
-    _check_steps,
-    _nonfinite_warning,
-)
+from lrjax.range_test import RangeTestResult, _check_method, _nonfinite_warning
 from lrjax.results import describe_devices
+from lrjax.specs import (
+    Divergence,
+    Execution,
+    Sweep,
+    check_moved,
+    spec_or_default,
+)
 from lrjax.suggestions import (
     DEFAULT_METHOD,
     DivergenceTracker,
@@ -404,10 +405,10 @@ def _scalars(metrics: Any) -> dict[str, Any]:
 class _Record:
     """The host side: metrics per update, the online divergence check, progress."""
 
-    def __init__(self, setter, lrs: np.ndarray, beta, threshold, rebound, bar):
+    def __init__(self, setter, lrs: np.ndarray, divergence: Divergence, bar):
         self.setter, self.planned, self.bar = setter, lrs, bar
-        self.smoother = Smoother(1, beta)
-        self.tracker = DivergenceTracker(threshold, rebound)
+        self.smoother = Smoother(1, divergence.smooth_beta)
+        self.tracker = DivergenceTracker(divergence.threshold, divergence.rebound)
         self.lrs: list[float] = []
         self.metrics: dict[str, list[float]] = {}
 
@@ -478,22 +479,19 @@ def step_range_test(
     state: Any,
     data: Any,
     *,
-    num_steps: int,
     key: jax.Array | None = None,
-    batch_size: int | None = None,
     hyperparam: str | Callable[[Any, np.float32], Any] = "learning_rate",
-    init_value: float = 1e-5,
-    end_value: float = 10.0,
-    smooth_beta: float = 0.98,
-    diverge_threshold: float = 4.0,
-    rebound: float | None = 0.5,
     method: str = DEFAULT_METHOD,
-    progress: bool = False,
+    sweep: Sweep | None = None,  # required: None only to name moved keywords
+    divergence: Divergence | None = None,
+    execution: Execution | None = None,
+    **moved: Any,
 ) -> RangeTestResult:
     """The learning-rate range test through your own train step, unchanged.
 
-    Update ``t`` runs with lr ``exponential_sweep(init_value, end_value,
-    num_steps)(t)``, set in the state's ``optax.inject_hyperparams`` state just
+    Update ``t`` runs with lr ``sweep.schedule(sweep.num_steps)(t)``
+    (:class:`lrjax.Sweep`: by default ``exponential_sweep(init_value, end_value,
+    num_steps)``), set in the state's ``optax.inject_hyperparams`` state just
     before ``train_step`` is called, on a copy of ``state`` (every array in a new
     buffer, NNX objects split and merged anew): the caller's state and modules
     are bit-identical afterwards, even if the step donates its input. The curve,
@@ -520,7 +518,8 @@ def step_range_test(
     ...     return state.apply_gradients(grads=grads), {"loss": loss}
     >>> x = jax.random.normal(jax.random.key(1), (64, 2))
     >>> r = step_range_test(train_step, state, (x, x @ jnp.array([1.0, -2.0])),
-    ...                     num_steps=100, key=jax.random.key(0), batch_size=8)
+    ...                     key=jax.random.key(0),
+    ...                     sweep=Sweep(num_steps=100, batch_size=8))
     >>> r.stop_reason, r.steps_run < 100, r.suggested_lr < r.diverged_at_lr
     ('diverged', True, True)
 
@@ -537,24 +536,26 @@ def step_range_test(
         batched in :func:`lrjax.lr_range_test`'s order for ``key``, or any
         iterable of batches, used as they come (restarted when it runs out and
         can be iterated again).
-      num_steps: updates in the sweep (>= 2).
       key: a ``jax.random.key`` drawing the batch order of in-memory data
         (required for them; unused for an iterable).
-      batch_size: examples per batch of in-memory data (default 32); for an
-        iterable, if given, it must be its batches' size.
       hyperparam: where the lr goes: the name of an ``inject_hyperparams``
         hyperparameter (found by walking the state's pytree, or its NNX graph),
         the full path of one as the error messages write it (when several
         states have the name), or ``set_lr(state, lr) -> state`` (``lr`` a NumPy
         float32 scalar; it may set the lr in place on NNX objects and return
         ``state``).
-      init_value, end_value: the sweep's first and last lr (both > 0).
-      smooth_beta: EMA factor of the smoothed loss (bias-corrected).
-      diverge_threshold, rebound: :func:`lrjax.find_divergence`'s rules; the
-        sweep stops one update after it has diverged.
       method: the suggestion reported as ``suggested_lr``, one of
         :data:`lrjax.METHODS`.
-      progress: show a tqdm progress bar.
+      sweep: the updates (:class:`lrjax.Sweep`): ``num_steps`` (required here,
+        >= 2), the lrs swept, ``batch_size`` (examples per batch of in-memory
+        data, default 32; for an iterable, if given, its batches' size). One
+        batch per update: ``accumulate_steps`` must be 1.
+      divergence: the smoothing and :func:`lrjax.find_divergence`'s rules
+        (:class:`lrjax.Divergence`); the sweep stops one update after it has
+        diverged (``stop`` must be True). Default ``Divergence()``.
+      execution: ``progress`` shows a tqdm progress bar
+        (:class:`lrjax.Execution`); the step is called once per update, so
+        ``chunks`` and ``loop`` keep their defaults. Default ``Execution()``.
 
     Returns:
       A :class:`lrjax.RangeTestResult` for one seed; ``lrs`` are the lrs the
@@ -563,29 +564,32 @@ def step_range_test(
       ``timings["loop"]`` is ``"dispatch"``.
 
     Raises:
+      TypeError: a keyword of 0.2 that moved into a spec, naming the spec.
       ValueError: a bad argument; no, or more than one, ``inject_hyperparams``
         state holding ``hyperparam`` (naming what the state holds and how to
         point at one); a step that recomputes the lr itself (a schedule); a step
         whose output is not ``(state, metrics)`` or whose metrics lack a loss.
     """
-    _check_range_args(
-        init_value, end_value, "exponential", 1, smooth_beta, diverge_threshold, method
-    )
-    num_steps = _check_steps(num_steps)
+    check_moved("step_range_test", moved)
+    caller = "step_range_test"
+    sweep = spec_or_default(caller, "sweep", sweep, Sweep)
+    divergence = spec_or_default(caller, "divergence", divergence, Divergence)
+    execution = spec_or_default(caller, "execution", execution, Execution)
+    num_steps = _check_own_step_specs(sweep, divergence, execution)
+    _check_method(method)
     if not callable(train_step):
         raise TypeError(f"train_step must be callable, got {type(train_step).__name__}")
-    source = _source(data, key, batch_size)
+    source = _source(data, key, sweep.batch_size)
     graph = _has_graph_nodes(state)
     state = _copy(state, graph)
     setter = _setter(state, hyperparam, graph)
-    sweep = schedules.exponential_sweep(init_value, end_value, num_steps)
-    planned = np.asarray(sweep(jnp.arange(num_steps)), np.float32)
+    planned = np.asarray(sweep.schedule(num_steps)(jnp.arange(num_steps)), np.float32)
     bar = None
-    if progress:
+    if execution.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, desc="lr range test", unit="step", leave=False)
-    record = _Record(setter, planned, smooth_beta, diverge_threshold, rebound, bar)
+    record = _Record(setter, planned, divergence, bar)
     if isinstance(source, ArraySource):
         batches = _array_batches(source, num_steps)
     else:
@@ -599,14 +603,14 @@ def step_range_test(
     elif len(record.lrs) < num_steps:
         stop_reason = "data"
     config = {
-        "mode": "exponential",
-        "init_value": init_value,
-        "end_value": end_value,
+        "mode": sweep.mode,
+        "init_value": sweep.init_value,
+        "end_value": sweep.end_value,
         "num_steps": num_steps,
         "batch_size": source.batch_size,
-        "smooth_beta": smooth_beta,
-        "diverge_threshold": diverge_threshold,
-        "rebound": rebound,
+        "smooth_beta": divergence.smooth_beta,
+        "diverge_threshold": divergence.threshold,
+        "rebound": divergence.rebound,
         "data": "arrays" if isinstance(source, ArraySource) else "iterable",
         "hyperparam": setter.where,
     }
@@ -621,6 +625,41 @@ def step_range_test(
     }
     device = describe_devices(_devices(loss))
     return _result(record, method, stop_reason, timings, device, config)
+
+
+def _check_own_step_specs(
+    sweep: Sweep, divergence: Divergence, execution: Execution
+) -> int:
+    """The sweep's length; what the specs may hold when the step is the user's,
+    called once per update.
+
+    Raises:
+      ValueError: no ``num_steps``, ``accumulate_steps != 1``, ``stop=False``,
+        or ``chunks``/``loop`` other than their defaults, each in one line.
+    """
+    if sweep.num_steps is None:
+        raise ValueError(
+            "step_range_test needs the sweep's length: pass "
+            "sweep=lrjax.Sweep(num_steps=...) (an integer >= 2)"
+        )
+    if sweep.accumulate_steps != 1:
+        raise ValueError(
+            f"step_range_test runs one batch per update of your step: "
+            f"Sweep.accumulate_steps must be 1, got {sweep.accumulate_steps}"
+        )
+    if not divergence.stop:
+        raise ValueError(
+            "step_range_test stops one update after the sweep diverged: "
+            "Divergence.stop must be True"
+        )
+    default = Execution()
+    if (execution.chunks, execution.loop) != (default.chunks, default.loop):
+        raise ValueError(
+            "step_range_test calls your step once per update from the host: "
+            f"Execution.chunks and .loop must keep their defaults ({default.chunks}, "
+            f"{default.loop!r}), got ({execution.chunks}, {execution.loop!r})"
+        )
+    return sweep.num_steps
 
 
 def _devices(value: Any) -> list[jax.Device] | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -31,7 +30,6 @@ import jax.numpy as jnp  # noqa: F401 (the docstring examples use it)
 import numpy as np
 import optax
 
-from lrjax import schedules
 from lrjax._population import (
     Layout,
     MemberBatches,
@@ -45,8 +43,6 @@ from lrjax.loop import (
     ChunkEnd,
     DriveResult,
     Program,
-    check_loop,
-    check_population,
     drive,
     uniform_plan,
 )
@@ -56,10 +52,19 @@ from lrjax.results import (
     json_floats,
     short_repr,
 )
+from lrjax.specs import (
+    Divergence,
+    Execution,
+    Population,
+    Sweep,
+    check_moved,
+    check_steps,
+    check_sweep_over,
+    spec_or_default,
+)
 from lrjax.step import (
     LossFn,
     OptimizerFactory,
-    check_accumulate,
     check_classification_data,
     check_optimizer,
     classification_loss,
@@ -84,7 +89,6 @@ from lrjax.suggestions import (
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-MODES = ("exponential", "linear")
 MAX_CHUNK_STEPS = 4096  # bounds a chunk's inputs, whatever the sweep length
 
 
@@ -259,17 +263,6 @@ class SweepResult:
         )
 
 
-# Values a hyperparameter of this name may take, checked before anything runs.
-_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "eps": (lambda v: v > 0, "> 0"),
-}
-
-
 def sweepable(optimizer: OptimizerFactory) -> list[str] | None:
     """The hyperparameters ``sweep_over`` may name: the factory's keywords.
 
@@ -315,56 +308,10 @@ def check_sweep(
     """``sweep_over -> (name, values)``, checked against the optimizer factory.
 
     Raises:
-      ValueError: not one hyperparameter, a name the factory does not take (the
-        message lists those it does), an empty, non-numeric, non-finite or
-        repeated value list, or a value out of the name's range (weight decay
-        ``>= 0``, momentum ``in [0, 1)``, ...).
+      ValueError: :func:`lrjax.specs.check_sweep_over`'s rules, with the names
+        the factory takes (:func:`sweepable`; the message lists them).
     """
-    example = "e.g. {'weight_decay': [0.0, 1e-5, 1e-4, 1e-3]}"
-    if not isinstance(sweep_over, Mapping) or len(sweep_over) != 1:
-        got = list(sweep_over) if isinstance(sweep_over, Mapping) else sweep_over
-        raise ValueError(
-            f"sweep_over must map ONE hyperparameter name to its values, {example}; "
-            f"got {got!r}"
-        )
-    ((name, values),) = sweep_over.items()
-    if name in ("learning_rate", "lr"):
-        raise ValueError(
-            "sweep_over cannot name the learning rate: the range test sweeps it"
-        )
-    names = sweepable(optimizer)
-    if names is not None and name not in names:
-        takes = (
-            f"it takes {', '.join(names)}"
-            if names
-            else "it takes none besides the learning rate; give a factory with the "
-            "keyword, e.g. lambda lr, weight_decay=0.0: "
-            "optax.adamw(lr, weight_decay=weight_decay)"
-        )
-        raise ValueError(f"the optimizer has no hyperparameter {name!r}; {takes}")
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
-        raise ValueError(
-            f"sweep_over[{name!r}] must be a list of numbers, got {values!r}"
-        )
-    out = []
-    for v in list(values):
-        if isinstance(v, bool) or not isinstance(
-            v, int | float | np.integer | np.floating
-        ):
-            raise ValueError(f"sweep_over[{name!r}] values must be numbers, got {v!r}")
-        if not math.isfinite(v):
-            raise ValueError(f"sweep_over[{name!r}] values must be finite, got {v}")
-        out.append(float(v))
-    if not out:
-        raise ValueError(f"sweep_over[{name!r}] is empty; give at least one value")
-    if len(set(out)) != len(out):
-        raise ValueError(f"sweep_over[{name!r}] repeats a value: {out}")
-    if name in _RANGES:
-        ok, allowed = _RANGES[name]
-        bad = [v for v in out if not ok(v)]
-        if bad:
-            raise ValueError(f"{name} must be {allowed}, got {bad[0]:g}")
-    return name, out
+    return check_sweep_over(sweep_over, sweepable(optimizer))
 
 
 def _sweep_optimizer(optimizer: OptimizerFactory, name: str):
@@ -455,32 +402,10 @@ def _nonfinite_warning(losses, smoothed, lrs, diverged) -> str | None:
     )
 
 
-def _check_range_args(init_value, end_value, mode, seeds, beta, threshold, method):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not (init_value > 0 and end_value > 0):
-        raise ValueError(
-            f"learning rates must be > 0, got init_value={init_value}, "
-            f"end_value={end_value}"
-        )
-    if not init_value < end_value:
-        raise ValueError(
-            f"init_value must be < end_value, got {init_value} >= {end_value}"
-        )
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"smoothing beta must be in [0, 1), got {beta}")
-    if not threshold > 1.0:
-        raise ValueError(f"diverge threshold must be > 1, got {threshold}")
+def _check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-def _check_steps(num_steps: Any) -> int:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
-    return num_steps
+    return method
 
 
 def lr_range_test(
@@ -492,29 +417,19 @@ def lr_range_test(
     loss_fn: LossFn | None = None,
     model_state: Any = None,
     preprocess: Callable | None = None,
-    batch_size: int | None = None,
-    num_steps: int | None = None,
-    accumulate_steps: int = 1,
-    mode: str = "exponential",
-    init_value: float = 1e-5,
-    end_value: float = 10.0,
-    smooth_beta: float = 0.98,
-    diverge_threshold: float = 4.0,
-    rebound: float | None = 0.5,
-    seeds: int = 1,
     method: str = DEFAULT_METHOD,
-    stop_on_divergence: bool = True,
-    chunks: int = 8,
-    loop: str = "auto",
-    progress: bool = False,
-    sweep_over: Mapping[str, Sequence[float]] | None = None,
-    population: str = "auto",
+    sweep: Sweep | None = None,
+    divergence: Divergence | None = None,
+    population: Population | None = None,
+    execution: Execution | None = None,
+    **moved: Any,
 ) -> RangeTestResult:
     """Runs the learning-rate range test and suggests a learning rate.
 
     The lr of update ``t`` is the sweep's value at ``t``
     (:func:`lrjax.exponential_sweep` or :func:`lrjax.linear_sweep`: ``init_value``
-    at the first update, ``end_value`` at update ``num_steps - 1``).
+    at the first update, ``end_value`` at update ``num_steps - 1``; see
+    :class:`lrjax.Sweep`).
 
     Args:
       model: an ``nnx.Module`` (BatchNorm, Dropout, any state), a params pytree
@@ -547,39 +462,28 @@ def lr_range_test(
         ``(variables["params"], {"batch_stats": variables["batch_stats"]})``).
       preprocess: ``batch -> batch`` inside the compiled step (e.g.
         :func:`lrjax.data.scale_images`); default none.
-      batch_size: examples per (micro-)batch of in-memory data (default 32); an
-        iterable's batches are used as they come (if given, it must be their
-        size, checked on the first batch).
-      num_steps: updates in the sweep; default one epoch of in-memory data, or
-        ``len(data)`` of an iterable that has one.
-      accumulate_steps: micro-batches averaged into each update; the sweep has
-        one point per update.
-      mode: ``"exponential"`` or ``"linear"`` sweep.
-      init_value, end_value: the sweep's first and last lr (both > 0).
-      smooth_beta: EMA factor of the smoothed loss (bias-corrected).
-      diverge_threshold, rebound: :func:`lrjax.find_divergence`'s rules.
-      seeds: independent runs (initialisations, batch orders, dropout streams) in
-        ONE compiled program (``vmap``; spread over local devices when several).
       method: the suggestion reported as ``suggested_lr``, one of ``METHODS``.
-      stop_on_divergence: stop at the chunk where every seed has diverged.
-      chunks: the sweep runs as this many compiled chunks (at most
-        ``MAX_CHUNK_STEPS`` updates each); the host checks between them.
-      loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
-        (:mod:`lrjax.loop`); the choice is ``timings["loop"]``.
-      progress: show a tqdm progress bar.
-      sweep_over: ``{name: values}`` of ONE more hyperparameter, e.g.
-        ``{"weight_decay": [0.0, 1e-5, 1e-4, 1e-3]}``: one lr sweep per value in
-        the same compiled program, ``optimizer`` called as
-        ``optimizer(learning_rate, name=value)`` (e.g. ``lambda lr,
+      sweep: the updates (:class:`lrjax.Sweep`: their number, default one epoch
+        of in-memory data or ``len(data)`` of an iterable that has one; the lrs
+        swept; the batch size; micro-batches per update). Default ``Sweep()``.
+      divergence: the smoothing and :func:`lrjax.find_divergence`'s rules
+        (:class:`lrjax.Divergence`); with ``stop``, the sweep stops at the chunk
+        where every member has diverged. Default ``Divergence()``.
+      population: the members run in ONE compiled program
+        (:class:`lrjax.Population`): ``seeds`` independent runs
+        (initialisations, batch orders, dropout streams; spread over local
+        devices when several), a ``sweep_over={name: values}`` of one more
+        hyperparameter (one lr sweep per value, ``optimizer`` called as
+        ``optimizer(learning_rate, name=value)``, e.g. ``lambda lr,
         weight_decay=0.0: optax.adamw(lr, weight_decay=weight_decay)``, or
-        ``optax.sgd`` with ``"momentum"``); the value is injected by
-        ``optax.inject_hyperparams``, so it is data, not a recompile.
-      population: how the members (seeds, swept values) run inside each
-        compiled update: ``"vmap"`` (batched), ``"unroll"`` (one after another,
-        each step inlined) or ``"map"`` (``lax.map``); each device of the
-        population's mesh runs its own members. ``"auto"``: ``"unroll"`` for a
-        convolution on the CPU, else ``"vmap"`` (:mod:`lrjax.loop`); the choice
-        is ``timings["population"]``.
+        ``optax.sgd`` with ``"momentum"``; the value is injected by
+        ``optax.inject_hyperparams``, so it is data, not a recompile), and
+        their ``layout`` in each update (the choice is
+        ``timings["population"]``). Default ``Population()``: one seed.
+      execution: how the sweep runs (:class:`lrjax.Execution`): ``chunks``
+        compiled chunks (at most ``MAX_CHUNK_STEPS`` updates each; the host
+        checks between them), the ``loop`` inside them (the choice is
+        ``timings["loop"]``), a tqdm ``progress`` bar. Default ``Execution()``.
 
     Returns:
       A :class:`RangeTestResult`. With ``sweep_over``, ``sweep`` is a
@@ -588,10 +492,12 @@ def lr_range_test(
       (:func:`lrjax.suggestions.best_sweep_value`), and the other fields describe
       the recommended value's sweep (the first value's when none is recommended),
       so the result reads like a plain range test run at that value:
-      ``suggested_lr`` is the recommended lr.
+      ``suggested_lr`` is the recommended lr. ``config`` holds the settings
+      under their 0.2 names (``num_steps``, ``smooth_beta``, ...).
 
     Raises:
-      ValueError, TypeError: a bad argument, naming it and what is allowed.
+      ValueError, TypeError: a bad argument, naming it and what is allowed; a
+        keyword of 0.2 that moved into a spec (``num_steps=100``) names the spec.
 
     A linear model (a params pytree with its loss) on synthetic data:
 
@@ -600,22 +506,22 @@ def lr_range_test(
     >>> loss_fn = classification_loss(lambda w, x: x @ w)
     >>> result = lr_range_test(jnp.zeros((4, 2)), optax.sgd, (x, y),
     ...                        key=jax.random.key(0), loss_fn=loss_fn,
-    ...                        batch_size=16, num_steps=40)
+    ...                        sweep=Sweep(batch_size=16, num_steps=40))
     >>> result.losses.shape, result.stop_reason
     ((40,), None)
     >>> 1e-5 < result.suggested_lr < 10.0  # inside the swept range
     True
     """
-    _check_range_args(
-        init_value, end_value, mode, seeds, smooth_beta, diverge_threshold, method
-    )
-    k = check_accumulate(accumulate_steps)
+    check_moved("lr_range_test", moved)
+    caller = "lr_range_test"
+    sweep = spec_or_default(caller, "sweep", sweep, Sweep)
+    divergence = spec_or_default(caller, "divergence", divergence, Divergence)
+    population = spec_or_default(caller, "population", population, Population)
+    execution = spec_or_default(caller, "execution", execution, Execution)
+    _check_method(method)
     check_optimizer(optimizer)
-    check_loop(loop)
-    check_population(population)
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-        raise ValueError(f"chunks must be an integer >= 1, got {chunks!r}")
-    swept = _Swept.of(optimizer, sweep_over)
+    seeds, k, batch_size = population.seeds, sweep.accumulate_steps, sweep.batch_size
+    swept = _Swept.of(optimizer, population.sweep_over)
     pop = _Population(swept, Layout.of(swept.num_values, seeds))
     memory: dict[str, Any] = {}
 
@@ -625,7 +531,7 @@ def lr_range_test(
             check_classification_data(
                 spec, params, rest, data, preprocess=preprocess, batch_size=bs
             )
-        opt = swept.opt_shape(init_value, params)
+        opt = swept.opt_shape(sweep.init_value, params)
         fewer = "seeds (--seeds)" + ("" if swept.values is None else " or values")
         memory.update(
             check_memory((params, rest, opt), data, bs * k, 0, pop.layout, fewer)
@@ -635,11 +541,8 @@ def lr_range_test(
         model, key, seeds, check, model_state=model_state,
         has_loss_fn=loss_fn is not None,
     )  # fmt: skip
-    source, feed, num_steps = _batches(data, key, pop, batch_size, num_steps, k)
-    sweep = (
-        schedules.exponential_sweep if mode == "exponential" else schedules.linear_sweep
-    )
-    sched = sweep(init_value, end_value, num_steps)
+    source, feed, num_steps = _batches(data, key, pop, batch_size, sweep.num_steps, k)
+    sched = sweep.schedule(num_steps)
     tx = swept.tx(sched)
     loss_fn = classification_loss() if loss_fn is None else loss_fn
 
@@ -652,31 +555,32 @@ def lr_range_test(
     if pop.layout.padded > 1:
         members = "own" if isinstance(source, ArraySource) and seeds > 1 else "shared"
     program = Program(
-        build, gathers=feed.gathers, members=members, loop=loop, population=population
+        build,
+        gathers=feed.gathers,
+        members=members,
+        loop=execution.loop,
+        population=population.layout,
     )
     state = _init_population(params, rest, tx, sched, pop)
     del params, rest
 
-    recorder = _Recorder(
-        pop.layout, num_steps, smooth_beta, diverge_threshold, rebound,
-        stop_on_divergence=stop_on_divergence, progress=progress,
-    )  # fmt: skip
-    plan = uniform_plan(num_steps, chunks, MAX_CHUNK_STEPS)
+    recorder = _Recorder(pop.layout, num_steps, divergence, execution.progress)
+    plan = uniform_plan(num_steps, execution.chunks, MAX_CHUNK_STEPS)
     out = drive(program, state, feed, plan, hooks=[recorder])
     curves = recorder.curves()
 
     summary = _summaries(curves, pop, method)
     config = {
         "optimizer": optimizer_name(optimizer),
-        "mode": mode,
-        "init_value": init_value,
-        "end_value": end_value,
+        "mode": sweep.mode,
+        "init_value": sweep.init_value,
+        "end_value": sweep.end_value,
         "num_steps": num_steps,
         "batch_size": source.batch_size,
         "accumulate_steps": k,
-        "smooth_beta": smooth_beta,
-        "diverge_threshold": diverge_threshold,
-        "rebound": rebound,
+        "smooth_beta": divergence.smooth_beta,
+        "diverge_threshold": divergence.threshold,
+        "rebound": divergence.rebound,
         **_run_config(plan, source, memory, swept, summary.shown),
     }
     return _result(curves, summary, pop, method, out, program, config)
@@ -793,10 +697,10 @@ def _batches(
                     "num_steps is required for an iterable of batches without len()"
                 )
             num_steps = len(data) // k
-        return source, source, _check_steps(num_steps)
+        return source, source, check_steps(num_steps)
     if num_steps is None:
         num_steps = source.steps_per_epoch // k
-    return source, MemberBatches.of(source, pop.layout), _check_steps(num_steps)
+    return source, MemberBatches.of(source, pop.layout), check_steps(num_steps)
 
 
 def _init_population(params, rest, tx, sched, pop: _Population) -> Any:
@@ -834,7 +738,7 @@ class _Recorder:
 
     Records the chunk's curves, smooths the losses, checks every member for
     divergence and moves the progress bar; returns ``"diverged"`` to stop the
-    sweep once every member has diverged (with ``stop_on_divergence``). The
+    sweep once every member has diverged (with ``Divergence.stop``). The
     layout's padded members are dropped here, as their metrics arrive.
     """
 
@@ -842,18 +746,15 @@ class _Recorder:
         self,
         layout: Layout,
         num_steps: int,
-        smooth_beta: float,
-        diverge_threshold: float,
-        rebound: float | None,
-        *,
-        stop_on_divergence: bool,
+        divergence: Divergence,
         progress: bool,
     ):
         size, self.stacked = layout.size, layout.padded > 1
-        self.size, self.num_steps, self.stop = size, num_steps, stop_on_divergence
-        self.smoother = Smoother(size, smooth_beta)
+        self.size, self.num_steps, self.stop = size, num_steps, divergence.stop
+        self.smoother = Smoother(size, divergence.smooth_beta)
         self.trackers = [
-            DivergenceTracker(diverge_threshold, rebound) for _ in range(size)
+            DivergenceTracker(divergence.threshold, divergence.rebound)
+            for _ in range(size)
         ]
         self.parts: dict[str, list[np.ndarray]] = {}  # name -> chunks [members, C]
         self.bar = None

@@ -26,7 +26,10 @@ PUBLIC = {
     "Recipe", "recommend", "recipe_grid", "plot_recipe_grid", "update_batch_stats",
     # the range test through the user's own train step (#18 item 2)
     "step_range_test",
+    # 0.3: the spec objects of the range test and the grid (#18)
+    "Sweep", "Divergence", "Population", "Execution", "GridConfig",
 }  # fmt: skip
+SPECS = ("Sweep", "Divergence", "Population", "Execution", "GridConfig")
 
 
 def test_public_names_are_pinned():
@@ -45,6 +48,12 @@ def test_every_public_function_has_a_runnable_example():
     assert {"fit", "lr_range_test", "suggest"} <= set(functions)  # sees the API
     missing = sorted(n for n, f in functions.items() if ">>>" not in (f.__doc__ or ""))
     assert not missing, f"public functions without a >>> example: {missing}"
+
+
+def test_every_spec_has_a_runnable_example():
+    """The specs are classes, which the test above does not see."""
+    missing = [n for n in SPECS if ">>>" not in (getattr(lrjax, n).__doc__ or "")]
+    assert not missing, f"specs without a >>> example: {missing}"
 
 
 def test_import_does_not_load_the_command_lines():
