@@ -24,10 +24,11 @@ axis) runs inside each compiled update in one of three ways:
   (``P`` copies of the step in the program);
 * ``"map"``: ``lax.map`` over the members (one copy of the step in a loop).
 
-``population="auto"`` is ``"unroll"`` when the backend is the CPU and the step
-contains a convolution, ``"vmap"`` otherwise: XLA:CPU turns a vmapped
-convolution into a grouped convolution, several times slower per member than
-the plain one, while an unrolled member costs about what it costs alone
+``population="auto"`` (the drivers' ``lrjax.Population(layout="auto")``) is
+``"unroll"`` when the backend is the CPU and the step contains a convolution,
+``"vmap"`` otherwise: XLA:CPU turns a vmapped convolution into a grouped
+convolution, several times slower per member than the plain one, while an
+unrolled member costs about what it costs alone
 (``benchmarks/bench_conv_population.py``). When the population is sharded over
 several devices, unrolled or mapped members run under ``shard_map``: each
 device runs its own members.

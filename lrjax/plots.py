@@ -46,7 +46,8 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
 
     With several seeds the smoothed curves' min-max band is shaded around their
     median, and the suggestions are the medians over seeds. A result with a
-    ``sweep`` (``lr_range_test(..., sweep_over=...)``) is drawn by
+    ``sweep`` (``lr_range_test(..., population=Population(sweep_over=...))``) is
+    drawn by
     :func:`plot_sweep`.
 
     A range test of least squares with noisy targets (``Figure().subplots()``
@@ -54,15 +55,16 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
 
     >>> import jax, optax
     >>> from matplotlib.figure import Figure
-    >>> from lrjax import lr_range_test
+    >>> from lrjax import Sweep, lr_range_test
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(256, 2)).astype(np.float32)
     >>> y = (x @ np.array([1.0, -2.0]) + rng.normal(size=256)).astype(np.float32)
     >>> def loss_fn(w, batch):
     ...     return jax.numpy.mean((batch[0] @ w - batch[1]) ** 2)
     >>> result = lr_range_test(jax.numpy.zeros(2), optax.sgd, (x, y),
-    ...                        key=jax.random.key(0), loss_fn=loss_fn, batch_size=64,
-    ...                        num_steps=100, init_value=1e-3, end_value=10.0)
+    ...                        key=jax.random.key(0), loss_fn=loss_fn,
+    ...                        sweep=Sweep(num_steps=100, init_value=1e-3,
+    ...                                    end_value=10.0, batch_size=64))
     >>> ax = plot_range_test(result, Figure().subplots())
     >>> ax.get_xscale(), ax.get_title() == f"LR range test ({result.steps_run} steps)"
     ('log', True)
@@ -142,15 +144,16 @@ def plot_sweep(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     suggestion starred.
 
     Raises:
-      ValueError: ``result`` has no sweep (it was not run with ``sweep_over=``).
+      ValueError: ``result`` has no sweep (it was not run with
+        ``Population(sweep_over=...)``).
     """
     import matplotlib.pyplot as plt
 
     sw = result.sweep
     if sw is None:
         raise ValueError(
-            "plot_sweep draws a range test run with sweep_over=...; this one has "
-            "no sweep (plot_range_test draws it)"
+            "plot_sweep draws a range test run with Population(sweep_over=...); "
+            "this one has no sweep (plot_range_test draws it)"
         )
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))

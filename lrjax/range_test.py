@@ -1,21 +1,22 @@
 """The learning-rate range test: one compiled sweep, any model, loss and data.
 
-The lr grows from ``init_value`` to ``end_value`` while the model trains through
-the one step (:func:`lrjax.step.make_step`); the loss of every batch is recorded
-BEFORE its update. The sweep runs as compiled chunks (:mod:`lrjax.loop`); between
-chunks the host smooths the losses, checks for divergence (:mod:`lrjax.suggestions`)
-and stops once every seed has diverged. The caller's model is never changed: the
-sweep trains copies of its arrays.
+The lr grows from ``Sweep.init_value`` to ``Sweep.end_value`` (:mod:`lrjax.specs`)
+while the model trains through the one step (:func:`lrjax.step.make_step`); the
+loss of every batch is recorded BEFORE its update. The sweep runs as compiled
+chunks (:mod:`lrjax.loop`); between chunks the host smooths the losses, checks
+for divergence (:mod:`lrjax.suggestions`) and stops once every seed has diverged.
+The caller's model is never changed: the sweep trains copies of its arrays.
 
-``sweep_over={"weight_decay": [0.0, 1e-4, 1e-3]}`` runs one lr sweep per value of
-a second hyperparameter in the SAME compiled program (Smith 2018, "A disciplined
-approach to neural network hyper-parameters"): the optimizer factory is called as
-``optimizer(learning_rate, weight_decay=value)`` inside
+``Population(sweep_over={"weight_decay": [0.0, 1e-4, 1e-3]})`` runs one lr sweep
+per value of a second hyperparameter in the SAME compiled program (Smith 2018, "A
+disciplined approach to neural network hyper-parameters"): the optimizer factory
+is called as ``optimizer(learning_rate, weight_decay=value)`` inside
 ``optax.inject_hyperparams``, so each member's value is data in its optimizer
 state (``opt_state.hyperparams["weight_decay"]``), not a constant of the
-program. With ``seeds`` on top the population is values x seeds members; member
-``(v, s)`` uses seed ``s``'s initialisation and batch order, so values are
-compared on equal footing. :func:`lrjax.suggestions.best_sweep_value` picks the value.
+program. With ``Population.seeds`` on top the population is values x seeds
+members; member ``(v, s)`` uses seed ``s``'s initialisation and batch order, so
+values are compared on equal footing. :func:`lrjax.suggestions.best_sweep_value`
+picks the value.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class RangeTestResult:
 
 @dataclasses.dataclass
 class SweepResult:
-    """Every value's range test when ``sweep_over`` is given. Arrays are numpy.
+    """Every value's range test with ``Population(sweep_over=...)``. Arrays are numpy.
 
     ``losses``, ``smoothed_losses`` and each of ``metrics`` are ``[values,
     steps_run]`` for one seed and ``[values, seeds, steps_run]`` for several (the

@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     from lrjax.batches import scale_images
     from lrjax.data import DatasetError
     from lrjax.range_test import check_sweep, lr_range_test
+    from lrjax.specs import Divergence, Execution, Population, Sweep
 
     sweep_over = None
     try:
@@ -323,17 +324,19 @@ def main(argv: list[str] | None = None) -> int:
             key=key,
             loss_fn=choice.loss_fn,
             preprocess=scale_images,
-            batch_size=args.batch_size,
-            mode=args.mode,
-            init_value=args.min_lr,
-            end_value=args.max_lr,
-            num_steps=args.steps,
-            smooth_beta=args.smooth,
-            diverge_threshold=args.diverge_threshold,
-            seeds=seeds,
             method=args.method,
-            progress=not args.quiet and sys.stderr.isatty(),
-            sweep_over=sweep_over,
+            sweep=Sweep(
+                num_steps=args.steps,
+                init_value=args.min_lr,
+                end_value=args.max_lr,
+                mode=args.mode,
+                batch_size=args.batch_size,
+            ),
+            divergence=Divergence(
+                smooth_beta=args.smooth, threshold=args.diverge_threshold
+            ),
+            population=Population(seeds=seeds, sweep_over=sweep_over),
+            execution=Execution(progress=not args.quiet and sys.stderr.isatty()),
         )
     except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
         return fail(PROG, str(e))

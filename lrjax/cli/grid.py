@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from lrjax.batches import scale_images
     from lrjax.lr_grid import recipe_grid
     from lrjax.range_test import lr_range_test
+    from lrjax.specs import Execution, GridConfig, Population, Sweep
 
     try:
         ds = load_data(args)
@@ -186,11 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                 key=key,
                 loss_fn=choice.loss_fn,
                 preprocess=scale_images,
-                batch_size=args.batch_size,
-                init_value=args.find_min_lr,
-                end_value=args.find_max_lr,
-                seeds=args.seeds,
-                progress=progress,
+                sweep=Sweep(
+                    init_value=args.find_min_lr,
+                    end_value=args.find_max_lr,
+                    batch_size=args.batch_size,
+                ),
+                population=Population(seeds=args.seeds),
+                execution=Execution(progress=progress),
             )
         lrs = np.geomspace(args.min_lr, args.max_lr, args.num)
         steps = len(ds.y_train) // args.batch_size
@@ -202,13 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             (ds.x_val, ds.y_val),
             lrs=lrs,
             families={n: unit_schedule(n, steps, args.epochs) for n in names},
-            seeds=args.seeds,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
+            key=key,
             loss_fn=choice.loss_fn,
             preprocess=scale_images,
-            key=key,
-            progress=progress,
+            config=GridConfig(epochs=args.epochs, batch_size=args.batch_size),
+            population=Population(seeds=args.seeds),
+            execution=Execution(progress=progress),
         )
     except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
         return fail(PROG, str(e))

@@ -745,6 +745,7 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
 
     from lrjax.batches import scale_images
     from lrjax.range_test import lr_range_test
+    from lrjax.specs import Execution, Sweep
 
     family = recipe_family(args.schedule)
     if family is not None:
@@ -763,9 +764,9 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
             key=jax.random.fold_in(key, 2),
             loss_fn=setup.choice.loss_fn,
             preprocess=scale_images,
-            batch_size=args.batch_size,
             method=method,
-            progress=progress,
+            sweep=Sweep(batch_size=args.batch_size),
+            execution=Execution(progress=progress),
         )
     except KeyboardInterrupt:  # before any training: nothing to save
         print(f"{PROG}: interrupted during the range test", file=sys.stderr)
