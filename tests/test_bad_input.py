@@ -31,10 +31,14 @@ def mlp(key=KEY):
     return lrjax.mlp(784, 10, (16,), key=key)
 
 
-def range_test(data, optimizer=optax.sgd, **kw):
+def range_test(
+    data, optimizer=optax.sgd, *, num_steps=8, batch_size=None, **kw
+):  # fmt: skip
+    """A short range test; ``init_value``/``end_value`` go to its Sweep."""
     kw.setdefault("preprocess", scale_images)
-    kw.setdefault("num_steps", 8)
-    return lrjax.lr_range_test(mlp(), optimizer, data, key=KEY, **kw)
+    lrs = {k: kw.pop(k) for k in ("init_value", "end_value") if k in kw}
+    sweep = lrjax.Sweep(num_steps, batch_size=batch_size, **lrs)
+    return lrjax.lr_range_test(mlp(), optimizer, data, key=KEY, sweep=sweep, **kw)
 
 
 def fit(data, optimizer=optax.sgd, config=None, **kw):
@@ -60,9 +64,7 @@ def test_a_built_optimizer_is_refused_with_how_to_pass_its_arguments(images):
     with pytest.raises(ValueError, match=FACTORY + r", not float 0.1"):
         range_test(images, 0.1)
     with pytest.raises(ValueError, match=FACTORY):
-        lrjax.lr_grid(
-            mlp, optax.adam(1e-3), images, images, lrs=[0.1], key=KEY, epochs=1
-        )
+        lrjax.lr_grid(mlp, optax.adam(1e-3), images, images, lrs=[0.1], key=KEY)
 
 
 def test_the_factory_forms_the_message_names_work(images):

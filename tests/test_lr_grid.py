@@ -21,6 +21,7 @@ from lrjax.lr_grid import accuracy_at, lr_grid
 from lrjax.models import mlp, pure
 from lrjax.results import MemoryRefused, tree_bytes
 from lrjax.schedules import cosine_restarts
+from lrjax.specs import Execution, GridConfig, Population
 from lrjax.step import (
     classification_loss,
     init_state,
@@ -75,9 +76,27 @@ def momentum(lr):
     return optax.sgd(lr, momentum=0.9)
 
 
-def grid(model, optimizer=momentum, **kwargs):
-    args = {"batch_size": BATCH, "preprocess": scale_images} | kwargs
-    return lr_grid(model, optimizer, (X, Y), (XV, YV), **args)
+def grid(
+    model,
+    optimizer=momentum,
+    *,
+    seeds=1,
+    epochs=1,
+    batch_size=BATCH,
+    schedule=None,
+    eval_batch_size=1000,
+    loop="auto",
+    population="auto",
+    **kwargs,
+):
+    """lr_grid on (X, Y) with the specs built from the fields the tests vary."""
+    config = GridConfig(epochs, batch_size, schedule, eval_batch_size)
+    args = {"preprocess": scale_images} | kwargs
+    return lr_grid(
+        model, optimizer, (X, Y), (XV, YV), config=config,
+        population=Population(seeds, layout=population),
+        execution=Execution(loop=loop), **args,
+    )  # fmt: skip
 
 
 @functools.cache
@@ -194,9 +213,9 @@ def conv_net(k):
 
 
 def test_a_conv_population_is_unrolled_on_cpu_and_matches_its_members():
-    """``population="auto"``: a convolution on the CPU runs the members one after
-    another (a vmapped conv is a slow grouped conv on XLA:CPU), dispatched one
-    update at a time; the numbers are each member's own."""
+    """``Population(layout="auto")``: a convolution on the CPU runs the members one
+    after another (a vmapped conv is a slow grouped conv on XLA:CPU), dispatched
+    one update at a time; the numbers are each member's own."""
     key = jax.random.key(4)
     lrs = [0.02, 0.2]
     r = grid(conv_net, lrs=lrs, seeds=2, epochs=1, key=key)
@@ -229,8 +248,8 @@ def test_a_shared_module_is_unchanged_and_its_seeds_differ():
 def test_dict_batches_with_a_custom_loss_and_an_eval_without_accuracy():
     apply, params = pure(init(jax.random.key(2)))
     key = jax.random.key(4)
-    kw = {"lrs": [0.01, 0.1, 3.0], "seeds": 2, "epochs": 1, "key": key}
-    tuples = grid(params, loss_fn=classification_loss(apply), **kw)
+    kw = {"lrs": [0.01, 0.1, 3.0], "key": key}
+    tuples = grid(params, loss_fn=classification_loss(apply), seeds=2, **kw)
 
     def loss_fn(p, batch):
         logits = apply(p, batch["image"].astype(jnp.float32) / 255.0)
@@ -244,8 +263,8 @@ def test_dict_batches_with_a_custom_loss_and_an_eval_without_accuracy():
     data = {"image": X, "label": Y}
     val = {"image": XV, "label": YV}
     r = lr_grid(
-        params, momentum, data, val, batch_size=BATCH, loss_fn=loss_fn,
-        eval_fn=eval_fn, **kw,
+        params, momentum, data, val, loss_fn=loss_fn, eval_fn=eval_fn,
+        config=GridConfig(batch_size=BATCH), population=Population(seeds=2), **kw,
     )  # fmt: skip
     # the same batches and updates as the (x, y) run
     np.testing.assert_allclose(r.val_loss, tuples.val_loss, rtol=1e-5, atol=1e-6)

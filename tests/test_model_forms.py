@@ -28,7 +28,7 @@ import lrjax
 from lrjax.step import MODEL_FORMS_DOC, model_form
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
-KW = dict(key=jax.random.key(0), num_steps=4, batch_size=16)
+KW = dict(key=jax.random.key(0), sweep=lrjax.Sweep(num_steps=4, batch_size=16))
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_fit_and_lr_grid_refuse_the_same(data, name):
     assert words[0] in one_line(excinfo)
     with pytest.raises(error) as excinfo:
         lrjax.lr_grid(make(), optax.sgd, data, data, lrs=[0.1], key=jax.random.key(0),
-                      batch_size=16, **extra)  # fmt: skip
+                      config=lrjax.GridConfig(batch_size=16), **extra)  # fmt: skip
     assert words[0] in one_line(excinfo)
 
 
@@ -236,7 +236,11 @@ def test_every_accepted_form_runs(data):
     runs = {
         "module": lrjax.lr_range_test(NnxNet(rngs=nnx.Rngs(0)), optax.sgd, data, **KW),
         "factory": lrjax.lr_range_test(
-            lambda key: NnxNet(rngs=nnx.Rngs(key)), optax.sgd, data, seeds=2, **KW
+            lambda key: NnxNet(rngs=nnx.Rngs(key)),
+            optax.sgd,
+            data,
+            population=lrjax.Population(seeds=2),
+            **KW,
         ),
     }
 

@@ -70,8 +70,9 @@ def check_against_the_loop(loss_fn, params, state, data):
     key = jax.random.key(7)
     got = lrjax.lr_range_test(
         params, lambda lr: optax.sgd(lr, momentum=0.9), data, key=key,
-        loss_fn=loss_fn, model_state=state, batch_size=BATCH, num_steps=STEPS,
-        end_value=0.3, stop_on_divergence=False,
+        loss_fn=loss_fn, model_state=state,
+        sweep=lrjax.Sweep(num_steps=STEPS, end_value=0.3, batch_size=BATCH),
+        divergence=lrjax.Divergence(stop=False),
     )  # fmt: skip
     losses, probes = hand_loop(loss_fn, params, state, data, key)
     np.testing.assert_allclose(got.losses, losses, rtol=RTOL, atol=ATOL)
@@ -158,7 +159,8 @@ def test_seeds_get_their_own_update_rngs(data):
 
     got = lrjax.lr_range_test(
         params, optax.sgd, data, key=jax.random.key(7), loss_fn=loss_fn,
-        model_state=state, batch_size=BATCH, num_steps=5, seeds=2,
+        model_state=state, sweep=lrjax.Sweep(num_steps=5, batch_size=BATCH),
+        population=lrjax.Population(seeds=2),
     )  # fmt: skip
     seen = got.metrics["key"]  # [seeds, steps]
     for s in range(2):
@@ -187,13 +189,13 @@ def test_a_stateful_loss_of_another_form_is_refused(data, out, match):
     with pytest.raises(ValueError, match=match):
         lrjax.lr_range_test(
             params, optax.sgd, data, key=jax.random.key(0), loss_fn=loss_fn,
-            model_state=state, num_steps=3,
+            model_state=state, sweep=lrjax.Sweep(num_steps=3),
         )  # fmt: skip
 
 
 def test_model_state_needs_params_and_a_loss_fn(data):
     variables = LinenNet().init(jax.random.key(1), jnp.zeros((1, 8)), train=False)
-    kw = dict(key=jax.random.key(0), num_steps=3, model_state={})
+    kw = dict(key=jax.random.key(0), sweep=lrjax.Sweep(num_steps=3), model_state={})
     with pytest.raises(ValueError, match="model_state needs a loss_fn"):
         lrjax.lr_range_test(variables["params"], optax.sgd, data, **kw)
     with pytest.raises(TypeError, match=r"must be a pytree of arrays.*'function'"):

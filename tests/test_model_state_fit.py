@@ -336,8 +336,9 @@ def test_range_test_seeds_each_get_the_factory_s_model(data):
     key, steps = jax.random.key(5), 12
     got = lrjax.lr_range_test(
         linen_init, optax.sgd, train, key=key, loss_fn=linen_loss,
-        model_state="from_factory", seeds=2, batch_size=BATCH, num_steps=steps,
-        end_value=1.0, stop_on_divergence=False,
+        model_state="from_factory", population=lrjax.Population(seeds=2),
+        sweep=lrjax.Sweep(num_steps=steps, end_value=1.0, batch_size=BATCH),
+        divergence=lrjax.Divergence(stop=False),
     )  # fmt: skip
     sched = lrjax.exponential_sweep(1e-5, 1.0, steps)
     for s in range(2):  # seed s: its own initialisation, batches and rngs
@@ -363,6 +364,7 @@ def test_range_test_seeds_each_get_the_factory_s_model(data):
 
 
 LRS, EPOCHS = [0.03, 0.3], 2
+CONFIG = lrjax.GridConfig(epochs=EPOCHS, batch_size=BATCH)
 GRID_TOL = dict(rtol=1e-4, atol=1e-5)
 
 
@@ -387,17 +389,19 @@ def test_lr_grid_members_equal_hand_written_runs_linen(data):
     params, state = linen_init(jax.random.key(1))
     before = host((params, state))
     key = jax.random.key(6)
-    got = lrjax.lr_grid(params, optax.sgd, train, val, lrs=LRS, key=key, seeds=2,
-                        epochs=EPOCHS, batch_size=BATCH, loss_fn=linen_loss,
-                        model_state=state, eval_fn=linen_eval)  # fmt: skip
+    got = lrjax.lr_grid(params, optax.sgd, train, val, lrs=LRS, key=key,
+                        loss_fn=linen_loss, model_state=state, eval_fn=linen_eval,
+                        config=CONFIG,
+                        population=lrjax.Population(seeds=2))  # fmt: skip
     check_grid(got, linen_loss, linen_eval, lambda s: (params, state), data, key)
     assert got.best_by == "accuracy"
     assert_same(before, (params, state))
     # A factory key -> (params, model_state): each seed its own initialisation.
     by_factory = lrjax.recipe_grid(
-        linen_init, optax.sgd, train, val, lrs=LRS, key=key, seeds=2,
-        families={"constant": None}, epochs=EPOCHS, batch_size=BATCH,
-        loss_fn=linen_loss, model_state="from_factory", eval_fn=linen_eval,
+        linen_init, optax.sgd, train, val, lrs=LRS, key=key,
+        families={"constant": None}, loss_fn=linen_loss,
+        model_state="from_factory", eval_fn=linen_eval, config=CONFIG,
+        population=lrjax.Population(seeds=2),
     )["constant"]  # fmt: skip
 
     def member(s):
@@ -411,7 +415,7 @@ def test_lr_grid_members_equal_hand_written_runs_equinox(data):
     params, state, loss_fn, eval_fn = eqx_parts()
     key = jax.random.key(6)
     got = lrjax.lr_grid(params, optax.sgd, train, val, lrs=LRS, key=key,
-                        epochs=EPOCHS, batch_size=BATCH, loss_fn=loss_fn,
-                        model_state=state, eval_fn=eval_fn)  # fmt: skip
+                        config=CONFIG, loss_fn=loss_fn, model_state=state,
+                        eval_fn=eval_fn)  # fmt: skip
     check_grid(got, loss_fn, eval_fn, lambda s: (params, state), data, key)
     assert got.best_by == "loss"

@@ -76,6 +76,7 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
     from lrjax.lr_grid import lr_grid
     from lrjax.models import mlp
     from lrjax.range_test import lr_range_test
+    from lrjax.specs import Divergence, Execution, GridConfig, Population, Sweep
 
     train, val = synthetic(N, 0), synthetic(64, 1)
 
@@ -166,13 +167,10 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
         train,
         key=jax.random.key(2),
         preprocess=scale_images,
-        batch_size=BATCH,
-        num_steps=STEPS,
-        seeds=2,
-        chunks=3,
-        init_value=1e-3,
-        end_value=1.0,
-        stop_on_divergence=False,
+        sweep=Sweep(num_steps=STEPS, init_value=1e-3, end_value=1.0, batch_size=BATCH),
+        divergence=Divergence(stop=False),
+        population=Population(seeds=2),
+        execution=Execution(chunks=3),
     )
     doc["range_test"] = {
         "losses": rt.losses.tolist(),
@@ -187,8 +185,8 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
             val,
             lrs=[0.01, 0.1],
             key=jax.random.key(3),
-            batch_size=BATCH,
             preprocess=scale_images,
+            config=GridConfig(batch_size=BATCH),
         )
         doc["grid"] = {
             "val_loss": g.val_loss.tolist(),

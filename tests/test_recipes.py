@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from lrjax import recipes, schedules
+from lrjax import GridConfig, Population, recipes, schedules
 from lrjax.batches import scale_images
 from lrjax.lr_grid import lr_grid, recipe_grid
 from lrjax.recipes import FAMILIES, build_schedule, recommend, unit_schedule
@@ -126,7 +127,7 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
     x = np.random.default_rng(0).normal(size=(256, 8)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
     model = lrjax.mlp(8, 2, (16,), key=jax.random.key(0))
-    kw = dict(key=jax.random.key(1), batch_size=32, num_steps=40)
+    kw = dict(key=jax.random.key(1), sweep=lrjax.Sweep(num_steps=40, batch_size=32))
     for factory, name, kind in [
         (optax.adamw, "adamw", "adam"),
         (functools.partial(optax.sgd, momentum=0.9), "sgd", "sgd"),
@@ -178,12 +179,18 @@ def test_recipe_grid_equals_one_grid_per_family():
         "wsd": unit_schedule("wsd", total),
         "constant": None,
     }
-    args = dict(lrs=[0.03, 0.3], key=jax.random.key(3), seeds=2, epochs=2,
-                batch_size=32, preprocess=scale_images)  # fmt: skip
-    together = recipe_grid(noisy, momentum, (X, Y), (XV, YV), families=fams, **args)
+    config = GridConfig(epochs=2, batch_size=32)
+    args = dict(lrs=[0.03, 0.3], key=jax.random.key(3), preprocess=scale_images,
+                population=Population(seeds=2))  # fmt: skip
+    together = recipe_grid(
+        noisy, momentum, (X, Y), (XV, YV), families=fams, config=config, **args
+    )
     assert list(together) == list(fams)
     for name, unit in fams.items():
-        alone = lr_grid(noisy, momentum, (X, Y), (XV, YV), schedule=unit, **args)
+        alone = lr_grid(
+            noisy, momentum, (X, Y), (XV, YV),
+            config=dataclasses.replace(config, schedule=unit), **args,
+        )  # fmt: skip
         got = together[name]
         assert got.config["family"] == name
         np.testing.assert_allclose(got.applied_lr, alone.applied_lr, rtol=1e-6)
@@ -196,6 +203,10 @@ def test_recipe_grid_refuses_schedule_and_empty_families():
     with pytest.raises(ValueError, match="not schedule="):
         recipe_grid(init, optax.sgd, (X, Y), (XV, YV), lrs=[0.1], key=jax.random.key(0),
                     families={"a": None}, schedule=None)  # fmt: skip
+    with pytest.raises(ValueError, match="not config.schedule"):
+        recipe_grid(init, optax.sgd, (X, Y), (XV, YV), lrs=[0.1], key=jax.random.key(0),
+                    families={"a": None},
+                    config=GridConfig(schedule=lambda t: 1.0))  # fmt: skip
     with pytest.raises(ValueError, match="non-empty mapping"):
         recipe_grid(init, optax.sgd, (X, Y), (XV, YV), lrs=[0.1], key=jax.random.key(0),
                     families={})  # fmt: skip

@@ -51,7 +51,7 @@ LINEAR_LOSS = lrjax.classification_loss(lambda p, x: x @ p)
 def range_result() -> lrjax.RangeTestResult:
     return lrjax.lr_range_test(
         jnp.zeros((3, 2)), optax.sgd, _tiny_data(), key=jax.random.key(0),
-        loss_fn=LINEAR_LOSS, batch_size=16, num_steps=30,
+        loss_fn=LINEAR_LOSS, sweep=lrjax.Sweep(num_steps=30, batch_size=16),
     )  # fmt: skip
 
 
@@ -60,7 +60,8 @@ def grid_result() -> lrjax.GridResult:
     data = _tiny_data()
     return lrjax.lr_grid(
         jnp.zeros((3, 2)), optax.sgd, data, data, lrs=[0.01, 0.1, 1.0],
-        key=jax.random.key(0), loss_fn=LINEAR_LOSS, batch_size=16, seeds=2,
+        key=jax.random.key(0), loss_fn=LINEAR_LOSS,
+        config=lrjax.GridConfig(batch_size=16), population=lrjax.Population(seeds=2),
     )  # fmt: skip
 
 

@@ -268,7 +268,8 @@ def test_range_test_sees_seed_zeros_stream():
     key, steps = jax.random.key(13), 2 * (N // B) + 2
     r = lr_range_test(
         {"w": jnp.zeros(())}, optax.sgd, (np.arange(N, dtype=np.int32),), key=key,
-        loss_fn=marker_loss, batch_size=B, num_steps=steps, stop_on_divergence=False,
+        loss_fn=marker_loss, sweep=lrjax.Sweep(num_steps=steps, batch_size=B),
+        divergence=lrjax.Divergence(stop=False),
     )  # fmt: skip
     seed0 = jax.random.fold_in(key, 0)
     np.testing.assert_array_equal(r.losses, marks(ref_stream(seed0, 0, steps)))

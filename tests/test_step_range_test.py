@@ -19,6 +19,7 @@ from flax import nnx
 from flax.training.train_state import TrainState
 
 import lrjax
+from lrjax import Divergence, Execution, Sweep
 
 # float32: a few ulps per op, a few hundred ops between a loss and the start of
 # the sweep; the two programs fuse differently, so not bit-identical.
@@ -126,11 +127,12 @@ def test_a_flax_train_state_step_equals_lr_range_test(data, jit):
     state = train_state()
     before = host(state)
     key = jax.random.key(3)
-    kw = dict(key=key, batch_size=BATCH, num_steps=STEPS, end_value=0.3)
+    kw = dict(key=key, sweep=Sweep(STEPS, end_value=0.3, batch_size=BATCH))
     got = lrjax.step_range_test(step, state, data, **kw)
     ref = lrjax.lr_range_test(
-        state.params, sgd, data, loss_fn=linen_loss, stop_on_divergence=False, **kw
-    )
+        state.params, sgd, data, loss_fn=linen_loss,
+        divergence=Divergence(stop=False), **kw,
+    )  # fmt: skip
     assert_same_curve(got, ref)
     assert got.config["hyperparam"] == ".opt_state.hyperparams['learning_rate']"
     assert got.timings["loop"] == "dispatch" and got.device == ref.device
@@ -154,14 +156,13 @@ def test_an_nnx_optimizer_step_equals_lr_range_test(data, returns):
         return metrics if returns == "metrics" else (state, metrics)
 
     before = host((nnx.state(model), nnx.state(optimizer)))
-    kw = dict(key=jax.random.key(3), batch_size=BATCH, num_steps=STEPS)
-    got = lrjax.step_range_test(
-        train_step, (model, optimizer), data, end_value=0.3, **kw
+    kw = dict(
+        key=jax.random.key(3), sweep=Sweep(STEPS, end_value=0.3, batch_size=BATCH)
     )
+    got = lrjax.step_range_test(train_step, (model, optimizer), data, **kw)
     ref = lrjax.lr_range_test(
-        model, sgd, data, loss_fn=nnx_loss, end_value=0.3, stop_on_divergence=False,
-        **kw,
-    )  # fmt: skip
+        model, sgd, data, loss_fn=nnx_loss, divergence=Divergence(stop=False), **kw
+    )
     assert_same_curve(got, ref)
     assert got.config["hyperparam"] == "[1].opt_state.hyperparams['learning_rate']"
     assert_same(before, host((nnx.state(model), nnx.state(optimizer))))
@@ -180,8 +181,8 @@ def test_an_iterable_equals_a_python_loop_that_sets_the_lr_itself(data):
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     got = lrjax.step_range_test(
-        step, train_state(), iter(batches), num_steps=STEPS, init_value=1e-4,
-        end_value=1.0, batch_size=BATCH,
+        step, train_state(), iter(batches),
+        sweep=Sweep(STEPS, init_value=1e-4, end_value=1.0, batch_size=BATCH),
     )  # fmt: skip
     assert got.stop_reason == "data" and got.steps_run == 25
     np.testing.assert_allclose(got.losses, losses, rtol=RTOL, atol=ATOL)
@@ -193,13 +194,13 @@ def test_a_list_of_batches_is_restarted_and_a_wrong_batch_size_refused(data):
     x, y = data
     batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, 4 * BATCH, BATCH)]
     got = lrjax.step_range_test(
-        jax.jit(flax_step), train_state(), batches, num_steps=10, end_value=1e-3
+        jax.jit(flax_step), train_state(), batches, sweep=Sweep(10, end_value=1e-3)
     )
     assert got.steps_run == 10 and got.config["data_restarts"] == 2
     np.testing.assert_allclose(got.losses[4:8], got.losses[:4], rtol=0.05)
     with pytest.raises(ValueError, match="batch_size=32 does not match .* of 16"):
-        lrjax.step_range_test(flax_step, train_state(), batches, num_steps=4,
-                              batch_size=32)  # fmt: skip
+        lrjax.step_range_test(flax_step, train_state(), batches,
+                              sweep=Sweep(num_steps=4, batch_size=32))  # fmt: skip
 
 
 # ------------------------------------------------------ divergence, the result
@@ -208,7 +209,7 @@ def test_a_list_of_batches_is_restarted_and_a_wrong_batch_size_refused(data):
 def test_divergence_stops_the_sweep_and_the_suggestion_is_inside_it(data):
     got = lrjax.step_range_test(
         jax.jit(flax_step), train_state(), data, key=jax.random.key(0),
-        batch_size=BATCH, num_steps=300, end_value=1e3,
+        sweep=Sweep(num_steps=300, end_value=1e3, batch_size=BATCH),
     )  # fmt: skip
     (at,) = got.diverged_at_step
     assert got.stop_reason == "diverged" and at is not None
@@ -235,7 +236,7 @@ def test_set_lr_points_anywhere(data):
         return state.replace(opt_state=state.opt_state._replace(hyperparams=hps))
 
     got = lrjax.step_range_test(
-        flax_step, train_state(), data, key=jax.random.key(0), num_steps=5,
+        flax_step, train_state(), data, key=jax.random.key(0), sweep=Sweep(5),
         hyperparam=set_lr,
     )  # fmt: skip
     assert got.config["hyperparam"] == "set_lr"
@@ -258,7 +259,7 @@ def two_learning_rates() -> TrainState:
 
 
 def test_two_learning_rates_are_named_and_one_can_be_chosen(data):
-    kw = dict(key=jax.random.key(0), num_steps=3)
+    kw = dict(key=jax.random.key(0), sweep=Sweep(num_steps=3))
     with pytest.raises(ValueError) as e:
         lrjax.step_range_test(flax_step, two_learning_rates(), data, **kw)
     msg = str(e.value)
@@ -301,8 +302,8 @@ def test_two_learning_rates_are_named_and_one_can_be_chosen(data):
 def test_bad_hyperparameters_say_what_the_state_holds(data, tx, hyperparam, match):
     with pytest.raises(ValueError, match=match):
         lrjax.step_range_test(
-            flax_step, train_state(tx), data, key=jax.random.key(0), num_steps=3,
-            hyperparam=hyperparam,
+            flax_step, train_state(tx), data, key=jax.random.key(0),
+            sweep=Sweep(3), hyperparam=hyperparam,
         )  # fmt: skip
 
 
@@ -313,7 +314,7 @@ def test_an_nnx_optimizer_without_inject_hyperparams(data):
                        "state's NNX objects; it holds .*ScaleByAdamState"):  # fmt: skip
         lrjax.step_range_test(
             lambda s, b: {"loss": 0.0}, (model, optimizer), data,
-            key=jax.random.key(0), num_steps=3,
+            key=jax.random.key(0), sweep=Sweep(3),
         )  # fmt: skip
 
 
@@ -323,11 +324,38 @@ def test_an_nnx_optimizer_without_inject_hyperparams(data):
         (lambda s, b: (s, {"l": 0.0}), {}, r"no 'loss' \(keys: \['l'\]\)"),
         (lambda s, b: {"loss": 0.0}, {}, r"must return \(state, metrics\)"),
         (flax_step, {"key": None}, "key is required for in-memory data"),
-        (flax_step, {"num_steps": 1}, "num_steps must be an integer >= 2"),
-        (flax_step, {"end_value": 1e-6}, "init_value must be < end_value"),
+        (flax_step, {"sweep": None}, r"needs the sweep's length: pass sweep=lrjax"),
+        (flax_step, {"sweep": Sweep()}, r"needs the sweep's length: pass sweep=lrjax"),
+        (
+            flax_step,
+            {"sweep": Sweep(3, accumulate_steps=2)},
+            "accumulate_steps must be 1, got 2",
+        ),
+        (
+            flax_step,
+            {"divergence": Divergence(stop=False)},
+            "Divergence.stop must be True",
+        ),
+        (
+            flax_step,
+            {"execution": Execution(loop="scan")},
+            r"Execution.chunks and .loop must keep their defaults \(8, 'auto'\), "
+            r"got \(8, 'scan'\)",
+        ),
     ],
 )
 def test_bad_steps_and_arguments(data, step, kwargs, match):
-    kw = dict(key=jax.random.key(0), num_steps=3) | kwargs
+    """A bad spec field fails in the spec's constructor (tests/test_specs.py)."""
+    kw = dict(key=jax.random.key(0), sweep=Sweep(num_steps=3)) | kwargs
     with pytest.raises(ValueError, match=match):
         lrjax.step_range_test(step, train_state(), data, **kw)
+
+
+def test_a_linear_sweep_applies_its_lrs(data):
+    """Sweep.mode reaches the user's step too (0.2 swept exponentially only)."""
+    sweep = Sweep(6, init_value=0.01, end_value=0.06, mode="linear")
+    got = lrjax.step_range_test(
+        flax_step, train_state(), data, key=jax.random.key(0), sweep=sweep
+    )
+    np.testing.assert_allclose(got.lrs, np.linspace(0.01, 0.06, 6), rtol=1e-6)
+    assert got.config["mode"] == "linear"

@@ -1,4 +1,4 @@
-"""Range tests over a second hyperparameter in one program (``sweep_over``).
+"""Range tests over a second hyperparameter in one program (``Population.sweep_over``).
 
 The recommendation rule against curves with known answers; every value's member
 against a plain range test with the optimizer built at that value; the shapes of
@@ -7,6 +7,7 @@ values x seeds; bad input.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,6 +17,7 @@ import optax
 import pytest
 
 import lrjax
+from lrjax import Divergence, Execution, Population, Sweep
 from lrjax.batches import scale_images
 from lrjax.range_test import check_sweep, sweepable
 from lrjax.suggestions import (
@@ -116,21 +118,30 @@ def test_curve_minimum_stops_at_the_divergence():
 
 # ----------------------------------------- one program == one run per value
 
+# no divergence before 0.05: float32 chaos past it would swamp a check
+SWEEP = Sweep(num_steps=40, init_value=1e-4, end_value=0.05)
 KW = dict(
     preprocess=scale_images,
-    num_steps=40,
-    init_value=1e-4,
-    end_value=0.05,  # no divergence: float32 chaos past it would swamp a check
-    stop_on_divergence=False,
-    chunks=2,
+    sweep=SWEEP,
+    divergence=Divergence(stop=False),
+    execution=Execution(chunks=2),
 )
+
+
+def kw_steps(num_steps: int) -> dict:
+    """KW with a sweep of ``num_steps`` updates."""
+    return dict(KW, sweep=dataclasses.replace(SWEEP, num_steps=num_steps))
+
+
+def over(sweep_over, seeds: int = 1, layout: str = "auto") -> Population:
+    return Population(seeds=seeds, sweep_over=sweep_over, layout=layout)
 
 
 def test_each_value_equals_a_plain_run_at_that_value_with_seeds(images):
     values = [0.0, 1e-2, 1.0]
     key = jax.random.key(3)
     r = lrjax.lr_range_test(
-        mlp, adamw, images, key=key, seeds=2, sweep_over={"weight_decay": values}, **KW
+        mlp, adamw, images, key=key, population=over({"weight_decay": values}, 2), **KW
     )
     sw = r.sweep
     assert sw.name == "weight_decay" and sw.values == values
@@ -144,7 +155,7 @@ def test_each_value_equals_a_plain_run_at_that_value_with_seeds(images):
             lambda lr, v=v: adamw(lr, weight_decay=v),
             images,
             key=key,
-            seeds=2,
+            population=Population(seeds=2),
             **KW,
         )
         np.testing.assert_allclose(sw.losses[i], plain.losses, rtol=1e-4, atol=1e-5)
@@ -173,7 +184,12 @@ def test_sgd_momentum_on_one_seed_shares_the_batches(images):
     model = mlp(jax.random.key(1))
     key = jax.random.key(0)
     r = lrjax.lr_range_test(
-        model, optax.sgd, images, key=key, sweep_over={"momentum": [0.0, 0.9]}, **KW
+        model,
+        optax.sgd,
+        images,
+        key=key,
+        population=over({"momentum": [0.0, 0.9]}),
+        **KW,
     )
     assert r.sweep.losses.shape == (2, 40) and r.losses.shape == (40,)
     for i, m in enumerate([0.0, 0.9]):
@@ -195,10 +211,12 @@ def test_sgd_momentum_on_one_seed_shares_the_batches(images):
 
 @pytest.mark.parametrize("seeds", [1, 2])
 def test_mapped_unrolled_and_vmapped_members_agree(images, seeds):
-    kw = dict(KW, key=jax.random.key(0), seeds=seeds, num_steps=20)
+    kw = dict(kw_steps(20), key=jax.random.key(0))
     sweep = {"weight_decay": [0.0, 0.5]}
     r = {
-        p: lrjax.lr_range_test(mlp, adamw, images, sweep_over=sweep, population=p, **kw)
+        p: lrjax.lr_range_test(
+            mlp, adamw, images, population=over(sweep, seeds, p), **kw
+        )
         for p in ("map", "vmap", "unroll")
     }
     for p in ("map", "unroll"):
@@ -207,20 +225,20 @@ def test_mapped_unrolled_and_vmapped_members_agree(images, seeds):
             r[p].sweep.losses, r["vmap"].sweep.losses, rtol=1e-4, atol=1e-5
         )
     assert r["vmap"].timings["population"] == "vmap"
-    with pytest.raises(ValueError, match="population must be one of"):
-        lrjax.lr_range_test(mlp, adamw, images, sweep_over=sweep, population="x", **kw)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        over(sweep, seeds, "x")
 
 
 def test_an_iterable_of_batches_feeds_every_value(images):
     x, y = images
     batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 320, 32)]
-    kw = dict(KW, num_steps=10)
+    kw = kw_steps(10)
     r = lrjax.lr_range_test(
         mlp(jax.random.key(1)),
         adamw,
         batches,
         key=jax.random.key(0),
-        sweep_over={"weight_decay": [0.0, 0.5]},
+        population=over({"weight_decay": [0.0, 0.5]}),
         **kw,
     )
     plain = lrjax.lr_range_test(
@@ -236,9 +254,9 @@ def test_an_iterable_of_batches_feeds_every_value(images):
 
 def test_one_value_on_one_seed_is_a_plain_run(images):
     """A population of one member has no member axis (it used to crash)."""
-    model, key, kw = mlp(jax.random.key(1)), jax.random.key(0), dict(KW, num_steps=20)
+    model, key, kw = mlp(jax.random.key(1)), jax.random.key(0), kw_steps(20)
     r = lrjax.lr_range_test(
-        model, adamw, images, key=key, sweep_over={"weight_decay": [0.5]}, **kw
+        model, adamw, images, key=key, population=over({"weight_decay": [0.5]}), **kw
     )
     plain = lrjax.lr_range_test(
         model, lambda lr: adamw(lr, weight_decay=0.5), images, key=key, **kw
@@ -280,6 +298,9 @@ def test_sweepable_names_are_the_factory_keywords():
 def test_bad_sweeps_are_value_errors(sweep_over, match):
     with pytest.raises(ValueError, match=match):
         check_sweep(sweep_over, adamw)
+    if "no hyperparameter" not in match:  # the spec checks all but the name
+        with pytest.raises(ValueError, match=match):
+            Population(sweep_over=sweep_over)
 
 
 def test_a_value_the_optimizer_rejects_is_a_value_error(images):
@@ -294,8 +315,8 @@ def test_a_value_the_optimizer_rejects_is_a_value_error(images):
             picky,
             images,
             key=jax.random.key(0),
-            sweep_over={"eps": [1e-8, 5.0]},
-            num_steps=4,
+            sweep=Sweep(num_steps=4),
+            population=over({"eps": [1e-8, 5.0]}),
         )
     with pytest.raises(ValueError, match="it takes none besides the learning rate"):
         lrjax.lr_range_test(
@@ -303,5 +324,5 @@ def test_a_value_the_optimizer_rejects_is_a_value_error(images):
             lambda lr: optax.adam(lr),
             images,
             key=jax.random.key(0),
-            sweep_over={"weight_decay": [0.0]},
+            population=over({"weight_decay": [0.0]}),
         )
