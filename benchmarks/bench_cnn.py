@@ -88,8 +88,11 @@ def sweep_lrs(num_steps: int):
     return LR0 * (LR1 / LR0) ** (np.arange(num_steps) / (num_steps - 1))
 
 
-def lrjax_run(x, y, steps: int, loop: str = "auto", **kw) -> dict:
-    """One :func:`lrjax.lr_range_test` of ``steps`` updates; ``kw`` goes to it."""
+def lrjax_run(
+    x, y, steps: int, loop: str = "auto", chunks: int = 8, stop: bool = True
+) -> dict:
+    """One :func:`lrjax.lr_range_test` of ``steps`` updates, in ``chunks``
+    compiled chunks, stopping at the divergence if ``stop``."""
     import jax
 
     import lrjax
@@ -102,10 +105,9 @@ def lrjax_run(x, y, steps: int, loop: str = "auto", **kw) -> dict:
         (x, y),
         key=key,
         preprocess=lrjax.scale_images,
-        batch_size=BATCH,
-        num_steps=steps,
-        loop=loop,
-        **kw,
+        sweep=lrjax.Sweep(num_steps=steps, batch_size=BATCH),
+        divergence=lrjax.Divergence(stop=stop),
+        execution=lrjax.Execution(chunks=chunks, loop=loop),
     )
     wall = time.perf_counter() - t0
     t = r.timings
@@ -482,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         if "steps" in parts:
             add(
                 "lrjax_auto",
-                lrjax_run(x, y, args.steps, chunks=4, stop_on_divergence=False),
+                lrjax_run(x, y, args.steps, chunks=4, stop=False),
             )
             add("hand_dispatch", dispatch(args.steps))
             add("torch", torch.sweep_start(args.steps))
@@ -570,7 +572,7 @@ def steps_part(res, runs, args, scan, dispatch_compile, x, y) -> None:
     sc_compile, sc_run = scan(args.scan_steps)
     res["hand_scan"] = projected([sc_run], args.scan_steps, epoch, compile_s=sc_compile)
     print(f"hand scan: {res['hand_scan']['ms_per_step']:.0f} ms/step", flush=True)
-    r = lrjax_run(x, y, args.scan_steps, "scan", chunks=1, stop_on_divergence=False)
+    r = lrjax_run(x, y, args.scan_steps, "scan", chunks=1, stop=False)
     res["lrjax_scan"] = projected(
         [r["run_s"]], args.scan_steps, epoch, compile_s=r["compile_s"]
     )

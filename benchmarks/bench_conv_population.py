@@ -3,7 +3,7 @@
     python benchmarks/bench_conv_population.py [--members 4] [--steps 20]
         [--repeats 3] [--out benchmarks/results/conv_population.json]
 
-The evidence for ``population="auto"`` (:mod:`lrjax.loop`). For the BatchNorm CNN
+The evidence for ``Population(layout="auto")`` (lrjax.loop). For the BatchNorm CNN
 (``lrjax.models.cnn``, batch 128, one dispatched update at a time) and the MLP
 300-100 (batch 32, a scan of ``--mlp-steps`` updates), the time of one update of:
 

@@ -132,10 +132,9 @@ def lrjax_once(x, y, seeds: int = 1) -> dict:
         (x, y),
         key=key,
         preprocess=lrjax.scale_images,
-        batch_size=BATCH,
-        num_steps=STEPS,
-        seeds=seeds,
-        stop_on_divergence=False,
+        sweep=lrjax.Sweep(num_steps=STEPS, batch_size=BATCH),
+        divergence=lrjax.Divergence(stop=False),
+        population=lrjax.Population(seeds=seeds),
     )
     return {**r.timings, "device": r.device, "steps_run": r.steps_run}
 

@@ -47,6 +47,7 @@ def child(args) -> dict:
     from lrjax.lr_grid import lr_grid
     from lrjax.models import mlp
     from lrjax.results import describe_devices
+    from lrjax.specs import GridConfig, Population
     from lrjax.step import (
         classification_loss,
         init_state,
@@ -68,8 +69,9 @@ def child(args) -> dict:
     if args.child == "population":
         r = lr_grid(
             model, optax.sgd, (x, y), (ds.x_val, ds.y_val),
-            lrs=lrs, seeds=args.seeds, epochs=1, batch_size=args.batch_size, key=key,
-            preprocess=scale_images,
+            lrs=lrs, key=key, preprocess=scale_images,
+            config=GridConfig(epochs=1, batch_size=args.batch_size),
+            population=Population(seeds=args.seeds),
         )  # fmt: skip
         return {
             "variant": f"vmap x{args.child_devices}",

@@ -48,18 +48,18 @@ def variant(name: str, x, y) -> dict:
     kw = dict(
         key=key,
         preprocess=lrjax.scale_images,
-        num_steps=STEPS,
-        stop_on_divergence=False,
+        divergence=lrjax.Divergence(stop=False),
     )
+    sweep = lrjax.Sweep(num_steps=STEPS, batch_size=BATCH)
     if name == "array":
-        r = lrjax.lr_range_test(module, optax.sgd, (x, y), batch_size=BATCH, **kw)
+        r = lrjax.lr_range_test(module, optax.sgd, (x, y), sweep=sweep, **kw)
     elif name == "pure":
         apply, params = pure(module)
         r = lrjax.lr_range_test(
             params,
             optax.sgd,
             (x, y),
-            batch_size=BATCH,
+            sweep=sweep,
             loss_fn=lrjax.classification_loss(apply),
             **kw,
         )
@@ -73,7 +73,8 @@ def variant(name: str, x, y) -> dict:
                 for idx in order:
                     yield x[idx], y[idx]
 
-        r = lrjax.lr_range_test(module, optax.sgd, batches(), **kw)
+        sweep = lrjax.Sweep(num_steps=STEPS)  # the iterable's batches as they come
+        r = lrjax.lr_range_test(module, optax.sgd, batches(), sweep=sweep, **kw)
     else:
         raise ValueError(name)
     return {**r.timings, "steps_run": r.steps_run, "data": r.config["data"]}

@@ -23,7 +23,7 @@ computed from the same curves (``div/K``: the lr where the loss diverged, / K;
 
 ``--model cnn`` is ``lrjax.models.cnn`` (BatchNorm, Dropout): on the CPU its
 grid members run one after another inside each dispatched update
-(``population="auto"``), so a CNN grid costs about its members' epochs.
+(``Population(layout="auto")``), so a CNN grid costs about its members' epochs.
 
 Writes benchmarks/results/finder_quality.json (after every setting) and prints a
 markdown table.
@@ -155,6 +155,7 @@ def range_test_rules(opt_name, batch_size, args, ds):
     from lrjax.batches import scale_images
     from lrjax.models import cnn, mlp
     from lrjax.range_test import lr_range_test
+    from lrjax.specs import Population, Sweep
 
     n = args.n_train or len(ds.y_train)
     key = jax.random.key(args.seed)
@@ -175,10 +176,8 @@ def range_test_rules(opt_name, batch_size, args, ds):
         (ds.x_train[:n], ds.y_train[:n]),
         key=key,
         preprocess=scale_images,
-        batch_size=batch_size,
-        init_value=s0,
-        end_value=s1,
-        seeds=args.range_seeds,
+        sweep=Sweep(init_value=s0, end_value=s1, batch_size=batch_size),
+        population=Population(seeds=args.range_seeds),
     )
     range_s = time.perf_counter() - t0
     per_method = dict(rt.spread["per_method"])  # every finder method
@@ -284,6 +283,7 @@ def run_setting(opt_name, batch_size, args, ds):
 
     from lrjax.batches import scale_images
     from lrjax.lr_grid import lr_grid
+    from lrjax.specs import GridConfig, Population
 
     n = args.n_train or len(ds.y_train)
     x, y = ds.x_train[:n], ds.y_train[:n]
@@ -312,9 +312,8 @@ def run_setting(opt_name, batch_size, args, ds):
         (ds.x_val, ds.y_val),
         lrs=lrs,
         preprocess=scale_images,
-        seeds=args.grid_seeds,
-        epochs=args.epochs,
-        batch_size=batch_size,
+        config=GridConfig(epochs=args.epochs, batch_size=batch_size),
+        population=Population(seeds=args.grid_seeds),
         key=jax.random.fold_in(key, 1000),
     )
     grid_s = time.perf_counter() - t0

@@ -120,6 +120,7 @@ def run_setting(args) -> dict:
     from lrjax.batches import scale_images
     from lrjax.range_test import lr_range_test
     from lrjax.recipes import FAMILIES
+    from lrjax.specs import Population, Sweep
 
     model, opt, (x, y), (xv, yv) = load_setting(args)
     n, nv = len(y), len(yv)
@@ -151,8 +152,8 @@ def run_setting(args) -> dict:
         (x, y),
         key=jax.random.fold_in(key, 2),
         preprocess=scale_images,
-        batch_size=args.batch_size,
-        seeds=args.range_seeds,
+        sweep=Sweep(batch_size=args.batch_size),
+        population=Population(seeds=args.range_seeds),
     )
     per_method = dict(rt.spread["per_method"]) if rt.spread else {}
     doc["range_test"] = {
@@ -239,6 +240,7 @@ def run_grid(args, model, opt, train, val, peaks, total: int, key) -> dict:
     from lrjax.batches import scale_images
     from lrjax.lr_grid import recipe_grid
     from lrjax.recipes import FAMILIES, unit_schedule
+    from lrjax.specs import Execution, GridConfig, Population
 
     grids = recipe_grid(
         model,
@@ -248,11 +250,10 @@ def run_grid(args, model, opt, train, val, peaks, total: int, key) -> dict:
         lrs=peaks,
         families={f: unit_schedule(f, total) for f in FAMILIES},
         key=jax.random.fold_in(key, 1000),  # fresh inits and batch orders
-        seeds=args.grid_seeds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
         preprocess=scale_images,
-        progress=sys.stderr.isatty(),
+        config=GridConfig(epochs=args.epochs, batch_size=args.batch_size),
+        population=Population(seeds=args.grid_seeds),
+        execution=Execution(progress=sys.stderr.isatty()),
     )
     out: dict = {
         f: family_summary(r.lrs, r.val_accuracy[:, :, -1]) for f, r in grids.items()

@@ -242,11 +242,10 @@ def range_test(make, opt, x, y, steps, batch, seeds=1, loop="auto") -> dict:
         (x, y),
         key=key,
         preprocess=lrjax.scale_images,
-        batch_size=batch,
-        num_steps=steps,
-        seeds=seeds,
-        stop_on_divergence=False,
-        loop=loop,
+        sweep=lrjax.Sweep(num_steps=steps, batch_size=batch),
+        divergence=lrjax.Divergence(stop=False),
+        population=lrjax.Population(seeds=seeds),
+        execution=lrjax.Execution(loop=loop),
     )
     t = r.timings
     return {
@@ -305,10 +304,12 @@ def grid_once(x, y, xv, yv, lrs, seeds) -> dict:
 
     from lrjax.batches import scale_images
     from lrjax.lr_grid import lr_grid
+    from lrjax.specs import GridConfig, Population
 
-    r = lr_grid(make_mlp, optax.sgd, (x, y), (xv, yv), lrs=lrs, seeds=seeds,
-                batch_size=BATCH, preprocess=scale_images,
-                key=jax.random.key(0))  # fmt: skip
+    r = lr_grid(make_mlp, optax.sgd, (x, y), (xv, yv), lrs=lrs,
+                preprocess=scale_images, key=jax.random.key(0),
+                config=GridConfig(batch_size=BATCH),
+                population=Population(seeds=seeds))  # fmt: skip
     return {
         "compile_s": r.timings["compile_s"],
         "run_s": r.timings["run_s"],

@@ -7,12 +7,12 @@
         --batch-size 128 --values 0,5e-4,5e-3 --epochs 1 --per-decade 2 \
         --grid-lo 1e-3 --repeats 1 --out benchmarks/results/sweep_cnn.json
 
-On real Fashion-MNIST (the MLP 300-100 or the BatchNorm CNN), one range test with
-``sweep_over={"weight_decay": values}`` (one epoch, 1e-5 -> 10, one seed, the
-optimizers of ``python -m lrjax.find --sweep``) recommends a (weight decay, lr)
-pair. Ground truth: ``lrjax.lr_grid`` over lr x weight decay (one grid per
-value, ``--epochs`` epochs, validation accuracy), on log-spaced lrs covering
-every value's suggestion (at least ``--grid-lo`` to ``--grid-hi``). Reported:
+On real Fashion-MNIST (the MLP 300-100 or the BatchNorm CNN), one range test
+with ``Population(sweep_over={"weight_decay": values})`` (one epoch, 1e-5 -> 10,
+one seed, the optimizers of ``python -m lrjax.find --sweep``) recommends a
+(weight decay, lr) pair. Ground truth: ``lrjax.lr_grid`` over lr x weight decay
+(one grid per value, ``--epochs`` epochs, validation accuracy), on log-spaced lrs
+covering every value's suggestion (at least ``--grid-lo`` to ``--grid-hi``). Reported:
 
 * regret: the best grid pair's accuracy minus the accuracy at the recommended
   pair (``lrjax.accuracy_at``, log-lr interpolation in the recommended value's
@@ -28,6 +28,7 @@ every value's suggestion (at least ``--grid-lo`` to ``--grid-hi``). Reported:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -191,6 +192,7 @@ def main(argv=None) -> int:
     from lrjax.models import mlp
     from lrjax.range_test import lr_range_test
     from lrjax.results import describe_devices
+    from lrjax.specs import GridConfig, Population, Sweep
 
     ds = load_dataset("fashion_mnist")
     n = args.n_train or len(ds.y_train)
@@ -208,13 +210,13 @@ def main(argv=None) -> int:
             return cnn(ds.num_classes, key=jax.random.key(1))
         return mlp(784, ds.num_classes, (300, 100), key=jax.random.key(1))
 
-    rt = dict(key=key, preprocess=scale_images, batch_size=args.batch_size)
-    rt.update(init_value=1e-5)
-    rt.update(end_value=10.0, num_steps=args.steps)
+    sweep = Sweep(args.steps, 1e-5, 10.0, batch_size=args.batch_size)
+    rt = dict(key=key, preprocess=scale_images, sweep=sweep)
 
     def one_program():
         t0 = time.perf_counter()
-        r = lr_range_test(model(), opt, train, sweep_over={args.name: values}, **rt)
+        over = Population(sweep_over={args.name: values})
+        r = lr_range_test(model(), opt, train, population=over, **rt)
         return time.perf_counter() - t0, r
 
     def one_by_one():
@@ -222,7 +224,8 @@ def main(argv=None) -> int:
         rs = [lr_range_test(model(), at(v), train, **rt) for v in values]
         return time.perf_counter() - t0, rs
 
-    lr_range_test(model(), at(values[0]), train, **dict(rt, num_steps=2))  # warm-up
+    warm = dataclasses.replace(sweep, num_steps=2)
+    lr_range_test(model(), at(values[0]), train, **dict(rt, sweep=warm))  # warm-up
     if args.child:
         w, r = one_program() if args.child == "sweep" else one_by_one()
         rs = [r] if args.child == "sweep" else r
@@ -271,9 +274,8 @@ def main(argv=None) -> int:
             (ds.x_val, ds.y_val),
             lrs=lrs.tolist(),
             key=key,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
             preprocess=scale_images,
+            config=GridConfig(epochs=args.epochs, batch_size=args.batch_size),
         )
         grid_s += time.perf_counter() - t0
         grids.append(g)

@@ -79,8 +79,8 @@ def main() -> None:
     # 1. The range test: the array half, the eqx.nn.State and the four-argument loss.
     result = lrjax.lr_range_test(
         params, optax.sgd, (ds.x_train, ds.y_train), loss_fn=loss_fn,
-        model_state=model_state, key=jax.random.key(1), batch_size=BATCH,
-        num_steps=RANGE_STEPS,
+        model_state=model_state, key=jax.random.key(1),
+        sweep=lrjax.Sweep(num_steps=RANGE_STEPS, batch_size=BATCH),
     )  # fmt: skip
     print(result)
     print(f"suggested lr: {result.suggested_lr:.4g} ({result.method})")

@@ -70,7 +70,8 @@ def main() -> None:
     # 1. The range test: the module itself, one exponential sweep of SGD lrs.
     result = lrjax.lr_range_test(
         model, optax.sgd, (ds.x_train, ds.y_train), loss_fn=loss_fn,
-        key=jax.random.key(1), batch_size=BATCH, num_steps=RANGE_STEPS,
+        key=jax.random.key(1),
+        sweep=lrjax.Sweep(num_steps=RANGE_STEPS, batch_size=BATCH),
     )  # fmt: skip
     print(result)
     print(f"suggested lr: {result.suggested_lr:.4g} ({result.method})")

@@ -78,7 +78,8 @@ def main() -> None:
     # 1. The range test through train_step (the lr given here is replaced).
     result = lrjax.step_range_test(
         train_step, create_state(params, 0.1), (ds.x_train, ds.y_train),
-        num_steps=RANGE_STEPS, batch_size=BATCH, key=jax.random.key(1),
+        key=jax.random.key(1),
+        sweep=lrjax.Sweep(num_steps=RANGE_STEPS, batch_size=BATCH),
     )  # fmt: skip
     print(result)
     print(f"suggested lr: {result.suggested_lr:.4g} ({result.method})")
