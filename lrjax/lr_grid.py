@@ -484,7 +484,7 @@ def recipe_grid(
     return dict(zip(names, results, strict=True))
 
 
-# What recipe_grid passes through to _grid besides the specs.
+# The keywords recipe_grid takes in **options (the specs go to _grid as one tuple).
 _GRID_OPTIONS = (
     "loss_fn", "model_state", "eval_fn", "preprocess", "config", "population",
     "execution",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -439,7 +439,10 @@ sweep=lrjax.Sweep(num_steps=100), population=lrjax.Population(seeds=3)
     raise TypeError(f"{function}: {', '.join(moved)} moved in 0.3.0: pass {specs}")
 
 
-def spec_or_default(function: str, name: str, value: Any, cls: type) -> Any:
+_Spec = TypeVar("_Spec", "Sweep", "Divergence", "Population", "Execution", "GridConfig")
+
+
+def spec_or_default(function: str, name: str, value: object, cls: type[_Spec]) -> _Spec:
     """``value`` if it is a ``cls``, a default ``cls()`` if None.
 
     Raises:
