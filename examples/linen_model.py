@@ -28,8 +28,10 @@ import optax
 import lrjax
 
 # SGD at batch 32 and a sweep of about one epoch: the setting lrjax.recommend's
-# rule was fitted on (docs/results.md); elsewhere, check its peak.
-BATCH, EPOCHS, RANGE_STEPS = 32, 2, 1700
+# rule was fitted on (docs/results.md); elsewhere, check its peak. The sweep runs
+# one epoch of updates, but at least MIN_RANGE_STEPS: on a small dataset an epoch
+# is too few updates to read the loss curve from, so the sweep repeats the data.
+BATCH, EPOCHS, MIN_RANGE_STEPS = 32, 2, 1000
 
 
 class MLP(nn.Module):
@@ -65,17 +67,19 @@ def main() -> None:
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
 
+    steps_per_epoch = len(ds.y_train) // BATCH
+    range_steps = max(steps_per_epoch, MIN_RANGE_STEPS)
+
     # 1. The range test: params, their model_state and the four-argument loss.
     result = lrjax.lr_range_test(
         params, optax.sgd, (ds.x_train, ds.y_train), loss_fn=loss_fn,
         model_state=model_state, key=jax.random.key(1),
-        sweep=lrjax.Sweep(num_steps=RANGE_STEPS, batch_size=BATCH),
+        sweep=lrjax.Sweep(num_steps=range_steps, batch_size=BATCH),
     )  # fmt: skip
     print(result)
     print(f"suggested lr: {result.suggested_lr:.4g} ({result.method})")
 
     # 2. The recipe: a schedule for the training budget, in updates.
-    steps_per_epoch = len(ds.y_train) // BATCH
     recipe = lrjax.recommend(result, EPOCHS * steps_per_epoch)
     print(f"recipe: {recipe.describe()}")
 

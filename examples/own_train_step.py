@@ -32,8 +32,10 @@ from flax.training.train_state import TrainState
 import lrjax
 
 # SGD at batch 32 and a sweep of about one epoch: the setting lrjax.recommend's
-# rule was fitted on (docs/results.md); elsewhere, check its peak.
-BATCH, EPOCHS, RANGE_STEPS = 32, 2, 1700
+# rule was fitted on (docs/results.md); elsewhere, check its peak. The sweep runs
+# one epoch of updates, but at least MIN_RANGE_STEPS: on a small dataset an epoch
+# is too few updates to read the loss curve from, so the sweep repeats the data.
+BATCH, EPOCHS, MIN_RANGE_STEPS = 32, 2, 1000
 
 
 class MLP(nn.Module):
@@ -75,17 +77,19 @@ def main() -> None:
     ds = lrjax.load_dataset("fashion_mnist")
     params = MLP().init(jax.random.key(0), jnp.zeros((1, 28, 28)))["params"]
 
+    steps_per_epoch = len(ds.y_train) // BATCH
+    range_steps = max(steps_per_epoch, MIN_RANGE_STEPS)
+
     # 1. The range test through train_step (the lr given here is replaced).
     result = lrjax.step_range_test(
         train_step, create_state(params, 0.1), (ds.x_train, ds.y_train),
         key=jax.random.key(1),
-        sweep=lrjax.Sweep(num_steps=RANGE_STEPS, batch_size=BATCH),
+        sweep=lrjax.Sweep(num_steps=range_steps, batch_size=BATCH),
     )  # fmt: skip
     print(result)
     print(f"suggested lr: {result.suggested_lr:.4g} ({result.method})")
 
     # 2. The recipe: a schedule for the training budget, in updates.
-    steps_per_epoch = len(ds.y_train) // BATCH
     # Your step hides its optimizer from lrjax: say which (it picks the rule).
     recipe = lrjax.recommend(result, EPOCHS * steps_per_epoch, optimizer="sgd")
     print(f"recipe: {recipe.describe()}")
