@@ -67,6 +67,22 @@ def test_import_does_not_load_the_command_lines():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_command_lines_import_no_more_than_lrjax():
+    """The command-line modules load libraries (JAX, matplotlib) inside the
+    functions that run after parsing. ``--help`` still waits for JAX: importing
+    ``lrjax.cli`` runs ``lrjax/__init__.py``, which imports the whole API."""
+    code = (
+        "import sys, lrjax; before = set(sys.modules); "
+        "import lrjax.cli.find, lrjax.cli.grid, lrjax.cli.train; "
+        "print(sorted(m for m in set(sys.modules) - before "
+        "if not m.startswith('lrjax.cli') "
+        "and m.partition('.')[0] not in sys.stdlib_module_names))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]"
+
+
 def test_console_scripts_run_the_command_lines():
     """``lrjax-find`` etc. ([project.scripts]) beside ``python -m lrjax.find``."""
     bindir = pathlib.Path(sys.executable).parent
