@@ -85,7 +85,9 @@ class GridResult:
     """What :func:`lr_grid` returns. Arrays are numpy, on the host.
 
     ``val_loss``, ``val_accuracy`` and ``train_loss`` (the mean training batch loss
-    of each epoch) are ``[num_lrs, seeds, epochs]``; NaN marks a diverged member.
+    of each epoch) are ``[num_lrs, seeds, epochs]`` for any number of seeds, one
+    included (the rule of every result: a per-seed array keeps its seed axis;
+    :meth:`to_json` writes the same shapes); NaN marks a diverged member.
     ``val_metrics`` holds every evaluation metric (``"loss"``, ``"accuracy"`` or
     a custom ``eval_fn``'s names) shaped the same way. ``applied_lr`` is
     ``[num_lrs, epochs * steps_per_epoch]``: the lr every update of seed 0

@@ -558,7 +558,9 @@ def step_range_test(
         ``chunks`` and ``loop`` keep their defaults. Default ``Execution()``.
 
     Returns:
-      A :class:`lrjax.RangeTestResult` for one seed; ``lrs`` are the lrs the
+      A :class:`lrjax.RangeTestResult` for one seed: ``losses``,
+      ``smoothed_losses`` and each of ``metrics`` are ``[1, steps_run]`` (the
+      seed axis every result keeps), ``lrs`` are the lrs the
       updates applied (read back from the state after each update),
       ``timings["first_step_s"]`` includes the step's compilation and
       ``timings["loop"]`` is ``"dispatch"``.
@@ -671,7 +673,8 @@ def _devices(value: Any) -> list[jax.Device] | None:
 
 def _result(record: _Record, method, stop_reason, timings, device, config):
     """The :class:`RangeTestResult` of one curve, with the rules of lr_range_test:
-    :func:`lrjax.smooth`, :func:`lrjax.find_divergence`, :func:`lrjax.suggest`."""
+    :func:`lrjax.smooth`, :func:`lrjax.find_divergence`, :func:`lrjax.suggest`;
+    its per-seed arrays have their seed axis, as every result's (``[1, steps]``)."""
     lrs = np.asarray(record.lrs)
     metrics = {k: np.asarray(v, np.float64) for k, v in record.metrics.items()}
     losses = metrics.pop("loss")
@@ -682,9 +685,9 @@ def _result(record: _Record, method, stop_reason, timings, device, config):
     suggestions = suggest(lrs, smoothed, at)
     return RangeTestResult(
         lrs=lrs,
-        losses=losses,
-        smoothed_losses=smoothed,
-        metrics=metrics,
+        losses=losses[None],
+        smoothed_losses=smoothed[None],
+        metrics={k: v[None] for k, v in metrics.items()},
         diverged_at_lr=None if at is None else float(lrs[at]),
         diverged_at_step=[at],
         suggestions=suggestions,

@@ -69,7 +69,7 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     >>> ax.get_xscale(), ax.get_title() == f"LR range test ({result.steps_run} steps)"
     ('log', True)
     >>> curve = next(ln for ln in ax.get_lines() if ln.get_label() == "smoothed loss")
-    >>> bool(np.array_equal(curve.get_ydata(), result.smoothed_losses))
+    >>> bool(np.array_equal(curve.get_ydata(), result.smoothed_losses[0]))
     True
     >>> [ln.get_label().split(":")[0] for ln in ax.get_lines()][2:]  # the markers
     ['steep', 'valley', 'minimum', 'divergence', 'balanced', 'knee', 'diverged at 1.71']
@@ -81,8 +81,8 @@ def plot_range_test(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     if getattr(result, "sweep", None) is not None:
         return plot_sweep(result, ax)
     lrs = np.asarray(result.lrs)
-    raw = np.atleast_2d(result.losses)
-    sm = np.atleast_2d(result.smoothed_losses)
+    raw = np.asarray(result.losses)  # [seeds, steps]
+    sm = np.asarray(result.smoothed_losses)
     for row in raw:
         ax.plot(lrs, row, color="tab:blue", alpha=0.15, lw=0.6)
     if len(sm) > 1:
@@ -158,8 +158,10 @@ def plot_sweep(result: RangeTestResult, ax: Axes | None = None) -> Axes:
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
     lrs = np.asarray(result.lrs)
-    sm = np.asarray(sw.smoothed_losses, np.float64)
-    if sm.ndim == 3:  # [values, seeds, steps]: the median over seeds
+    sm = np.asarray(sw.smoothed_losses, np.float64)  # [values, seeds, steps]
+    if sm.shape[1] == 1:
+        sm = sm[:, 0]
+    else:  # the median over seeds
         sm = np.stack([_over_seeds(v, (50,))[0] for v in sm])
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(sw.values)))
     lows, highs = [], []

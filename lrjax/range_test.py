@@ -97,11 +97,13 @@ MAX_CHUNK_STEPS = 4096  # bounds a chunk's inputs, whatever the sweep length
 class RangeTestResult:
     """What a range test returns. Arrays are numpy, on the host.
 
-    ``losses`` and ``smoothed_losses`` are ``[steps_run]`` for one seed and
-    ``[seeds, steps_run]`` for several; ``lrs`` is ``[steps_run]`` (the same sweep
-    for every seed); ``metrics`` holds the loss function's other metrics per
-    update, shaped like ``losses``. ``suggestions`` hold the median over seeds of
-    each method; ``spread`` is None for one seed, else per-seed values of the
+    One rule for every result's arrays: an array with a value per seed keeps its
+    seed axis whatever the number of seeds, one included. ``losses``,
+    ``smoothed_losses`` and every ``metrics[name]`` (the loss function's other
+    metrics per update) are ``[seeds, steps_run]``, so one seed's curve is
+    ``losses[0]``; ``lrs`` is ``[steps_run]`` (the same sweep for every seed).
+    :meth:`to_json` writes the same shapes. ``suggestions`` hold the median over
+    seeds of each method; ``spread`` is None for one seed, else per-seed values of the
     chosen method (``per_seed``), their ``min`` and ``max``, and every method's
     per-seed values (``per_method``). ``stop_reason`` is ``"diverged"``,
     ``"data"`` (a one-shot iterable ran out), or None (the sweep ran to its end).
@@ -196,9 +198,11 @@ class RangeTestResult:
 class SweepResult:
     """Every value's range test with ``Population(sweep_over=...)``. Arrays are numpy.
 
-    ``losses``, ``smoothed_losses`` and each of ``metrics`` are ``[values,
-    steps_run]`` for one seed and ``[values, seeds, steps_run]`` for several (the
-    lrs are the range test's ``lrs``, shared by all). Per value ``i``:
+    ``losses``, ``smoothed_losses`` and each of ``metrics`` are ``[values, seeds,
+    steps_run]`` for every number of seeds, one included (the rule of
+    :class:`RangeTestResult`: a per-seed array keeps its seed axis); the lrs are the
+    range test's ``lrs``, shared by all. :meth:`to_json` writes the same shapes.
+    Per value ``i``:
     ``suggestions[i]`` (median over seeds of every method), ``suggested_lr[i]``
     (the chosen method's), ``diverged_at_lr[i]``, ``diverged_at_step[i]`` (per
     seed), ``min_loss[i]`` (median over seeds of the lowest smoothed loss before
@@ -508,8 +512,8 @@ def lr_range_test(
     >>> result = lr_range_test(jnp.zeros((4, 2)), optax.sgd, (x, y),
     ...                        key=jax.random.key(0), loss_fn=loss_fn,
     ...                        sweep=Sweep(batch_size=16, num_steps=40))
-    >>> result.losses.shape, result.stop_reason
-    ((40,), None)
+    >>> result.losses.shape, result.stop_reason  # [seeds, steps_run]
+    ((1, 40), None)
     >>> 1e-5 < result.suggested_lr < 10.0  # inside the swept range
     True
     """
@@ -826,9 +830,8 @@ def _summaries(curves: _Curves, pop: _Population, method: str) -> _Summary:
         [p["suggested_lr"] for p in per_value],
     )
 
-    def stack(a):  # [values * seeds, T] -> [values, (seeds,) T]
-        a = a.reshape(len(values), seeds, -1)
-        return a[:, 0] if seeds == 1 else a
+    def stack(a):  # [values * seeds, T] -> [values, seeds, T]
+        return a.reshape(len(values), seeds, -1)
 
     sweep = SweepResult(
         name=pop.swept.name,
@@ -878,16 +881,13 @@ def _result(
     seeds, top = pop.seeds, summary.per_value[summary.shown]
     rows = slice(summary.shown * seeds, (summary.shown + 1) * seeds)
 
-    def one(a):  # the shown value's rows: [seeds, T], or [T] for one seed
-        return a[rows][0] if seeds == 1 else a[rows]
-
     steps_run = curves.losses.shape[1]
     run_s = out.run_s
     return RangeTestResult(
         lrs=curves.lrs,
-        losses=one(curves.losses),
-        smoothed_losses=one(curves.smoothed),
-        metrics={name: one(v) for name, v in curves.metrics.items()},
+        losses=curves.losses[rows],
+        smoothed_losses=curves.smoothed[rows],
+        metrics={name: v[rows] for name, v in curves.metrics.items()},
         diverged_at_lr=top["diverged_at_lr"],
         diverged_at_step=top["diverged_at_step"],
         suggestions=top["suggestions"],

@@ -64,18 +64,21 @@ def test_outputs_exist_and_agree(tiny_fashion_mnist, tmp_path, capsys):
     assert doc["method"] == "knee" and set(doc["timings"]) >= {"compile_s", "run_s"}
     assert doc["config"]["num_steps"] == 60 and doc["config"]["hidden"] == [32]
     n = doc["steps_run"]
-    assert len(doc["lrs"]) == len(doc["losses"]) == n
+    # one seed keeps its axis: [seeds, steps_run]
+    assert np.shape(doc["lrs"]) == (n,) and np.shape(doc["losses"]) == (1, n)
+    assert np.shape(doc["smoothed_losses"]) == np.shape(doc["metrics"]["accuracy"])
+    assert np.shape(doc["metrics"]["accuracy"]) == (1, n)
     assert doc["lrs"][0] == pytest.approx(1e-3, rel=1e-6)
     with (out / "lr_find.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == n
     np.testing.assert_allclose([float(r["lr"]) for r in rows], doc["lrs"])
-    np.testing.assert_allclose([float(r["loss"]) for r in rows], doc["losses"])
+    np.testing.assert_allclose([float(r["loss"]) for r in rows], doc["losses"][0])
     np.testing.assert_allclose(
-        [float(r["smoothed_loss"]) for r in rows], doc["smoothed_losses"]
+        [float(r["smoothed_loss"]) for r in rows], doc["smoothed_losses"][0]
     )
     np.testing.assert_allclose(
-        [float(r["accuracy"]) for r in rows], doc["metrics"]["accuracy"]
+        [float(r["accuracy"]) for r in rows], doc["metrics"]["accuracy"][0]
     )
     assert doc["timings"]["loop"] == "scan" and doc["stop_reason"] in (None, "diverged")
     assert f"suggested lr: {doc['suggested_lr']:.4g}" in stdout
@@ -270,7 +273,7 @@ def test_sweep_momentum_of_sgd_one_seed(tiny_fashion_mnist, tmp_path, capsys):
     )
     assert code == 0, err
     doc = json.loads(stdout)
-    assert np.shape(doc["sweep"]["losses"]) == (2, doc["steps_run"])
+    assert np.shape(doc["sweep"]["losses"]) == (2, 1, doc["steps_run"])
     header = (out / "lr_find.csv").read_text().splitlines()[0]
     assert header == (
         "step,lr,loss_momentum=0,smoothed_loss_momentum=0,accuracy_momentum=0,"

@@ -91,6 +91,22 @@ def test_a_sweep_whose_values_end_in_nan_draws_each_median():
         np.testing.assert_array_equal(_ydata(ax, label), want)
 
 
+def test_one_seed_keeps_its_axis_and_draws_its_own_curves():
+    """``[seeds=1, steps]`` and a sweep's ``[values, 1, steps]``: the curve drawn is
+    the seed's row itself."""
+    rows = np.array([[2.0, 1.5, 1.0, NAN]])
+    ax = plot_range_test(_result(rows), Figure().subplots())
+    np.testing.assert_array_equal(_ydata(ax, "smoothed loss"), rows[0])
+    curves = np.array([[[1.0, 0.5, NAN]], [[0.9, 0.7, 0.6]]])  # [values, 1, steps]
+    sweep = types.SimpleNamespace(
+        name="momentum", values=[0.0, 0.9], smoothed_losses=curves,
+        suggested_lr=[None, None], best=None,
+    )  # fmt: skip
+    ax = plot_sweep(_result(curves[0], sweep), Figure().subplots())
+    for value, curve in zip(sweep.values, curves, strict=True):
+        np.testing.assert_array_equal(_ydata(ax, f"momentum={value:g}"), curve[0])
+
+
 def test_plot_sweep_names_what_it_needs():
     result = _result(np.ones((1, 4)))
     with pytest.raises(ValueError, match="sweep_over="):

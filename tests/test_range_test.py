@@ -114,9 +114,9 @@ def test_sweep_equals_a_python_loop_of_the_same_step(images, loop):
         losses.append(float(m["loss"]))
         lrs.append(float(m["lr"]))
         accs.append(float(m["accuracy"]))
-    assert r.steps_run == 60
-    np.testing.assert_allclose(r.losses, losses, rtol=2e-5, atol=1e-6)
-    np.testing.assert_allclose(r.metrics["accuracy"], accs, atol=1e-6)
+    assert r.steps_run == 60 and r.losses.shape == (1, 60)  # [seeds, steps_run]
+    np.testing.assert_allclose(r.losses[0], losses, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(r.metrics["accuracy"][0], accs, atol=1e-6)
     # XLA may fuse the exponent t * log(end/init) / (n-1) differently inside the
     # scan: its float32 rounding (|log(1e3)| * eps) becomes exp's relative error.
     rtol = (math.log(1e3) + 1) * np.finfo(np.float32).eps
@@ -183,13 +183,46 @@ def test_seeds_are_vmapped_and_each_equals_its_own_run(images):
     )
     many = lrjax.lr_range_test(mlp, optax.sgd, images, population=Population(3), **kw)
     one = lrjax.lr_range_test(mlp, optax.sgd, images, population=Population(1), **kw)
-    assert many.losses.shape == (3, 50) and one.losses.shape == (50,)
-    np.testing.assert_allclose(many.losses[0], one.losses, rtol=1e-4, atol=1e-5)
+    assert many.losses.shape == (3, 50) and one.losses.shape == (1, 50)
+    np.testing.assert_allclose(many.losses[0], one.losses[0], rtol=1e-4, atol=1e-5)
     assert not np.allclose(many.losses[0], many.losses[1])  # different seeds
     sp = many.spread
     valid = [v for v in sp["per_seed"] if v is not None]
     assert sp["min"] == min(valid) and sp["max"] == max(valid)
     assert set(sp["per_method"]) == set(lrjax.METHODS)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_per_seed_arrays_keep_their_seed_axis_for_any_number_of_seeds(seeds):
+    """The one rule: ``losses``, ``smoothed_losses`` and every metric are ``[seeds,
+    steps_run]`` (one seed included), ``lrs`` is ``[steps_run]``; ``to_json`` too."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 2)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0], np.float32)).astype(np.float32)
+
+    def loss_fn(w, batch):
+        err = batch[0] @ w - batch[1]
+        return jnp.mean(err**2), {"mae": jnp.mean(jnp.abs(err))}
+
+    r = lrjax.lr_range_test(
+        jnp.zeros(2),
+        optax.sgd,
+        (x, y),
+        key=jax.random.key(0),
+        loss_fn=loss_fn,
+        sweep=Sweep(num_steps=12, batch_size=16),
+        divergence=Divergence(stop=False),
+        population=Population(seeds),
+    )
+    shape = (seeds, 12)
+    assert r.seeds == seeds and r.steps_run == 12 and r.lrs.shape == (12,)
+    assert r.losses.shape == r.smoothed_losses.shape == shape
+    assert {k: v.shape for k, v in r.metrics.items()} == {"mae": shape}
+    np.testing.assert_array_equal(r.smoothed_losses, lrjax.smooth(r.losses, 0.98))
+    doc = json.loads(json.dumps(r.to_json()))
+    assert np.shape(doc["lrs"]) == (12,)
+    assert np.shape(doc["losses"]) == np.shape(doc["smoothed_losses"]) == shape
+    assert np.shape(doc["metrics"]["mae"]) == shape
 
 
 def test_conv_seeds_run_unrolled_on_cpu_and_equal_their_own_runs(small_images):
@@ -217,7 +250,7 @@ def test_conv_seeds_run_unrolled_on_cpu_and_equal_their_own_runs(small_images):
     assert auto.timings["loop"] == "dispatch"
     assert vmapped.timings["population"] == "vmap"
     np.testing.assert_allclose(auto.losses, vmapped.losses, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(auto.losses[0], one.losses, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(auto.losses[0], one.losses[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
         auto.metrics["bn_mean"], vmapped.metrics["bn_mean"], rtol=1e-4, atol=1e-5
     )
@@ -308,8 +341,8 @@ def test_nnx_module_with_batchnorm_and_dropout_is_untouched(small_images):
         np.testing.assert_array_equal(a, b)
     assert r.timings["loop"] == "dispatch"  # a conv step on XLA:CPU
     # Inside the sweep the batch statistics moved, and each step drew a new mask.
-    assert len(set(np.round(r.metrics["bn_mean"], 6).tolist())) == 12
-    assert len(set(r.metrics["mask"].tolist())) >= 10
+    assert len(set(np.round(r.metrics["bn_mean"][0], 6).tolist())) == 12
+    assert len(set(r.metrics["mask"][0].tolist())) >= 10
     assert sorted(r.metrics) == ["bn_mean", "mask"]
 
 
@@ -440,7 +473,8 @@ def test_an_autoencoder_on_real_fashion_mnist_diverges_and_suggests():
         sweep=Sweep(init_value=1e-2, end_value=1e3, batch_size=32),
     )
     assert r.stop_reason == "diverged" and r.diverged_at_lr is not None
-    assert r.smoothed_losses.min() < 0.8 * r.smoothed_losses[0]  # it learned first
+    sm = r.smoothed_losses[0]
+    assert sm.min() < 0.8 * sm[0]  # it learned first
     assert 1e-2 < r.suggested_lr < r.diverged_at_lr
     assert r.metrics == {}
 

@@ -106,7 +106,7 @@ def test_range_test_repr_of_a_real_run(range_result):
     assert f"method='{r.method}'" in text
     assert f"steps_run={r.steps_run}" in text
     assert f"stop_reason={r.stop_reason!r}" in text
-    assert f"losses={r.losses.dtype}[{r.steps_run}]" in text
+    assert f"losses={r.losses.dtype}[1,{r.steps_run}]" in text  # [seeds, steps_run]
     assert "warning" not in text  # only shown when there is one
 
 

@@ -110,12 +110,13 @@ def assert_same(before: list[np.ndarray], after: list[np.ndarray]):
 def assert_same_curve(got, ref):
     """``got`` ran all its steps and equals ``ref`` (float32 tolerance)."""
     assert got.steps_run == STEPS and got.stop_reason is None
+    assert got.losses.shape == ref.losses.shape == (1, STEPS)  # [seeds, steps_run]
     np.testing.assert_allclose(got.lrs, ref.lrs, rtol=1e-6)
     np.testing.assert_allclose(got.losses, ref.losses, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(
         got.metrics["accuracy"], ref.metrics["accuracy"], rtol=RTOL, atol=ATOL
     )
-    assert not np.allclose(got.losses[:5], got.losses[-5:])  # it did train
+    assert not np.allclose(got.losses[0, :5], got.losses[0, -5:])  # it did train
 
 
 # ----------------------------------------------------- equal to lr_range_test
@@ -185,7 +186,7 @@ def test_an_iterable_equals_a_python_loop_that_sets_the_lr_itself(data):
         sweep=Sweep(STEPS, init_value=1e-4, end_value=1.0, batch_size=BATCH),
     )  # fmt: skip
     assert got.stop_reason == "data" and got.steps_run == 25
-    np.testing.assert_allclose(got.losses, losses, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.losses[0], losses, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got.lrs, lrs[:25], rtol=1e-6)
     assert got.config["data"] == "iterable" and got.config["batch_size"] == BATCH
 
@@ -197,7 +198,7 @@ def test_a_list_of_batches_is_restarted_and_a_wrong_batch_size_refused(data):
         jax.jit(flax_step), train_state(), batches, sweep=Sweep(10, end_value=1e-3)
     )
     assert got.steps_run == 10 and got.config["data_restarts"] == 2
-    np.testing.assert_allclose(got.losses[4:8], got.losses[:4], rtol=0.05)
+    np.testing.assert_allclose(got.losses[0, 4:8], got.losses[0, :4], rtol=0.05)
     with pytest.raises(ValueError, match="batch_size=32 does not match .* of 16"):
         lrjax.step_range_test(flax_step, train_state(), batches,
                               sweep=Sweep(num_steps=4, batch_size=32))  # fmt: skip
@@ -218,12 +219,29 @@ def test_divergence_stops_the_sweep_and_the_suggestion_is_inside_it(data):
     assert got.lrs[0] <= got.suggested_lr < got.diverged_at_lr
     assert got.suggested_lr == got.suggestions["knee"]
     # the rules of lr_range_test, on this curve
-    smoothed = lrjax.smooth(got.losses)
-    np.testing.assert_array_equal(got.smoothed_losses, smoothed)
-    assert lrjax.find_divergence(got.losses, smoothed) == at
+    (losses,) = got.losses  # one seed: [1, steps_run]
+    smoothed = lrjax.smooth(losses)
+    np.testing.assert_array_equal(got.smoothed_losses, smoothed[None])
+    assert lrjax.find_divergence(losses, smoothed) == at
     assert got.suggestions == lrjax.suggest(got.lrs, smoothed, at)
     assert "suggested_lr=" in repr(got)
     assert got.to_json()["stop_reason"] == "diverged"
+
+
+def test_its_one_curve_keeps_the_seed_axis(data):
+    """The rule of every result: per-seed arrays are ``[seeds, steps_run]``, here
+    ``[1, steps_run]``; ``lrs`` is ``[steps_run]``; ``to_json`` writes the same."""
+    got = lrjax.step_range_test(
+        jax.jit(flax_step), train_state(), data, key=jax.random.key(0),
+        sweep=Sweep(8, batch_size=BATCH),
+    )  # fmt: skip
+    assert got.seeds == 1 and got.steps_run == 8 and got.lrs.shape == (8,)
+    assert got.losses.shape == got.smoothed_losses.shape == (1, 8)
+    assert {k: v.shape for k, v in got.metrics.items()} == {"accuracy": (1, 8)}
+    doc = got.to_json()
+    assert np.shape(doc["lrs"]) == (8,)
+    assert np.shape(doc["losses"]) == np.shape(doc["smoothed_losses"]) == (1, 8)
+    assert np.shape(doc["metrics"]["accuracy"]) == (1, 8)
 
 
 def test_set_lr_points_anywhere(data):

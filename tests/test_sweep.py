@@ -191,7 +191,10 @@ def test_sgd_momentum_on_one_seed_shares_the_batches(images):
         population=over({"momentum": [0.0, 0.9]}),
         **KW,
     )
-    assert r.sweep.losses.shape == (2, 40) and r.losses.shape == (40,)
+    # one seed keeps its axis: [values, seeds, steps_run] and [seeds, steps_run]
+    assert r.sweep.losses.shape == r.sweep.smoothed_losses.shape == (2, 1, 40)
+    assert r.sweep.metrics["accuracy"].shape == (2, 1, 40)
+    assert r.losses.shape == (1, 40)
     for i, m in enumerate([0.0, 0.9]):
         plain = lrjax.lr_range_test(
             model, lambda lr, m=m: optax.sgd(lr, momentum=m), images, key=key, **KW
@@ -201,7 +204,10 @@ def test_sgd_momentum_on_one_seed_shares_the_batches(images):
         )
     doc = json.loads(json.dumps(r.to_json(), allow_nan=False))
     assert doc["sweep"]["values"] == [0.0, 0.9]
-    assert np.shape(doc["sweep"]["losses"]) == (2, 40)
+    assert np.shape(doc["sweep"]["losses"]) == (2, 1, 40)
+    assert np.shape(doc["sweep"]["smoothed_losses"]) == (2, 1, 40)
+    assert np.shape(doc["sweep"]["metrics"]["accuracy"]) == (2, 1, 40)
+    assert np.shape(doc["losses"]) == (1, 40)
     assert doc["sweep"]["recommended"]["index"] == r.sweep.best
     assert (
         "sweep"
@@ -248,12 +254,13 @@ def test_an_iterable_of_batches_feeds_every_value(images):
         key=jax.random.key(0),
         **kw,
     )
-    assert r.config["data"] == "iterable" and r.sweep.losses.shape == (2, 10)
+    assert r.config["data"] == "iterable" and r.sweep.losses.shape == (2, 1, 10)
     np.testing.assert_allclose(r.sweep.losses[1], plain.losses, rtol=1e-4, atol=1e-5)
 
 
 def test_one_value_on_one_seed_is_a_plain_run(images):
-    """A population of one member has no member axis (it used to crash)."""
+    """A population of one member has no member axis in the program (it used to
+    crash); its result keeps the value and seed axes."""
     model, key, kw = mlp(jax.random.key(1)), jax.random.key(0), kw_steps(20)
     r = lrjax.lr_range_test(
         model, adamw, images, key=key, population=over({"weight_decay": [0.5]}), **kw
@@ -261,7 +268,7 @@ def test_one_value_on_one_seed_is_a_plain_run(images):
     plain = lrjax.lr_range_test(
         model, lambda lr: adamw(lr, weight_decay=0.5), images, key=key, **kw
     )
-    assert r.sweep.losses.shape == (1, 20) and r.losses.shape == (20,)
+    assert r.sweep.losses.shape == (1, 1, 20) and r.losses.shape == (1, 20)
     assert "population" not in r.timings and r.config["memory"]["members"] == 1
     np.testing.assert_allclose(r.losses, plain.losses, rtol=1e-4, atol=1e-5)
     assert r.sweep.values == [0.5] and r.config["sweep"]["shown"] == 0

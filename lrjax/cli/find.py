@@ -207,7 +207,8 @@ def _csv(result) -> str:
         "smoothed_loss": src.smoothed_losses,
         **src.metrics,
     }
-    # Every column as [curves, steps]: values x seeds, in that order.
+    # [seeds, steps], with a sweep [values, seeds, steps]: as [curves, steps],
+    # values x seeds in that order.
     n = len(result.lrs)
     columns = {k: np.asarray(v).reshape(-1, n) for k, v in columns.items()}
     prefixes = [""] if sw is None else [f"_{sw.name}={v:g}" for v in sw.values]
