@@ -213,7 +213,7 @@ def knee_family(rt) -> dict:
 
     from lrjax.suggestions import suggest
 
-    smoothed = np.atleast_2d(rt.smoothed_losses)
+    smoothed = np.asarray(rt.smoothed_losses)  # [seeds, steps]
     out = {}
     for d in KNEE_DESCENTS:
         for a in KNEE_TOWARDS:
