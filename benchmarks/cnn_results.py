@@ -285,6 +285,18 @@ def ensembles_markdown(results: Path) -> str:
             if snap is None
             else f"{100 * snap.mean():.2f} ({_pcts(snap)}), M = {len(curves[0])}"
         )
+        best = [p.get("best_ensemble") or {} for p in per]
+        if snap is not None and all(b.get("chosen_on") == "val" for b in best):
+            on_val = np.array([b["test_accuracy"] for b in best])
+            val_gain = 100 * float(np.mean(on_val - single))
+            ms = ", ".join(str(b["m"]) for b in best)
+            snap_cell += (
+                f"; m chosen on validation: {100 * on_val.mean():.2f} "
+                f"({_pcts(on_val)}), m = {ms}, {val_gain:+.2f} pp"
+            )
+            if ind_gain is not None and met == "met" and avg_gain < snap_gain:
+                share = val_gain / ind_gain
+                met = f"met by all M; {share:.2f} of it with m chosen on validation"
         rows.append(
             f"| `{name}.json` | {100 * single.mean():.2f} ({_pcts(single)}) | "
             f"{snap_cell} | {100 * avg.mean():.2f} ({_pcts(avg)}) | "

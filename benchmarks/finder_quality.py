@@ -75,6 +75,7 @@ FILES = {
     "finder_quality_heldout": "held-out model",
     "finder_quality": "fit",
     "finder_quality_cnn": "CNN",
+    "finder_quality_cnn_b64": "CNN, batch 64 (held out)",
 }
 # The targets: specifications, not measurements.
 TARGET_REGRET_PP = 0.5  # the default suggestion, in every setting

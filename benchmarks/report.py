@@ -179,6 +179,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "finder_quality_validation",
         "finder_quality_heldout",
         "finder_quality_cnn",
+        "finder_quality_cnn_b64",
         "finder_noise",
         "finder_rules",
         "finder_knee_scan",
