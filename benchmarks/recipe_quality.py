@@ -177,8 +177,9 @@ def run_setting(args) -> dict:
         flush=True,
     )
     t0 = time.perf_counter()
-    doc["grids"] = run_grid(args, model, opt, (x, y), (xv, yv), peaks, total, key)
-    timings, device = doc["grids"].pop("_timings"), doc["grids"].pop("_device")
+    doc["grids"], timings, device = run_grid(
+        args, model, opt, (x, y), (xv, yv), peaks, total, key
+    )
     doc["grid"] = {
         "families": list(FAMILIES),
         "peaks": peaks.tolist(),
@@ -230,9 +231,9 @@ def best_of(doc: dict) -> dict:
     }
 
 
-def run_grid(args, model, opt, train, val, peaks, total: int, key) -> dict:
-    """Every family x ``peaks`` x ``--grid-seeds`` in one program: ``{family:
-    family_summary}`` plus the program's ``_timings`` and ``_device``. The grid key
+def run_grid(args, model, opt, train, val, peaks, total: int, key):
+    """Every family x ``peaks`` x ``--grid-seeds`` in one program: ``({family:
+    family_summary}, timings, device)`` of that program. The grid key
     is fixed (``fold_in(key, 1000)``): members of one seed share the
     initialisation and batch order at every peak, also across ``--extend`` runs."""
     import jax
@@ -255,12 +256,11 @@ def run_grid(args, model, opt, train, val, peaks, total: int, key) -> dict:
         population=Population(seeds=args.grid_seeds),
         execution=Execution(progress=sys.stderr.isatty()),
     )
-    out: dict = {
+    first = next(iter(grids.values()))  # timings and device are the program's
+    summaries = {
         f: family_summary(r.lrs, r.val_accuracy[:, :, -1]) for f, r in grids.items()
     }
-    first = next(iter(grids.values()))
-    out["_timings"], out["_device"] = first.timings, first.device
-    return out
+    return summaries, first.timings, first.device
 
 
 def extend_setting(args) -> dict:
@@ -290,11 +290,10 @@ def extend_setting(args) -> dict:
         raise SystemExit("--extend: every requested peak is already in the grid")
     print(f"extending {out} by peaks {np.round(peaks, 5).tolist()}", flush=True)
     t0 = time.perf_counter()
-    new = run_grid(
+    new, _, _ = run_grid(
         args, model, opt, train, val, peaks, doc["grid"]["total_steps"],
         jax.random.key(args.seed),
     )  # fmt: skip
-    new.pop("_timings"), new.pop("_device")
     for f in doc["grids"]:
         lrs = doc["grids"][f]["lrs"] + new[f]["lrs"]
         vals = doc["grids"][f]["val_accuracy"] + new[f]["val_accuracy"]
