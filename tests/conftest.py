@@ -23,10 +23,15 @@ from lrjax import data
 
 # Every fit and range test builds new closures that compile to the same programs;
 # JAX's persistent compilation cache turns those repeated compiles into lookups
-# (the trainer tests run about 3x faster). Set before the first compile.
+# (the trainer tests run about 3x faster). Set before the first compile. One
+# directory per pytest-xdist worker: JAX writes cache entries without a lock, so two
+# workers must not read and write the same files.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 jax.config.update(
     "jax_compilation_cache_dir",
-    os.path.join(tempfile.gettempdir(), f"lrjax-tests-jax-cache-{os.getuid()}"),
+    os.path.join(
+        tempfile.gettempdir(), f"lrjax-tests-jax-cache-{os.getuid()}-{_WORKER}"
+    ),
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
