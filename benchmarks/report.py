@@ -41,6 +41,7 @@ import bench_conv_population  # noqa: E402
 import bench_data  # noqa: E402
 import bench_find  # noqa: E402
 import bench_population  # noqa: E402
+import bench_predict  # noqa: E402
 import bench_range_test_sources  # noqa: E402
 import bench_train  # noqa: E402
 import cnn_results  # noqa: E402
@@ -69,6 +70,7 @@ BENCHMARKS = (
     bench_data,
     recipe_quality,
     short_budget,
+    bench_predict,
 )
 
 
@@ -173,6 +175,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "train_bench",
         "cnn_results",
         "ensembles",
+        "predict",
         "recipe_quality",
         "short_budget",
         "finder_quality",

@@ -9,9 +9,9 @@ a ``lax.cond`` (:func:`write`): the copy happens only at a snapshot step, with n
 host branch.
 
 The ensemble averages the SOFTMAX OUTPUTS of the last ``m`` snapshots, each
-member predicting in evaluation mode, computed with ``vmap`` over the leading
-axis. Never average the logits or the weights of snapshots: they sit in
-different basins and their weight average is a poor model.
+member predicting in evaluation mode (:func:`member_probs`). Never average the
+logits or the weights of snapshots: they sit in different basins and their weight
+average is a poor model.
 
 Weight averaging (SWA, Izmailov et al. 2018; ``torch.optim.swa_utils``) is the
 other cheap ensemble: a running mean of the weights of ONE trajectory over the
@@ -32,6 +32,7 @@ Inputs ``x`` are what the model takes (already preprocessed, e.g. floats).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -42,6 +43,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
+from lrjax.loop import conv_on_cpu
 from lrjax.schedules import cosine_restart_steps
 from lrjax.step import Model, foreign_model, split_model
 
@@ -132,7 +134,21 @@ def snapshot_steps(
     return ends[-num_snapshots:]
 
 
-def _logits_fn(model: Any, stacked: Any):
+@dataclasses.dataclass(frozen=True)
+class _Logits:
+    """``logits(member, x)`` of one member: a value (hashed by ``model``), so that
+    the jitted prediction functions below, static in it, compile once per model."""
+
+    model: Any  # a Model with modules, or apply(params, x) -> logits
+
+    def __call__(self, member, x):
+        if isinstance(self.model, Model):
+            params, model_state = member
+            return self.model.merge(params, model_state, train=False)(x)
+        return self.model(member, x)
+
+
+def _logits_fn(model: Any, stacked: Any) -> tuple[_Logits, Any]:
     """``(member_logits(member, x), members)`` for any accepted ``model``."""
     if isinstance(model, nnx.Module):
         model = split_model(model)[0]
@@ -141,12 +157,7 @@ def _logits_fn(model: Any, stacked: Any):
             raise TypeError(
                 "a pure model's snapshots need its apply(params, x) function"
             )
-
-        def logits(member, x):
-            params, model_state = member
-            return model.merge(params, model_state, train=False)(x)
-
-        return logits, stacked
+        return _Logits(model), stacked
     foreign = foreign_model(model)
     if foreign is not None or not callable(model):
         kinds = {"linen": "a Linen", "equinox": "an Equinox", "train_state": "a"}
@@ -166,7 +177,7 @@ def _logits_fn(model: Any, stacked: Any):
         and not stacked[1]
     ):
         stacked = stacked[0]
-    return (lambda p, x: model(p, x)), stacked
+    return _Logits(model), stacked
 
 
 def _in_batches(a: jax.Array, batch_size: int) -> jax.Array:
@@ -179,9 +190,14 @@ def _in_batches(a: jax.Array, batch_size: int) -> jax.Array:
 def member_probs(
     model: Any, stacked: Any, x: jax.Array, batch_size: int = 1000
 ) -> jax.Array:
-    """Softmax outputs ``float32[M, N, C]`` of every snapshot (``vmap`` over M).
+    """Softmax outputs ``float32[M, N, C]`` of every snapshot.
 
-    Each member predicts in evaluation mode with its own model state.
+    Each member predicts in evaluation mode with its own model state. The
+    members run under one ``vmap`` and the batches in one ``lax.map``, except
+    for a convolution on the CPU: there each member and each batch is one
+    dispatch of the plain forward pass, since XLA:CPU runs a vmapped convolution
+    (a grouped one) or one inside a loop body several times slower (the rule of
+    :mod:`lrjax.loop`; ``benchmarks/bench_predict.py`` measures both ways).
 
     >>> apply = lambda p, x: x @ p  # a linear model, p: float32[2, 2]
     >>> w = jnp.stack([jnp.eye(2), -jnp.eye(2), jnp.zeros((2, 2))])  # M = 3 members
@@ -194,6 +210,19 @@ def member_probs(
     logits, stacked = _logits_fn(model, stacked)
     x = jnp.asarray(x)
     batch_size = min(batch_size, x.shape[0])
+    if conv_on_cpu(logits, _member(stacked, 0), x[:1]):
+        return _probs_dispatched(logits, stacked, x, batch_size)
+    return _probs_in_one_program(logits, stacked, x, batch_size)
+
+
+def _member(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _probs_in_one_program(logits, stacked, x, batch_size: int) -> jax.Array:
+    """:func:`member_probs` as one program: ``vmap`` over the members, ``lax.map``
+    over the batches."""
 
     def one_batch(xi):
         return jax.vmap(lambda m: jax.nn.softmax(logits(m, xi), -1))(stacked)
@@ -202,6 +231,28 @@ def member_probs(
     nb = probs.shape[0]
     probs = jnp.moveaxis(probs, 1, 0).reshape(probs.shape[1], nb * batch_size, -1)
     return probs[:, : x.shape[0]]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _softmax_of(logits, member, xb):
+    return jax.nn.softmax(logits(member, xb), -1)
+
+
+def _probs_dispatched(logits, stacked, x, batch_size: int) -> jax.Array:
+    """:func:`member_probs` as one jitted forward pass per member and batch (the
+    smaller tail batch compiles once more)."""
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return jnp.stack(
+        [
+            jnp.concatenate(
+                [
+                    _softmax_of(logits, _member(stacked, i), x[j : j + batch_size])
+                    for j in range(0, x.shape[0], batch_size)
+                ]
+            )
+            for i in range(n)
+        ]
+    )
 
 
 def ensemble_predict(
@@ -220,13 +271,6 @@ def ensemble_predict(
         raise ValueError(f"m must be between 1 and {total}, got {m}")
     last = jax.tree.map(lambda b: b[total - m :], stacked)
     return member_probs(model, last, x).mean(0)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _member_probs(model, stacked, x, batch_size):
-    """:func:`member_probs` under ``jax.jit``: a def, since ``jax.jit(member_probs)``
-    copies its docstring, and the doctests would run its example twice."""
-    return member_probs(model, stacked, x, batch_size)
 
 
 @jax.jit
@@ -264,7 +308,7 @@ def ensemble_curve(
     """
     if isinstance(model, nnx.Module):
         model = split_model(model)[0]
-    return curve_from_probs(_member_probs(model, stacked, jnp.asarray(x), 1000), y)
+    return curve_from_probs(member_probs(model, stacked, jnp.asarray(x)), y)
 
 
 def curve_from_probs(probs, y) -> tuple[np.ndarray, np.ndarray]:

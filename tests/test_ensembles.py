@@ -11,6 +11,7 @@ import pytest
 from lrjax import ensembles, schedules
 from lrjax.batches import batch_indices, scale_images, take
 from lrjax.fit import FitConfig, fit
+from lrjax.loop import conv_on_cpu
 from lrjax.models import mlp, pure
 from lrjax.step import (
     classification_loss,
@@ -116,6 +117,40 @@ def test_ensemble_curve_against_manual_average():
         avg = sum(probs[4 - m :]) / m
         assert ens[m - 1] == pytest.approx(float(jnp.mean(jnp.argmax(avg, -1) == y)))
     assert ens[0] == single[-1]
+
+
+def test_member_probs_of_a_conv_net_dispatched_equal_one_program_and_by_hand():
+    """A convolution on the CPU takes the dispatched path (one forward pass per
+    member and batch, a tail batch included); it equals the one-program path
+    (vmap over members, lax.map over batches) and each member's softmax by hand,
+    with each member's own BatchNorm statistics."""
+    from lrjax.models import cnn
+
+    nets = [cnn(10, key=jax.random.key(k), input_shape=(8, 8)) for k in range(3)]
+    parts = [split_model(n) for n in nets]
+    spec = parts[0][0]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[(p, s) for _, p, s in parts])
+
+    # distinct running statistics per member, so that a mix-up would show
+    def shift(a):  # the float statistics, not the rng keys
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            return a
+        return a + 0.1 * jnp.arange(3.0).reshape((3,) + (1,) * (a.ndim - 1))
+
+    stacked = (stacked[0], jax.tree.map(shift, stacked[1]))
+    x = jax.random.uniform(jax.random.key(9), (25, 8, 8))
+    logits, members = ensembles._logits_fn(spec, stacked)
+    assert conv_on_cpu(logits, ensembles._member(members, 0), x[:1])
+    probs = ensembles.member_probs(spec, stacked, x, batch_size=10)  # 10, 10, 5
+    one_program = ensembles._probs_in_one_program(logits, members, x, 10)
+    by_hand = jnp.stack([
+        jax.nn.softmax(spec.merge(*ensembles._member(stacked, i), train=False)(x))
+        for i in range(3)
+    ])  # fmt: skip
+    assert probs.shape == (3, 25, 10)
+    np.testing.assert_allclose(probs, by_hand, atol=1e-6)
+    np.testing.assert_allclose(one_program, by_hand, atol=1e-6)
+    assert not np.allclose(probs[0], probs[1])
 
 
 def test_fit_val_curve_against_a_hand_written_ensemble():
