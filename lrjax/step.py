@@ -209,6 +209,56 @@ def model_form(
     Traceback (most recent call last):
     ValueError: model is Linen variables with the collections ['batch_stats'] ...
     """
+    equinox = _refuse_foreign(model, has_loss_fn, what)
+    if isinstance(model_state, str):
+        return _factory_of_state(model, model_state, has_loss_fn, factory, what)
+    if isinstance(model, nnx.Module):
+        if model_state is not None:
+            raise TypeError(
+                "with model_state, model must be the params pytree that the state "
+                "belongs to (loss_fn(params, model_state, batch, key)), not an "
+                "nnx.Module"
+            )
+        return "module"
+    if model_state is not None:
+        if not has_loss_fn:
+            raise ValueError(
+                "model_state needs a loss_fn(params, model_state, batch, key) -> "
+                "(loss, model_state) that uses and updates it"
+            )
+        if callable(model) and not equinox:
+            raise TypeError(
+                "with model_state, model must be a pytree of arrays (the params); "
+                f"got the callable {type(model).__name__!r}: a factory key -> "
+                f"(params, model_state) is passed with model_state={FROM_FACTORY!r}"
+            )
+        return "stateful"  # split_stateful names leaves that are not arrays
+    if callable(model) and not equinox:
+        if not factory:
+            _refuse(
+                what,
+                f"the callable {model!r}",
+                "a factory key -> model is accepted only where a model is built "
+                "(lr_range_test, fit, lr_grid), not here",
+            )
+        return "factory"
+    _refuse_non_arrays(model, what)
+    if not has_loss_fn:
+        _refuse(
+            what,
+            f"a params pytree ({type(model).__name__})",
+            "a params pytree needs loss_fn(params, batch) (the default loss calls "
+            "model(x), which only an nnx.Module can answer)",
+            ValueError,
+        )
+    return "params"
+
+
+def _refuse_foreign(model: Any, has_loss_fn: bool, what: str) -> bool:
+    """Refuses what looks like a model of another library but is no accepted form
+    (Linen variables with other collections, a bare Linen module, a TrainState,
+    an Equinox module that is not a params pytree with a loss); returns whether
+    ``model`` is an Equinox module (then taken as params)."""
     if (
         isinstance(model, Mapping)
         and "params" in model
@@ -255,80 +305,51 @@ def model_form(
             "eqx.combine(params, static); with an eqx.nn.State pass "
             "model_state=state and loss_fn(params, model_state, batch, key)",
         )
-    if isinstance(model_state, str):
-        if model_state != FROM_FACTORY:
-            raise ValueError(
-                f"model_state must be a pytree of arrays or {FROM_FACTORY!r} (a "
-                f"factory key -> (params, model_state)), got {model_state!r}"
-            )
-        if not has_loss_fn:
-            raise ValueError(
-                "model_state needs a loss_fn(params, model_state, batch, key) -> "
-                "(loss, model_state) that uses and updates it"
-            )
-        module = equinox or isinstance(model, nnx.Module)
-        if module or not callable(model) or not factory:
-            _refuse(
-                what,
-                f"{type(model).__name__} with model_state={FROM_FACTORY!r}"
-                + ("" if factory else ", where no model is built"),
-                f"model_state={FROM_FACTORY!r} takes a factory key -> (params, "
-                "model_state) (lr_range_test, fit, lr_grid); for one model pass "
-                "the params and model_state=state",
-            )
-        return "factory"
-    if isinstance(model, nnx.Module):
-        if model_state is not None:
-            raise TypeError(
-                "with model_state, model must be the params pytree that the state "
-                "belongs to (loss_fn(params, model_state, batch, key)), not an "
-                "nnx.Module"
-            )
-        return "module"
-    if model_state is not None:
-        if not has_loss_fn:
-            raise ValueError(
-                "model_state needs a loss_fn(params, model_state, batch, key) -> "
-                "(loss, model_state) that uses and updates it"
-            )
-        if callable(model) and not equinox:
-            raise TypeError(
-                "with model_state, model must be a pytree of arrays (the params); "
-                f"got the callable {type(model).__name__!r}: a factory key -> "
-                f"(params, model_state) is passed with model_state={FROM_FACTORY!r}"
-            )
-        return "stateful"  # split_stateful names leaves that are not arrays
-    if callable(model) and not equinox:
-        if not factory:
-            _refuse(
-                what,
-                f"the callable {model!r}",
-                "a factory key -> model is accepted only where a model is built "
-                "(lr_range_test, fit, lr_grid), not here",
-            )
-        return "factory"
-    if not _has_only_arrays(model):
-        leaves = jax.tree.leaves(model)
-        bad = {
-            type(x).__name__
-            for x in leaves
-            if not isinstance(x, jax.Array | np.ndarray)
-        }
-        got = f"{type(model).__name__} with no arrays"
-        if leaves == [model]:  # not a container: the object itself
-            got = f"{type(model).__name__} {repr(model)[:60]}"
-        elif bad:
-            got = f"{type(model).__name__} with leaves of type {sorted(bad)}"
-        _refuse(what, got, "not one of the accepted forms")
+    return equinox
+
+
+def _factory_of_state(
+    model: Any, model_state: str, has_loss_fn: bool, factory: bool, what: str
+) -> ModelForm:
+    """The form of ``model`` with ``model_state=FROM_FACTORY``: a factory ``key ->
+    (params, model_state)``, or a one-line error."""
+    if model_state != FROM_FACTORY:
+        raise ValueError(
+            f"model_state must be a pytree of arrays or {FROM_FACTORY!r} (a "
+            f"factory key -> (params, model_state)), got {model_state!r}"
+        )
     if not has_loss_fn:
+        raise ValueError(
+            "model_state needs a loss_fn(params, model_state, batch, key) -> "
+            "(loss, model_state) that uses and updates it"
+        )
+    module = foreign_model(model) == "equinox" or isinstance(model, nnx.Module)
+    if module or not callable(model) or not factory:
         _refuse(
             what,
-            f"a params pytree ({type(model).__name__})",
-            "a params pytree needs loss_fn(params, batch) (the default loss calls "
-            "model(x), which only an nnx.Module can answer)",
-            ValueError,
+            f"{type(model).__name__} with model_state={FROM_FACTORY!r}"
+            + ("" if factory else ", where no model is built"),
+            f"model_state={FROM_FACTORY!r} takes a factory key -> (params, "
+            "model_state) (lr_range_test, fit, lr_grid); for one model pass "
+            "the params and model_state=state",
         )
-    return "params"
+    return "factory"
+
+
+def _refuse_non_arrays(model: Any, what: str) -> None:
+    """Refuses a ``model`` that is not a pytree of arrays, naming what it holds."""
+    if _has_only_arrays(model):
+        return
+    leaves = jax.tree.leaves(model)
+    bad = {
+        type(x).__name__ for x in leaves if not isinstance(x, jax.Array | np.ndarray)
+    }
+    got = f"{type(model).__name__} with no arrays"
+    if leaves == [model]:  # not a container: the object itself
+        got = f"{type(model).__name__} {repr(model)[:60]}"
+    elif bad:
+        got = f"{type(model).__name__} with leaves of type {sorted(bad)}"
+    _refuse(what, got, "not one of the accepted forms")
 
 
 def split_model(model: Any) -> tuple[Model, Params, Any]:
