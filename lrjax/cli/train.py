@@ -389,7 +389,7 @@ def resumed_args(args: argparse.Namespace, argv: list[str]) -> argparse.Namespac
 
 
 def make_schedule(args, peak: float, steps_per_epoch: int):
-    """``(schedule, description, snapshot_steps | None, cycle ends)`` from args."""
+    """``(schedule, description, snapshot_steps | None)`` from args."""
     import numpy as np
     import optax
 
@@ -398,7 +398,6 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     total = args.epochs * steps_per_epoch
     s = args.schedule
     family = recipe_family(s)
-    sched: float | schedules.Schedule  # a constant lr is a float
     if family is not None:
         from lrjax.recipes import build_schedule
 
@@ -407,10 +406,52 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
                 f"--schedule {s} needs at least 2 updates, got {total} "
                 f"({args.epochs} epoch(s) of {steps_per_epoch})"
             )
-        sched, params = build_schedule(family, peak, total)
-        return sched, {"name": s, **params, "cycle_ends": []}, None
+        recipe, params = build_schedule(family, peak, total)
+        return recipe, {"name": s, **params, "cycle_ends": []}, None
     desc: dict = {"name": s, "peak_lr": peak}
-    base = args.base_lr if args.base_lr is not None else peak / 10
+    cycle, first = _cycle_steps(args, total, steps_per_epoch)
+    ends: list[int] | np.ndarray = []
+    sched: float | schedules.Schedule  # a constant lr is a float
+    if s == "constant":
+        sched = peak
+    elif s == "step":
+        size = max(1, round(args.step_epochs * steps_per_epoch))
+        sched = schedules.step_decay(peak, args.factor, size)
+        desc.update(step_steps=size, factor=args.factor)
+    elif s == "onecycle":
+        sched = optax.cosine_onecycle_schedule(total, peak)
+        desc.update(transition_steps=total)
+    elif s == "cosine_restarts":
+        sched, ends = _restarts(args, peak, cycle, first, total, desc)
+    else:
+        base = args.base_lr if args.base_lr is not None else peak / 10
+        if base > peak:
+            raise UsageError(f"--base-lr {base:g} is above the peak lr {peak:g}")
+        half = max(1, cycle // 2)
+        sched = schedules.cyclic(base, peak, half, mode=s, gamma=args.gamma)
+        # A triangular cycle ends at its lowest lr, every 2 * half steps.
+        ends = np.arange(2 * half - 1, total, 2 * half)
+        desc.update(base_lr=base, step_size=half, gamma=args.gamma)
+        cycle = 2 * half
+    snaps = None
+    if args.snapshots:
+        if len(ends) < args.snapshots:
+            raise UsageError(
+                f"--snapshots {args.snapshots} is more than the {len(ends)} complete "
+                f"cycles of {cycle} steps in {args.epochs} epochs"
+            )
+        # The last M cycle ends (for cosine_restarts without a long first cycle
+        # this is lrjax.ensembles.snapshot_steps).
+        snaps = np.asarray(ends[-args.snapshots :], np.int64)
+    desc["cycle_ends"] = [int(e) for e in ends]
+    return sched, desc, snaps
+
+
+def _cycle_steps(args, total: int, steps_per_epoch: int) -> tuple[int, int | None]:
+    """``(cycle, first)``: a cyclical schedule's cycle length in updates, and the
+    long first cycle of ``--first-cycle-epochs`` (or Huang's leftover steps), if
+    any."""
+    s = args.schedule
     first = None
     if args.first_cycle_epochs is not None:
         if s != "cosine_restarts":
@@ -428,72 +469,49 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     elif args.snapshots and args.period_mult == 1:
         # Huang et al.: M cycles over the T steps of training. P = T // M (not
         # ceil) so that all M cycles complete; equal to ceil(T/M) when M | T.
-        cycle_epochs = None
-    elif s == "cosine_restarts":
-        cycle_epochs = 2.0
-    else:
-        cycle_epochs = 5.0
-    if cycle_epochs is None:
         cycle = max(1, total // args.snapshots)
         if s == "cosine_restarts" and total % args.snapshots:
             # The T mod M leftover steps go into the first cycle, so that the
             # last cycle ends at the last step instead of restarting at the peak.
             first = cycle + total % args.snapshots
-    else:
-        cycle = max(1, round(cycle_epochs * steps_per_epoch))
-    snaps = None
-    ends: list[int] | np.ndarray = []
-    if s == "constant":
-        sched = peak
-    elif s == "step":
-        size = max(1, round(args.step_epochs * steps_per_epoch))
-        sched = schedules.step_decay(peak, args.factor, size)
-        desc.update(step_steps=size, factor=args.factor)
-    elif s == "onecycle":
-        sched = optax.cosine_onecycle_schedule(total, peak)
-        desc.update(transition_steps=total)
+        return cycle, first
     elif s == "cosine_restarts":
-        if args.min_lr > peak:
-            raise UsageError(f"--min-lr {args.min_lr:g} is above the peak lr {peak:g}")
-        sched = schedules.cosine_restarts(
-            peak, cycle, args.period_mult, args.min_lr, args.peak_decay
-        )
-        ends = schedules.cosine_restart_steps(cycle, args.period_mult, num_steps=total)
-        desc.update(
-            first_period_steps=cycle,
-            period_mult=args.period_mult,
-            peak_decay=args.peak_decay,
-            min_lr=args.min_lr,
-        )
-        if first is not None:
-            # One long cosine first, then the restarts: a join of two schedules.
-            head = schedules.cosine_restarts(peak, first, 1.0, args.min_lr)
-            sched = optax.join_schedules([head, sched], [first])
-            rest = schedules.cosine_restart_steps(
-                cycle, args.period_mult, num_steps=total - first
-            )
-            ends = np.concatenate([[first - 1], first + rest])
-            desc.update(first_period_steps=first, then_period_steps=cycle)
+        cycle_epochs = 2.0
     else:
-        if base > peak:
-            raise UsageError(f"--base-lr {base:g} is above the peak lr {peak:g}")
-        half = max(1, cycle // 2)
-        sched = schedules.cyclic(base, peak, half, mode=s, gamma=args.gamma)
-        # A triangular cycle ends at its lowest lr, every 2 * half steps.
-        ends = np.arange(2 * half - 1, total, 2 * half)
-        desc.update(base_lr=base, step_size=half, gamma=args.gamma)
-        cycle = 2 * half
-    if args.snapshots:
-        if len(ends) < args.snapshots:
-            raise UsageError(
-                f"--snapshots {args.snapshots} is more than the {len(ends)} complete "
-                f"cycles of {cycle} steps in {args.epochs} epochs"
-            )
-        # The last M cycle ends (for cosine_restarts without a long first cycle
-        # this is lrjax.ensembles.snapshot_steps).
-        snaps = np.asarray(ends[-args.snapshots :], np.int64)
-    desc["cycle_ends"] = [int(e) for e in ends]
-    return sched, desc, snaps
+        cycle_epochs = 5.0
+    return max(1, round(cycle_epochs * steps_per_epoch)), first
+
+
+def _restarts(args, peak: float, cycle: int, first, total: int, desc: dict):
+    """``(schedule, cycle ends)`` of ``--schedule cosine_restarts`` (SGDR, after
+    one long first cosine of ``first`` updates if given); fills ``desc``."""
+    import numpy as np
+    import optax
+
+    from lrjax import schedules
+
+    if args.min_lr > peak:
+        raise UsageError(f"--min-lr {args.min_lr:g} is above the peak lr {peak:g}")
+    sched = schedules.cosine_restarts(
+        peak, cycle, args.period_mult, args.min_lr, args.peak_decay
+    )
+    ends = schedules.cosine_restart_steps(cycle, args.period_mult, num_steps=total)
+    desc.update(
+        first_period_steps=cycle,
+        period_mult=args.period_mult,
+        peak_decay=args.peak_decay,
+        min_lr=args.min_lr,
+    )
+    if first is not None:
+        # One long cosine first, then the restarts: a join of two schedules.
+        head = schedules.cosine_restarts(peak, first, 1.0, args.min_lr)
+        sched = optax.join_schedules([head, sched], [first])
+        rest = schedules.cosine_restart_steps(
+            cycle, args.period_mult, num_steps=total - first
+        )
+        ends = np.concatenate([[first - 1], first + rest])
+        desc.update(first_period_steps=first, then_period_steps=cycle)
+    return sched, ends
 
 
 def _prepare_logdir(args) -> Path:
