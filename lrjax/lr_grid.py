@@ -63,6 +63,7 @@ from lrjax.specs import (
     GridConfig,
     Population,
     check_moved,
+    refuse_unless,
     spec_or_default,
 )
 from lrjax.step import (
@@ -238,16 +239,16 @@ def _grid_specs(
     config = spec_or_default(caller, "config", config, GridConfig)
     population = spec_or_default(caller, "population", population, Population)
     execution = spec_or_default(caller, "execution", execution, Execution)
-    if population.sweep_over is not None:
-        raise ValueError(
-            f"{caller} has no sweep_over (its members differ by lr and seed): "
-            "Population.sweep_over is lr_range_test's; give lrs= here"
-        )
-    if execution.chunks != Execution().chunks:
-        raise ValueError(
-            f"{caller} runs one compiled chunk per epoch: Execution.chunks must "
-            f"keep its default ({Execution().chunks}), got {execution.chunks}"
-        )
+    refuse_unless(
+        caller,
+        "has no sweep_over (its members differ by lr and seed: give lrs=)",
+        population,
+        sweep_over=None,
+    )
+    default = Execution()
+    refuse_unless(
+        caller, "runs one compiled chunk per epoch", execution, chunks=default.chunks
+    )
     return config, population, execution
 
 

@@ -39,6 +39,7 @@ from lrjax.specs import (
     Execution,
     Sweep,
     check_moved,
+    refuse_unless,
     spec_or_default,
 )
 from lrjax.suggestions import (
@@ -644,23 +645,14 @@ def _check_own_step_specs(
             "step_range_test needs the sweep's length: pass "
             "sweep=lrjax.Sweep(num_steps=...) (an integer >= 2)"
         )
-    if sweep.accumulate_steps != 1:
-        raise ValueError(
-            f"step_range_test runs one batch per update of your step: "
-            f"Sweep.accumulate_steps must be 1, got {sweep.accumulate_steps}"
-        )
-    if not divergence.stop:
-        raise ValueError(
-            "step_range_test stops one update after the sweep diverged: "
-            "Divergence.stop must be True"
-        )
+    name = "step_range_test"
+    refuse_unless(name, "runs one batch per update of your step", sweep,
+                  accumulate_steps=1)  # fmt: skip
+    refuse_unless(name, "stops one update after the sweep diverged", divergence,
+                  stop=True)  # fmt: skip
     default = Execution()
-    if (execution.chunks, execution.loop) != (default.chunks, default.loop):
-        raise ValueError(
-            "step_range_test calls your step once per update from the host: "
-            f"Execution.chunks and .loop must keep their defaults ({default.chunks}, "
-            f"{default.loop!r}), got ({execution.chunks}, {execution.loop!r})"
-        )
+    refuse_unless(name, "calls your step once per update from the host", execution,
+                  chunks=default.chunks, loop=default.loop)  # fmt: skip
     return sweep.num_steps
 
 

@@ -462,3 +462,24 @@ def spec_or_default(function: str, name: str, value: object, cls: type[_Spec]) -
         f"{function}: {name} must be an lrjax.{cls.__name__} or None, got "
         f"{type(value).__name__}"
     )
+
+
+def refuse_unless(function: str, why: str, spec: _Spec, **wanted: object) -> None:
+    """Refuses what ``function`` cannot honour: each field ``name`` of ``spec``
+    must equal ``wanted[name]``, else one line says why, what it must be and what
+    it is (e.g. ``lr_grid runs one compiled chunk per epoch: Execution.chunks
+    must be 8, got 4``).
+
+    >>> refuse_unless("f", "runs one update at a time", Sweep(), accumulate_steps=1)
+    >>> refuse_unless("f", "runs one update at a time", Sweep(accumulate_steps=2),
+    ...               accumulate_steps=1)
+    Traceback (most recent call last):
+    ValueError: f runs one update at a time: Sweep.accumulate_steps must be 1, got 2
+    """
+    for name, want in wanted.items():
+        got = getattr(spec, name)
+        if got != want:
+            raise ValueError(
+                f"{function} {why}: {type(spec).__name__}.{name} must be {want!r}, "
+                f"got {got!r}"
+            )
