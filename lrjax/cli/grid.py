@@ -13,6 +13,8 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from lrjax.cli import (
     ArgumentParser,
@@ -151,17 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as e:
         return fail(PROG, str(e))
 
-    population = args.num * args.seeds
-    setup_jax(min(os.cpu_count() or 1, population))
-
-    import jax
-    import numpy as np
+    setup_jax(min(os.cpu_count() or 1, args.num * args.seeds))
 
     from lrjax import data
-    from lrjax.batches import scale_images
-    from lrjax.lr_grid import recipe_grid
-    from lrjax.range_test import lr_range_test
-    from lrjax.specs import Execution, GridConfig, Population, Sweep
 
     try:
         ds = load_data(args)
@@ -172,48 +166,71 @@ def main(argv: list[str] | None = None) -> int:
         out = prepare_out_dir(args.out, "grid", args.force)
     except (UsageError, data.DatasetError) as e:
         return fail(PROG, str(e))
+    try:  # e.g. a population too big to fit (MemoryRefused): one line
+        find, results = _run(args, ds, choice, opt)
+    except ValueError as e:
+        return fail(PROG, str(e))
+    steps = (len(ds.y_train) // args.batch_size) * args.epochs
+    recipes = {}
+    if find is not None:
+        recipes = recommended(find, results, steps, args.optimizer)
+    doc = _document(args, results, find, recipes)
+    write_atomic(out / "grid.json", json.dumps(doc, indent=1) + "\n")
+    _plot(args, results, find, recipes, out / "grid.png")
+    if args.json:
+        print(json.dumps(doc))
+    elif not args.quiet:
+        _print_summary(results, find, recipes, out, time.perf_counter() - t_start)
+    return 0
+
+
+def _run(args, ds, choice, opt) -> tuple[Any, dict]:
+    """``(range test | None, {family: GridResult})``: the optional range test
+    (``--find``), then the grid, one population for every family asked for."""
+    import jax
+    import numpy as np
+
+    from lrjax.batches import scale_images
+    from lrjax.lr_grid import recipe_grid
+    from lrjax.range_test import lr_range_test
+    from lrjax.specs import Execution, GridConfig, Population, Sweep
 
     key = jax.random.key(args.seed)
     model = choice.build  # one initialisation per seed
-
-    progress = not args.quiet and sys.stderr.isatty()
+    execution = Execution(progress=not args.quiet and sys.stderr.isatty())
     find = None
-    try:  # e.g. a population too big to fit: one line
-        if args.find:
-            find = lr_range_test(
-                model,
-                opt,
-                (ds.x_train, ds.y_train),
-                key=key,
-                loss_fn=choice.loss_fn,
-                preprocess=scale_images,
-                sweep=Sweep(
-                    init_value=args.find_min_lr,
-                    end_value=args.find_max_lr,
-                    batch_size=args.batch_size,
-                ),
-                population=Population(seeds=args.seeds),
-                execution=Execution(progress=progress),
-            )
-        lrs = np.geomspace(args.min_lr, args.max_lr, args.num)
-        steps = len(ds.y_train) // args.batch_size
-        names = list(FAMILIES) if args.schedule == "all" else [args.schedule]
-        results = recipe_grid(
+    if args.find:
+        find = lr_range_test(
             model,
             opt,
             (ds.x_train, ds.y_train),
-            (ds.x_val, ds.y_val),
-            lrs=lrs,
-            families={n: unit_schedule(n, steps, args.epochs) for n in names},
             key=key,
             loss_fn=choice.loss_fn,
             preprocess=scale_images,
-            config=GridConfig(epochs=args.epochs, batch_size=args.batch_size),
+            sweep=Sweep(
+                init_value=args.find_min_lr,
+                end_value=args.find_max_lr,
+                batch_size=args.batch_size,
+            ),
             population=Population(seeds=args.seeds),
-            execution=Execution(progress=progress),
+            execution=execution,
         )
-    except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
-        return fail(PROG, str(e))
+    steps = len(ds.y_train) // args.batch_size
+    names = list(FAMILIES) if args.schedule == "all" else [args.schedule]
+    results = recipe_grid(
+        model,
+        opt,
+        (ds.x_train, ds.y_train),
+        (ds.x_val, ds.y_val),
+        lrs=np.geomspace(args.min_lr, args.max_lr, args.num),
+        families={n: unit_schedule(n, steps, args.epochs) for n in names},
+        key=key,
+        loss_fn=choice.loss_fn,
+        preprocess=scale_images,
+        config=GridConfig(epochs=args.epochs, batch_size=args.batch_size),
+        population=Population(seeds=args.seeds),
+        execution=execution,
+    )
     for r in results.values():
         r.config.update(
             dataset=args.dataset,
@@ -225,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
             min_lr=args.min_lr,
             max_lr=args.max_lr,
         )
-    recipes = {}
-    if find is not None:
-        recipes = recommended(find, results, steps * args.epochs, args.optimizer)
+    return find, results
+
+
+def _document(args, results: dict, find, recipes: dict) -> dict:
+    """``grid.json``: one grid (or every family's and the best cell), the range
+    test and the recipes' regrets when ``--find`` ran."""
     if args.schedule == "all":
         best = max(results, key=lambda n: results[n].best_accuracy)
         doc = {
@@ -253,8 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         if recipes:
             doc["recipes"] = recipes
-    write_atomic(out / "grid.json", json.dumps(doc, indent=1) + "\n")
+    return doc
 
+
+def _plot(args, results: dict, find, recipes: dict, path: Path) -> None:
+    """``grid.png``: accuracy against lr per family (or of the one grid, with the
+    range test's suggestions)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,28 +297,26 @@ def main(argv: list[str] | None = None) -> int:
             ax,
             suggestions=None if find is None else find.suggestions,
         )
-    save_png(fig, out / "grid.png")
-    if args.json:
-        print(json.dumps(doc))
-    elif not args.quiet:
-        total_s = time.perf_counter() - t_start
-        for i, (name, r) in enumerate(results.items()):
-            if len(results) > 1:
-                print(f"--- {name}")
-            last = i == len(results) - 1
-            print(_summary(r, find if last else None, out, total_s, full=last))
-        for name, rec in recipes.items():
-            regret = rec["regret_pp"]
-            print(
-                f"recipe {name}: {rec['rule']} -> peak {rec['peak_lr']:.4g}, "
-                + (
-                    "outside the grid"
-                    if regret is None
-                    else f"val acc {rec['val_accuracy']:.4f}, regret {regret:.2f} pp "
-                    "against the grid's best cell"
-                )
+    save_png(fig, path)
+
+
+def _print_summary(results: dict, find, recipes: dict, out: Path, total_s: float):
+    for i, (name, r) in enumerate(results.items()):
+        if len(results) > 1:
+            print(f"--- {name}")
+        last = i == len(results) - 1
+        print(_summary(r, find if last else None, out, total_s, full=last))
+    for name, rec in recipes.items():
+        regret = rec["regret_pp"]
+        print(
+            f"recipe {name}: {rec['rule']} -> peak {rec['peak_lr']:.4g}, "
+            + (
+                "outside the grid"
+                if regret is None
+                else f"val acc {rec['val_accuracy']:.4f}, regret {regret:.2f} pp "
+                "against the grid's best cell"
             )
-    return 0
+        )
 
 
 def recommended(find, results, total_steps: int, optimizer: str) -> dict:
