@@ -65,14 +65,15 @@ from lrjax.batches import (
 from lrjax.hooks import (
     CheckpointError,
     Checkpoints,
-    EarlyStopping,
+    ChunkEnd,
+    FitRun,
     Hook,
     ProgressBar,
     Run,
     TensorBoard,
     default_mode,
 )
-from lrjax.loop import ChunkEnd, Program, check_loop, drive, epoch_plan
+from lrjax.loop import Program, check_loop, drive, epoch_plan
 from lrjax.results import describe_devices
 from lrjax.step import (
     STATEFUL_EVAL,
@@ -545,8 +546,11 @@ def fit(
         evaluation (e.g. :func:`lrjax.batches.scale_images`).
       val_data: evaluated after every epoch (``val_<name>`` in the history).
       test_data: evaluated once at the end (``FitResult.test``).
-      hooks: extra :class:`lrjax.hooks.Hook` objects, run after the built-in
-        ones (early stopping, TensorBoard, checkpoints, progress).
+      hooks: your :class:`lrjax.Hook` objects, acting after the built-in ones
+        (TensorBoard, checkpoints, progress) when their trigger fires; ``run``
+        is a :class:`lrjax.hooks.FitRun` (its ``carry``, ``best``, ``history``),
+        an epoch's ``end.record`` its history entry. The best epoch and early
+        stopping are the run's, kept before any hook acts.
 
     Raises:
       ValueError, TypeError: bad arguments. CheckpointError: an unreadable or
@@ -625,7 +629,7 @@ def fit(
     )  # fmt: skip
     run = _new_run(cfg, spe, num_snaps, carry, best_state)
     actions, ckpt = _actions(cfg, hooks)
-    on_chunk = _OnChunk(run, actions, record)
+    on_chunk = _OnChunk(record)
     reason = _train(
         program, run, source, actions, on_chunk,
         resume=ckpt if cfg.resume else None, chunks_per_epoch=cfg.chunks_per_epoch,
@@ -826,12 +830,12 @@ def _init_carry(spec, tx, params, rest, num_snaps: int, averaging: bool, rep):
     return carry, fresh(best_state)
 
 
-def _new_run(cfg: FitConfig, spe: int, num_snaps: int, carry, best_state) -> Run:
+def _new_run(cfg: FitConfig, spe: int, num_snaps: int, carry, best_state) -> FitRun:
     """A run at its start; its signature is what a resumed run must share."""
     averaging = cfg.average_start is not None
-    return Run(
+    return FitRun(
+        total_steps=cfg.epochs * spe,
         steps_per_epoch=spe,
-        epochs=cfg.epochs,
         signature={
             "steps_per_epoch": spe,
             "num_snapshots": num_snaps,
@@ -840,6 +844,9 @@ def _new_run(cfg: FitConfig, spe: int, num_snaps: int, carry, best_state) -> Run
         },
         carry=carry,
         best_state=best_state,
+        monitor=cfg.monitor,
+        mode=cfg.monitor_mode or default_mode(cfg.monitor),
+        patience=cfg.patience,
     )
 
 
@@ -847,57 +854,65 @@ def _actions(
     cfg: FitConfig, hooks: Sequence[Hook]
 ) -> tuple[list[Hook], Checkpoints | None]:
     """The built-in hooks the config asks for, then the caller's; and the
-    checkpoints (None without ``checkpoint_dir``)."""
-    mode = cfg.monitor_mode or default_mode(cfg.monitor)
-    actions: list[Hook] = [EarlyStopping(cfg.monitor, mode, cfg.patience)]
+    checkpoints (None without ``checkpoint_dir``). No hook reads what another
+    wrote: the best epoch and early stopping are the run's (:class:`_OnChunk`)."""
+    actions: list[Hook] = []
     if cfg.logdir is not None:
         actions.append(TensorBoard(cfg.logdir, cfg.log_every))
     ckpt = None
     if cfg.checkpoint_dir is not None:
-        ckpt = Checkpoints(cfg.checkpoint_dir, cfg.max_to_keep, cfg.monitor, mode)
+        ckpt = Checkpoints(cfg.checkpoint_dir, cfg.max_to_keep)
         actions.append(ckpt)
     if cfg.progress:
-        actions.append(ProgressBar())
+        actions.append(ProgressBar(unit="step", per_epoch=True, postfix=_postfix))
     actions.extend(hooks)
     return actions, ckpt
 
 
-class _OnChunk:
-    """The host action after every chunk (a :func:`lrjax.loop.drive` hook).
+def _postfix(run: Run, end: ChunkEnd) -> dict[str, str]:
+    """The progress bar's last loss and lr of the chunk."""
+    loss, lr = end.metrics["loss"][-1], end.metrics["lr"][-1]
+    return {"loss": f"{loss:.4f}", "lr": f"{lr:.3g}"}
 
-    Moves the run on, adds the chunk's metrics to the epoch's sums and runs the
-    hooks' ``chunk``; at an epoch's end, ``record(run)`` makes its record
-    (timed from :meth:`start_clock` or the previous epoch's end) and the hooks'
-    ``epoch`` run. The first stop reason a hook gives is returned.
+
+class _OnChunk:
+    """fit's books after every chunk (:func:`lrjax.loop.drive`'s ``observe``).
+
+    Moves the run on and adds the chunk's metrics to the epoch's sums; at an
+    epoch's end, ``record(run)`` makes its record (timed from
+    :meth:`start_clock` or the previous epoch's end), the history and the best
+    epoch (:meth:`lrjax.hooks.FitRun.end_epoch`) take it, and so does
+    ``end.record``: all of it before any hook acts. Returns ``"early_stop"``
+    when the run's patience has run out.
     """
 
-    def __init__(self, run: Run, actions: list[Hook], record: Callable[[Run], dict]):
-        self.run, self.actions, self.record = run, actions, record
+    def __init__(self, record: Callable[[FitRun], dict]):
+        self.record = record
         self.epoch_times: list[float] = []
         self.start_clock()
 
     def start_clock(self) -> None:
         self.clock = time.perf_counter()
 
-    def __call__(self, end: ChunkEnd) -> str | None:
-        run, actions = self.run, self.actions
-        run.carry, run.step = end.state, end.hi
+    def __call__(self, run: Run, end: ChunkEnd) -> str | None:
+        assert isinstance(run, FitRun) and run.steps_per_epoch is not None
+        run.carry = end.state
         _accumulate(run.partial, end.metrics)
-        reasons = [h.chunk(run, end) for h in actions]
-        if end.hi % run.steps_per_epoch == 0:
-            rec = self.record(run)
-            rec["time_s"] = time.perf_counter() - self.clock
-            self.epoch_times.append(rec["time_s"])
-            run.history.append(rec)
-            run.epoch, run.partial = rec["epoch"], {}
-            reasons += [h.epoch(run, rec) for h in actions]
-            self.start_clock()
-        return next((r for r in reasons if r), None)
+        if end.hi % run.steps_per_epoch:
+            return None
+        rec = self.record(run)
+        rec["time_s"] = time.perf_counter() - self.clock
+        self.epoch_times.append(rec["time_s"])
+        run.history.append(rec)
+        run.epoch, run.partial = rec["epoch"], {}
+        end.record = rec
+        self.start_clock()
+        return run.end_epoch(rec)
 
 
 def _train(
     program: Program,
-    run: Run,
+    run: FitRun,
     source: Source,
     actions: list[Hook],
     on_chunk: _OnChunk,
@@ -907,38 +922,40 @@ def _train(
 ) -> str | None:
     """Runs the rest of the run (from ``resume``'s checkpoint if given) and
     returns why it stopped: None (it ran to its end), ``"early_stop"``,
-    ``"data"``, a hook's reason, or ``"error"`` for the hooks' ``end`` when an
-    exception leaves. Every hook's ``start`` runs first and its ``end`` last."""
-    total = run.epochs * run.steps_per_epoch
-    reason: str | None = "error"
+    ``"data"``, a hook's reason. Every hook's ``start`` runs first and its
+    ``end`` last (reason ``"error"`` when an exception leaves the run)."""
+    total, spe = run.total_steps, run.steps_per_epoch
+    assert spe is not None  # a fit has epochs
+    ckpt = next((h for h in actions if isinstance(h, Checkpoints)), None)
     try:
         if resume is not None:
             resume.restore(run)
-        for h in actions:
-            h.start(run)
         plan = (
             []
             if run.stopped_early
-            else epoch_plan(run.step, total, run.steps_per_epoch, chunks_per_epoch)
+            else epoch_plan(run.step, total, spe, chunks_per_epoch)
         )
         if isinstance(source, ArraySource | ProcessShare):
             for lo, hi in {hi - lo: (lo, hi) for lo, hi in plan}.values():
                 program.compile(run.carry, source.chunk(lo, hi), source.data)
-        on_chunk.start_clock()
-        out = drive(program, run.carry, source, plan, hooks=[on_chunk])
-        run.carry = out.state
-        reason = out.stop_reason
-        if run.stopped_early:
-            reason = "early_stop"
-        elif reason is not None and run.step >= total and reason != "data":
-            reason = None  # a stop request after the last epoch: nothing was cut
-    finally:
-        for h in actions:
-            h.end(run, reason)
+    except BaseException:
+        if ckpt is not None:  # the only hook holding something before its start
+            ckpt.close()
+        raise
+    on_chunk.start_clock()
+    out = drive(
+        program, run.carry, source, plan, run=run, observe=on_chunk, hooks=actions
+    )
+    run.carry = out.state
+    reason = out.stop_reason
+    if run.stopped_early:
+        reason = "early_stop"
+    elif reason is not None and run.step >= total and reason != "data":
+        reason = None  # a stop request after the last epoch: nothing was cut
     return reason
 
 
-def _final(run: Run, restore_best: bool) -> tuple[Any, Any]:
+def _final(run: FitRun, restore_best: bool) -> tuple[Any, Any]:
     """The ``(params, model_state)`` returned: the best epoch's or the last."""
     state = run.carry.state
     if restore_best and run.best["epoch"] is not None:
@@ -947,7 +964,7 @@ def _final(run: Run, restore_best: bool) -> tuple[Any, Any]:
 
 
 def _fit_result(
-    run: Run,
+    run: FitRun,
     reason: str | None,
     final: tuple[Any, Any],
     spec: Model,
@@ -980,7 +997,7 @@ def _fit_result(
     )
 
 
-def _test(result: FitResult, final, run: Run, evaluator, test_data, preprocess):
+def _test(result: FitResult, final, run: FitRun, evaluator, test_data, preprocess):
     """``result.test``; with snapshots of a module, each one's test accuracy and
     the ensembles' curve (:func:`_snapshot_curves`)."""
     result.test = evaluator(*final, test_data)
@@ -990,7 +1007,7 @@ def _test(result: FitResult, final, run: Run, evaluator, test_data, preprocess):
         result.snapshot_test_accuracy, result.ensemble_curve = curves
 
 
-def _has_snapshots(result: FitResult, run: Run) -> bool:
+def _has_snapshots(result: FitResult, run: FitRun) -> bool:
     """Whether the run wrote a snapshot of a module (one the curves can predict)."""
     return (
         result.snapshots is not None
@@ -1149,7 +1166,7 @@ def _accumulate(partial: dict[str, Any], metrics: dict[str, np.ndarray]) -> None
     partial["lr_max"] = max(partial.get("lr_max", hi), hi)
 
 
-def _epoch_record(run: Run, evaluator, val_data, ens_val, spec, num_snaps) -> dict:
+def _epoch_record(run: FitRun, evaluator, val_data, ens_val, spec, num_snaps) -> dict:
     p, state = run.partial, run.carry.state
     rec: dict[str, Any] = {"epoch": run.epoch + 1, "step": run.step}
     names = sorted(p["sums"], key=lambda n: n != "loss")  # loss first

@@ -1,21 +1,30 @@
-"""Host-side actions between compiled chunks: progress, TensorBoard, checkpoints.
+"""Host-side actions between compiled chunks: one protocol for every driver.
 
-CLU's periodic actions, for :func:`lrjax.fit`: each action is a small object
-that the driver (:func:`lrjax.loop.drive`) calls between compiled chunks, never
-inside one. A :class:`Hook` may implement
+CLU's periodic actions: :func:`lrjax.fit`, :func:`lrjax.lr_range_test` and
+:func:`lrjax.lr_grid` run compiled chunks of updates (:func:`lrjax.loop.drive`)
+and, between two chunks, never inside one, call their hooks. A :class:`Hook`
+says what to do (``act``); its :class:`Trigger` says when (every ``n`` updates,
+every ``n`` seconds, at every ``n``-th epoch end, at the end, or after every
+chunk, the default). A hook may implement
 
 * ``start(run)`` once before the first chunk (after a resume, ``run`` holds the
   restored progress);
-* ``chunk(run, end)`` after every chunk (``end`` is a :class:`lrjax.loop.ChunkEnd`
-  with the chunk's per-update metrics on the host);
-* ``epoch(run, record)`` after every epoch's evaluation (``record`` is the
-  history entry: ``train_<metric>``, ``val_<metric>``, ``lr``, ...);
-* ``end(run, reason)`` once at the end (``reason``: None when every epoch ran,
-  ``"early_stop"``, ``"data"``, a hook's reason, or ``"error"``).
+* ``act(run, end)`` after a chunk when its trigger fires; ``end`` is a
+  :class:`ChunkEnd` with the chunk's per-update metrics on the host and, when the
+  chunk ended an epoch, the driver's record of it. It returns a reason to stop
+  (any string), or None;
+* ``end(run, reason)`` once at the end, however the run ended (``reason``: None
+  when the plan ran to its end, the stop reason, or ``"error"``).
 
-``chunk`` and ``epoch`` return a reason to stop (any string) or None. Everything
-that decides the future of a run lives in :class:`Run`, not in the hooks, so a
-checkpoint of the run resumes it exactly.
+``run`` is a :class:`Run`, the same for every driver (``fit``'s is a
+:class:`FitRun`). The driver keeps it current before any hook acts: what
+decides the future of a run (the best epoch, early stopping, divergence) is the
+driver's, never a hook's, so no hook depends on another having acted first.
+
+>>> class Every100(Hook):
+...     trigger = Trigger(every_steps=100)
+...     def act(self, run, end):
+...         print(run.step, end.metrics["loss"].shape)
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +49,48 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrjax.distributed import is_main
-from lrjax.loop import ChunkEnd
 from lrjax.step import fresh
 
 
 @dataclasses.dataclass
 class Run:
+    """Where a run stands: what every hook sees, kept current by the driver.
+
+    ``step`` and ``epoch`` count what has completed; ``history`` holds the
+    records of the completed epochs (each also a :class:`ChunkEnd`'s ``record``).
+    A range test has no epochs (``steps_per_epoch`` None).
+    """
+
+    total_steps: int  # the updates of the whole plan (the run's end)
+    steps_per_epoch: int | None = None
+    step: int = 0  # completed updates
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def epochs(self) -> int | None:
+        """The epochs of the whole plan (None without epochs)."""
+        spe = self.steps_per_epoch
+        return None if spe is None else self.total_steps // spe
+
+
+@dataclasses.dataclass
+class FitRun(Run):
     """The progress of one :func:`lrjax.fit` run: what a checkpoint holds.
 
     ``carry`` and ``best_state`` are device pytrees; the rest is JSON
     (:meth:`host_state`). ``carry`` is valid until the next chunk runs (its
-    buffers are donated to it): copy what must outlive it (:func:`fresh`).
+    buffers are donated to it): copy what must outlive it (:func:`fresh`). The
+    best epoch (by ``monitor``, ``mode``) and early stopping are kept here by
+    :meth:`end_epoch`, which ``fit`` calls before any hook acts.
     """
 
-    steps_per_epoch: int
-    epochs: int
-    signature: dict[str, Any]  # what a resumed run must share with the saved one
+    signature: dict[str, Any] = dataclasses.field(default_factory=dict)
     carry: Any = None  # Carry(TrainState, SnapshotBuffer | None, WeightAverage | None)
     best_state: Any = None  # (params, model_state) of the best epoch
-    step: int = 0  # completed updates
-    epoch: int = 0  # completed epochs
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    monitor: str = "val_loss"
+    mode: str = "min"
+    patience: int = 0  # epochs without improvement before a stop (0: never)
     partial: dict[str, Any] = dataclasses.field(default_factory=dict)
     best: dict[str, Any] = dataclasses.field(
         default_factory=lambda: {"value": None, "epoch": None, "wait": 0}
@@ -82,21 +112,199 @@ class Run:
         for name in ("step", "epoch", "history", "partial", "best", "stopped_early"):
             setattr(self, name, doc[name])
 
+    def end_epoch(self, record: dict[str, Any]) -> str | None:
+        """Tracks the best ``monitor`` value (and a copy of that epoch's model);
+        ``"early_stop"`` after ``patience`` epochs without improvement.
+
+        A missing value changes nothing; a non-finite one never improves.
+        """
+        value = record.get(self.monitor)
+        if value is None:
+            return None
+        best = self.best["value"]
+        better = math.isfinite(value) and (
+            best is None or (value < best if self.mode == "min" else value > best)
+        )
+        if better:
+            self.best = {"value": value, "epoch": record["epoch"], "wait": 0}
+            state = self.carry.state
+            self.best_state = fresh((state.params, state.model_state))
+            return None
+        self.best = {**self.best, "wait": self.best["wait"] + 1}
+        if self.patience and self.best["wait"] >= self.patience:
+            self.stopped_early = True
+            return "early_stop"
+        return None
+
+
+@dataclasses.dataclass
+class ChunkEnd:
+    """What a hook sees after a chunk: updates ``[lo, hi)``.
+
+    ``metrics`` are on the host, a row per update: ``[hi - lo]`` for one model,
+    ``[hi - lo, P]`` for a population (P members, padded with copies of the last
+    to a multiple of the devices). ``state`` is the driver's device state, valid
+    until the next chunk runs (its buffers are donated). ``record`` is the
+    driver's record of the epoch this chunk ended, else None: ``fit``'s history
+    entry (``epoch``, ``step``, ``train_<metric>``, ``val_<metric>``, ``lr``,
+    ...); ``lr_grid``'s ``epoch``, ``step`` and ``val_<metric>`` (``[members]``).
+    """
+
+    lo: int  # first update of the chunk
+    hi: int  # one past its last update (that counts: a sweep's plan may run past)
+    metrics: dict[str, np.ndarray]
+    state: Any
+    record: dict[str, Any] | None = None
+
+
+def _every(name: str, value: float | None, integer: bool) -> None:
+    if value is None:
+        return
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trigger:
+    """When a hook acts: after a chunk that meets any of the conditions set.
+
+    Attributes:
+      every_steps: the chunk ``[lo, hi)`` completed a multiple of ``n`` updates
+        (``lo // n < hi // n``): a chunk is never cut, so a hook acting every
+        100 updates acts once after a chunk of 300.
+      every_seconds: ``n`` seconds or more since the hook last acted (or
+        started).
+      every_epochs: the chunk ended epoch ``e`` (1-based) with ``e % n == 0``
+        (``fit`` and ``lr_grid``; a range test has no epochs).
+      at_end: once after the last chunk run, however the run stopped (unless
+        the hook acted after that chunk already).
+
+    ``Trigger()``, no condition: after every chunk.
+
+    >>> from lrjax.loop import epoch_plan
+    >>> run = Run(total_steps=20, steps_per_epoch=5)
+    >>> chunks = [ChunkEnd(lo, hi, {}, None) for lo, hi in epoch_plan(0, 20, 5, 2)]
+    >>> [(c.lo, c.hi) for c in chunks]
+    [(0, 2), (2, 5), (5, 7), (7, 10), (10, 12), (12, 15), (15, 17), (17, 20)]
+    >>> every3 = Trigger(every_steps=3)
+    >>> [c.hi for c in chunks if every3.fires(run, c, 0.0)]
+    [5, 7, 10, 12, 15, 20]
+    >>> [c.hi for c in chunks if Trigger(every_epochs=2).fires(run, c, 0.0)]
+    [10, 20]
+    >>> Trigger(every_seconds=60).fires(run, chunks[0], 61.0)
+    True
+    """
+
+    every_steps: int | None = None
+    every_seconds: float | None = None
+    every_epochs: int | None = None
+    at_end: bool = False
+
+    def __post_init__(self):
+        _every("every_steps", self.every_steps, True)
+        _every("every_seconds", self.every_seconds, False)
+        _every("every_epochs", self.every_epochs, True)
+
+    def fires(self, run: Run, end: ChunkEnd, seconds: float) -> bool:
+        """Whether the hook acts after chunk ``end``, ``seconds`` since it last
+        acted (or started); ``at_end`` is the driver's, after the last chunk."""
+        steps, secs, epochs = self.every_steps, self.every_seconds, self.every_epochs
+        if steps is None and secs is None and epochs is None:
+            return not self.at_end  # no condition: every chunk
+        if steps is not None and end.lo // steps < end.hi // steps:
+            return True
+        if secs is not None and seconds >= secs:
+            return True
+        spe = run.steps_per_epoch
+        return bool(
+            epochs is not None
+            and spe
+            and end.hi % spe == 0
+            and (end.hi // spe) % epochs == 0
+        )
+
 
 class Hook:
-    """A host action between chunks; override what you need (all no-ops)."""
+    """A host action between chunks (``act``) and when it runs (``trigger``).
+
+    Override what you need; every method is a no-op. The same hook serves
+    ``fit(..., hooks=[...])``, ``lr_range_test`` and ``lr_grid``
+    (``execution=lrjax.Execution(hooks=[...])``).
+    """
+
+    trigger: Trigger = Trigger()  # after every chunk; set yours on the class or self
 
     def start(self, run: Run) -> None:
         pass
 
-    def chunk(self, run: Run, end: ChunkEnd) -> str | None:
-        return None
-
-    def epoch(self, run: Run, record: dict[str, Any]) -> str | None:
+    def act(self, run: Run, end: ChunkEnd) -> str | None:
         return None
 
     def end(self, run: Run, reason: str | None) -> None:
         pass
+
+
+Observe = Callable[[Run, ChunkEnd], "str | None"]
+
+
+class Hooks:
+    """The hooks of one run, called by the driver (:func:`lrjax.loop.drive`).
+
+    :meth:`after` moves ``run`` on to a chunk's end, lets the driver's own
+    ``observe(run, end)`` keep its books first (curves, divergence, the epoch's
+    record, the best epoch: it may set ``end.record``), then every hook whose
+    trigger fires acts. The first stop reason wins (the driver's before the
+    hooks'); every hook acts even so.
+    """
+
+    def __init__(
+        self, run: Run, hooks: Sequence[Hook] = (), observe: Observe | None = None
+    ):
+        for h in hooks:
+            if not isinstance(h, Hook):
+                raise TypeError(
+                    "a hook must be an lrjax.Hook (act(run, end) and its trigger), "
+                    f"got {type(h).__name__}"
+                )
+        self.run, self.hooks, self.observe = run, list(hooks), observe
+        self.last: ChunkEnd | None = None  # the last chunk, for at_end triggers
+        self.acted_last = [False] * len(self.hooks)
+        self.clock = [0.0] * len(self.hooks)  # when each hook last acted
+
+    def start(self) -> None:
+        now = time.monotonic()
+        self.clock = [now] * len(self.hooks)
+        for h in self.hooks:
+            h.start(self.run)
+
+    def after(self, end: ChunkEnd) -> str | None:
+        run = self.run
+        run.step = end.hi
+        reason = self.observe(run, end) if self.observe is not None else None
+        spe = run.steps_per_epoch
+        if spe and end.hi % spe == 0:
+            run.epoch = end.hi // spe
+        self.last = end
+        for i, h in enumerate(self.hooks):
+            now = time.monotonic()
+            fires = h.trigger.fires(run, end, now - self.clock[i])
+            self.acted_last[i] = fires
+            if fires:
+                self.clock[i] = now
+                reason = reason or h.act(run, end)
+        return reason
+
+    def end(self, reason: str | None) -> None:
+        """``at_end`` hooks act on the last chunk, then every hook's ``end``."""
+        last = self.last
+        if reason != "error" and last is not None:
+            for h, acted in zip(self.hooks, self.acted_last, strict=True):
+                if h.trigger.at_end and not acted:
+                    h.act(self.run, last)
+        for h in self.hooks:
+            h.end(self.run, reason)
 
 
 def default_mode(monitor: str) -> str:
@@ -106,36 +314,6 @@ def default_mode(monitor: str) -> str:
     ('max', 'min')
     """
     return "max" if "accuracy" in monitor else "min"
-
-
-class EarlyStopping(Hook):
-    """Tracks the best ``monitor`` value (and a copy of that epoch's model).
-
-    Stops after ``patience`` epochs without improvement (0: never stops). A
-    non-finite value never counts as an improvement.
-    """
-
-    def __init__(self, monitor: str, mode: str, patience: int):
-        self.monitor, self.mode, self.patience = monitor, mode, patience
-
-    def epoch(self, run: Run, record: dict[str, Any]) -> str | None:
-        value = record.get(self.monitor)
-        if value is None:
-            return None
-        best = run.best["value"]
-        better = math.isfinite(value) and (
-            best is None or (value < best if self.mode == "min" else value > best)
-        )
-        if better:
-            run.best = {"value": value, "epoch": record["epoch"], "wait": 0}
-            state = run.carry.state
-            run.best_state = fresh((state.params, state.model_state))
-            return None
-        run.best = {**run.best, "wait": run.best["wait"] + 1}
-        if self.patience and run.best["wait"] >= self.patience:
-            run.stopped_early = True
-            return "early_stop"
-        return None
 
 
 class WriteError(OSError):
@@ -259,7 +437,7 @@ class TensorBoard(Hook):
         if is_main():
             self.writer = _EventFile(self.logdir, purge_step=run.step or None)
 
-    def chunk(self, run: Run, end: ChunkEnd) -> str | None:
+    def act(self, run: Run, end: ChunkEnd) -> str | None:
         every, w = self.log_every, self.writer
         if w is None:
             return None
@@ -271,12 +449,12 @@ class TensorBoard(Hook):
                 else:
                     window = np.asarray(v[max(0, j + 1 - every) : j + 1], np.float64)
                     w.scalar(f"train/{name}", float(window.mean()), s)
+        if end.record is not None:
+            self._epoch(w, end.record)
         return None
 
-    def epoch(self, run: Run, record: dict[str, Any]) -> str | None:
-        s, w = record["step"], self.writer
-        if w is None:
-            return None
+    def _epoch(self, w: _EventFile, record: dict[str, Any]) -> None:
+        s = record["step"]
         for name, value in record.items():
             if name.startswith("train_"):
                 w.scalar(f"train/epoch_{name[6:]}", value, s)
@@ -286,7 +464,6 @@ class TensorBoard(Hook):
             w.scalar("ensemble/accuracy", record["ensemble_val_accuracy"], s)
             w.scalar("ensemble/members", record["snapshots"], s)
         w.flush()
-        return None
 
     def end(self, run: Run, reason: str | None) -> None:
         w, self.writer = self.writer, None
@@ -299,31 +476,76 @@ class TensorBoard(Hook):
                 raise
 
 
+Postfix = Callable[[Run, ChunkEnd], dict[str, str]]
+
+
 class ProgressBar(Hook):
-    """A tqdm bar per epoch with the last loss and lr (on process 0 only)."""
+    """A tqdm bar (on process 0 only), closed at the end.
 
-    def __init__(self):
-        self.bar = None
+    ``unit="step"`` counts the run's updates, on one bar (the range test), or
+    with ``per_epoch`` on one bar per epoch, ``"epoch i/E"`` (``fit``);
+    ``unit="epoch"`` counts epochs and acts at each epoch's end (the grid).
+    ``postfix(run, end) -> {name: text}`` is shown after each move (none if
+    None or empty).
+    """
 
-    def chunk(self, run: Run, end: ChunkEnd) -> str | None:
-        spe = run.steps_per_epoch
-        if not is_main():
-            return None
-        if self.bar is None:
-            from tqdm.auto import tqdm
+    def __init__(
+        self,
+        desc: str = "",
+        *,
+        unit: str = "step",
+        per_epoch: bool = False,
+        postfix: Postfix | None = None,
+    ):
+        if unit not in ("step", "epoch"):
+            raise ValueError(f"unit must be 'step' or 'epoch', got {unit!r}")
+        self.desc, self.unit, self.per_epoch = desc, unit, per_epoch
+        self.postfix = postfix
+        self.trigger = Trigger(every_epochs=1) if unit == "epoch" else Trigger()
+        self.bar: Any = None
+        self.done = 0  # where the bar stands, in its unit
 
-            epoch = end.lo // spe
-            self.bar = tqdm(
+    def _open(self, run: Run, lo: int) -> Any:
+        from tqdm.auto import tqdm
+
+        if self.per_epoch:  # a bar over this epoch's updates
+            spe = run.steps_per_epoch
+            assert spe is not None, "per_epoch needs a run with epochs"
+            epoch = lo // spe
+            return tqdm(
                 total=spe,
-                initial=end.lo - epoch * spe,
+                initial=lo - epoch * spe,
                 desc=f"epoch {epoch + 1}/{run.epochs}",
-                unit="step",
+                unit=self.unit,
                 leave=False,
             )
-        self.bar.update(end.hi - end.lo)
-        loss, lr = end.metrics["loss"][-1], end.metrics["lr"][-1]
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
-        if end.hi % spe == 0:
+        total = run.epochs if self.unit == "epoch" else run.total_steps
+        done = run.epoch if self.unit == "epoch" else run.step
+        return tqdm(
+            total=total, initial=done, desc=self.desc, unit=self.unit, leave=False
+        )
+
+    def _position(self, run: Run, step: int) -> int:
+        return run.epoch if self.unit == "epoch" else step
+
+    def start(self, run: Run) -> None:
+        if is_main() and not self.per_epoch:  # shown while the first chunk compiles
+            self.bar = self._open(run, run.step)
+            self.done = self._position(run, run.step)
+
+    def act(self, run: Run, end: ChunkEnd) -> str | None:
+        if not is_main():
+            return None
+        if self.bar is None:  # per epoch: the epoch's first chunk
+            self.bar, self.done = self._open(run, end.lo), end.lo
+        now = self._position(run, end.hi)
+        self.bar.update(now - self.done)
+        self.done = now
+        shown = self.postfix(run, end) if self.postfix is not None else None
+        if shown:
+            self.bar.set_postfix(shown)
+        spe = run.steps_per_epoch
+        if self.per_epoch and spe and end.hi % spe == 0:
             self.end(run, None)
         return None
 
@@ -336,11 +558,14 @@ class ProgressBar(Hook):
 class EpochEnd(Hook):
     """Calls ``fn(record)`` after every epoch (e.g. to print a summary line)."""
 
-    def __init__(self, fn):
+    trigger = Trigger(every_epochs=1)
+
+    def __init__(self, fn: Callable[[dict[str, Any]], Any]):
         self.fn = fn
 
-    def epoch(self, run: Run, record: dict[str, Any]) -> str | None:
-        self.fn(record)
+    def act(self, run: Run, end: ChunkEnd) -> str | None:
+        assert end.record is not None  # the driver records every epoch it ends
+        self.fn(end.record)
         return None
 
 
@@ -375,10 +600,7 @@ class StopOnSignals(Hook, contextlib.AbstractContextManager):
             signal.signal(s, h)
         return None
 
-    def chunk(self, run: Run, end: ChunkEnd) -> str | None:
-        return "signal" if self.got else None
-
-    def epoch(self, run: Run, record: dict[str, Any]) -> str | None:
+    def act(self, run: Run, end: ChunkEnd) -> str | None:
         return "signal" if self.got else None
 
 
@@ -460,28 +682,30 @@ def _abstract(tree):
 
 
 class Checkpoints(Hook):
-    """Orbax checkpoints of the whole run: ``latest/`` and ``best/``.
+    """Orbax checkpoints of a :func:`lrjax.fit` run: ``latest/`` and ``best/``.
 
     ``latest/<step>`` (``max_to_keep`` of them) holds the carry (the train state
     with the model state, rng streams included, the snapshot buffer and the weight
     average with its count), the best epoch's state and the host state
-    (:meth:`Run.host_state`); it is written after
-    every epoch and when a hook stops the run. ``best/<step>`` holds the best
-    epoch's ``(params, model_state)``. :meth:`restore` makes a resumed run compute
-    what an uninterrupted one does. A save that fails raises :class:`WriteError`
-    (one line, Orbax's thread tracebacks left out): the run stops, the failed
-    step's partial directory is removed and the earlier checkpoints are kept.
+    (:meth:`FitRun.host_state`); it is written after every epoch and when the run
+    stops before its end. ``best/<step>`` holds the best epoch's ``(params,
+    model_state)`` by the run's ``monitor``: the run (:meth:`FitRun.end_epoch`)
+    tracks the best epoch before any hook acts, so this hook reads it whatever
+    the hooks' order. :meth:`restore` makes a resumed run compute what an
+    uninterrupted one does. A save that fails raises :class:`WriteError` (one
+    line, Orbax's thread tracebacks left out): the run stops, the failed step's
+    partial directory is removed and the earlier checkpoints are kept.
     """
 
-    def __init__(
-        self, directory: str | Path, max_to_keep: int, monitor: str, mode: str
-    ):
+    trigger = Trigger(every_epochs=1)
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 2):
         import orbax.checkpoint as ocp
 
         self.ocp = ocp
-        directory = Path(directory).absolute()
+        self.directory = Path(directory).absolute()
         self.latest = ocp.CheckpointManager(
-            directory / "latest",
+            self.directory / "latest",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 create=True,
@@ -489,10 +713,15 @@ class Checkpoints(Hook):
                 cleanup_tmp_directories=True,  # a save cut short by a crash or kill
             ),
         )
-        sign = -1.0 if mode == "min" else 1.0
+        self.best: Any = None  # best/, opened at the start with the run's monitor
+        self.monitor = ""
+
+    def start(self, run: Run) -> None:
+        assert isinstance(run, FitRun), "Checkpoints is for lrjax.fit"
+        ocp, sign, monitor = self.ocp, -1.0 if run.mode == "min" else 1.0, run.monitor
         self.monitor = monitor
         self.best = ocp.CheckpointManager(
-            directory / "best",
+            self.directory / "best",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1,
                 best_fn=lambda m: sign * m[monitor],
@@ -503,7 +732,7 @@ class Checkpoints(Hook):
             ),
         )
 
-    def _tree(self, run: Run):
+    def _tree(self, run: FitRun):
         return {"carry": to_disk(run.carry), "best": to_disk(run.best_state)}
 
     def _save(self, manager: Any, step: int, **kwargs: Any) -> None:
@@ -520,7 +749,7 @@ class Checkpoints(Hook):
                     shutil.rmtree(tmp, ignore_errors=True)
             raise WriteError.of(where / str(step), e) from e
 
-    def save(self, run: Run) -> None:
+    def save(self, run: FitRun) -> None:
         """Writes ``latest/<step>`` (once per step).
 
         Raises:
@@ -537,7 +766,7 @@ class Checkpoints(Hook):
             ),
         )
 
-    def restore(self, run: Run) -> bool:
+    def restore(self, run: FitRun) -> bool:
         """Loads the latest checkpoint into ``run``; False if there is none.
 
         Raises:
@@ -576,9 +805,11 @@ class Checkpoints(Hook):
         run.load_host_state(meta)
         return True
 
-    def epoch(self, run: Run, record: dict[str, Any]) -> str | None:
+    def act(self, run: Run, end: ChunkEnd) -> str | None:
+        assert isinstance(run, FitRun) and end.record is not None
+        epoch = end.record["epoch"]
         self.save(run)
-        if run.best["epoch"] == record["epoch"]:
+        if run.best["epoch"] == epoch:
             a = self.ocp.args
             value = run.best["value"]
             self._save(
@@ -586,16 +817,22 @@ class Checkpoints(Hook):
                 run.step,
                 args=a.Composite(
                     state=a.StandardSave(to_disk(run.best_state)),
-                    meta=a.JsonSave({"epoch": record["epoch"], self.monitor: value}),
+                    meta=a.JsonSave({"epoch": epoch, self.monitor: value}),
                 ),
                 metrics={self.monitor: value},
             )
         return None
 
+    def close(self) -> None:
+        """Closes the managers (what :meth:`end` does after its last save)."""
+        self.latest.close()
+        if self.best is not None:
+            self.best.close()
+
     def end(self, run: Run, reason: str | None) -> None:
         try:
             if reason not in (None, "error"):
+                assert isinstance(run, FitRun)
                 self.save(run)
         finally:
-            self.latest.close()
-            self.best.close()
+            self.close()

@@ -35,9 +35,11 @@ device runs its own members.
 
 :func:`drive` runs a plan of chunks: it dispatches chunk ``i``, asks the source
 for chunk ``i + 1`` while the device computes (the prefetch), then blocks on chunk
-``i``'s metrics and calls the hooks (CLU-style periodic actions: progress,
-divergence, TensorBoard, checkpoints, signals). A hook returns a reason to stop,
-or None.
+``i``'s metrics, lets the driver keep its books and calls the hooks whose trigger
+fires (:mod:`lrjax.hooks`, CLU-style periodic actions: progress, TensorBoard,
+checkpoints, signals, yours). The same protocol serves :func:`lrjax.fit`,
+:func:`lrjax.lr_range_test` and :func:`lrjax.lr_grid`. A hook returns a reason to
+stop, or None.
 
 Under several processes (:mod:`lrjax.distributed`) every process runs the same
 plan: the metrics reach every host whole (gathered when the population is
@@ -58,6 +60,7 @@ import numpy as np
 
 from lrjax.batches import Source, take
 from lrjax.distributed import agree, host
+from lrjax.hooks import ChunkEnd, Hook, Hooks, Observe, Run
 
 LOOPS = ("auto", "scan", "unroll", "dispatch")
 POPULATIONS = ("auto", "vmap", "unroll", "map")
@@ -309,19 +312,6 @@ def epoch_plan(start: int, end: int, steps_per_epoch: int, chunks_per_epoch: int
 
 
 @dataclasses.dataclass
-class ChunkEnd:
-    """What a hook sees after a chunk (host numpy metrics, the device state)."""
-
-    lo: int  # first update of the chunk
-    hi: int  # one past its last update actually run
-    metrics: dict[str, np.ndarray]  # [hi - lo] or [hi - lo, members]
-    state: Any  # valid until the next chunk runs (its buffers are donated)
-
-
-Hook = Callable[[ChunkEnd], str | None]
-
-
-@dataclasses.dataclass
 class DriveResult:
     state: Any
     stop_reason: str | None  # None: the plan ran to its end
@@ -335,14 +325,39 @@ def drive(
     state: Any,
     source: Source,
     plan: Sequence[tuple[int, int]],
+    *,
+    run: Run,
+    observe: Observe | None = None,
     hooks: Sequence[Hook] = (),
 ) -> DriveResult:
     """Runs ``plan``'s chunks with ``source``'s inputs; hooks run between chunks.
 
-    The stop reason is the first hook's, or ``"data"`` when an iterable source ran
-    out: a chunk came back short or None (the result's ``hi`` says how far it
-    got).
+    Every hook's ``start`` runs first, its ``end`` last (also when an exception
+    leaves: reason ``"error"``). After each chunk, cut at ``run.total_steps``
+    (a sweep's plan may run past it), ``run.step`` moves on, the driver's
+    ``observe(run, end)`` keeps its books, then the hooks whose trigger fires act
+    (:class:`lrjax.hooks.Hooks`). The stop reason is the first one given, or
+    ``"data"`` when an iterable source ran out: a chunk came back short or None
+    (the result's ``hi`` says how far it got).
     """
+    calls = Hooks(run, hooks, observe)
+    reason: str | None = "error"
+    calls.start()
+    try:
+        out = _drive(program, state, source, plan, calls)
+        reason = out.stop_reason
+    finally:
+        calls.end(reason)
+    return out
+
+
+def _drive(
+    program: Program,
+    state: Any,
+    source: Source,
+    plan: Sequence[tuple[int, int]],
+    calls: Hooks,
+) -> DriveResult:
     if not plan:
         return DriveResult(state, None, 0.0, 0, 0)
     lo0 = plan[0][0]
@@ -351,6 +366,7 @@ def drive(
         program.compile(state, xs, source.data)
     reason = None
     hi_run = lo0
+    total = calls.run.total_steps
     t0 = time.perf_counter()
     for i, (lo, hi) in enumerate(plan):
         if xs is None:
@@ -366,10 +382,10 @@ def drive(
         # Sharded over processes (a population), metrics are gathered first.
         metrics = jax.tree.map(host, metrics)
         hi_run = lo + n
-        end = ChunkEnd(lo, hi_run, metrics, state)
-        for hook in hooks:
-            r = hook(end)
-            reason = reason or r
+        last = min(hi_run, total)  # the updates past the plan's end do not count
+        if last < hi_run:
+            metrics = {name: v[: last - lo] for name, v in metrics.items()}
+        reason = reason or calls.after(ChunkEnd(lo, last, metrics, state))
         if n < hi - lo or (xs is None and i + 1 < len(plan)):
             reason = reason or "data"  # the iterable ran out
         reason = agree(reason)  # every process stops at the same chunk, or none

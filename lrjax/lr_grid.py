@@ -50,8 +50,8 @@ from lrjax._population import (
 )
 from lrjax.batches import ArraySource, check_batch_size, leading_size
 from lrjax.distributed import host
+from lrjax.hooks import ChunkEnd, Hook, ProgressBar, Run
 from lrjax.loop import (
-    ChunkEnd,
     Program,
     drive,
     epoch_plan,
@@ -100,7 +100,9 @@ class GridResult:
     (``state_bytes``, their sum over members) and of one member
     (``member_bytes``), and the ``estimate`` that was checked against the
     device before anything was compiled
-    (:func:`lrjax.results.estimate_population`).
+    (:func:`lrjax.results.estimate_population`). ``stop_reason`` is None when
+    every epoch ran, else a hook's reason (:class:`lrjax.Execution`'s
+    ``hooks``): ``epochs`` then counts the epochs run.
     """
 
     lrs: np.ndarray
@@ -119,6 +121,7 @@ class GridResult:
     config: dict[str, Any]
     val_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     best_by: str = "accuracy"
+    stop_reason: str | None = None
 
     def final_accuracy(self) -> np.ndarray:
         """``[num_lrs]``: validation accuracy after the last epoch, mean over seeds."""
@@ -143,6 +146,7 @@ class GridResult:
             "device": self.device,
             "memory": self.memory,
             "config": self.config,
+            **({"stop_reason": self.stop_reason} if self.stop_reason else {}),
         }
 
     def __repr__(self) -> str:
@@ -378,9 +382,12 @@ def lr_grid(
         inside each compiled update and evaluation (:class:`lrjax.Population`;
         the choice is ``timings["population"]``). Its ``sweep_over`` is the
         range test's, refused here. Default ``Population()``: one seed.
-      execution: the ``loop`` (the choice is ``timings["loop"]``) and a tqdm
-        ``progress`` bar over epochs (:class:`lrjax.Execution`); the grid runs
-        one compiled chunk per epoch, so ``chunks`` keeps its default.
+      execution: the ``loop`` (the choice is ``timings["loop"]``), a tqdm
+        ``progress`` bar over epochs and your ``hooks`` (:class:`lrjax.Execution`,
+        :class:`lrjax.Hook`: a chunk's per-update metrics are ``[updates,
+        members]``, an epoch's ``end.record`` its ``val_<metric>`` per member; a
+        reason returned stops every member there); the grid runs one compiled
+        chunk per epoch, so ``chunks`` keeps its default.
 
     Returns:
       A :class:`GridResult`; its ``config`` holds the settings under their 0.2
@@ -561,10 +568,16 @@ def _grid(
     )
     eval_compile_s = time.perf_counter() - t0
 
-    recorder = _EpochRecorder(evaluate, grid, execution.progress)
-    out = drive(program, state, source, plan, hooks=[recorder])
+    recorder = _EpochRecorder(evaluate, grid)
+    hooks: list[Hook] = []
+    if execution.progress:
+        hooks.append(ProgressBar("lr grid", unit="epoch", postfix=recorder.postfix))
+    run = Run(total_steps=grid.steps * epochs, steps_per_epoch=grid.steps)
+    out = drive(
+        program, state, source, plan, run=run, observe=recorder,
+        hooks=[*hooks, *execution.hooks],
+    )  # fmt: skip
     del state
-    recorder.close()
 
     settings = {
         "batch_size": batch_size,
@@ -575,9 +588,14 @@ def _grid(
         "n_train": n_train,
         "n_val": n_val,
     }
+    if out.stop_reason:  # a hook stopped every member after an epoch
+        grid = grid._replace(epochs=len(recorder.evals))
     timings = _timings(program, eval_compile_s, out.run_s, grid)
     device = describe_devices(grid.layout.devices())
-    return _results(grid, recorder, timings, device, memory, settings)
+    results = _results(grid, recorder, timings, device, memory, settings)
+    for r in results:
+        r.stop_reason = out.stop_reason
+    return results
 
 
 def _checked_data(train_data, val_data, batch_size: int) -> tuple[Any, Any, int, int]:
@@ -762,42 +780,39 @@ def _member_evaluate(program: Program, eval_one, val, n_val: int, batch: int, st
 
 
 class _EpochRecorder:
-    """The host action after every chunk (a :func:`lrjax.loop.drive` hook).
+    """The grid's books after every chunk (:func:`lrjax.loop.drive`'s ``observe``).
 
     Keeps the chunk's training losses and applied lrs and, at an epoch's end,
-    every member's evaluation (before the next chunk donates the state); moves
-    the progress bar over epochs.
+    every member's evaluation (before the next chunk donates the state), which
+    the hooks see as ``end.record``: ``epoch``, ``step`` and ``val_<metric>``
+    (``[members]``, the padding dropped).
     """
 
-    def __init__(self, evaluate: Callable, grid: _Grid, progress: bool):
+    def __init__(self, evaluate: Callable, grid: _Grid):
         self.evaluate, self.steps, self.size = evaluate, grid.steps, grid.size
         self.train_parts: dict[str, list[np.ndarray]] = {"loss": [], "lr": []}
         self.evals: list[dict[str, jax.Array]] = []  # per epoch: {name: [padded]}
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
 
-            self.bar = tqdm(
-                total=grid.epochs, desc="lr grid", unit="epoch", leave=False
-            )
-
-    def __call__(self, end: ChunkEnd) -> None:
+    def __call__(self, run: Run, end: ChunkEnd) -> None:
         for name in self.train_parts:
             self.train_parts[name].append(end.metrics[name])
         if end.hi % self.steps == 0:  # every chunk is an epoch; kept general
             train = end.state.train  # evaluated before the next chunk donates it
             ev = jax.tree.map(host, self.evaluate(train.params, train.model_state))
             self.evals.append(ev)
-            if self.bar is not None:
-                self.bar.update(1)
-                if "accuracy" in ev:
-                    best = np.nanmax(np.asarray(ev["accuracy"])[: self.size])
-                    self.bar.set_postfix(best_acc=f"{best:.3f}")
+            end.record = {"epoch": end.hi // self.steps, "step": end.hi} | {
+                f"val_{name}": np.asarray(v)[: self.size] for name, v in ev.items()
+            }
+            run.history.append(end.record)
         return None
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    def postfix(self, run: Run, end: ChunkEnd) -> dict[str, str]:
+        """The progress bar's best validation accuracy over the members (if any)."""
+        ev = self.evals[-1]
+        if "accuracy" not in ev:
+            return {}
+        best = np.nanmax(np.asarray(ev["accuracy"])[: self.size])
+        return {"best_acc": f"{best:.3f}"}
 
 
 def _timings(program: Program, eval_compile_s: float, run_s: float, grid: _Grid):

@@ -40,8 +40,8 @@ from lrjax._population import (
     member_keys,
 )
 from lrjax.batches import ArraySource, IterSource, as_source, is_arrays
+from lrjax.hooks import ChunkEnd, Hook, ProgressBar, Run
 from lrjax.loop import (
-    ChunkEnd,
     DriveResult,
     Program,
     drive,
@@ -488,7 +488,11 @@ def lr_range_test(
       execution: how the sweep runs (:class:`lrjax.Execution`): ``chunks``
         compiled chunks (at most ``MAX_CHUNK_STEPS`` updates each; the host
         checks between them), the ``loop`` inside them (the choice is
-        ``timings["loop"]``), a tqdm ``progress`` bar. Default ``Execution()``.
+        ``timings["loop"]``), a tqdm ``progress`` bar over the updates, and
+        your ``hooks`` (:class:`lrjax.Hook`: each chunk's per-update metrics,
+        ``[updates]`` for one member, ``[updates, members]`` for several; a
+        reason returned stops the sweep, the result's ``stop_reason``).
+        Default ``Execution()``.
 
     Returns:
       A :class:`RangeTestResult`. With ``sweep_over``, ``sweep`` is a
@@ -569,9 +573,15 @@ def lr_range_test(
     state = _init_population(params, rest, tx, sched, pop)
     del params, rest
 
-    recorder = _Recorder(pop.layout, num_steps, divergence, execution.progress)
+    recorder = _Recorder(pop.layout, num_steps, divergence)
     plan = uniform_plan(num_steps, execution.chunks, MAX_CHUNK_STEPS)
-    out = drive(program, state, feed, plan, hooks=[recorder])
+    hooks: list[Hook] = []
+    if execution.progress:
+        hooks.append(ProgressBar("lr range test", postfix=recorder.postfix))
+    out = drive(
+        program, state, feed, plan, run=Run(total_steps=num_steps),
+        observe=recorder, hooks=[*hooks, *execution.hooks],
+    )  # fmt: skip
     curves = recorder.curves()
 
     summary = _summaries(curves, pop, method)
@@ -739,21 +749,15 @@ class _Curves(NamedTuple):
 
 
 class _Recorder:
-    """The host action after every chunk (a :func:`lrjax.loop.drive` hook).
+    """The sweep's books after every chunk (:func:`lrjax.loop.drive`'s ``observe``).
 
-    Records the chunk's curves, smooths the losses, checks every member for
-    divergence and moves the progress bar; returns ``"diverged"`` to stop the
-    sweep once every member has diverged (with ``Divergence.stop``). The
-    layout's padded members are dropped here, as their metrics arrive.
+    Records the chunk's curves, smooths the losses and checks every member for
+    divergence, before any hook acts; returns ``"diverged"`` to stop the sweep
+    once every member has diverged (with ``Divergence.stop``). The layout's
+    padded members are dropped here, as their metrics arrive.
     """
 
-    def __init__(
-        self,
-        layout: Layout,
-        num_steps: int,
-        divergence: Divergence,
-        progress: bool,
-    ):
+    def __init__(self, layout: Layout, num_steps: int, divergence: Divergence):
         size, self.stacked = layout.size, layout.padded > 1
         self.size, self.num_steps, self.stop = size, num_steps, divergence.stop
         self.smoother = Smoother(size, divergence.smooth_beta)
@@ -762,15 +766,8 @@ class _Recorder:
             for _ in range(size)
         ]
         self.parts: dict[str, list[np.ndarray]] = {}  # name -> chunks [members, C]
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
 
-            self.bar = tqdm(
-                total=num_steps, desc="lr range test", unit="step", leave=False
-            )
-
-    def __call__(self, end: ChunkEnd) -> str | None:
+    def __call__(self, run: Run, end: ChunkEnd) -> str | None:
         parts = self.parts
         n = min(end.hi, self.num_steps) - end.lo
         for name, v in end.metrics.items():
@@ -783,22 +780,21 @@ class _Recorder:
         smoothed = self.smoother.push(losses)
         parts.setdefault("smoothed", []).append(smoothed)
         diverged = [t.push(losses[s], smoothed[s]) for s, t in enumerate(self.trackers)]
-        if self.bar is not None:
-            self.bar.update(n)
-            lr = float(parts["lr"][-1][0, -1])
-            self.bar.set_postfix(lr=f"{lr:.3g}", loss=f"{smoothed[-1, -1]:.3f}")
         if self.stop and all(d is not None for d in diverged):
             return "diverged"
         return None
 
+    def postfix(self, run: Run, end: ChunkEnd) -> dict[str, str]:
+        """The progress bar's last lr and smoothed loss (of the last member)."""
+        lr = float(self.parts["lr"][-1][0, -1])
+        return {"lr": f"{lr:.3g}", "loss": f"{self.parts['smoothed'][-1][-1, -1]:.3f}"}
+
     def curves(self) -> _Curves:
-        """Closes the progress bar; the curves recorded.
+        """The curves recorded.
 
         Raises:
           ValueError: no chunk ran (an empty iterable).
         """
-        if self.bar is not None:
-            self.bar.close()
         if "loss" not in self.parts:
             raise ValueError("the data gave no batch: the iterable is empty")
         cat = {name: np.concatenate(v, axis=1) for name, v in self.parts.items()}

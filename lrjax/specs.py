@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lrjax import schedules
+from lrjax.hooks import Hook
 from lrjax.loop import POPULATIONS, check_loop
 from lrjax.schedules import Schedule
 from lrjax.step import check_accumulate
@@ -277,34 +278,54 @@ class Population:
 
 @dataclasses.dataclass(frozen=True)
 class Execution:
-    """How the program runs: compiled chunks, the loop inside them, progress.
+    """How the program runs: compiled chunks, the loop inside them, progress, hooks.
 
     Attributes:
       chunks: a range test runs as this many compiled chunks (at most
         ``lrjax.range_test.MAX_CHUNK_STEPS`` updates each); the host smooths,
-        checks divergence and moves the progress bar between them. A grid runs
-        one chunk per epoch (only the default is accepted there).
+        checks divergence and runs the hooks between them. A grid runs one chunk
+        per epoch (only the default is accepted there).
       loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
         (:mod:`lrjax.loop`); the choice is the result's ``timings["loop"]``.
-      progress: show a tqdm progress bar.
+      progress: show a tqdm progress bar (:class:`lrjax.hooks.ProgressBar`).
+      hooks: your :class:`lrjax.Hook` objects (a sequence, kept as a tuple),
+        called between chunks when their trigger fires, after the progress
+        bar; a reason one returns stops the run there (the result's
+        ``stop_reason``). ``lrjax.fit`` takes them as ``hooks=``.
 
     >>> Execution(loop="dispatch", progress=True)
-    Execution(chunks=8, loop='dispatch', progress=True)
+    Execution(chunks=8, loop='dispatch', progress=True, hooks=())
     >>> Execution(chunks=0)
     Traceback (most recent call last):
     ...
     ValueError: chunks must be an integer >= 1, got 0
+    >>> Execution(hooks=[print])
+    Traceback (most recent call last):
+    ...
+    ValueError: hooks must be lrjax.Hook objects, got builtin_function_or_method
     """
 
     chunks: int = 8
     loop: str = "auto"
     progress: bool = False
+    hooks: Sequence[Hook] = ()
 
     def __post_init__(self):
         _set(self, "chunks", check_int("chunks", self.chunks, 1))
         check_loop(self.loop)
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True or False, got {self.progress!r}")
+        if isinstance(self.hooks, Hook) or not isinstance(self.hooks, Sequence):
+            raise ValueError(
+                "hooks must be a sequence of lrjax.Hook objects, got "
+                f"{type(self.hooks).__name__}"
+            )
+        for h in self.hooks:
+            if not isinstance(h, Hook):
+                raise ValueError(
+                    f"hooks must be lrjax.Hook objects, got {type(h).__name__}"
+                )
+        _set(self, "hooks", tuple(self.hooks))
 
 
 @dataclasses.dataclass(frozen=True)

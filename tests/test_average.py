@@ -51,7 +51,7 @@ class Carries(Hook):
     def __init__(self):
         self.averages = []
 
-    def chunk(self, run, end):
+    def act(self, run, end):
         self.averages.append(run.carry.average)
         return None
 
@@ -158,7 +158,7 @@ class RaiseSignal(Hook):
     def __init__(self, at):
         self.left = at
 
-    def chunk(self, run, end):
+    def act(self, run, end):
         self.left -= 1
         if self.left == 0:
             signal.raise_signal(signal.SIGTERM)

@@ -90,7 +90,7 @@ class Losses(Hook):
     def __init__(self):
         self.metrics, self.starts = [], []
 
-    def chunk(self, run, end):
+    def act(self, run, end):
         self.metrics.append(end.metrics)
         self.starts.append(end.lo)
         return None
@@ -103,7 +103,7 @@ class StopAfter(Hook):
     def __init__(self, chunks):
         self.left = chunks
 
-    def chunk(self, run, end):
+    def act(self, run, end):
         self.left -= 1
         return "requested" if self.left == 0 else None
 

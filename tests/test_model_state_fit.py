@@ -246,7 +246,7 @@ class StopAfter(Hook):
     def __init__(self, chunks):
         self.left = chunks
 
-    def chunk(self, run, end):
+    def act(self, run, end):
         self.left -= 1
         return "requested" if self.left == 0 else None
 

@@ -90,7 +90,7 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
         def __init__(self):
             self.losses = []
 
-        def chunk(self, run, end):
+        def act(self, run, end):
             if self.epochs > EPOCHS and not self.losses:
                 print("ready", flush=True)  # training: the test may kill a peer
             self.losses += end.metrics["loss"].tolist()

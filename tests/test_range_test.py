@@ -631,14 +631,14 @@ def test_a_long_sweep_reports_progress_after_its_short_first_chunk(
 
     seen = []
 
-    def drive(program, state, source, plan, hooks=()):
-        seen.append(plan[:3])
-
-        def stop(end):
+    class Stop(lrjax.Hook):
+        def act(self, run, end):
             seen.append((end.lo, end.hi))
             return "enough"
 
-        return loop.drive(program, state, source, plan, hooks=[*hooks, stop])
+    def drive(program, state, source, plan, *, hooks=(), **kw):
+        seen.append(plan[:3])
+        return loop.drive(program, state, source, plan, hooks=[*hooks, Stop()], **kw)
 
     monkeypatch.setattr(range_test, "drive", drive)
     r = lrjax.lr_range_test(

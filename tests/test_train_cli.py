@@ -243,7 +243,7 @@ def test_lr_auto_uses_the_range_test_suggestion(tiny, tmp_path):
 def test_signals_save_exit_130_143_and_resume_is_identical(tiny, tmp_path, monkeypatch):
     full = tmp_path / "full"
     assert train.main([*tiny, *SNAP_ARGS, "--logdir", str(full), "--no-plot"]) == 0
-    original = hooks.StopOnSignals.chunk
+    original = hooks.StopOnSignals.act
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     for signum, code, at in ((signal.SIGINT, 130, 3), (signal.SIGTERM, 143, 4)):
@@ -255,13 +255,13 @@ def test_signals_save_exit_130_143_and_resume_is_identical(tiny, tmp_path, monke
                 signal.raise_signal(signum)
             return original(self, *a)
 
-        monkeypatch.setattr(hooks.StopOnSignals, "chunk", chunk)
+        monkeypatch.setattr(hooks.StopOnSignals, "act", chunk)
         cut = tmp_path / f"cut{code}"
         rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot"])
         assert rc == code
         assert not (cut / "metrics.json").exists()
         assert {s: signal.getsignal(s) for s in handlers} == handlers  # restored
-        monkeypatch.setattr(hooks.StopOnSignals, "chunk", original)
+        monkeypatch.setattr(hooks.StopOnSignals, "act", original)
         argv = [*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot", "--resume"]
         assert train.main(argv) == 0
         assert without_times(read(cut)) == without_times(read(full))
@@ -277,7 +277,7 @@ def test_a_stop_agreed_from_another_process_exits_143(tiny, tmp_path, monkeypatc
         calls.append(1)
         return "signal" if len(calls) == 3 else None  # the peer's signal, agreed
 
-    monkeypatch.setattr(hooks.StopOnSignals, "chunk", chunk)
+    monkeypatch.setattr(hooks.StopOnSignals, "act", chunk)
     cut = tmp_path / "cut"
     assert train.main([*tiny, *SNAP_ARGS, "--logdir", str(cut), "--no-plot"]) == 143
     assert (cut / "checkpoints").is_dir() and not (cut / "metrics.json").exists()
@@ -402,7 +402,7 @@ def test_resume_continues_the_saved_flags_and_refuses_others(
     flags = ["--lr", "0.1", "--epochs", "2", "--chunks", "2", "--no-plot"]
     full = tmp_path / "full"
     assert train.main([*tiny, *flags, "--logdir", str(full)]) == 0
-    original = hooks.StopOnSignals.chunk
+    original = hooks.StopOnSignals.act
     calls = []
 
     def chunk(self, *a):
@@ -411,10 +411,10 @@ def test_resume_continues_the_saved_flags_and_refuses_others(
             signal.raise_signal(signal.SIGINT)
         return original(self, *a)
 
-    monkeypatch.setattr(hooks.StopOnSignals, "chunk", chunk)
+    monkeypatch.setattr(hooks.StopOnSignals, "act", chunk)
     cut = tmp_path / "cut"
     assert train.main([*tiny, *flags, "--logdir", str(cut)]) == 130
-    monkeypatch.setattr(hooks.StopOnSignals, "chunk", original)
+    monkeypatch.setattr(hooks.StopOnSignals, "act", original)
     capsys.readouterr()
 
     for argv, needle in (

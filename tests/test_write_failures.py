@@ -48,17 +48,17 @@ def deadline(seconds: int):
 def after_epoch_1(monkeypatch, action) -> list[float]:
     """Runs ``action()`` once, right after the checkpoints of epoch 1; returns
     the time it ran (a list, filled then)."""
-    original = hooks.Checkpoints.epoch
+    original = hooks.Checkpoints.act
     when: list[float] = []
 
-    def epoch(self, run, record):
-        out = original(self, run, record)
-        if record["epoch"] == 1 and not when:
+    def act(self, run, end):
+        out = original(self, run, end)
+        if end.record["epoch"] == 1 and not when:
             action()
             when.append(time.monotonic())
         return out
 
-    monkeypatch.setattr(hooks.Checkpoints, "epoch", epoch)
+    monkeypatch.setattr(hooks.Checkpoints, "act", act)
     return when
 
 
