@@ -24,6 +24,7 @@ from lrjax.fit import evaluate as evaluate
 from lrjax.fit import fit as fit
 from lrjax.hooks import Hook as Hook
 from lrjax.hooks import StopOnSignals as StopOnSignals
+from lrjax.hooks import Trigger as Trigger
 from lrjax.lr_grid import GridResult as GridResult
 from lrjax.lr_grid import accuracy_at as accuracy_at
 from lrjax.lr_grid import lr_grid as lr_grid

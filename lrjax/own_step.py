@@ -32,6 +32,7 @@ from jax.tree_util import PyTreeDef
 
 from lrjax._population import member_key
 from lrjax.batches import ArraySource, is_arrays, leading_size, take
+from lrjax.hooks import ChunkEnd, Hook, Hooks, ProgressBar, Run
 from lrjax.range_test import RangeTestResult, _check_method, _nonfinite_warning
 from lrjax.results import describe_devices
 from lrjax.specs import (
@@ -404,14 +405,15 @@ def _scalars(metrics: Any) -> dict[str, Any]:
 
 
 class _Record:
-    """The host side: metrics per update, the online divergence check, progress."""
+    """The host side: metrics per update, the online divergence check."""
 
-    def __init__(self, setter, lrs: np.ndarray, divergence: Divergence, bar):
-        self.setter, self.planned, self.bar = setter, lrs, bar
+    def __init__(self, setter, lrs: np.ndarray, divergence: Divergence):
+        self.setter, self.planned = setter, lrs
         self.smoother = Smoother(1, divergence.smooth_beta)
         self.tracker = DivergenceTracker(divergence.threshold, divergence.rebound)
         self.lrs: list[float] = []
         self.metrics: dict[str, list[float]] = {}
+        self.smoothed = np.nan  # the last update's smoothed loss
 
     def __call__(self, t: int, scalars: dict, applied) -> bool:
         """Records update ``t``; True once the sweep has diverged."""
@@ -431,11 +433,20 @@ class _Record:
             values.append(float(scalars.get(name, np.nan)))
         loss = np.array([self.metrics["loss"][-1]])
         smoothed = self.smoother.push(loss[None])[0]
-        diverged = self.tracker.push(loss, smoothed) is not None
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(lr=f"{lr:.3g}", loss=f"{smoothed[0]:.3f}")
-        return diverged
+        self.smoothed = float(smoothed[0])
+        return self.tracker.push(loss, smoothed) is not None
+
+    def chunk_end(self, t: int) -> ChunkEnd:
+        """Update ``t`` as the hooks see it: a chunk of one update, its metrics
+        ``[1]`` as :func:`lrjax.lr_range_test`'s, no state (the next update has
+        it already)."""
+        metrics = {name: np.array(v[-1:]) for name, v in self.metrics.items()}
+        metrics["lr"] = np.array(self.lrs[-1:])
+        return ChunkEnd(t, t + 1, metrics, None)
+
+    def postfix(self, run: Run, end: ChunkEnd) -> dict[str, str]:
+        """The progress bar's lr and smoothed loss."""
+        return {"lr": f"{self.planned[end.lo]:.3g}", "loss": f"{self.smoothed:.3f}"}
 
 
 def _setter(state: Any, hyperparam: Any, graph: bool) -> _TreeLr | _GraphLr | _CallLr:
@@ -449,14 +460,23 @@ def _setter(state: Any, hyperparam: Any, graph: bool) -> _TreeLr | _GraphLr | _C
     )
 
 
-def _run(train_step, state, batches, setter, record: _Record, graph: bool):
-    """One call of the step per batch; ``(first_step_s, run_s, last loss)``.
+def _run(train_step, state, batches, setter, record: _Record, graph: bool, calls):
+    """One call of the step per batch; ``(first_step_s, run_s, last loss, stop
+    reason)``.
 
     The host reads update ``t - 1``'s metrics after dispatching update ``t``,
     so a jitted step always has the next update queued; a divergence stops the
-    sweep one update after the update that diverged.
+    sweep one update after the update that diverged. A hook (``calls``, the
+    :class:`lrjax.hooks.Hooks`) sees every update recorded; its stop reason
+    stops the sweep there (the update already dispatched is dropped).
     """
-    pending, first_s = None, 0.0
+
+    def after(t: int, scalars: dict, applied) -> str | None:
+        diverged = record(t, scalars, applied)
+        reason = calls.after(record.chunk_end(t))
+        return "diverged" if diverged else reason
+
+    pending, first_s, reason = None, 0.0, None
     start = time.perf_counter()
     for t, batch in enumerate(batches):
         state = setter.set(state, record.planned[t])
@@ -465,14 +485,16 @@ def _run(train_step, state, batches, setter, record: _Record, graph: bool):
         if t == 0:
             jax.block_until_ready(current[1])
             first_s = time.perf_counter() - start
-        diverged = pending is not None and record(*pending)
+        if pending is not None:
+            reason = after(*pending)
         pending = current
-        if diverged:
+        if reason:
             break
     if pending is None:
         raise ValueError("the data gave no batch: the iterable is empty")
-    record(*pending)
-    return first_s, time.perf_counter() - start, pending[1]["loss"]
+    if reason in (None, "diverged"):  # the update dispatched after a divergence
+        reason = after(*pending) or reason
+    return first_s, time.perf_counter() - start, pending[1]["loss"], reason
 
 
 def step_range_test(
@@ -554,9 +576,11 @@ def step_range_test(
       divergence: the smoothing and :func:`lrjax.find_divergence`'s rules
         (:class:`lrjax.Divergence`); the sweep stops one update after it has
         diverged (``stop`` must be True). Default ``Divergence()``.
-      execution: ``progress`` shows a tqdm progress bar
-        (:class:`lrjax.Execution`); the step is called once per update, so
-        ``chunks`` and ``loop`` keep their defaults. Default ``Execution()``.
+      execution: ``progress`` shows a tqdm progress bar and ``hooks`` are
+        yours (:class:`lrjax.Execution`); the step is called once per update,
+        so ``chunks`` and ``loop`` keep their defaults, and a hook sees each
+        update as a chunk of one (``end.state`` is None: the next update has
+        it). Default ``Execution()``.
 
     Returns:
       A :class:`lrjax.RangeTestResult` for one seed: ``losses``,
@@ -587,23 +611,27 @@ def step_range_test(
     state = _copy(state, graph)
     setter = _setter(state, hyperparam, graph)
     planned = np.asarray(sweep.schedule(num_steps)(jnp.arange(num_steps)), np.float32)
-    bar = None
-    if execution.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, desc="lr range test", unit="step", leave=False)
-    record = _Record(setter, planned, divergence, bar)
+    record = _Record(setter, planned, divergence)
     if isinstance(source, ArraySource):
         batches = _array_batches(source, num_steps)
     else:
         batches = source.batches(num_steps)
-    first_s, run_s, loss = _run(train_step, state, batches, setter, record, graph)
-    if bar is not None:
-        bar.close()
-    stop_reason = None
+    hooks: list[Hook] = []
+    if execution.progress:
+        hooks.append(ProgressBar("lr range test", postfix=record.postfix))
+    calls = Hooks(Run(total_steps=num_steps), [*hooks, *execution.hooks])
+    reason: str | None = "error"
+    calls.start()
+    try:
+        first_s, run_s, loss, reason = _run(
+            train_step, state, batches, setter, record, graph, calls
+        )
+    finally:
+        calls.end(reason)
+    stop_reason = reason
     if record.tracker.found is not None:
         stop_reason = "diverged"
-    elif len(record.lrs) < num_steps:
+    elif stop_reason is None and len(record.lrs) < num_steps:
         stop_reason = "data"
     config = {
         "mode": sweep.mode,

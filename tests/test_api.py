@@ -28,6 +28,8 @@ PUBLIC = {
     "step_range_test",
     # 0.3: the spec objects of the range test and the grid (#18)
     "Sweep", "Divergence", "Population", "Execution", "GridConfig",
+    # 0.3: one hook protocol for every driver, the trigger apart (#18)
+    "Trigger",
 }  # fmt: skip
 SPECS = ("Sweep", "Divergence", "Population", "Execution", "GridConfig")
 
