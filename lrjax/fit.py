@@ -3,9 +3,10 @@
 :func:`fit` trains through the one step (:func:`lrjax.step.make_step`, the same
 step the range test runs) in compiled chunks (:mod:`lrjax.loop`); every epoch is
 cut into ``chunks_per_epoch`` chunks at fixed update positions. Between chunks,
-and only there, host actions run (:mod:`lrjax.hooks`: progress bar, TensorBoard,
-checkpoints, early stopping, signals); at every epoch end the model is evaluated
-in evaluation mode on ``val_data``.
+and only there, the run keeps its books (the epoch's sums, its record, the best
+epoch and early stopping) and then host actions run (:mod:`lrjax.hooks`, the one
+protocol of every driver: progress bar, TensorBoard, checkpoints, signals, yours);
+at every epoch end the model is evaluated in evaluation mode on ``val_data``.
 
 Batch order of in-memory data: epoch ``e`` (0-based) is the first
 ``steps_per_epoch * k`` batches of ``lrjax.batches.epoch_order(fold_in(key, e),
@@ -150,7 +151,7 @@ class FitConfig:
         epoch and when a hook stops the run, ``best/``); ``resume`` continues
         from ``latest``.
       logdir: TensorBoard event files (:class:`lrjax.hooks.TensorBoard`).
-      progress: a tqdm progress bar.
+      progress: a tqdm progress bar per epoch (:class:`lrjax.hooks.ProgressBar`).
     """
 
     epochs: int = 30

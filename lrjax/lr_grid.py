@@ -12,9 +12,10 @@ Seed ``k`` draws its batch order from ``fold_in(key, k)`` and, when the model is
 factory ``key -> model``, its initialisation from ``fold_in(fold_in(key, k), 1)``
 (:func:`lrjax._population.init_members`, as the range test does); every lr shares
 them, so learning rates are compared on equal footing. The epochs run through the
-shared host driver (:func:`lrjax.loop.drive`), one compiled chunk per epoch; a
-hook between chunks evaluates every member on the validation split in evaluation
-mode (Dropout off, BatchNorm on its running averages). The population axis is
+shared host driver (:func:`lrjax.loop.drive`), one compiled chunk per epoch;
+between chunks the grid's books evaluate every member on the validation split in
+evaluation mode (Dropout off, BatchNorm on its running averages), then the hooks
+(:mod:`lrjax.hooks`: the progress bar, yours) act. The population axis is
 sharded over the devices, padded with copies of the last member to a multiple of
 their count (:class:`lrjax._population.Layout`, the range test's rule too). A
 member that diverges gets NaN losses and a low accuracy; members never interact,

@@ -4,7 +4,8 @@ The lr grows from ``Sweep.init_value`` to ``Sweep.end_value`` (:mod:`lrjax.specs
 while the model trains through the one step (:func:`lrjax.step.make_step`); the
 loss of every batch is recorded BEFORE its update. The sweep runs as compiled
 chunks (:mod:`lrjax.loop`); between chunks the host smooths the losses, checks
-for divergence (:mod:`lrjax.suggestions`) and stops once every seed has diverged.
+for divergence (:mod:`lrjax.suggestions`) and stops once every seed has diverged,
+then the hooks act (:mod:`lrjax.hooks`: the progress bar, yours).
 The caller's model is never changed: the sweep trains copies of its arrays.
 
 ``Population(sweep_over={"weight_decay": [0.0, 1e-4, 1e-3]})`` runs one lr sweep
