@@ -246,7 +246,8 @@ class Hook:
         pass
 
 
-Observe = Callable[[Run, ChunkEnd], "str | None"]
+#: A driver's own books after a chunk, before any hook: ``(run, end) -> reason``.
+Observe = Callable[[Run, ChunkEnd], str | None]
 
 
 class Hooks:
@@ -293,7 +294,8 @@ class Hooks:
             self.acted_last[i] = fires
             if fires:
                 self.clock[i] = now
-                reason = reason or h.act(run, end)
+                asked = h.act(run, end)  # every hook acts, even after a stop
+                reason = reason or asked
         return reason
 
     def end(self, reason: str | None) -> None:

@@ -342,8 +342,8 @@ def drive(
     """
     calls = Hooks(run, hooks, observe)
     reason: str | None = "error"
-    calls.start()
     try:
+        calls.start()
         out = _drive(program, state, source, plan, calls)
         reason = out.stop_reason
     finally:

@@ -621,8 +621,8 @@ def step_range_test(
         hooks.append(ProgressBar("lr range test", postfix=record.postfix))
     calls = Hooks(Run(total_steps=num_steps), [*hooks, *execution.hooks])
     reason: str | None = "error"
-    calls.start()
     try:
+        calls.start()
         first_s, run_s, loss, reason = _run(
             train_step, state, batches, setter, record, graph, calls
         )

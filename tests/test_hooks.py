@@ -244,6 +244,15 @@ def test_a_hooks_reason_stops_each_driver_at_that_chunk():
     assert r.stop_reason == "enough" and r.interrupted and r.step == 12
     assert r.epochs_run == 1 and stop.his() == [4, 8, 12]
 
+    # the first reason wins, and every hook still acts on that chunk
+    first, second = Seen(stop_at=20), Seen()
+    r = range_test(first, second, init_value=1e-4, end_value=1e-2)
+    assert r.stop_reason == "enough" and second.his() == [10, 20]
+    assert second.reason == "enough"
+    later = Seen(Trigger(every_epochs=1))  # early stopping is the run's own
+    r = fit(later, epochs=8, monitor="train_loss", monitor_mode="max", patience=1)
+    assert r.stop_reason == "early_stop" and later.his() == [SPE, 2 * SPE]
+
 
 def checkpoint_steps(directory):
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
