@@ -386,9 +386,10 @@ def lr_grid(
       execution: the ``loop`` (the choice is ``timings["loop"]``), a tqdm
         ``progress`` bar over epochs and your ``hooks`` (:class:`lrjax.Execution`,
         :class:`lrjax.Hook`: a chunk's per-update metrics are ``[updates,
-        members]``, an epoch's ``end.record`` its ``val_<metric>`` per member; a
-        reason returned stops every member there); the grid runs one compiled
-        chunk per epoch, so ``chunks`` keeps its default.
+        members]``, padded as :class:`lrjax.hooks.ChunkEnd` says; an epoch's
+        ``end.record`` its ``val_<metric>`` per member; a reason returned stops
+        every member there); the grid runs one compiled chunk per epoch, so
+        ``chunks`` keeps its default.
 
     Returns:
       A :class:`GridResult`; its ``config`` holds the settings under their 0.2

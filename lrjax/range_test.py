@@ -491,7 +491,8 @@ def lr_range_test(
         checks between them), the ``loop`` inside them (the choice is
         ``timings["loop"]``), a tqdm ``progress`` bar over the updates, and
         your ``hooks`` (:class:`lrjax.Hook`: each chunk's per-update metrics,
-        ``[updates]`` for one member, ``[updates, members]`` for several; a
+        ``[updates]`` for one member, ``[updates, members]`` for several,
+        padded as :class:`lrjax.hooks.ChunkEnd` says; a
         reason returned stops the sweep, the result's ``stop_reason``).
         Default ``Execution()``.
 
