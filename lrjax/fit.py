@@ -72,6 +72,7 @@ from lrjax.hooks import (
     ProgressBar,
     Run,
     TensorBoard,
+    Trigger,
     default_mode,
 )
 from lrjax.loop import Program, check_loop, drive, epoch_plan
@@ -881,10 +882,10 @@ class _OnChunk:
 
     Moves the run on and adds the chunk's metrics to the epoch's sums; at an
     epoch's end, ``record(run)`` makes its record (timed from
-    :meth:`start_clock` or the previous epoch's end), the history and the best
-    epoch (:meth:`lrjax.hooks.FitRun.end_epoch`) take it, and so does
-    ``end.record``: all of it before any hook acts. Returns ``"early_stop"``
-    when the run's patience has run out.
+    :meth:`start_clock`: the start, or the previous epoch's hooks done), the
+    history and the best epoch (:meth:`lrjax.hooks.FitRun.end_epoch`) take it,
+    and so does ``end.record``: all of it before any hook acts. Returns
+    ``"early_stop"`` when the run's patience has run out.
     """
 
     def __init__(self, record: Callable[[FitRun], dict]):
@@ -907,8 +908,22 @@ class _OnChunk:
         run.history.append(rec)
         run.epoch, run.partial = rec["epoch"], {}
         end.record = rec
-        self.start_clock()
         return run.end_epoch(rec)
+
+
+class _EpochClock(Hook):
+    """Restarts the epoch's clock after the hooks acted at its end (it acts last),
+    so that an epoch's ``time_s`` leaves out the checkpoint and logs of the one
+    before, as it always did."""
+
+    trigger = Trigger(every_epochs=1)
+
+    def __init__(self, on_chunk: _OnChunk):
+        self.on_chunk = on_chunk
+
+    def act(self, run: Run, end: ChunkEnd) -> str | None:
+        self.on_chunk.start_clock()
+        return None
 
 
 def _train(
@@ -945,8 +960,9 @@ def _train(
         raise
     on_chunk.start_clock()
     out = drive(
-        program, run.carry, source, plan, run=run, observe=on_chunk, hooks=actions
-    )
+        program, run.carry, source, plan, run=run, observe=on_chunk,
+        hooks=[*actions, _EpochClock(on_chunk)],
+    )  # fmt: skip
     run.carry = out.state
     reason = out.stop_reason
     if run.stopped_early:
