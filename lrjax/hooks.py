@@ -2,10 +2,11 @@
 
 CLU's periodic actions: :func:`lrjax.fit`, :func:`lrjax.lr_range_test` and
 :func:`lrjax.lr_grid` run compiled chunks of updates (:func:`lrjax.loop.drive`)
-and, between two chunks, never inside one, call their hooks. A :class:`Hook`
-says what to do (``act``); its :class:`Trigger` says when (every ``n`` updates,
-every ``n`` seconds, at every ``n``-th epoch end, at the end, or after every
-chunk, the default). A hook may implement
+and, between two chunks, never inside one, call their hooks
+(:func:`lrjax.step_range_test` after each update of your step). A
+:class:`Hook` says what to do (``act``); its :class:`Trigger` says when (every
+``n`` updates, every ``n`` seconds, at every ``n``-th epoch end, at the end, or
+after every chunk, the default). A hook may implement
 
 * ``start(run)`` once before the first chunk (after a resume, ``run`` holds the
   restored progress);
