@@ -254,8 +254,8 @@ def _cost_cell(results: Path, d: dict, per: list[dict]) -> str:
     cell = "training: snapshots and the average ride in the one run"
     if None not in avg_s and None not in wall:
         cell += (
-            f" (the average's BatchNorm pass and evaluations: {np.mean(avg_s):.0f} s"
-            f" of a {np.mean(wall):.0f} s run)"
+            " (the average's BatchNorm pass, where the model has BatchNorm, and its"
+            f" evaluations: {np.mean(avg_s):.2g} s of a {np.mean(wall):.0f} s run)"
         )
     cell += f", {n} independent runs cost x{n}"
     model = "cnn" if "--model cnn" in d["description"] else "mlp"
