@@ -43,7 +43,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
-from lrjax.loop import conv_on_cpu
+from lrjax.loop import conv_on_cpu, member_of
 from lrjax.schedules import cosine_restart_steps
 from lrjax.step import Model, foreign_model, split_model
 
@@ -210,13 +210,9 @@ def member_probs(
     logits, stacked = _logits_fn(model, stacked)
     x = jnp.asarray(x)
     batch_size = min(batch_size, x.shape[0])
-    if conv_on_cpu(logits, _member(stacked, 0), x[:1]):
+    if conv_on_cpu(logits, member_of(stacked, 0), x[:1]):
         return _probs_dispatched(logits, stacked, x, batch_size)
     return _probs_in_one_program(logits, stacked, x, batch_size)
-
-
-def _member(tree: Any, i: int) -> Any:
-    return jax.tree.map(lambda a: a[i], tree)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -246,7 +242,7 @@ def _probs_dispatched(logits, stacked, x, batch_size: int) -> jax.Array:
         [
             jnp.concatenate(
                 [
-                    _softmax_of(logits, _member(stacked, i), x[j : j + batch_size])
+                    _softmax_of(logits, member_of(stacked, i), x[j : j + batch_size])
                     for j in range(0, x.shape[0], batch_size)
                 ]
             )

@@ -99,7 +99,8 @@ def conv_on_cpu(fn: Callable, *example_args, backend: str | None = None) -> bool
     return _has_conv(jax.make_jaxpr(fn)(*example_args).jaxpr)
 
 
-def _member(tree, i: int):
+def member_of(tree, i: int):
+    """Member ``i`` of a population: every leaf's row ``i``."""
     return jax.tree.map(lambda a: a[i], tree)
 
 
@@ -131,7 +132,8 @@ def population_fn(one: Callable, own: bool, how: str, mesh=None) -> Callable:
             return jax.lax.map(lambda s: one(s, x, data), state)
         n = jax.tree.leaves(state)[0].shape[0]
         outs = [
-            one(_member(state, i), _member(x, i) if own else x, data) for i in range(n)
+            one(member_of(state, i), member_of(x, i) if own else x, data)
+            for i in range(n)
         ]
         return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 

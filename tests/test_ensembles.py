@@ -11,7 +11,7 @@ import pytest
 from lrjax import ensembles, schedules
 from lrjax.batches import batch_indices, scale_images, take
 from lrjax.fit import FitConfig, fit
-from lrjax.loop import conv_on_cpu
+from lrjax.loop import conv_on_cpu, member_of
 from lrjax.models import mlp, pure
 from lrjax.step import (
     classification_loss,
@@ -140,11 +140,11 @@ def test_member_probs_of_a_conv_net_dispatched_equal_one_program_and_by_hand():
     stacked = (stacked[0], jax.tree.map(shift, stacked[1]))
     x = jax.random.uniform(jax.random.key(9), (25, 8, 8))
     logits, members = ensembles._logits_fn(spec, stacked)
-    assert conv_on_cpu(logits, ensembles._member(members, 0), x[:1])
+    assert conv_on_cpu(logits, member_of(members, 0), x[:1])
     probs = ensembles.member_probs(spec, stacked, x, batch_size=10)  # 10, 10, 5
     one_program = ensembles._probs_in_one_program(logits, members, x, 10)
     by_hand = jnp.stack([
-        jax.nn.softmax(spec.merge(*ensembles._member(stacked, i), train=False)(x))
+        jax.nn.softmax(spec.merge(*member_of(stacked, i), train=False)(x))
         for i in range(3)
     ])  # fmt: skip
     assert probs.shape == (3, 25, 10)
