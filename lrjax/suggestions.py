@@ -46,7 +46,7 @@ def find_divergence(
     losses: np.ndarray,
     smoothed: np.ndarray,
     threshold: float = 4.0,
-    rebound: float = 0.5,
+    rebound: float | None = 0.5,
 ) -> int | None:
     """The first step at which the sweep has diverged, or None.
 
