@@ -112,10 +112,10 @@ def lrjax_run(
     wall = time.perf_counter() - t0
     t = r.timings
     return {
-        "compile_s": t["compile_s"],
-        "run_s": t["run_s"],
+        "compile_s": t.compile_s,
+        "run_s": t.run_s,
         "wall_s": wall,
-        "loop": t["loop"],
+        "loop": t.loop,
         "steps_run": r.steps_run,
         "stop_reason": r.stop_reason,
         "suggested_lr": r.suggested_lr,
@@ -156,10 +156,10 @@ def lrjax_epoch(x, y, steps: int, *, augment: bool) -> dict:
     wall = time.perf_counter() - t0
     t = r.timings
     return {
-        "run_s": t["epoch_s"][0],
-        "compile_s": t["compile_s"],
+        "run_s": t.epoch_s[0],
+        "compile_s": t.compile_s,
         "wall_s": wall,
-        "loop": t["loop"],
+        "loop": t.loop,
         "steps_run": r.step,
         "train_loss": r.history[-1]["train_loss"],
     }

@@ -136,7 +136,7 @@ def lrjax_once(x, y, seeds: int = 1) -> dict:
         divergence=lrjax.Divergence(stop=False),
         population=lrjax.Population(seeds=seeds),
     )
-    return {**r.timings, "device": r.device, "steps_run": r.steps_run}
+    return {**r.timings.to_json(), "device": r.device, "steps_run": r.steps_run}
 
 
 def summarize(runs: list[dict], steps: int) -> dict:

@@ -75,12 +75,12 @@ def child(args) -> dict:
         )  # fmt: skip
         return {
             "variant": f"vmap x{args.child_devices}",
-            "compile_s": r.timings["compile_s"],
-            "run_s": r.timings["run_s"],
+            "compile_s": r.timings.compile_s,
+            "run_s": r.timings.run_s,
             "device": r.device,
-            "memory": r.memory,
+            "memory": r.memory.to_json(),
             "best_lr": r.best_lr,
-            "loop": r.timings["loop"],
+            "loop": r.timings.loop,
         }
 
     # sequential: one member's program (the same step, a scan over the epoch and

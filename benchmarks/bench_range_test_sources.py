@@ -77,7 +77,7 @@ def variant(name: str, x, y) -> dict:
         r = lrjax.lr_range_test(module, optax.sgd, batches(), sweep=sweep, **kw)
     else:
         raise ValueError(name)
-    return {**r.timings, "steps_run": r.steps_run, "data": r.config["data"]}
+    return {**r.timings.to_json(), "steps_run": r.steps_run, "data": r.config.data}
 
 
 def main() -> None:

@@ -127,7 +127,7 @@ def main(argv=None) -> int:
             preprocess=scale_images,
             val_data=(ds.x_val, ds.y_val),
         )
-        return r.timings["epoch_s"], r.timings["compile_s"]
+        return list(r.timings.epoch_s), r.timings.compile_s
 
     variants = {
         "lrjax": lambda: lrjax(),

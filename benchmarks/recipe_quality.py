@@ -260,7 +260,7 @@ def run_grid(args, model, opt, train, val, peaks, total: int, key):
     summaries = {
         f: family_summary(r.lrs, r.val_accuracy[:, :, -1]) for f, r in grids.items()
     }
-    return summaries, first.timings, first.device
+    return summaries, first.timings.to_json(), first.device
 
 
 def extend_setting(args) -> dict:

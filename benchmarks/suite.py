@@ -249,11 +249,11 @@ def range_test(make, opt, x, y, steps, batch, seeds=1, loop="auto") -> dict:
     )
     t = r.timings
     return {
-        "compile_s": t["compile_s"],
-        "run_s": t["run_s"],
-        "loop": t["loop"],
+        "compile_s": t.compile_s,
+        "run_s": t.run_s,
+        "loop": t.loop,
         "steps": r.steps_run,
-        "memory": r.config["memory"],
+        "memory": r.config.memory.to_json(),
     }
 
 
@@ -311,10 +311,10 @@ def grid_once(x, y, xv, yv, lrs, seeds) -> dict:
                 config=GridConfig(batch_size=BATCH),
                 population=Population(seeds=seeds))  # fmt: skip
     return {
-        "compile_s": r.timings["compile_s"],
-        "run_s": r.timings["run_s"],
-        "loop": r.timings["loop"],
-        "memory_estimate_bytes": r.memory["estimate"]["estimate_bytes"],
+        "compile_s": r.timings.compile_s,
+        "run_s": r.timings.run_s,
+        "loop": r.timings.loop,
+        "memory_estimate_bytes": r.memory.estimate.estimate_bytes,
         "best_lr": r.best_lr,
         "best_accuracy": r.best_accuracy,
     }
@@ -357,8 +357,8 @@ def bench_train(cfg, x, y, xv, yv) -> dict:
         r = fit(module, optax.sgd, (x, y), key=jax.random.key(1),
                 config=FitConfig(epochs=epochs, batch_size=BATCH, learning_rate=lr),
                 preprocess=scale_images, val_data=(xv, yv))  # fmt: skip
-        lrjax_epochs += r.timings["epoch_s"]
-        compiles["lrjax"].append(r.timings["compile_s"])
+        lrjax_epochs += r.timings.epoch_s
+        compiles["lrjax"].append(r.timings.compile_s)
         times, c = hand_written(apply, params, jnp.asarray(x), jnp.asarray(y),
                                 jnp.asarray(xv), jnp.asarray(yv), lr, BATCH, epochs,
                                 jax.random.key(1))  # fmt: skip
@@ -369,7 +369,7 @@ def bench_train(cfg, x, y, xv, yv) -> dict:
         "floor": best([{"run_s": t} for t in hand_epochs], steps,
                       compile_s=min(compiles["hand"])),  # fmt: skip
         "lrjax_fit": best([{"run_s": t} for t in lrjax_epochs], steps,
-                          compile_s=min(compiles["lrjax"]), loop=r.timings["loop"]),
+                          compile_s=min(compiles["lrjax"]), loop=r.timings.loop),
     }  # fmt: skip
     out["vs_floor"] = out["lrjax_fit"]["run_s"] / out["floor"]["run_s"]
     return out
@@ -399,8 +399,8 @@ def bench_cnn(cfg, x, y, xv, yv) -> dict:
         "floor": best(floors, steps, loop=floor.loop,
                       flops_per_step=floor.flops_per_step),  # fmt: skip
         "lrjax_range_test": best(ones, steps),
-        "lrjax_fit": best([{"run_s": t} for t in r.timings["epoch_s"]], fit_steps,
-                          compile_s=r.timings["compile_s"], loop=r.timings["loop"]),
+        "lrjax_fit": best([{"run_s": t} for t in r.timings.epoch_s], fit_steps,
+                          compile_s=r.timings.compile_s, loop=r.timings.loop),
     }  # fmt: skip
     out["vs_floor"] = out["lrjax_range_test"]["run_s"] / out["floor"]["run_s"]
     return out

@@ -233,12 +233,12 @@ def main(argv=None) -> int:
             json.dumps(
                 {
                     "wall_s": w,
-                    "run_s": sum(x.timings["run_s"] for x in rs),
-                    "compile_s": sum(x.timings["compile_s"] for x in rs),
+                    "run_s": sum(x.timings.run_s for x in rs),
+                    "compile_s": sum(x.timings.compile_s for x in rs),
                     "steps_run": [x.steps_run for x in rs],
                     "device": rs[0].device,
-                    "loop": rs[0].timings["loop"],
-                    "population": rs[0].timings.get("population"),
+                    "loop": rs[0].timings.loop,
+                    "population": rs[0].timings.population,
                 }
             )
         )
@@ -247,10 +247,10 @@ def main(argv=None) -> int:
     for i in range(args.repeats):
         w, r = one_program()
         sweep_wall.append(w)
-        sweep_run.append(r.timings["run_s"])
+        sweep_run.append(r.timings.run_s)
         w, rs = one_by_one()
         seq_wall.append(w)
-        seq_run.append(sum(x.timings["run_s"] for x in rs))
+        seq_run.append(sum(x.timings.run_s for x in rs))
         print(
             f"repeat {i}: one program {sweep_wall[-1]:.1f} s, one by one "
             f"{seq_wall[-1]:.1f} s",
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
             f"sweep over {args.name} on Fashion-MNIST "
             f"{'MLP 300-100' if args.model == 'mlp' else 'CNN'}, "
             f"{args.optimizer}, batch {args.batch_size}, "
-            f"{r.config['num_steps']} steps 1e-5 -> 10, "
+            f"{r.config.num_steps} steps 1e-5 -> 10, "
             "one seed; ground "
             f"truth lr_grid {len(lrs)} lrs x {len(values)} values x "
             f"{args.epochs} epochs"
@@ -346,8 +346,8 @@ def main(argv=None) -> int:
             "target_ratio": TARGET_RATIO,
             "wall_s_all": {"one_program": sweep_wall, "one_by_one": seq_wall},
             "steps_run": r.steps_run,
-            "loop": r.timings["loop"],
-            "population": r.timings.get("population"),
+            "loop": r.timings.loop,
+            "population": r.timings.population,
             "sweep_device": r.device,
             "note": "min over interleaved repeats; one by one = a plain range test "
             "per value (one device each, as a user would run them), each compiled; "

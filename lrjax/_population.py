@@ -29,6 +29,7 @@ import numpy as np
 
 from lrjax.batches import ArraySource, is_arrays
 from lrjax.results import (
+    MemoryEstimate,
     estimate_population,
     population_mesh,
     refuse_population,
@@ -238,7 +239,7 @@ def init_states(
 
 def check_memory(
     member: Any, data: Any, examples: int, own_bytes: int, layout: Layout, fewer: str
-) -> dict[str, Any]:
+) -> MemoryEstimate:
     """The population's memory estimate, refused in one line when too large.
 
     ``member`` is one member's state (or its shapes); each member also reads

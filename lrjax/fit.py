@@ -76,7 +76,7 @@ from lrjax.hooks import (
     default_mode,
 )
 from lrjax.loop import Program, check_loop, drive, epoch_plan
-from lrjax.results import describe_devices
+from lrjax.results import Timings, describe_devices
 from lrjax.step import (
     STATEFUL_EVAL,
     LossFn,
@@ -231,7 +231,7 @@ class FitResult:
     snapshots: Any
     snapshot_steps: list[int]
     snapshot_epochs: list[float]
-    timings: dict[str, Any]
+    timings: Timings  # driver "fit": compile_s, run_s, epoch_s, ..., total_s
     device: str
     test: dict[str, float] | None = None  # eval metrics of ``model`` on test_data
     snapshot_test_accuracy: list[float] | None = None
@@ -989,7 +989,8 @@ def _fit_result(
     snap_steps: np.ndarray | None,
     mesh: jax.sharding.Mesh | None,
 ) -> FitResult:
-    """The result of the training itself (no test, no average, no timings)."""
+    """The result of the training itself (no test, no average; the timings,
+    measured last, are empty)."""
     trained = nnx.merge(graphdef, *final) if spec.is_module else final[0]
     spe = run.steps_per_epoch
     return FitResult(
@@ -1007,7 +1008,7 @@ def _fit_result(
         snapshots=None if snap_steps is None else ensembles.snapshots(run.carry.snaps),
         snapshot_steps=[] if snap_steps is None else snap_steps.tolist(),
         snapshot_epochs=[] if snap_steps is None else ((snap_steps + 1) / spe).tolist(),
-        timings={},
+        timings=Timings("fit"),
         device=describe_devices(
             list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
         ),
@@ -1042,19 +1043,20 @@ def _snapshot_curves(result: FitResult, data) -> tuple[list, list]:
     return single.tolist(), ens.tolist()
 
 
-def _timings(program: Program, epoch_times, t_start: float, average_s) -> dict:
-    """``FitResult.timings``; ``average_s`` (None: no averaging) is left out if None."""
-    timings = {
-        "compile_s": program.compile_s,
-        "run_s": float(sum(epoch_times)),
-        "epoch_s": epoch_times,
-        "mean_epoch_s": float(np.mean(epoch_times)) if epoch_times else None,
-        "total_s": time.perf_counter() - t_start,
-        "loop": program.loop,
-    }
-    if average_s is not None:
-        timings["average_s"] = average_s  # BatchNorm pass and evaluations
-    return timings
+def _timings(
+    program: Program, epoch_times: list[float], t_start: float, average_s
+) -> Timings:
+    """``FitResult.timings``; ``average_s`` is None without averaging."""
+    return Timings(
+        "fit",
+        compile_s=program.compile_s,
+        run_s=float(sum(epoch_times)),
+        epoch_s=tuple(epoch_times),
+        mean_epoch_s=float(np.mean(epoch_times)) if epoch_times else None,
+        total_s=time.perf_counter() - t_start,
+        loop=program.loop,
+        average_s=average_s,  # the BatchNorm pass and evaluations
+    )
 
 
 def _finish_average(

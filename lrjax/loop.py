@@ -13,7 +13,7 @@ Rule for ``loop="auto"`` (measured on this project's 2-core CPU,
 step contains a convolution, ``"scan"`` otherwise. XLA:CPU runs a convolution
 inside a loop body about 13x slower than the same step alone
 (jax-ml/jax#12868); on GPU and TPU a scan is fine. The choice is reported in
-the results (``timings["loop"]``).
+the results (``timings.loop``).
 
 A population (seeds, lrs, a swept hyperparameter: a state with a leading member
 axis) runs inside each compiled update in one of three ways:

@@ -58,7 +58,14 @@ from lrjax.loop import (
     epoch_plan,
     population_fn,
 )
-from lrjax.results import describe_devices, json_floats, tree_bytes
+from lrjax.results import (
+    MemoryEstimate,
+    Timings,
+    describe_devices,
+    json_floats,
+    record_json,
+    tree_bytes,
+)
 from lrjax.specs import (
     Execution,
     GridConfig,
@@ -79,7 +86,72 @@ from lrjax.step import (
     make_step,
 )
 
-__all__ = ["GridResult", "accuracy_at", "lr_grid", "recipe_grid"]
+__all__ = [
+    "GridMemory",
+    "GridResult",
+    "GridSettings",
+    "accuracy_at",
+    "lr_grid",
+    "recipe_grid",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class GridMemory:
+    """The bytes of a grid's population (``GridResult.memory``).
+
+    Attributes:
+      state_bytes: every member's params, model state and optimizer state
+        (``members x member_bytes``), in bytes.
+      member_bytes: one member's state, its lr and schedule index included, in
+        bytes.
+      members: the members that count (lrs x families x seeds).
+      padded_members: the members that ran, copies of the last one padding the
+        population to a multiple of the devices.
+      estimate: the estimate checked against the device before anything
+        compiled (:func:`lrjax.results.estimate_population`).
+    """
+
+    state_bytes: int
+    member_bytes: int
+    members: int
+    padded_members: int
+    estimate: MemoryEstimate
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, the estimate as its dict, JSON-ready."""
+        return record_json(self, [f.name for f in dataclasses.fields(self)])
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSettings:
+    """What a grid trained with (``GridResult.config``), under their 0.2 names.
+
+    Attributes:
+      batch_size: examples per update.
+      epochs: the epochs planned (``GridResult.epochs`` counts those run).
+      seeds: independent runs per lr.
+      num_lrs: the learning rates of the grid.
+      eval_batch_size: examples per evaluation batch (at most ``n_val``).
+      n_train: examples of the training split.
+      n_val: examples of the validation split.
+      family: the schedule family of a :func:`recipe_grid`'s result; None for
+        :func:`lr_grid`'s (and then not written by :meth:`to_json`).
+    """
+
+    batch_size: int
+    epochs: int
+    seeds: int
+    num_lrs: int
+    eval_batch_size: int
+    n_train: int
+    n_val: int
+    family: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, ``family`` only when set, JSON-ready."""
+        fields = [f.name for f in dataclasses.fields(self)]
+        return record_json(self, fields, when_set=("family",))
 
 
 @dataclasses.dataclass
@@ -96,12 +168,15 @@ class GridResult:
     applied (all seeds share it). ``best_lr`` maximises the final validation
     accuracy averaged over seeds; when the evaluation has no ``"accuracy"``
     (``best_by == "loss"``) it minimises the final mean validation loss instead,
-    and ``val_accuracy`` and ``best_accuracy`` are NaN. ``memory`` holds the
-    bytes of the population's params, model state and optimizer state
-    (``state_bytes``, their sum over members) and of one member
-    (``member_bytes``), and the ``estimate`` that was checked against the
-    device before anything was compiled
-    (:func:`lrjax.results.estimate_population`). ``stop_reason`` is None when
+    and ``val_accuracy`` and ``best_accuracy`` are NaN. ``memory``
+    (:class:`GridMemory`) holds the bytes of the population's params, model
+    state and optimizer state (``state_bytes``, their sum over members) and of
+    one member (``member_bytes``), and the ``estimate`` that was checked against
+    the device before anything was compiled
+    (:func:`lrjax.results.estimate_population`). ``timings``
+    (:class:`lrjax.Timings`) are those of the whole program; ``config``
+    (:class:`GridSettings`) what it trained with, and for a :func:`recipe_grid`
+    the family. ``stop_reason`` is None when
     every epoch ran, else a hook's reason (:class:`lrjax.Execution`'s
     ``hooks``): ``epochs`` then counts the epochs run.
     """
@@ -116,10 +191,10 @@ class GridResult:
     best_lr: float
     best_accuracy: float
     steps_per_epoch: int
-    timings: dict[str, Any]
+    timings: Timings
     device: str
-    memory: dict[str, Any]
-    config: dict[str, Any]
+    memory: GridMemory
+    config: GridSettings
     val_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     best_by: str = "accuracy"
     stop_reason: str | None = None
@@ -143,10 +218,10 @@ class GridResult:
             "best_accuracy": json_floats(self.best_accuracy),
             "best_by": self.best_by,
             "steps_per_epoch": self.steps_per_epoch,
-            "timings": self.timings,
+            "timings": self.timings.to_json(),
             "device": self.device,
-            "memory": self.memory,
-            "config": self.config,
+            "memory": self.memory.to_json(),
+            "config": self.config.to_json(),
             **({"stop_reason": self.stop_reason} if self.stop_reason else {}),
         }
 
@@ -154,7 +229,7 @@ class GridResult:
         from lrjax.results import short_repr
 
         lrs = np.asarray(self.lrs)
-        family = self.config.get("family")  # set by recipe_grid
+        family = self.config.family  # a recipe_grid's
         fields: dict[str, Any] = {} if family is None else {"family": family}
         fields |= {
             "best_lr": self.best_lr,
@@ -202,7 +277,7 @@ def accuracy_at(result: GridResult, lr: float, epoch: int = -1) -> float | None:
 
     >>> acc = np.array([[[0.5]], [[0.7]]])  # [num_lrs=2, seeds=1, epochs=1]
     >>> r = GridResult(np.array([0.01, 0.1]), 1, 1, acc, acc, acc, acc, 0.1, 0.7, 1,
-    ...                {}, "", {}, {})
+    ...                timings=None, device="", memory=None, config=None)  # unread
     >>> round(accuracy_at(r, math.sqrt(0.001)), 6), accuracy_at(r, 1.0)
     (0.6, None)
     """
@@ -381,9 +456,9 @@ def lr_grid(
         Default ``GridConfig()``.
       population: ``seeds`` independent runs per lr, and the members' ``layout``
         inside each compiled update and evaluation (:class:`lrjax.Population`;
-        the choice is ``timings["population"]``). Its ``sweep_over`` is the
+        the choice is ``timings.population``). Its ``sweep_over`` is the
         range test's, refused here. Default ``Population()``: one seed.
-      execution: the ``loop`` (the choice is ``timings["loop"]``), a tqdm
+      execution: the ``loop`` (the choice is ``timings.loop``), a tqdm
         ``progress`` bar over epochs and your ``hooks`` (:class:`lrjax.Execution`,
         :class:`lrjax.Hook`: a chunk's per-update metrics are ``[updates,
         members]``, padded as :class:`lrjax.hooks.ChunkEnd` says; an epoch's
@@ -419,7 +494,7 @@ def lr_grid(
     check_moved("lr_grid", moved)
     specs = _grid_specs("lr_grid", config, population, execution)
     return _grid(model, optimizer, train_data, val_data, [specs[0].schedule],
-                 lrs=lrs, key=key, loss_fn=loss_fn, model_state=model_state,
+                 [None], lrs=lrs, key=key, loss_fn=loss_fn, model_state=model_state,
                  eval_fn=eval_fn, preprocess=preprocess, specs=specs)[0]  # fmt: skip
 
 
@@ -453,7 +528,7 @@ def recipe_grid(
 
     Returns:
       ``{name: GridResult}`` in the order of ``families``; each result's
-      ``config["family"]`` names it, and ``timings`` and ``memory`` are those
+      ``config.family`` names it, and ``timings`` and ``memory`` are those
       of the whole program.
 
     >>> import optax
@@ -489,10 +564,8 @@ def recipe_grid(
         )
     results = _grid(
         model, optimizer, train_data, val_data, [families[n] for n in names],
-        lrs=lrs, key=key, specs=specs, **passed,
+        names, lrs=lrs, key=key, specs=specs, **passed,
     )  # fmt: skip
-    for name, r in zip(names, results, strict=True):
-        r.config["family"] = name
     return dict(zip(names, results, strict=True))
 
 
@@ -509,6 +582,7 @@ def _grid(
     train_data: Any,
     val_data: Any,
     units: list,
+    names: Sequence[str | None],
     *,
     lrs: Sequence[float] | np.ndarray,
     key: jax.Array,
@@ -518,7 +592,8 @@ def _grid(
     eval_fn: Callable | None = None,
     preprocess: Callable | None = None,
 ) -> list[GridResult]:
-    """The population of (unit schedule, lr, seed) members; a result per unit."""
+    """The population of (unit schedule, lr, seed) members; a result per unit,
+    its ``config.family`` the unit's name (None: lr_grid's one schedule)."""
     config, population, execution = specs
     seeds, epochs, batch_size = population.seeds, config.epochs, config.batch_size
     eval_batch_size = config.eval_batch_size
@@ -532,8 +607,8 @@ def _grid(
     loss_fn = classification_loss() if loss_fn is None else loss_fn
     grid = _Grid.of(lr_arr, len(units), seeds, epochs, n_train // batch_size)
     make_tx = _unit_optimizer(optimizer, units)
-    estimate: dict[str, Any] = {}
-    check = _memory_check(grid, make_tx, train_data, batch_size, estimate)
+    estimates: list[MemoryEstimate] = []  # the check's, of the first member
+    check = _memory_check(grid, make_tx, train_data, batch_size, estimates)
     spec, params, rest = init_members(
         model, key, seeds, check, model_state=model_state, has_loss_fn=has_loss_fn
     )
@@ -553,13 +628,13 @@ def _grid(
     )
     eval_one = make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
     member_bytes = tree_bytes(state.train) // grid.padded
-    memory = {
-        "state_bytes": member_bytes * grid.size,
-        "member_bytes": member_bytes,
-        "members": grid.size,
-        "padded_members": grid.padded,
-        "estimate": estimate,
-    }
+    memory = GridMemory(
+        state_bytes=member_bytes * grid.size,
+        member_bytes=member_bytes,
+        members=grid.size,
+        padded_members=grid.padded,
+        estimate=estimates[0],
+    )
     # Compile the epoch and the evaluation before the clock starts ("auto"
     # decides the loop here, and the evaluation follows it).
     plan = epoch_plan(0, grid.steps * epochs, grid.steps, 1)
@@ -581,23 +656,24 @@ def _grid(
     )  # fmt: skip
     del state
 
-    settings = {
-        "batch_size": batch_size,
-        "epochs": epochs,
-        "seeds": seeds,
-        "num_lrs": grid.num_lrs,
-        "eval_batch_size": min(eval_batch_size, n_val),
-        "n_train": n_train,
-        "n_val": n_val,
-    }
+    settings = [
+        GridSettings(
+            batch_size=batch_size,
+            epochs=epochs,
+            seeds=seeds,
+            num_lrs=grid.num_lrs,
+            eval_batch_size=min(eval_batch_size, n_val),
+            n_train=n_train,
+            n_val=n_val,
+            family=name,
+        )
+        for name in names
+    ]
     if out.stop_reason:  # a hook stopped every member after an epoch
         grid = grid._replace(epochs=len(recorder.evals))
     timings = _timings(program, eval_compile_s, out.run_s, grid)
     device = describe_devices(grid.layout.devices())
-    results = _results(grid, recorder, timings, device, memory, settings)
-    for r in results:
-        r.stop_reason = out.stop_reason
-    return results
+    return _results(grid, recorder, timings, device, memory, settings, out.stop_reason)
 
 
 def _checked_data(train_data, val_data, batch_size: int) -> tuple[Any, Any, int, int]:
@@ -675,12 +751,16 @@ def _unit_optimizer(optimizer: OptimizerFactory, units: list) -> Callable:
 
 
 def _memory_check(
-    grid: _Grid, make_tx: Callable, train_data, batch_size: int, estimate: dict
+    grid: _Grid,
+    make_tx: Callable,
+    train_data,
+    batch_size: int,
+    estimates: list[MemoryEstimate],
 ) -> Callable:
     """``check(spec, params, rest)`` for :func:`lrjax._population.init_members`.
 
     It refuses an impossible population from its first member, before the other
-    seeds are built and before anything compiles; ``estimate`` gets the numbers.
+    seeds are built and before anything compiles; ``estimates`` gets the numbers.
     """
 
     def check(spec, params, rest):
@@ -697,7 +777,7 @@ def _memory_check(
         # the epoch chunk's indices (int32[steps, batch]).
         own = 4 * grid.steps * batch_size if grid.seeds > 1 else 0
         fewer = "the number of lrs or seeds (--num, --seeds)"
-        estimate.update(
+        estimates.append(
             check_memory(one, train_data, batch_size, own, grid.layout, fewer)
         )
 
@@ -817,27 +897,32 @@ class _EpochRecorder:
         return {"best_acc": f"{best:.3f}"}
 
 
-def _timings(program: Program, eval_compile_s: float, run_s: float, grid: _Grid):
+def _timings(
+    program: Program, eval_compile_s: float, run_s: float, grid: _Grid
+) -> Timings:
     total_steps = grid.steps * grid.epochs * grid.size
-    return {
-        "compile_s": program.compile_s + eval_compile_s,
-        "run_s": run_s,
-        "steps_per_s": total_steps / run_s if run_s > 0 else None,
-        "model_epochs_per_s": grid.size * grid.epochs / run_s if run_s > 0 else None,
-        "loop": program.loop,
-        "population": program.population,
-    }
+    return Timings(
+        "lr_grid",
+        compile_s=program.compile_s + eval_compile_s,
+        run_s=run_s,
+        steps_per_s=total_steps / run_s if run_s > 0 else None,
+        model_epochs_per_s=grid.size * grid.epochs / run_s if run_s > 0 else None,
+        loop=program.loop,
+        population=program.population,
+    )
 
 
 def _results(
     grid: _Grid,
     recorder: _EpochRecorder,
-    timings: dict[str, Any],
+    timings: Timings,
     device: str,
-    memory: dict[str, Any],
-    config: dict[str, Any],
+    memory: GridMemory,
+    settings: list[GridSettings],
+    stop_reason: str | None,
 ) -> list[GridResult]:
-    """A :class:`GridResult` per family from the recorded epochs.
+    """A :class:`GridResult` per family (with its ``settings``) from the
+    recorded epochs.
 
     Raises:
       ValueError: the evaluation has neither ``"accuracy"`` nor ``"loss"``.
@@ -883,12 +968,13 @@ def _results(
                 best_lr=float(grid.lrs[best]),
                 best_accuracy=float(final[best]),
                 steps_per_epoch=grid.steps,
-                timings=dict(timings),
+                timings=timings,
                 device=device,
                 memory=memory,
-                config=dict(config),
+                config=settings[f],
                 val_metrics=metrics,
                 best_by=best_by,
+                stop_reason=stop_reason,
             )
         )
     return results

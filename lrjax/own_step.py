@@ -33,8 +33,13 @@ from jax.tree_util import PyTreeDef
 from lrjax._population import member_key
 from lrjax.batches import ArraySource, is_arrays, leading_size, take
 from lrjax.hooks import ChunkEnd, Hook, Hooks, ProgressBar, Run
-from lrjax.range_test import RangeTestResult, _check_method, _nonfinite_warning
-from lrjax.results import describe_devices
+from lrjax.range_test import (
+    RangeTestResult,
+    RangeTestSettings,
+    _check_method,
+    _nonfinite_warning,
+)
+from lrjax.results import Timings, describe_devices
 from lrjax.specs import (
     Divergence,
     Execution,
@@ -587,8 +592,8 @@ def step_range_test(
       ``smoothed_losses`` and each of ``metrics`` are ``[1, steps_run]`` (the
       seed axis every result keeps), ``lrs`` are the lrs the
       updates applied (read back from the state after each update),
-      ``timings["first_step_s"]`` includes the step's compilation and
-      ``timings["loop"]`` is ``"dispatch"``.
+      ``timings.first_step_s`` includes the step's compilation and
+      ``timings.loop`` is ``"dispatch"``.
 
     Raises:
       TypeError: a keyword of 0.2 that moved into a spec, naming the spec.
@@ -633,27 +638,30 @@ def step_range_test(
         stop_reason = "diverged"
     elif stop_reason is None and len(record.lrs) < num_steps:
         stop_reason = "data"
-    config = {
-        "mode": sweep.mode,
-        "init_value": sweep.init_value,
-        "end_value": sweep.end_value,
-        "num_steps": num_steps,
-        "batch_size": source.batch_size,
-        "smooth_beta": divergence.smooth_beta,
-        "diverge_threshold": divergence.threshold,
-        "rebound": divergence.rebound,
-        "data": "arrays" if isinstance(source, ArraySource) else "iterable",
-        "hyperparam": setter.where,
-    }
-    if isinstance(source, _Iterable):
-        config.update(batches_skipped=source.skipped, data_restarts=source.restarts)
+    iterable = source if isinstance(source, _Iterable) else None
+    config = RangeTestSettings(
+        driver="step_range_test",
+        mode=sweep.mode,
+        init_value=sweep.init_value,
+        end_value=sweep.end_value,
+        num_steps=num_steps,
+        batch_size=source.batch_size,
+        smooth_beta=divergence.smooth_beta,
+        diverge_threshold=divergence.threshold,
+        rebound=divergence.rebound,
+        data="arrays" if isinstance(source, ArraySource) else "iterable",
+        hyperparam=setter.where,
+        batches_skipped=None if iterable is None else iterable.skipped,
+        data_restarts=None if iterable is None else iterable.restarts,
+    )
     steps = len(record.lrs)
-    timings = {
-        "first_step_s": first_s,
-        "run_s": run_s,
-        "steps_per_s": (steps - 1) / (run_s - first_s) if run_s > first_s else None,
-        "loop": "dispatch",
-    }
+    timings = Timings(
+        "step_range_test",
+        first_step_s=first_s,
+        run_s=run_s,
+        steps_per_s=(steps - 1) / (run_s - first_s) if run_s > first_s else None,
+        loop="dispatch",
+    )
     device = describe_devices(_devices(loss))
     return _result(record, method, stop_reason, timings, device, config)
 
@@ -691,17 +699,22 @@ def _devices(value: Any) -> list[jax.Device] | None:
     return jax.devices()[:1]
 
 
-def _result(record: _Record, method, stop_reason, timings, device, config):
+def _result(
+    record: _Record,
+    method: str,
+    stop_reason: str | None,
+    timings: Timings,
+    device: str,
+    config: RangeTestSettings,
+) -> RangeTestResult:
     """The :class:`RangeTestResult` of one curve, with the rules of lr_range_test:
     :func:`lrjax.smooth`, :func:`lrjax.find_divergence`, :func:`lrjax.suggest`;
     its per-seed arrays have their seed axis, as every result's (``[1, steps]``)."""
     lrs = np.asarray(record.lrs)
     metrics = {k: np.asarray(v, np.float64) for k, v in record.metrics.items()}
     losses = metrics.pop("loss")
-    smoothed = smooth(losses, config["smooth_beta"])
-    at = find_divergence(
-        losses, smoothed, config["diverge_threshold"], config["rebound"]
-    )
+    smoothed = smooth(losses, config.smooth_beta)
+    at = find_divergence(losses, smoothed, config.diverge_threshold, config.rebound)
     suggestions = suggest(lrs, smoothed, at)
     return RangeTestResult(
         lrs=lrs,

@@ -49,9 +49,13 @@ from lrjax.loop import (
     uniform_plan,
 )
 from lrjax.results import (
+    MemoryEstimate,
+    Timings,
+    check_driver,
     describe_devices,
     html_with_plot,
     json_floats,
+    record_json,
     short_repr,
 )
 from lrjax.specs import (
@@ -94,6 +98,109 @@ if TYPE_CHECKING:
 MAX_CHUNK_STEPS = 4096  # bounds a chunk's inputs, whatever the sweep length
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepOver:
+    """The hyperparameter a range test swept besides the lr
+    (``Population(sweep_over={name: values})``), as its settings record it.
+
+    Attributes:
+      name: the optimizer's keyword, e.g. ``"weight_decay"``.
+      values: its values, one lr sweep each.
+      shown: the index of the value the result's top-level fields describe
+        (the recommended one; 0 when none is recommended).
+    """
+
+    name: str
+    values: tuple[float, ...]
+    shown: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"name", "values", "shown"}``, JSON-ready."""
+        return record_json(self, ("name", "values", "shown"))
+
+
+# The settings each range test records, in the order to_json writes them; of
+# these, sweep (with sweep_over), batches_skipped and data_restarts (an iterable)
+# are written only when set.
+_RECORDED: dict[str, tuple[str, ...]] = {
+    "lr_range_test": (
+        "optimizer", "mode", "init_value", "end_value", "num_steps", "batch_size",
+        "accumulate_steps", "smooth_beta", "diverge_threshold", "rebound", "chunks",
+        "chunk_steps", "data", "memory", "sweep", "batches_skipped", "data_restarts",
+    ),
+    "step_range_test": (
+        "mode", "init_value", "end_value", "num_steps", "batch_size", "smooth_beta",
+        "diverge_threshold", "rebound", "data", "hyperparam", "batches_skipped",
+        "data_restarts",
+    ),
+}  # fmt: skip
+_RECORDED_WHEN_SET = ("sweep", "batches_skipped", "data_restarts")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RangeTestSettings:
+    """What a range test ran with (``RangeTestResult.config``), under their 0.2
+    names (``num_steps``, ``smooth_beta``, ...).
+
+    ``driver`` names the range test that recorded it; a field it does not record
+    is None. Both record ``mode`` to ``rebound`` (without ``optimizer`` and
+    ``accumulate_steps`` for ``step_range_test``), ``data`` and, for an
+    iterable, ``batches_skipped`` and ``data_restarts``; only
+    :func:`lrjax.lr_range_test` records ``optimizer``, ``accumulate_steps``,
+    ``chunks``, ``chunk_steps``, ``memory`` and (with ``sweep_over``) ``sweep``;
+    only :func:`lrjax.step_range_test` records ``hyperparam``.
+
+    Attributes:
+      driver: ``"lr_range_test"`` or ``"step_range_test"``.
+      optimizer: the optimizer factory's name (``optax.adamw`` -> ``"adamw"``);
+        None for a lambda or an unnamed callable.
+      mode: the sweep's spacing, ``"exponential"`` or ``"linear"``.
+      init_value, end_value: the sweep's first and last lr.
+      num_steps: the updates planned (the run may stop earlier:
+        ``RangeTestResult.steps_run``).
+      batch_size: examples per (micro-)batch; an iterable's, as its batches came.
+      accumulate_steps: micro-batches averaged into each update.
+      smooth_beta, diverge_threshold, rebound: the divergence rule
+        (:class:`lrjax.Divergence`'s ``smooth_beta``, ``threshold``, ``rebound``).
+      chunks: compiled chunks in the plan.
+      chunk_steps: updates in the longest chunk.
+      data: ``"arrays"`` (in-memory) or ``"iterable"``.
+      memory: the population's memory estimate, checked before it started.
+      sweep: the hyperparameter swept besides the lr, with ``sweep_over``.
+      hyperparam: where ``step_range_test`` put the lr: the path of the
+        ``inject_hyperparams`` hyperparameter in the state, or ``"set_lr"``.
+      batches_skipped: an iterable's batches of another size, skipped.
+      data_restarts: times an iterable ran out and was iterated again.
+    """
+
+    driver: str
+    optimizer: str | None = None
+    mode: str
+    init_value: float
+    end_value: float
+    num_steps: int
+    batch_size: int | None
+    accumulate_steps: int | None = None
+    smooth_beta: float
+    diverge_threshold: float
+    rebound: float | None
+    chunks: int | None = None
+    chunk_steps: int | None = None
+    data: str
+    memory: MemoryEstimate | None = None
+    sweep: SweepOver | None = None
+    hyperparam: str | None = None
+    batches_skipped: int | None = None
+    data_restarts: int | None = None
+
+    def __post_init__(self):
+        check_driver(self, _RECORDED)
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields ``driver`` records (the others left out), JSON-ready."""
+        return record_json(self, _RECORDED[self.driver], _RECORDED_WHEN_SET)
+
+
 @dataclasses.dataclass
 class RangeTestResult:
     """What a range test returns. Arrays are numpy, on the host.
@@ -110,7 +217,9 @@ class RangeTestResult:
     ``"data"`` (a one-shot iterable ran out), or None (the sweep ran to its end).
     ``warning`` says when the loss was not finite before any descent (NaN/inf
     inputs, a broken model or loss, or a sweep that started too high): then the
-    curve says nothing about the lr.
+    curve says nothing about the lr. ``timings`` (:class:`lrjax.Timings`) says
+    where the time went and which loop ran, ``config``
+    (:class:`RangeTestSettings`) what the sweep ran with.
     """
 
     lrs: np.ndarray
@@ -126,9 +235,9 @@ class RangeTestResult:
     spread: dict[str, Any] | None
     steps_run: int
     stop_reason: str | None
-    timings: dict[str, Any]
+    timings: Timings
     device: str
-    config: dict[str, Any]
+    config: RangeTestSettings
     sweep: SweepResult | None = None
     warning: str | None = None
 
@@ -151,9 +260,9 @@ class RangeTestResult:
             "steps_run": self.steps_run,
             "stop_reason": self.stop_reason,
             "warning": self.warning,
-            "timings": self.timings,
+            "timings": self.timings.to_json(),
             "device": self.device,
-            "config": self.config,
+            "config": self.config.to_json(),
             **extra,
         }
 
@@ -485,11 +594,11 @@ def lr_range_test(
         ``optax.sgd`` with ``"momentum"``; the value is injected by
         ``optax.inject_hyperparams``, so it is data, not a recompile), and
         their ``layout`` in each update (the choice is
-        ``timings["population"]``). Default ``Population()``: one seed.
+        ``timings.population``). Default ``Population()``: one seed.
       execution: how the sweep runs (:class:`lrjax.Execution`): ``chunks``
         compiled chunks (at most ``MAX_CHUNK_STEPS`` updates each; the host
         checks between them), the ``loop`` inside them (the choice is
-        ``timings["loop"]``), a tqdm ``progress`` bar over the updates, and
+        ``timings.loop``), a tqdm ``progress`` bar over the updates, and
         your ``hooks`` (:class:`lrjax.Hook`: each chunk's per-update metrics,
         ``[updates]`` for one member, ``[updates, members]`` for several,
         padded as :class:`lrjax.hooks.ChunkEnd` says; a
@@ -534,7 +643,7 @@ def lr_range_test(
     seeds, k, batch_size = population.seeds, sweep.accumulate_steps, sweep.batch_size
     swept = _Swept.of(optimizer, population.sweep_over)
     pop = _Population(swept, Layout.of(swept.num_values, seeds))
-    memory: dict[str, Any] = {}
+    estimates: list[MemoryEstimate] = []  # the check's, of the first member
 
     def check(spec, params, rest):  # the first member, before the others exist
         bs = 32 if batch_size is None else batch_size
@@ -544,7 +653,7 @@ def lr_range_test(
             )
         opt = swept.opt_shape(sweep.init_value, params)
         fewer = "seeds (--seeds)" + ("" if swept.values is None else " or values")
-        memory.update(
+        estimates.append(
             check_memory((params, rest, opt), data, bs * k, 0, pop.layout, fewer)
         )
 
@@ -587,19 +696,30 @@ def lr_range_test(
     curves = recorder.curves()
 
     summary = _summaries(curves, pop, method)
-    config = {
-        "optimizer": optimizer_name(optimizer),
-        "mode": sweep.mode,
-        "init_value": sweep.init_value,
-        "end_value": sweep.end_value,
-        "num_steps": num_steps,
-        "batch_size": source.batch_size,
-        "accumulate_steps": k,
-        "smooth_beta": divergence.smooth_beta,
-        "diverge_threshold": divergence.threshold,
-        "rebound": divergence.rebound,
-        **_run_config(plan, source, memory, swept, summary.shown),
-    }
+    iterable = source if isinstance(source, IterSource) else None
+    swept_over = None
+    if swept.values is not None:
+        swept_over = SweepOver(swept.name, tuple(swept.values), summary.shown)
+    config = RangeTestSettings(
+        driver="lr_range_test",
+        optimizer=optimizer_name(optimizer),
+        mode=sweep.mode,
+        init_value=sweep.init_value,
+        end_value=sweep.end_value,
+        num_steps=num_steps,
+        batch_size=source.batch_size,
+        accumulate_steps=k,
+        smooth_beta=divergence.smooth_beta,
+        diverge_threshold=divergence.threshold,
+        rebound=divergence.rebound,
+        chunks=len(plan),
+        chunk_steps=max(hi - lo for lo, hi in plan),
+        data="arrays" if iterable is None else "iterable",
+        memory=estimates[0],
+        sweep=swept_over,
+        batches_skipped=None if iterable is None else iterable.skipped,
+        data_restarts=None if iterable is None else iterable.restarts,
+    )
     return _result(curves, summary, pop, method, out, program, config)
 
 
@@ -851,21 +971,6 @@ def _summaries(curves: _Curves, pop: _Population, method: str) -> _Summary:
     return _Summary(per_value, sweep, 0 if best is None else best)
 
 
-def _run_config(plan, source, memory, swept: _Swept, shown: int) -> dict[str, Any]:
-    """The config's entries the run decided: chunks, data, memory, the sweep."""
-    config: dict[str, Any] = {
-        "chunks": len(plan),
-        "chunk_steps": max(hi - lo for lo, hi in plan),
-        "data": "arrays" if isinstance(source, ArraySource) else "iterable",
-        "memory": memory,
-    }
-    if swept.values is not None:
-        config["sweep"] = {"name": swept.name, "values": swept.values, "shown": shown}
-    if isinstance(source, IterSource):
-        config.update(batches_skipped=source.skipped, data_restarts=source.restarts)
-    return config
-
-
 def _result(
     curves: _Curves,
     summary: _Summary,
@@ -873,7 +978,7 @@ def _result(
     method: str,
     out: DriveResult,
     program: Program,
-    config: dict[str, Any],
+    config: RangeTestSettings,
 ) -> RangeTestResult:
     """The result: the curves and suggestions of the shown value's seeds."""
     seeds, top = pop.seeds, summary.per_value[summary.shown]
@@ -895,13 +1000,14 @@ def _result(
         spread=top["spread"],
         steps_run=steps_run,
         stop_reason=out.stop_reason,
-        timings={
-            "compile_s": program.compile_s,
-            "run_s": run_s,
-            "steps_per_s": steps_run * pop.size / run_s if run_s > 0 else None,
-            "loop": program.loop,
-            **({} if pop.size == 1 else {"population": program.population}),
-        },
+        timings=Timings(
+            "lr_range_test",
+            compile_s=program.compile_s,
+            run_s=run_s,
+            steps_per_s=steps_run * pop.size / run_s if run_s > 0 else None,
+            loop=program.loop,
+            population=None if pop.size == 1 else program.population,
+        ),
         device=describe_devices(pop.layout.devices()),
         config=config,
         sweep=summary.sweep,

@@ -253,7 +253,7 @@ def recommend(
       family: one of :data:`FAMILIES`, or ``"auto"`` (:data:`AUTO_FAMILY`).
       optimizer: the optimizer the range test and the training use, by optax
         name (a key of :data:`OPTIMIZER_KINDS`); default: the name
-        ``lr_range_test`` recorded (``result.config["optimizer"]``, the
+        ``lr_range_test`` recorded (``result.config.optimizer``, the
         factory's ``__name__``, e.g. ``optax.adamw`` -> ``"adamw"``). Needed
         only when the rule gives the peak (no ``method=`` given).
       method: the suggestion the peak is built on (default: the rule's).
@@ -284,9 +284,8 @@ def recommend(
     total = _check_total(total_steps)
     name = AUTO_FAMILY if family == "auto" else family
     if method is None:
-        if optimizer is None:
-            config = getattr(result, "config", None)
-            optimizer = config.get("optimizer") if isinstance(config, Mapping) else None
+        if optimizer is None:  # a RangeTestResult's config is a RangeTestSettings
+            optimizer = getattr(getattr(result, "config", None), "optimizer", None)
         rule_method, rule_factor = PEAK_RULES[optimizer_kind(optimizer)][name]
         method, factor = rule_method, rule_factor if factor is None else factor
     elif factor is None:

@@ -1,10 +1,12 @@
 """Small pieces every result shares: JSON-safe floats, device descriptions, meshes,
-and the short repr and notebook display of a result."""
+the records of a run's timings and memory estimate, and the short repr and
+notebook display of a result."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -95,7 +97,166 @@ def device_memory_bytes(device: jax.Device | None = None) -> int | None:
         return None
 
 
-def estimate_population(member_bytes: int, batch_bytes: int, members: int) -> dict:
+def record_json(
+    record: Any, fields: Sequence[str], when_set: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``{name: value}`` of a record's ``fields``, in that order, JSON-ready.
+
+    A field named in ``when_set`` is left out while it is None; a nested record
+    is written by its own ``to_json()``, a tuple as a list.
+    """
+    out: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(record, name)
+        if value is None and name in when_set:
+            continue
+        if hasattr(value, "to_json"):
+            value = value.to_json()
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
+
+
+def check_driver(record: Any, fields: Mapping[str, Sequence[str]]) -> None:
+    """Checks a record filled by ``record.driver``: ``fields[driver]`` names what
+    that driver fills, and every other field must be None.
+
+    Raises:
+      ValueError: an unknown driver, or a field it does not fill that is set.
+    """
+    driver = record.driver
+    if driver not in fields:
+        raise ValueError(f"driver must be one of {', '.join(fields)}, got {driver!r}")
+    stray = [
+        f.name
+        for f in dataclasses.fields(record)
+        if f.name != "driver"
+        and f.name not in fields[driver]
+        and getattr(record, f.name) is not None
+    ]
+    if stray:
+        raise ValueError(f"{driver} does not fill {', '.join(stray)}")
+
+
+# The fields each driver measures, in the order to_json writes them; of these,
+# population (a range test of one member) and average_s (fit without weight
+# averaging) are written only when measured.
+_TIMED: dict[str, tuple[str, ...]] = {
+    "lr_range_test": ("compile_s", "run_s", "steps_per_s", "loop", "population"),
+    "step_range_test": ("first_step_s", "run_s", "steps_per_s", "loop"),
+    "lr_grid": ("compile_s", "run_s", "steps_per_s", "model_epochs_per_s", "loop",
+                "population"),
+    "fit": ("compile_s", "run_s", "epoch_s", "mean_epoch_s", "total_s", "loop",
+            "average_s"),
+}  # fmt: skip
+_TIMED_WHEN_SET = ("population", "average_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+    """Where a run's time went: seconds of host wall clock, and what ran.
+
+    One record for every driver; ``driver`` names the one that measured it and
+    the fields it fills (the others are None):
+
+    * ``"lr_range_test"``: ``compile_s``, ``run_s``, ``steps_per_s``, ``loop``,
+      and ``population`` when the sweep has more than one member;
+    * ``"step_range_test"``: ``first_step_s``, ``run_s``, ``steps_per_s``,
+      ``loop`` (always ``"dispatch"``);
+    * ``"lr_grid"`` (:func:`lrjax.lr_grid` and :func:`lrjax.recipe_grid`):
+      ``compile_s``, ``run_s``, ``steps_per_s``, ``model_epochs_per_s``,
+      ``loop``, ``population``;
+    * ``"fit"``: ``compile_s``, ``run_s``, ``epoch_s``, ``mean_epoch_s``,
+      ``total_s``, ``loop``, and ``average_s`` with weight averaging.
+
+    Attributes:
+      driver: the function that measured them (above).
+      compile_s: seconds compiling the program (for the grid, the evaluation
+        too) before the clock of ``run_s`` starts.
+      first_step_s: seconds of the first update of your step, its compilation
+        included (:func:`lrjax.step_range_test`).
+      run_s: seconds running the updates after compiling (for
+        ``step_range_test``, every update, the first included; for ``fit``,
+        the sum of ``epoch_s``).
+      epoch_s: seconds of each epoch (``fit``; host hooks and the validation
+        included).
+      mean_epoch_s: the mean of ``epoch_s`` in seconds; None when no epoch ran.
+      total_s: seconds of the whole call (``fit``: building, compiling,
+        training, testing, averaging).
+      steps_per_s: updates per second of ``run_s`` summed over the members
+        (``step_range_test``: after the first); None when ``run_s`` is 0.
+      model_epochs_per_s: members x epochs trained per second of ``run_s``
+        (the grid); None when ``run_s`` is 0.
+      loop: how a chunk of updates ran: ``"scan"``, ``"unroll"`` or
+        ``"dispatch"`` (:mod:`lrjax.loop`).
+      population: how the members ran inside an update: ``"vmap"``,
+        ``"unroll"`` or ``"map"`` (:mod:`lrjax.loop`).
+      average_s: seconds of the weight average's BatchNorm pass and
+        evaluations (``fit`` with ``FitConfig.average_start``).
+
+    >>> t = Timings("step_range_test", first_step_s=0.25, run_s=1.25,
+    ...             steps_per_s=99.0, loop="dispatch")
+    >>> t.to_json()
+    {'first_step_s': 0.25, 'run_s': 1.25, 'steps_per_s': 99.0, 'loop': 'dispatch'}
+    """
+
+    driver: str
+    compile_s: float | None = None
+    first_step_s: float | None = None
+    run_s: float | None = None
+    epoch_s: tuple[float, ...] | None = None
+    mean_epoch_s: float | None = None
+    total_s: float | None = None
+    steps_per_s: float | None = None
+    model_epochs_per_s: float | None = None
+    loop: str | None = None
+    population: str | None = None
+    average_s: float | None = None
+
+    def __post_init__(self):
+        check_driver(self, _TIMED)
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields ``driver`` measures (the others left out), JSON-ready."""
+        return record_json(self, _TIMED[self.driver], _TIMED_WHEN_SET)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a vmapped population needs before activations
+    (:func:`estimate_population`), checked against the device before it starts.
+
+    Attributes:
+      member_state_bytes: one member's state (params, model state, optimizer
+        state), in bytes.
+      batch_bytes: one member's inputs per update (its batch of in-memory data,
+        and its own row of a chunk's indices), in bytes.
+      members: the members that run, padded ones included.
+      estimate_bytes: the whole population, ``members x (2 x
+        member_state_bytes + batch_bytes)`` (the donated carry and its update),
+        in bytes.
+      per_device_bytes: ``estimate_bytes`` over the devices that hold the
+        population (CPU host devices share one memory), rounded up, in bytes.
+      device_limit_bytes: what one device can hold (its allocator limit, or the
+        host's free memory), in bytes; None when unknown.
+    """
+
+    member_state_bytes: int
+    batch_bytes: int
+    members: int
+    estimate_bytes: int
+    per_device_bytes: int
+    device_limit_bytes: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, JSON-ready."""
+        return dataclasses.asdict(self)
+
+
+def estimate_population(
+    member_bytes: int, batch_bytes: int, members: int
+) -> MemoryEstimate:
     """Bytes a vmapped population needs before activations: every member's state
     (params, model state, optimizer state) twice (the donated carry and its update)
     and its batch, over as many devices as hold the population."""
@@ -103,28 +264,28 @@ def estimate_population(member_bytes: int, batch_bytes: int, members: int) -> di
     # CPU host devices share one memory; accelerators each hold their share.
     devices = 1 if local[0].platform == "cpu" else max(1, min(members, len(local)))
     total = members * (2 * member_bytes + batch_bytes)
-    return {
-        "member_state_bytes": int(member_bytes),
-        "batch_bytes": int(batch_bytes),
-        "members": int(members),
-        "estimate_bytes": int(total),
-        "per_device_bytes": int(-(-total // devices)),
-        "device_limit_bytes": device_memory_bytes(),
-    }
+    return MemoryEstimate(
+        member_state_bytes=int(member_bytes),
+        batch_bytes=int(batch_bytes),
+        members=int(members),
+        estimate_bytes=int(total),
+        per_device_bytes=int(-(-total // devices)),
+        device_limit_bytes=device_memory_bytes(),
+    )
 
 
-def refuse_population(estimate: dict, flag: str) -> None:
+def refuse_population(estimate: MemoryEstimate, flag: str) -> None:
     """Refuses, in one line, a population whose estimate exceeds the device.
 
     Raises:
       MemoryRefused: naming the estimate, the limit and the setting to change.
     """
-    limit, need = estimate["device_limit_bytes"], estimate["per_device_bytes"]
+    limit, need = estimate.device_limit_bytes, estimate.per_device_bytes
     if limit is not None and need > limit:
         raise MemoryRefused(
-            f"{estimate['members']} members need about {need / 2**30:.1f} GiB per "
-            f"device ({estimate['member_state_bytes'] / 2**20:.2f} MiB of state and "
-            f"{estimate['batch_bytes'] / 2**20:.2f} MiB of batch each, before "
+            f"{estimate.members} members need about {need / 2**30:.1f} GiB per "
+            f"device ({estimate.member_state_bytes / 2**20:.2f} MiB of state and "
+            f"{estimate.batch_bytes / 2**20:.2f} MiB of batch each, before "
             f"activations), more than the {limit / 2**30:.1f} GiB available; "
             f"lower {flag}"
         )

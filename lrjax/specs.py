@@ -252,7 +252,7 @@ class Population:
         (batched), ``"unroll"`` (one after another, each step inlined) or
         ``"map"`` (``lax.map``); ``"auto"``: ``"unroll"`` for a convolution on
         the CPU, else ``"vmap"`` (:mod:`lrjax.loop`). The choice is the result's
-        ``timings["population"]``.
+        ``timings.population``.
 
     >>> Population(seeds=3, sweep_over={"momentum": [0.0, 0.9]}).seeds
     3
@@ -286,7 +286,7 @@ class Execution:
         checks divergence and runs the hooks between them. A grid runs one chunk
         per epoch (only the default is accepted there).
       loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
-        (:mod:`lrjax.loop`); the choice is the result's ``timings["loop"]``.
+        (:mod:`lrjax.loop`); the choice is the result's ``timings.loop``.
       progress: show a tqdm progress bar (:class:`lrjax.hooks.ProgressBar`).
       hooks: your :class:`lrjax.Hook` objects (a sequence, kept as a tuple),
         called between chunks when their trigger fires, after the progress

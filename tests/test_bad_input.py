@@ -140,7 +140,7 @@ def test_batch_size_equal_to_the_iterables_batches_is_accepted(images):
     plain = range_test(batches(x, y, 32), num_steps=6)
     sized = range_test(batches(x, y, 32), num_steps=6, batch_size=32)
     np.testing.assert_array_equal(plain.losses, sized.losses)
-    assert sized.config["batch_size"] == 32 and sized.steps_run == 6
+    assert sized.config.batch_size == 32 and sized.steps_run == 6
 
 
 def test_batch_size_other_than_the_iterables_batches_names_both(images):

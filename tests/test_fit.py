@@ -116,7 +116,7 @@ def test_fit_learns_logs_the_applied_lr_and_scans_the_mlp():
     for h in r.history:  # the last update of epoch e has index e * SPE - 1
         assert h["lr"] == pytest.approx(float(SCHED(h["epoch"] * SPE - 1)), rel=1e-6)
     assert r.step == 3 * SPE and r.epochs_run == 3 and not r.stopped_early
-    assert r.timings["loop"] == "scan" and len(r.timings["epoch_s"]) == 3
+    assert r.timings.loop == "scan" and len(r.timings.epoch_s) == 3
     assert isinstance(r.model, type(model()))
 
 
@@ -264,7 +264,7 @@ def test_cnn_with_batchnorm_and_dropout_resumes_bit_identically(tmp_path):
     module = CNN(rngs=nnx.Rngs(0))
     before = leaves(nnx.state(module))
     full = cnn_run(tmp_path / "full", module)
-    assert full.timings["loop"] == "dispatch"  # a conv step on XLA:CPU
+    assert full.timings.loop == "dispatch"  # a conv step on XLA:CPU
     for a, b in zip(leaves(nnx.state(module)), before, strict=True):
         np.testing.assert_array_equal(a, b)  # the caller's module is untouched
     stats = nnx.state(full.model, nnx.BatchStat)

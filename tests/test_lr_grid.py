@@ -169,8 +169,8 @@ def test_population_equals_members_trained_one_by_one(scheduled, population):
     r = grid(init, lrs=lrs, seeds=2, epochs=2, schedule=unit, key=key,
              eval_batch_size=50, population=population)  # fmt: skip
     assert r.val_accuracy.shape == r.val_loss.shape == r.train_loss.shape == (3, 2, 2)
-    assert r.timings["loop"] == "scan"
-    assert r.timings["population"] == ("vmap" if population == "auto" else population)
+    assert r.timings.loop == "scan"
+    assert r.timings.population == ("vmap" if population == "auto" else population)
     check_against_reference(r, init, lrs, 2, 2, key, unit)
     # the learning rates really differ: the test would fail if lr were ignored
     assert np.ptp(r.val_loss[:, 0, -1]) > 1e-3
@@ -219,7 +219,7 @@ def test_a_conv_population_is_unrolled_on_cpu_and_matches_its_members():
     key = jax.random.key(4)
     lrs = [0.02, 0.2]
     r = grid(conv_net, lrs=lrs, seeds=2, epochs=1, key=key)
-    assert r.timings["population"] == "unroll" and r.timings["loop"] == "dispatch"
+    assert r.timings.population == "unroll" and r.timings.loop == "dispatch"
     check_against_reference(r, conv_net, lrs, 2, 1, key)
     assert np.all(np.abs(r.val_loss[0] - r.val_loss[1]) > 1e-4)
 
@@ -298,8 +298,8 @@ def test_result_fields_memory_and_best_lr():
     np.testing.assert_array_equal(r.lrs, lrs)
     assert r.steps_per_epoch == N_TRAIN // 64
     # adam: params + mu + nu (float32), plus a few scalars (counts, the lr)
-    assert 3 * 4 * n_params <= r.memory["member_bytes"] < 3 * 4 * n_params + 64
-    assert r.memory["state_bytes"] == 8 * r.memory["member_bytes"]
+    assert 3 * 4 * n_params <= r.memory.member_bytes < 3 * 4 * n_params + 64
+    assert r.memory.state_bytes == 8 * r.memory.member_bytes
     final = r.val_accuracy[:, :, -1].mean(axis=1)
     assert r.best_by == "accuracy"
     assert r.best_lr == lrs[np.argmax(final)] and r.best_accuracy == final.max()
@@ -309,7 +309,7 @@ def test_result_fields_memory_and_best_lr():
     assert not np.array_equal(r.val_loss[:, 0], r.val_loss[:, 1])
     doc = json.loads(json.dumps(r.to_json()))
     assert np.array(doc["val_accuracy"]).shape == (4, 2, 1)
-    assert r.timings["compile_s"] > 0 and r.timings["run_s"] > 0
+    assert r.timings.compile_s > 0 and r.timings.run_s > 0
     assert r.device.startswith(jax.devices()[0].platform)
 
 
@@ -319,22 +319,20 @@ def test_memory_estimate_is_the_member_state_twice_plus_its_inputs():
     epoch's indices."""
     model = init(jax.random.key(3))
     r = grid(model, optax.adam, lrs=[0.01, 0.1], seeds=2, key=jax.random.key(1))
-    est = r.memory["estimate"]
+    est = r.memory.estimate
     # + the lr and the family index (int32)
-    assert est["member_state_bytes"] == r.memory["member_bytes"] + 8
+    assert est.member_state_bytes == r.memory.member_bytes + 8
     per_example = X[0].nbytes + Y[0].nbytes
     steps = N_TRAIN // BATCH
-    assert est["batch_bytes"] == BATCH * per_example + 4 * steps * BATCH
-    assert est["members"] == 4
-    assert est["estimate_bytes"] == 4 * (
-        2 * est["member_state_bytes"] + est["batch_bytes"]
-    )
-    assert est["device_limit_bytes"] > est["per_device_bytes"] > 0
+    assert est.batch_bytes == BATCH * per_example + 4 * steps * BATCH
+    assert est.members == 4
+    assert est.estimate_bytes == 4 * (2 * est.member_state_bytes + est.batch_bytes)
+    assert est.device_limit_bytes > est.per_device_bytes > 0
     doc = json.loads(json.dumps(r.to_json()))
-    assert doc["memory"]["estimate"] == est
+    assert doc["memory"]["estimate"] == est.to_json()
     # one seed: the members share the batch indices
     one = grid(model, optax.adam, lrs=[0.01, 0.1], key=jax.random.key(1))
-    assert one.memory["estimate"]["batch_bytes"] == BATCH * per_example
+    assert one.memory.estimate.batch_bytes == BATCH * per_example
 
 
 def test_a_population_over_the_device_limit_is_refused_in_one_line(monkeypatch):
@@ -372,7 +370,7 @@ def test_dispatch_loop_gives_the_scan_numbers():
     kw = {"lrs": [0.02, 0.2], "seeds": 2, "epochs": 2, "key": jax.random.key(9)}
     scan = grid(noisy, loop="scan", eval_batch_size=50, **kw)
     dispatch = grid(noisy, loop="dispatch", eval_batch_size=50, **kw)
-    assert dispatch.timings["loop"] == "dispatch"
+    assert dispatch.timings.loop == "dispatch"
     np.testing.assert_allclose(dispatch.val_loss, scan.val_loss, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(
         dispatch.train_loss, scan.train_loss, rtol=RTOL, atol=ATOL
@@ -432,8 +430,8 @@ for population in ("vmap", "unroll"):
     r = t.grid(t.init, lrs=[0.01, 0.05, 0.2], key=jax.random.key(7),
                population=population)
     print(json.dumps({{"asked": population, "device": r.device,
-                      "val_loss": r.val_loss.tolist(), "memory": r.memory,
-                      "population": r.timings["population"]}}))
+                      "val_loss": r.val_loss.tolist(), "memory": r.memory.to_json(),
+                      "population": r.timings.population}}))
 """
 
 

@@ -100,7 +100,7 @@ def test_sweep_equals_a_python_loop_of_the_same_step(images, loop):
         divergence=Divergence(stop=False),
         execution=Execution(chunks=4, loop=loop),
     )
-    assert r.timings["loop"] == loop
+    assert r.timings.loop == loop
     sched = lrjax.exponential_sweep(1e-3, 1.0, 60)
     tx = make_optimizer(optax.sgd, sched)
     spec, params, rest = split_model(model)
@@ -246,9 +246,9 @@ def test_conv_seeds_run_unrolled_on_cpu_and_equal_their_own_runs(small_images):
         factory, optax.sgd, small_images, population=Population(2, layout="vmap"), **kw
     )
     one = lrjax.lr_range_test(factory, optax.sgd, small_images, **kw)
-    assert auto.timings["population"] == "unroll"
-    assert auto.timings["loop"] == "dispatch"
-    assert vmapped.timings["population"] == "vmap"
+    assert auto.timings.population == "unroll"
+    assert auto.timings.loop == "dispatch"
+    assert vmapped.timings.population == "vmap"
     np.testing.assert_allclose(auto.losses, vmapped.losses, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(auto.losses[0], one.losses[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
@@ -276,7 +276,7 @@ def sharded_runs(tmp_path_factory):
                 preprocess=scale_images, sweep=lrjax.Sweep(num_steps=30),
                 divergence=lrjax.Divergence(stop=False),
                 population=lrjax.Population(seeds=3, layout=population))
-            print(json.dumps([population, r.device, r.timings["population"]]))
+            print(json.dumps([population, r.device, r.timings.population]))
             np.save(f"{sys.argv[1]}-{population}.npy", r.losses)
         """
     ) % os.path.dirname(__file__)
@@ -339,7 +339,7 @@ def test_nnx_module_with_batchnorm_and_dropout_is_untouched(small_images):
     )
     for a, b in zip(before, state_leaves(model), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert r.timings["loop"] == "dispatch"  # a conv step on XLA:CPU
+    assert r.timings.loop == "dispatch"  # a conv step on XLA:CPU
     # Inside the sweep the batch statistics moved, and each step drew a new mask.
     assert len(set(np.round(r.metrics["bn_mean"][0], 6).tolist())) == 12
     assert len(set(r.metrics["mask"][0].tolist())) >= 10
@@ -384,7 +384,7 @@ def test_a_generator_of_the_same_batches_gives_the_same_losses(images):
     streamed = lrjax.lr_range_test(
         mlp(jax.random.key(1)), optax.sgd, gen(), key=key, sweep=sweep, **kw
     )
-    assert streamed.config["data"] == "iterable" and streamed.steps_run == 40
+    assert streamed.config.data == "iterable" and streamed.steps_run == 40
     np.testing.assert_allclose(streamed.losses, arrays.losses, rtol=1e-5, atol=1e-6)
 
 
@@ -416,7 +416,7 @@ def test_a_list_of_batches_is_restarted(images):
         sweep=Sweep(num_steps=10, init_value=1e-4, end_value=1e-2),
     )
     assert r.stop_reason is None and r.steps_run == 10
-    assert r.config["data_restarts"] >= 3
+    assert r.config.data_restarts >= 3
 
 
 def test_a_grain_pipeline_runs_end_to_end(small_images):
@@ -439,7 +439,7 @@ def test_a_grain_pipeline_runs_end_to_end(small_images):
         sweep=Sweep(num_steps=12),  # 8 batches an epoch: the dataset is iterated again
         divergence=Divergence(stop=False),
     )
-    assert r.steps_run == 12 and r.config["data_restarts"] == 1
+    assert r.steps_run == 12 and r.config.data_restarts == 1
     assert np.isfinite(r.losses).all()
 
 
@@ -514,7 +514,7 @@ def test_accumulation_in_the_sweep_counts_updates(images):
         sweep=Sweep(10, 1e-3, 1.0, batch_size=8, accumulate_steps=4),
         **kw,
     )
-    assert r.steps_run == 10 and r.config["accumulate_steps"] == 4
+    assert r.steps_run == 10 and r.config.accumulate_steps == 4
     rtol = (math.log(1e3) + 1) * np.finfo(np.float32).eps
     sweep = lrjax.exponential_sweep(1e-3, 1.0, 10)
     np.testing.assert_allclose(r.lrs, sweep(np.arange(10)), rtol=rtol)
@@ -597,11 +597,11 @@ def test_the_memory_estimate_is_in_the_result(images):
         mlp, optax.adam, images, key=jax.random.key(0),
         sweep=Sweep(num_steps=4), population=Population(seeds=2),
     )  # fmt: skip
-    mem = r.config["memory"]
+    mem = r.config.memory
     n_params = 784 * 32 + 32 + 32 * 10 + 10
     # params, adam's mu and nu; adam's count, inject_hyperparams' count and lr
-    assert mem["member_state_bytes"] == 4 * (3 * n_params) + 3 * 4
-    assert mem["batch_bytes"] == (28 * 28 + 4) * 32 and mem["members"] == 2
+    assert mem.member_state_bytes == 4 * (3 * n_params) + 3 * 4
+    assert mem.batch_bytes == (28 * 28 + 4) * 32 and mem.members == 2
 
 
 def test_a_sweep_of_1e8_steps_builds_only_its_chunks_inputs(images):
@@ -615,8 +615,8 @@ def test_a_sweep_of_1e8_steps_builds_only_its_chunks_inputs(images):
         key=jax.random.key(0),
         sweep=Sweep(num_steps=10**8, init_value=1e6, end_value=1e7),
     )
-    assert r.stop_reason == "diverged" and r.config["num_steps"] == 10**8
-    assert r.config["chunk_steps"] == lrjax.range_test.MAX_CHUNK_STEPS  # not the first
+    assert r.stop_reason == "diverged" and r.config.num_steps == 10**8
+    assert r.config.chunk_steps == lrjax.range_test.MAX_CHUNK_STEPS  # not the first
     assert r.steps_run == lrjax.loop.FIRST_CHUNK_STEPS
 
 

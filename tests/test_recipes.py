@@ -133,13 +133,13 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
         (functools.partial(optax.sgd, momentum=0.9), "sgd", "sgd"),
     ]:
         res = lrjax.lr_range_test(model, factory, (x, y), **kw)
-        assert res.config["optimizer"] == name
+        assert res.config.optimizer == name
         if res.suggestions.get("knee") is not None:
             method, factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILY]
             rec = recommend(res, 100)
             assert rec.peak_lr == pytest.approx(factor * res.suggestions[method])
     res = lrjax.lr_range_test(model, lambda lr: optax.sgd(lr), (x, y), **kw)
-    assert res.config["optimizer"] is None
+    assert res.config.optimizer is None
     with pytest.raises(ValueError, match="no peak rule for the optimizer None"):
         recommend(res, 100)
     method = "knee" if res.suggestions.get("knee") else "steep"
@@ -192,7 +192,7 @@ def test_recipe_grid_equals_one_grid_per_family():
             config=dataclasses.replace(config, schedule=unit), **args,
         )  # fmt: skip
         got = together[name]
-        assert got.config["family"] == name
+        assert got.config.family == name
         np.testing.assert_allclose(got.applied_lr, alone.applied_lr, rtol=1e-6)
         np.testing.assert_allclose(got.val_loss, alone.val_loss, rtol=2e-4, atol=2e-5)
         np.testing.assert_allclose(got.val_accuracy, alone.val_accuracy, atol=0.01)

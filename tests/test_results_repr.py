@@ -84,8 +84,14 @@ def big_range_result() -> lrjax.RangeTestResult:
         metrics={"accuracy": _filled(seeds, steps), "top5": _filled(seeds, steps)},
         diverged_at_lr=0.987654, diverged_at_step=[450, 460], suggestions=methods,
         suggested_lr=0.0123, method="knee", seeds=seeds, spread=None,
-        steps_run=steps, stop_reason="diverged", timings={"loop": "scan"},
-        device="cpu x1 (cpu)", config={"model": "x" * 1000}, sweep=sweep,
+        steps_run=steps, stop_reason="diverged",
+        timings=lrjax.Timings("lr_range_test", loop="scan"), device="cpu x1 (cpu)",
+        config=lrjax.RangeTestSettings(
+            driver="lr_range_test", optimizer="x" * 1000, mode="exponential",
+            init_value=1e-5, end_value=10.0, num_steps=steps, batch_size=32,
+            smooth_beta=0.98, diverge_threshold=4.0, rebound=0.5, data="arrays",
+        ),
+        sweep=sweep,
         warning="the loss was not finite before any descent: " + "check " * 40,
     )  # fmt: skip
 
@@ -142,7 +148,7 @@ def test_grid_repr(grid_result):
     hand = dataclasses.replace(
         g, val_accuracy=_filled(3, 2, 1), val_loss=_filled(3, 2, 1),
         train_loss=_filled(3, 2, 1), applied_lr=_filled(3, 400),
-        config={**g.config, "family": "one_cycle"},
+        config=dataclasses.replace(g.config, family="one_cycle"),
     )  # fmt: skip
     assert_short(repr(hand), hand)
     assert repr(hand).startswith("GridResult(family='one_cycle', ")

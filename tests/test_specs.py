@@ -280,14 +280,17 @@ def test_a_range_test_from_specs_equals_a_python_loop_of_the_same_step():
     for t in range(steps):
         state, m = step(state, (x[idx[t]], y[idx[t]]))
         losses.append(float(m["loss"]))
-    assert r.steps_run == steps and r.timings["loop"] == "scan"
+    assert r.steps_run == steps and r.timings.loop == "scan"
     np.testing.assert_allclose(r.losses[0], losses, rtol=2e-5, atol=1e-6)
     rtol = (math.log(3e3) + 1) * np.finfo(np.float32).eps
     np.testing.assert_allclose(r.lrs, sched(np.arange(steps)), rtol=rtol, atol=0)
     np.testing.assert_array_equal(r.smoothed_losses, lrjax.smooth(r.losses, 0.9))
-    # result.config keeps 0.2's keys (JSON consumers read them)
+    # result.config keeps 0.2's names, and its JSON 0.2's keys (consumers read them)
     assert {
         "mode": "exponential", "init_value": 1e-3, "end_value": 3.0,
         "num_steps": steps, "batch_size": batch, "accumulate_steps": 1,
         "smooth_beta": 0.9, "diverge_threshold": 5.0, "rebound": 0.5, "chunks": 3,
-    }.items() <= r.config.items()  # fmt: skip
+    }.items() <= r.to_json()["config"].items()  # fmt: skip
+    assert (r.config.num_steps, r.config.smooth_beta, r.config.chunks) == (
+        steps, 0.9, 3,
+    )  # fmt: skip

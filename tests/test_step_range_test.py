@@ -135,8 +135,8 @@ def test_a_flax_train_state_step_equals_lr_range_test(data, jit):
         divergence=Divergence(stop=False), **kw,
     )  # fmt: skip
     assert_same_curve(got, ref)
-    assert got.config["hyperparam"] == ".opt_state.hyperparams['learning_rate']"
-    assert got.timings["loop"] == "dispatch" and got.device == ref.device
+    assert got.config.hyperparam == ".opt_state.hyperparams['learning_rate']"
+    assert got.timings.loop == "dispatch" and got.device == ref.device
     assert_same(before, host(state))  # not donated, not changed
     _, metrics = flax_step(state, jax.tree.map(lambda a: a[:BATCH], data))
     assert np.isfinite(metrics["loss"])  # the caller's arrays are alive
@@ -165,7 +165,7 @@ def test_an_nnx_optimizer_step_equals_lr_range_test(data, returns):
         model, sgd, data, loss_fn=nnx_loss, divergence=Divergence(stop=False), **kw
     )
     assert_same_curve(got, ref)
-    assert got.config["hyperparam"] == "[1].opt_state.hyperparams['learning_rate']"
+    assert got.config.hyperparam == "[1].opt_state.hyperparams['learning_rate']"
     assert_same(before, host((nnx.state(model), nnx.state(optimizer))))
 
 
@@ -188,7 +188,7 @@ def test_an_iterable_equals_a_python_loop_that_sets_the_lr_itself(data):
     assert got.stop_reason == "data" and got.steps_run == 25
     np.testing.assert_allclose(got.losses[0], losses, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got.lrs, lrs[:25], rtol=1e-6)
-    assert got.config["data"] == "iterable" and got.config["batch_size"] == BATCH
+    assert got.config.data == "iterable" and got.config.batch_size == BATCH
 
 
 def test_a_list_of_batches_is_restarted_and_a_wrong_batch_size_refused(data):
@@ -197,7 +197,7 @@ def test_a_list_of_batches_is_restarted_and_a_wrong_batch_size_refused(data):
     got = lrjax.step_range_test(
         jax.jit(flax_step), train_state(), batches, sweep=Sweep(10, end_value=1e-3)
     )
-    assert got.steps_run == 10 and got.config["data_restarts"] == 2
+    assert got.steps_run == 10 and got.config.data_restarts == 2
     np.testing.assert_allclose(got.losses[0, 4:8], got.losses[0, :4], rtol=0.05)
     with pytest.raises(ValueError, match="batch_size=32 does not match .* of 16"):
         lrjax.step_range_test(flax_step, train_state(), batches,
@@ -257,7 +257,7 @@ def test_set_lr_points_anywhere(data):
         flax_step, train_state(), data, key=jax.random.key(0), sweep=Sweep(5),
         hyperparam=set_lr,
     )  # fmt: skip
-    assert got.config["hyperparam"] == "set_lr"
+    assert got.config.hyperparam == "set_lr"
     np.testing.assert_array_equal(got.lrs, seen)
 
 
@@ -290,7 +290,7 @@ def test_two_learning_rates_are_named_and_one_can_be_chosen(data):
     got = lrjax.step_range_test(
         flax_step, two_learning_rates(), data, hyperparam=hidden, **kw
     )
-    assert got.config["hyperparam"] == hidden and got.steps_run == 3
+    assert got.config.hyperparam == hidden and got.steps_run == 3
 
 
 @pytest.mark.parametrize(
@@ -376,4 +376,4 @@ def test_a_linear_sweep_applies_its_lrs(data):
         flax_step, train_state(), data, key=jax.random.key(0), sweep=sweep
     )
     np.testing.assert_allclose(got.lrs, np.linspace(0.01, 0.06, 6), rtol=1e-6)
-    assert got.config["mode"] == "linear"
+    assert got.config.mode == "linear"

@@ -172,12 +172,13 @@ def test_each_value_equals_a_plain_run_at_that_value_with_seeds(images):
     assert sw.best is not None and sw.value == values[sw.best]
     np.testing.assert_array_equal(r.losses, sw.losses[sw.best])
     assert r.suggested_lr == sw.lr == sw.suggested_lr[sw.best]
-    assert r.config["sweep"] == {
+    assert r.config.sweep == lrjax.SweepOver("weight_decay", tuple(values), sw.best)
+    assert r.to_json()["config"]["sweep"] == {
         "name": "weight_decay",
         "values": values,
         "shown": sw.best,
     }
-    assert r.config["memory"]["members"] == 6
+    assert r.config.memory.members == 6
 
 
 def test_sgd_momentum_on_one_seed_shares_the_batches(images):
@@ -226,11 +227,11 @@ def test_mapped_unrolled_and_vmapped_members_agree(images, seeds):
         for p in ("map", "vmap", "unroll")
     }
     for p in ("map", "unroll"):
-        assert r[p].timings["population"] == p
+        assert r[p].timings.population == p
         np.testing.assert_allclose(
             r[p].sweep.losses, r["vmap"].sweep.losses, rtol=1e-4, atol=1e-5
         )
-    assert r["vmap"].timings["population"] == "vmap"
+    assert r["vmap"].timings.population == "vmap"
     with pytest.raises(ValueError, match="layout must be one of"):
         over(sweep, seeds, "x")
 
@@ -254,7 +255,7 @@ def test_an_iterable_of_batches_feeds_every_value(images):
         key=jax.random.key(0),
         **kw,
     )
-    assert r.config["data"] == "iterable" and r.sweep.losses.shape == (2, 1, 10)
+    assert r.config.data == "iterable" and r.sweep.losses.shape == (2, 1, 10)
     np.testing.assert_allclose(r.sweep.losses[1], plain.losses, rtol=1e-4, atol=1e-5)
 
 
@@ -269,9 +270,9 @@ def test_one_value_on_one_seed_is_a_plain_run(images):
         model, lambda lr: adamw(lr, weight_decay=0.5), images, key=key, **kw
     )
     assert r.sweep.losses.shape == (1, 1, 20) and r.losses.shape == (1, 20)
-    assert "population" not in r.timings and r.config["memory"]["members"] == 1
+    assert r.timings.population is None and r.config.memory.members == 1
     np.testing.assert_allclose(r.losses, plain.losses, rtol=1e-4, atol=1e-5)
-    assert r.sweep.values == [0.5] and r.config["sweep"]["shown"] == 0
+    assert r.sweep.values == [0.5] and r.config.sweep.shown == 0
 
 
 # -------------------------------------------------------------- bad input

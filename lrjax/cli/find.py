@@ -267,12 +267,12 @@ def _summary(r, out, total_s) -> str:
         )
     t = r.timings
     lines += [
-        f"steps run:    {r.steps_run} of {r.config['num_steps']}"
+        f"steps run:    {r.steps_run} of {r.config.num_steps}"
         + (f" x {len(sw.values)} values" if sw is not None else "")
         + (f" x {r.seeds} seeds" if r.seeds > 1 else ""),
-        f"time:         compile {t['compile_s']:.2f} s, run {t['run_s']:.2f} s, "
-        f"total {total_s:.2f} s on {r.device} ({t['loop']} loop"
-        + (f", {t['population']} members" if "population" in t else "")
+        f"time:         compile {t.compile_s:.2f} s, run {t.run_s:.2f} s, "
+        f"total {total_s:.2f} s on {r.device} ({t.loop} loop"
+        + (f", {t.population} members" if t.population is not None else "")
         + ")",
         f"written to:   {out}",
     ]
@@ -341,14 +341,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
         return fail(PROG, str(e))
-    result.config.update(
-        dataset=args.dataset,
-        optimizer=args.optimizer,
-        **choice.config,
-        seed=args.seed,
-        method=args.method,
-    )
     doc = result.to_json()
+    doc["config"] |= {  # the command line's settings, beside the range test's
+        "dataset": args.dataset,
+        "optimizer": args.optimizer,
+        **choice.config,
+        "seed": args.seed,
+        "method": args.method,
+    }
     write_atomic(out / "lr_find.json", json.dumps(doc, indent=1) + "\n")
     write_atomic(out / "lr_find.csv", _csv(result))
     if not args.no_plot:

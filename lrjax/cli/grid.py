@@ -135,9 +135,9 @@ def _summary(r, find, out, total_s, full: bool = True) -> str:
         return "\n".join(lines)
     t, m = r.timings, r.memory
     lines += [
-        f"population: {m['members']} models, {m['state_bytes'] / 2**20:.1f} MiB of "
+        f"population: {m.members} models, {m.state_bytes / 2**20:.1f} MiB of "
         f"params + optimizer state",
-        f"time: compile {t['compile_s']:.2f} s, run {t['run_s']:.2f} s, total "
+        f"time: compile {t.compile_s:.2f} s, run {t.run_s:.2f} s, total "
         f"{total_s:.2f} s on {r.device}",
         f"written to: {out}",
     ]
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     recipes = {}
     if find is not None:
         recipes = recommended(find, results, steps, args.optimizer)
-    doc = _document(args, results, find, recipes)
+    doc = _document(args, choice, results, find, recipes)
     write_atomic(out / "grid.json", json.dumps(doc, indent=1) + "\n")
     _plot(args, results, find, recipes, out / "grid.png")
     if args.json:
@@ -231,27 +231,33 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
         population=Population(seeds=args.seeds),
         execution=execution,
     )
-    for r in results.values():
-        r.config.update(
-            dataset=args.dataset,
-            optimizer=args.optimizer,
-            weight_decay=args.weight_decay,
-            **choice.config,
-            seed=args.seed,
-            schedule=args.schedule,
-            min_lr=args.min_lr,
-            max_lr=args.max_lr,
-        )
     return find, results
 
 
-def _document(args, results: dict, find, recipes: dict) -> dict:
+def _document(args, choice, results: dict, find, recipes: dict) -> dict:
     """``grid.json``: one grid (or every family's and the best cell), the range
-    test and the recipes' regrets when ``--find`` ran."""
+    test and the recipes' regrets when ``--find`` ran. Each grid's ``config``
+    holds the command line's settings beside the grid's."""
+    flags = {
+        "dataset": args.dataset,
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        **choice.config,
+        "seed": args.seed,
+        "schedule": args.schedule,
+        "min_lr": args.min_lr,
+        "max_lr": args.max_lr,
+    }
+
+    def grid_json(r) -> dict:
+        doc = r.to_json()
+        doc["config"] |= flags
+        return doc
+
     if args.schedule == "all":
         best = max(results, key=lambda n: results[n].best_accuracy)
         doc = {
-            "families": {n: r.to_json() for n, r in results.items()},
+            "families": {n: grid_json(r) for n, r in results.items()},
             "best": {
                 "family": best,
                 "lr": results[best].best_lr,
@@ -259,7 +265,7 @@ def _document(args, results: dict, find, recipes: dict) -> dict:
             },
         }
     else:
-        doc = results[args.schedule].to_json()
+        doc = grid_json(results[args.schedule])
     if find is not None:
         doc["range_test"] = {
             "suggestions": find.suggestions,
@@ -268,8 +274,8 @@ def _document(args, results: dict, find, recipes: dict) -> dict:
             "diverged_at_lr": find.diverged_at_lr,
             "spread": find.spread,
             "steps_run": find.steps_run,
-            "timings": find.timings,
-            "config": find.config,
+            "timings": find.timings.to_json(),
+            "config": find.config.to_json(),
         }
         if recipes:
             doc["recipes"] = recipes

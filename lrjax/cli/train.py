@@ -680,8 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         say(_test_line(metrics))
         t = result.timings
         say(
-            f"time: compile {t['compile_s']:.2f} s, train {t['run_s']:.2f} s "
-            f"({t['mean_epoch_s'] or 0:.2f} s/epoch) on {result.device}; "
+            f"time: compile {t.compile_s:.2f} s, train {t.run_s:.2f} s "
+            f"({t.mean_epoch_s or 0:.2f} s/epoch) on {result.device}; "
             f"written to {out}"
         )
     return 0
@@ -950,7 +950,10 @@ def _metrics(args, setup: _Setup, result, plan: _Plan, t_start: float) -> dict:
         **setup.choice.config,
         "seed": args.seed,
         "dataset": args.dataset,
-        "timings": {**result.timings, "wall_s": time.perf_counter() - t_start},
+        "timings": {
+            **result.timings.to_json(),
+            "wall_s": time.perf_counter() - t_start,
+        },
         "device": result.device,
         "history": result.history,
     }
