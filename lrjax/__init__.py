@@ -25,7 +25,9 @@ from lrjax.fit import fit as fit
 from lrjax.hooks import Hook as Hook
 from lrjax.hooks import StopOnSignals as StopOnSignals
 from lrjax.hooks import Trigger as Trigger
+from lrjax.lr_grid import GridMemory as GridMemory
 from lrjax.lr_grid import GridResult as GridResult
+from lrjax.lr_grid import GridSettings as GridSettings
 from lrjax.lr_grid import accuracy_at as accuracy_at
 from lrjax.lr_grid import lr_grid as lr_grid
 from lrjax.lr_grid import recipe_grid as recipe_grid
@@ -37,9 +39,13 @@ from lrjax.plots import plot_learning_curves as plot_learning_curves
 from lrjax.plots import plot_range_test as plot_range_test
 from lrjax.plots import plot_recipe_grid as plot_recipe_grid
 from lrjax.range_test import RangeTestResult as RangeTestResult
+from lrjax.range_test import RangeTestSettings as RangeTestSettings
+from lrjax.range_test import SweepOver as SweepOver
 from lrjax.range_test import lr_range_test as lr_range_test
 from lrjax.recipes import Recipe as Recipe
 from lrjax.recipes import recommend as recommend
+from lrjax.results import MemoryEstimate as MemoryEstimate
+from lrjax.results import Timings as Timings
 from lrjax.schedules import Schedule as Schedule
 from lrjax.schedules import cosine_restart_steps as cosine_restart_steps
 from lrjax.schedules import cosine_restarts as cosine_restarts

@@ -30,6 +30,9 @@ PUBLIC = {
     "Sweep", "Divergence", "Population", "Execution", "GridConfig",
     # 0.3: one hook protocol for every driver, the trigger apart (#18)
     "Trigger",
+    # 0.3: the results' timings, memory and settings as typed records (#18)
+    "Timings", "MemoryEstimate", "RangeTestSettings", "SweepOver", "GridSettings",
+    "GridMemory",
 }  # fmt: skip
 SPECS = ("Sweep", "Divergence", "Population", "Execution", "GridConfig")
 
