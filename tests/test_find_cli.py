@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lrjax import find
+from tests.test_records import RANGE_CONFIG, RANGE_TIMINGS
 
 
 def run(capsys, *argv):
@@ -63,6 +64,11 @@ def test_outputs_exist_and_agree(tiny_fashion_mnist, tmp_path, capsys):
     assert doc["seeds"] == 1 and doc["spread"] is None
     assert doc["method"] == "knee" and set(doc["timings"]) >= {"compile_s", "run_s"}
     assert doc["config"]["num_steps"] == 60 and doc["config"]["hidden"] == [32]
+    # the range test's keys, then the command line's (#18: the JSON is unchanged)
+    assert list(doc["timings"]) == RANGE_TIMINGS
+    flags = ["dataset", "model", "augment", "hidden", "seed", "method"]
+    assert list(doc["config"]) == RANGE_CONFIG + flags
+    assert doc["config"]["optimizer"] == "sgd" and doc["config"]["method"] == "knee"
     n = doc["steps_run"]
     # one seed keeps its axis: [seeds, steps_run]
     assert np.shape(doc["lrs"]) == (n,) and np.shape(doc["losses"]) == (1, n)

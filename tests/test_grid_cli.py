@@ -9,6 +9,13 @@ import numpy as np
 import pytest
 
 from lrjax import grid
+from tests.test_records import (
+    GRID_CONFIG,
+    GRID_MEMORY,
+    GRID_TIMINGS,
+    RANGE_CONFIG,
+    RANGE_TIMINGS,
+)
 
 
 def run(capsys, *argv):
@@ -39,6 +46,17 @@ def test_grid_with_find_writes_json_and_png(tiny_fashion_mnist, tmp_path, capsys
     assert doc["memory"]["members"] == 8 and doc["memory"]["state_bytes"] > 0
     assert set(doc["timings"]) >= {"compile_s", "run_s"} and doc["device"]
     assert doc["config"]["schedule"] == "cosine" and doc["config"]["hidden"] == [16]
+    # the grid's keys, then the command line's (#18: the JSON is unchanged)
+    assert list(doc["timings"]) == GRID_TIMINGS
+    assert list(doc["memory"]) == GRID_MEMORY
+    flags = [
+        "dataset", "optimizer", "weight_decay", "model", "augment", "hidden", "seed",
+        "schedule", "min_lr", "max_lr",
+    ]  # fmt: skip
+    assert list(doc["config"]) == GRID_CONFIG + ["family"] + flags
+    assert doc["config"]["family"] == "cosine"
+    assert list(doc["range_test"]["timings"]) == RANGE_TIMINGS + ["population"]
+    assert list(doc["range_test"]["config"]) == RANGE_CONFIG  # no flags there
     assert doc["steps_per_epoch"] == 600 // 20
     rt = doc["range_test"]
     assert set(rt["suggestions"]) >= {"steep", "valley", "minimum", "divergence"}
