@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from lrjax import data
+from lrjax._src import data
 
 # The doctests that read the real Fashion-MNIST, by their pytest names.
-REAL_FASHION_MNIST = {"lrjax.data.load_dataset"}
+REAL_FASHION_MNIST = {"lrjax._src.data.load_dataset"}
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@
         [--steps 60] [--scan-steps 4] [--epoch-steps N] [--n-train N]
 
 The CNN: Conv3x3-32-BN-ReLU-MaxPool, Conv3x3-64-BN-ReLU-MaxPool, Dense 128 +
-Dropout 0.3, Dense 10 (``lrjax.models.cnn``; its pools are reshape-and-max, whose
+Dropout 0.3, Dense 10 (``lrjax.cnn``; its pools are reshape-and-max, whose
 backward is cheap on XLA:CPU, unlike ``reduce_window``'s; the PyTorch copy has
 the same layers with ``nn.MaxPool2d``), on Fashion-MNIST's 55000 training
 images, batch 128, so an epoch is 429 updates.
@@ -68,8 +68,8 @@ EPOCH_LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 
 
 def cnn(key):
-    """The issue's CNN: ``lrjax.models.cnn`` (the layers the PyTorch copy mirrors)."""
-    from lrjax import models
+    """The issue's CNN: ``lrjax.cnn`` (the layers the PyTorch copy mirrors)."""
+    from lrjax._src import models
 
     return models.cnn(10, key=key)
 
@@ -128,7 +128,7 @@ def lrjax_epoch(x, y, steps: int, *, augment: bool) -> dict:
     from flax import nnx
 
     import lrjax
-    from lrjax import models
+    from lrjax._src import models
     from lrjax.cli import optimizer_factory
 
     key = jax.random.key(0)
@@ -172,7 +172,7 @@ def hand_written(x, y):
     import optax
     from flax import nnx
 
-    from lrjax.batches import batch_indices
+    from lrjax._src.batches import batch_indices
 
     model = cnn(jax.random.key(0))
     model.train()
@@ -392,7 +392,7 @@ NOTES = {
     "same steps_run updates with the same per-update lr. lrjax_vs_torch = "
     "lrjax.run_s / torch.run_s.",
     "augment": "`augment`: lrjax_fit is the `epoch` fit with the model "
-    "nnx.Sequential(lrjax.models.Augment(...), cnn) as --augment builds it "
+    "nnx.Sequential(lrjax._src.models.Augment(...), cnn) as --augment builds it "
     "(random 2-pixel shifts and flips on the device); vs_plain_epoch = its "
     "run_s / epoch.lrjax_fit.run_s.",
     "steps": "top-level lrjax_auto, hand_dispatch, torch, hand_scan, lrjax_scan "

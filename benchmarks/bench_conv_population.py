@@ -4,7 +4,7 @@
         [--repeats 3] [--out benchmarks/results/conv_population.json]
 
 The evidence for ``Population(layout="auto")`` (lrjax.loop). For the BatchNorm CNN
-(``lrjax.models.cnn``, batch 128, one dispatched update at a time) and the MLP
+(``lrjax.cnn``, batch 128, one dispatched update at a time) and the MLP
 300-100 (batch 32, a scan of ``--mlp-steps`` updates), the time of one update of:
 
 * ``single``: one model alone (the plain step);
@@ -12,7 +12,7 @@ The evidence for ``Population(layout="auto")`` (lrjax.loop). For the BatchNorm C
 * ``unroll``: the members one after another, each step inlined;
 * ``map``: ``lax.map`` over the members;
 
-all built from :func:`lrjax.step.make_step` and :func:`lrjax.loop.population_fn`,
+all built from :func:`lrjax.make_step` and :func:`lrjax._src.loop.population_fn`,
 compiled and run once before timing, timed with ``block_until_ready``, repeats
 interleaved and the minimum kept. A second process runs ``vmap`` and ``unroll``
 with the members sharded over 2 XLA host devices (``unroll`` under
@@ -49,11 +49,11 @@ def child(args) -> dict:
     import numpy as np
     import optax
 
-    from lrjax.batches import scale_images
-    from lrjax.loop import population_fn
-    from lrjax.models import cnn, mlp
-    from lrjax.results import describe_devices, population_mesh
-    from lrjax.step import (
+    from lrjax._src.batches import scale_images
+    from lrjax._src.loop import population_fn
+    from lrjax._src.models import cnn, mlp
+    from lrjax._src.results import describe_devices, population_mesh
+    from lrjax._src.step import (
         classification_loss,
         init_state,
         make_optimizer,

@@ -32,7 +32,7 @@ from _report_util import json_block, md_table  # noqa: E402
 _CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from lrjax import data
+from lrjax._src import data
 start = time.perf_counter()
 data.load_dataset(data_dir={data_dir!r}, download=False)
 print(time.perf_counter() - start)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/data.json"))
     args = parser.parse_args(argv)
-    from lrjax import data
+    from lrjax._src import data
 
     def load():
         return data.load_dataset(data_dir=args.data_dir, download=False)

@@ -44,7 +44,7 @@ TARGET_SEEDS_8_VS_1_CPU = 4.5  # 8 seeds against 1 on this CPU
 
 
 def _data():
-    from lrjax.data import load_dataset
+    from lrjax._src.data import load_dataset
 
     ds = load_dataset("fashion_mnist")
     return ds.x_train, ds.y_train
@@ -54,7 +54,7 @@ def meta() -> dict:
     """What every result JSON records about where it ran."""
     import jax
 
-    from lrjax.results import describe_devices
+    from lrjax._src.results import describe_devices
 
     return {
         "device": describe_devices(),
@@ -74,8 +74,8 @@ def make_floor(x, y):
     import jax.numpy as jnp
     import optax
 
-    from lrjax.batches import batch_indices
-    from lrjax.models import mlp, pure
+    from lrjax._src.batches import batch_indices
+    from lrjax._src.models import mlp, pure
 
     apply, params = pure(mlp(784, 10, key=jax.random.key(0)))
     sched = optax.exponential_decay(1e-5, STEPS - 1, 10 / 1e-5)  # same sweep

@@ -42,13 +42,13 @@ def child(args) -> dict:
     import numpy as np
     import optax
 
-    from lrjax.batches import batch_indices, scale_images, take
-    from lrjax.data import load_dataset
-    from lrjax.lr_grid import lr_grid
-    from lrjax.models import mlp
-    from lrjax.results import describe_devices
-    from lrjax.specs import GridConfig, Population
-    from lrjax.step import (
+    from lrjax._src.batches import batch_indices, scale_images, take
+    from lrjax._src.data import load_dataset
+    from lrjax._src.lr_grid import lr_grid
+    from lrjax._src.models import mlp
+    from lrjax._src.results import describe_devices
+    from lrjax._src.specs import GridConfig, Population
+    from lrjax._src.step import (
         classification_loss,
         init_state,
         make_eval_batch,

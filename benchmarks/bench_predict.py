@@ -6,7 +6,7 @@ forward pass (evaluation mode, softmax outputs) over the real Fashion-MNIST test
 set (10,000 images) for m = 1, 3, 5 members of the MLP (300-100) and the BatchNorm
 CNN, two ways: one program (the members under one ``vmap``, the batches in one
 ``lax.map``), and one dispatch per member and batch; ``member_probs`` picks the
-second for a convolution on the CPU (:mod:`lrjax.loop`'s rule). Compiled first,
+second for a convolution on the CPU (:mod:`lrjax._src.loop`'s rule). Compiled first,
 timed with ``block_until_ready``, the median of ``--repeats``; the variants are
 interleaved.
 
@@ -38,8 +38,8 @@ def _members(name: str, m: int):
     import jax
     import jax.numpy as jnp
 
-    from lrjax import models
-    from lrjax.step import split_model
+    from lrjax._src import models
+    from lrjax._src.step import split_model
 
     def build(key):
         if name == "mlp":
@@ -67,9 +67,9 @@ def measure(repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from lrjax import ensembles
-    from lrjax.data import load_dataset
-    from lrjax.loop import conv_on_cpu
+    from lrjax._src import ensembles
+    from lrjax._src.data import load_dataset
+    from lrjax._src.loop import conv_on_cpu
 
     ds = load_dataset("fashion_mnist")
     x = jnp.asarray(ds.x_test, jnp.float32) / 255.0
@@ -99,7 +99,7 @@ def measure(repeats: int) -> dict:
         med = {k: float(np.median(v)) for k, v in times.items()}
         out[name] = {
             "images": int(x.shape[0]),
-            "member_probs_uses": chosen,  # lrjax.ensembles.member_probs's rule
+            "member_probs_uses": chosen,  # lrjax._src.ensembles.member_probs's rule
             "median_s": med,
             "times_s": times,
         }
@@ -138,7 +138,7 @@ def main() -> int:
 
 def prediction_cost(results: Path, model: str, m: int) -> str | None:
     """``"predicting 10,000 test images: 1 model 0.12 s, 3 models 0.35 s"``, as
-    ``lrjax.ensembles.member_probs`` runs them (``m`` rounded up to a measured
+    ``lrjax.member_probs`` runs them (``m`` rounded up to a measured
     count)."""
     d = load_result(results, "predict")
     if d is None or model not in d["models"]:

@@ -9,7 +9,7 @@
   batches ``(x[idx], y[idx])`` one by one (stacked on the host per chunk and
   transferred while the previous chunk computes);
 * ``pure``: the array path with the MLP as a pure function,
-  ``lrjax.models.pure(module)`` and ``loss_fn=lrjax.classification_loss(apply)``.
+  ``lrjax._src.models.pure(module)`` and ``loss_fn=lrjax.classification_loss(apply)``.
 
 Fashion-MNIST, MLP 300-100, SGD, batch 32, 1719 steps, 1e-5 -> 10, no early stop.
 Each repeat runs the three in turn; the minimum ``run_s`` (after compilation,
@@ -40,8 +40,8 @@ def variant(name: str, x, y) -> dict:
     import optax
 
     import lrjax
-    from lrjax.batches import batch_indices
-    from lrjax.models import pure
+    from lrjax._src.batches import batch_indices
+    from lrjax._src.models import pure
 
     key = jax.random.key(0)
     module = lrjax.mlp(784, 10, key=key)

@@ -36,7 +36,7 @@ def hand_written(apply, params, x, y, xv, yv, sched, batch, epochs, key):
     import jax.numpy as jnp
     import optax
 
-    from lrjax.batches import batch_indices
+    from lrjax._src.batches import batch_indices
 
     tx = optax.sgd(sched)
 
@@ -95,12 +95,12 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import optax
 
-    from lrjax import ensembles, schedules
-    from lrjax.batches import scale_images
-    from lrjax.data import load_dataset
-    from lrjax.fit import FitConfig, fit
-    from lrjax.models import mlp, pure
-    from lrjax.results import describe_devices
+    from lrjax._src import ensembles, schedules
+    from lrjax._src.batches import scale_images
+    from lrjax._src.data import load_dataset
+    from lrjax._src.fit import FitConfig, fit
+    from lrjax._src.models import mlp, pure
+    from lrjax._src.results import describe_devices
 
     ds = load_dataset("fashion_mnist")
     device = describe_devices(jax.local_devices())

@@ -98,7 +98,7 @@ def run_seed(
 
 
 def test_labels() -> np.ndarray:
-    from lrjax.data import load_dataset
+    from lrjax._src.data import load_dataset
 
     return np.asarray(load_dataset("fashion_mnist").y_test)
 

@@ -21,7 +21,7 @@ computed from the same curves (``div/K``: the lr where the loss diverged, / K;
         --range-seeds 3 --grid-seeds 2 --epochs 1 --per-decade 2.5 --min-points 8 \
         --out benchmarks/results/finder_quality_cnn.json     # the BatchNorm CNN
 
-``--model cnn`` is ``lrjax.models.cnn`` (BatchNorm, Dropout): on the CPU its
+``--model cnn`` is ``lrjax.cnn`` (BatchNorm, Dropout): on the CPU its
 grid members run one after another inside each dispatched update
 (``Population(layout="auto")``), so a CNN grid costs about its members' epochs.
 
@@ -53,13 +53,13 @@ from _report_util import (  # noqa: E402
     yes,
 )
 
+from lrjax._src.suggestions import DEFAULT_METHOD, METHODS  # noqa: E402
 from lrjax.cli import (  # noqa: E402
     hidden_sizes,
     optimizer_factory,
     setup_jax,
     write_atomic,
 )
-from lrjax.suggestions import DEFAULT_METHOD, METHODS  # noqa: E402
 
 SWEEPS = {  # range-test sweep (init, end) and the grid's default window
     "sgd": ((1e-5, 10.0), (1e-3, 3.0)),
@@ -118,8 +118,8 @@ def grid_lrs(window, per_seed_all, per_decade=4, min_points=12):
 def score(grid, lrs_per_seed, epoch=-1):
     import numpy as np
 
-    from lrjax.lr_grid import accuracy_at
-    from lrjax.suggestions import median
+    from lrjax._src.lr_grid import accuracy_at
+    from lrjax._src.suggestions import median
 
     best = float(np.max(np.mean(grid.val_accuracy[:, :, epoch], axis=1)))
     med = median(lrs_per_seed)
@@ -153,10 +153,10 @@ def range_test_rules(opt_name, batch_size, args, ds):
 
     import jax
 
-    from lrjax.batches import scale_images
-    from lrjax.models import cnn, mlp
-    from lrjax.range_test import lr_range_test
-    from lrjax.specs import Population, Sweep
+    from lrjax._src.batches import scale_images
+    from lrjax._src.models import cnn, mlp
+    from lrjax._src.range_test import lr_range_test
+    from lrjax._src.specs import Population, Sweep
 
     n = args.n_train or len(ds.y_train)
     key = jax.random.key(args.seed)
@@ -190,7 +190,7 @@ def grid_of(r):
     """A stored setting's grid as a GridResult (accuracies only)."""
     import numpy as np
 
-    from lrjax.lr_grid import GridResult
+    from lrjax._src.lr_grid import GridResult
 
     acc = np.asarray(r["grid"]["val_accuracy"], np.float64)
     return GridResult(
@@ -212,7 +212,7 @@ def knee_family(rt) -> dict:
     its two constants were chosen from (``knee{descent}@{toward}``)."""
     import numpy as np
 
-    from lrjax.suggestions import suggest
+    from lrjax._src.suggestions import suggest
 
     smoothed = np.asarray(rt.smoothed_losses)  # [seeds, steps]
     out = {}
@@ -262,7 +262,7 @@ def rescore(doc) -> None:
     against the STORED grids: for a new or changed suggestion method, without
     training the grids again. The range test is deterministic on one machine,
     so the existing methods' numbers come out unchanged."""
-    from lrjax.data import load_dataset
+    from lrjax._src.data import load_dataset
 
     ds = load_dataset("fashion_mnist")
     cfg = argparse.Namespace(**doc["config"])
@@ -282,9 +282,9 @@ def run_setting(opt_name, batch_size, args, ds):
     import jax
     import numpy as np
 
-    from lrjax.batches import scale_images
-    from lrjax.lr_grid import lr_grid
-    from lrjax.specs import GridConfig, Population
+    from lrjax._src.batches import scale_images
+    from lrjax._src.lr_grid import lr_grid
+    from lrjax._src.specs import GridConfig, Population
 
     n = args.n_train or len(ds.y_train)
     x, y = ds.x_train[:n], ds.y_train[:n]
@@ -532,7 +532,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from lrjax.data import load_dataset
+    from lrjax._src.data import load_dataset
 
     print(f"devices: {jax.devices()}", flush=True)
     ds = load_dataset("fashion_mnist")
@@ -544,7 +544,7 @@ def main(argv=None) -> int:
         doc = {
             "description": "regret of range-test suggestions against an lr grid; "
             + (
-                "the BatchNorm CNN (lrjax.models.cnn)"
+                "the BatchNorm CNN (lrjax._src.models.cnn)"
                 if args.model == "cnn"
                 else f"MLP {'-'.join(map(str, args.hidden))}"
             )
@@ -697,7 +697,7 @@ def rules_markdown(d: dict) -> str:
 
 def knee_scan_markdown(results: Path) -> str:
     """Each (descent, toward) pair of the knee rule: worst regret over settings."""
-    from lrjax.suggestions import KNEE_DESCENT, KNEE_TOWARD_DIVERGENCE
+    from lrjax._src.suggestions import KNEE_DESCENT, KNEE_TOWARD_DIVERGENCE
 
     parts = []
     for name, d in finder_docs(results).items():

@@ -96,8 +96,8 @@ def score_rules(doc: dict, rules: dict) -> dict:
 
 def load_setting(args):
     """The setting's model factory, optimizer factory and (train, val) arrays."""
-    from lrjax.data import load_dataset
-    from lrjax.models import cnn, mlp
+    from lrjax._src.data import load_dataset
+    from lrjax._src.models import cnn, mlp
 
     ds = load_dataset("fashion_mnist")
     n = args.n_train or len(ds.y_train)
@@ -117,10 +117,10 @@ def run_setting(args) -> dict:
     import jax
     import numpy as np
 
-    from lrjax.batches import scale_images
-    from lrjax.range_test import lr_range_test
-    from lrjax.recipes import FAMILIES
-    from lrjax.specs import Population, Sweep
+    from lrjax._src.batches import scale_images
+    from lrjax._src.range_test import lr_range_test
+    from lrjax._src.recipes import FAMILIES
+    from lrjax._src.specs import Population, Sweep
 
     model, opt, (x, y), (xv, yv) = load_setting(args)
     n, nv = len(y), len(yv)
@@ -238,10 +238,10 @@ def run_grid(args, model, opt, train, val, peaks, total: int, key):
     initialisation and batch order at every peak, also across ``--extend`` runs."""
     import jax
 
-    from lrjax.batches import scale_images
-    from lrjax.lr_grid import recipe_grid
-    from lrjax.recipes import FAMILIES, unit_schedule
-    from lrjax.specs import Execution, GridConfig, Population
+    from lrjax._src.batches import scale_images
+    from lrjax._src.lr_grid import recipe_grid
+    from lrjax._src.recipes import FAMILIES, unit_schedule
+    from lrjax._src.specs import Execution, GridConfig, Population
 
     grids = recipe_grid(
         model,
@@ -315,13 +315,13 @@ def extend_setting(args) -> dict:
 
 def kind_rules(doc: dict) -> dict:
     """Today's rules for the setting's optimizer kind: family -> (method, factor)."""
-    from lrjax.recipes import PEAK_RULES, optimizer_kind
+    from lrjax._src.recipes import PEAK_RULES, optimizer_kind
 
     return PEAK_RULES[optimizer_kind(doc["setting"]["optimizer"])]
 
 
 def rescore(doc: dict) -> None:
-    from lrjax.recipes import AUTO_FAMILY
+    from lrjax._src.recipes import AUTO_FAMILY
 
     doc["rules"] = score_rules(doc, kind_rules(doc))
     doc["auto"] = {"family": AUTO_FAMILY, **doc["rules"][AUTO_FAMILY]}
@@ -329,7 +329,7 @@ def rescore(doc: dict) -> None:
 
 def train_recipe(args, doc) -> dict:
     """The recommended recipe run as a user runs it: lrjax-train --lr auto."""
-    from lrjax.recipes import AUTO_FAMILY
+    from lrjax._src.recipes import AUTO_FAMILY
 
     runs = []
     for s in range(args.train_seeds):
@@ -517,8 +517,8 @@ def fit(paths: list[str], out: str | None) -> int:
     lowest worst regret under those rules over all fit settings. Held-out
     settings are scored with their kind's shared rule, separately.
     """
-    from lrjax.recipes import FAMILIES, optimizer_kind
-    from lrjax.suggestions import METHODS
+    from lrjax._src.recipes import FAMILIES, optimizer_kind
+    from lrjax._src.suggestions import METHODS
 
     docs = [json.loads(Path(p).read_text()) for p in paths]
     docs = [d for d in docs if "grids" in d]

@@ -16,17 +16,17 @@ machine it runs on the GPU, here on the CPU as one XLA device):
   validation after the epoch) against the hand-written epoch of
   ``benchmarks/bench_train.py`` (the minimum over the epochs run);
 * ``cnn``: the issue's CNN (Conv3x3-32-BN-ReLU-MaxPool, Conv3x3-64-BN-ReLU-MaxPool,
-  Dense 128 + Dropout 0.3, Dense 10; :func:`lrjax.models.cnn`), SGD momentum 0.9,
+  Dense 128 + Dropout 0.3, Dense 10; :func:`lrjax.cnn`), SGD momentum 0.9,
   batch 128: a range test against a hand-written floor that runs in the loop
   lrjax chose (per-step dispatch on XLA:CPU, a scan elsewhere; see
-  :mod:`lrjax.loop`), and a few steps of :func:`lrjax.fit`.
+  :mod:`lrjax._src.loop`), and a few steps of :func:`lrjax.fit`.
 
 Every program is compiled before its clock starts and every clock stops on
 ``block_until_ready`` (or on the host reading the results); lrjax's times include
 its host work between compiled chunks. Repeats of a comparison are interleaved
 (floor, lrjax, floor, ...) and the minimum is reported. ``--size smoke`` runs the
 same code on tiny synthetic arrays (CI, seconds); ``--size full`` on real
-Fashion-MNIST (:func:`lrjax.data.load_dataset`).
+Fashion-MNIST (:func:`lrjax.load_dataset`).
 
 Targets on a GPU, printed as met/missed wherever the suite runs: the range test's
 per-step time within 1.1x of the floor; 8 seeds at most 1.5x one seed; 36 models
@@ -119,21 +119,21 @@ def load(size: str):
         for c in range(10):  # learnable: class c lights up rows 2c..2c+2
             x[y == c, 2 * c : 2 * c + 3] += 120
         return x[:n], y[:n], x[n:], y[n:]
-    from lrjax.data import load_dataset
+    from lrjax._src.data import load_dataset
 
     ds = load_dataset("fashion_mnist")
     return ds.x_train, ds.y_train, ds.x_val, ds.y_val
 
 
 def make_mlp(key):
-    from lrjax.models import mlp
+    from lrjax._src.models import mlp
 
     return mlp(784, 10, key=key)
 
 
 def make_cnn(key):
-    """The issue's CNN: ``lrjax.models.cnn`` (reshape-and-max pooling)."""
-    from lrjax import models
+    """The issue's CNN: ``lrjax.cnn`` (reshape-and-max pooling)."""
+    from lrjax._src import models
 
     return models.cnn(10, key=key)
 
@@ -168,7 +168,7 @@ class Floor:
         import optax
         from flax import nnx
 
-        from lrjax.batches import batch_indices
+        from lrjax._src.batches import batch_indices
 
         module.train()
         graphdef, self.params, self.rest = nnx.split(module, nnx.Param, ...)
@@ -302,9 +302,9 @@ def grid_once(x, y, xv, yv, lrs, seeds) -> dict:
     import jax
     import optax
 
-    from lrjax.batches import scale_images
-    from lrjax.lr_grid import lr_grid
-    from lrjax.specs import GridConfig, Population
+    from lrjax._src.batches import scale_images
+    from lrjax._src.lr_grid import lr_grid
+    from lrjax._src.specs import GridConfig, Population
 
     r = lr_grid(make_mlp, optax.sgd, (x, y), (xv, yv), lrs=lrs,
                 preprocess=scale_images, key=jax.random.key(0),
@@ -345,9 +345,9 @@ def bench_train(cfg, x, y, xv, yv) -> dict:
     import optax
     from bench_train import hand_written
 
-    from lrjax.batches import scale_images
-    from lrjax.fit import FitConfig, fit
-    from lrjax.models import pure
+    from lrjax._src.batches import scale_images
+    from lrjax._src.fit import FitConfig, fit
+    from lrjax._src.models import pure
 
     module = make_mlp(jax.random.key(0))
     apply, params = pure(module)
@@ -378,8 +378,8 @@ def bench_train(cfg, x, y, xv, yv) -> dict:
 def bench_cnn(cfg, x, y, xv, yv) -> dict:
     import jax
 
-    from lrjax.batches import scale_images
-    from lrjax.fit import FitConfig, fit
+    from lrjax._src.batches import scale_images
+    from lrjax._src.fit import FitConfig, fit
 
     steps, rep = cfg["cnn_steps"], max(1, cfg["repeats"] - 1)
     ones = [range_test(make_cnn, momentum, x, y, steps, CNN_BATCH)]
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from lrjax.results import describe_devices
+    from lrjax._src.results import describe_devices
 
     cfg = SIZES[args.size]
     backend = jax.default_backend()

@@ -185,14 +185,14 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from lrjax.batches import scale_images
+    from lrjax._src.batches import scale_images
+    from lrjax._src.data import load_dataset
+    from lrjax._src.lr_grid import accuracy_at, lr_grid
+    from lrjax._src.models import mlp
+    from lrjax._src.range_test import lr_range_test
+    from lrjax._src.results import describe_devices
+    from lrjax._src.specs import GridConfig, Population, Sweep
     from lrjax.cli.find import sweep_factory
-    from lrjax.data import load_dataset
-    from lrjax.lr_grid import accuracy_at, lr_grid
-    from lrjax.models import mlp
-    from lrjax.range_test import lr_range_test
-    from lrjax.results import describe_devices
-    from lrjax.specs import GridConfig, Population, Sweep
 
     ds = load_dataset("fashion_mnist")
     n = args.n_train or len(ds.y_train)
@@ -204,8 +204,8 @@ def main(argv=None) -> int:
         return lambda lr: opt(lr, **{args.name: v})
 
     def model():
-        if args.model == "cnn":  # lrjax.models.cnn, where it has landed
-            from lrjax.models import cnn
+        if args.model == "cnn":  # lrjax._src.models.cnn, where it has landed
+            from lrjax._src.models import cnn
 
             return cnn(ds.num_classes, key=jax.random.key(1))
         return mlp(784, ds.num_classes, (300, 100), key=jax.random.key(1))

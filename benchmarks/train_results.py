@@ -314,7 +314,7 @@ def load_snapshots(run_dir: Path):
     import jax
     import orbax.checkpoint as ocp
 
-    from lrjax.models import mlp, pure
+    from lrjax._src.models import mlp, pure
 
     d = (run_dir / "checkpoints" / "latest").absolute()
     mngr = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions())
@@ -344,8 +344,8 @@ def analyze(run_dir: Path, ds) -> dict:
     import jax.numpy as jnp
     import optax
 
-    from lrjax.ensembles import curve_from_probs, member_probs
-    from lrjax.models import mlp, pure
+    from lrjax._src.ensembles import curve_from_probs, member_probs
+    from lrjax._src.models import mlp, pure
 
     apply, _ = pure(mlp(784, 10, key=jax.random.key(0)))
     stacked = load_snapshots(run_dir)
@@ -405,7 +405,7 @@ def stats(values) -> dict:
 
 @functools.cache
 def _dataset():
-    from lrjax.data import load_dataset
+    from lrjax._src.data import load_dataset
 
     return load_dataset("fashion_mnist")
 
@@ -433,8 +433,8 @@ def independent_ensembles(run_dirs: tuple[Path, ...]) -> dict:
 
     import jax
 
-    from lrjax.ensembles import member_probs
-    from lrjax.models import mlp, pure
+    from lrjax._src.ensembles import member_probs
+    from lrjax._src.models import mlp, pure
 
     ds = _dataset()
     apply, _ = pure(mlp(784, 10, key=jax.random.key(0)))

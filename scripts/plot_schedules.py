@@ -21,7 +21,7 @@ import optax  # noqa: E402
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lrjax import schedules as S  # noqa: E402
+from lrjax._src import schedules as S  # noqa: E402
 
 PANELS = [
     # (title, schedule, number of steps, log y axis, restart marks)

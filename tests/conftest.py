@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from lrjax import data
+from lrjax._src import data
 
 # Every fit and range test builds new closures that compile to the same programs;
 # JAX's persistent compilation cache turns those repeated compiles into lookups

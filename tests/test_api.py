@@ -37,10 +37,25 @@ PUBLIC = {
 SPECS = ("Sweep", "Divergence", "Population", "Execution", "GridConfig")
 
 
+# The public modules and their names; everything else lives in lrjax._src.
+PUBLIC_MODULES = {
+    "distributed": {"initialize", "is_main", "process_count", "process_index"},
+    "hooks": {"ChunkEnd", "FitRun", "Hook", "ProgressBar", "Run", "StopOnSignals",
+              "Trigger"},
+    "models": {"CNN", "MLP", "Augment", "cnn", "mlp"},
+    "recipes": {"AUTO_FAMILY", "FAMILIES", "OPTIMIZER_KINDS", "PEAK_RULES", "SHAPES",
+                "Recipe", "build_schedule", "recommend", "unit_schedule"},
+}  # fmt: skip
+
+
 def test_public_names_are_pinned():
     names = {n for n in vars(lrjax) if not n.startswith("_")}
     modules = {n for n in names if type(getattr(lrjax, n)).__name__ == "module"}
     assert names - modules == PUBLIC
+    assert modules == set(PUBLIC_MODULES)  # the implementation is lrjax._src
+    for name, public in PUBLIC_MODULES.items():
+        module = getattr(lrjax, name)
+        assert {n for n in vars(module) if not n.startswith("_")} == public, name
 
 
 def test_every_public_function_has_a_runnable_example():

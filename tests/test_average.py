@@ -12,11 +12,11 @@ import optax
 import pytest
 from flax import nnx
 
-from lrjax import ensembles
-from lrjax.batches import batch_indices, scale_images
+from lrjax._src import ensembles
+from lrjax._src.batches import batch_indices, scale_images
+from lrjax._src.fit import CheckpointError, FitConfig, evaluate, fit
+from lrjax._src.hooks import Hook, StopOnSignals
 from lrjax.cli import train
-from lrjax.fit import CheckpointError, FitConfig, evaluate, fit
-from lrjax.hooks import Hook, StopOnSignals
 from tests.test_fit import BATCH, SPE, TEST, TRAIN, VAL, N, assert_same, leaves, run
 
 

@@ -13,8 +13,8 @@ import pytest
 
 import lrjax
 from lrjax import find
-from lrjax.batches import scale_images
-from lrjax.step import make_optimizer
+from lrjax._src.batches import scale_images
+from lrjax._src.step import make_optimizer
 
 from .conftest import make_images
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrjax import data
+from lrjax._src import data
 
 REAL_DIR = Path("/usr/share/datasets/fashion-mnist")
 HAVE_REAL = (REAL_DIR / "train-images-idx3-ubyte.gz").exists()

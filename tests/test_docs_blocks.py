@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrjax import data
+from lrjax._src import data
 from lrjax.cli import find, grid, train
 from tests.conftest import _idx, make_images
 

@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from lrjax import ensembles, schedules
-from lrjax.batches import batch_indices, scale_images, take
-from lrjax.fit import FitConfig, fit
-from lrjax.loop import conv_on_cpu, member_of
-from lrjax.models import mlp, pure
-from lrjax.step import (
+from lrjax._src import ensembles, schedules
+from lrjax._src.batches import batch_indices, scale_images, take
+from lrjax._src.fit import FitConfig, fit
+from lrjax._src.loop import conv_on_cpu, member_of
+from lrjax._src.models import mlp, pure
+from lrjax._src.step import (
     classification_loss,
     init_state,
     make_optimizer,
@@ -124,7 +124,7 @@ def test_member_probs_of_a_conv_net_dispatched_equal_one_program_and_by_hand():
     member and batch, a tail batch included); it equals the one-program path
     (vmap over members, lax.map over batches) and each member's softmax by hand,
     with each member's own BatchNorm statistics."""
-    from lrjax.models import cnn
+    from lrjax._src.models import cnn
 
     nets = [cnn(10, key=jax.random.key(k), input_shape=(8, 8)) for k in range(3)]
     parts = [split_model(n) for n in nets]

@@ -16,12 +16,12 @@ import optax
 import pytest
 from flax import nnx
 
-from lrjax import schedules
-from lrjax.batches import batch_indices, scale_images, take
-from lrjax.fit import CheckpointError, FitConfig, data_mesh, evaluate, fit
-from lrjax.hooks import Hook
-from lrjax.models import mlp
-from lrjax.step import (
+from lrjax._src import schedules
+from lrjax._src.batches import batch_indices, scale_images, take
+from lrjax._src.fit import CheckpointError, FitConfig, data_mesh, evaluate, fit
+from lrjax._src.hooks import Hook
+from lrjax._src.models import mlp
+from lrjax._src.step import (
     classification_loss,
     init_state,
     make_optimizer,
@@ -343,9 +343,9 @@ DP_SCRIPT = textwrap.dedent(
     import jax, numpy as np, optax
     sys.path.insert(0, {tests!r})
     from test_fit import SPE, TRAIN, VAL, model
-    from lrjax import schedules
-    from lrjax.batches import scale_images
-    from lrjax.fit import FitConfig, fit
+    from lrjax._src import schedules
+    from lrjax._src.batches import scale_images
+    from lrjax._src.fit import FitConfig, fit
     assert jax.local_device_count() == 4, jax.local_devices()
     out = {{}}
     for dp in (False, True):
@@ -389,8 +389,8 @@ def test_data_parallel_matches_single_device():
 @pytest.mark.parametrize("k", [1, 2])
 def test_process_share_in_one_process_is_the_gathered_batch(k):
     # Under several processes each one keeps its rows; alone, it keeps them all.
-    from lrjax.batches import ProcessShare
-    from lrjax.fit import _batch_sharding, _EpochArrays
+    from lrjax._src.batches import ProcessShare
+    from lrjax._src.fit import _batch_sharding, _EpochArrays
 
     base = _EpochArrays(
         TRAIN, BATCH, jax.random.key(1), steps_per_epoch=SPE // k, accumulate_steps=k

@@ -134,7 +134,7 @@ def test_schedule_all_is_a_family_x_peak_grid_with_recipe_regret(
     family's recommended peak scored against the best cell of the whole grid."""
     import math
 
-    from lrjax.recipes import FAMILIES, PEAK_RULES
+    from lrjax._src.recipes import FAMILIES, PEAK_RULES
 
     out = tmp_path / "all"
     code, stdout, err = run(

@@ -16,9 +16,9 @@ import pytest
 
 import lrjax
 from lrjax import Divergence, Execution, FitConfig, GridConfig, Hook, Sweep, Trigger
-from lrjax.hooks import Checkpoints, ChunkEnd, Run
-from lrjax.loop import epoch_plan, uniform_plan
-from lrjax.models import mlp
+from lrjax._src.hooks import Checkpoints, ChunkEnd, Run
+from lrjax._src.loop import epoch_plan, uniform_plan
+from lrjax._src.models import mlp
 
 N, BATCH = 256, 32
 SPE = N // BATCH  # 8 updates per epoch

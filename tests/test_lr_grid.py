@@ -16,13 +16,13 @@ import optax
 import pytest
 from flax import nnx
 
-from lrjax.batches import batch_indices, scale_images
-from lrjax.lr_grid import accuracy_at, lr_grid
-from lrjax.models import mlp, pure
-from lrjax.results import MemoryRefused, tree_bytes
-from lrjax.schedules import cosine_restarts
-from lrjax.specs import Execution, GridConfig, Population
-from lrjax.step import (
+from lrjax._src.batches import batch_indices, scale_images
+from lrjax._src.lr_grid import accuracy_at, lr_grid
+from lrjax._src.models import mlp, pure
+from lrjax._src.results import MemoryRefused, tree_bytes
+from lrjax._src.schedules import cosine_restarts
+from lrjax._src.specs import Execution, GridConfig, Population
+from lrjax._src.step import (
     classification_loss,
     init_state,
     make_eval_batch,
@@ -336,7 +336,7 @@ def test_memory_estimate_is_the_member_state_twice_plus_its_inputs():
 
 
 def test_a_population_over_the_device_limit_is_refused_in_one_line(monkeypatch):
-    monkeypatch.setattr("lrjax.results.device_memory_bytes", lambda: 2**19)
+    monkeypatch.setattr("lrjax._src.results.device_memory_bytes", lambda: 2**19)
     member = 8 + tree_bytes(init_state(*split_model(init(jax.random.key(0)))[1:],
                                        make_optimizer(optax.sgd, 0.1)))  # fmt: skip
     assert 4 * member < 2**19 < 100 * 2 * member  # one fits, 100 do not

@@ -25,7 +25,7 @@ from flax import nnx
 from flax.training.train_state import TrainState
 
 import lrjax
-from lrjax.step import MODEL_FORMS_DOC, model_form
+from lrjax._src.step import MODEL_FORMS_DOC, model_form
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
 KW = dict(key=jax.random.key(0), sweep=lrjax.Sweep(num_steps=4, batch_size=16))
@@ -280,7 +280,7 @@ def test_lrjax_imports_and_refuses_without_equinox():
     code = (
         "import sys; sys.modules['equinox'] = None\n"
         "import jax.numpy as jnp, lrjax\n"
-        "from lrjax.step import model_form\n"
+        "from lrjax._src.step import model_form\n"
         "assert model_form({'w': jnp.zeros(2)}) == 'params'\n"
         "try:\n"
         "    model_form({'params': {}, 'cache': {}})\n"

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import lrjax
-from lrjax.batches import batch_indices
+from lrjax._src.batches import batch_indices
 
 RTOL, ATOL = 1e-5, 1e-6  # float32, two programs fused differently
 STEPS, BATCH = 30, 16

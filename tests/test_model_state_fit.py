@@ -18,8 +18,8 @@ import optax
 import pytest
 
 import lrjax
-from lrjax.batches import batch_indices
-from lrjax.hooks import Hook
+from lrjax._src.batches import batch_indices
+from lrjax._src.hooks import Hook
 from tests.test_model_state import EqxNet, LinenNet
 
 RTOL, ATOL = 2e-5, 2e-6  # float32, two programs fused differently, ~30 updates

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lrjax import models
-from lrjax.step import split_model
+from lrjax._src import models
+from lrjax._src.step import split_model
 
 
 def param_shapes(model) -> dict[str, tuple[int, ...]]:

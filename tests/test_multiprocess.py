@@ -49,7 +49,7 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
 
     import jax
 
-    from lrjax import distributed
+    from lrjax._src import distributed
 
     # Compiles on this machine dominate (~0.6 s each, even for an init): the
     # resumed fit and later runs of the suite reuse them, as conftest.py does.
@@ -70,13 +70,13 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
         )
     import optax
 
-    from lrjax.batches import scale_images
-    from lrjax.fit import FitConfig, fit
-    from lrjax.hooks import Hook
-    from lrjax.lr_grid import lr_grid
-    from lrjax.models import mlp
-    from lrjax.range_test import lr_range_test
-    from lrjax.specs import Divergence, Execution, GridConfig, Population, Sweep
+    from lrjax._src.batches import scale_images
+    from lrjax._src.fit import FitConfig, fit
+    from lrjax._src.hooks import Hook
+    from lrjax._src.lr_grid import lr_grid
+    from lrjax._src.models import mlp
+    from lrjax._src.range_test import lr_range_test
+    from lrjax._src.specs import Divergence, Execution, GridConfig, Population, Sweep
 
     train, val = synthetic(N, 0), synthetic(64, 1)
 
@@ -393,7 +393,7 @@ def test_distributed_flags_refuse_what_cannot_work(argv, message):
 def test_one_process_needs_no_runtime():
     import jax
 
-    from lrjax import distributed
+    from lrjax._src import distributed
     from lrjax.cli import ArgumentParser
     from lrjax.cli.distributed import add_distributed_args, init_distributed
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from lrjax.plots import plot_range_test, plot_sweep
+from lrjax._src.plots import plot_range_test, plot_sweep
 
 NAN = float("nan")
 
@@ -127,7 +127,7 @@ def _history() -> list[dict[str, float]]:
 
 
 def test_plot_learning_curves_takes_a_history_or_metrics_and_one_or_two_axes():
-    from lrjax.plots import plot_learning_curves
+    from lrjax._src.plots import plot_learning_curves
 
     history = _history()
     loss_ax, acc_ax = Figure().subplots(1, 2)  # an ndarray of two Axes

@@ -21,8 +21,8 @@ from flax import nnx
 
 import lrjax
 from lrjax import Divergence, Execution, Population, Sweep
-from lrjax.batches import batch_indices, scale_images
-from lrjax.step import init_state, make_optimizer, make_step, split_model
+from lrjax._src.batches import batch_indices, scale_images
+from lrjax._src.step import init_state, make_optimizer, make_step, split_model
 
 from .conftest import jax_cache_env, make_images
 
@@ -126,7 +126,7 @@ def test_sweep_equals_a_python_loop_of_the_same_step(images, loop):
 
 def test_pure_params_with_a_loss_fn(images):
     x, y = images
-    apply, params = lrjax.models.pure(mlp(jax.random.key(1)))
+    apply, params = lrjax._src.models.pure(mlp(jax.random.key(1)))
     kw = dict(key=jax.random.key(0), preprocess=scale_images)
     kw.update(sweep=Sweep(num_steps=30), divergence=Divergence(stop=False))
     pure = lrjax.lr_range_test(
@@ -268,7 +268,7 @@ def sharded_runs(tmp_path_factory):
         sys.path.insert(0, %r)
         from conftest import make_images
         import lrjax
-        from lrjax.batches import scale_images
+        from lrjax._src.batches import scale_images
         x, y = make_images(512, 0)
         for population in ("vmap", "unroll"):
             r = lrjax.lr_range_test(lambda k: lrjax.mlp(784, 10, (16,), key=k),
@@ -606,7 +606,7 @@ def test_the_memory_estimate_is_in_the_result(images):
 
 def test_a_sweep_of_1e8_steps_builds_only_its_chunks_inputs(images):
     """No up-front [num_steps, batch] index array (51 GB here); it stops at the
-    first chunk (a short one, lrjax.loop.FIRST_CHUNK_STEPS), where every loss is
+    first chunk (a short one, lrjax._src.loop.FIRST_CHUNK_STEPS), where every loss is
     already non-finite."""
     r = lrjax.lr_range_test(
         mlp(jax.random.key(0)),
@@ -616,8 +616,9 @@ def test_a_sweep_of_1e8_steps_builds_only_its_chunks_inputs(images):
         sweep=Sweep(num_steps=10**8, init_value=1e6, end_value=1e7),
     )
     assert r.stop_reason == "diverged" and r.config.num_steps == 10**8
-    assert r.config.chunk_steps == lrjax.range_test.MAX_CHUNK_STEPS  # not the first
-    assert r.steps_run == lrjax.loop.FIRST_CHUNK_STEPS
+    # the largest chunk, not the first
+    assert r.config.chunk_steps == lrjax._src.range_test.MAX_CHUNK_STEPS
+    assert r.steps_run == lrjax._src.loop.FIRST_CHUNK_STEPS
 
 
 def test_a_long_sweep_reports_progress_after_its_short_first_chunk(
@@ -627,7 +628,7 @@ def test_a_long_sweep_reports_progress_after_its_short_first_chunk(
     updates had run (25 s and more on a busy CPU): the first chunk of a long sweep
     is short, its progress (and the rate tqdm derives the time left from) shows
     after it; the rest of the plan keeps the long chunks."""
-    from lrjax import loop, range_test
+    from lrjax._src import loop, range_test
 
     seen = []
 

@@ -10,10 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from lrjax import GridConfig, Population, recipes, schedules
-from lrjax.batches import scale_images
-from lrjax.lr_grid import lr_grid, recipe_grid
-from lrjax.recipes import FAMILIES, build_schedule, recommend, unit_schedule
+from lrjax import GridConfig, Population
+from lrjax._src import recipes, schedules
+from lrjax._src.batches import scale_images
+from lrjax._src.lr_grid import lr_grid, recipe_grid
+from lrjax._src.recipes import FAMILIES, build_schedule, recommend, unit_schedule
 from tests.test_lr_grid import XV, YV, X, Y, init, momentum, noisy
 
 

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import lrjax
-from lrjax.results import MemoryEstimate, Timings, estimate_population
+from lrjax._src.results import MemoryEstimate, Timings, estimate_population
 
 # ------------------------------------------------------ the keys written before
 

@@ -21,8 +21,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 import lrjax
-from lrjax.range_test import SweepResult
-from lrjax.results import REPR_LIMIT, short_repr
+from lrjax._src.range_test import SweepResult
+from lrjax._src.results import REPR_LIMIT, short_repr
 
 SENTINEL = 123.456  # every array element of the hand-built results
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from lrjax import schedules as S
+from lrjax._src import schedules as S
 
 U = 2.0**-24  # unit roundoff of float32
 TINY = float(np.finfo(np.float32).tiny)

@@ -21,7 +21,7 @@ import pytest
 
 import lrjax
 from lrjax import FitConfig, fit, lr_range_test
-from lrjax.batches import (
+from lrjax._src.batches import (
     ArraySource,
     IterSource,
     ProcessShare,
@@ -29,7 +29,7 @@ from lrjax.batches import (
     batch_indices,
     epoch_order,
 )
-from lrjax.fit import _EpochArrays, _Parallel, _train_source
+from lrjax._src.fit import _EpochArrays, _Parallel, _train_source
 
 # The command-line shims are scripts (importing lrjax.find makes runpy warn).
 SCRIPTS = {"find", "grid", "train"}

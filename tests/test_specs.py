@@ -15,8 +15,8 @@ import pytest
 
 import lrjax
 from lrjax import Divergence, Execution, GridConfig, Population, Sweep
-from lrjax.batches import batch_indices
-from lrjax.step import init_state, make_optimizer, make_step, split_model
+from lrjax._src.batches import batch_indices
+from lrjax._src.step import init_state, make_optimizer, make_step, split_model
 
 # ------------------------------------------------------------ each field's check
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lrjax import suggestions
+from lrjax._src import suggestions
 
 # ----------------------------------------------------------------------- smoothing
 

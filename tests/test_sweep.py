@@ -18,9 +18,9 @@ import pytest
 
 import lrjax
 from lrjax import Divergence, Execution, Population, Sweep
-from lrjax.batches import scale_images
-from lrjax.range_test import check_sweep, sweepable
-from lrjax.suggestions import (
+from lrjax._src.batches import scale_images
+from lrjax._src.range_test import check_sweep, sweepable
+from lrjax._src.suggestions import (
     best_sweep_value,
     curve_minimum,
     find_divergence,

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lrjax import data, hooks
+from lrjax._src import data, hooks
 from lrjax.cli import train
 from tests.test_records import FIT_TIMINGS
 
@@ -338,9 +338,9 @@ def test_schedules_and_snapshot_points():
 
 
 def test_default_schedule_is_the_recipe_and_names_every_number():
-    """No --schedule: the recommended recipe (lrjax.recipes.AUTO_FAMILY) at the
-    given peak, built by lrjax.recipes.build_schedule for the whole budget."""
-    from lrjax.recipes import AUTO_FAMILY, build_schedule
+    """No --schedule: the recommended recipe (lrjax._src.recipes.AUTO_FAMILY) at the
+    given peak, built by lrjax._src.recipes.build_schedule for the whole budget."""
+    from lrjax._src.recipes import AUTO_FAMILY, build_schedule
 
     sched, desc, snaps = schedule_of([])  # 30 epochs of 100 updates, peak 0.2
     ref, params = build_schedule(AUTO_FAMILY, 0.2, 3000)
@@ -360,7 +360,7 @@ def test_default_schedule_is_the_recipe_and_names_every_number():
 def test_lr_auto_recipe_writes_family_rule_and_numbers(tiny, tmp_path, capsys):
     """--lr auto with the default schedule: the peak is the recipe rule's
     multiple of the range test's suggestion; metrics.json names them all."""
-    from lrjax.recipes import AUTO_FAMILY, PEAK_RULES
+    from lrjax._src.recipes import AUTO_FAMILY, PEAK_RULES
 
     out = tmp_path / "recipe"
     loud = [a for a in tiny if a != "--quiet"]  # the summary lines are the point
@@ -380,7 +380,7 @@ def test_lr_auto_recipe_writes_family_rule_and_numbers(tiny, tmp_path, capsys):
     )
     assert "lr auto: recipe " + AUTO_FAMILY in printed and "schedule: " in printed
     # the lr each epoch ended with is the schedule's at that step
-    from lrjax.recipes import build_schedule
+    from lrjax._src.recipes import build_schedule
 
     ref, _ = build_schedule(AUTO_FAMILY, m["lr"], s["total_steps"])
     steps = s["total_steps"] // 2

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lrjax import hooks
+from lrjax._src import hooks
 from lrjax.cli import train
 from tests.test_train_cli import SNAP_ARGS, read, tiny, without_times  # noqa: F401
 

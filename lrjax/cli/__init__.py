@@ -65,7 +65,7 @@ def int_at_least(low: int):
 
 def hidden_sizes(text: str) -> tuple[int, ...]:
     """``--hidden 300,100`` -> ``(300, 100)``; argparse reports a bad value."""
-    from lrjax.models import parse_hidden
+    from lrjax._src.models import parse_hidden
 
     try:
         return parse_hidden(text)
@@ -99,7 +99,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--augment",
         action="store_true",
         help="random 2-pixel shifts and horizontal flips of the training images, on "
-        "the device (lrjax.models.Augment in front of the model)",
+        "the device (lrjax._src.models.Augment in front of the model)",
     )
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
@@ -160,7 +160,7 @@ def _load_user_factory(spec: str):
 def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
     """The model factory of ``--model``, ``--hidden`` and ``--augment`` for ``ds``.
 
-    ``mlp`` and ``cnn`` are :func:`lrjax.models.mlp` and :func:`lrjax.models.cnn`;
+    ``mlp`` and ``cnn`` are :func:`lrjax.mlp` and :func:`lrjax.cnn`;
     ``FILE.py:FUNCTION`` calls ``FUNCTION(ds.num_classes, rngs=nnx.Rngs(key))``.
     With ``--augment`` the model is ``nnx.Sequential(Augment(...), model)``, the
     augmentation's stream drawn from ``fold_in(key, 1)``. The factory is called
@@ -176,7 +176,7 @@ def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
     import jax
     from flax import nnx
 
-    from lrjax import models
+    from lrjax._src import models
 
     spec = args.model
     loss_fn = None
@@ -248,7 +248,7 @@ def check_first_batch(spec: str, model, loss_fn, ds, batch_size: int) -> None:
     import jax
     import jax.numpy as jnp
 
-    from lrjax.step import classification_loss, loss_and_metrics, split_model
+    from lrjax._src.step import classification_loss, loss_and_metrics, split_model
 
     loss = classification_loss() if loss_fn is None else loss_fn
     m, params, rest = split_model(model)
@@ -278,10 +278,10 @@ def load_data(args: argparse.Namespace):
     """Loads ``--dataset`` (from ``--data-dir``) and checks ``--batch-size``.
 
     Raises:
-      lrjax.data.DatasetError: missing, corrupt or unknown dataset.
+      lrjax._src.data.DatasetError: missing, corrupt or unknown dataset.
       UsageError: a batch larger than the training split.
     """
-    from lrjax.data import load_dataset
+    from lrjax._src.data import load_dataset
 
     ds = load_dataset(args.dataset, args.data_dir)
     n = len(ds.y_train)
@@ -361,7 +361,7 @@ def prepare_out_dir(out: str | None, kind: str, force: bool) -> Path:
     processes the directory must be given (the same one, seen by every process)
     and only process 0 checks that it is empty.
     """
-    from lrjax.distributed import is_main, process_count
+    from lrjax._src.distributed import is_main, process_count
 
     if out is None and process_count() > 1:
         flag = "--logdir" if kind == "train" else "--out"
@@ -404,7 +404,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     Raises:
       OSError: with ``filename`` ``path``; the temp file is removed.
     """
-    from lrjax.distributed import is_main
+    from lrjax._src.distributed import is_main
 
     if not is_main():
         return

@@ -106,7 +106,7 @@ def init_distributed(args: argparse.Namespace) -> bool:
             "num_processes": args.num_processes,
             "process_id": args.process_id,
         }
-    from lrjax import distributed
+    from lrjax._src import distributed
 
     try:
         distributed.initialize(**kwargs)

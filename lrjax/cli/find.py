@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+from lrjax._src.suggestions import DEFAULT_METHOD, METHODS
 from lrjax.cli import (
     ArgumentParser,
     UsageError,
@@ -32,7 +33,6 @@ from lrjax.cli import (
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
-from lrjax.suggestions import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.find"
 MOMENTUM = {"sgd": 0.0, "momentum": 0.9, "nesterov": 0.9}  # the built-in defaults
@@ -295,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from lrjax.batches import scale_images
-    from lrjax.data import DatasetError
-    from lrjax.range_test import check_sweep, lr_range_test
-    from lrjax.specs import Divergence, Execution, Population, Sweep
+    from lrjax._src.batches import scale_images
+    from lrjax._src.data import DatasetError
+    from lrjax._src.range_test import check_sweep, lr_range_test
+    from lrjax._src.specs import Divergence, Execution, Population, Sweep
 
     sweep_over = None
     try:
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from lrjax.plots import plot_range_test
+        from lrjax._src.plots import plot_range_test
 
         fig, ax = plt.subplots(figsize=(8, 5))
         plot_range_test(result, ax)

@@ -1,7 +1,7 @@
 """``python -m lrjax.grid``: train a grid of learning rates at once and compare them.
 
 One model per (lr, seed), log-spaced lrs from ``--min-lr`` to ``--max-lr``, trained
-for ``--epochs`` in one vmapped program (:func:`lrjax.lr_grid.lr_grid`); writes
+for ``--epochs`` in one vmapped program (:func:`lrjax.lr_grid`); writes
 ``grid.json`` and ``grid.png`` (final validation accuracy vs lr). With ``--find`` the
 range test runs first with the same model and optimizer and its suggestions are
 marked on the plot, so a suggestion can be checked against the ground truth.
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lrjax._src.recipes import FAMILIES
 from lrjax.cli import (
     ArgumentParser,
     UsageError,
@@ -33,7 +34,6 @@ from lrjax.cli import (
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
-from lrjax.recipes import FAMILIES
 
 PROG = "lrjax.grid"
 SCHEDULES = ("constant", "cosine", "restarts", "step", *FAMILIES, "all")
@@ -103,8 +103,8 @@ def _check(args) -> None:
 
 def unit_schedule(name: str, steps_per_epoch: int, epochs: int):
     """The schedule's shape with peak 1; each member applies ``lr * shape(t)``."""
-    from lrjax import schedules
-    from lrjax.recipes import unit_schedule as recipe_unit
+    from lrjax._src import schedules
+    from lrjax._src.recipes import unit_schedule as recipe_unit
 
     if name in FAMILIES:
         return recipe_unit(name, steps_per_epoch * epochs)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_jax(min(os.cpu_count() or 1, args.num * args.seeds))
 
-    from lrjax import data
+    from lrjax._src import data
 
     try:
         ds = load_data(args)
@@ -190,10 +190,10 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
     import jax
     import numpy as np
 
-    from lrjax.batches import scale_images
-    from lrjax.lr_grid import recipe_grid
-    from lrjax.range_test import lr_range_test
-    from lrjax.specs import Execution, GridConfig, Population, Sweep
+    from lrjax._src.batches import scale_images
+    from lrjax._src.lr_grid import recipe_grid
+    from lrjax._src.range_test import lr_range_test
+    from lrjax._src.specs import Execution, GridConfig, Population, Sweep
 
     key = jax.random.key(args.seed)
     model = choice.build  # one initialisation per seed
@@ -290,7 +290,7 @@ def _plot(args, results: dict, find, recipes: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lrjax.plots import plot_grid, plot_recipe_grid
+    from lrjax._src.plots import plot_grid, plot_recipe_grid
 
     fig, ax = plt.subplots(figsize=(8, 5))
     if args.schedule == "all":
@@ -332,8 +332,8 @@ def recommended(find, results, total_steps: int, optimizer: str) -> dict:
     over seeds) minus the family's accuracy at the recommended peak,
     interpolated in log lr; None when the peak lies outside the grid.
     """
-    from lrjax.lr_grid import accuracy_at
-    from lrjax.recipes import FAMILIES, recommend
+    from lrjax._src.lr_grid import accuracy_at
+    from lrjax._src.recipes import FAMILIES, recommend
 
     best = max(r.best_accuracy for r in results.values())
     out = {}

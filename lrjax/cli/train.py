@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lrjax._src.recipes import AUTO_FAMILY, FAMILIES
+from lrjax._src.suggestions import DEFAULT_METHOD, METHODS
 from lrjax.cli import (
     ArgumentParser,
     ModelChoice,
@@ -41,8 +43,6 @@ from lrjax.cli import (
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
-from lrjax.recipes import AUTO_FAMILY, FAMILIES
-from lrjax.suggestions import DEFAULT_METHOD, METHODS
 
 PROG = "lrjax.train"
 SCHEDULES = (
@@ -73,7 +73,7 @@ def recipe_family(schedule: str) -> str | None:
 def default_lr_method(schedule: str, optimizer: str) -> str:
     """The suggestion ``--lr auto`` uses for a schedule that is not a recipe.
 
-    (A recipe family's peak comes from :func:`lrjax.recipes.recommend`'s rule.)
+    (A recipe family's peak comes from :func:`lrjax.recommend`'s rule.)
     Half the divergence lr is a good PEAK for plain SGD on a schedule that spends
     little time there; with momentum it diverged (1 of 3 seeds, see
     README.md "Training"), and a constant lr must be lower: the finder's default
@@ -134,7 +134,7 @@ def build_parser() -> ArgumentParser:
         "a restart flag (--snapshots, --cycle-epochs, --first-cycle-epochs, "
         "--period-mult, --peak-decay) is given); one_cycle, warmup_cosine, "
         "linear_decay and wsd are the recipe families, shaped for --epochs as "
-        "lrjax.recipes.build_schedule says",
+        "lrjax._src.recipes.build_schedule says",
     )
     a(
         "--cycle-epochs",
@@ -393,13 +393,13 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     import numpy as np
     import optax
 
-    from lrjax import schedules
+    from lrjax._src import schedules
 
     total = args.epochs * steps_per_epoch
     s = args.schedule
     family = recipe_family(s)
     if family is not None:
-        from lrjax.recipes import build_schedule
+        from lrjax._src.recipes import build_schedule
 
         if total < 2:
             raise UsageError(
@@ -441,7 +441,7 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
                 f"cycles of {cycle} steps in {args.epochs} epochs"
             )
         # The last M cycle ends (for cosine_restarts without a long first cycle
-        # this is lrjax.ensembles.snapshot_steps).
+        # this is lrjax._src.ensembles.snapshot_steps).
         snaps = np.asarray(ends[-args.snapshots :], np.int64)
     desc["cycle_ends"] = [int(e) for e in ends]
     return sched, desc, snaps
@@ -488,7 +488,7 @@ def _restarts(args, peak: float, cycle: int, first, total: int, desc: dict):
     import numpy as np
     import optax
 
-    from lrjax import schedules
+    from lrjax._src import schedules
 
     if args.min_lr > peak:
         raise UsageError(f"--min-lr {args.min_lr:g} is above the peak lr {peak:g}")
@@ -559,7 +559,7 @@ def _write_failed(e: OSError, out: Path, steps_per_epoch: int) -> str:
     'cannot write runs/b/metrics.json: [Errno 28] No space left on device; no
     checkpoint was written yet: free space and run again with --force'
     """
-    from lrjax import hooks
+    from lrjax._src import hooks
 
     what = str(hooks.WriteError.of(e.filename or out, e))
     step = _last_checkpoint(out)
@@ -581,7 +581,7 @@ def _plot(metrics: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lrjax.plots import plot_learning_curves
+    from lrjax._src.plots import plot_learning_curves
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     plot_learning_curves(metrics, ax)
@@ -598,7 +598,7 @@ def softmax_outputs(model, x, preprocess, batch_size: int = 1000):
     import jax.numpy as jnp
     import numpy as np
 
-    from lrjax.step import split_model
+    from lrjax._src.step import split_model
 
     spec, params, rest = split_model(model)
 
@@ -627,8 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_jax()
     import jax
 
-    from lrjax import hooks
-    from lrjax.data import DatasetError
+    from lrjax._src import hooks
+    from lrjax._src.data import DatasetError
 
     try:
         setup = _setup(args)
@@ -761,13 +761,13 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
     """
     import jax
 
-    from lrjax.batches import scale_images
-    from lrjax.range_test import lr_range_test
-    from lrjax.specs import Execution, Sweep
+    from lrjax._src.batches import scale_images
+    from lrjax._src.range_test import lr_range_test
+    from lrjax._src.specs import Execution, Sweep
 
     family = recipe_family(args.schedule)
     if family is not None:
-        from lrjax.recipes import PEAK_RULES, optimizer_kind
+        from lrjax._src.recipes import PEAK_RULES, optimizer_kind
 
         kind = optimizer_kind(args.optimizer)
         method = args.lr_method or PEAK_RULES[kind][family][0]
@@ -796,7 +796,7 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
     peak = float(rt.suggested_lr)
     recipe = None
     if family is not None:
-        from lrjax.recipes import recommend
+        from lrjax._src.recipes import recommend
 
         try:
             recipe = recommend(
@@ -890,9 +890,9 @@ def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
     flags' config, stopped at a chunk boundary by SIGINT / SIGTERM."""
     import jax
 
-    from lrjax import hooks
-    from lrjax.batches import scale_images
-    from lrjax.fit import FitConfig, fit
+    from lrjax._src import hooks
+    from lrjax._src.batches import scale_images
+    from lrjax._src.fit import FitConfig, fit
 
     ds, out = setup.ds, setup.out
     config = FitConfig(
@@ -1035,7 +1035,7 @@ def _write_outputs(args, setup: _Setup, result, metrics: dict) -> None:
     """
     import numpy as np
 
-    from lrjax.batches import scale_images
+    from lrjax._src.batches import scale_images
 
     ds, out = setup.ds, setup.out
     if args.save_probs and len(ds.y_test):

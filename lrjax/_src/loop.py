@@ -1,7 +1,7 @@
 """The host driver: compiled chunks of updates, host hooks between them.
 
 A :class:`Program` runs ``C`` updates of the one step
-(:func:`lrjax.step.make_step`) in one of three ways:
+(:func:`lrjax.make_step`) in one of three ways:
 
 * ``"scan"``: one compiled ``lax.scan`` over the chunk (nothing returns to the
   host until the chunk ends; the fastest for MLPs and on accelerators);
@@ -58,9 +58,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax.batches import Source, take
-from lrjax.distributed import agree, host
-from lrjax.hooks import ChunkEnd, Hook, Hooks, Observe, Run
+from lrjax._src.batches import Source, take
+from lrjax._src.distributed import agree, host
+from lrjax._src.hooks import ChunkEnd, Hook, Hooks, Observe, Run
 
 LOOPS = ("auto", "scan", "unroll", "dispatch")
 POPULATIONS = ("auto", "vmap", "unroll", "map")
@@ -159,7 +159,7 @@ class Program:
         unrolled, as the ``"unroll"`` and ``"dispatch"`` loops want.
       gathers: ``xs`` are batch indices into ``data``; otherwise ``xs`` are the
         stacked batches themselves (the source's
-        :attr:`lrjax.batches.Source.gathers`).
+        :attr:`lrjax._src.batches.Source.gathers`).
       members: ``None`` for one model; else the state has a leading population
         axis and ``members`` says whether each member gets its own inputs
         (``"own"``: ``xs[c, p]``) or all share them (``"shared"``).
@@ -338,7 +338,7 @@ def drive(
     leaves: reason ``"error"``). After each chunk, cut at ``run.total_steps``
     (a sweep's plan may run past it), ``run.step`` moves on, the driver's
     ``observe(run, end)`` keeps its books, then the hooks whose trigger fires act
-    (:class:`lrjax.hooks.Hooks`). The stop reason is the first one given, or
+    (:class:`lrjax._src.hooks.Hooks`). The stop reason is the first one given, or
     ``"data"`` when an iterable source ran out: a chunk came back short or None
     (the result's ``hi`` says how far it got).
     """

@@ -1,7 +1,7 @@
 """Training: your model, your loss, your data, one small config object.
 
-:func:`fit` trains through the one step (:func:`lrjax.step.make_step`, the same
-step the range test runs) in compiled chunks (:mod:`lrjax.loop`); every epoch is
+:func:`fit` trains through the one step (:func:`lrjax.make_step`, the same
+step the range test runs) in compiled chunks (:mod:`lrjax._src.loop`); every epoch is
 cut into ``chunks_per_epoch`` chunks at fixed update positions. Between chunks,
 and only there, the run keeps its books (the epoch's sums, its record, the best
 epoch and early stopping) and then host actions run (:mod:`lrjax.hooks`, the one
@@ -9,7 +9,7 @@ protocol of every driver: progress bar, TensorBoard, checkpoints, signals, yours
 at every epoch end the model is evaluated in evaluation mode on ``val_data``.
 
 Batch order of in-memory data: epoch ``e`` (0-based) is the first
-``steps_per_epoch * k`` batches of ``lrjax.batches.epoch_order(fold_in(key, e),
+``steps_per_epoch * k`` batches of ``lrjax._src.batches.epoch_order(fold_in(key, e),
 0, N, B)`` (equally ``batch_indices(fold_in(key, e), N, B, steps_per_epoch *
 k)``), so a resumed run computes the same chunks on the same inputs as an
 uninterrupted one: the checkpoint holds the whole train state (params, optimizer
@@ -20,9 +20,9 @@ after a resume (not exact).
 
 Weight averaging (SWA; ``FitConfig.average_start``): the compiled chunk keeps a
 running mean of the params, ``avg <- avg + (params - avg) / (n + 1)`` after
-every averaged update (:func:`lrjax.ensembles.update_average`); at the end the
+every averaged update (:func:`lrjax._src.ensembles.update_average`); at the end the
 averaged weights get BatchNorm statistics of their own from one pass over the
-training data (:func:`lrjax.ensembles.stats_pass_step`) and are evaluated with
+training data (:func:`lrjax._src.ensembles.stats_pass_step`) and are evaluated with
 and without them.
 
 A pure model with a state of its own (Linen's ``batch_stats``, Equinox's
@@ -51,8 +51,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lrjax import ensembles
-from lrjax.batches import (
+from lrjax._src import ensembles
+from lrjax._src.batches import (
     ArraySource,
     IterSource,
     ProcessShare,
@@ -63,7 +63,7 @@ from lrjax.batches import (
     leading_size,
     take,
 )
-from lrjax.hooks import (
+from lrjax._src.hooks import (
     CheckpointError,
     Checkpoints,
     ChunkEnd,
@@ -75,9 +75,9 @@ from lrjax.hooks import (
     Trigger,
     default_mode,
 )
-from lrjax.loop import Program, check_loop, drive, epoch_plan
-from lrjax.results import Timings, describe_devices
-from lrjax.step import (
+from lrjax._src.loop import Program, check_loop, drive, epoch_plan
+from lrjax._src.results import Timings, describe_devices
+from lrjax._src.step import (
     STATEFUL_EVAL,
     LossFn,
     Model,
@@ -120,7 +120,7 @@ class FitConfig:
         contains ``accuracy``, else ``"min"``.
       restore_best: return the best epoch's model (default: when patience > 0).
       snapshot_steps: update indices after which the model is snapshotted
-        (:func:`lrjax.ensembles.snapshot_steps`); None for none.
+        (:func:`lrjax.snapshot_steps`); None for none.
       average_start: weight averaging (SWA): the index ``s`` of the first update
         after which the params enter a running mean; None (default) for none.
         The mean takes the params after every update ``t >= s`` with
@@ -136,7 +136,7 @@ class FitConfig:
       chunks_per_epoch: compiled chunks per epoch (host actions run between).
       log_every: TensorBoard's ``train/*`` scalars every this many updates.
       loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
-        (:mod:`lrjax.loop`).
+        (:mod:`lrjax._src.loop`).
       data_parallel: shard every batch over the devices (a ``("data",)`` mesh,
         params replicated); default when there are several devices. Under
         several processes (:mod:`lrjax.distributed`) the mesh spans every
@@ -151,7 +151,7 @@ class FitConfig:
       checkpoint_dir, resume, max_to_keep: Orbax checkpoints (``latest/`` every
         epoch and when a hook stops the run, ``best/``); ``resume`` continues
         from ``latest``.
-      logdir: TensorBoard event files (:class:`lrjax.hooks.TensorBoard`).
+      logdir: TensorBoard event files (:class:`lrjax._src.hooks.TensorBoard`).
       progress: a tqdm progress bar per epoch (:class:`lrjax.hooks.ProgressBar`).
     """
 
@@ -197,7 +197,7 @@ class FitResult:
     of the ensemble of the last ``m`` snapshots (mean softmax, m = 1..M), and
     ``snapshot_test_accuracy`` each snapshot's; ``ensemble_val_curve`` and
     ``snapshot_val_accuracy`` are the same on ``val_data`` (an ``(x, y)``
-    tuple), computed by the same :func:`lrjax.ensembles.ensemble_curve`. Choose
+    tuple), computed by the same :func:`lrjax.ensemble_curve`. Choose
     ``m`` on the validation curve and read its test accuracy off
     ``ensemble_curve``: ``m`` chosen on the test curve overstates the test
     accuracy. Each is None without that data, without a snapshot written, for a
@@ -250,7 +250,7 @@ class FitResult:
     average_test_no_bn: dict[str, float] | None = None  # only with BatchNorm
 
     def __repr__(self) -> str:
-        from lrjax.results import short_repr
+        from lrjax._src.results import short_repr
 
         last = self.history[-1] if self.history else {}
         fields: dict[str, Any] = {
@@ -281,7 +281,7 @@ class FitResult:
         Returns:
           The accuracy Axes.
         """
-        from lrjax.plots import plot_learning_curves
+        from lrjax._src.plots import plot_learning_curves
 
         if ax is None:
             import matplotlib.pyplot as plt
@@ -290,7 +290,7 @@ class FitResult:
         return plot_learning_curves(self.history, ax)
 
     def _repr_html_(self) -> str:
-        from lrjax.results import html_with_plot
+        from lrjax._src.results import html_with_plot
 
         return html_with_plot(repr(self), self.plot)
 
@@ -307,7 +307,7 @@ def data_mesh(
     """A 1-D ``("data",)`` mesh over all devices of every process.
 
     The devices are grouped by process, so each process holds one contiguous
-    block of every batch (its share, :class:`lrjax.batches.ProcessShare`).
+    block of every batch (its share, :class:`lrjax._src.batches.ProcessShare`).
 
     Raises:
       ValueError: if ``batch_size`` is not divisible by the device count.
@@ -408,10 +408,10 @@ def evaluate(
 
 
 class _EpochArrays(ArraySource):
-    """In-memory data in fit's batch order (a :class:`lrjax.batches.Source`).
+    """In-memory data in fit's batch order (a :class:`lrjax._src.batches.Source`).
 
     Epoch ``e`` is the first ``steps_per_epoch * k`` micro-batches of
-    :func:`lrjax.batches.epoch_order` ``(fold_in(key, e), 0, N, B)``: each epoch
+    :func:`lrjax._src.batches.epoch_order` ``(fold_in(key, e), 0, N, B)``: each epoch
     starts a fresh permutation, the micro-batches left over by
     ``steps_per_epoch`` are skipped, and update ``t`` of the epoch takes
     micro-batches ``t * k .. t * k + k - 1``.
@@ -483,7 +483,7 @@ def _snapshot_steps(steps) -> np.ndarray | None:
 
 
 def _init_model(model, key, has_loss_fn: bool, model_state):
-    """The one member of a fit: :func:`lrjax.step.init_member` at ``fold_in(key,
+    """The one member of a fit: :func:`lrjax._src.step.init_member` at ``fold_in(key,
     0)``, as seed 0 of a range test or grid; and the graph definition of the
     caller's module (None for a pure model) for the result's ``model``."""
     form = model_form(model, has_loss_fn=has_loss_fn, model_state=model_state)
@@ -525,13 +525,13 @@ def fit(
         ``optax.sgd``; the logged lr is the lr each update applied.
       data: in-memory arrays (a pytree with a common leading example axis, on the
         device once, batches gathered in compiled code) or an iterable of batches
-        (:mod:`lrjax.batches`).
+        (:mod:`lrjax._src.batches`).
       key: a ``jax.random.key``; epoch ``e`` draws its batch order from
         ``fold_in(key, e)``.
       config: a :class:`FitConfig` (default ``FitConfig()``).
       loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``;
         default :func:`lrjax.classification_loss`, with which in-memory data are
-        checked once first (:func:`lrjax.step.check_classification_data`). With
+        checked once first (:func:`lrjax._src.step.check_classification_data`). With
         ``model_state``: ``loss_fn(params, model_state, batch, key) -> (loss,
         model_state)`` or ``(loss, model_state, {name: scalar})``.
       model_state: the state of a params-pytree model that training updates
@@ -545,7 +545,7 @@ def fit(
         evaluation mode: running averages, no dropout), required when there
         is ``val_data`` or ``test_data``.
       preprocess: ``batch -> batch`` in compiled code, for training and
-        evaluation (e.g. :func:`lrjax.batches.scale_images`).
+        evaluation (e.g. :func:`lrjax.scale_images`).
       val_data: evaluated after every epoch (``val_<name>`` in the history).
       test_data: evaluated once at the end (``FitResult.test``).
       hooks: your :class:`lrjax.Hook` objects, acting after the built-in ones
@@ -782,9 +782,9 @@ def _carry_builder(
     snap_steps: np.ndarray | None,
     cfg: FitConfig,
 ) -> Callable[[bool], Callable]:
-    """``build(unroll) -> carry_step`` for :class:`lrjax.loop.Program`.
+    """``build(unroll) -> carry_step`` for :class:`lrjax._src.loop.Program`.
 
-    ``carry_step`` is the one step (:func:`lrjax.step.make_step`) followed, inside
+    ``carry_step`` is the one step (:func:`lrjax.make_step`) followed, inside
     the compiled chunk, by the snapshot (after the updates in ``snap_steps``) and
     the running weight average (``cfg.average_start``, ``cfg.average_every``).
     """
@@ -878,7 +878,7 @@ def _postfix(run: Run, end: ChunkEnd) -> dict[str, str]:
 
 
 class _OnChunk:
-    """fit's books after every chunk (:func:`lrjax.loop.drive`'s ``observe``).
+    """fit's books after every chunk (:func:`lrjax._src.loop.drive`'s ``observe``).
 
     Moves the run on and adds the chunk's metrics to the epoch's sums; at an
     epoch's end, ``record(run)`` makes its record (timed from
@@ -1036,7 +1036,7 @@ def _has_snapshots(result: FitResult, run: FitRun) -> bool:
 
 def _snapshot_curves(result: FitResult, data) -> tuple[list, list]:
     """``(single, ensemble)`` accuracies on ``data``, a preprocessed ``(x, y)``
-    pair (:func:`lrjax.ensembles.ensemble_curve`): each snapshot's, and the
+    pair (:func:`lrjax.ensemble_curve`): each snapshot's, and the
     last-m ensembles', m = 1..M. The test and the validation curves both."""
     x, y = data
     single, ens = ensembles.ensemble_curve(result.spec, result.snapshots, x, y)
@@ -1119,7 +1119,7 @@ def _stats_pass(
     an iterable: its next ``spe * k`` batches (a list or a loader starts over; a
     one-shot generator gives none, and the statistics are left as they are).
     Each batch runs ``loss_fn`` in training mode through ``stats_spec``
-    (:func:`lrjax.ensembles.batch_stats_model`: momentum 0, so the module holds
+    (:func:`lrjax._src.ensembles.batch_stats_model`: momentum 0, so the module holds
     the batch's statistics), and the statistics are the plain mean over the
     batches, as ``torch.optim.swa_utils.update_bn`` with ``momentum=None``. The
     chunks run like the training's (``loop``: scanned, or one batch per call).

@@ -1,6 +1,6 @@
 """A learning-rate grid: a population of models, one per (lr, seed), trained at once.
 
-Every member trains through the one step (:func:`lrjax.step.make_step`) with the
+Every member trains through the one step (:func:`lrjax.make_step`) with the
 same model, loss and optimizer; only its learning rate differs, and the lr is
 DATA: each member carries its lr in its state and its optimizer is
 ``make_optimizer(optimizer, lambda t: lr * schedule(t))`` with ``lr`` a traced
@@ -10,14 +10,14 @@ the lr a member logs is exactly the lr it applied, ``lr * schedule(t)``.
 
 Seed ``k`` draws its batch order from ``fold_in(key, k)`` and, when the model is a
 factory ``key -> model``, its initialisation from ``fold_in(fold_in(key, k), 1)``
-(:func:`lrjax._population.init_members`, as the range test does); every lr shares
+(:func:`lrjax._src.population.init_members`, as the range test does); every lr shares
 them, so learning rates are compared on equal footing. The epochs run through the
-shared host driver (:func:`lrjax.loop.drive`), one compiled chunk per epoch;
+shared host driver (:func:`lrjax._src.loop.drive`), one compiled chunk per epoch;
 between chunks the grid's books evaluate every member on the validation split in
 evaluation mode (Dropout off, BatchNorm on its running averages), then the hooks
 (:mod:`lrjax.hooks`: the progress bar, yours) act. The population axis is
 sharded over the devices, padded with copies of the last member to a multiple of
-their count (:class:`lrjax._population.Layout`, the range test's rule too). A
+their count (:class:`lrjax._src.population.Layout`, the range test's rule too). A
 member that diverges gets NaN losses and a low accuracy; members never interact,
 so it cannot poison the others. The caller's model is never changed.
 
@@ -41,7 +41,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax._population import (
+from lrjax._src.batches import ArraySource, check_batch_size, leading_size
+from lrjax._src.distributed import host
+from lrjax._src.hooks import ChunkEnd, Hook, ProgressBar, Run
+from lrjax._src.loop import (
+    Program,
+    drive,
+    epoch_plan,
+    population_fn,
+)
+from lrjax._src.population import (
     Layout,
     MemberBatches,
     check_memory,
@@ -49,16 +58,7 @@ from lrjax._population import (
     init_states,
     member_keys,
 )
-from lrjax.batches import ArraySource, check_batch_size, leading_size
-from lrjax.distributed import host
-from lrjax.hooks import ChunkEnd, Hook, ProgressBar, Run
-from lrjax.loop import (
-    Program,
-    drive,
-    epoch_plan,
-    population_fn,
-)
-from lrjax.results import (
+from lrjax._src.results import (
     MemoryEstimate,
     Timings,
     describe_devices,
@@ -66,7 +66,7 @@ from lrjax.results import (
     record_json,
     tree_bytes,
 )
-from lrjax.specs import (
+from lrjax._src.specs import (
     Execution,
     GridConfig,
     Population,
@@ -74,7 +74,7 @@ from lrjax.specs import (
     refuse_unless,
     spec_or_default,
 )
-from lrjax.step import (
+from lrjax._src.step import (
     STATEFUL_EVAL,
     LossFn,
     OptimizerFactory,
@@ -109,7 +109,7 @@ class GridMemory:
       padded_members: the members that ran, copies of the last one padding the
         population to a multiple of the devices.
       estimate: the estimate checked against the device before anything
-        compiled (:func:`lrjax.results.estimate_population`).
+        compiled (:func:`lrjax._src.results.estimate_population`).
     """
 
     state_bytes: int
@@ -173,7 +173,7 @@ class GridResult:
     state and optimizer state (``state_bytes``, their sum over members) and of
     one member (``member_bytes``), and the ``estimate`` that was checked against
     the device before anything was compiled
-    (:func:`lrjax.results.estimate_population`). ``timings``
+    (:func:`lrjax._src.results.estimate_population`). ``timings``
     (:class:`lrjax.Timings`) are those of the whole program; ``config``
     (:class:`GridSettings`) what it trained with, and for a :func:`recipe_grid`
     the family. ``stop_reason`` is None when
@@ -226,7 +226,7 @@ class GridResult:
         }
 
     def __repr__(self) -> str:
-        from lrjax.results import short_repr
+        from lrjax._src.results import short_repr
 
         lrs = np.asarray(self.lrs)
         family = self.config.family  # a recipe_grid's
@@ -258,12 +258,12 @@ class GridResult:
         Returns:
           The matplotlib Axes drawn on.
         """
-        from lrjax.plots import plot_grid
+        from lrjax._src.plots import plot_grid
 
         return plot_grid(self, ax, suggestions=suggestions)
 
     def _repr_html_(self) -> str:
-        from lrjax.results import html_with_plot
+        from lrjax._src.results import html_with_plot
 
         return html_with_plot(repr(self), self.plot)
 
@@ -446,7 +446,7 @@ def lr_grid(
         With ``model_state``: ``eval_fn(params, model_state, batch)`` in
         evaluation mode (running averages, no dropout), required.
       preprocess: ``batch -> batch`` inside the compiled step and evaluation (e.g.
-        :func:`lrjax.batches.scale_images`); default none.
+        :func:`lrjax.scale_images`); default none.
       config: the training of every member (:class:`lrjax.GridConfig`: epochs,
         the validation split evaluated after each; examples per update, each
         epoch a fresh permutation with the remainder dropped; a unit
@@ -473,7 +473,7 @@ def lr_grid(
     Raises:
       ValueError, TypeError: a bad argument, naming it and what is allowed; a
         keyword of 0.2 that moved into a spec (``epochs=2``) names the spec.
-      lrjax.results.MemoryRefused: a ValueError, in one line, when the
+      lrjax._src.results.MemoryRefused: a ValueError, in one line, when the
         population's estimated memory exceeds what the device has; raised
         after building the first member, before the others or any compile.
 
@@ -693,7 +693,7 @@ class _Grid(NamedTuple):
 
     Member ``p = c * seeds + s`` over the cells ``c = f * num_lrs + l`` (family
     ``f``, lr ``l``), laid out (and padded with copies of the last member) by
-    :class:`lrjax._population.Layout`; each trains ``epochs`` of ``steps``.
+    :class:`lrjax._src.population.Layout`; each trains ``epochs`` of ``steps``.
     """
 
     lrs: np.ndarray  # float64[num_lrs]
@@ -757,7 +757,7 @@ def _memory_check(
     batch_size: int,
     estimates: list[MemoryEstimate],
 ) -> Callable:
-    """``check(spec, params, rest)`` for :func:`lrjax._population.init_members`.
+    """``check(spec, params, rest)`` for :func:`lrjax._src.population.init_members`.
 
     It refuses an impossible population from its first member, before the other
     seeds are built and before anything compiles; ``estimates`` gets the numbers.
@@ -802,7 +802,7 @@ def _init_states(params, rest, grid: _Grid, make_tx: Callable) -> GridState:
     """Every member's :class:`GridState` (``[padded, ...]``), split over the mesh.
 
     A cell's lr and family are the member's data
-    (:func:`lrjax._population.init_states`). Even one member has a member axis:
+    (:func:`lrjax._src.population.init_states`). Even one member has a member axis:
     the evaluation and the results read every member along it.
     """
 
@@ -816,7 +816,7 @@ def _init_states(params, rest, grid: _Grid, make_tx: Callable) -> GridState:
 
 
 def _member_builder(spec, loss_fn: LossFn, make_tx: Callable, preprocess) -> Callable:
-    """``build(unroll)`` for :class:`lrjax.loop.Program`: the one step, with the
+    """``build(unroll)`` for :class:`lrjax._src.loop.Program`: the one step, with the
     optimizer of the member's lr and family (read from its state)."""
 
     def build(unroll: bool):
@@ -862,7 +862,7 @@ def _member_evaluate(program: Program, eval_one, val, n_val: int, batch: int, st
 
 
 class _EpochRecorder:
-    """The grid's books after every chunk (:func:`lrjax.loop.drive`'s ``observe``).
+    """The grid's books after every chunk (:func:`lrjax._src.loop.drive`'s ``observe``).
 
     Keeps the chunk's training losses and applied lrs and, at an epoch's end,
     every member's evaluation (before the next chunk donates the state), which

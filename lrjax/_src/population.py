@@ -27,15 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrjax.batches import ArraySource, is_arrays
-from lrjax.results import (
+from lrjax._src.batches import ArraySource, is_arrays
+from lrjax._src.results import (
     MemoryEstimate,
     estimate_population,
     population_mesh,
     refuse_population,
     tree_bytes,
 )
-from lrjax.step import fresh, init_member, model_form
+from lrjax._src.step import fresh, init_member, model_form
 
 #: The mesh axis the member axis is sharded over (one name for every driver).
 AXIS = "pop"
@@ -43,7 +43,7 @@ AXIS = "pop"
 
 def member_key(key: jax.Array, s: int) -> jax.Array:
     """Seed ``s``'s key ``fold_in(key, s)``: its batch order, and the root of its
-    initialisation and update rngs (:func:`lrjax.step.init_member`)."""
+    initialisation and update rngs (:func:`lrjax._src.step.init_member`)."""
     return jax.random.fold_in(key, s)
 
 
@@ -167,9 +167,9 @@ def init_members(
     module's rng streams are folded with the seed index), or a factory
     ``key -> model`` called with ``fold_in(fold_in(key, k), 1)`` for seed ``k``.
     With ``model_state``, ``model`` is a params pytree whose model state it is
-    (:func:`lrjax.step.split_stateful`), or with ``model_state="from_factory"``
+    (:func:`lrjax._src.step.split_stateful`), or with ``model_state="from_factory"``
     a factory ``key -> (params, model_state)``; seed ``k``'s update rngs start
-    from ``fold_in(fold_in(key, k), 2)`` (:func:`lrjax.step.init_member`).
+    from ``fold_in(fold_in(key, k), 2)`` (:func:`lrjax._src.step.init_member`).
     Every array is a fresh copy: the caller's model is never donated or changed.
     ``check(spec, params, model_state)`` sees the first member before the others
     are built (a memory estimate refuses an impossible population there).
@@ -246,10 +246,10 @@ def check_memory(
     ``examples`` examples of in-memory ``data`` per update (an iterable's
     batches are not counted: unknown before they come) and ``own_bytes`` of its
     own inputs (its row of a chunk's indices). Every member that runs counts,
-    padded ones too (:func:`lrjax.results.estimate_population`).
+    padded ones too (:func:`lrjax._src.results.estimate_population`).
 
     Raises:
-      lrjax.results.MemoryRefused: more than the device has; ``fewer`` names
+      lrjax._src.results.MemoryRefused: more than the device has; ``fewer`` names
         the setting to lower.
     """
     batch = 0

@@ -22,7 +22,7 @@ weights need BatchNorm statistics of their own: :func:`update_batch_stats`
 
 ``model`` in the prediction functions is how a member turns inputs into logits:
 
-* a :class:`lrjax.step.Model` (``FitResult.spec``) or an ``nnx.Module`` of the
+* a :class:`lrjax._src.step.Model` (``FitResult.spec``) or an ``nnx.Module`` of the
   same architecture, with ``stacked = (params, model_state)``;
 * a function ``apply(params, x) -> logits`` of a pure model, with ``stacked``
   the stacked params (or ``(params, ())``, as :func:`lrjax.fit` returns them).
@@ -43,9 +43,9 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
-from lrjax.loop import conv_on_cpu, member_of
-from lrjax.schedules import cosine_restart_steps
-from lrjax.step import Model, foreign_model, split_model
+from lrjax._src.loop import conv_on_cpu, member_of
+from lrjax._src.schedules import cosine_restart_steps
+from lrjax._src.step import Model, foreign_model, split_model
 
 
 class SnapshotBuffer(NamedTuple):
@@ -114,7 +114,7 @@ def snapshot_steps(
     """The steps after which the last ``num_snapshots`` cycle ends are taken.
 
     Step ``e`` is the index of the update that ends a cycle of
-    :func:`lrjax.schedules.cosine_restarts` (``cosine_restart_steps``); the
+    :func:`lrjax.cosine_restarts` (``cosine_restart_steps``); the
     snapshot holds the model after that update.
 
     Raises:
@@ -197,7 +197,7 @@ def member_probs(
     for a convolution on the CPU: there each member and each batch is one
     dispatch of the plain forward pass, since XLA:CPU runs a vmapped convolution
     (a grouped one) or one inside a loop body several times slower (the rule of
-    :mod:`lrjax.loop`; ``benchmarks/bench_predict.py`` measures both ways).
+    :mod:`lrjax._src.loop`; ``benchmarks/bench_predict.py`` measures both ways).
 
     >>> apply = lambda p, x: x @ p  # a linear model, p: float32[2, 2]
     >>> w = jnp.stack([jnp.eye(2), -jnp.eye(2), jnp.zeros((2, 2))])  # M = 3 members

@@ -55,7 +55,7 @@ __all__ = [
     "read_idx",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("lrjax.data")  # a stable name, whatever the module
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs the gzipped IDX files.
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -261,7 +261,7 @@ def load_dataset(
         True
         >>> load_dataset("cifar10")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        lrjax.data.DatasetError: unknown dataset 'cifar10'; allowed names: fashion...
+        lrjax._src.data.DatasetError: unknown dataset 'cifar10'; allowed names: ...
     """
     if not isinstance(validation_size, int | np.integer) or validation_size < 0:
         raise ValueError(f"validation_size must be an int >= 0, got {validation_size}")

@@ -13,8 +13,8 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from lrjax.lr_grid import GridResult
-    from lrjax.range_test import RangeTestResult
+    from lrjax._src.lr_grid import GridResult
+    from lrjax._src.range_test import RangeTestResult
 
 _METHOD_STYLE = {
     "steep": ("tab:orange", "v"),
@@ -313,7 +313,7 @@ def plot_grid(
     """Final validation accuracy vs lr (log axis): mean over seeds, min-max band.
 
     Args:
-      result: a :class:`lrjax.lr_grid.GridResult`.
+      result: a :class:`lrjax.GridResult`.
       ax: the Axes to draw on (a new figure when None).
       suggestions: optional ``{method: lr}`` (e.g. a range test's
         ``suggestions``), each drawn as a vertical line.

@@ -1,10 +1,10 @@
 """The learning-rate range test: one compiled sweep, any model, loss and data.
 
-The lr grows from ``Sweep.init_value`` to ``Sweep.end_value`` (:mod:`lrjax.specs`)
-while the model trains through the one step (:func:`lrjax.step.make_step`); the
+The lr grows from ``Sweep.init_value`` to ``Sweep.end_value`` (:mod:`lrjax._src.specs`)
+while the model trains through the one step (:func:`lrjax.make_step`); the
 loss of every batch is recorded BEFORE its update. The sweep runs as compiled
-chunks (:mod:`lrjax.loop`); between chunks the host smooths the losses, checks
-for divergence (:mod:`lrjax.suggestions`) and stops once every seed has diverged,
+chunks (:mod:`lrjax._src.loop`); between chunks the host smooths the losses, checks
+for divergence (:mod:`lrjax._src.suggestions`) and stops once every seed has diverged,
 then the hooks act (:mod:`lrjax.hooks`: the progress bar, yours).
 The caller's model is never changed: the sweep trains copies of its arrays.
 
@@ -16,7 +16,7 @@ is called as ``optimizer(learning_rate, weight_decay=value)`` inside
 state (``opt_state.hyperparams["weight_decay"]``), not a constant of the
 program. With ``Population.seeds`` on top the population is values x seeds
 members; member ``(v, s)`` uses seed ``s``'s initialisation and batch order, so
-values are compared on equal footing. :func:`lrjax.suggestions.best_sweep_value`
+values are compared on equal footing. :func:`lrjax._src.suggestions.best_sweep_value`
 picks the value.
 """
 
@@ -32,7 +32,15 @@ import jax.numpy as jnp  # noqa: F401 (the docstring examples use it)
 import numpy as np
 import optax
 
-from lrjax._population import (
+from lrjax._src.batches import ArraySource, IterSource, as_source, is_arrays
+from lrjax._src.hooks import ChunkEnd, Hook, ProgressBar, Run
+from lrjax._src.loop import (
+    DriveResult,
+    Program,
+    drive,
+    uniform_plan,
+)
+from lrjax._src.population import (
     Layout,
     MemberBatches,
     check_memory,
@@ -40,15 +48,7 @@ from lrjax._population import (
     init_states,
     member_keys,
 )
-from lrjax.batches import ArraySource, IterSource, as_source, is_arrays
-from lrjax.hooks import ChunkEnd, Hook, ProgressBar, Run
-from lrjax.loop import (
-    DriveResult,
-    Program,
-    drive,
-    uniform_plan,
-)
-from lrjax.results import (
+from lrjax._src.results import (
     MemoryEstimate,
     Timings,
     check_driver,
@@ -58,7 +58,7 @@ from lrjax.results import (
     record_json,
     short_repr,
 )
-from lrjax.specs import (
+from lrjax._src.specs import (
     Divergence,
     Execution,
     Population,
@@ -68,7 +68,7 @@ from lrjax.specs import (
     check_sweep_over,
     spec_or_default,
 )
-from lrjax.step import (
+from lrjax._src.step import (
     LossFn,
     OptimizerFactory,
     check_classification_data,
@@ -79,7 +79,7 @@ from lrjax.step import (
     make_step,
     optimizer_name,
 )
-from lrjax.suggestions import (
+from lrjax._src.suggestions import (
     DEFAULT_METHOD,
     METHODS,
     SWEEP_TOLERANCE,
@@ -296,7 +296,7 @@ class RangeTestResult:
         Returns:
           The Axes drawn on.
         """
-        from lrjax.plots import plot_range_test
+        from lrjax._src.plots import plot_range_test
 
         return plot_range_test(self, ax)
 
@@ -316,9 +316,9 @@ class SweepResult:
     ``suggestions[i]`` (median over seeds of every method), ``suggested_lr[i]``
     (the chosen method's), ``diverged_at_lr[i]``, ``diverged_at_step[i]`` (per
     seed), ``min_loss[i]`` (median over seeds of the lowest smoothed loss before
-    divergence) and ``spread[i]`` (as :class:`RangeTestResult`'s). ``best`` is the
-    index :func:`lrjax.suggestions.best_sweep_value` picks, ``value`` and ``lr`` the
-    recommended pair (None when no value gave a usable curve).
+    divergence) and ``spread[i]`` (as :class:`RangeTestResult`'s). ``best`` is
+    the index :func:`lrjax._src.suggestions.best_sweep_value` picks, ``value``
+    and ``lr`` the recommended pair (None when no value gave a usable curve).
     """
 
     name: str
@@ -423,7 +423,7 @@ def check_sweep(
     """``sweep_over -> (name, values)``, checked against the optimizer factory.
 
     Raises:
-      ValueError: :func:`lrjax.specs.check_sweep_over`'s rules, with the names
+      ValueError: :func:`lrjax._src.specs.check_sweep_over`'s rules, with the names
         the factory takes (:func:`sweepable`; the message lists them).
     """
     return check_sweep_over(sweep_over, sweepable(optimizer))
@@ -556,13 +556,13 @@ def lr_range_test(
         ``optax.sgd`` or ``lambda lr: optax.adamw(lr, weight_decay=1e-4)``.
       data: in-memory arrays (a pytree with a common leading example axis, e.g.
         ``(x, y)`` or ``{"image": x, "label": y}``), or any iterable of batch
-        pytrees (a generator, a grain dataset); see :mod:`lrjax.batches`.
+        pytrees (a generator, a grain dataset); see :mod:`lrjax._src.batches`.
       key: a ``jax.random.key``; seed ``k`` uses ``fold_in(key, k)`` for its batch
         order (and ``fold_in(fold_in(key, k), 1)`` for a factory's initialisation).
       loss_fn: ``loss_fn(model, batch) -> loss | (loss, {name: scalar})``; default
         :func:`lrjax.classification_loss` (softmax cross-entropy and accuracy on
         ``(x, y)`` batches); with it, in-memory data are checked once first
-        (:func:`lrjax.step.check_classification_data`: integer labels in
+        (:func:`lrjax._src.step.check_classification_data`: integer labels in
         ``[0, num_classes)``, finite inputs). With ``model_state``:
         ``loss_fn(params, model_state, batch, key) -> (loss, model_state)`` or
         ``(loss, model_state, {name: scalar})``.
@@ -576,7 +576,7 @@ def lr_range_test(
         initialisation (Linen: ``variables = net.init(key, x)``, then
         ``(variables["params"], {"batch_stats": variables["batch_stats"]})``).
       preprocess: ``batch -> batch`` inside the compiled step (e.g.
-        :func:`lrjax.data.scale_images`); default none.
+        :func:`lrjax.scale_images`); default none.
       method: the suggestion reported as ``suggested_lr``, one of ``METHODS``.
       sweep: the updates (:class:`lrjax.Sweep`: their number, default one epoch
         of in-memory data or ``len(data)`` of an iterable that has one; the lrs
@@ -609,7 +609,7 @@ def lr_range_test(
       A :class:`RangeTestResult`. With ``sweep_over``, ``sweep`` is a
       :class:`SweepResult` holding every value's curves, suggestions, divergence
       and the recommended ``(value, lr)``
-      (:func:`lrjax.suggestions.best_sweep_value`), and the other fields describe
+      (:func:`lrjax._src.suggestions.best_sweep_value`), and the other fields describe
       the recommended value's sweep (the first value's when none is recommended),
       so the result reads like a plain range test run at that value:
       ``suggested_lr`` is the recommended lr. ``config`` holds the settings
@@ -789,7 +789,7 @@ class _Swept:
 
 class _Population(NamedTuple):
     """Members ``v * seeds + s``: value ``v`` of the sweep, seed ``s`` (a cell of
-    the :class:`lrjax._population.Layout` per value)."""
+    the :class:`lrjax._src.population.Layout` per value)."""
 
     swept: _Swept
     layout: Layout
@@ -845,7 +845,7 @@ def _init_population(params, rest, tx, sched, pop: _Population) -> Any:
 
     Member ``v * seeds + s`` starts from seed ``s``'s ``params`` and ``rest``
     (stacked ``[seeds, ...]`` when several) with value ``v`` in its optimizer
-    state (:func:`lrjax._population.init_states`); without a swept value every
+    state (:func:`lrjax._src.population.init_states`); without a swept value every
     member's state uses ``tx``. A population of one has no member axis.
     """
     swept, stacked = pop.swept, pop.layout.padded > 1
@@ -871,7 +871,8 @@ class _Curves(NamedTuple):
 
 
 class _Recorder:
-    """The sweep's books after every chunk (:func:`lrjax.loop.drive`'s ``observe``).
+    """The sweep's books after every chunk (``observe`` of
+    :func:`lrjax._src.loop.drive`).
 
     Records the chunk's curves, smooths the losses and checks every member for
     divergence, before any hook acts; returns ``"diverged"`` to stop the sweep
@@ -932,7 +933,7 @@ class _Summary(NamedTuple):
 
 def _summaries(curves: _Curves, pop: _Population, method: str) -> _Summary:
     """Every value's summary; with a swept hyperparameter its :class:`SweepResult`
-    and the recommended value (:func:`lrjax.suggestions.best_sweep_value`), shown
+    and the recommended value (:func:`lrjax._src.suggestions.best_sweep_value`), shown
     at the top level (the first value when none is recommended)."""
     seeds, values = pop.seeds, pop.swept.values
     rows = [slice(v * seeds, (v + 1) * seeds) for v in range(pop.swept.num_values)]

@@ -53,7 +53,7 @@ _ARRAY = (np.ndarray, jax.Array)
 class Source(Protocol):
     """What the drivers read from a source of training batches.
 
-    :func:`lrjax.loop.drive` (fit, the range test, the grid) and fit's BatchNorm
+    :func:`lrjax._src.loop.drive` (fit, the range test, the grid) and fit's BatchNorm
     pass use these three members and nothing else; everything else a source
     has (``batch_size``, ``skipped``, ...) is read only by the code that built it.
     Implementations: :class:`ArraySource` (and fit's per-epoch variant),
@@ -66,7 +66,7 @@ class Source(Protocol):
         """Whether :meth:`chunk` gives batch indices into :attr:`data` (the
         compiled step gathers ``data[idx]`` itself) rather than the batches.
         Read on the host once, when the driver builds its
-        :class:`lrjax.loop.Program`."""
+        :class:`lrjax._src.loop.Program`."""
         ...
 
     @property
@@ -79,7 +79,7 @@ class Source(Protocol):
     def chunk(self, lo: int, hi: int) -> Any:
         """The inputs of updates ``lo .. hi - 1``, stacked on a leading axis.
 
-        Called on the host between compiled chunks: :func:`lrjax.loop.drive`
+        Called on the host between compiled chunks: :func:`lrjax._src.loop.drive`
         asks for chunk ``i + 1`` right after dispatching chunk ``i`` (so the
         host builds or pulls it while the device computes). When
         :attr:`gathers`: ``int32[C, (members,) (k,) B]`` batch indices on the

@@ -8,7 +8,7 @@ that updates an ``nnx.Optimizer`` in place. When its optimizer was built with
 before every update with no change to the step and no recompilation.
 :func:`step_range_test` does that on a copy of the state, records the step's
 metrics, and smooths, stops and suggests with the rules of
-:func:`lrjax.lr_range_test` (:mod:`lrjax.suggestions`), returning the same
+:func:`lrjax.lr_range_test` (:mod:`lrjax._src.suggestions`), returning the same
 :class:`lrjax.RangeTestResult`.
 
 The step is called from the host once per update: a jitted step is one dispatch
@@ -30,17 +30,17 @@ import optax
 from flax import nnx
 from jax.tree_util import PyTreeDef
 
-from lrjax._population import member_key
-from lrjax.batches import ArraySource, is_arrays, leading_size, take
-from lrjax.hooks import ChunkEnd, Hook, Hooks, ProgressBar, Run
-from lrjax.range_test import (
+from lrjax._src.batches import ArraySource, is_arrays, leading_size, take
+from lrjax._src.hooks import ChunkEnd, Hook, Hooks, ProgressBar, Run
+from lrjax._src.population import member_key
+from lrjax._src.range_test import (
     RangeTestResult,
     RangeTestSettings,
     _check_method,
     _nonfinite_warning,
 )
-from lrjax.results import Timings, describe_devices
-from lrjax.specs import (
+from lrjax._src.results import Timings, describe_devices
+from lrjax._src.specs import (
     Divergence,
     Execution,
     Sweep,
@@ -48,7 +48,7 @@ from lrjax.specs import (
     refuse_unless,
     spec_or_default,
 )
-from lrjax.suggestions import (
+from lrjax._src.suggestions import (
     DEFAULT_METHOD,
     DivergenceTracker,
     Smoother,
@@ -472,7 +472,7 @@ def _run(train_step, state, batches, setter, record: _Record, graph: bool, calls
     The host reads update ``t - 1``'s metrics after dispatching update ``t``,
     so a jitted step always has the next update queued; a divergence stops the
     sweep one update after the update that diverged. A hook (``calls``, the
-    :class:`lrjax.hooks.Hooks`) sees every update recorded; its stop reason
+    :class:`lrjax._src.hooks.Hooks`) sees every update recorded; its stop reason
     stops the sweep there (the update already dispatched is dropped).
     """
 

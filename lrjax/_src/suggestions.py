@@ -1,7 +1,7 @@
 """Smoothing, divergence and learning-rate suggestions of a range-test curve.
 
 Plain numpy on the host, so every rule is easy to test on curves with known
-answers; :mod:`lrjax.range_test` calls these between compiled chunks.
+answers; :mod:`lrjax._src.range_test` calls these between compiled chunks.
 """
 
 from __future__ import annotations

@@ -27,11 +27,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lrjax import schedules
-from lrjax.hooks import Hook
-from lrjax.loop import POPULATIONS, check_loop
-from lrjax.schedules import Schedule
-from lrjax.step import check_accumulate
+from lrjax._src import schedules
+from lrjax._src.hooks import Hook
+from lrjax._src.loop import POPULATIONS, check_loop
+from lrjax._src.schedules import Schedule
+from lrjax._src.step import check_accumulate
 
 __all__ = ["Divergence", "Execution", "GridConfig", "Population", "Sweep"]
 
@@ -82,7 +82,7 @@ def check_sweep_over(
     """``sweep_over -> (name, values)``: ONE hyperparameter and its values.
 
     ``names``: the hyperparameters the optimizer factory takes
-    (:func:`lrjax.range_test.sweepable`), None for any.
+    (:func:`lrjax._src.range_test.sweepable`), None for any.
 
     Raises:
       ValueError: not one hyperparameter, the learning rate, a name not in
@@ -251,7 +251,7 @@ class Population:
       layout: how the members run inside each compiled update: ``"vmap"``
         (batched), ``"unroll"`` (one after another, each step inlined) or
         ``"map"`` (``lax.map``); ``"auto"``: ``"unroll"`` for a convolution on
-        the CPU, else ``"vmap"`` (:mod:`lrjax.loop`). The choice is the result's
+        the CPU, else ``"vmap"`` (:mod:`lrjax._src.loop`). The choice is the result's
         ``timings.population``.
 
     >>> Population(seeds=3, sweep_over={"momentum": [0.0, 0.9]}).seeds
@@ -282,11 +282,11 @@ class Execution:
 
     Attributes:
       chunks: a range test runs as this many compiled chunks (at most
-        ``lrjax.range_test.MAX_CHUNK_STEPS`` updates each); the host smooths,
+        ``lrjax._src.range_test.MAX_CHUNK_STEPS`` updates each); the host smooths,
         checks divergence and runs the hooks between them. A grid runs one chunk
         per epoch (only the default is accepted there).
       loop: ``"auto"``, ``"scan"``, ``"unroll"`` or ``"dispatch"``
-        (:mod:`lrjax.loop`); the choice is the result's ``timings.loop``.
+        (:mod:`lrjax._src.loop`); the choice is the result's ``timings.loop``.
       progress: show a tqdm progress bar (:class:`lrjax.hooks.ProgressBar`).
       hooks: your :class:`lrjax.Hook` objects (a sequence, kept as a tuple),
         called between chunks when their trigger fires, after the progress

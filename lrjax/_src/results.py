@@ -189,9 +189,9 @@ class Timings:
       model_epochs_per_s: members x epochs trained per second of ``run_s``
         (the grid); None when ``run_s`` is 0.
       loop: how a chunk of updates ran: ``"scan"``, ``"unroll"`` or
-        ``"dispatch"`` (:mod:`lrjax.loop`).
+        ``"dispatch"`` (:mod:`lrjax._src.loop`).
       population: how the members ran inside an update: ``"vmap"``,
-        ``"unroll"`` or ``"map"`` (:mod:`lrjax.loop`).
+        ``"unroll"`` or ``"map"`` (:mod:`lrjax._src.loop`).
       average_s: seconds of the weight average's BatchNorm pass and
         evaluations (``fit`` with ``FitConfig.average_start``).
 

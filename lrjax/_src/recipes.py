@@ -1,0 +1,326 @@
+"""Which schedule, at which peak: a range-test result and a budget -> a recipe.
+
+A *recipe* is a schedule family, the numbers of its shape for a budget of
+``total_steps`` updates, and its peak learning rate. The shapes are fixed
+fractions of the budget (:data:`SHAPES`); the peak is a rule on the range test's
+suggestions (:data:`PEAK_RULES`, one per optimizer kind of
+:data:`OPTIMIZER_KINDS`): ``peak = factor x suggestions[method]``. The rules and
+the family that ``family="auto"`` picks (:data:`AUTO_FAMILY`) were derived
+from recipe grids, one population of models per (family x peak x seed) trained
+at the full budget (``benchmarks/recipe_quality.py``; the measured
+regrets are in ``docs/results.md``), not guessed.
+
+The same :func:`build_schedule` makes the schedule that ``lrjax-train
+--schedule FAMILY`` trains with and the unit shape that ``lrjax-grid --schedule
+FAMILY`` scales by each lr, so a grid cell and a training run of the same
+(family, peak, budget) follow the same lr at every update.
+
+>>> import numpy as np
+>>> s, params = build_schedule("linear_decay", 0.1, total_steps=100)
+>>> params["warmup_steps"], round(float(s(5)), 4), round(float(s(100)), 4)
+(5, 0.1, 0.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from lrjax._src import schedules
+from lrjax._src.schedules import Schedule
+
+__all__ = [
+    "AUTO_FAMILY",
+    "FAMILIES",
+    "OPTIMIZER_KINDS",
+    "PEAK_RULES",
+    "SHAPES",
+    "Recipe",
+    "build_schedule",
+    "optimizer_kind",
+    "recommend",
+    "unit_schedule",
+]
+
+FAMILIES = ("one_cycle", "warmup_cosine", "linear_decay", "wsd")
+
+# Each family's shape besides its peak, for a budget of T updates. one_cycle is
+# PyTorch's OneCycleLR with its defaults; the others warm up linearly from 0
+# over 5% of the budget and end at 0 (wsd: constant, then a linear decay over
+# the last 20%, a common cooldown length).
+SHAPES: dict[str, dict[str, float]] = {
+    "one_cycle": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4},
+    "warmup_cosine": {"warmup_fraction": 0.05},
+    "linear_decay": {"warmup_fraction": 0.05},
+    "wsd": {"warmup_fraction": 0.05, "decay_fraction": 0.2},
+}
+
+# The optimizers the peak rules were fitted for, by kind: plain and momentum SGD
+# share one rule, Adam and AdamW another (their knees sit at very different
+# places relative to the best peak: 4 x against 0.707 x on the MLP grids).
+OPTIMIZER_KINDS: dict[str, str] = {
+    "sgd": "sgd",
+    "momentum": "sgd",
+    "nesterov": "sgd",
+    "adam": "adam",
+    "adamw": "adam",
+}
+
+# peak = factor x suggestions[method], per optimizer kind: ONE rule for every
+# family, fitted by `python benchmarks/recipe_quality.py --fit` on that kind's
+# grids (the lowest mean over the families of their worst per-seed regret;
+# results in docs/results.md and benchmarks/results/recipe_fit.json).
+# AUTO_FAMILY: the family with the lowest worst regret under those rules.
+PEAK_RULES: dict[str, dict[str, tuple[str, float]]] = {
+    "sgd": dict.fromkeys(FAMILIES, ("knee", 4.0)),
+    "adam": dict.fromkeys(FAMILIES, ("knee", 0.707)),
+}
+AUTO_FAMILY = "wsd"
+
+
+def _check_family(family: str, allow_auto: bool = False) -> str:
+    allowed = FAMILIES + (("auto",) if allow_auto else ())
+    if family not in allowed:
+        raise ValueError(
+            f"unknown schedule family {family!r}; choose from {', '.join(allowed)}"
+        )
+    return family
+
+
+def optimizer_kind(optimizer: str | None) -> str:
+    """The kind of :data:`PEAK_RULES` that applies to ``optimizer``.
+
+    ``optimizer`` is an optax factory's name (``"sgd"``, ``"adamw"``, ...) or a
+    kind itself; anything else is refused: the rules were fitted for these
+    optimizers only, and a rule for the wrong kind is off by about 6x.
+
+    >>> optimizer_kind("nesterov"), optimizer_kind("adamw")
+    ('sgd', 'adam')
+    """
+    if isinstance(optimizer, str) and optimizer in OPTIMIZER_KINDS:
+        return OPTIMIZER_KINDS[optimizer]
+    raise ValueError(
+        f"no peak rule for the optimizer {optimizer!r}: the rules are fitted for "
+        f"{', '.join(OPTIMIZER_KINDS)}; pass optimizer= the nearest of these (e.g. "
+        "'sgd' for an SGD variant, 'adam' for an Adam variant), or method= and "
+        "factor= for a rule of your own"
+    )
+
+
+def _check_total(total_steps: Any) -> int:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int):
+        raise ValueError(f"total_steps must be an integer >= 2, got {total_steps!r}")
+    if total_steps < 2:
+        raise ValueError(f"total_steps must be an integer >= 2, got {total_steps}")
+    return total_steps
+
+
+def build_schedule(
+    family: str, peak_lr: float, total_steps: int
+) -> tuple[Schedule, dict[str, Any]]:
+    """The schedule of ``family`` at ``peak_lr`` over ``total_steps`` updates.
+
+    Args:
+      family: one of :data:`FAMILIES`.
+      peak_lr: the highest lr of the schedule, > 0.
+      total_steps: the training budget in updates, >= 2; the schedule ends
+        there (and holds its last value after).
+
+    Returns:
+      ``(schedule, params)``: a pure ``step -> lr`` function, and every number
+      of it (``family``, ``peak_lr``, ``total_steps`` and the family's own:
+      ``initial_lr``, ``final_lr``, ``warmup_steps``, ...), JSON-ready.
+
+    Raises:
+      ValueError: an unknown family, a peak that is not > 0, a budget < 2.
+
+    >>> s, p = build_schedule("one_cycle", 1.0, total_steps=100)
+    >>> p["initial_lr"], round(float(s(29)), 4), round(float(s(30)), 4)
+    (0.04, 1.0, 0.9995)
+    """
+    _check_family(family)
+    total = _check_total(total_steps)
+    peak = float(peak_lr)
+    if not (math.isfinite(peak) and peak > 0):
+        raise ValueError(f"peak_lr must be a finite number > 0, got {peak_lr!r}")
+    shape = SHAPES[family]
+    params: dict[str, Any] = {"family": family, "peak_lr": peak, "total_steps": total}
+    if family == "one_cycle":
+        initial = peak / shape["div_factor"]
+        params.update(
+            pct_start=shape["pct_start"],
+            div_factor=shape["div_factor"],
+            final_div_factor=shape["final_div_factor"],
+            initial_lr=initial,
+            final_lr=initial / shape["final_div_factor"],
+        )
+        sched = schedules.one_cycle(
+            peak,
+            total,
+            pct_start=shape["pct_start"],
+            div_factor=shape["div_factor"],
+            final_div_factor=shape["final_div_factor"],
+        )
+        return sched, params
+    warmup = min(round(shape["warmup_fraction"] * total), total - 1)
+    params.update(warmup_steps=warmup, initial_lr=0.0 if warmup else peak, final_lr=0.0)
+    if family == "warmup_cosine":
+        sched = schedules.warmup_cosine(peak, total, warmup_steps=warmup)
+    elif family == "linear_decay":
+        sched = schedules.linear_decay(peak, total, warmup_steps=warmup)
+    else:
+        decay = max(1, min(round(shape["decay_fraction"] * total), total - warmup))
+        params.update(decay_steps=decay, decay="linear")
+        sched = schedules.wsd(peak, total, warmup_steps=warmup, decay_steps=decay)
+    return sched, params
+
+
+def unit_schedule(family: str, total_steps: int) -> Schedule:
+    """``family``'s shape at peak 1: a grid member at lr ``p`` applies ``p * unit``.
+
+    >>> round(float(unit_schedule("wsd", 100)(50)), 4)
+    1.0
+    """
+    return build_schedule(family, 1.0, total_steps)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A recommended schedule: its family, its numbers, and the rule behind them.
+
+    ``schedule`` is the ``step -> lr`` function; ``params`` holds every number
+    of it (:func:`build_schedule`); ``rule`` says in words how the peak was
+    chosen, e.g. ``"peak = 3 x knee (0.0105)"``.
+    """
+
+    family: str
+    peak_lr: float
+    total_steps: int
+    method: str
+    suggestion: float
+    factor: float
+    rule: str
+    params: dict[str, Any]
+    schedule: Schedule = dataclasses.field(repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The recipe as a JSON-ready dict (without the function)."""
+        return {
+            **self.params,
+            "method": self.method,
+            "suggestion": self.suggestion,
+            "factor": self.factor,
+            "rule": self.rule,
+        }
+
+    def describe(self) -> str:
+        """One line: the family, its peak and the rule, its other numbers."""
+        p = self.params
+        extra = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in p.items()
+            if k not in ("family", "peak_lr", "total_steps")
+        )
+        return (
+            f"{self.family} peak {self.peak_lr:.4g} ({self.rule}) over "
+            f"{self.total_steps} updates: {extra}"
+        )
+
+
+def recommend(
+    result: Any,
+    total_steps: int,
+    family: str = "auto",
+    *,
+    optimizer: str | None = None,
+    method: str | None = None,
+    factor: float | None = None,
+) -> Recipe:
+    """A schedule for ``total_steps`` updates from a range test's suggestions.
+
+    ``peak = factor x result.suggestions[method]``, with ``(method, factor)``
+    from :data:`PEAK_RULES` for the optimizer's kind and the family (fitted on
+    recipe grids). A method given here overrides the rule's and then means that
+    suggestion itself (``factor`` 1) unless a factor is given too.
+
+    Args:
+      result: a :class:`lrjax.RangeTestResult` (or anything with a
+        ``suggestions`` mapping of method -> lr), from a range test of the same
+        model, optimizer and batch size as the training.
+      total_steps: the training budget in updates, >= 2.
+      family: one of :data:`FAMILIES`, or ``"auto"`` (:data:`AUTO_FAMILY`).
+      optimizer: the optimizer the range test and the training use, by optax
+        name (a key of :data:`OPTIMIZER_KINDS`); default: the name
+        ``lr_range_test`` recorded (``result.config.optimizer``, the
+        factory's ``__name__``, e.g. ``optax.adamw`` -> ``"adamw"``). Needed
+        only when the rule gives the peak (no ``method=`` given).
+      method: the suggestion the peak is built on (default: the rule's).
+      factor: the multiple of that suggestion (default: the rule's; 1 when
+        ``method`` is given).
+
+    Returns:
+      A :class:`Recipe`; ``recipe.schedule`` goes wherever Optax takes a
+      learning rate.
+
+    Raises:
+      ValueError: an unknown family, method or optimizer (the optimizer of a
+        range test whose factory has no known name, e.g. a lambda, must be
+        given), a factor that is not > 0, or a range test without that
+        suggestion (e.g. it never descended).
+
+    >>> class R:  # a range test's suggestions
+    ...     suggestions = {"knee": 0.01, "valley": 0.004}
+    >>> r = recommend(R(), 1000, "linear_decay", optimizer="sgd")
+    >>> r.family, round(r.peak_lr, 6), r.rule
+    ('linear_decay', 0.04, 'peak = 4 x knee (0.01)')
+    >>> round(recommend(R(), 1000, optimizer="adamw").peak_lr, 6)
+    0.00707
+    >>> recommend(R(), 1000, "one_cycle", method="valley").peak_lr
+    0.004
+    """
+    _check_family(family, allow_auto=True)
+    total = _check_total(total_steps)
+    name = AUTO_FAMILY if family == "auto" else family
+    if method is None:
+        if optimizer is None:  # a RangeTestResult's config is a RangeTestSettings
+            optimizer = getattr(getattr(result, "config", None), "optimizer", None)
+        rule_method, rule_factor = PEAK_RULES[optimizer_kind(optimizer)][name]
+        method, factor = rule_method, rule_factor if factor is None else factor
+    elif factor is None:
+        factor = 1.0
+    factor = float(factor)
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
+    suggestions = getattr(result, "suggestions", None)
+    if not isinstance(suggestions, Mapping):
+        raise ValueError(
+            "recommend needs a range-test result (lrjax.lr_range_test's "
+            f"RangeTestResult), got {type(result).__name__}"
+        )
+    if method not in suggestions:
+        raise ValueError(
+            f"unknown suggestion method {method!r}; the result has "
+            f"{', '.join(sorted(suggestions))}"
+        )
+    value = suggestions[method]
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"the range test gave no {method!r} suggestion (its loss never "
+            "descended far enough); pass a learning rate instead"
+        )
+    peak = factor * float(value)
+    sched, params = build_schedule(name, peak, total)
+    rule = f"peak = {factor:g} x {method} ({float(value):.4g})"
+    return Recipe(
+        family=name,
+        peak_lr=peak,
+        total_steps=total,
+        method=method,
+        suggestion=float(value),
+        factor=factor,
+        rule=rule,
+        params=params,
+        schedule=sched,
+    )
