@@ -639,7 +639,7 @@ def test_module_imports_only_numpy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
-    assert importlib.util.find_spec("lrjax.data") is not None
+    assert importlib.util.find_spec("lrjax._src.data") is not None
 
 
 # ---------------------------------------------------------------------- real files

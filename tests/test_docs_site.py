@@ -37,8 +37,10 @@ def test_every_public_name_is_in_the_api_page_once():
 
 def test_each_name_has_the_directive_of_its_kind():
     text = _conf().API_PAGE.read_text()
-    for directive, name in re.findall(r"^\.\. (auto\w+):: lrjax\.(\w+)", text, re.M):
-        obj = getattr(lrjax, name)
+    for directive, name in re.findall(r"^\.\. (auto\w+):: lrjax\.([\w.]+)", text, re.M):
+        obj = lrjax
+        for part in name.split("."):  # lrjax.NAME or lrjax.MODULE.NAME
+            obj = getattr(obj, part)
         if inspect.isclass(obj) and issubclass(obj, BaseException):
             want = "autoexception"
         elif inspect.isclass(obj):

@@ -221,7 +221,7 @@ def test_a_full_disk_ends_the_run_and_resume_works_after(
 ):
     """Without TensorBoard the checkpoint is the first write to fail (Orbax's own
     error and threads); with it, whichever comes first."""
-    fit = importlib.import_module("lrjax.fit")  # lrjax.fit is also the function
+    fit = importlib.import_module("lrjax._src.fit")
 
     ballast = small_disk / "ballast"
     run = small_disk / "run"
