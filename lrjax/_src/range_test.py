@@ -696,11 +696,24 @@ def lr_range_test(
     curves = recorder.curves()
 
     summary = _summaries(curves, pop, method)
+    config = _settings(
+        optimizer, sweep, divergence, num_steps, source, k, plan, estimates[0],
+        swept, summary.shown,
+    )  # fmt: skip
+    return _result(curves, summary, pop, method, out, program, config)
+
+
+def _settings(
+    optimizer, sweep: Sweep, divergence: Divergence, num_steps: int, source, k: int,
+    plan, memory, swept: _Swept, shown: int,
+) -> RangeTestSettings:  # fmt: skip
+    """The result's ``config``: the settings the sweep ran with and what it decided
+    (chunks, data, memory, the swept value shown)."""
     iterable = source if isinstance(source, IterSource) else None
     swept_over = None
     if swept.values is not None:
-        swept_over = SweepOver(swept.name, tuple(swept.values), summary.shown)
-    config = RangeTestSettings(
+        swept_over = SweepOver(swept.name, tuple(swept.values), shown)
+    return RangeTestSettings(
         driver="lr_range_test",
         optimizer=optimizer_name(optimizer),
         mode=sweep.mode,
@@ -715,12 +728,11 @@ def lr_range_test(
         chunks=len(plan),
         chunk_steps=max(hi - lo for lo, hi in plan),
         data="arrays" if iterable is None else "iterable",
-        memory=estimates[0],
+        memory=memory,
         sweep=swept_over,
         batches_skipped=None if iterable is None else iterable.skipped,
         data_restarts=None if iterable is None else iterable.restarts,
     )
-    return _result(curves, summary, pop, method, out, program, config)
 
 
 @dataclasses.dataclass(frozen=True)
