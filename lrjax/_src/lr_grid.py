@@ -120,7 +120,7 @@ class GridMemory:
 
     def to_json(self) -> dict[str, Any]:
         """Every field, the estimate as its dict, JSON-ready."""
-        return record_json(self, [f.name for f in dataclasses.fields(self)])
+        return record_json(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +150,7 @@ class GridSettings:
 
     def to_json(self) -> dict[str, Any]:
         """Every field, ``family`` only when set, JSON-ready."""
-        fields = [f.name for f in dataclasses.fields(self)]
-        return record_json(self, fields, when_set=("family",))
+        return record_json(self, when_set=("family",))
 
 
 @dataclasses.dataclass
@@ -493,8 +492,8 @@ def lr_grid(
     """
     check_moved("lr_grid", moved)
     specs = _grid_specs("lr_grid", config, population, execution)
-    return _grid(model, optimizer, train_data, val_data, [specs[0].schedule],
-                 [None], lrs=lrs, key=key, loss_fn=loss_fn, model_state=model_state,
+    return _grid(model, optimizer, train_data, val_data, {None: specs[0].schedule},
+                 lrs=lrs, key=key, loss_fn=loss_fn, model_state=model_state,
                  eval_fn=eval_fn, preprocess=preprocess, specs=specs)[0]  # fmt: skip
 
 
@@ -562,9 +561,10 @@ def recipe_grid(
             f"families must be a non-empty mapping of names to schedules, got "
             f"{families!r}"
         )
+    units: dict[str | None, Callable | None] = {n: families[n] for n in names}
     results = _grid(
-        model, optimizer, train_data, val_data, [families[n] for n in names],
-        names, lrs=lrs, key=key, specs=specs, **passed,
+        model, optimizer, train_data, val_data, units, lrs=lrs, key=key,
+        specs=specs, **passed,
     )  # fmt: skip
     return dict(zip(names, results, strict=True))
 
@@ -581,8 +581,7 @@ def _grid(
     optimizer: OptimizerFactory,
     train_data: Any,
     val_data: Any,
-    units: list,
-    names: Sequence[str | None],
+    units: Mapping[str | None, Callable | None],
     *,
     lrs: Sequence[float] | np.ndarray,
     key: jax.Array,
@@ -593,7 +592,8 @@ def _grid(
     preprocess: Callable | None = None,
 ) -> list[GridResult]:
     """The population of (unit schedule, lr, seed) members; a result per unit,
-    its ``config.family`` the unit's name (None: lr_grid's one schedule)."""
+    in the order of ``units`` (``{name: unit schedule}``), its ``config.family``
+    the unit's name (None: lr_grid's one schedule)."""
     config, population, execution = specs
     seeds, epochs, batch_size = population.seeds, config.epochs, config.batch_size
     eval_batch_size = config.eval_batch_size
@@ -606,7 +606,7 @@ def _grid(
     has_loss_fn = loss_fn is not None
     loss_fn = classification_loss() if loss_fn is None else loss_fn
     grid = _Grid.of(lr_arr, len(units), seeds, epochs, n_train // batch_size)
-    make_tx = _unit_optimizer(optimizer, units)
+    make_tx = _unit_optimizer(optimizer, list(units.values()))
     estimates: list[MemoryEstimate] = []  # the check's, of the first member
     check = _memory_check(grid, make_tx, train_data, batch_size, estimates)
     spec, params, rest = init_members(
@@ -667,7 +667,7 @@ def _grid(
             n_val=n_val,
             family=name,
         )
-        for name in names
+        for name in units
     ]
     if out.stop_reason:  # a hook stopped every member after an epoch
         grid = grid._replace(epochs=len(recorder.evals))

@@ -98,14 +98,17 @@ def device_memory_bytes(device: jax.Device | None = None) -> int | None:
 
 
 def record_json(
-    record: Any, fields: Sequence[str], when_set: Sequence[str] = ()
+    record: Any, fields: Sequence[str] | None = None, when_set: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """``{name: value}`` of a record's ``fields``, in that order, JSON-ready.
+    """``{name: value}`` of a record's ``fields`` (default: all of them), in that
+    order, JSON-ready.
 
     A field named in ``when_set`` is left out while it is None; a nested record
     is written by its own ``to_json()``, a tuple as a list.
     """
     out: dict[str, Any] = {}
+    if fields is None:
+        fields = [f.name for f in dataclasses.fields(record)]
     for name in fields:
         value = getattr(record, name)
         if value is None and name in when_set:
@@ -251,7 +254,7 @@ class MemoryEstimate:
 
     def to_json(self) -> dict[str, Any]:
         """Every field, JSON-ready."""
-        return dataclasses.asdict(self)
+        return record_json(self)
 
 
 def estimate_population(
