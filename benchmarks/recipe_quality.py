@@ -320,17 +320,21 @@ def kind_rules(doc: dict) -> dict:
     return PEAK_RULES[optimizer_kind(doc["setting"]["optimizer"])]
 
 
-def rescore(doc: dict) -> None:
-    from lrjax._src.recipes import AUTO_FAMILY
+def kind_auto(doc: dict) -> str:
+    """Today's auto family for the setting's optimizer kind."""
+    from lrjax._src.recipes import AUTO_FAMILIES, optimizer_kind
 
+    return AUTO_FAMILIES[optimizer_kind(doc["setting"]["optimizer"])]
+
+
+def rescore(doc: dict) -> None:
     doc["rules"] = score_rules(doc, kind_rules(doc))
-    doc["auto"] = {"family": AUTO_FAMILY, **doc["rules"][AUTO_FAMILY]}
+    doc["auto"] = {"family": kind_auto(doc), **doc["rules"][kind_auto(doc)]}
 
 
 def train_recipe(args, doc) -> dict:
     """The recommended recipe run as a user runs it: lrjax-train --lr auto."""
-    from lrjax._src.recipes import AUTO_FAMILY
-
+    auto = kind_auto(doc)
     runs = []
     for s in range(args.train_seeds):
         cmd = [
@@ -350,7 +354,7 @@ def train_recipe(args, doc) -> dict:
         m = json.loads(p.stdout.strip().splitlines()[-1])
         peak = m["lr"]
         best = best_cell(doc)
-        grid_regret = regret_at(doc["grids"][AUTO_FAMILY], best, peak)
+        grid_regret = regret_at(doc["grids"][auto], best, peak)
         runs.append(
             {
                 "seed": s,
@@ -365,7 +369,7 @@ def train_recipe(args, doc) -> dict:
             }
         )
         print(f"train seed {s}: {runs[-1]}", flush=True)
-    return {"family": AUTO_FAMILY, "runs": runs}
+    return {"family": auto, "runs": runs}
 
 
 def report(doc: dict) -> str:
@@ -499,8 +503,10 @@ def markdown(results: Path) -> str:
         )
         rows += [
             "",
-            f"The rules (`recipe_fit.json`, `recipe_quality.py --fit`): {kinds}; auto "
-            f"family **{f['auto_family']}**. Settings marked held out were not used.",
+            f"The rules (`recipe_fit.json`, `recipe_quality.py --fit`): {kinds}. The "
+            "auto family per kind: "
+            + ", ".join(f"{k} **{a}**" for k, a in f["auto_families"].items())
+            + ". Settings marked held out were not used.",
         ]
     return "\n".join(rows)
 
@@ -514,8 +520,9 @@ def fit(paths: list[str], out: str | None) -> int:
     to the lower mean (``families``, for information). The rule lrjax uses is
     ONE (method, factor) per kind for all families (``shared``): the lowest mean
     over the families of their worst regret. The auto family is the one with the
-    lowest worst regret under those rules over all fit settings. Held-out
-    settings are scored with their kind's shared rule, separately.
+    lowest worst regret under its kind's rule over that kind's fit settings
+    (one auto family per kind). Held-out settings are scored with their kind's
+    shared rule, separately.
     """
     from lrjax._src.recipes import FAMILIES, optimizer_kind
     from lrjax._src.suggestions import METHODS
@@ -588,14 +595,18 @@ def fit(paths: list[str], out: str | None) -> int:
                 ],
             },
         }
-    scored = {f: 0.0 for f in FAMILIES}
-    for d in fitting:
-        for f, r in score_rules(d, rules[kind_of(d)]).items():
-            scored[f] = max(scored[f], r["regret_seed_max_pp"])
-    # auto: the family whose worst regret under the kinds' rules is lowest
-    auto = min(scored, key=lambda f: (scored[f], f))
-    result["auto_family"] = auto
-    result["auto_fit_worst_seed_regret_pp"] = scored
+    # auto, per kind: the family whose worst regret under the kind's rule, over
+    # the kind's fit settings, is lowest
+    result["auto_families"] = {}
+    for kind, rule in rules.items():
+        scored = {f: 0.0 for f in FAMILIES}
+        for d in fitting:
+            if kind_of(d) == kind:
+                for f, r in score_rules(d, rule).items():
+                    scored[f] = max(scored[f], r["regret_seed_max_pp"])
+        auto = min(scored, key=lambda f: (scored[f], f))
+        result["auto_families"][kind] = auto
+        result["kinds"][kind]["auto_fit_worst_seed_regret_pp"] = scored
     for d, bucket in [(d, "fit_on") for d in fitting] + [(d, "heldout") for d in held]:
         kind = kind_of(d)
         if kind not in rules:  # a kind with no fit setting: no rule to score

@@ -2,7 +2,7 @@
 the peak rules per optimizer kind, and the one function that shapes a family for
 a budget (the same in ``lrjax-train``, ``lrjax-grid`` and the recipe grid)."""
 
-from lrjax._src.recipes import AUTO_FAMILY as AUTO_FAMILY
+from lrjax._src.recipes import AUTO_FAMILIES as AUTO_FAMILIES
 from lrjax._src.recipes import FAMILIES as FAMILIES
 from lrjax._src.recipes import OPTIMIZER_KINDS as OPTIMIZER_KINDS
 from lrjax._src.recipes import PEAK_RULES as PEAK_RULES

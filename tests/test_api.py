@@ -43,7 +43,7 @@ PUBLIC_MODULES = {
     "hooks": {"ChunkEnd", "FitRun", "Hook", "ProgressBar", "Run", "StopOnSignals",
               "Trigger"},
     "models": {"CNN", "MLP", "Augment", "cnn", "mlp"},
-    "recipes": {"AUTO_FAMILY", "FAMILIES", "OPTIMIZER_KINDS", "PEAK_RULES", "SHAPES",
+    "recipes": {"AUTO_FAMILIES", "FAMILIES", "OPTIMIZER_KINDS", "PEAK_RULES", "SHAPES",
                 "Recipe", "build_schedule", "recommend", "unit_schedule"},
 }  # fmt: skip
 

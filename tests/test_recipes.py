@@ -90,9 +90,13 @@ def test_recommend_applies_the_rule_and_the_overrides():
             assert np.asarray(rec.schedule(np.arange(500))).max() == pytest.approx(
                 rec.peak_lr, rel=1e-5
             )
-    method, factor = recipes.PEAK_RULES["sgd"][recipes.AUTO_FAMILY]
-    auto = recommend(FakeResult(**{method: 0.01}), 500, optimizer="sgd")
-    assert auto.family == recipes.AUTO_FAMILY
+    for opt, kind in recipes.OPTIMIZER_KINDS.items():
+        family = recipes.AUTO_FAMILIES[kind]
+        method, factor = recipes.PEAK_RULES[kind][family]
+        auto = recommend(FakeResult(**{method: 0.01}), 500, optimizer=opt)
+        assert auto.family == family and auto.peak_lr == pytest.approx(factor * 0.01)
+    with pytest.raises(ValueError, match="family='auto' is chosen per optimizer"):
+        recommend(r, 500, method="valley")  # no optimizer: no auto family
     assert recommend(r, 500, "wsd", method="valley").peak_lr == 0.004
     assert recommend(r, 500, "wsd", method="valley", factor=2).peak_lr == 0.008
     assert recommend(r, 500, "wsd", factor=2.5, optimizer="adam").factor == 2.5
@@ -101,18 +105,30 @@ def test_recommend_applies_the_rule_and_the_overrides():
     assert doc["initial_lr"] == pytest.approx(0.2 / 25)
 
 
-def test_the_rules_differ_by_optimizer_kind():
-    """The fitted rules (benchmarks/results/recipe_fit.json): Adam's peak sits
-    far lower relative to its knee than SGD's; a rule for the wrong kind would be
-    off by that ratio, so the kind is never guessed."""
-    sgd = recipes.PEAK_RULES["sgd"][recipes.AUTO_FAMILY]
-    adam = recipes.PEAK_RULES["adam"][recipes.AUTO_FAMILY]
-    assert sgd[0] == adam[0] == "knee" and sgd[1] / adam[1] > 4
-    r = FakeResult(knee=0.01)
-    assert recommend(r, 500, optimizer="nesterov").peak_lr == pytest.approx(
-        sgd[1] / 100
-    )
-    assert recommend(r, 500, optimizer="adamw").peak_lr == pytest.approx(adam[1] / 100)
+def test_the_rules_are_the_fitted_ones():
+    """PEAK_RULES and AUTO_FAMILIES are what ``benchmarks/recipe_quality.py --fit``
+    wrote to benchmarks/results/recipe_fit.json (each kind's shared rule and its
+    auto family), for exactly the kinds OPTIMIZER_KINDS names: a rule edited by
+    hand, or a refit not copied into the code, fails here."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/recipe_fit.json"
+    fitted = json.loads(path.read_text())
+    kinds = set(recipes.OPTIMIZER_KINDS.values())
+    assert set(fitted["kinds"]) == set(recipes.PEAK_RULES) == kinds
+    for kind, k in fitted["kinds"].items():
+        rule = (k["shared"]["method"], k["shared"]["factor"])
+        assert recipes.PEAK_RULES[kind] == dict.fromkeys(FAMILIES, rule), kind
+    assert recipes.AUTO_FAMILIES == fitted["auto_families"]
+    from lrjax._src.suggestions import METHODS
+
+    r = FakeResult(**dict.fromkeys(METHODS, 0.01))
+    for opt, kind in recipes.OPTIMIZER_KINDS.items():
+        factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]][1]
+        rec = recommend(r, 500, optimizer=opt)
+        assert rec.peak_lr == pytest.approx(factor / 100)
+        assert rec.family == recipes.AUTO_FAMILIES[kind]
 
 
 def test_recommend_reads_the_optimizer_the_range_test_recorded():
@@ -136,7 +152,7 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
         res = lrjax.lr_range_test(model, factory, (x, y), **kw)
         assert res.config.optimizer == name
         if res.suggestions.get("knee") is not None:
-            method, factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILY]
+            method, factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]]
             rec = recommend(res, 100)
             assert rec.peak_lr == pytest.approx(factor * res.suggestions[method])
     res = lrjax.lr_range_test(model, lambda lr: optax.sgd(lr), (x, y), **kw)
@@ -144,7 +160,7 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
     with pytest.raises(ValueError, match="no peak rule for the optimizer None"):
         recommend(res, 100)
     method = "knee" if res.suggestions.get("knee") else "steep"
-    assert recommend(res, 100, method=method).factor == 1.0
+    assert recommend(res, 100, "wsd", method=method).factor == 1.0
 
 
 @pytest.mark.parametrize(
@@ -157,7 +173,8 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
         (lambda: recommend(FakeResult(knee=None), 100, optimizer="sgd"), "no 'knee'"),
         (lambda: recommend(FakeResult(knee=0.1), 100), "no peak rule for the opt"),
         (lambda: recommend(FakeResult(knee=0.1), 100, optimizer="lion"), "'lion'"),
-        (lambda: recommend(FakeResult(knee=0.1), 100, method="nope"), "unknown sugg"),
+        (lambda: recommend(FakeResult(knee=0.1), 100, "wsd", method="no"), "unknown s"),
+        (lambda: recommend(FakeResult(knee=0.1), 100, method="knee"), "family='auto'"),
         (
             lambda: recommend(FakeResult(knee=0.1), 9, optimizer="sgd", factor=-1),
             "factor must be",

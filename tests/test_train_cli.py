@@ -338,12 +338,13 @@ def test_schedules_and_snapshot_points():
 
 
 def test_default_schedule_is_the_recipe_and_names_every_number():
-    """No --schedule: the recommended recipe (lrjax._src.recipes.AUTO_FAMILY) at the
-    given peak, built by lrjax._src.recipes.build_schedule for the whole budget."""
-    from lrjax._src.recipes import AUTO_FAMILY, build_schedule
+    """No --schedule: the recipe recommended for the optimizer's kind
+    (lrjax.recipes.AUTO_FAMILIES) at the given peak, built by
+    lrjax.recipes.build_schedule for the whole budget."""
+    from lrjax._src.recipes import AUTO_FAMILIES, build_schedule
 
     sched, desc, snaps = schedule_of([])  # 30 epochs of 100 updates, peak 0.2
-    ref, params = build_schedule(AUTO_FAMILY, 0.2, 3000)
+    ref, params = build_schedule(AUTO_FAMILIES["sgd"], 0.2, 3000)
     assert snaps is None and desc["name"] == "auto"
     assert {k: desc[k] for k in params} == params
     t = np.arange(0, 3001, 37)
@@ -360,7 +361,9 @@ def test_default_schedule_is_the_recipe_and_names_every_number():
 def test_lr_auto_recipe_writes_family_rule_and_numbers(tiny, tmp_path, capsys):
     """--lr auto with the default schedule: the peak is the recipe rule's
     multiple of the range test's suggestion; metrics.json names them all."""
-    from lrjax._src.recipes import AUTO_FAMILY, PEAK_RULES
+    from lrjax._src.recipes import AUTO_FAMILIES, PEAK_RULES
+
+    AUTO_FAMILY = AUTO_FAMILIES["sgd"]  # the default optimizer, sgd
 
     out = tmp_path / "recipe"
     loud = [a for a in tiny if a != "--quiet"]  # the summary lines are the point

@@ -5,7 +5,8 @@ A *recipe* is a schedule family, the numbers of its shape for a budget of
 fractions of the budget (:data:`SHAPES`); the peak is a rule on the range test's
 suggestions (:data:`PEAK_RULES`, one per optimizer kind of
 :data:`OPTIMIZER_KINDS`): ``peak = factor x suggestions[method]``. The rules and
-the family that ``family="auto"`` picks (:data:`AUTO_FAMILY`) were derived
+the family that ``family="auto"`` picks for each kind (:data:`AUTO_FAMILIES`)
+were derived
 from recipe grids, one population of models per (family x peak x seed) trained
 at the full budget (``benchmarks/recipe_quality.py``; the measured
 regrets are in ``docs/results.md``), not guessed.
@@ -32,7 +33,7 @@ from lrjax._src import schedules
 from lrjax._src.schedules import Schedule
 
 __all__ = [
-    "AUTO_FAMILY",
+    "AUTO_FAMILIES",
     "FAMILIES",
     "OPTIMIZER_KINDS",
     "PEAK_RULES",
@@ -57,13 +58,13 @@ SHAPES: dict[str, dict[str, float]] = {
     "wsd": {"warmup_fraction": 0.05, "decay_fraction": 0.2},
 }
 
-# The optimizers the peak rules were fitted for, by kind: plain and momentum SGD
-# share one rule, Adam and AdamW another (their knees sit at very different
-# places relative to the best peak: 4 x against 0.707 x on the MLP grids).
+# The optimizers the peak rules were fitted for, by kind: plain SGD, SGD with
+# (Nesterov) momentum, and Adam / AdamW each have their own rule: the best peak
+# sits at a different multiple of the knee for each (docs/results.md).
 OPTIMIZER_KINDS: dict[str, str] = {
     "sgd": "sgd",
-    "momentum": "sgd",
-    "nesterov": "sgd",
+    "momentum": "momentum",
+    "nesterov": "momentum",
     "adam": "adam",
     "adamw": "adam",
 }
@@ -72,12 +73,18 @@ OPTIMIZER_KINDS: dict[str, str] = {
 # family, fitted by `python benchmarks/recipe_quality.py --fit` on that kind's
 # grids (the lowest mean over the families of their worst per-seed regret;
 # results in docs/results.md and benchmarks/results/recipe_fit.json).
-# AUTO_FAMILY: the family with the lowest worst regret under those rules.
+# AUTO_FAMILIES: per kind, the family with the lowest worst regret under the
+# kind's rule on its grids.
 PEAK_RULES: dict[str, dict[str, tuple[str, float]]] = {
-    "sgd": dict.fromkeys(FAMILIES, ("knee", 4.0)),
-    "adam": dict.fromkeys(FAMILIES, ("knee", 0.707)),
+    "sgd": dict.fromkeys(FAMILIES, ("knee", 2.828)),
+    "momentum": dict.fromkeys(FAMILIES, ("balanced", 2.0)),
+    "adam": dict.fromkeys(FAMILIES, ("knee", 8.0)),
 }
-AUTO_FAMILY = "wsd"
+AUTO_FAMILIES: dict[str, str] = {
+    "sgd": "wsd",
+    "momentum": "one_cycle",
+    "adam": "one_cycle",
+}
 
 
 def _check_family(family: str, allow_auto: bool = False) -> str:
@@ -97,14 +104,15 @@ def optimizer_kind(optimizer: str | None) -> str:
     optimizers only, and a rule for the wrong kind is off by about 6x.
 
     >>> optimizer_kind("nesterov"), optimizer_kind("adamw")
-    ('sgd', 'adam')
+    ('momentum', 'adam')
     """
     if isinstance(optimizer, str) and optimizer in OPTIMIZER_KINDS:
         return OPTIMIZER_KINDS[optimizer]
     raise ValueError(
         f"no peak rule for the optimizer {optimizer!r}: the rules are fitted for "
         f"{', '.join(OPTIMIZER_KINDS)}; pass optimizer= the nearest of these (e.g. "
-        "'sgd' for an SGD variant, 'adam' for an Adam variant), or method= and "
+        "'momentum' for an SGD variant with momentum, 'adam' for an Adam variant), "
+        "or method= and "
         "factor= for a rule of your own"
     )
 
@@ -250,12 +258,14 @@ def recommend(
         ``suggestions`` mapping of method -> lr), from a range test of the same
         model, optimizer and batch size as the training.
       total_steps: the training budget in updates, >= 2.
-      family: one of :data:`FAMILIES`, or ``"auto"`` (:data:`AUTO_FAMILY`).
+      family: one of :data:`FAMILIES`, or ``"auto"``: the optimizer kind's
+        family (:data:`AUTO_FAMILIES`).
       optimizer: the optimizer the range test and the training use, by optax
         name (a key of :data:`OPTIMIZER_KINDS`); default: the name
         ``lr_range_test`` recorded (``result.config.optimizer``, the
         factory's ``__name__``, e.g. ``optax.adamw`` -> ``"adamw"``). Needed
-        only when the rule gives the peak (no ``method=`` given).
+        when the rule gives the peak (no ``method=`` given) or the family is
+        ``"auto"``.
       method: the suggestion the peak is built on (default: the rule's).
       factor: the multiple of that suggestion (default: the rule's; 1 when
         ``method`` is given).
@@ -274,18 +284,27 @@ def recommend(
     ...     suggestions = {"knee": 0.01, "valley": 0.004}
     >>> r = recommend(R(), 1000, "linear_decay", optimizer="sgd")
     >>> r.family, round(r.peak_lr, 6), r.rule
-    ('linear_decay', 0.04, 'peak = 4 x knee (0.01)')
-    >>> round(recommend(R(), 1000, optimizer="adamw").peak_lr, 6)
-    0.00707
+    ('linear_decay', 0.02828, 'peak = 2.828 x knee (0.01)')
+    >>> r = recommend(R(), 1000, optimizer="adamw")
+    >>> r.family, round(r.peak_lr, 6)
+    ('one_cycle', 0.08)
     >>> recommend(R(), 1000, "one_cycle", method="valley").peak_lr
     0.004
     """
     _check_family(family, allow_auto=True)
     total = _check_total(total_steps)
-    name = AUTO_FAMILY if family == "auto" else family
+    if optimizer is None:  # a RangeTestResult's config is a RangeTestSettings
+        optimizer = getattr(getattr(result, "config", None), "optimizer", None)
+    name = family
+    if family == "auto":
+        if method is not None and optimizer not in OPTIMIZER_KINDS:
+            raise ValueError(
+                f"family='auto' is chosen per optimizer kind, and {optimizer!r} is "
+                f"none of {', '.join(OPTIMIZER_KINDS)}: pass optimizer= the nearest "
+                f"of these, or a family ({', '.join(FAMILIES)})"
+            )
+        name = AUTO_FAMILIES[optimizer_kind(optimizer)]
     if method is None:
-        if optimizer is None:  # a RangeTestResult's config is a RangeTestSettings
-            optimizer = getattr(getattr(result, "config", None), "optimizer", None)
         rule_method, rule_factor = PEAK_RULES[optimizer_kind(optimizer)][name]
         method, factor = rule_method, rule_factor if factor is None else factor
     elif factor is None:

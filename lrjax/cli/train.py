@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lrjax._src.recipes import AUTO_FAMILY, FAMILIES
+from lrjax._src.recipes import AUTO_FAMILIES, FAMILIES, OPTIMIZER_KINDS
 from lrjax._src.suggestions import DEFAULT_METHOD, METHODS
 from lrjax.cli import (
     ArgumentParser,
@@ -61,10 +61,11 @@ DEFAULT_SCHEDULE = "auto"
 DEFAULT_PEAK_DECAY = 0.8  # SGDR with --period-mult > 1, see _check
 
 
-def recipe_family(schedule: str) -> str | None:
-    """The recipe family of ``--schedule`` (``auto``: the recommended), else None."""
+def recipe_family(schedule: str, optimizer: str) -> str | None:
+    """The recipe family of ``--schedule`` (``auto``: the one recommended for
+    ``--optimizer``'s kind), else None."""
     if schedule == "auto":
-        return AUTO_FAMILY
+        return AUTO_FAMILIES[OPTIMIZER_KINDS[optimizer]]
     if schedule == "onecycle":
         return "one_cycle"
     return schedule if schedule in FAMILIES else None
@@ -130,11 +131,13 @@ def build_parser() -> ArgumentParser:
         default=None,
         choices=SCHEDULES,
         help=f"lr schedule (default {DEFAULT_SCHEDULE}: the recommended recipe, "
-        f"{AUTO_FAMILY} now, with a peak from the range test; cosine_restarts when "
+        "per optimizer kind "
+        + ", ".join(f"{k}: {f}" for k, f in AUTO_FAMILIES.items())
+        + ", with a peak from the range test; cosine_restarts when "
         "a restart flag (--snapshots, --cycle-epochs, --first-cycle-epochs, "
         "--period-mult, --peak-decay) is given); one_cycle, warmup_cosine, "
         "linear_decay and wsd are the recipe families, shaped for --epochs as "
-        "lrjax._src.recipes.build_schedule says",
+        "lrjax.recipes.build_schedule says",
     )
     a(
         "--cycle-epochs",
@@ -397,7 +400,7 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
 
     total = args.epochs * steps_per_epoch
     s = args.schedule
-    family = recipe_family(s)
+    family = recipe_family(s, args.optimizer)
     if family is not None:
         from lrjax._src.recipes import build_schedule
 
@@ -765,7 +768,7 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
     from lrjax._src.range_test import lr_range_test
     from lrjax._src.specs import Execution, Sweep
 
-    family = recipe_family(args.schedule)
+    family = recipe_family(args.schedule, args.optimizer)
     if family is not None:
         from lrjax._src.recipes import PEAK_RULES, optimizer_kind
 
@@ -848,7 +851,7 @@ def _plan(args, peak: float, finder_doc, steps_per_epoch: int, say) -> _Plan:
         desc.update(
             {k: recipe_doc[k] for k in ("method", "suggestion", "factor", "rule")}
         )
-    if recipe_family(args.schedule) is not None:
+    if recipe_family(args.schedule, args.optimizer) is not None:
         say(
             "schedule: "
             + ", ".join(
