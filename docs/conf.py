@@ -76,8 +76,8 @@ def public_names() -> set[str]:
     """What ``lrjax`` exports: its attributes, less private names and submodules."""
     return {
         name
-        for name, value in vars(lrjax).items()
-        if not name.startswith("_") and not inspect.ismodule(value)
+        for name in dir(lrjax)  # lazy (PEP 562): dir, not vars
+        if not name.startswith("_") and not inspect.ismodule(getattr(lrjax, name))
     }
 
 

@@ -52,7 +52,7 @@ COMMAND_LINES = {"cli", "find", "grid", "train"}
 
 
 def test_public_names_are_pinned():
-    names = {n for n in vars(lrjax) if not n.startswith("_")}
+    names = {n for n in dir(lrjax) if not n.startswith("_")}
     modules = {n for n in names if type(getattr(lrjax, n)).__name__ == "module"}
     assert names - modules == PUBLIC
     # the implementation is lrjax._src; the command lines are modules too once a
@@ -66,9 +66,9 @@ def test_public_names_are_pinned():
 def test_every_public_function_has_a_runnable_example():
     """STYLE.md principle 11: a ``>>>`` example, which --doctest-modules runs."""
     functions = {
-        name: obj
-        for name, obj in vars(lrjax).items()
-        if not name.startswith("_") and inspect.isfunction(obj)
+        name: getattr(lrjax, name)
+        for name in dir(lrjax)
+        if not name.startswith("_") and inspect.isfunction(getattr(lrjax, name))
     }
     assert {"fit", "lr_range_test", "suggest"} <= set(functions)  # sees the API
     missing = sorted(n for n, f in functions.items() if ">>>" not in (f.__doc__ or ""))
@@ -92,20 +92,50 @@ def test_import_does_not_load_the_command_lines():
     assert out.stdout.strip() == "[]"
 
 
-def test_the_command_lines_import_no_more_than_lrjax():
-    """The command-line modules load libraries (JAX, matplotlib) inside the
-    functions that run after parsing. ``--help`` still waits for JAX: importing
-    ``lrjax.cli`` runs ``lrjax/__init__.py``, which imports the whole API."""
+def test_import_and_help_do_not_load_jax():
+    """``import lrjax`` is lazy (PEP 562) and the command-line modules load JAX,
+    optax, flax and matplotlib inside the functions that run after parsing, so
+    ``--help`` answers at once; the first public name used imports its module."""
     code = (
-        "import sys, lrjax; before = set(sys.modules); "
-        "import lrjax.cli.find, lrjax.cli.grid, lrjax.cli.train; "
-        "print(sorted(m for m in set(sys.modules) - before "
-        "if not m.startswith('lrjax.cli') "
-        "and m.partition('.')[0] not in sys.stdlib_module_names))"
+        "import sys, lrjax\n"
+        "from lrjax.cli import find, grid, train\n"
+        "for cli in (find, grid, train):\n"
+        "    try:\n"
+        "        cli.main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('jax', 'optax', 'flax', 'matplotlib', 'orbax')\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] in heavy))\n"
+        "lrjax.one_cycle\n"
+        "print('jax' in sys.modules, 'lrjax._src.schedules' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True)  # fmt: skip
-    assert out.stdout.strip() == "[]"
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2:] == ["[]", "True True"], out.stdout[-500:]
+
+
+def test_the_lazy_table_is_what_type_checkers_see():
+    """``lrjax._PUBLIC`` (what ``__getattr__`` imports) and the imports under
+    ``TYPE_CHECKING`` (what mypy and editors read) name the same things."""
+    import ast
+
+    tree = ast.parse(pathlib.Path(lrjax.__file__).read_text())
+    block = next(
+        n
+        for n in tree.body
+        if isinstance(n, ast.If) and isinstance(n.body[0], ast.ImportFrom)
+    )
+    typed = {
+        (node.module, alias.name)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    table = {(f"lrjax._src.{m}", n) for m, ns in lrjax._PUBLIC.items() for n in ns}
+    assert typed == table | {("lrjax", m) for m in lrjax._MODULES}
+    for module, name in table:  # and each is really there
+        assert hasattr(__import__(module, fromlist=[name]), name), (module, name)
 
 
 def test_console_scripts_run_the_command_lines():

@@ -29,7 +29,7 @@ def test_every_public_name_is_in_the_api_page_once():
     text = conf.API_PAGE.read_text()
     entries = re.findall(r"^\.\. auto\w+:: lrjax\.(\w+)\s*$", text, re.M)
     assert len(entries) == len(set(entries)), "a name documented twice"
-    public = {n for n in vars(lrjax) if not n.startswith("_")}
+    public = {n for n in dir(lrjax) if not n.startswith("_")}
     public -= {n for n in public if inspect.ismodule(getattr(lrjax, n))}
     assert set(entries) == public == conf.public_names()
     assert conf.documented_names(text) == public

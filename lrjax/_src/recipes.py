@@ -27,10 +27,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lrjax._src import schedules
-from lrjax._src.schedules import Schedule
+if TYPE_CHECKING:  # schedules imports JAX, which lrjax-train --help must not wait for
+    from lrjax._src.schedules import Schedule
 
 __all__ = [
     "AUTO_FAMILIES",
@@ -148,6 +148,8 @@ def build_schedule(
     >>> p["initial_lr"], round(float(s(29)), 4), round(float(s(30)), 4)
     (0.04, 1.0, 0.9995)
     """
+    from lrjax._src import schedules
+
     _check_family(family)
     total = _check_total(total_steps)
     peak = float(peak_lr)
