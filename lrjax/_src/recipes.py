@@ -6,9 +6,8 @@ fractions of the budget (:data:`SHAPES`); the peak is a rule on the range test's
 suggestions (:data:`PEAK_RULES`, one per optimizer kind of
 :data:`OPTIMIZER_KINDS`): ``peak = factor x suggestions[method]``. The rules and
 the family that ``family="auto"`` picks for each kind (:data:`AUTO_FAMILIES`)
-were derived
-from recipe grids, one population of models per (family x peak x seed) trained
-at the full budget (``benchmarks/recipe_quality.py``; the measured
+were derived from recipe grids, one population of models per (family x peak x
+seed) trained at the full budget (``benchmarks/recipe_quality.py``; the measured
 regrets are in ``docs/results.md``), not guessed.
 
 The same :func:`build_schedule` makes the schedule that ``lrjax-train
@@ -101,7 +100,7 @@ def optimizer_kind(optimizer: str | None) -> str:
 
     ``optimizer`` is an optax factory's name (``"sgd"``, ``"adamw"``, ...) or a
     kind itself; anything else is refused: the rules were fitted for these
-    optimizers only, and a rule for the wrong kind is off by about 6x.
+    optimizers only, and a rule for the wrong kind can be several times off.
 
     >>> optimizer_kind("nesterov"), optimizer_kind("adamw")
     ('momentum', 'adam')
@@ -112,8 +111,7 @@ def optimizer_kind(optimizer: str | None) -> str:
         f"no peak rule for the optimizer {optimizer!r}: the rules are fitted for "
         f"{', '.join(OPTIMIZER_KINDS)}; pass optimizer= the nearest of these (e.g. "
         "'momentum' for an SGD variant with momentum, 'adam' for an Adam variant), "
-        "or method= and "
-        "factor= for a rule of your own"
+        "or method= and factor= for a rule of your own"
     )
 
 
