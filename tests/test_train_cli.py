@@ -341,7 +341,7 @@ def test_default_schedule_is_the_recipe_and_names_every_number():
     """No --schedule: the recipe recommended for the optimizer's kind
     (lrjax.recipes.AUTO_FAMILIES) at the given peak, built by
     lrjax.recipes.build_schedule for the whole budget."""
-    from lrjax._src.recipes import AUTO_FAMILIES, build_schedule
+    from lrjax._src.recipes import AUTO_FAMILIES, OPTIMIZER_KINDS, build_schedule
 
     sched, desc, snaps = schedule_of([])  # 30 epochs of 100 updates, peak 0.2
     ref, params = build_schedule(AUTO_FAMILIES["sgd"], 0.2, 3000)
@@ -354,6 +354,9 @@ def test_default_schedule_is_the_recipe_and_names_every_number():
         assert desc["family"] == family and desc["total_steps"] == 200
     _, desc, _ = schedule_of(["--schedule", "onecycle"])  # the 0.1 name
     assert desc["family"] == "one_cycle"
+    for opt, kind in OPTIMIZER_KINDS.items():  # auto: the optimizer kind's family
+        _, desc, _ = schedule_of(["--optimizer", opt, "--epochs", "2"])
+        assert desc["family"] == AUTO_FAMILIES[kind] and desc["name"] == "auto"
     _, desc, _ = schedule_of(["--snapshots", "3"])  # Huang et al.'s restarts
     assert desc["name"] == "cosine_restarts"
 
