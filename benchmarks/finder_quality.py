@@ -76,6 +76,7 @@ FILES = {
     "finder_quality": "fit",
     "finder_quality_cnn": "CNN",
     "finder_quality_cnn_b64": "CNN, batch 64 (held out)",
+    "finder_quality_cnn_adam": "CNN Adam, batch 64 (held out)",
 }
 # The targets: specifications, not measurements.
 TARGET_REGRET_PP = 0.5  # the default suggestion, in every setting
@@ -544,7 +545,7 @@ def main(argv=None) -> int:
         doc = {
             "description": "regret of range-test suggestions against an lr grid; "
             + (
-                "the BatchNorm CNN (lrjax._src.models.cnn)"
+                "the BatchNorm CNN (lrjax.models.cnn)"
                 if args.model == "cnn"
                 else f"MLP {'-'.join(map(str, args.hidden))}"
             )

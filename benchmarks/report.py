@@ -183,6 +183,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "finder_quality_heldout",
         "finder_quality_cnn",
         "finder_quality_cnn_b64",
+        "finder_quality_cnn_adam",
         "finder_noise",
         "finder_rules",
         "finder_knee_scan",

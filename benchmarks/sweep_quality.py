@@ -204,7 +204,7 @@ def main(argv=None) -> int:
         return lambda lr: opt(lr, **{args.name: v})
 
     def model():
-        if args.model == "cnn":  # lrjax._src.models.cnn, where it has landed
+        if args.model == "cnn":  # lrjax.models.cnn, where it has landed
             from lrjax._src.models import cnn
 
             return cnn(ds.num_classes, key=jax.random.key(1))
