@@ -329,7 +329,8 @@ def kind_auto(doc: dict) -> str:
 
 def rescore(doc: dict) -> None:
     doc["rules"] = score_rules(doc, kind_rules(doc))
-    doc["auto"] = {"family": kind_auto(doc), **doc["rules"][kind_auto(doc)]}
+    auto = kind_auto(doc)
+    doc["auto"] = {"family": auto, **doc["rules"][auto]}
 
 
 def train_recipe(args, doc) -> dict:
@@ -532,7 +533,7 @@ def fit(paths: list[str], out: str | None) -> int:
     fitting = [d for d in docs if not d.get("heldout")]
     held = [d for d in docs if d.get("heldout")]
     kind_of = lambda d: optimizer_kind(d["setting"]["optimizer"])  # noqa: E731
-    result: dict = {"fit_on": [], "heldout": [], "kinds": {}}
+    result: dict = {"fit_on": [], "heldout": [], "kinds": {}, "auto_families": {}}
     rules: dict[str, dict] = {}
     for kind in sorted({kind_of(d) for d in fitting}):
         mine = [d for d in fitting if kind_of(d) == kind]
@@ -595,17 +596,11 @@ def fit(paths: list[str], out: str | None) -> int:
                 ],
             },
         }
-    # auto, per kind: the family whose worst regret under the kind's rule, over
-    # the kind's fit settings, is lowest
-    result["auto_families"] = {}
-    for kind, rule in rules.items():
-        scored = {f: 0.0 for f in FAMILIES}
-        for d in fitting:
-            if kind_of(d) == kind:
-                for f, r in score_rules(d, rule).items():
-                    scored[f] = max(scored[f], r["regret_seed_max_pp"])
-        auto = min(scored, key=lambda f: (scored[f], f))
-        result["auto_families"][kind] = auto
+        # auto: the family whose worst regret under the kind's rule, over the
+        # kind's fit settings, is lowest (scored above with every candidate)
+        chosen = {fam: scores[fam, method, factor] for fam in FAMILIES}
+        scored = {fam: v[0] for fam, v in chosen.items() if v is not None}
+        result["auto_families"][kind] = min(scored, key=lambda f: (scored[f], f))
         result["kinds"][kind]["auto_fit_worst_seed_regret_pp"] = scored
     for d, bucket in [(d, "fit_on") for d in fitting] + [(d, "heldout") for d in held]:
         kind = kind_of(d)

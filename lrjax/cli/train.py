@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lrjax._src.recipes import AUTO_FAMILIES, FAMILIES, OPTIMIZER_KINDS
+from lrjax._src.recipes import AUTO_FAMILIES, FAMILIES, optimizer_kind
 from lrjax._src.suggestions import DEFAULT_METHOD, METHODS
 from lrjax.cli import (
     ArgumentParser,
@@ -65,7 +65,7 @@ def recipe_family(schedule: str, optimizer: str) -> str | None:
     """The recipe family of ``--schedule`` (``auto``: the one recommended for
     ``--optimizer``'s kind), else None."""
     if schedule == "auto":
-        return AUTO_FAMILIES[OPTIMIZER_KINDS[optimizer]]
+        return AUTO_FAMILIES[optimizer_kind(optimizer)]
     if schedule == "onecycle":
         return "one_cycle"
     return schedule if schedule in FAMILIES else None
@@ -770,7 +770,7 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
 
     family = recipe_family(args.schedule, args.optimizer)
     if family is not None:
-        from lrjax._src.recipes import PEAK_RULES, optimizer_kind
+        from lrjax._src.recipes import PEAK_RULES
 
         kind = optimizer_kind(args.optimizer)
         method = args.lr_method or PEAK_RULES[kind][family][0]
