@@ -20,6 +20,9 @@ computed from the same curves (``div/K``: the lr where the loss diverged, / K;
     python benchmarks/finder_quality.py --model cnn --settings momentum:128,adam:128 \
         --range-seeds 3 --grid-seeds 2 --epochs 1 --per-decade 2.5 --min-points 8 \
         --out benchmarks/results/finder_quality_cnn.json     # the BatchNorm CNN
+    python benchmarks/finder_quality.py --refit \
+        benchmarks/results/finder_quality*.json \
+        --refit-out benchmarks/results/finder_refit.json  # the rule refit, no training
 
 ``--model cnn`` is ``lrjax.cnn`` (BatchNorm, Dropout): on the CPU its
 grid members run one after another inside each dispatched update
@@ -41,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report_util
 
 from _report_util import (  # noqa: E402
     NOT_MEASURED,
@@ -466,6 +470,147 @@ def rule_scan(results) -> dict:
     }
 
 
+# --- refit: one rule for MLP and CNN settings together ---------------------------
+
+# The runs the refit chooses its rule on; every other finder-quality run is held
+# out and only scored. The fit holds both MLP batch sizes and the CNN (momentum
+# and Adam at batch 128); held out: the validation and held-out MLPs and both
+# batch-64 CNNs.
+REFIT_ON = ("finder_quality", "finder_quality_cnn")
+REFIT_FACTORS = tuple(round(2 ** (k / 3), 4) for k in range(-9, 10))  # 1/8 .. 8
+REFIT_BLENDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+
+def _refit_candidates() -> dict[str, Callable[[dict], list]]:
+    """Every rule the refit scans: name -> (per-seed lrs of each method) ->
+    per-seed lrs. ``M x c``: a method's lr times c; ``M1^(1-a) M2^a x c``: a
+    geometric point between two methods, times c."""
+    methods = [m for m in METHODS if m != "balanced"]  # balanced is a blend itself
+    out: dict[str, Callable[[dict], list]] = {}
+    for c in REFIT_FACTORS:
+        for m in METHODS:
+            out[f"{m} x {c:.3g}"] = lambda pm, m=m, c=c: [
+                None if x is None else c * x for x in pm[m]
+            ]
+        for i, m1 in enumerate(methods):
+            for m2 in methods[i + 1 :]:
+                for a in REFIT_BLENDS:
+                    out[f"{m1}^{1 - a:.1f} {m2}^{a:.1f} x {c:.3g}"] = (
+                        lambda pm, m1=m1, m2=m2, a=a, c=c: [
+                            None if x is None or y is None else c * x ** (1 - a) * y**a
+                            for x, y in zip(pm[m1], pm[m2], strict=True)
+                        ]
+                    )
+    return out
+
+
+def _rule_stats(scores: list[dict], names: list[str]) -> dict | None:
+    """One rule over some settings (None for none): its worst regret at the
+    median suggestion and at any seed's, its widest spread, and each setting's
+    regret; the worst ones are None where a suggestion falls off a grid."""
+    if not scores:
+        return None
+    regs = [s["regret_pp"] for s in scores]
+    seed = [s["regret_pp_max"] for s in scores]
+    spread = [s["spread_factor"] for s in scores]
+    return {
+        "worst_regret_pp": None if None in regs else max(regs),
+        "worst_seed_regret_pp": None if None in seed else max(seed),
+        "worst_spread_factor": None if None in spread else max(spread),
+        "regret_pp": dict(zip(names, regs, strict=True)),
+    }
+
+
+def _choose(table: dict[str, list[dict]], names: list[str], among: list[int]) -> list:
+    """The candidates ranked on the settings ``among``: those with a suggestion
+    on every grid there whose per-seed suggestions spread at most TARGET_SPREAD,
+    by (worst regret at the median, worst at any seed)."""
+    ranked = []
+    for rule, scores in table.items():
+        st = _rule_stats([scores[i] for i in among], [names[i] for i in among])
+        if (
+            st
+            and None not in (st["worst_regret_pp"], st["worst_seed_regret_pp"])
+            and ((st["worst_spread_factor"] or math.inf) <= TARGET_SPREAD)
+        ):
+            ranked.append((st["worst_regret_pp"], st["worst_seed_regret_pp"], rule))
+    ranked.sort()
+    return ranked
+
+
+def refit(paths: list[str], out: str | None) -> int:
+    """Refit the constant-lr suggestion on MLP and CNN settings together.
+
+    Scans ``_refit_candidates`` (one method x a factor; a geometric blend of two
+    methods x a factor) on the stored per-seed suggestions and grid curves of
+    the runs in ``paths`` (no new training). The rule is chosen on the settings
+    of ``REFIT_ON`` (lowest worst regret among rules whose per-seed spread is at
+    most ``TARGET_SPREAD``) and scored on the others, held out. Also: one rule
+    per optimizer kind (``lrjax.recipes.OPTIMIZER_KINDS``) chosen the same way,
+    and, for scale, the rule chosen on every setting at once (fitted on the very
+    settings it is scored on: the best any rule of the scan could claim).
+    """
+    from lrjax._src.recipes import optimizer_kind
+
+    settings = []  # (run, name, kind, grid, per-seed lrs per method)
+    for path in paths:
+        run = Path(path).stem
+        for r in json.loads(Path(path).read_text())["results"]:
+            pm = {m: v["lr_per_seed"] for m, v in r["methods"].items()}
+            name = f"{FILES.get(run, run)}: {r['optimizer']} b{r['batch_size']}"
+            settings.append((run, name, optimizer_kind(r["optimizer"]), grid_of(r), pm))
+    names = [s[1] for s in settings]
+    table = {
+        rule: [score(g, lrs(pm)) for _, _, _, g, pm in settings]
+        for rule, lrs in _refit_candidates().items()
+    }
+    table[DEFAULT_METHOD] = table[f"{DEFAULT_METHOD} x 1"]
+    fit_on = [i for i, s in enumerate(settings) if s[0] in REFIT_ON]
+    held = [i for i in range(len(settings)) if i not in fit_on]
+
+    def scored(rule: str, fit: list[int], held: list[int]) -> dict:
+        sub = lambda idx: _rule_stats(  # noqa: E731
+            [table[rule][i] for i in idx], [names[i] for i in idx]
+        )
+        return {"rule": rule, "fit": sub(fit), "heldout": sub(held)}
+
+    def chosen(fit: list[int], held: list[int]) -> dict:
+        ranked = _choose(table, names, fit)
+        return {
+            **scored(ranked[0][2], fit, held),
+            "runners_up": [
+                {"rule": r, "worst_regret_pp": w, "worst_seed_regret_pp": ws}
+                for w, ws, r in ranked[1:6]
+            ],
+        }
+
+    everything = list(range(len(settings)))
+    result = {
+        "command": "python benchmarks/finder_quality.py --refit "
+        + " ".join(f"benchmarks/results/{Path(p).name}" for p in paths)
+        + " --refit-out benchmarks/results/finder_refit.json",
+        "candidates": len(table) - 1,
+        "fit_on": [names[i] for i in fit_on],
+        "heldout": [names[i] for i in held],
+        "default": scored(DEFAULT_METHOD, fit_on, held),
+        "refit": chosen(fit_on, held),
+        "per_kind": {},
+        "all_settings": chosen(everything, []),
+    }
+    for kind in sorted({s[2] for s in settings}):
+        mine = [i for i, s in enumerate(settings) if s[2] == kind]
+        f = [i for i in mine if i in fit_on]
+        h = [i for i in mine if i not in fit_on]
+        result["per_kind"][kind] = {
+            "default": scored(DEFAULT_METHOD, f, h),
+            "refit": chosen(f, h),
+        }
+    print(json.dumps(result, indent=1, default=str))
+    if out:
+        write_atomic(Path(out), json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -498,7 +643,17 @@ def main(argv=None) -> int:
         help="re-run the range tests of an existing --out JSON and score every "
         "method against its stored grids (no grid training)",
     )
+    p.add_argument(
+        "--refit",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="refit the suggestion rule on these runs' stored curves (no training)",
+    )
+    p.add_argument("--refit-out", default=None)
     args = p.parse_args(argv)
+    if args.refit:
+        return refit(args.refit, args.refit_out)
     if args.rescore:
         doc = json.loads(Path(args.out).read_text())
         setup_jax(doc["config"]["devices"])
@@ -768,6 +923,42 @@ def knee_default_markdown(results: Path) -> str:
     return "\n".join(lines).rstrip(";") + "."
 
 
+def refit_markdown(d: dict) -> str:
+    """The ``finder_refit`` block: the default rule, the refit one, per kind."""
+
+    def cells(st: dict | None) -> list[str]:
+        if st is None:
+            return ["-", "-"]
+        return [
+            f"{fmt(st['worst_regret_pp'], '.2f')} / "
+            f"{fmt(st['worst_seed_regret_pp'], '.2f')}",
+            fmt(st["worst_spread_factor"], ".2f"),
+        ]
+
+    def row(what: str, x: dict) -> list[str]:
+        return [what, f"`{x['rule']}`", *cells(x["fit"]), *cells(x["heldout"])]
+
+    rows = [row("default", d["default"]), row("refit, one rule", d["refit"])]
+    for kind, k in d["per_kind"].items():
+        rows.append(row(f"{kind}: default", k["default"]))
+        rows.append(row(f"{kind}: refit", k["refit"]))
+    every = d["all_settings"]
+    table = md_table(
+        ["", "rule", "fit: worst regret pp (median / seed)", "spread x",
+         "held out: worst regret pp (median / seed)", "spread x"],
+        rows,
+    )  # fmt: skip
+    return (
+        f"`{d['command']}`: {d['candidates']} rules; fit on "
+        f"{len(d['fit_on'])} settings ({'; '.join(d['fit_on'])}), held out "
+        f"{len(d['heldout'])} ({'; '.join(d['heldout'])}).\n\n{table}\n\n"
+        f"Chosen on all {len(d['fit_on']) + len(d['heldout'])} settings at once "
+        f"(scored on the settings it was chosen on): `{every['rule']}`, worst "
+        f"{every['fit']['worst_regret_pp']:.2f} pp at the median suggestion, "
+        f"{every['fit']['worst_seed_regret_pp']:.2f} pp at one seed's."
+    )
+
+
 def sgd_divergence_rows(results: Path) -> list[TargetRow]:
     """Where SGD (batch 32) diverged in the MLP runs' range tests."""
     import numpy as np
@@ -844,6 +1035,7 @@ BLOCKS = {
     "finder_rules": json_block("finder_quality", rules_markdown),
     "finder_knee_scan": knee_scan_markdown,
     "knee_default": knee_default_markdown,
+    "finder_refit": json_block("finder_refit", refit_markdown),
 }
 TARGET_ROWS = {"sgd_divergence": sgd_divergence_rows, "finder_quality": regret_rows}
 HEADLINE_ROWS = {"finder_quality": headline_rows}

@@ -188,6 +188,7 @@ DOCUMENTS: dict[Path, tuple[str, ...]] = {
         "finder_rules",
         "finder_knee_scan",
         "knee_default",
+        "finder_refit",
         "population",
         "conv_population",
         "suite",
