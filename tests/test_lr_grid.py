@@ -314,14 +314,13 @@ def test_result_fields_memory_and_best_lr():
 
 
 def test_memory_estimate_is_the_member_state_twice_plus_its_inputs():
-    """The estimate counts each member's exact state (its lr, schedule family,
-    step, params, optimizer state), twice, plus its batch and its row of the
-    epoch's indices."""
+    """The estimate counts each member's exact state (step, params, optimizer
+    state, whose inject_hyperparams state holds its lr and schedule family),
+    twice, plus its batch and its row of the epoch's indices."""
     model = init(jax.random.key(3))
     r = grid(model, optax.adam, lrs=[0.01, 0.1], seeds=2, key=jax.random.key(1))
     est = r.memory.estimate
-    # + the lr and the family index (int32)
-    assert est.member_state_bytes == r.memory.member_bytes + 8
+    assert est.member_state_bytes == r.memory.member_bytes
     per_example = X[0].nbytes + Y[0].nbytes
     steps = N_TRAIN // BATCH
     assert est.batch_bytes == BATCH * per_example + 4 * steps * BATCH

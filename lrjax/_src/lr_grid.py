@@ -2,11 +2,12 @@
 
 Every member trains through the one step (:func:`lrjax.make_step`) with the
 same model, loss and optimizer; only its learning rate differs, and the lr is
-DATA: each member carries its lr in its state and its optimizer is
-``make_optimizer(optimizer, lambda t: lr * schedule(t))`` with ``lr`` a traced
-scalar of the vmapped population axis, so one compiled program trains the whole
-grid. Because ``optax.inject_hyperparams`` evaluates that closure at every update,
-the lr a member logs is exactly the lr it applied, ``lr * schedule(t)``.
+DATA: each member's optimizer state is an ``optax.inject_hyperparams`` state
+whose numeric hyperparameters are its peak lr and schedule family (as a swept
+value is in the range test), around ``make_optimizer(optimizer, lambda t: peak *
+schedule(t))``; so one compiled program trains the whole grid. Because
+``optax.inject_hyperparams`` evaluates that closure at every update, the lr a
+member logs is exactly the lr it applied, ``peak * schedule(t)``.
 
 Seed ``k`` draws its batch order from ``fold_in(key, k)`` and, when the model is a
 factory ``key -> model``, its initialisation from ``fold_in(fold_in(key, k), 1)``
@@ -40,6 +41,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from lrjax._src.batches import ArraySource, check_batch_size, leading_size
 from lrjax._src.distributed import host
@@ -285,14 +287,6 @@ def accuracy_at(result: GridResult, lr: float, epoch: int = -1) -> float | None:
         return None
     acc = np.nanmean(np.asarray(result.val_accuracy)[:, :, epoch], axis=1)
     return float(np.interp(math.log(lr), np.log(lrs), acc))
-
-
-class GridState(NamedTuple):
-    """One member's carry: its lr and schedule (data, not constants), its state."""
-
-    lr: jax.Array  # float32[]: the member's peak lr
-    family: jax.Array  # int32[]: which unit schedule the member follows
-    train: TrainState
 
 
 def _check_lrs(lrs) -> np.ndarray:
@@ -627,7 +621,7 @@ def _grid(
         population=population.layout,
     )
     eval_one = make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
-    member_bytes = tree_bytes(state.train) // grid.padded
+    member_bytes = tree_bytes(state) // grid.padded
     memory = GridMemory(
         state_bytes=member_bytes * grid.size,
         member_bytes=member_bytes,
@@ -732,19 +726,30 @@ class _Grid(NamedTuple):
 
 
 def _unit_optimizer(optimizer: OptimizerFactory, units: list) -> Callable:
-    """``make_tx(lr, family)``: the optimizer at ``lr * units[family](t)``.
+    """``make_tx(peak, family)``: the optimizer at ``peak * units[family](t)``.
 
-    A unit that is None is the constant 1 (a constant lr).
+    The member's ``peak`` lr and ``family`` (an index into ``units``) are numeric
+    hyperparameters of an ``optax.inject_hyperparams`` state
+    (``opt_state.hyperparams``), as a swept value is in the range test: data
+    of each member's state, which every update reads, never constants of the
+    program. So one ``make_tx(0.0, 0)`` steps every member; ``make_tx(peak,
+    family)`` initialises one. Inside it, :func:`lrjax.make_optimizer`'s state
+    logs the lr each update applied. A unit that is None is the constant 1.
     """
     one = lambda t: jnp.ones(jnp.shape(t), jnp.float32)  # noqa: E731
     units = [one if u is None else u for u in units]
 
-    def make_tx(lr, family):
+    def scheduled(peak, family):
         if len(units) == 1:
-            return make_optimizer(optimizer, lambda t: lr * units[0](t))
+            return make_optimizer(optimizer, lambda t: peak * units[0](t))
         # The family is data too: every unit is evaluated, the member's picked.
         return make_optimizer(
-            optimizer, lambda t: lr * jnp.stack([u(t) for u in units])[family]
+            optimizer, lambda t: peak * jnp.stack([u(t) for u in units])[family]
+        )
+
+    def make_tx(peak, family):
+        return optax.inject_hyperparams(scheduled)(
+            peak=jnp.asarray(peak, jnp.float32), family=jnp.asarray(family, jnp.int32)
         )
 
     return make_tx
@@ -765,13 +770,7 @@ def _memory_check(
 
     def check(spec, params, rest):
         one = jax.eval_shape(
-            lambda p, r: GridState(
-                jnp.float32(0),
-                jnp.int32(0),
-                init_state(p, r, make_tx(jnp.float32(0), jnp.int32(0))),
-            ),
-            params,
-            rest,
+            lambda p, r: init_state(p, r, make_tx(0.0, 0)), params, rest
         )
         # A member's inputs: its batch, and with several seeds its own row of
         # the epoch chunk's indices (int32[steps, batch]).
@@ -798,16 +797,17 @@ def _grid_batches(
     return MemberBatches.of(base, grid.layout)
 
 
-def _init_states(params, rest, grid: _Grid, make_tx: Callable) -> GridState:
-    """Every member's :class:`GridState` (``[padded, ...]``), split over the mesh.
+def _init_states(params, rest, grid: _Grid, make_tx: Callable) -> TrainState:
+    """Every member's state (``[padded, ...]``), split over the mesh.
 
-    A cell's lr and family are the member's data
-    (:func:`lrjax._src.population.init_states`). Even one member has a member axis:
-    the evaluation and the results read every member along it.
+    A cell's lr and family are the member's data, in its optimizer state
+    (:func:`_unit_optimizer`, :func:`lrjax._src.population.init_states`). Even
+    one member has a member axis: the evaluation and the results read every
+    member along it.
     """
 
     def init(params, rest, lr, family):
-        return GridState(lr, family, init_state(params, rest, make_tx(lr, family)))
+        return init_state(params, rest, make_tx(lr, family))
 
     num_lrs = grid.num_lrs
     lr_of = np.tile(grid.lrs.astype(np.float32), grid.families)  # [cells]
@@ -816,22 +816,12 @@ def _init_states(params, rest, grid: _Grid, make_tx: Callable) -> GridState:
 
 
 def _member_builder(spec, loss_fn: LossFn, make_tx: Callable, preprocess) -> Callable:
-    """``build(unroll)`` for :class:`lrjax._src.loop.Program`: the one step, with the
-    optimizer of the member's lr and family (read from its state)."""
+    """``build(unroll)`` for :class:`lrjax._src.loop.Program`: the one step, whose
+    optimizer reads the member's lr and family from its state."""
 
     def build(unroll: bool):
-        def step(gs: GridState, batch):
-            inner = make_step(
-                spec,
-                loss_fn,
-                make_tx(gs.lr, gs.family),
-                preprocess=preprocess,
-                unroll=unroll,
-            )
-            train, metrics = inner(gs.train, batch)
-            return gs._replace(train=train), metrics
-
-        return step
+        tx = make_tx(0.0, 0)  # placeholders: each member's state has its own
+        return make_step(spec, loss_fn, tx, preprocess=preprocess, unroll=unroll)
 
     return build
 
@@ -857,7 +847,7 @@ def _member_evaluate(program: Program, eval_one, val, n_val: int, batch: int, st
         n_val,
         batch,
         program.loop == "dispatch",
-        (state.train.params, state.train.model_state),
+        (state.params, state.model_state),
     )
 
 
@@ -879,8 +869,8 @@ class _EpochRecorder:
         for name in self.train_parts:
             self.train_parts[name].append(end.metrics[name])
         if end.hi % self.steps == 0:  # every chunk is an epoch; kept general
-            train = end.state.train  # evaluated before the next chunk donates it
-            ev = jax.tree.map(host, self.evaluate(train.params, train.model_state))
+            st = end.state  # evaluated before the next chunk donates it
+            ev = jax.tree.map(host, self.evaluate(st.params, st.model_state))
             self.evals.append(ev)
             end.record = {"epoch": end.hi // self.steps, "step": end.hi} | {
                 f"val_{name}": np.asarray(v)[: self.size] for name, v in ev.items()

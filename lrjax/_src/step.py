@@ -553,7 +553,11 @@ def make_optimizer(
 
 
 def applied_lr(opt_state: optax.OptState) -> jax.Array:
-    """The lr used by the last update of an ``inject_hyperparams`` state."""
+    """The lr used by the last update of an ``inject_hyperparams`` state: its
+    ``learning_rate``, or that of the first state inside it that has one (the
+    grid's members inject their peak lr around :func:`make_optimizer`)."""
+    while "learning_rate" not in opt_state.hyperparams:
+        opt_state = opt_state.inner_state
     return opt_state.hyperparams["learning_rate"]
 
 
