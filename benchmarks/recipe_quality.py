@@ -17,8 +17,10 @@ Recipe regret (pp) = the best grid cell (final validation accuracy, mean over
 seeds) minus the grid's accuracy at the recommended (family, peak),
 interpolated in log lr within that family. Written after every stage to
 ``--out``. ``--fit A.json B.json ...`` instead refits the peak rules
-(``lrjax.recipes.PEAK_RULES``) and the auto family on those settings' stored
-grids and suggestions, and scores every candidate on them (no training).
+(``lrjax.recipes.PEAK_RULES``: a multiple of one suggestion, falling with the
+budget as ``(1000 / updates) ** exponent``) and the auto family on those
+settings' stored grids and suggestions, and scores every candidate on them (no
+training).
 
     python benchmarks/recipe_quality.py --model mlp --optimizer sgd --batch-size 32 \\
         --epochs 10 --out benchmarks/results/recipe_mlp_sgd_e10.json
@@ -46,6 +48,8 @@ from _report_util import NOT_MEASURED  # noqa: E402
 from lrjax.cli import optimizer_factory, setup_jax, write_atomic  # noqa: E402
 
 FACTORS = tuple(round(2 ** (k / 2), 3) for k in range(-4, 9))  # 0.25 .. 16
+# How fast a rule's multiple falls with the budget: (1000 / updates) ** exponent.
+EXPONENTS = tuple(round(0.1 * k, 1) for k in range(9))  # 0 (none) .. 0.8
 
 
 def regret_at(grid: dict, best: float, peak: float | None) -> float | None:
@@ -64,13 +68,19 @@ def best_cell(doc: dict) -> float:
 
 
 def score_rules(doc: dict, rules: dict) -> dict:
-    """Regret of each family's ``(method, factor)`` rule, at the median
-    suggestion and at each range-test seed's suggestion."""
+    """Regret of each family's rule (an ``lrjax.recipes.PeakRule`` or its
+    ``(method, factor[, budget_exponent])``) at the grid's budget, at the median
+    suggestion and at each range-test seed's suggestion; ``factor`` in the
+    result is the rule's multiple at that budget."""
     import numpy as np
+
+    from lrjax._src.recipes import PeakRule
 
     best = best_cell(doc)
     out = {}
-    for family, (method, factor) in rules.items():
+    for family, r in rules.items():
+        rule = PeakRule(*r)
+        method, factor = rule.method, rule.multiple(doc["grid"]["total_steps"])
         per_seed = doc["range_test"]["per_method"].get(method) or []
         median = doc["range_test"]["suggestions"].get(method)
         grid = doc["grids"][family]
@@ -81,6 +91,8 @@ def score_rules(doc: dict, rules: dict) -> dict:
         out[family] = {
             "method": method,
             "factor": factor,
+            "rule_factor": rule.factor,
+            "budget_exponent": rule.budget_exponent,
             "peak": None if median is None else factor * median,
             "regret_pp": regret_at(
                 grid, best, None if median is None else factor * median
@@ -314,7 +326,7 @@ def extend_setting(args) -> dict:
 
 
 def kind_rules(doc: dict) -> dict:
-    """Today's rules for the setting's optimizer kind: family -> (method, factor)."""
+    """Today's rules for the setting's optimizer kind: family -> PeakRule."""
     from lrjax._src.recipes import PEAK_RULES, optimizer_kind
 
     return PEAK_RULES[optimizer_kind(doc["setting"]["optimizer"])]
@@ -386,7 +398,7 @@ def report(doc: dict) -> str:
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         lines.append(
             f"{f:14s} best {100 * g['best_accuracy']:.2f}% at {g['best_lr']:.3g}; "
-            f"rule {r['factor']:g} x {r['method']} -> {r['peak'] or 0:.3g}: regret "
+            f"rule {r['factor']:.4g} x {r['method']} -> {r['peak'] or 0:.3g}: regret "
             f"{fmt(r['regret_pp'])} pp (seeds max {fmt(r['regret_seed_max_pp'])})"
         )
     lines.append(f"best cell {100 * best:.2f}% ({doc['best']['family']})")
@@ -466,7 +478,7 @@ def markdown(results: Path) -> str:
             f"(`{name}`) | {len(g['families'])} x {len(g['peaks'])} x {g['seeds']}, "
             f"{g['wall_s'] / 60:.0f} min | {best['family']} at {best['lr']:.3g}"
             f"{_edge(best['lr'], g['peaks'])}: {100 * best['accuracy']:.2f}% | "
-            f"{a['family']}, {a['factor']:g} x "
+            f"{a['family']}, {a['factor']:.3g} x "
             f"{a['method']} = {a['peak'] or 0:.3g} | {_pp(regret)} / "
             f"{_pp(a['regret_seed_max_pp'])} pp | {met} | "
             + (f"{max(noise):.2f} pp" if noise else "-")
@@ -487,7 +499,7 @@ def markdown(results: Path) -> str:
             r = d["rules"][f]
             g = d["grids"][f]
             cells.append(
-                f"{r['factor']:g} x {r['method']}: {_pp(r['regret_pp'])} "
+                f"{r['factor']:.3g} x {r['method']}: {_pp(r['regret_pp'])} "
                 f"(best {100 * g['best_accuracy']:.2f}% at {g['best_lr']:.3g})"
             )
         rows.append(f"| {_setting_name(d)} | " + " | ".join(cells) + " |")
@@ -495,7 +507,7 @@ def markdown(results: Path) -> str:
     if fitted.exists():
         f = json.loads(fitted.read_text())
         kinds = "; ".join(
-            f"**{kind}** kind: {k['shared']['factor']:g} x {k['shared']['method']}, "
+            f"**{kind}** kind: {_rule_words(k['shared'])}, "
             "fitted on "
             + ", ".join(_setting_name({"setting": s}) for s in k["settings"])
             + " (worst per-seed regret of any family there "
@@ -512,14 +524,23 @@ def markdown(results: Path) -> str:
     return "\n".join(rows)
 
 
+def _rule_words(r: dict) -> str:
+    """``"2.83 x knee"``, or with a budget exponent ``"2 x knee x (1000 / T)^0.3"``."""
+    if not r.get("budget_exponent"):
+        return f"{r['factor']:g} x {r['method']}"
+    return f"{r['factor']:g} x {r['method']} x (1000 / T)^{r['budget_exponent']:g}"
+
+
 def fit(paths: list[str], out: str | None) -> int:
     """Refit the peak rules on the non-held-out settings, per optimizer kind.
 
-    Per kind (``lrjax.recipes.OPTIMIZER_KINDS``) and family, the (method,
-    factor) that minimises the worst regret over that kind's fit settings,
-    judged at every range-test seed's suggestion (not only the median); ties go
-    to the lower mean (``families``, for information). The rule lrjax uses is
-    ONE (method, factor) per kind for all families (``shared``): the lowest mean
+    Per kind (``lrjax.recipes.OPTIMIZER_KINDS``) and family, the rule (method,
+    factor, budget exponent: ``lrjax.recipes.PeakRule``) that minimises the
+    worst regret over that kind's fit settings, judged at every range-test
+    seed's suggestion (not only the median); ties go to the lower mean
+    (``families``, for information). The exponent is fitted only when the
+    kind's settings span more than one budget (else it is 0). The rule lrjax
+    uses is ONE rule per kind for all families (``shared``): the lowest mean
     over the families of their worst regret. The auto family is the one with the
     lowest worst regret under its kind's rule over that kind's fit settings
     (one auto family per kind). Held-out settings are scored with their kind's
@@ -541,64 +562,88 @@ def fit(paths: list[str], out: str | None) -> int:
         # kind's settings of the per-seed regret; None where a setting's
         # suggestion x factor falls outside its grid.
         scores: dict[tuple, tuple[float, float] | None] = {}
+        # A budget exponent only where the kind's grids span several budgets:
+        # with one, a factor and an exponent are the same number.
+        budgets = {d["grid"]["total_steps"] for d in mine}
+        exps = EXPONENTS if len(budgets) > 1 else (0.0,)
+        candidates = [(m, f, e) for m in METHODS for f in FACTORS for e in exps]
         for fam in FAMILIES:
-            for method in METHODS:
-                for factor in FACTORS:
-                    rs = [score_rules(d, {fam: (method, factor)})[fam] for d in mine]
-                    worst = [r["regret_seed_max_pp"] for r in rs]
-                    scores[fam, method, factor] = (
-                        None
-                        if None in worst
-                        else (
-                            max(0.0, *worst),
-                            sum(r["regret_seed_mean_pp"] for r in rs) / len(mine),
-                        )
+            for rule in candidates:
+                rs = [score_rules(d, {fam: rule})[fam] for d in mine]
+                worst = [r["regret_seed_max_pp"] for r in rs]
+                scores[(fam, *rule)] = (
+                    None
+                    if None in worst
+                    else (
+                        max(0.0, *worst),
+                        sum(r["regret_seed_mean_pp"] for r in rs) / len(mine),
                     )
+                )
         families = {}
         for fam in FAMILIES:
-            cands = sorted(
-                (*v, m, f) for (fa, m, f), v in scores.items() if fa == fam and v
-            )
-            worst, mean, method, factor = cands[0]
+            cands = sorted((*v, m, f, e) for (fa, m, f, e), v in scores.items()
+                           if fa == fam and v)  # fmt: skip
+            worst, mean, method, factor, exponent = cands[0]
             families[fam] = {
                 "method": method,
                 "factor": factor,
+                "budget_exponent": exponent,
                 "fit_worst_seed_regret_pp": worst,
                 "fit_mean_seed_regret_pp": mean,
                 "runners_up": [
-                    {"method": m, "factor": f, "worst": w, "mean": a}
-                    for w, a, m, f in cands[1:6]
-                ],
+                    {
+                        "method": m,
+                        "factor": f,
+                        "budget_exponent": e,
+                        "worst": w,
+                        "mean": a,
+                    }
+                    for w, a, m, f, e in cands[1:6]
+                ],  # fmt: skip
             }
-        # One (method, factor) for every family, the lowest mean over the
-        # families of their worst regret: fewer numbers fitted than measured.
+        # One rule for every family, the lowest mean over the families of their
+        # worst regret: fewer numbers fitted than measured. Ties go to the
+        # smaller exponent (no budget term unless it helps).
         shared = []
-        for method in METHODS:
-            for factor in FACTORS:
-                per_family = [scores[fam, method, factor] for fam in FAMILIES]
-                if None not in per_family:
-                    worst = [v[0] for v in per_family if v is not None]
-                    shared.append((sum(worst) / len(worst), max(worst), method, factor))
+        for method, factor, exponent in candidates:
+            per_family = [scores[fam, method, factor, exponent] for fam in FAMILIES]
+            if None not in per_family:
+                worst = [v[0] for v in per_family if v is not None]
+                shared.append(
+                    (sum(worst) / len(worst), max(worst), exponent, method, factor)
+                )
         shared.sort()
-        mean, worst, method, factor = shared[0]
-        rules[kind] = {f: (method, factor) for f in FAMILIES}
+        mean, worst, exponent, method, factor = shared[0]
+        rules[kind] = {f: (method, factor, exponent) for f in FAMILIES}
         result["kinds"][kind] = {
             "settings": [d["setting"] for d in mine],
             "families": families,
             "shared": {
                 "method": method,
                 "factor": factor,
+                "budget_exponent": exponent,
                 "mean_of_family_worst_pp": mean,
                 "worst_pp": worst,
                 "runners_up": [
+                    {
+                        "method": m,
+                        "factor": f,
+                        "budget_exponent": e,
+                        "mean": a,
+                        "worst": w,
+                    }
+                    for a, w, e, m, f in shared[1:6]
+                ],  # fmt: skip
+                "best_without_budget": next(
                     {"method": m, "factor": f, "mean": a, "worst": w}
-                    for a, w, m, f in shared[1:6]
-                ],
+                    for a, w, e, m, f in shared
+                    if e == 0
+                ),
             },
         }
         # auto: the family whose worst regret under the kind's rule, over the
         # kind's fit settings, is lowest (scored above with every candidate)
-        chosen = {fam: scores[fam, method, factor] for fam in FAMILIES}
+        chosen = {fam: scores[fam, method, factor, exponent] for fam in FAMILIES}
         scored = {fam: v[0] for fam, v in chosen.items() if v is not None}
         result["auto_families"][kind] = min(scored, key=lambda f: (scored[f], f))
         result["kinds"][kind]["auto_fit_worst_seed_regret_pp"] = scored

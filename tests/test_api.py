@@ -44,7 +44,8 @@ PUBLIC_MODULES = {
               "Trigger"},
     "models": {"CNN", "MLP", "Augment", "cnn", "mlp"},
     "recipes": {"AUTO_FAMILIES", "FAMILIES", "OPTIMIZER_KINDS", "PEAK_RULES", "SHAPES",
-                "Recipe", "build_schedule", "recommend", "unit_schedule"},
+                "REFERENCE_STEPS", "PeakRule", "Recipe", "build_schedule",
+                "recommend", "unit_schedule"},
 }  # fmt: skip
 
 

@@ -156,8 +156,11 @@ def test_schedule_all_is_a_family_x_peak_grid_with_recipe_regret(
     assert doc["best"]["accuracy"] == pytest.approx(best)
     assert doc["recipes"], "the range test gave no suggestion to build a peak on"
     for name, rec in doc["recipes"].items():
-        method, factor = PEAK_RULES["momentum"][name]
-        peak = factor * doc["range_test"]["suggestions"][method]
+        rule = PEAK_RULES["momentum"][name]
+        peak = (
+            rule.multiple(rec["total_steps"])
+            * (doc["range_test"]["suggestions"][rule.method])
+        )
         assert rec["peak_lr"] == pytest.approx(peak)
         lrs = np.array(doc["families"][name]["lrs"])
         if lrs[0] <= peak <= lrs[-1]:

@@ -83,7 +83,8 @@ def test_recommend_applies_the_rule_and_the_overrides():
     r = FakeResult(knee=0.01, valley=0.004, divergence=0.2)
     for opt, kind in recipes.OPTIMIZER_KINDS.items():
         for family in FAMILIES:
-            method, factor = recipes.PEAK_RULES[kind][family]
+            rule = recipes.PEAK_RULES[kind][family]
+            method, factor = rule.method, rule.multiple(500)
             rec = recommend(FakeResult(**{method: 0.01}), 500, family, optimizer=opt)
             assert rec.peak_lr == pytest.approx(factor * 0.01)
             assert rec.params["peak_lr"] == rec.peak_lr and rec.family == family
@@ -92,7 +93,8 @@ def test_recommend_applies_the_rule_and_the_overrides():
             )
     for opt, kind in recipes.OPTIMIZER_KINDS.items():
         family = recipes.AUTO_FAMILIES[kind]
-        method, factor = recipes.PEAK_RULES[kind][family]
+        rule = recipes.PEAK_RULES[kind][family]
+        method, factor = rule.method, rule.multiple(500)
         auto = recommend(FakeResult(**{method: 0.01}), 500, optimizer=opt)
         assert auto.family == family and auto.peak_lr == pytest.approx(factor * 0.01)
     with pytest.raises(ValueError, match="family='auto' is chosen per optimizer"):
@@ -103,6 +105,25 @@ def test_recommend_applies_the_rule_and_the_overrides():
     doc = recommend(r, 500, "one_cycle", method="divergence").to_json()
     assert doc["rule"] == "peak = 1 x divergence (0.2)" and doc["peak_lr"] == 0.2
     assert doc["initial_lr"] == pytest.approx(0.2 / 25)
+
+
+def test_a_budget_exponent_lowers_the_multiple_as_the_budget_grows(monkeypatch):
+    """PeakRule: factor x (1000 / T) ** exponent x the suggestion, worked out:
+    2 x (1000 / 4000) ** 0.5 = 1 and 2 x (1000 / 250) ** 0.5 = 4; the rule's
+    words say both numbers, and a factor given is the multiple itself."""
+    rule = recipes.PeakRule("knee", 2.0, 0.5)
+    assert rule.multiple(1000) == 2.0
+    assert rule.multiple(4000) == pytest.approx(1.0)
+    assert rule.multiple(250) == pytest.approx(4.0)
+    monkeypatch.setitem(recipes.PEAK_RULES, "adam", dict.fromkeys(FAMILIES, rule))
+    r = FakeResult(knee=0.01)
+    long = recommend(r, 4000, "wsd", optimizer="adam")
+    assert long.peak_lr == pytest.approx(0.01) and long.factor == pytest.approx(1.0)
+    assert long.rule == "peak = 1 x knee (0.01); 2 x (1000 / 4000 updates)^0.5"
+    assert recommend(r, 250, "wsd", optimizer="adamw").peak_lr == pytest.approx(0.04)
+    given = recommend(r, 250, "wsd", optimizer="adam", factor=3.0)
+    assert given.peak_lr == pytest.approx(0.03)
+    assert given.rule == "peak = 3 x knee (0.01)"
 
 
 def test_the_rules_are_the_fitted_ones():
@@ -118,14 +139,15 @@ def test_the_rules_are_the_fitted_ones():
     kinds = set(recipes.OPTIMIZER_KINDS.values())
     assert set(fitted["kinds"]) == set(recipes.PEAK_RULES) == kinds
     for kind, k in fitted["kinds"].items():
-        rule = (k["shared"]["method"], k["shared"]["factor"])
+        sh = k["shared"]
+        rule = recipes.PeakRule(sh["method"], sh["factor"], sh["budget_exponent"])
         assert recipes.PEAK_RULES[kind] == dict.fromkeys(FAMILIES, rule), kind
     assert recipes.AUTO_FAMILIES == fitted["auto_families"]
     from lrjax._src.suggestions import METHODS
 
     r = FakeResult(**dict.fromkeys(METHODS, 0.01))
     for opt, kind in recipes.OPTIMIZER_KINDS.items():
-        factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]][1]
+        factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]].multiple(500)
         rec = recommend(r, 500, optimizer=opt)
         assert rec.peak_lr == pytest.approx(factor / 100)
         assert rec.family == recipes.AUTO_FAMILIES[kind]
@@ -152,7 +174,8 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
         res = lrjax.lr_range_test(model, factory, (x, y), **kw)
         assert res.config.optimizer == name
         if res.suggestions.get("knee") is not None:
-            method, factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]]
+            rule = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]]
+            method, factor = rule.method, rule.multiple(100)
             rec = recommend(res, 100)
             assert rec.peak_lr == pytest.approx(factor * res.suggestions[method])
     res = lrjax.lr_range_test(model, lambda lr: optax.sgd(lr), (x, y), **kw)

@@ -502,3 +502,37 @@ def test_cnn_snapshot_gain_chooses_on_validation_and_marks_old_runs(report, tmp_
         assert cnn.chosen_on(doc) == "test"
         assert "(m chosen on test, old run)" in block
         assert any("m chosen on test, old run" in str(r[1]) for r in rows)
+
+
+def test_short_budget_means_the_runs_that_differ_only_in_the_seed(report, tmp_path):
+    """Rows of one command and rule over seeds get their mean, against the 88%
+    target for the CNN; a run under another rule, or alone, gets none."""
+
+    def run(opt, seed, acc, rule):
+        return {
+            "optimizer": opt,
+            "command": f"lrjax-train --model cnn --epochs 1 --lr auto "
+            f"--optimizer {opt} --seed {seed} --quiet",
+            "test_accuracy": acc,
+            "family": "one_cycle",
+            "peak_lr": 0.05,
+            "rule": f"peak = {rule} (0.0{seed}1)",
+            "wall_s": 60.0,
+        }
+
+    docs = {
+        "short_budget_cnn": [run("sgd", 0, 0.8790, "2 x knee"),
+                             run("adam", 0, 0.881, "8 x knee")],
+        "short_budget_cnn_s1": [run("sgd", 1, 0.8800, "2 x knee"),
+                                run("adam", 1, 0.879, "4 x knee")],
+        "short_budget_cnn_s2": [run("sgd", 2, 0.8840, "2 x knee")],
+    }  # fmt: skip
+    for name, runs in docs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"runs": runs}))
+    text = report.short_budget.markdown(tmp_path)
+    assert text.count("| `lrjax-train") == 5
+    means = [line for line in text.splitlines() if line.startswith("- ")]
+    assert means == [
+        "- sgd (peak = 2 x knee): 87.90, 88.00, 88.40% over 3 seeds, mean "
+        "**88.10%** (met)."
+    ]

@@ -3,8 +3,10 @@
 A *recipe* is a schedule family, the numbers of its shape for a budget of
 ``total_steps`` updates, and its peak learning rate. The shapes are fixed
 fractions of the budget (:data:`SHAPES`); the peak is a rule on the range test's
-suggestions (:data:`PEAK_RULES`, one per optimizer kind of
-:data:`OPTIMIZER_KINDS`): ``peak = factor x suggestions[method]``. The rules and
+suggestions (:data:`PEAK_RULES`, one :class:`PeakRule` per optimizer kind of
+:data:`OPTIMIZER_KINDS`): ``peak = factor x (1000 / total_steps) ** exponent x
+suggestions[method]``, the exponent 0 (no budget term) unless the grids of that
+kind asked for one. The rules and
 the family that ``family="auto"`` picks for each kind (:data:`AUTO_FAMILIES`)
 were derived from recipe grids, one population of models per (family x peak x
 seed) trained at the full budget (``benchmarks/recipe_quality.py``; the measured
@@ -26,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # schedules imports JAX, which lrjax-train --help must not wait for
     from lrjax._src.schedules import Schedule
@@ -36,6 +38,8 @@ __all__ = [
     "FAMILIES",
     "OPTIMIZER_KINDS",
     "PEAK_RULES",
+    "REFERENCE_STEPS",
+    "PeakRule",
     "SHAPES",
     "Recipe",
     "build_schedule",
@@ -68,16 +72,38 @@ OPTIMIZER_KINDS: dict[str, str] = {
     "adamw": "adam",
 }
 
-# peak = factor x suggestions[method], per optimizer kind: ONE rule for every
-# family, fitted by `python benchmarks/recipe_quality.py --fit` on that kind's
-# grids (the lowest mean over the families of their worst per-seed regret;
-# results in docs/results.md and benchmarks/results/recipe_fit.json).
-# AUTO_FAMILIES: per kind, the family with the lowest worst regret under the
-# kind's rule on its grids.
-PEAK_RULES: dict[str, dict[str, tuple[str, float]]] = {
-    "sgd": dict.fromkeys(FAMILIES, ("knee", 2.828)),
-    "momentum": dict.fromkeys(FAMILIES, ("balanced", 2.0)),
-    "adam": dict.fromkeys(FAMILIES, ("knee", 8.0)),
+# The budget (updates) at which a peak rule's factor is its multiple.
+REFERENCE_STEPS = 1000
+
+
+class PeakRule(NamedTuple):
+    """``peak = multiple(total_steps) x suggestions[method]``, with
+    ``multiple(T) = factor x (REFERENCE_STEPS / T) ** budget_exponent``: a
+    multiple of one suggestion that falls with the budget when the exponent is
+    > 0 (the recipe grids' best peak does: docs/results.md).
+
+    >>> PeakRule("knee", 2.0, 0.5).multiple(4000)
+    1.0
+    """
+
+    method: str
+    factor: float
+    budget_exponent: float = 0.0
+
+    def multiple(self, total_steps: int) -> float:
+        """The multiple of ``suggestions[method]`` for a budget of ``total_steps``."""
+        return self.factor * (REFERENCE_STEPS / total_steps) ** self.budget_exponent
+
+
+# One PeakRule per optimizer kind, the same for every family, fitted by `python
+# benchmarks/recipe_quality.py --fit` on that kind's grids (the lowest mean over
+# the families of their worst per-seed regret; results in docs/results.md and
+# benchmarks/results/recipe_fit.json). AUTO_FAMILIES: per kind, the family with
+# the lowest worst regret under the kind's rule on its grids.
+PEAK_RULES: dict[str, dict[str, PeakRule]] = {
+    "sgd": dict.fromkeys(FAMILIES, PeakRule("knee", 2.828)),
+    "momentum": dict.fromkeys(FAMILIES, PeakRule("balanced", 2.0)),
+    "adam": dict.fromkeys(FAMILIES, PeakRule("knee", 5.657, 0.7)),
 }
 AUTO_FAMILIES: dict[str, str] = {
     "sgd": "wsd",
@@ -248,10 +274,12 @@ def recommend(
 ) -> Recipe:
     """A schedule for ``total_steps`` updates from a range test's suggestions.
 
-    ``peak = factor x result.suggestions[method]``, with ``(method, factor)``
-    from :data:`PEAK_RULES` for the optimizer's kind and the family (fitted on
-    recipe grids). A method given here overrides the rule's and then means that
-    suggestion itself (``factor`` 1) unless a factor is given too.
+    ``peak = factor x result.suggestions[method]``, with ``method`` and
+    ``factor = rule.multiple(total_steps)`` from the :class:`PeakRule` of
+    :data:`PEAK_RULES` for the optimizer's kind and the family (fitted on recipe
+    grids). A method given here overrides the rule's and then means that
+    suggestion itself (``factor`` 1) unless a factor is given too; a factor given
+    is the multiple itself, whatever the budget.
 
     Args:
       result: a :class:`lrjax.RangeTestResult` (or anything with a
@@ -267,8 +295,8 @@ def recommend(
         when the rule gives the peak (no ``method=`` given) or the family is
         ``"auto"``.
       method: the suggestion the peak is built on (default: the rule's).
-      factor: the multiple of that suggestion (default: the rule's; 1 when
-        ``method`` is given).
+      factor: the multiple of that suggestion (default: the rule's multiple
+        for ``total_steps``; 1 when ``method`` is given).
 
     Returns:
       A :class:`Recipe`; ``recipe.schedule`` goes wherever Optax takes a
@@ -285,9 +313,11 @@ def recommend(
     >>> r = recommend(R(), 1000, "linear_decay", optimizer="sgd")
     >>> r.family, round(r.peak_lr, 6), r.rule
     ('linear_decay', 0.02828, 'peak = 2.828 x knee (0.01)')
-    >>> r = recommend(R(), 1000, optimizer="adamw")
+    >>> r = recommend(R(), 4000, optimizer="adamw")  # 5.657 x (1000 / 4000) ** 0.7
     >>> r.family, round(r.peak_lr, 6)
-    ('one_cycle', 0.08)
+    ('one_cycle', 0.021436)
+    >>> r.rule
+    'peak = 2.144 x knee (0.01); 5.657 x (1000 / 4000 updates)^0.7'
     >>> recommend(R(), 1000, "one_cycle", method="valley").peak_lr
     0.004
     """
@@ -304,9 +334,17 @@ def recommend(
                 f"of these, or a family ({', '.join(FAMILIES)})"
             )
         name = AUTO_FAMILIES[optimizer_kind(optimizer)]
+    budget = ""
     if method is None:
-        rule_method, rule_factor = PEAK_RULES[optimizer_kind(optimizer)][name]
-        method, factor = rule_method, rule_factor if factor is None else factor
+        peak_rule = PEAK_RULES[optimizer_kind(optimizer)][name]
+        method = peak_rule.method
+        if factor is None:
+            factor = peak_rule.multiple(total)
+            if peak_rule.budget_exponent:
+                budget = (
+                    f"; {peak_rule.factor:g} x ({REFERENCE_STEPS} / {total} "
+                    f"updates)^{peak_rule.budget_exponent:g}"
+                )
     elif factor is None:
         factor = 1.0
     factor = float(factor)
@@ -331,7 +369,7 @@ def recommend(
         )
     peak = factor * float(value)
     sched, params = build_schedule(name, peak, total)
-    rule = f"peak = {factor:g} x {method} ({float(value):.4g})"
+    rule = f"peak = {factor:.4g} x {method} ({float(value):.4g}){budget}"
     return Recipe(
         family=name,
         peak_lr=peak,

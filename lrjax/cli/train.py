@@ -773,7 +773,7 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
         from lrjax._src.recipes import PEAK_RULES
 
         kind = optimizer_kind(args.optimizer)
-        method = args.lr_method or PEAK_RULES[kind][family][0]
+        method = args.lr_method or PEAK_RULES[kind][family].method
     else:
         method = args.lr_method or default_lr_method(args.schedule, args.optimizer)
     t0 = time.perf_counter()
