@@ -96,7 +96,7 @@ def _over_seeds(results: Path) -> str:
     for path in sorted(results.glob("short_budget*.json")):
         for r in json.loads(path.read_text())["runs"]:
             same = re.sub(r" --seed \d+", "", r["command"])
-            rule = re.sub(r" \(.*\)$", "", r["rule"] or "-")  # the knee's value
+            rule = re.sub(r" \([0-9.e+-]+\)", "", r["rule"] or "-")  # its value
             groups.setdefault((same, r["optimizer"], rule), []).append(r)
     lines = []
     for (command, opt, rule), runs in groups.items():
