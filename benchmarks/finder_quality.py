@@ -238,6 +238,11 @@ def worst(grids, lrs_per_setting, epoch=-1) -> dict:
     and the worst regret, worst per-seed regret and widest spread (None when a
     setting has no value)."""
     sc = [score(g, v, epoch) for g, v in zip(grids, lrs_per_setting, strict=True)]
+    return _stats(sc)
+
+
+def _stats(sc: list[dict]) -> dict:
+    """:func:`worst` of settings already scored (:func:`score`)."""
     regs = [s["regret_pp"] for s in sc]
     seed_regs = [s["regret_pp_max"] for s in sc]
     spreads = [s["spread_factor"] for s in sc]
@@ -504,34 +509,15 @@ def _refit_candidates() -> dict[str, Callable[[dict], list]]:
     return out
 
 
-def _rule_stats(scores: list[dict], names: list[str]) -> dict | None:
-    """One rule over some settings (None for none): its worst regret at the
-    median suggestion and at any seed's, its widest spread, and each setting's
-    regret; the worst ones are None where a suggestion falls off a grid."""
-    if not scores:
-        return None
-    regs = [s["regret_pp"] for s in scores]
-    seed = [s["regret_pp_max"] for s in scores]
-    spread = [s["spread_factor"] for s in scores]
-    return {
-        "worst_regret_pp": None if None in regs else max(regs),
-        "worst_seed_regret_pp": None if None in seed else max(seed),
-        "worst_spread_factor": None if None in spread else max(spread),
-        "regret_pp": dict(zip(names, regs, strict=True)),
-    }
-
-
-def _choose(table: dict[str, list[dict]], names: list[str], among: list[int]) -> list:
+def _choose(table: dict[str, list[dict]], among: list[int]) -> list:
     """The candidates ranked on the settings ``among``: those with a suggestion
     on every grid there whose per-seed suggestions spread at most TARGET_SPREAD,
     by (worst regret at the median, worst at any seed)."""
     ranked = []
     for rule, scores in table.items():
-        st = _rule_stats([scores[i] for i in among], [names[i] for i in among])
-        if (
-            st
-            and None not in (st["worst_regret_pp"], st["worst_seed_regret_pp"])
-            and ((st["worst_spread_factor"] or math.inf) <= TARGET_SPREAD)
+        st = _stats([scores[i] for i in among])
+        if st["worst_regret_pp"] is not None and (
+            st["worst_spread_factor"] <= TARGET_SPREAD
         ):
             ranked.append((st["worst_regret_pp"], st["worst_seed_regret_pp"], rule))
     ranked.sort()
@@ -564,18 +550,21 @@ def refit(paths: list[str], out: str | None) -> int:
         rule: [score(g, lrs(pm)) for _, _, _, g, pm in settings]
         for rule, lrs in _refit_candidates().items()
     }
-    table[DEFAULT_METHOD] = table[f"{DEFAULT_METHOD} x 1"]
     fit_on = [i for i, s in enumerate(settings) if s[0] in REFIT_ON]
     held = [i for i in range(len(settings)) if i not in fit_on]
 
     def scored(rule: str, fit: list[int], held: list[int]) -> dict:
-        sub = lambda idx: _rule_stats(  # noqa: E731
-            [table[rule][i] for i in idx], [names[i] for i in idx]
-        )
-        return {"rule": rule, "fit": sub(fit), "heldout": sub(held)}
+        """The rule's :func:`_stats` on each side (None for no settings), its
+        ``regret_pp`` in the order of that side's names (``fit_on``, ``heldout``)."""
+        side = [_stats([table[rule][i] for i in idx]) if idx else None
+                for idx in (fit, held)]  # fmt: skip
+        return {"rule": rule, "fit": side[0], "heldout": side[1]}
+
+    def default(fit: list[int], held: list[int]) -> dict:
+        return {**scored(f"{DEFAULT_METHOD} x 1", fit, held), "rule": DEFAULT_METHOD}
 
     def chosen(fit: list[int], held: list[int]) -> dict:
-        ranked = _choose(table, names, fit)
+        ranked = _choose(table, fit)
         return {
             **scored(ranked[0][2], fit, held),
             "runners_up": [
@@ -589,10 +578,10 @@ def refit(paths: list[str], out: str | None) -> int:
         "command": "python benchmarks/finder_quality.py --refit "
         + " ".join(f"benchmarks/results/{Path(p).name}" for p in paths)
         + " --refit-out benchmarks/results/finder_refit.json",
-        "candidates": len(table) - 1,
+        "candidates": len(table),
         "fit_on": [names[i] for i in fit_on],
         "heldout": [names[i] for i in held],
-        "default": scored(DEFAULT_METHOD, fit_on, held),
+        "default": default(fit_on, held),
         "refit": chosen(fit_on, held),
         "per_kind": {},
         "all_settings": chosen(everything, []),
@@ -602,10 +591,12 @@ def refit(paths: list[str], out: str | None) -> int:
         f = [i for i in mine if i in fit_on]
         h = [i for i in mine if i not in fit_on]
         result["per_kind"][kind] = {
-            "default": scored(DEFAULT_METHOD, f, h),
+            "fit_on": [names[i] for i in f],
+            "heldout": [names[i] for i in h],
+            "default": default(f, h),
             "refit": chosen(f, h),
         }
-    print(json.dumps(result, indent=1, default=str))
+    print(json.dumps(result, indent=1))
     if out:
         write_atomic(Path(out), json.dumps(result, indent=1) + "\n")
     return 0

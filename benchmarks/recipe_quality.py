@@ -599,7 +599,7 @@ def fit(paths: list[str], out: str | None) -> int:
                         "mean": a,
                     }
                     for w, a, m, f, e in cands[1:6]
-                ],  # fmt: skip
+                ],
             }
         # One rule for every family, the lowest mean over the families of their
         # worst regret: fewer numbers fitted than measured. Ties go to the
@@ -633,7 +633,7 @@ def fit(paths: list[str], out: str | None) -> int:
                         "worst": w,
                     }
                     for a, w, e, m, f in shared[1:6]
-                ],  # fmt: skip
+                ],
                 "best_without_budget": next(
                     {"method": m, "factor": f, "mean": a, "worst": w}
                     for a, w, e, m, f in shared

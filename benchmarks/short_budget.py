@@ -71,43 +71,43 @@ def markdown(results: Path) -> str:
         f"target >= {100 * TARGET_ACCURACY:.0f}% (CNN) | wall |",
         "|---|---|---|---|---|---|",
     ]
-    found = False
-    for path in sorted(results.glob("short_budget*.json")):
-        doc = json.loads(path.read_text())
-        for r in doc["runs"]:
-            found = True
-            cnn = "--model cnn" in r["command"]
-            ok = r["test_accuracy"] >= TARGET_ACCURACY
-            rows.append(
-                f"| `{r['command'].replace(' --optimizer ' + r['optimizer'], '')}` | "
-                f"{r['optimizer']} | {r['family']}, {r['peak_lr']:.3g} "
-                f"({r['rule'] or '-'}) | {100 * r['test_accuracy']:.2f}% | "
-                + (("met" if ok else "**missed**") if cnn else "-")
-                + f" | {r['wall_s']:.0f} s |"
-            )
-    if not found:
+    runs = [
+        r
+        for path in sorted(results.glob("short_budget*.json"))
+        for r in json.loads(path.read_text())["runs"]
+    ]
+    if not runs:
         return NOT_MEASURED
-    return "\n".join(rows) + _over_seeds(results)
+    for r in runs:
+        cnn = "--model cnn" in r["command"]
+        ok = r["test_accuracy"] >= TARGET_ACCURACY
+        rows.append(
+            f"| `{r['command'].replace(' --optimizer ' + r['optimizer'], '')}` | "
+            f"{r['optimizer']} | {r['family']}, {r['peak_lr']:.3g} "
+            f"({r['rule'] or '-'}) | {100 * r['test_accuracy']:.2f}% | "
+            + (("met" if ok else "**missed**") if cnn else "-")
+            + f" | {r['wall_s']:.0f} s |"
+        )
+    return "\n".join(rows) + _over_seeds(runs)
 
 
-def _over_seeds(results: Path) -> str:
+def _over_seeds(runs: list[dict]) -> str:
     """Runs that differ only in ``--seed``, under the same rule: their mean."""
     groups: dict[tuple, list[dict]] = {}
-    for path in sorted(results.glob("short_budget*.json")):
-        for r in json.loads(path.read_text())["runs"]:
-            same = re.sub(r" --seed \d+", "", r["command"])
-            rule = re.sub(r" \([0-9.e+-]+\)", "", r["rule"] or "-")  # its value
-            groups.setdefault((same, r["optimizer"], rule), []).append(r)
+    for r in runs:
+        same = re.sub(r" --seed \d+", "", r["command"])
+        rule = re.sub(r" \([0-9.e+-]+\)", "", r["rule"] or "-")  # its value
+        groups.setdefault((same, r["optimizer"], rule), []).append(r)
     lines = []
-    for (command, opt, rule), runs in groups.items():
-        if len(runs) < 2:
+    for (command, opt, rule), same_runs in groups.items():
+        if len(same_runs) < 2:
             continue
-        accs = [100 * r["test_accuracy"] for r in runs]
+        accs = [100 * r["test_accuracy"] for r in same_runs]
         cnn = "--model cnn" in command
         mean = sum(accs) / len(accs)
         lines.append(
             f"- {opt} ({rule}): {', '.join(f'{a:.2f}' for a in accs)}% over "
-            f"{len(runs)} seeds, mean **{mean:.2f}%**"
+            f"{len(same_runs)} seeds, mean **{mean:.2f}%**"
             + (
                 f" ({'met' if mean >= 100 * TARGET_ACCURACY else 'missed'})"
                 if cnn

@@ -78,9 +78,8 @@ def test_refit_finds_the_rule_the_grids_were_built_on(fq, tmp_path):
 def test_refit_skips_rules_that_spread_too_wide(fq):
     """A rule whose per-seed suggestions spread more than TARGET_SPREAD is never
     chosen, however low its regret at the median."""
-    names = ["a"]
     good = {"regret_pp": 0.3, "regret_pp_max": 0.4, "spread_factor": 1.5}
     wide = {"regret_pp": 0.0, "regret_pp_max": 0.1, "spread_factor": 2.5}
     lost = {"regret_pp": None, "regret_pp_max": None, "spread_factor": 1.0}
-    ranked = fq._choose({"good": [good], "wide": [wide], "lost": [lost]}, names, [0])
+    ranked = fq._choose({"good": [good], "wide": [wide], "lost": [lost]}, [0])
     assert [r for *_, r in ranked] == ["good"]
