@@ -341,11 +341,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
         return fail(PROG, str(e))
+    _write(args, result, choice.config, out, time.perf_counter() - t_start)
+    return 0
+
+
+def _write(args, result, model_config: dict, out, elapsed: float) -> None:
+    """lr_find.json / .csv / .png under ``out``, then the summary (or the JSON)."""
     doc = result.to_json()
     doc["config"] |= {  # the command line's settings, beside the range test's
         "dataset": args.dataset,
         "optimizer": args.optimizer,
-        **choice.config,
+        **model_config,
         "seed": args.seed,
         "method": args.method,
     }
@@ -365,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(doc))
     elif not args.quiet:
-        print(_summary(result, out, time.perf_counter() - t_start))
-    return 0
+        print(_summary(result, out, elapsed))
 
 
 if __name__ == "__main__":

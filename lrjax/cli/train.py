@@ -101,8 +101,20 @@ def build_parser() -> ArgumentParser:
         "range test's suggestion) and a schedule; early stopping, checkpoints, "
         "TensorBoard and snapshot ensembles.",
     )
-    a = p.add_argument
     add_model_args(p)
+    _lr_args(p)
+    _schedule_args(
+        p.add_argument_group("schedule shapes (cosine_restarts, cyclic, step)")
+    )
+    _training_args(p.add_argument_group("training"))
+    _output_args(p.add_argument_group("run directory and output"))
+    add_distributed_args(p)
+    return p
+
+
+def _lr_args(p: ArgumentParser) -> None:
+    """The optimizer's weight decay, the learning rate and the schedule family."""
+    a = p.add_argument
     a(
         "--weight-decay",
         type=nonneg_float,
@@ -139,6 +151,10 @@ def build_parser() -> ArgumentParser:
         "linear_decay and wsd are the recipe families, shaped for --epochs as "
         "lrjax.recipes.build_schedule says",
     )
+
+
+def _schedule_args(g) -> None:
+    a = g.add_argument
     a(
         "--cycle-epochs",
         type=positive_float,
@@ -199,6 +215,10 @@ def build_parser() -> ArgumentParser:
         default=0.5,
         help="step: decay factor (default 0.5)",
     )
+
+
+def _training_args(g) -> None:
+    a = g.add_argument
     a("--epochs", type=int, default=30, help="epochs (default 30)")
     a(
         "--patience",
@@ -223,6 +243,10 @@ def build_parser() -> ArgumentParser:
         "update from this fraction of the run on (0.75: the last 25%%), BatchNorm "
         "statistics re-estimated for it; in [0, 1) (default: off)",
     )
+
+
+def _output_args(g) -> None:
+    a = g.add_argument
     a("--seed", type=int, default=0)
     a("--logdir", default=None, help="output directory (default runs/train-*)")
     a("--resume", action="store_true", help="continue from --logdir's checkpoint")
@@ -249,8 +273,6 @@ def build_parser() -> ArgumentParser:
     a("--json", action="store_true", help="print metrics.json to stdout")
     a("--quiet", action="store_true", help="no progress bar or epoch lines")
     a("--no-plot", action="store_true", help="do not write learning_curves.png")
-    add_distributed_args(p)
-    return p
 
 
 def _check(args) -> None:
