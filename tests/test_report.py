@@ -107,6 +107,20 @@ def test_sections_not_measured_yet_and_then_measured(report, tmp_path):
         if line.startswith("| `cnn_results_auto")
     )
     assert " | one_cycle (`auto`) | " in row and "92.90%: missed" in row
+    # a peak picked by hand: calibration, held to no target and named so
+    for seed in cnn["per_seed"].values():
+        seed["lr_method"] = None
+    (results / "cnn_results_onecycle_p01.json").write_text(json.dumps(cnn))
+    row = next(
+        line
+        for line in report.BLOCKS["cnn_results"](results).splitlines()
+        if line.startswith("| `cnn_results_onecycle_p01")
+    )
+    assert " | none (--lr given) | " in row and "calibration" in row
+    assert "missed" not in row and "met" not in row.split(" | ")[-1]
+    targets = report.BLOCKS["targets"](results)
+    assert "cnn_results_onecycle_p01" not in targets
+    assert "`cnn_results_auto.json`" in targets
     finder = report.BLOCKS["finder_quality_cnn"](results)
     assert "model `cnn`" in finder and "| knee | **" in finder
     assert "**(recommended)**" in report.BLOCKS["sweep_cnn"](results)
