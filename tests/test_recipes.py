@@ -193,7 +193,19 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
         (lambda: build_schedule("wsd", 0.0, 100), "peak_lr must be"),
         (lambda: build_schedule("wsd", 0.1, 1), "total_steps must be"),
         (lambda: build_schedule("wsd", 0.1, 10.0), "total_steps must be"),
-        (lambda: recommend(FakeResult(knee=None), 100, optimizer="sgd"), "no 'knee'"),
+        (
+            lambda: recommend(FakeResult(knee=None), 100, optimizer="sgd"),
+            r"no 'knee' suggestion \(its loss never descended far enough\)",
+        ),
+        (  # balanced needs the divergence lr: say so, and what there is instead
+            lambda: recommend(
+                FakeResult(knee=0.1, valley=0.05, divergence=None, balanced=None),
+                100,
+                optimizer="momentum",
+            ),
+            r"no 'balanced' suggestion \(the loss never diverged, .*; it has knee, "
+            "valley\\)",
+        ),
         (lambda: recommend(FakeResult(knee=0.1), 100), "no peak rule for the opt"),
         (lambda: recommend(FakeResult(knee=0.1), 100, optimizer="lion"), "'lion'"),
         (lambda: recommend(FakeResult(knee=0.1), 100, "wsd", method="no"), "unknown s"),

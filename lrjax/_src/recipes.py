@@ -263,6 +263,17 @@ class Recipe:
         )
 
 
+def _why_none(suggestions: Mapping, method: str) -> str:
+    """Why ``suggestions[method]`` is missing, and the methods there are."""
+    have = [m for m, v in suggestions.items() if v is not None and v > 0]
+    others = f"; it has {', '.join(have)}" if have else ""
+    if method in ("divergence", "balanced") and not suggestions.get("divergence"):
+        why = "the loss never diverged, and it is built on the lr where it does"
+    else:
+        why = "its loss never descended far enough"
+    return why + others
+
+
 def recommend(
     result: Any,
     total_steps: int,
@@ -306,7 +317,8 @@ def recommend(
       ValueError: an unknown family, method or optimizer (the optimizer of a
         range test whose factory has no known name, e.g. a lambda, must be
         given), a factor that is not > 0, or a range test without that
-        suggestion (e.g. it never descended).
+        suggestion (its loss never descended, or ``divergence`` and
+        ``balanced`` when it never diverged).
 
     >>> class R:  # a range test's suggestions
     ...     suggestions = {"knee": 0.01, "valley": 0.004}
@@ -364,8 +376,8 @@ def recommend(
     value = suggestions[method]
     if value is None or not math.isfinite(value) or value <= 0:
         raise ValueError(
-            f"the range test gave no {method!r} suggestion (its loss never "
-            "descended far enough); pass a learning rate instead"
+            f"the range test gave no {method!r} suggestion "
+            f"({_why_none(suggestions, method)}); pass a learning rate instead"
         )
     peak = factor * float(value)
     sched, params = build_schedule(name, peak, total)
