@@ -42,6 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _report_util
 
 from _report_util import NOT_MEASURED  # noqa: E402
 
@@ -521,7 +522,37 @@ def markdown(results: Path) -> str:
             + ", ".join(f"{k} **{a}**" for k, a in f["auto_families"].items())
             + ". Settings marked held out were not used.",
         ]
+        rows += _loo_rows(f.get("leave_one_out") or {})
     return "\n".join(rows)
+
+
+def _loo_rows(loo: dict) -> list[str]:
+    """The leave-one-setting-out table of ``recipe_fit.json``."""
+    if not loo:
+        return []
+    rows = [
+        "",
+        "Leave one setting out (`leave_one_out` in `recipe_fit.json`): the same "
+        "procedure, run on all the other settings of the kind (held out or not), "
+        "judged on the one it did not see:",
+        "",
+        "| setting left out | rule chosen on the others | auto family | regret, "
+        f"median / worst seed | <= {TARGET_REGRET_PP} pp |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, settings in loo.items():
+        for r in settings:
+            regret = r["regret_seed_max_pp"]
+            verdict = (
+                "outside the grid"
+                if regret is None
+                else ("met" if regret <= TARGET_REGRET_PP else "**missed**")
+            )
+            rows.append(
+                f"| {_setting_name(r)} ({kind}) | {_rule_words(r)} | {r['family']} | "
+                f"{_pp(r['regret_pp'])} / {_pp(regret)} pp | {verdict} |"
+            )
+    return rows
 
 
 def _rule_words(r: dict) -> str:
@@ -531,23 +562,135 @@ def _rule_words(r: dict) -> str:
     return f"{r['factor']:g} x {r['method']} x (1000 / T)^{r['budget_exponent']:g}"
 
 
-def fit(paths: list[str], out: str | None) -> int:
-    """Refit the peak rules on the non-held-out settings, per optimizer kind.
+def choose(mine: list[dict]) -> dict:
+    """The rule ``--fit`` chooses for one optimizer kind from its settings' grids.
 
-    Per kind (``lrjax.recipes.OPTIMIZER_KINDS``) and family, the rule (method,
-    factor, budget exponent: ``lrjax.recipes.PeakRule``) that minimises the
-    worst regret over that kind's fit settings, judged at every range-test
-    seed's suggestion (not only the median); ties go to the lower mean
-    (``families``, for information). The exponent is fitted only when the
-    kind's settings span more than one budget (else it is 0). The rule lrjax
-    uses is ONE rule per kind for all families (``shared``): the lowest mean
-    over the families of their worst regret. The auto family is the one with the
-    lowest worst regret under its kind's rule over that kind's fit settings
-    (one auto family per kind). Held-out settings are scored with their kind's
-    shared rule, separately.
+    Per family, the rule (method, factor, budget exponent:
+    ``lrjax.recipes.PeakRule``) that minimises the worst regret over the settings,
+    judged at every range-test seed's suggestion (not only the median); ties go to
+    the lower mean (``families``, for information). The exponent is fitted only
+    when the settings span more than one budget (else it is 0: with one budget a
+    factor and an exponent are the same number). The rule lrjax uses is ONE rule
+    for all families (``shared``): the lowest mean over the families of their
+    worst regret, ties to the smaller exponent. The auto family is the one with
+    the lowest worst regret under that rule (``auto``).
     """
-    from lrjax._src.recipes import FAMILIES, optimizer_kind
+    from lrjax._src.recipes import FAMILIES
     from lrjax._src.suggestions import METHODS
+
+    # Every candidate rule scored once per family: (worst, mean) over the
+    # settings of the per-seed regret; None where a setting's suggestion x
+    # factor falls outside its grid.
+    scores: dict[tuple, tuple[float, float] | None] = {}
+    budgets = {d["grid"]["total_steps"] for d in mine}
+    exps = EXPONENTS if len(budgets) > 1 else (0.0,)
+    candidates = [(m, f, e) for m in METHODS for f in FACTORS for e in exps]
+    for fam in FAMILIES:
+        for rule in candidates:
+            rs = [score_rules(d, {fam: rule})[fam] for d in mine]
+            worst = [r["regret_seed_max_pp"] for r in rs]
+            scores[(fam, *rule)] = (
+                None
+                if None in worst
+                else (
+                    max(0.0, *worst),
+                    sum(r["regret_seed_mean_pp"] for r in rs) / len(mine),
+                )
+            )
+    families = {}
+    for fam in FAMILIES:
+        cands = sorted((*v, m, f, e) for (fa, m, f, e), v in scores.items()
+                       if fa == fam and v)  # fmt: skip
+        worst, mean, method, factor, exponent = cands[0]
+        families[fam] = {
+            "method": method,
+            "factor": factor,
+            "budget_exponent": exponent,
+            "fit_worst_seed_regret_pp": worst,
+            "fit_mean_seed_regret_pp": mean,
+            "runners_up": [
+                {"method": m, "factor": f, "budget_exponent": e, "worst": w, "mean": a}
+                for w, a, m, f, e in cands[1:6]
+            ],
+        }
+    shared = []
+    for method, factor, exponent in candidates:
+        per_family = [scores[fam, method, factor, exponent] for fam in FAMILIES]
+        if None not in per_family:
+            worst = [v[0] for v in per_family if v is not None]
+            shared.append(
+                (sum(worst) / len(worst), max(worst), exponent, method, factor)
+            )
+    shared.sort()
+    mean, worst, exponent, method, factor = shared[0]
+    chosen = {fam: scores[fam, method, factor, exponent] for fam in FAMILIES}
+    scored = {fam: v[0] for fam, v in chosen.items() if v is not None}
+    return {
+        "rule": (method, factor, exponent),
+        "auto": min(scored, key=lambda f: (scored[f], f)),
+        "families": families,
+        "shared": {
+            "method": method,
+            "factor": factor,
+            "budget_exponent": exponent,
+            "mean_of_family_worst_pp": mean,
+            "worst_pp": worst,
+            "runners_up": [
+                {"method": m, "factor": f, "budget_exponent": e, "mean": a, "worst": w}
+                for a, w, e, m, f in shared[1:6]
+            ],
+            "best_without_budget": next(
+                {"method": m, "factor": f, "mean": a, "worst": w}
+                for a, w, e, m, f in shared
+                if e == 0
+            ),
+        },
+        "auto_fit_worst_seed_regret_pp": scored,
+    }
+
+
+def leave_one_out(docs: list[dict]) -> dict:
+    """How well ``choose`` does on a setting it did not see, per optimizer kind.
+
+    For every setting of a kind with at least two (held out or not), the rule
+    and auto family chosen on the kind's OTHER settings, scored on it: the
+    regret of the auto family at the median suggestion and at the worst seed
+    (None: the peak falls outside that setting's grid). This judges the fitting
+    procedure, not the rules lrjax ships (those are fitted on the non-held-out
+    settings only).
+    """
+    from lrjax._src.recipes import optimizer_kind
+
+    out: dict = {}
+    for kind in sorted({optimizer_kind(d["setting"]["optimizer"]) for d in docs}):
+        mine = [d for d in docs if optimizer_kind(d["setting"]["optimizer"]) == kind]
+        if len(mine) < 2:
+            continue
+        rows = []
+        for i, d in enumerate(mine):
+            c = choose(mine[:i] + mine[i + 1 :])
+            r = score_rules(d, {c["auto"]: c["rule"]})[c["auto"]]
+            rows.append(
+                {
+                    "setting": d["setting"],
+                    "method": c["rule"][0],
+                    "factor": c["rule"][1],
+                    "budget_exponent": c["rule"][2],
+                    "family": c["auto"],
+                    "peak": r["peak"],
+                    "regret_pp": r["regret_pp"],
+                    "regret_seed_max_pp": r["regret_seed_max_pp"],
+                }
+            )
+        out[kind] = rows
+    return out
+
+
+def fit(paths: list[str], out: str | None) -> int:
+    """Refit the peak rules on the non-held-out settings, per optimizer kind
+    (``choose``), score the held-out settings with their kind's rule, and judge
+    the procedure setting by setting (``leave_one_out``, all settings)."""
+    from lrjax._src.recipes import FAMILIES, optimizer_kind
 
     docs = [json.loads(Path(p).read_text()) for p in paths]
     docs = [d for d in docs if "grids" in d]
@@ -558,95 +701,15 @@ def fit(paths: list[str], out: str | None) -> int:
     rules: dict[str, dict] = {}
     for kind in sorted({kind_of(d) for d in fitting}):
         mine = [d for d in fitting if kind_of(d) == kind]
-        # Every candidate rule scored once per family: (worst, mean) over this
-        # kind's settings of the per-seed regret; None where a setting's
-        # suggestion x factor falls outside its grid.
-        scores: dict[tuple, tuple[float, float] | None] = {}
-        # A budget exponent only where the kind's grids span several budgets:
-        # with one, a factor and an exponent are the same number.
-        budgets = {d["grid"]["total_steps"] for d in mine}
-        exps = EXPONENTS if len(budgets) > 1 else (0.0,)
-        candidates = [(m, f, e) for m in METHODS for f in FACTORS for e in exps]
-        for fam in FAMILIES:
-            for rule in candidates:
-                rs = [score_rules(d, {fam: rule})[fam] for d in mine]
-                worst = [r["regret_seed_max_pp"] for r in rs]
-                scores[(fam, *rule)] = (
-                    None
-                    if None in worst
-                    else (
-                        max(0.0, *worst),
-                        sum(r["regret_seed_mean_pp"] for r in rs) / len(mine),
-                    )
-                )
-        families = {}
-        for fam in FAMILIES:
-            cands = sorted((*v, m, f, e) for (fa, m, f, e), v in scores.items()
-                           if fa == fam and v)  # fmt: skip
-            worst, mean, method, factor, exponent = cands[0]
-            families[fam] = {
-                "method": method,
-                "factor": factor,
-                "budget_exponent": exponent,
-                "fit_worst_seed_regret_pp": worst,
-                "fit_mean_seed_regret_pp": mean,
-                "runners_up": [
-                    {
-                        "method": m,
-                        "factor": f,
-                        "budget_exponent": e,
-                        "worst": w,
-                        "mean": a,
-                    }
-                    for w, a, m, f, e in cands[1:6]
-                ],
-            }
-        # One rule for every family, the lowest mean over the families of their
-        # worst regret: fewer numbers fitted than measured. Ties go to the
-        # smaller exponent (no budget term unless it helps).
-        shared = []
-        for method, factor, exponent in candidates:
-            per_family = [scores[fam, method, factor, exponent] for fam in FAMILIES]
-            if None not in per_family:
-                worst = [v[0] for v in per_family if v is not None]
-                shared.append(
-                    (sum(worst) / len(worst), max(worst), exponent, method, factor)
-                )
-        shared.sort()
-        mean, worst, exponent, method, factor = shared[0]
-        rules[kind] = {f: (method, factor, exponent) for f in FAMILIES}
+        c = choose(mine)
+        rules[kind] = dict.fromkeys(FAMILIES, c["rule"])
         result["kinds"][kind] = {
             "settings": [d["setting"] for d in mine],
-            "families": families,
-            "shared": {
-                "method": method,
-                "factor": factor,
-                "budget_exponent": exponent,
-                "mean_of_family_worst_pp": mean,
-                "worst_pp": worst,
-                "runners_up": [
-                    {
-                        "method": m,
-                        "factor": f,
-                        "budget_exponent": e,
-                        "mean": a,
-                        "worst": w,
-                    }
-                    for a, w, e, m, f in shared[1:6]
-                ],
-                "best_without_budget": next(
-                    {"method": m, "factor": f, "mean": a, "worst": w}
-                    for a, w, e, m, f in shared
-                    if e == 0
-                ),
-            },
+            "families": c["families"],
+            "shared": c["shared"],
+            "auto_fit_worst_seed_regret_pp": c["auto_fit_worst_seed_regret_pp"],
         }
-        # auto: the family whose worst regret under the kind's rule, over the
-        # kind's fit settings, is lowest (scored above with every candidate)
-        chosen = {fam: scores[fam, method, factor, exponent] for fam in FAMILIES}
-        scored = {fam: v[0] for fam, v in chosen.items() if v is not None}
-        result["auto_families"][kind] = min(scored, key=lambda f: (scored[f], f))
-        result["kinds"][kind]["auto_fit_worst_seed_regret_pp"] = scored
+        result["auto_families"][kind] = c["auto"]
     for d, bucket in [(d, "fit_on") for d in fitting] + [(d, "heldout") for d in held]:
         kind = kind_of(d)
         if kind not in rules:  # a kind with no fit setting: no rule to score
@@ -654,6 +717,7 @@ def fit(paths: list[str], out: str | None) -> int:
         result[bucket].append(
             {"setting": d["setting"], "rules": score_rules(d, rules[kind])}
         )
+    result["leave_one_out"] = leave_one_out(docs)
     print(json.dumps(result, indent=1))
     if out:
         write_atomic(Path(out), json.dumps(result, indent=1) + "\n")
