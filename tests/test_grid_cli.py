@@ -51,9 +51,10 @@ def test_grid_with_find_writes_json_and_png(tiny_fashion_mnist, tmp_path, capsys
     assert list(doc["memory"]) == GRID_MEMORY
     flags = [
         "dataset", "optimizer", "weight_decay", "model", "augment", "hidden", "seed",
-        "schedule", "min_lr", "max_lr",
+        "schedule", "min_lr", "max_lr", "around_recipe",
     ]  # fmt: skip
     assert list(doc["config"]) == GRID_CONFIG + ["family"] + flags
+    assert doc["config"]["around_recipe"] is None
     assert doc["config"]["family"] == "cosine"
     assert list(doc["range_test"]["timings"]) == RANGE_TIMINGS + ["population"]
     assert list(doc["range_test"]["config"]) == RANGE_CONFIG  # no flags there
@@ -88,6 +89,12 @@ def test_summary_names_the_best_lr(tiny_fashion_mnist, tmp_path, capsys):
         (["--hidden", "16,x"], "hidden must be a comma-separated list"),
         (["--batch-size", "100000"], "--batch-size 100000 is larger than the training"),
         (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (
+            ["--around-recipe", "4", "--schedule", "wsd", "--min-lr", "0.1"],
+            "--around-recipe sets the lrs around the recipe's peak; drop --min-lr",
+        ),
+        (["--around-recipe", "1", "--schedule", "wsd"], "must be > 1"),
+        (["--around-recipe", "2"], "needs a recipe family (one_cycle, "),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -170,3 +177,38 @@ def test_schedule_all_is_a_family_x_peak_grid_with_recipe_regret(
         else:
             assert rec["regret_pp"] is None
     assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_around_recipe_centres_the_grid_on_the_recipe_peak(
+    tiny_fashion_mnist, tmp_path, capsys
+):
+    """--around-recipe F: the range test, then --num lrs from peak / F to peak x F
+    around the family's recommended peak for --epochs (the middle one on it), and
+    the recipe's regret read at that grid point."""
+    from lrjax._src.recipes import recommend
+
+    out = tmp_path / "around"
+    code, stdout, err = run(
+        capsys,
+        "--data-dir", str(tiny_fashion_mnist), "--out", str(out),
+        "--hidden", "16", "--batch-size", "20", "--optimizer", "momentum",
+        "--num", "3", "--epochs", "2", "--schedule", "wsd", "--around-recipe", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((out / "grid.json").read_text())
+
+    class Found:  # the stored range test, as recommend reads it
+        suggestions = doc["range_test"]["suggestions"]
+
+    steps = doc["recipes"]["wsd"]["total_steps"]
+    assert steps == 2 * (600 // 20)
+    peak = recommend(Found(), steps, "wsd", optimizer="momentum").peak_lr
+    assert np.array(doc["lrs"]) == pytest.approx([peak / 4, peak, peak * 4])
+    assert doc["config"]["around_recipe"] == 4
+    assert doc["config"]["min_lr"] == pytest.approx(peak / 4)
+    final = np.array(doc["final_accuracy_mean"], dtype=float)
+    rec = doc["recipes"]["wsd"]
+    assert rec["peak_lr"] == pytest.approx(peak)
+    assert rec["val_accuracy"] == pytest.approx(final[1])
+    assert rec["regret_pp"] == pytest.approx(100 * (final.max() - final[1]))
+    assert "recipe wsd: " in stdout and "regret" in stdout

@@ -5,6 +5,9 @@ for ``--epochs`` in one vmapped program (:func:`lrjax.lr_grid`); writes
 ``grid.json`` and ``grid.png`` (final validation accuracy vs lr). With ``--find`` the
 range test runs first with the same model and optimizer and its suggestions are
 marked on the plot, so a suggestion can be checked against the ground truth.
+With ``--around-recipe FACTOR`` the lrs are centred on the recommended recipe's
+peak instead (``lrjax.recommend`` for ``--epochs``): a check of the recipe on
+this model.
 """
 
 from __future__ import annotations
@@ -46,8 +49,23 @@ def build_parser() -> ArgumentParser:
         "program and report validation accuracy per lr.",
     )
     add_model_args(p)
-    p.add_argument("--min-lr", type=positive_float, default=1e-3)
-    p.add_argument("--max-lr", type=positive_float, default=1.0)
+    p.add_argument(
+        "--min-lr", type=positive_float, default=None, help="lowest lr (default 1e-3)"
+    )
+    p.add_argument(
+        "--max-lr", type=positive_float, default=None, help="highest lr (default 1)"
+    )
+    p.add_argument(
+        "--around-recipe",
+        type=positive_float,
+        default=None,
+        metavar="FACTOR",
+        help="check the recommended recipe on this model: run the range test "
+        "(implies --find), then put the --num lrs from peak / FACTOR to peak x "
+        "FACTOR around the recipe's peak for --epochs (an odd --num puts one on "
+        "it); with a recipe family or all (the optimizer's auto family's peak), "
+        "instead of --min-lr and --max-lr",
+    )
     p.add_argument(
         "--num", type=int_at_least(2), default=12, help="lrs, log-spaced (default 12)"
     )
@@ -90,7 +108,27 @@ def build_parser() -> ArgumentParser:
 
 
 def _check(args) -> None:
-    if args.min_lr >= args.max_lr:
+    if args.around_recipe is not None:
+        if args.min_lr is not None or args.max_lr is not None:
+            raise UsageError(
+                "--around-recipe sets the lrs around the recipe's peak; drop "
+                "--min-lr and --max-lr"
+            )
+        if args.around_recipe <= 1:
+            raise UsageError(
+                f"--around-recipe must be > 1 (the peak / FACTOR .. peak x FACTOR), "
+                f"got {args.around_recipe:g}"
+            )
+        if args.schedule not in (*FAMILIES, "all"):
+            raise UsageError(
+                f"--around-recipe needs a recipe family ({', '.join(FAMILIES)}) or "
+                f"all, got --schedule {args.schedule}"
+            )
+        args.find = True
+    else:
+        args.min_lr = 1e-3 if args.min_lr is None else args.min_lr
+        args.max_lr = 1.0 if args.max_lr is None else args.max_lr
+    if args.min_lr is not None and args.min_lr >= args.max_lr:
         raise UsageError(
             f"--min-lr must be < --max-lr, got {args.min_lr:g} >= {args.max_lr:g}"
         )
@@ -217,6 +255,13 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
         )
     steps = len(ds.y_train) // args.batch_size
     names = list(FAMILIES) if args.schedule == "all" else [args.schedule]
+    if args.around_recipe is not None:  # the lrs around the recipe's peak
+        from lrjax._src.recipes import recommend
+
+        family = "auto" if args.schedule == "all" else args.schedule
+        rec = recommend(find, steps * args.epochs, family, optimizer=args.optimizer)
+        args.min_lr = rec.peak_lr / args.around_recipe
+        args.max_lr = rec.peak_lr * args.around_recipe
     results = recipe_grid(
         model,
         opt,
@@ -247,6 +292,7 @@ def _document(args, choice, results: dict, find, recipes: dict) -> dict:
         "schedule": args.schedule,
         "min_lr": args.min_lr,
         "max_lr": args.max_lr,
+        "around_recipe": args.around_recipe,
     }
 
     def grid_json(r) -> dict:
