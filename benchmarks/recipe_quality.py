@@ -602,17 +602,16 @@ def choose(mine: list[dict]) -> dict:
         cands = sorted((*v, m, f, e) for (fa, m, f, e), v in scores.items()
                        if fa == fam and v)  # fmt: skip
         worst, mean, method, factor, exponent = cands[0]
-        families[fam] = {
-            "method": method,
-            "factor": factor,
-            "budget_exponent": exponent,
-            "fit_worst_seed_regret_pp": worst,
-            "fit_mean_seed_regret_pp": mean,
-            "runners_up": [
-                {"method": m, "factor": f, "budget_exponent": e, "worst": w, "mean": a}
-                for w, a, m, f, e in cands[1:6]
+        families[fam] = _rule(
+            method,
+            factor,
+            exponent,
+            fit_worst_seed_regret_pp=worst,
+            fit_mean_seed_regret_pp=mean,
+            runners_up=[
+                _rule(m, f, e, worst=w, mean=a) for w, a, m, f, e in cands[1:6]
             ],
-        }
+        )
     shared = []
     for method, factor, exponent in candidates:
         per_family = [scores[fam, method, factor, exponent] for fam in FAMILIES]
@@ -630,14 +629,11 @@ def choose(mine: list[dict]) -> dict:
         "auto": min(scored, key=lambda f: (scored[f], f)),
         "families": families,
         "shared": {
-            "method": method,
-            "factor": factor,
-            "budget_exponent": exponent,
+            **_rule(method, factor, exponent),
             "mean_of_family_worst_pp": mean,
             "worst_pp": worst,
             "runners_up": [
-                {"method": m, "factor": f, "budget_exponent": e, "mean": a, "worst": w}
-                for a, w, e, m, f in shared[1:6]
+                _rule(m, f, e, mean=a, worst=w) for a, w, e, m, f in shared[1:6]
             ],
             "best_without_budget": next(
                 {"method": m, "factor": f, "mean": a, "worst": w}
@@ -647,6 +643,11 @@ def choose(mine: list[dict]) -> dict:
         },
         "auto_fit_worst_seed_regret_pp": scored,
     }
+
+
+def _rule(method: str, factor: float, exponent: float, **stats) -> dict:
+    """A candidate rule as recipe_fit.json stores it, with its statistics."""
+    return {"method": method, "factor": factor, "budget_exponent": exponent, **stats}
 
 
 def leave_one_out(docs: list[dict]) -> dict:
