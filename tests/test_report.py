@@ -364,12 +364,12 @@ def test_conv_population_block(report, tmp_path):
     assert "x2 per member" not in block and "map x1 per member" in rows[0]
 
 
-def _headline_rows(report, results: Path) -> dict[str, str]:
+def _headline_rows(report, results: Path, rows: int = 9) -> dict[str, str]:
     """The headline table's rows: the "what" cell's start -> the measured cell."""
     lines = report.BLOCKS["headline"](results).splitlines()
     assert lines[0] == "| what | measured | where |"
     cells = [line.split(" | ") for line in lines[2:]]
-    assert len(cells) == 9 and all(c[2].startswith("[") for c in cells)
+    assert len(cells) == rows and all(c[2].startswith("[") for c in cells)
     return {c[0].removeprefix("| "): c[1] for c in cells}
 
 
@@ -446,6 +446,25 @@ def test_headline_block(report, tmp_path):
     assert "default suggestion (`knee`): regret vs a vmapped lr grid, 5 fresh " in (
         " ".join(rows)
     )
+
+    # the default command at another batch size: its own row, the flag's last
+    # value (the script's --batch-size 128, then --extra's 64) as argparse reads it
+    write(
+        "cnn_results_auto_b64",
+        {
+            "description": "CNN: python -m lrjax.train --model cnn --lr auto "
+            "--optimizer nesterov --batch-size 128 --weight-decay 5e-4 --epochs 15 "
+            "--batch-size 64",
+            "seeds_done": [0, 1, 2],
+            "mean_test_accuracy": 0.9292,
+        },
+    )
+    b64 = "BatchNorm CNN, `lrjax-train --model cnn --lr auto` (nesterov, batch 64, "
+    assert _headline_rows(report, tmp_path, 10)[b64 + "wd 5e-4, 15 epochs)"] == (
+        "92.92% test, 3 seeds (target 92.9%: met)"
+    )
+
+    (tmp_path / "cnn_results_auto_b64.json").unlink()
 
     # bench_cnn.py's epoch and range-test parts against PyTorch; then one alone.
     write("cnn", _cnn_parts())
