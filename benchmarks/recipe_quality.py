@@ -660,11 +660,8 @@ def leave_one_out(docs: list[dict]) -> dict:
     procedure, not the rules lrjax ships (those are fitted on the non-held-out
     settings only).
     """
-    from lrjax._src.recipes import optimizer_kind
-
     out: dict = {}
-    for kind in sorted({optimizer_kind(d["setting"]["optimizer"]) for d in docs}):
-        mine = [d for d in docs if optimizer_kind(d["setting"]["optimizer"]) == kind]
+    for kind, mine in _by_kind(docs).items():
         if len(mine) < 2:
             continue
         rows = []
@@ -674,17 +671,28 @@ def leave_one_out(docs: list[dict]) -> dict:
             rows.append(
                 {
                     "setting": d["setting"],
-                    "method": c["rule"][0],
-                    "factor": c["rule"][1],
-                    "budget_exponent": c["rule"][2],
-                    "family": c["auto"],
-                    "peak": r["peak"],
-                    "regret_pp": r["regret_pp"],
-                    "regret_seed_max_pp": r["regret_seed_max_pp"],
+                    **_rule(
+                        *c["rule"],
+                        family=c["auto"],
+                        peak=r["peak"],
+                        regret_pp=r["regret_pp"],
+                        regret_seed_max_pp=r["regret_seed_max_pp"],
+                    ),
                 }
             )
         out[kind] = rows
     return out
+
+
+def _by_kind(docs: list[dict]) -> dict[str, list[dict]]:
+    """The settings per optimizer kind (``lrjax.recipes.optimizer_kind``), kinds
+    sorted, settings in their order."""
+    from lrjax._src.recipes import optimizer_kind
+
+    out: dict[str, list[dict]] = {}
+    for d in docs:
+        out.setdefault(optimizer_kind(d["setting"]["optimizer"]), []).append(d)
+    return dict(sorted(out.items()))
 
 
 def fit(paths: list[str], out: str | None) -> int:
@@ -697,11 +705,9 @@ def fit(paths: list[str], out: str | None) -> int:
     docs = [d for d in docs if "grids" in d]
     fitting = [d for d in docs if not d.get("heldout")]
     held = [d for d in docs if d.get("heldout")]
-    kind_of = lambda d: optimizer_kind(d["setting"]["optimizer"])  # noqa: E731
     result: dict = {"fit_on": [], "heldout": [], "kinds": {}, "auto_families": {}}
     rules: dict[str, dict] = {}
-    for kind in sorted({kind_of(d) for d in fitting}):
-        mine = [d for d in fitting if kind_of(d) == kind]
+    for kind, mine in _by_kind(fitting).items():
         c = choose(mine)
         rules[kind] = dict.fromkeys(FAMILIES, c["rule"])
         result["kinds"][kind] = {
@@ -712,7 +718,7 @@ def fit(paths: list[str], out: str | None) -> int:
         }
         result["auto_families"][kind] = c["auto"]
     for d, bucket in [(d, "fit_on") for d in fitting] + [(d, "heldout") for d in held]:
-        kind = kind_of(d)
+        kind = optimizer_kind(d["setting"]["optimizer"])
         if kind not in rules:  # a kind with no fit setting: no rule to score
             continue
         result[bucket].append(
