@@ -255,19 +255,19 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
         )
     steps = len(ds.y_train) // args.batch_size
     names = list(FAMILIES) if args.schedule == "all" else [args.schedule]
+    lo, hi = args.min_lr, args.max_lr
     if args.around_recipe is not None:  # the lrs around the recipe's peak
         from lrjax._src.recipes import recommend
 
         family = "auto" if args.schedule == "all" else args.schedule
         rec = recommend(find, steps * args.epochs, family, optimizer=args.optimizer)
-        args.min_lr = rec.peak_lr / args.around_recipe
-        args.max_lr = rec.peak_lr * args.around_recipe
+        lo, hi = rec.peak_lr / args.around_recipe, rec.peak_lr * args.around_recipe
     results = recipe_grid(
         model,
         opt,
         (ds.x_train, ds.y_train),
         (ds.x_val, ds.y_val),
-        lrs=np.geomspace(args.min_lr, args.max_lr, args.num),
+        lrs=np.geomspace(lo, hi, args.num),
         families={n: unit_schedule(n, steps, args.epochs) for n in names},
         key=key,
         loss_fn=choice.loss_fn,
@@ -282,7 +282,9 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
 def _document(args, choice, results: dict, find, recipes: dict) -> dict:
     """``grid.json``: one grid (or every family's and the best cell), the range
     test and the recipes' regrets when ``--find`` ran. Each grid's ``config``
-    holds the command line's settings beside the grid's."""
+    holds the command line's settings beside the grid's; ``min_lr`` and
+    ``max_lr`` are the lrs the grid ran (``--around-recipe`` sets them)."""
+    lrs = next(iter(results.values())).lrs
     flags = {
         "dataset": args.dataset,
         "optimizer": args.optimizer,
@@ -290,8 +292,8 @@ def _document(args, choice, results: dict, find, recipes: dict) -> dict:
         **choice.config,
         "seed": args.seed,
         "schedule": args.schedule,
-        "min_lr": args.min_lr,
-        "max_lr": args.max_lr,
+        "min_lr": float(lrs[0]),
+        "max_lr": float(lrs[-1]),
         "around_recipe": args.around_recipe,
     }
 
