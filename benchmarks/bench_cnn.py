@@ -94,17 +94,17 @@ def lrjax_run(
     """One :func:`lrjax.lr_range_test` of ``steps`` updates, in ``chunks``
     compiled chunks, stopping at the divergence if ``stop``."""
     import jax
+    from flax import nnx
 
     import lrjax
 
     key = jax.random.key(0)
     t0 = time.perf_counter()
     r = lrjax.lr_range_test(
-        cnn(key),
+        nnx.Sequential(lrjax.scale_images, cnn(key)),  # the uint8 images scaled
         optimizer,
         (x, y),
         key=key,
-        preprocess=lrjax.scale_images,
         sweep=lrjax.Sweep(num_steps=steps, batch_size=BATCH),
         divergence=lrjax.Divergence(stop=stop),
         execution=lrjax.Execution(chunks=chunks, loop=loop),
@@ -134,10 +134,10 @@ def lrjax_epoch(x, y, steps: int, *, augment: bool) -> dict:
     key = jax.random.key(0)
     k = jax.random.fold_in(key, 0)
     # As lrjax.cli.model_choice builds --model cnn [--augment].
-    model = models.cnn(10, key=k)
+    layers = [lrjax.scale_images]
     if augment:
-        aug = models.Augment(rngs=nnx.Rngs(augment=jax.random.fold_in(k, 1)))
-        model = nnx.Sequential(aug, model)
+        layers.append(models.Augment(rngs=nnx.Rngs(augment=jax.random.fold_in(k, 1))))
+    model = nnx.Sequential(*layers, models.cnn(10, key=k))
     config = lrjax.FitConfig(
         epochs=1,
         batch_size=BATCH,
@@ -151,7 +151,6 @@ def lrjax_epoch(x, y, steps: int, *, augment: bool) -> dict:
         (x, y),
         key=key,
         config=config,
-        preprocess=lrjax.scale_images,
     )
     wall = time.perf_counter() - t0
     t = r.timings
@@ -392,9 +391,9 @@ NOTES = {
     "same steps_run updates with the same per-update lr. lrjax_vs_torch = "
     "lrjax.run_s / torch.run_s.",
     "augment": "`augment`: lrjax_fit is the `epoch` fit with the model "
-    "nnx.Sequential(lrjax._src.models.Augment(...), cnn) as --augment builds it "
-    "(random 2-pixel shifts and flips on the device); vs_plain_epoch = its "
-    "run_s / epoch.lrjax_fit.run_s.",
+    "nnx.Sequential(lrjax.scale_images, lrjax._src.models.Augment(...), cnn) as "
+    "--augment builds it (random 2-pixel shifts and flips on the device); "
+    "vs_plain_epoch = its run_s / epoch.lrjax_fit.run_s.",
     "steps": "top-level lrjax_auto, hand_dispatch, torch, hand_scan, lrjax_scan "
     "(the `steps` part, the evidence for loop='auto'): each variant is timed "
     "over `steps_timed` updates of the range test's sweep (not a full epoch); "

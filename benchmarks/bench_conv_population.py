@@ -48,6 +48,7 @@ def child(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
     import optax
+    from flax import nnx
 
     from lrjax._src.batches import scale_images
     from lrjax._src.loop import population_fn
@@ -71,9 +72,10 @@ def child(args) -> dict:
             if conv
             else mlp(784, 10, key=jax.random.key(0))
         )
-        spec, params, rest = split_model(model)
+        # The uint8 images scaled in front of the model, in compiled code.
+        spec, params, rest = split_model(nnx.Sequential(scale_images, model))
         tx = make_optimizer(lambda lr: optax.sgd(lr, momentum=0.9), 0.01)
-        step = make_step(spec, classification_loss(), tx, preprocess=scale_images)
+        step = make_step(spec, classification_loss(), tx)
         state = init_state(params, rest, tx)
         n = 1 if conv else args.mlp_steps  # the CNN dispatched, the MLP scanned
         x = rng.integers(0, 255, (n, batch, 28, 28)).astype(np.uint8)

@@ -119,11 +119,12 @@ def lrjax_once(x, y, seeds: int = 1) -> dict:
     """One lrjax range test of the recipe (the MLP as an NNX module)."""
     import jax
     import optax
+    from flax import nnx
 
     import lrjax
 
-    def build(k):
-        return lrjax.mlp(784, 10, key=k)
+    def build(k):  # the uint8 images scaled in front, as the command lines build it
+        return nnx.Sequential(lrjax.scale_images, lrjax.mlp(784, 10, key=k))
 
     key = jax.random.key(0)
     r = lrjax.lr_range_test(
@@ -131,7 +132,6 @@ def lrjax_once(x, y, seeds: int = 1) -> dict:
         optax.sgd,
         (x, y),
         key=key,
-        preprocess=lrjax.scale_images,
         sweep=lrjax.Sweep(num_steps=STEPS, batch_size=BATCH),
         divergence=lrjax.Divergence(stop=False),
         population=lrjax.Population(seeds=seeds),

@@ -53,13 +53,14 @@ def optimizers():
 def run(driver: str, optimizer, data, steps: int) -> dict:
     """One driver's ``steps`` updates: ms per update and the loop it chose."""
     import jax
+    from flax import nnx
 
     import lrjax
 
-    def model(key):
-        return lrjax.cnn(10, key=key)
+    def model(key):  # the uint8 images scaled in front, in compiled code
+        return nnx.Sequential(lrjax.scale_images, lrjax.cnn(10, key=key))
 
-    kw = dict(key=jax.random.key(0), preprocess=lrjax.scale_images)
+    kw = dict(key=jax.random.key(0))
     if driver == "fit":
         config = lrjax.FitConfig(
             epochs=1, batch_size=BATCH, learning_rate=0.01, steps_per_epoch=steps

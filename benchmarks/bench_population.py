@@ -41,6 +41,7 @@ def child(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
     import optax
+    from flax import nnx
 
     from lrjax._src.batches import batch_indices, scale_images, take
     from lrjax._src.data import load_dataset
@@ -62,14 +63,14 @@ def child(args) -> dict:
     x, y = ds.x_train[:n], ds.y_train[:n]
     key = jax.random.key(0)
 
-    def model(k):
-        return mlp(784, 10, (300, 100), key=k)
+    def model(k):  # the uint8 images scaled in front, in compiled code
+        return nnx.Sequential(scale_images, mlp(784, 10, (300, 100), key=k))
 
     lrs = np.geomspace(*LRS, args.num_lrs)
     if args.child == "population":
         r = lr_grid(
             model, optax.sgd, (x, y), (ds.x_val, ds.y_val),
-            lrs=lrs, key=key, preprocess=scale_images,
+            lrs=lrs, key=key,
             config=GridConfig(epochs=1, batch_size=args.batch_size),
             population=Population(seeds=args.seeds),
         )  # fmt: skip
@@ -91,10 +92,10 @@ def child(args) -> dict:
     def make_tx(lr):
         return make_optimizer(optax.sgd, lambda t: lr * jnp.ones((), jnp.float32))
 
-    eval_batch = make_eval_batch(spec, loss_fn, preprocess=scale_images)
+    eval_batch = make_eval_batch(spec, loss_fn)
 
     def member_epoch(lr, state, idx, data, val):
-        step = make_step(spec, loss_fn, make_tx(lr), preprocess=scale_images)
+        step = make_step(spec, loss_fn, make_tx(lr))
         state, m = jax.lax.scan(lambda s, i: step(s, take(data, i)), state, idx)
         batches = jax.tree.map(lambda a: a.reshape(-1, 1000, *a.shape[1:]), val)
         ev = jax.lax.map(

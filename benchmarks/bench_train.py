@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
     import optax
+    from flax import nnx
 
     from lrjax._src import ensembles, schedules
     from lrjax._src.batches import scale_images
@@ -113,18 +114,19 @@ def main(argv=None) -> int:
     ends = ensembles.snapshot_steps(5 * spe, num_steps=30 * spe, num_snapshots=6)
     module = mlp(784, 10, key=jax.random.key(0))
     apply, params = pure(module)
+    # fit's model scales the uint8 images in compiled code, as the hand loop does.
+    model = nnx.Sequential(scale_images, module)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     xv, yv = jnp.asarray(ds.x_val), jnp.asarray(ds.y_val)
 
     def lrjax(**kw):
         cfg = FitConfig(epochs=args.epochs, batch_size=32, learning_rate=sched, **kw)
         r = fit(
-            module,
+            model,
             optax.sgd,
             (ds.x_train, ds.y_train),
             key=jax.random.key(1),
             config=cfg,
-            preprocess=scale_images,
             val_data=(ds.x_val, ds.y_val),
         )
         return list(r.timings.epoch_s), r.timings.compile_s

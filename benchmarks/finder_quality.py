@@ -157,6 +157,7 @@ def range_test_rules(opt_name, batch_size, args, ds):
     import math
 
     import jax
+    from flax import nnx
 
     from lrjax._src.batches import scale_images
     from lrjax._src.models import cnn, mlp
@@ -169,10 +170,12 @@ def range_test_rules(opt_name, batch_size, args, ds):
     hidden = tuple(getattr(args, "hidden", None) or (300, 100))
     input_size = math.prod(ds.x_train.shape[1:])
 
-    def model(k):
+    def model(k):  # the uint8 images scaled in front, in compiled code
         if getattr(args, "model", "mlp") == "cnn":
-            return cnn(ds.num_classes, key=k, input_shape=ds.x_train.shape[1:])
-        return mlp(input_size, ds.num_classes, hidden, key=k)
+            net = cnn(ds.num_classes, key=k, input_shape=ds.x_train.shape[1:])
+        else:
+            net = mlp(input_size, ds.num_classes, hidden, key=k)
+        return nnx.Sequential(scale_images, net)
 
     (s0, s1), _ = SWEEPS[opt_name]
     t0 = time.perf_counter()
@@ -181,7 +184,6 @@ def range_test_rules(opt_name, batch_size, args, ds):
         optimizer_factory(opt_name),
         (ds.x_train[:n], ds.y_train[:n]),
         key=key,
-        preprocess=scale_images,
         sweep=Sweep(init_value=s0, end_value=s1, batch_size=batch_size),
         population=Population(seeds=args.range_seeds),
     )
@@ -292,7 +294,6 @@ def run_setting(opt_name, batch_size, args, ds):
     import jax
     import numpy as np
 
-    from lrjax._src.batches import scale_images
     from lrjax._src.lr_grid import lr_grid
     from lrjax._src.specs import GridConfig, Population
 
@@ -322,7 +323,6 @@ def run_setting(opt_name, batch_size, args, ds):
         (x, y),
         (ds.x_val, ds.y_val),
         lrs=lrs,
-        preprocess=scale_images,
         config=GridConfig(epochs=args.epochs, batch_size=batch_size),
         population=Population(seeds=args.grid_seeds),
         key=jax.random.fold_in(key, 1000),

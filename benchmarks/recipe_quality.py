@@ -109,6 +109,9 @@ def score_rules(doc: dict, rules: dict) -> dict:
 
 def load_setting(args):
     """The setting's model factory, optimizer factory and (train, val) arrays."""
+    from flax import nnx
+
+    from lrjax._src.batches import scale_images
     from lrjax._src.data import load_dataset
     from lrjax._src.models import cnn, mlp
 
@@ -117,10 +120,12 @@ def load_setting(args):
     nv = args.n_val or len(ds.y_val)
     in_size = math.prod(ds.x_train.shape[1:])
 
-    def model(k):
+    def model(k):  # the uint8 images scaled in front, as lrjax-train builds it
         if args.model == "cnn":
-            return cnn(ds.num_classes, key=k, input_shape=ds.x_train.shape[1:])
-        return mlp(in_size, ds.num_classes, (300, 100), key=k)
+            net = cnn(ds.num_classes, key=k, input_shape=ds.x_train.shape[1:])
+        else:
+            net = mlp(in_size, ds.num_classes, (300, 100), key=k)
+        return nnx.Sequential(scale_images, net)
 
     opt = optimizer_factory(args.optimizer, args.weight_decay)
     return model, opt, (ds.x_train[:n], ds.y_train[:n]), (ds.x_val[:nv], ds.y_val[:nv])
@@ -130,7 +135,6 @@ def run_setting(args) -> dict:
     import jax
     import numpy as np
 
-    from lrjax._src.batches import scale_images
     from lrjax._src.range_test import lr_range_test
     from lrjax._src.recipes import FAMILIES
     from lrjax._src.specs import Population, Sweep
@@ -164,7 +168,6 @@ def run_setting(args) -> dict:
         opt,
         (x, y),
         key=jax.random.fold_in(key, 2),
-        preprocess=scale_images,
         sweep=Sweep(batch_size=args.batch_size),
         population=Population(seeds=args.range_seeds),
     )
@@ -251,7 +254,6 @@ def run_grid(args, model, opt, train, val, peaks, total: int, key):
     initialisation and batch order at every peak, also across ``--extend`` runs."""
     import jax
 
-    from lrjax._src.batches import scale_images
     from lrjax._src.lr_grid import recipe_grid
     from lrjax._src.recipes import FAMILIES, unit_schedule
     from lrjax._src.specs import Execution, GridConfig, Population
@@ -264,7 +266,6 @@ def run_grid(args, model, opt, train, val, peaks, total: int, key):
         lrs=peaks,
         families={f: unit_schedule(f, total) for f in FAMILIES},
         key=jax.random.fold_in(key, 1000),  # fresh inits and batch orders
-        preprocess=scale_images,
         config=GridConfig(epochs=args.epochs, batch_size=args.batch_size),
         population=Population(seeds=args.grid_seeds),
         execution=Execution(progress=sys.stderr.isatty()),

@@ -138,6 +138,20 @@ def make_cnn(key):
     return models.cnn(10, key=key)
 
 
+def scaled(make):
+    """``make``'s model behind :func:`lrjax.scale_images`, as the command lines
+    build it: the uint8 images scaled in compiled code (the floor scales them
+    itself, the same op)."""
+    from flax import nnx
+
+    from lrjax._src.batches import scale_images
+
+    def build(key):
+        return nnx.Sequential(scale_images, make(key))
+
+    return build
+
+
 def momentum(lr):
     import optax
 
@@ -236,12 +250,12 @@ def range_test(make, opt, x, y, steps, batch, seeds=1, loop="auto") -> dict:
     import lrjax
 
     key = jax.random.key(0)
+    make = scaled(make)
     r = lrjax.lr_range_test(
         make(key) if seeds == 1 else make,
         opt,
         (x, y),
         key=key,
-        preprocess=lrjax.scale_images,
         sweep=lrjax.Sweep(num_steps=steps, batch_size=batch),
         divergence=lrjax.Divergence(stop=False),
         population=lrjax.Population(seeds=seeds),
@@ -302,12 +316,11 @@ def grid_once(x, y, xv, yv, lrs, seeds) -> dict:
     import jax
     import optax
 
-    from lrjax._src.batches import scale_images
     from lrjax._src.lr_grid import lr_grid
     from lrjax._src.specs import GridConfig, Population
 
-    r = lr_grid(make_mlp, optax.sgd, (x, y), (xv, yv), lrs=lrs,
-                preprocess=scale_images, key=jax.random.key(0),
+    r = lr_grid(scaled(make_mlp), optax.sgd, (x, y), (xv, yv), lrs=lrs,
+                key=jax.random.key(0),
                 config=GridConfig(batch_size=BATCH),
                 population=Population(seeds=seeds))  # fmt: skip
     return {
@@ -344,6 +357,7 @@ def bench_train(cfg, x, y, xv, yv) -> dict:
     import jax.numpy as jnp
     import optax
     from bench_train import hand_written
+    from flax import nnx
 
     from lrjax._src.batches import scale_images
     from lrjax._src.fit import FitConfig, fit
@@ -351,12 +365,13 @@ def bench_train(cfg, x, y, xv, yv) -> dict:
 
     module = make_mlp(jax.random.key(0))
     apply, params = pure(module)
+    model = nnx.Sequential(scale_images, module)  # the hand loop scales, the same op
     epochs, lr = cfg["fit_epochs"], 0.05
     lrjax_epochs, hand_epochs, compiles = [], [], {"lrjax": [], "hand": []}
     for _ in range(max(1, cfg["repeats"] - 1)):
-        r = fit(module, optax.sgd, (x, y), key=jax.random.key(1),
+        r = fit(model, optax.sgd, (x, y), key=jax.random.key(1),
                 config=FitConfig(epochs=epochs, batch_size=BATCH, learning_rate=lr),
-                preprocess=scale_images, val_data=(xv, yv))  # fmt: skip
+                val_data=(xv, yv))  # fmt: skip
         lrjax_epochs += r.timings.epoch_s
         compiles["lrjax"].append(r.timings.compile_s)
         times, c = hand_written(apply, params, jnp.asarray(x), jnp.asarray(y),
@@ -378,7 +393,6 @@ def bench_train(cfg, x, y, xv, yv) -> dict:
 def bench_cnn(cfg, x, y, xv, yv) -> dict:
     import jax
 
-    from lrjax._src.batches import scale_images
     from lrjax._src.fit import FitConfig, fit
 
     steps, rep = cfg["cnn_steps"], max(1, cfg["repeats"] - 1)
@@ -391,10 +405,10 @@ def bench_cnn(cfg, x, y, xv, yv) -> dict:
         ones.append(range_test(make_cnn, momentum, x, y, steps, CNN_BATCH))
         floors.append({"run_s": floor(), "compile_s": floor.compile_s})
     fit_steps = cfg["cnn_fit_steps"]
-    r = fit(make_cnn(jax.random.key(2)), momentum, (x, y), key=jax.random.key(1),
+    r = fit(scaled(make_cnn)(jax.random.key(2)), momentum, (x, y),
+            key=jax.random.key(1),
             config=FitConfig(epochs=2, batch_size=CNN_BATCH, learning_rate=0.01,
-                             steps_per_epoch=fit_steps),
-            preprocess=scale_images)  # fmt: skip
+                             steps_per_epoch=fit_steps))  # fmt: skip
     out = {
         "floor": best(floors, steps, loop=floor.loop,
                       flops_per_step=floor.flops_per_step),  # fmt: skip

@@ -184,6 +184,7 @@ def main(argv=None) -> int:
 
     import jax
     import numpy as np
+    from flax import nnx
 
     from lrjax._src.batches import scale_images
     from lrjax._src.data import load_dataset
@@ -203,15 +204,17 @@ def main(argv=None) -> int:
     def at(v):
         return lambda lr: opt(lr, **{args.name: v})
 
-    def model():
+    def model():  # the uint8 images scaled in front, in compiled code
         if args.model == "cnn":  # lrjax.models.cnn, where it has landed
             from lrjax._src.models import cnn
 
-            return cnn(ds.num_classes, key=jax.random.key(1))
-        return mlp(784, ds.num_classes, (300, 100), key=jax.random.key(1))
+            net = cnn(ds.num_classes, key=jax.random.key(1))
+        else:
+            net = mlp(784, ds.num_classes, (300, 100), key=jax.random.key(1))
+        return nnx.Sequential(scale_images, net)
 
     sweep = Sweep(args.steps, 1e-5, 10.0, batch_size=args.batch_size)
-    rt = dict(key=key, preprocess=scale_images, sweep=sweep)
+    rt = dict(key=key, sweep=sweep)
 
     def one_program():
         t0 = time.perf_counter()
@@ -274,7 +277,6 @@ def main(argv=None) -> int:
             (ds.x_val, ds.y_val),
             lrs=lrs.tolist(),
             key=key,
-            preprocess=scale_images,
             config=GridConfig(epochs=args.epochs, batch_size=args.batch_size),
         )
         grid_s += time.perf_counter() - t0

@@ -3,8 +3,10 @@
 ``--model FILE.py:FUNCTION`` calls ``FUNCTION(num_classes, *, rngs)`` for each
 initialisation and trains with the file's ``loss_fn(model, batch)`` when it has one
 (softmax cross-entropy and accuracy otherwise). The command lines' batches are
-``(x, y)``: the images scaled to [0, 1], ``float32[B, 28, 28]``, and integer labels.
-This is the model of the README's quickstart 2.
+``(x, y)``: the images as stored, ``uint8[B, 28, 28]``, and integer labels; the
+model ``loss_fn`` gets is ``nnx.Sequential(lrjax.scale_images, MyNet(...))``, so
+``MyNet`` sees float32 images in [0, 1]. This is the model of the README's
+quickstart 2.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def build(num_classes: int, *, rngs: nnx.Rngs) -> MyNet:
     return MyNet(num_classes, rngs=rngs)
 
 
-def loss_fn(model: MyNet, batch: tuple[jax.Array, jax.Array]):
+def loss_fn(model: nnx.Module, batch: tuple[jax.Array, jax.Array]):
     """Cross-entropy, and the accuracy as a metric (the range test records both)."""
     x, y = batch
     logits = model(x)

@@ -21,7 +21,8 @@ from tests.test_fit import BATCH, SPE, TEST, TRAIN, VAL, N, assert_same, leaves,
 
 
 class BNMLP(nnx.Module):
-    """Linear-BN-ReLU twice, Dropout, Linear: two BatchNorm layers in a row."""
+    """Linear-BN-ReLU twice, Dropout, Linear: two BatchNorm layers in a row; it
+    takes uint8 images."""
 
     def __init__(self, *, rngs: nnx.Rngs):
         self.l1 = nnx.Linear(64, 16, rngs=rngs)
@@ -32,7 +33,7 @@ class BNMLP(nnx.Module):
         self.out = nnx.Linear(16, 10, rngs=rngs)
 
     def __call__(self, x):
-        x = x.reshape(x.shape[0], -1)
+        x = scale_images(x).reshape(x.shape[0], -1)
         x = jax.nn.relu(self.bn1(self.l1(x)))
         x = jax.nn.relu(self.bn2(self.l2(x)))
         return self.out(self.drop(x))
@@ -41,8 +42,7 @@ class BNMLP(nnx.Module):
 def bn_run(epochs=2, hooks=(), **kw):
     kw.setdefault("chunks_per_epoch", 3)
     return fit(BNMLP(rngs=nnx.Rngs(0)), lambda lr: optax.sgd(lr, momentum=0.9),
-               TRAIN, key=jax.random.key(1), preprocess=scale_images,
-               val_data=VAL, test_data=TEST, hooks=hooks,
+               TRAIN, key=jax.random.key(1), val_data=VAL, test_data=TEST, hooks=hooks,
                config=FitConfig(epochs=epochs, batch_size=BATCH, learning_rate=0.05,
                                 **kw))  # fmt: skip
 
@@ -69,9 +69,9 @@ def test_running_average_is_the_numpy_mean_of_the_weights_at_the_chosen_steps():
         assert avg.dtype == np.float32
         # float32 running mean of 8 terms: a few ulps of the weights' scale
         np.testing.assert_allclose(avg, ref, rtol=1e-6, atol=1e-6 * np.abs(snaps).max())
-    ev = evaluate(r.averaged_model, TEST, preprocess=scale_images)
+    ev = evaluate(r.averaged_model, TEST)
     assert ev == r.average_test
-    assert r.average_val == evaluate(r.averaged_model, VAL, preprocess=scale_images)
+    assert r.average_val == evaluate(r.averaged_model, VAL)
     assert r.average_test_no_bn is None and r.average_bn_batches == 0  # no BN
     assert r.average_model_state == r.model_state  # nothing but params to average
 
@@ -126,13 +126,12 @@ def test_batchnorm_reestimation_equals_a_hand_written_pass():
     # With and without the re-estimation, both through fit's evaluator.
     assert set(r.average_test) == set(r.average_test_no_bn) == {"loss", "accuracy"}
     no_bn = nnx.merge(nnx.graphdef(r.model), r.average_params, r.model_state)
-    assert r.average_test_no_bn == evaluate(no_bn, TEST, preprocess=scale_images)
-    assert r.average_test == evaluate(r.averaged_model, TEST, preprocess=scale_images)
+    assert r.average_test_no_bn == evaluate(no_bn, TEST)
+    assert r.average_test == evaluate(r.averaged_model, TEST)
     # The public update_bn equivalent gives the same statistics on those batches.
     again = ensembles.update_batch_stats(
-        no_bn, [(TRAIN[0][i], TRAIN[1][i]) for i in np.asarray(idx)],
-        preprocess=scale_images,
-    )  # fmt: skip
+        no_bn, [(TRAIN[0][i], TRAIN[1][i]) for i in np.asarray(idx)]
+    )
     for a, b in zip(leaves(nnx.state(again, nnx.BatchStat)), leaves(stats),
                     strict=True):  # fmt: skip
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -144,7 +143,6 @@ def test_reestimation_over_an_iterable_of_micro_batches():
     xb = [TRAIN[0][i * 16 : (i + 1) * 16] for i in range(8)]
     data = [(x, TRAIN[1][i * 16 : (i + 1) * 16]) for i, x in enumerate(xb)]
     r = fit(BNMLP(rngs=nnx.Rngs(0)), optax.sgd, data, key=jax.random.key(1),
-            preprocess=scale_images,
             config=FitConfig(epochs=2, learning_rate=0.05, accumulate_steps=2,
                              average_start=3, chunks_per_epoch=2))  # fmt: skip
     assert r.step == 8 and r.average_count == 5 and r.average_bn_batches == 8

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import lrjax
 from lrjax import find
@@ -31,20 +32,26 @@ def mlp(key=KEY):
     return lrjax.mlp(784, 10, (16,), key=key)
 
 
+def scaled_mlp():
+    """The MLP fed uint8 images, as the command lines build it."""
+    return nnx.Sequential(scale_images, mlp())
+
+
 def range_test(
     data, optimizer=optax.sgd, *, num_steps=8, batch_size=None, **kw
 ):  # fmt: skip
-    """A short range test; ``init_value``/``end_value`` go to its Sweep."""
-    kw.setdefault("preprocess", scale_images)
+    """A short range test of ``model`` (default :func:`scaled_mlp`);
+    ``init_value``/``end_value`` go to its Sweep."""
+    model = kw.pop("model", None) or scaled_mlp()
     lrs = {k: kw.pop(k) for k in ("init_value", "end_value") if k in kw}
     sweep = lrjax.Sweep(num_steps, batch_size=batch_size, **lrs)
-    return lrjax.lr_range_test(mlp(), optimizer, data, key=KEY, sweep=sweep, **kw)
+    return lrjax.lr_range_test(model, optimizer, data, key=KEY, sweep=sweep, **kw)
 
 
 def fit(data, optimizer=optax.sgd, config=None, **kw):
-    kw.setdefault("preprocess", scale_images)
+    model = kw.pop("model", None) or scaled_mlp()
     config = config or lrjax.FitConfig(epochs=1, batch_size=32, chunks_per_epoch=1)
-    return lrjax.fit(mlp(), optimizer, data, key=KEY, config=config, **kw)
+    return lrjax.fit(model, optimizer, data, key=KEY, config=config, **kw)
 
 
 # ------------------------------------------- 1. a transformation, not its factory
@@ -164,14 +171,16 @@ def nan_images(images):
 def test_nan_inputs_of_the_default_loss_are_refused_before_the_sweep(images):
     x, y = nan_images(images)
     with pytest.raises(ValueError, match=r"inputs data\[0\] hold 13 non-finite"):
-        range_test((x, y), preprocess=None)
+        range_test((x, y), model=mlp())
     with pytest.raises(ValueError, match=r"inputs data\[0\] hold 13 non-finite"):
-        fit((jnp.asarray(x), y), preprocess=None)
+        fit((jnp.asarray(x), y), model=mlp())
 
 
 def test_a_loss_not_finite_before_any_descent_is_reported(images):
-    # A preprocess might clean NaN, so these reach the sweep: the result says so.
-    r = range_test(nan_images(images), preprocess=lambda b: b, num_steps=50)
+    # A loss of one's own is not checked (it may clean NaN), so these reach the
+    # sweep: the result says so.
+    r = range_test(nan_images(images), model=mlp(), num_steps=50,
+                   loss_fn=lrjax.classification_loss())  # fmt: skip
     assert r.stop_reason == "diverged" and r.suggested_lr is None
     i = r.diverged_at_step[0]
     assert r.warning == (
@@ -228,18 +237,40 @@ def test_float_labels_are_refused(images):
     x, y = images
     with pytest.raises(ValueError, match=r"integer class labels in \[0, 10\), got "):
         range_test((x, y.astype(np.float32)))
-    with pytest.raises(ValueError, match=r"got float32 labels after preprocess"):
-        range_test(images, preprocess=lambda b: (b[0] / 255.0, b[1] / 1.0))
+
+    def one_based(model, batch):  # labels 1..10 on disk, 0..9 for the loss
+        return lrjax.classification_loss()(model, (batch[0], batch[1] - 1))
+
+    assert range_test((x, y + 1), loss_fn=one_based).steps_run == 8  # not checked
+    tens = int(np.sum(y == 9))  # label 10 once shifted: outside [0, 10)
+    with pytest.raises(
+        ValueError, match=rf" {tens} of 256 are outside it \(min 1, max 10"
+    ):
+        range_test((x, y + 1))  # the default loss: the labels as given
 
 
-def test_labels_are_checked_as_preprocess_gives_them(images):
+# --------------------------------------- 7. preprocess= is gone: one line says where
+
+
+def test_preprocess_is_refused_with_where_it_went(images):
+    where = (
+        r"preprocess was removed in 0.3.0: what a batch means belongs to the model "
+        r"or the loss; put the transform in front of the model "
+        r"\(nnx.Sequential\(lrjax.scale_images, model\)\) or inside loss_fn and eval_fn"
+    )
+    with pytest.raises(TypeError, match=r"^lr_range_test: " + where + "$"):
+        range_test(images, preprocess=scale_images)
     x, y = images
-
-    def one_based(batch):  # labels 1..10 on disk, 0..9 for the loss: good input
-        return batch[0].astype(jnp.float32) / 255.0, batch[1] - 1
-
-    assert range_test((x, y + 1), preprocess=one_based).steps_run == 8
-    y1 = y + 1
-    y1[5] = 0  # -1 after preprocess
-    with pytest.raises(ValueError, match=r"labels after preprocess .* 1 of 256"):
-        range_test((x, y1), preprocess=one_based)
+    for call in (lrjax.lr_grid, lrjax.recipe_grid):
+        families = {} if call is lrjax.lr_grid else {"families": {"c": None}}
+        with pytest.raises(TypeError, match=rf"^{call.__name__}: " + where + "$"):
+            call(scaled_mlp(), optax.sgd, images, images, lrs=[0.1], key=KEY,
+                 preprocess=scale_images, **families)  # fmt: skip
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'preprocess'"):
+        fit(images, preprocess=scale_images)
+    with pytest.raises(TypeError, match=r"takes the images, not an \(x, y\) batch"):
+        scale_images(images)
+    with pytest.raises(TypeError, match=r"integer images in \[0, 255\], got float32"):
+        scale_images(x.astype(np.float32))
+    assert scale_images(x[:2]).dtype == np.float32
+    np.testing.assert_array_equal(scale_images(x[:2]), x[:2] / np.float32(255))

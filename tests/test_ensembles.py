@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from lrjax._src import ensembles, schedules
 from lrjax._src.batches import batch_indices, scale_images, take
@@ -45,15 +46,16 @@ def test_buffer_in_fit_matches_a_python_loop():
     """The buffer written inside the compiled chunks == states recorded by a host
     loop of the same step; a snapshot write crosses a chunk boundary."""
     x, y = synthetic(256)
+    x = scale_images(x)  # float images on the host
     sched = schedules.cosine_restarts(0.1, 5)
     ends = ensembles.snapshot_steps(5, num_steps=16, num_snapshots=3)  # 5, 10, 15
     r = fit(mlp(64, 10, (16,), key=jax.random.key(0)), optax.sgd, (x, y),
-            key=jax.random.key(1), preprocess=scale_images,
+            key=jax.random.key(1),
             config=FitConfig(epochs=2, batch_size=32, learning_rate=sched,
                              snapshot_steps=ends, chunks_per_epoch=3))  # fmt: skip
     spec, params, rest = split_model(mlp(64, 10, (16,), key=jax.random.key(0)))
     tx = make_optimizer(optax.sgd, sched)
-    step = jax.jit(make_step(spec, classification_loss(), tx, preprocess=scale_images))
+    step = jax.jit(make_step(spec, classification_loss(), tx))
     state, expected = init_state(params, rest, tx), []
     data = (jnp.asarray(x), jnp.asarray(y))
     t = 0
@@ -163,11 +165,12 @@ def test_fit_val_curve_against_a_hand_written_ensemble():
     ends = ensembles.snapshot_steps(4, num_steps=16, num_snapshots=3)  # 7, 11, 15
     config = FitConfig(epochs=2, batch_size=32, snapshot_steps=ends,
                        learning_rate=schedules.cosine_restarts(0.1, 4))  # fmt: skip
-    r = fit(mlp(64, 10, (16,), key=jax.random.key(0)), optax.sgd, (x, y),
-            key=jax.random.key(1), preprocess=scale_images, config=config,
+    model = nnx.Sequential(scale_images, mlp(64, 10, (16,), key=jax.random.key(0)))
+    r = fit(model, optax.sgd, (x, y), key=jax.random.key(1), config=config,
             val_data=(xv, yv), test_data=(xt, yt))  # fmt: skip
     apply, _ = pure(mlp(64, 10, (16,), key=jax.random.key(0)))
     params, _ = r.snapshots  # stacked [3, ...]; the MLP holds no other state
+    params = params["layers"][1]  # the MLP's, behind scale_images
 
     def by_hand(xs, ys):
         xf = jnp.asarray(xs, jnp.float32) / 255
@@ -192,8 +195,8 @@ def test_fit_val_curve_against_a_hand_written_ensemble():
     assert r.history[-1]["ensemble_val_accuracy"] == r.ensemble_val_curve[-1]
     assert r.ensemble_val_curve != r.ensemble_curve  # two splits, two curves
 
-    r = fit(mlp(64, 10, (16,), key=jax.random.key(0)), optax.sgd, (x, y),
-            key=jax.random.key(1), preprocess=scale_images, config=config,
+    model = nnx.Sequential(scale_images, mlp(64, 10, (16,), key=jax.random.key(0)))
+    r = fit(model, optax.sgd, (x, y), key=jax.random.key(1), config=config,
             test_data=(xt, yt))  # fmt: skip
     assert r.ensemble_val_curve is None and r.snapshot_val_accuracy is None
     assert r.ensemble_curve == pytest.approx(ens, rel=1e-6)

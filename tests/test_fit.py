@@ -46,7 +46,8 @@ TRAIN, VAL, TEST = synthetic(N, 0), synthetic(128, 1), synthetic(128, 2)
 
 
 def model(seed=0):
-    return mlp(64, 10, (16,), key=jax.random.key(seed))
+    """The MLP fed uint8 images: ``scale_images`` in front of it."""
+    return nnx.Sequential(scale_images, mlp(64, 10, (16,), key=jax.random.key(seed)))
 
 
 def run(epochs, m=None, data=TRAIN, hooks=(), loss_fn=None, **kw):
@@ -59,7 +60,6 @@ def run(epochs, m=None, data=TRAIN, hooks=(), loss_fn=None, **kw):
         key=jax.random.key(1),
         config=FitConfig(epochs=epochs, batch_size=BATCH, **kw),
         loss_fn=loss_fn,
-        preprocess=scale_images,
         val_data=VAL,
         test_data=TEST,
         hooks=hooks,
@@ -126,7 +126,7 @@ def test_chunks_match_a_python_loop_of_the_step():
     r = run(2, hooks=[rec])
     spec, params, rest = split_model(model())
     tx = make_optimizer(optax.sgd, SCHED)
-    step = jax.jit(make_step(spec, classification_loss(), tx, preprocess=scale_images))
+    step = jax.jit(make_step(spec, classification_loss(), tx))
     state, losses = init_state(params, rest, tx), []
     data = jax.tree.map(jnp.asarray, TRAIN)
     for e in range(2):
@@ -149,11 +149,9 @@ def test_accumulate_steps_equals_one_big_batch():
         config=FitConfig(
             epochs=1, batch_size=16, accumulate_steps=2, learning_rate=0.1
         ),
-        preprocess=scale_images,
     )
     big = fit(model(), optax.sgd, TRAIN, key=jax.random.key(1),
-              config=FitConfig(epochs=1, batch_size=32, learning_rate=0.1),
-              preprocess=scale_images)  # fmt: skip
+              config=FitConfig(epochs=1, batch_size=32, learning_rate=0.1))  # fmt: skip
     assert small.step == big.step == SPE
     for x, y in zip(leaves(small.params), leaves(big.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
@@ -170,7 +168,7 @@ def test_early_stopping_restores_best_model():
     r = run(6, learning_rate=0.3, patience=6, monitor="val_loss")
     best = min(r.history, key=lambda h: h["val_loss"])
     assert r.best_epoch == best["epoch"]
-    ev = evaluate(r.model, VAL, preprocess=scale_images)
+    ev = evaluate(r.model, VAL)
     assert ev["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
 
 
@@ -243,7 +241,7 @@ class CNN(nnx.Module):
         self.out = nnx.Linear(4 * 4 * 4, 10, rngs=rngs)
 
     def __call__(self, x):
-        x = jax.nn.relu(self.bn(self.conv(x[..., None])))
+        x = jax.nn.relu(self.bn(self.conv(scale_images(x)[..., None])))
         n = x.shape[0]
         x = x.reshape(n, 4, 2, 4, 2, 4).max((2, 4)).reshape(n, -1)
         return self.out(self.drop(x))
@@ -252,8 +250,8 @@ class CNN(nnx.Module):
 def cnn_run(tmp, module, **kw):
     ends = [3, 7]  # a snapshot at the end of each epoch: each keeps its BN stats
     return fit(module, lambda lr: optax.sgd(lr, momentum=0.9), synthetic(64, 5),
-               key=jax.random.key(2), preprocess=scale_images,
-               val_data=synthetic(32, 6), test_data=synthetic(32, 7),
+               key=jax.random.key(2), val_data=synthetic(32, 6),
+               test_data=synthetic(32, 7),
                config=FitConfig(epochs=2, batch_size=16, learning_rate=0.05,
                                 chunks_per_epoch=2, snapshot_steps=ends,
                                 checkpoint_dir=tmp, **kw.pop("config", {})),
@@ -293,7 +291,7 @@ def test_generator_data_and_a_pure_params_model():
     spec, params, _ = split_model(apply_model)
 
     def apply(p, xb):
-        return spec.merge(p, nnx.State({}))(xb)
+        return spec.merge(p, nnx.State({}))(xb)  # model(): scales the images
 
     def batches():  # a one-shot generator: 2 epochs of 8 batches, then it ends
         for i in range(16):
@@ -303,7 +301,7 @@ def test_generator_data_and_a_pure_params_model():
     loss_fn = classification_loss(apply)
     cfg = FitConfig(epochs=3, steps_per_epoch=8, learning_rate=0.1)
     r = fit(params, optax.sgd, batches(), key=jax.random.key(0), loss_fn=loss_fn,
-            preprocess=scale_images, val_data=VAL, config=cfg)  # fmt: skip
+            val_data=VAL, config=cfg)  # fmt: skip
     assert r.stop_reason == "data" and r.step == 16 and r.epochs_run == 2
     assert r.history[1]["val_loss"] < r.history[0]["val_loss"]
     assert jax.tree.structure(r.model) == jax.tree.structure(params)
@@ -344,7 +342,6 @@ DP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_fit import SPE, TRAIN, VAL, model
     from lrjax._src import schedules
-    from lrjax._src.batches import scale_images
     from lrjax._src.fit import FitConfig, fit
     assert jax.local_device_count() == 4, jax.local_devices()
     out = {{}}
@@ -352,7 +349,7 @@ DP_SCRIPT = textwrap.dedent(
         cfg = FitConfig(epochs=2, learning_rate=schedules.cosine_restarts(0.05, SPE),
                         data_parallel=dp, chunks_per_epoch=2)
         r = fit(model(), optax.sgd, TRAIN, key=jax.random.key(1), config=cfg,
-                preprocess=scale_images, val_data=VAL)
+                val_data=VAL)
         out[str(dp)] = {{
             "params": [np.asarray(x).tolist() for x in jax.tree.leaves(r.params)],
             "val_loss": [h["val_loss"] for h in r.history],

@@ -51,11 +51,13 @@ XV, YV = synthetic(N_VAL, 1)
 
 
 def init(k):
-    return mlp(64, 4, (16,), key=k)
+    """The MLP fed uint8 images: ``scale_images`` in front of it."""
+    return nnx.Sequential(scale_images, mlp(64, 4, (16,), key=k))
 
 
 class Noisy(nnx.Module):
-    """Linear -> BatchNorm -> relu -> Dropout -> Linear: state and randomness."""
+    """Linear -> BatchNorm -> relu -> Dropout -> Linear: state and randomness;
+    it takes uint8 images."""
 
     def __init__(self, *, rngs: nnx.Rngs):
         self.hidden = nnx.Linear(64, 16, rngs=rngs)
@@ -64,7 +66,7 @@ class Noisy(nnx.Module):
         self.out = nnx.Linear(16, 4, rngs=rngs)
 
     def __call__(self, x):
-        x = x.reshape(x.shape[0], -1)
+        x = scale_images(x).reshape(x.shape[0], -1)
         return self.out(self.drop(jax.nn.relu(self.norm(self.hidden(x)))))
 
 
@@ -91,11 +93,10 @@ def grid(
 ):
     """lr_grid on (X, Y) with the specs built from the fields the tests vary."""
     config = GridConfig(epochs, batch_size, schedule, eval_batch_size)
-    args = {"preprocess": scale_images} | kwargs
     return lr_grid(
         model, optimizer, (X, Y), (XV, YV), config=config,
         population=Population(seeds, layout=population),
-        execution=Execution(loop=loop), **args,
+        execution=Execution(loop=loop), **kwargs,
     )  # fmt: skip
 
 
@@ -111,13 +112,13 @@ def member_program(factory, schedule, optimizer):
         )
 
     def step(state, batch, lr):
-        inner = make_step(spec, loss_fn, make_tx(lr), preprocess=scale_images)
+        inner = make_step(spec, loss_fn, make_tx(lr))
         return inner(state, batch)
 
     def init(params, rest, lr):
         return init_state(params, rest, make_tx(lr))
 
-    evaluate = make_eval_batch(spec, loss_fn, preprocess=scale_images)
+    evaluate = make_eval_batch(spec, loss_fn)
     return jax.jit(init), jax.jit(step), jax.jit(evaluate)
 
 
@@ -252,7 +253,7 @@ def test_dict_batches_with_a_custom_loss_and_an_eval_without_accuracy():
     tuples = grid(params, loss_fn=classification_loss(apply), seeds=2, **kw)
 
     def loss_fn(p, batch):
-        logits = apply(p, batch["image"].astype(jnp.float32) / 255.0)
+        logits = apply(p, batch["image"])  # init's model scales the images
         return optax.softmax_cross_entropy_with_integer_labels(
             logits, batch["label"]
         ).mean()

@@ -204,7 +204,7 @@ LOSSES = {
         "    logits = model(batch['image'])\n"
         "    return optax.softmax_cross_entropy_with_integer_labels(\n"
         "        logits, batch['label']).mean()\n",
-        "loss_fn in {path} failed on the first batch (images float32[B, 28, 28], "
+        "loss_fn in {path} failed on the first batch (images uint8[B, 28, 28], "
         "labels int32[B]): TypeError: tuple indices must be integers or slices, not "
         "str; the command lines pass these (x, y) tuples",
     ),
@@ -213,7 +213,7 @@ LOSSES = {
         "    logits = model(batch[0])\n"
         "    return optax.softmax_cross_entropy_with_integer_labels(\n"
         "        logits, batch[1]).mean(), logits\n",
-        "loss_fn in {path} failed on the first batch (images float32[B, 28, 28], "
+        "loss_fn in {path} failed on the first batch (images uint8[B, 28, 28], "
         "labels int32[B]): ValueError: loss_fn must return a scalar loss",
     ),
     "channels, default loss": (
@@ -222,7 +222,7 @@ LOSSES = {
         "        return self.out(x.reshape(x.shape[0], 28 * 28, 3).mean(-1))\n\n\n"
         "def build(num_classes, *, rngs):\n"
         "    return Channels(num_classes, rngs=rngs)\n",
-        "the model (default loss) failed on the first batch (images float32[B, 28, "
+        "the model (default loss) failed on the first batch (images uint8[B, 28, "
         "28], labels int32[B]): TypeError: cannot reshape",
     ),
 }

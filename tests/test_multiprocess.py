@@ -74,11 +74,16 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
     from lrjax._src.fit import FitConfig, fit
     from lrjax._src.hooks import Hook
     from lrjax._src.lr_grid import lr_grid
-    from lrjax._src.models import mlp
+    from lrjax._src.models import mlp as plain_mlp
     from lrjax._src.range_test import lr_range_test
     from lrjax._src.specs import Divergence, Execution, GridConfig, Population, Sweep
 
     train, val = synthetic(N, 0), synthetic(64, 1)
+
+    def mlp(*args, **kwargs):  # fed uint8 images: scale_images in front
+        from flax import nnx
+
+        return nnx.Sequential(scale_images, plain_mlp(*args, **kwargs))
 
     def sync(name):
         if nproc > 1:
@@ -112,7 +117,6 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
                 resume=resume,
                 logdir=logdir,
             ),
-            preprocess=scale_images,
             val_data=val,
             hooks=[losses],
         )
@@ -157,7 +161,6 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
         mine,
         key=jax.random.key(1),
         config=FitConfig(epochs=1, batch_size=BATCH, learning_rate=0.05),
-        preprocess=scale_images,
         hooks=[losses],
     )
     doc["fit_iterable"] = {"losses": losses.losses}
@@ -166,7 +169,6 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
         optax.sgd,
         train,
         key=jax.random.key(2),
-        preprocess=scale_images,
         sweep=Sweep(num_steps=STEPS, init_value=1e-3, end_value=1.0, batch_size=BATCH),
         divergence=Divergence(stop=False),
         population=Population(seeds=2),
@@ -185,7 +187,6 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
             val,
             lrs=[0.01, 0.1],
             key=jax.random.key(3),
-            preprocess=scale_images,
             config=GridConfig(batch_size=BATCH),
         )
         doc["grid"] = {

@@ -82,6 +82,11 @@ def mlp(key):
     return lrjax.mlp(784, 10, (32,), key=key)
 
 
+def scaled(key):
+    """:func:`mlp` fed uint8 images: ``scale_images`` in front of it."""
+    return nnx.Sequential(scale_images, mlp(key))
+
+
 # ------------------------------------------------------------ the compiled sweep
 
 
@@ -91,11 +96,10 @@ def test_sweep_equals_a_python_loop_of_the_same_step(images, loop):
     key = jax.random.key(7)
     model = mlp(jax.random.key(1))
     r = lrjax.lr_range_test(
-        model,
+        nnx.Sequential(scale_images, model),  # the loop below scales on the host
         optax.sgd,
         (x, y),
         key=key,
-        preprocess=scale_images,
         sweep=Sweep(num_steps=60, init_value=1e-3, end_value=1.0, batch_size=16),
         divergence=Divergence(stop=False),
         execution=Execution(chunks=4, loop=loop),
@@ -126,8 +130,8 @@ def test_sweep_equals_a_python_loop_of_the_same_step(images, loop):
 
 def test_pure_params_with_a_loss_fn(images):
     x, y = images
-    apply, params = lrjax._src.models.pure(mlp(jax.random.key(1)))
-    kw = dict(key=jax.random.key(0), preprocess=scale_images)
+    apply, params = lrjax._src.models.pure(scaled(jax.random.key(1)))
+    kw = dict(key=jax.random.key(0))
     kw.update(sweep=Sweep(num_steps=30), divergence=Divergence(stop=False))
     pure = lrjax.lr_range_test(
         params,
@@ -136,7 +140,7 @@ def test_pure_params_with_a_loss_fn(images):
         loss_fn=lrjax.classification_loss(apply),
         **kw,
     )
-    module = lrjax.lr_range_test(mlp(jax.random.key(1)), optax.sgd, (x, y), **kw)
+    module = lrjax.lr_range_test(scaled(jax.random.key(1)), optax.sgd, (x, y), **kw)
     np.testing.assert_allclose(pure.losses, module.losses, rtol=1e-6)
     before = jax.tree.map(np.array, params)
     jax.tree.map(np.testing.assert_array_equal, before, params)  # not donated
@@ -146,11 +150,10 @@ def test_stops_early_on_divergence(images):
     x, y = images
     y = np.random.default_rng(0).permutation(y)  # unlearnable: the loss blows up
     r = lrjax.lr_range_test(
-        mlp(jax.random.key(1)),
+        scaled(jax.random.key(1)),
         optax.sgd,
         (x, y),
         key=jax.random.key(0),
-        preprocess=scale_images,
         sweep=Sweep(num_steps=400, init_value=1e-3, end_value=1e4),
         execution=Execution(chunks=20),
     )
@@ -176,13 +179,14 @@ def test_linear_mode_sweeps_arithmetically(images):
 def test_seeds_are_vmapped_and_each_equals_its_own_run(images):
     kw = dict(
         key=jax.random.key(3),
-        preprocess=scale_images,
         sweep=Sweep(num_steps=50, init_value=1e-3, end_value=3.0),
         divergence=Divergence(stop=False),
         execution=Execution(chunks=2),
     )
-    many = lrjax.lr_range_test(mlp, optax.sgd, images, population=Population(3), **kw)
-    one = lrjax.lr_range_test(mlp, optax.sgd, images, population=Population(1), **kw)
+    many = lrjax.lr_range_test(
+        scaled, optax.sgd, images, population=Population(3), **kw
+    )
+    one = lrjax.lr_range_test(scaled, optax.sgd, images, population=Population(1), **kw)
     assert many.losses.shape == (3, 50) and one.losses.shape == (1, 50)
     np.testing.assert_allclose(many.losses[0], one.losses[0], rtol=1e-4, atol=1e-5)
     assert not np.allclose(many.losses[0], many.losses[1])  # different seeds
@@ -267,13 +271,15 @@ def sharded_runs(tmp_path_factory):
         import json, jax, numpy as np, optax, sys
         sys.path.insert(0, %r)
         from conftest import make_images
+        from flax import nnx
         import lrjax
-        from lrjax._src.batches import scale_images
         x, y = make_images(512, 0)
         for population in ("vmap", "unroll"):
-            r = lrjax.lr_range_test(lambda k: lrjax.mlp(784, 10, (16,), key=k),
+            r = lrjax.lr_range_test(
+                lambda k: nnx.Sequential(lrjax.scale_images,
+                                         lrjax.mlp(784, 10, (16,), key=k)),
                 optax.sgd, (x, y.astype(np.int32)), key=jax.random.key(0),
-                preprocess=scale_images, sweep=lrjax.Sweep(num_steps=30),
+                sweep=lrjax.Sweep(num_steps=30),
                 divergence=lrjax.Divergence(stop=False),
                 population=lrjax.Population(seeds=3, layout=population))
             print(json.dumps([population, r.device, r.timings.population]))
@@ -368,11 +374,11 @@ def test_dropout_masks_differ_between_seeds(small_images):
 def test_a_generator_of_the_same_batches_gives_the_same_losses(images):
     x, y = images
     key = jax.random.key(5)
-    kw = dict(preprocess=scale_images, execution=Execution(chunks=3))
+    kw = dict(execution=Execution(chunks=3))
     kw.update(divergence=Divergence(stop=False))
     sweep = Sweep(num_steps=40, init_value=1e-3, end_value=1.0)
     arrays = lrjax.lr_range_test(
-        mlp(jax.random.key(1)), optax.sgd, (x, y), key=key,
+        scaled(jax.random.key(1)), optax.sgd, (x, y), key=key,
         sweep=dataclasses.replace(sweep, batch_size=16), **kw,
     )  # fmt: skip
     idx = np.asarray(batch_indices(jax.random.fold_in(key, 0), len(y), 16, 40))
@@ -382,7 +388,7 @@ def test_a_generator_of_the_same_batches_gives_the_same_losses(images):
             yield x[i], y[i]
 
     streamed = lrjax.lr_range_test(
-        mlp(jax.random.key(1)), optax.sgd, gen(), key=key, sweep=sweep, **kw
+        scaled(jax.random.key(1)), optax.sgd, gen(), key=key, sweep=sweep, **kw
     )
     assert streamed.config.data == "iterable" and streamed.steps_run == 40
     np.testing.assert_allclose(streamed.losses, arrays.losses, rtol=1e-5, atol=1e-6)
@@ -392,11 +398,10 @@ def test_a_one_shot_iterator_that_runs_out_says_so(images):
     x, y = images
     batches = ((x[i : i + 32], y[i : i + 32]) for i in range(0, 320, 32))
     r = lrjax.lr_range_test(
-        mlp(jax.random.key(1)),
+        scaled(jax.random.key(1)),
         optax.sgd,
         batches,
         key=jax.random.key(0),
-        preprocess=scale_images,
         sweep=Sweep(num_steps=50, init_value=1e-4, end_value=1e-2),
         execution=Execution(chunks=5),
     )
@@ -408,11 +413,10 @@ def test_a_list_of_batches_is_restarted(images):
     x, y = images
     batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 96, 32)]
     r = lrjax.lr_range_test(
-        mlp(jax.random.key(1)),
+        scaled(jax.random.key(1)),
         optax.sgd,
         batches,
         key=jax.random.key(0),
-        preprocess=scale_images,
         sweep=Sweep(num_steps=10, init_value=1e-4, end_value=1e-2),
     )
     assert r.stop_reason is None and r.steps_run == 10
@@ -460,7 +464,8 @@ def test_an_autoencoder_on_real_fashion_mnist_diverges_and_suggests():
             return self.dec(jnp.tanh(self.enc(x)))
 
     def mse(model, batch):
-        flat = batch["image"].reshape(batch["image"].shape[0], -1)
+        x = scale_images(batch["image"])
+        flat = x.reshape(x.shape[0], -1)
         return jnp.mean((model(flat) - flat) ** 2)
 
     r = lrjax.lr_range_test(
@@ -468,7 +473,6 @@ def test_an_autoencoder_on_real_fashion_mnist_diverges_and_suggests():
         optax.sgd,
         {"image": x},
         loss_fn=mse,
-        preprocess=lambda b: {"image": b["image"].astype(jnp.float32) / 255.0},
         key=jax.random.key(0),
         sweep=Sweep(init_value=1e-2, end_value=1e3, batch_size=32),
     )
@@ -505,10 +509,10 @@ def test_four_micro_batches_of_8_are_one_batch_of_32():
 
 
 def test_accumulation_in_the_sweep_counts_updates(images):
-    kw = dict(key=jax.random.key(0), preprocess=scale_images)
+    kw = dict(key=jax.random.key(0))
     kw.update(divergence=Divergence(stop=False))
     r = lrjax.lr_range_test(
-        mlp(jax.random.key(1)),
+        scaled(jax.random.key(1)),
         optax.sgd,
         images,
         sweep=Sweep(10, 1e-3, 1.0, batch_size=8, accumulate_steps=4),

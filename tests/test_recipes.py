@@ -12,7 +12,6 @@ import pytest
 
 from lrjax import GridConfig, Population
 from lrjax._src import recipes, schedules
-from lrjax._src.batches import scale_images
 from lrjax._src.lr_grid import lr_grid, recipe_grid
 from lrjax._src.recipes import FAMILIES, build_schedule, recommend, unit_schedule
 from tests.test_lr_grid import XV, YV, X, Y, init, momentum, noisy
@@ -233,8 +232,7 @@ def test_recipe_grid_equals_one_grid_per_family():
         "constant": None,
     }
     config = GridConfig(epochs=2, batch_size=32)
-    args = dict(lrs=[0.03, 0.3], key=jax.random.key(3), preprocess=scale_images,
-                population=Population(seeds=2))  # fmt: skip
+    args = dict(lrs=[0.03, 0.3], key=jax.random.key(3), population=Population(seeds=2))
     together = recipe_grid(
         noisy, momentum, (X, Y), (XV, YV), families=fams, config=config, **args
     )

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import lrjax
 from lrjax import Divergence, Execution, Population, Sweep
@@ -37,7 +38,8 @@ def images():
 
 
 def mlp(key):
-    return lrjax.mlp(784, 10, (32,), key=key)
+    """An MLP fed uint8 images: ``scale_images`` in front of it."""
+    return nnx.Sequential(scale_images, lrjax.mlp(784, 10, (32,), key=key))
 
 
 def adamw(lr, weight_decay=0.0):
@@ -121,7 +123,6 @@ def test_curve_minimum_stops_at_the_divergence():
 # no divergence before 0.05: float32 chaos past it would swamp a check
 SWEEP = Sweep(num_steps=40, init_value=1e-4, end_value=0.05)
 KW = dict(
-    preprocess=scale_images,
     sweep=SWEEP,
     divergence=Divergence(stop=False),
     execution=Execution(chunks=2),

@@ -27,7 +27,7 @@ weights need BatchNorm statistics of their own: :func:`update_batch_stats`
 * a function ``apply(params, x) -> logits`` of a pure model, with ``stacked``
   the stacked params (or ``(params, ())``, as :func:`lrjax.fit` returns them).
 
-Inputs ``x`` are what the model takes (already preprocessed, e.g. floats).
+Inputs ``x`` are what the model takes.
 """
 
 from __future__ import annotations
@@ -476,7 +476,6 @@ def update_batch_stats(
     batches: Iterable,
     *,
     forward: Callable | None = None,
-    preprocess: Callable | None = None,
 ) -> nnx.Module:
     """A copy of ``model`` whose BatchNorm statistics are re-estimated on ``batches``.
 
@@ -497,7 +496,6 @@ def update_batch_stats(
       batches: an iterable of batches.
       forward: ``forward(module, batch)`` runs the module (default
         ``module(batch[0])`` for a tuple or list batch, else ``module(batch)``).
-      preprocess: ``batch -> batch`` applied first, in compiled code.
 
     Raises:
       ValueError: ``batches`` gave no batch, or a BatchStat outside an
@@ -519,8 +517,6 @@ def update_batch_stats(
 
     @jax.jit
     def step(params, carry, batch):
-        if preprocess is not None:
-            batch = preprocess(batch)
         return stats_pass_step(stats_spec, forward, params, carry, batch)
 
     carry = stats_pass_init(rest)

@@ -338,10 +338,8 @@ class Evaluator:
     is in-memory arrays (cut into ``batch_size`` batches) or an iterable.
     """
 
-    def __init__(self, spec, loss_fn, eval_fn, preprocess, batch_size: int):
-        self.fn = jax.jit(
-            make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
-        )
+    def __init__(self, spec, loss_fn, eval_fn, batch_size: int):
+        self.fn = jax.jit(make_eval_batch(spec, loss_fn, eval_fn=eval_fn))
         self.batch_size = batch_size
 
     def __call__(self, params, model_state, data) -> dict[str, float]:
@@ -375,7 +373,6 @@ def evaluate(
     loss_fn: LossFn | None = None,
     model_state: Any = None,
     eval_fn: Callable | None = None,
-    preprocess: Callable | None = None,
     batch_size: int = 1000,
 ) -> dict[str, float]:
     """The eval-mode metrics of ``model`` (a module or params) on ``data``.
@@ -404,7 +401,7 @@ def evaluate(
     else:
         spec, params, rest = split_model(model)
     loss_fn = classification_loss() if loss_fn is None else loss_fn
-    return Evaluator(spec, loss_fn, eval_fn, preprocess, batch_size)(params, rest, data)
+    return Evaluator(spec, loss_fn, eval_fn, batch_size)(params, rest, data)
 
 
 class _EpochArrays(ArraySource):
@@ -508,7 +505,6 @@ def fit(
     loss_fn: LossFn | None = None,
     model_state: Any = None,
     eval_fn: Callable | None = None,
-    preprocess: Callable | None = None,
     val_data: Any = None,
     test_data: Any = None,
     hooks: Sequence[Hook] = (),
@@ -544,8 +540,6 @@ def fit(
         ``model_state``: ``eval_fn(params, model_state, batch)`` (the model in
         evaluation mode: running averages, no dropout), required when there
         is ``val_data`` or ``test_data``.
-      preprocess: ``batch -> batch`` in compiled code, for training and
-        evaluation (e.g. :func:`lrjax.scale_images`).
       val_data: evaluated after every epoch (``val_<name>`` in the history).
       test_data: evaluated once at the end (``FitResult.test``).
       hooks: your :class:`lrjax.Hook` objects, acting after the built-in ones
@@ -599,9 +593,7 @@ def fit(
         model, key, not default_loss, model_state
     )
     if default_loss and is_arrays(data):
-        check_classification_data(
-            spec, params, rest, data, preprocess=preprocess, batch_size=cfg.batch_size
-        )
+        check_classification_data(spec, params, rest, data, batch_size=cfg.batch_size)
     par = _data_parallel(cfg)
     source, spe = _train_source(data, key, cfg, par)
     averaging = _check_average_start(cfg, spe)
@@ -610,9 +602,7 @@ def fit(
         stats_spec = ensembles.batch_stats_model(spec, params, rest)
 
     tx = make_optimizer(optimizer, cfg.learning_rate)
-    build = _carry_builder(
-        spec, loss_fn, tx, preprocess, par.constrain, snap_steps, cfg
-    )
+    build = _carry_builder(spec, loss_fn, tx, par.constrain, snap_steps, cfg)
     program = Program(build, gathers=source.gathers, loop=cfg.loop)
     carry, best_state = _init_carry(
         spec, tx, params, rest, num_snaps, averaging, par.rep
@@ -621,10 +611,9 @@ def fit(
 
     if par.rep is not None and is_arrays(val_data):
         val_data = jax.device_put(val_data, par.rep)
-    evaluator = Evaluator(spec, loss_fn, eval_fn, preprocess, cfg.eval_batch_size)
-    ens_val = None
-    if num_snaps and spec.is_module and isinstance(val_data, tuple):
-        ens_val = preprocess(val_data) if preprocess is not None else val_data
+    evaluator = Evaluator(spec, loss_fn, eval_fn, cfg.eval_batch_size)
+    ens = num_snaps and spec.is_module and isinstance(val_data, tuple)
+    ens_val = val_data if ens else None
     record = functools.partial(
         _epoch_record, evaluator=evaluator, val_data=val_data, ens_val=ens_val,
         spec=spec, num_snaps=num_snaps,
@@ -641,7 +630,7 @@ def fit(
     final = _final(run, restore_best)
     result = _fit_result(run, reason, final, spec, graphdef, snap_steps, par.mesh)
     if test_data is not None and not result.interrupted:
-        _test(result, final, run, evaluator, test_data, preprocess)
+        _test(result, final, run, evaluator, test_data)
     if ens_val is not None and not result.interrupted and _has_snapshots(result, run):
         curves = _snapshot_curves(result, ens_val)  # as the test's, on val_data
         result.snapshot_val_accuracy, result.ensemble_val_curve = curves
@@ -652,7 +641,7 @@ def fit(
         stats_pass = None
         if stats_spec is not None:
             stats_pass = functools.partial(
-                _stats_pass, stats_spec, loss_fn, preprocess, par.constrain, source,
+                _stats_pass, stats_spec, loss_fn, par.constrain, source,
                 program.loop, spe=spe, k=cfg.accumulate_steps,
                 chunks=cfg.chunks_per_epoch,
             )  # fmt: skip
@@ -777,7 +766,6 @@ def _carry_builder(
     spec: Model,
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
-    preprocess: Callable | None,
     constrain: Callable | None,
     snap_steps: np.ndarray | None,
     cfg: FitConfig,
@@ -793,7 +781,7 @@ def _carry_builder(
 
     def build(unroll: bool):
         step = make_step(
-            spec, loss_fn, tx, preprocess=preprocess,
+            spec, loss_fn, tx,
             accumulate_steps=cfg.accumulate_steps, unroll=unroll, constrain=constrain,
         )  # fmt: skip
 
@@ -1015,13 +1003,12 @@ def _fit_result(
     )
 
 
-def _test(result: FitResult, final, run: FitRun, evaluator, test_data, preprocess):
+def _test(result: FitResult, final, run: FitRun, evaluator, test_data):
     """``result.test``; with snapshots of a module, each one's test accuracy and
     the ensembles' curve (:func:`_snapshot_curves`)."""
     result.test = evaluator(*final, test_data)
     if _has_snapshots(result, run):
-        data = preprocess(test_data) if preprocess is not None else test_data
-        curves = _snapshot_curves(result, data)
+        curves = _snapshot_curves(result, test_data)
         result.snapshot_test_accuracy, result.ensemble_curve = curves
 
 
@@ -1035,7 +1022,7 @@ def _has_snapshots(result: FitResult, run: FitRun) -> bool:
 
 
 def _snapshot_curves(result: FitResult, data) -> tuple[list, list]:
-    """``(single, ensemble)`` accuracies on ``data``, a preprocessed ``(x, y)``
+    """``(single, ensemble)`` accuracies on ``data``, an ``(x, y)``
     pair (:func:`lrjax.ensemble_curve`): each snapshot's, and the
     last-m ensembles', m = 1..M. The test and the validation curves both."""
     x, y = data
@@ -1102,7 +1089,6 @@ def _finish_average(
 def _stats_pass(
     stats_spec: Model,
     loss_fn: LossFn,
-    preprocess,
     constrain,
     source: Source,
     loop: str,
@@ -1133,8 +1119,6 @@ def _stats_pass(
         batch = take(data, x) if gathers else x
         if constrain is not None:
             batch = constrain(batch)
-        if preprocess is not None:
-            batch = preprocess(batch)
         return ensembles.stats_pass_step(stats_spec, loss_fn, params, carry, batch)
 
     def flat(xs):  # [C, k, B, ...] -> [C * k, B, ...]: every micro-batch

@@ -403,7 +403,6 @@ def lr_grid(
     loss_fn: LossFn | None = None,
     model_state: Any = None,
     eval_fn: Callable | None = None,
-    preprocess: Callable | None = None,
     config: GridConfig | None = None,
     population: Population | None = None,
     execution: Execution | None = None,
@@ -438,8 +437,6 @@ def lr_grid(
         ``"accuracy"`` picks the best lr; without one, the lowest ``"loss"`` does.
         With ``model_state``: ``eval_fn(params, model_state, batch)`` in
         evaluation mode (running averages, no dropout), required.
-      preprocess: ``batch -> batch`` inside the compiled step and evaluation (e.g.
-        :func:`lrjax.scale_images`); default none.
       config: the training of every member (:class:`lrjax.GridConfig`: epochs,
         the validation split evaluated after each; examples per update, each
         epoch a fresh permutation with the remainder dropped; a unit
@@ -488,7 +485,7 @@ def lr_grid(
     specs = _grid_specs("lr_grid", config, population, execution)
     return _grid(model, optimizer, train_data, val_data, {None: specs[0].schedule},
                  lrs=lrs, key=key, loss_fn=loss_fn, model_state=model_state,
-                 eval_fn=eval_fn, preprocess=preprocess, specs=specs)[0]  # fmt: skip
+                 eval_fn=eval_fn, specs=specs)[0]  # fmt: skip
 
 
 def recipe_grid(
@@ -515,8 +512,8 @@ def recipe_grid(
       model, optimizer, train_data, val_data, lrs, key: as :func:`lr_grid`.
       families: ``{name: unit schedule}``, at least one.
       **options: the other keyword arguments of :func:`lr_grid` (``loss_fn``,
-        ``model_state``, ``eval_fn``, ``preprocess``, ``config``,
-        ``population``, ``execution``); ``config.schedule`` must be None (the
+        ``model_state``, ``eval_fn``, ``config``, ``population``,
+        ``execution``); ``config.schedule`` must be None (the
         families are the schedules).
 
     Returns:
@@ -565,8 +562,7 @@ def recipe_grid(
 
 # The keywords recipe_grid takes in **options (the specs go to _grid as one tuple).
 _GRID_OPTIONS = (
-    "loss_fn", "model_state", "eval_fn", "preprocess", "config", "population",
-    "execution",
+    "loss_fn", "model_state", "eval_fn", "config", "population", "execution",
 )  # fmt: skip
 
 
@@ -583,7 +579,6 @@ def _grid(
     loss_fn: LossFn | None = None,
     model_state: Any = None,
     eval_fn: Callable | None = None,
-    preprocess: Callable | None = None,
 ) -> list[GridResult]:
     """The population of (unit schedule, lr, seed) members; a result per unit,
     in the order of ``units`` (``{name: unit schedule}``), its ``config.family``
@@ -614,13 +609,13 @@ def _grid(
     del params, rest
 
     program = Program(
-        _member_builder(spec, loss_fn, make_tx, preprocess),
+        _member_builder(spec, loss_fn, make_tx),
         gathers=source.gathers,
         members="own" if seeds > 1 else "shared",
         loop=execution.loop,
         population=population.layout,
     )
-    eval_one = make_eval_batch(spec, loss_fn, eval_fn=eval_fn, preprocess=preprocess)
+    eval_one = make_eval_batch(spec, loss_fn, eval_fn=eval_fn)
     member_bytes = tree_bytes(state) // grid.padded
     memory = GridMemory(
         state_bytes=member_bytes * grid.size,
@@ -815,13 +810,13 @@ def _init_states(params, rest, grid: _Grid, make_tx: Callable) -> TrainState:
     return init_states(grid.layout, params, rest, init, [lr_of, family_of])
 
 
-def _member_builder(spec, loss_fn: LossFn, make_tx: Callable, preprocess) -> Callable:
+def _member_builder(spec, loss_fn: LossFn, make_tx: Callable) -> Callable:
     """``build(unroll)`` for :class:`lrjax._src.loop.Program`: the one step, whose
     optimizer reads the member's lr and family from its state."""
 
     def build(unroll: bool):
         tx = make_tx(0.0, 0)  # placeholders: each member's state has its own
-        return make_step(spec, loss_fn, tx, preprocess=preprocess, unroll=unroll)
+        return make_step(spec, loss_fn, tx, unroll=unroll)
 
     return build
 

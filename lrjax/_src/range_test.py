@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -531,7 +531,6 @@ def lr_range_test(
     key: jax.Array,
     loss_fn: LossFn | None = None,
     model_state: Any = None,
-    preprocess: Callable | None = None,
     method: str = DEFAULT_METHOD,
     sweep: Sweep | None = None,
     divergence: Divergence | None = None,
@@ -575,8 +574,6 @@ def lr_range_test(
         model_state)``, called once per seed, so every seed gets its own
         initialisation (Linen: ``variables = net.init(key, x)``, then
         ``(variables["params"], {"batch_stats": variables["batch_stats"]})``).
-      preprocess: ``batch -> batch`` inside the compiled step (e.g.
-        :func:`lrjax.scale_images`); default none.
       method: the suggestion reported as ``suggested_lr``, one of ``METHODS``.
       sweep: the updates (:class:`lrjax.Sweep`: their number, default one epoch
         of in-memory data or ``len(data)`` of an iterable that has one; the lrs
@@ -648,9 +645,7 @@ def lr_range_test(
     def check(spec, params, rest):  # the first member, before the others exist
         bs = 32 if batch_size is None else batch_size
         if loss_fn is None and is_arrays(data):
-            check_classification_data(
-                spec, params, rest, data, preprocess=preprocess, batch_size=bs
-            )
+            check_classification_data(spec, params, rest, data, batch_size=bs)
         opt = swept.opt_shape(sweep.init_value, params)
         fewer = "seeds (--seeds)" + ("" if swept.values is None else " or values")
         estimates.append(
@@ -667,9 +662,7 @@ def lr_range_test(
     loss_fn = classification_loss() if loss_fn is None else loss_fn
 
     def build(unroll: bool):
-        return make_step(
-            spec, loss_fn, tx, preprocess=preprocess, accumulate_steps=k, unroll=unroll
-        )
+        return make_step(spec, loss_fn, tx, accumulate_steps=k, unroll=unroll)
 
     members = None
     if pop.layout.padded > 1:

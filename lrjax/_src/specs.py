@@ -417,6 +417,16 @@ MOVED: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
+# Keywords 0.3.0 removed rather than moved: what to do instead.
+REMOVED = {
+    "preprocess": (
+        "preprocess was removed in 0.3.0: what a batch means belongs to the "
+        "model or the loss; put the transform in front of the model "
+        "(nnx.Sequential(lrjax.scale_images, model)) or inside loss_fn and eval_fn"
+    ),
+}
+
+
 def _shown(value: Any) -> str:
     """A value as it would be written in the call (``...`` for a function)."""
     if value is None or isinstance(value, bool | int | float | str):
@@ -438,6 +448,10 @@ def check_moved(function: str, moved: Mapping[str, Any]) -> None:
     ...
     TypeError: lr_range_test: num_steps, seeds moved in 0.3.0: pass \
 sweep=lrjax.Sweep(num_steps=100), population=lrjax.Population(seeds=3)
+    >>> check_moved("lr_grid", {"preprocess": None})
+    Traceback (most recent call last):
+    ...
+    TypeError: lr_grid: preprocess was removed in 0.3.0: ...
     >>> check_moved("lr_grid", {"epoch": 2})
     Traceback (most recent call last):
     ...
@@ -445,6 +459,8 @@ sweep=lrjax.Sweep(num_steps=100), population=lrjax.Population(seeds=3)
     """
     table = MOVED[function]
     for name in moved:
+        if name in REMOVED:
+            raise TypeError(f"{function}: {REMOVED[name]}")
         if name not in table:
             raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
     if not moved:

@@ -29,8 +29,9 @@ A model is a Flax NNX module, a params pytree, or a params pytree with a state:
 ``loss_fn`` returns a scalar loss or ``(loss, {"name": scalar, ...})``; the step's
 metrics are ``loss`` (the batch's loss BEFORE the update), ``lr`` (the lr the
 update applied, read from ``optax.inject_hyperparams``) and the user's metrics.
-What a batch means (uint8 to float, normalisation) is the ``preprocess`` function
-the caller or the dataset supplies, never a line of this module.
+What a batch means (uint8 to float, normalisation) belongs to the caller's model
+or ``loss_fn`` (e.g. ``nnx.Sequential(lrjax.scale_images, model)``), never to a
+line of this module.
 """
 
 from __future__ import annotations
@@ -592,21 +593,14 @@ def classification_loss(apply: Callable | None = None) -> LossFn:
 
 
 def check_classification_data(
-    model: Model,
-    params: Params,
-    model_state: Any,
-    data: Any,
-    *,
-    preprocess: Callable[[Batch], Batch] | None = None,
-    batch_size: int,
+    model: Model, params: Params, model_state: Any, data: Any, *, batch_size: int
 ) -> None:
     """The in-memory ``(x, y)`` of the default loss, checked once before any update.
 
-    The labels the loss sees (after ``preprocess``) must be integers in
-    ``[0, num_classes)``, ``num_classes`` being the model's output width (from
-    ``jax.eval_shape`` of one batch: nothing runs). The inputs must be finite
-    when they reach the model as they are (no ``preprocess``: one could clean
-    them). Only a module is checked: the default loss calls ``model(x)``.
+    The labels must be integers in ``[0, num_classes)``, ``num_classes`` being
+    the model's output width (from ``jax.eval_shape`` of one batch: nothing
+    runs), and float inputs must be finite. Only a module is checked: the
+    default loss calls ``model(x)``.
 
     Raises:
       ValueError: float labels, labels out of range, or NaN/inf inputs, in one
@@ -623,62 +617,40 @@ def check_classification_data(
     n = len(data[1])
     b = min(batch_size, n)
 
-    def labels_and_logits(params, model_state, batch):
-        x, y = batch if preprocess is None else preprocess(batch)
-        return y, model.bind(params, model_state, train=False)(x)
+    def logits(params, model_state, x):
+        return model.bind(params, model_state, train=False)(x)
 
-    first = jax.tree.map(lambda a: a[:b], data)
-    y, logits = jax.eval_shape(labels_and_logits, params, model_state, first)
-    if not all(hasattr(a, "shape") and a.shape for a in (y, logits)):
+    first = jax.tree.map(lambda a: a[:b], data[0])
+    out = jax.eval_shape(logits, params, model_state, first)
+    if not (hasattr(out, "shape") and out.shape and data[1].shape):
         return  # not logits and labels: the loss itself will say so
-    classes = logits.shape[-1]
-    passes = preprocess is None
-    if preprocess is not None:  # it returns its labels input as it is (scale_images)?
-        jaxpr = jax.make_jaxpr(lambda batch: preprocess(batch)[1])(first).jaxpr
-        passes = jaxpr.outvars[0] is jaxpr.invars[-1]  # y: the last leaf of (x, y)
-    seen = "labels" if passes else "labels after preprocess"
-    if not jnp.issubdtype(y.dtype, jnp.integer):
+    classes = out.shape[-1]
+    if not jnp.issubdtype(data[1].dtype, jnp.integer):
         raise ValueError(
             f"the default classification loss needs integer class labels in "
-            f"[0, {classes}), got {y.dtype} {seen}: convert them (y.astype(np.int32)) "
-            "or give a loss_fn (one-hot labels: optax.softmax_cross_entropy)"
+            f"[0, {classes}), got {data[1].dtype} labels: convert them "
+            "(y.astype(np.int32)) or give a loss_fn (one-hot labels: "
+            "optax.softmax_cross_entropy)"
         )
-    if passes or preprocess is None:  # (passes whenever there is no preprocess)
-        labels = np.asarray(data[1])
-        lo, hi = int(labels.min()), int(labels.max())
-        bad = int(np.count_nonzero((labels < 0) | (labels >= classes)))
-    else:
-        # The labels of every example as the loss sees them, through preprocess
-        # in batches of the training size (the inputs' part is dead code); one
-        # small compile (~50 ms on a CPU).
-        idx = (np.arange(-(-n // b) * b) % n).reshape(-1, b)
-
-        def stats(data, idx):
-            def one(i):
-                y = preprocess(jax.tree.map(lambda a: a[i], data))[1]
-                return y.min(), y.max(), jnp.sum((y < 0) | (y >= classes))
-
-            lo, hi, bad = jax.lax.map(one, idx)
-            return lo.min(), hi.max(), bad.sum()
-
-        lo, hi, bad = (int(v) for v in jax.jit(stats)(data, idx))
+    labels = np.asarray(data[1])
+    lo, hi = int(labels.min()), int(labels.max())
+    bad = int(np.count_nonzero((labels < 0) | (labels >= classes)))
     if bad:
         raise ValueError(
-            f"{seen} must be class indices in [0, {classes}) (the model has "
+            f"labels must be class indices in [0, {classes}) (the model has "
             f"{classes} outputs); {bad} of {n} are outside it (min {lo}, max {hi})"
         )
-    if preprocess is None:
-        for path, a in jax.tree_util.tree_flatten_with_path(data[0])[0]:
-            if not jnp.issubdtype(a.dtype, jnp.inexact):
-                continue
-            xp = jnp if isinstance(a, jax.Array) else np  # where the data are
-            bad = a.size - int(xp.count_nonzero(xp.isfinite(a)))
-            if bad:
-                raise ValueError(
-                    f"the inputs data[0]{jax.tree_util.keystr(path)} hold {bad} "
-                    f"non-finite values (NaN or inf) of {a.size}: clean them "
-                    "(e.g. np.nan_to_num) or give a preprocess that does"
-                )
+    for path, a in jax.tree_util.tree_flatten_with_path(data[0])[0]:
+        if not jnp.issubdtype(a.dtype, jnp.inexact):
+            continue
+        xp = jnp if isinstance(a, jax.Array) else np  # where the data are
+        bad = a.size - int(xp.count_nonzero(xp.isfinite(a)))
+        if bad:
+            raise ValueError(
+                f"the inputs data[0]{jax.tree_util.keystr(path)} hold {bad} "
+                f"non-finite values (NaN or inf) of {a.size}: clean them "
+                "(e.g. np.nan_to_num)"
+            )
 
 
 def _structure(out: Any) -> str:
@@ -784,7 +756,6 @@ def make_step(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
     *,
-    preprocess: Callable[[Batch], Batch] | None = None,
     accumulate_steps: int = 1,
     unroll: bool = False,
     constrain: Callable[[Batch], Batch] | None = None,
@@ -795,7 +766,6 @@ def make_step(
       model: from :func:`split_model`.
       loss_fn: ``loss_fn(model_or_params, batch) -> loss | (loss, metrics)``.
       tx: the optimizer, from :func:`make_optimizer` so the applied lr is logged.
-      preprocess: ``batch -> batch`` applied first (e.g. uint8 images to floats).
       accumulate_steps: ``k > 1`` makes ``batch`` a stack of ``k`` micro-batches
         (every leaf ``[k, B, ...]``); their gradients are averaged into ONE update,
         so the schedule advances once per update, and ``model_state`` (batch
@@ -832,8 +802,6 @@ def make_step(
     def grads_of(params, model_state, batch, key=None):
         if constrain is not None:
             batch = constrain(batch)
-        if preprocess is not None:
-            batch = preprocess(batch)
 
         def f(p, ms, batch):
             if model.stateful:
@@ -902,7 +870,6 @@ def make_eval_batch(
     loss_fn: LossFn,
     *,
     eval_fn: Callable | None = None,
-    preprocess: Callable[[Batch], Batch] | None = None,
 ) -> Callable[[Params, Any, Batch], Metrics]:
     """``eval_batch(params, model_state, batch) -> metrics`` in evaluation mode.
 
@@ -913,8 +880,6 @@ def make_eval_batch(
     """
 
     def eval_batch(params, model_state, batch):
-        if preprocess is not None:
-            batch = preprocess(batch)
         if model.stateful:
             if eval_fn is None:
                 raise ValueError(STATEFUL_EVAL)

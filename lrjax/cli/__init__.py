@@ -162,8 +162,10 @@ def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
 
     ``mlp`` and ``cnn`` are :func:`lrjax.mlp` and :func:`lrjax.cnn`;
     ``FILE.py:FUNCTION`` calls ``FUNCTION(ds.num_classes, rngs=nnx.Rngs(key))``.
-    With ``--augment`` the model is ``nnx.Sequential(Augment(...), model)``, the
-    augmentation's stream drawn from ``fold_in(key, 1)``. The factory is called
+    The data stay uint8 on the device: the model is ``nnx.Sequential(
+    lrjax.scale_images, model)``, with ``--augment`` ``nnx.Sequential(
+    lrjax.scale_images, Augment(...), model)``, the augmentation's stream drawn
+    from ``fold_in(key, 1)``. The factory is called
     once here, so that a user's factory that raises or returns something other
     than an ``nnx.Module`` is bad input before any work.
 
@@ -177,6 +179,7 @@ def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
     from flax import nnx
 
     from lrjax._src import models
+    from lrjax._src.batches import scale_images
 
     spec = args.model
     loss_fn = None
@@ -204,14 +207,16 @@ def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
         def base(k):
             return fn(ds.num_classes, rngs=nnx.Rngs(k))
 
-    def augmented(model, k):
+    def framed(model, k):  # the layers in front of the model
+        layers: list[Any] = [scale_images]
         if args.augment:
-            aug = models.Augment(rngs=nnx.Rngs(augment=jax.random.fold_in(k, 1)))
-            model = nnx.Sequential(aug, model)
-        return model
+            layers.append(
+                models.Augment(rngs=nnx.Rngs(augment=jax.random.fold_in(k, 1)))
+            )
+        return nnx.Sequential(*layers, model)
 
     def build(k):
-        return augmented(base(k), k)
+        return framed(base(k), k)
 
     if spec not in ("mlp", "cnn"):
         key = jax.random.key(0)
@@ -224,20 +229,22 @@ def model_choice(args: argparse.Namespace, ds) -> ModelChoice:
                 f"--model {spec}: the factory returned {type(probe).__name__}, "
                 "not an nnx.Module"
             )
-        check_first_batch(spec, augmented(probe, key), loss_fn, ds, args.batch_size)
+        check_first_batch(spec, framed(probe, key), loss_fn, ds, args.batch_size)
     return ModelChoice(build, loss_fn, config)
 
 
 def batch_form(ds, batch_size: int | str = "B") -> str:
-    """The batches the command lines give a model file's model and ``loss_fn``:
-    ``(images float32[B, 28, 28], labels int32[B])`` for (Fashion-)MNIST."""
+    """The batches the command lines give a model file's ``loss_fn``:
+    ``(images uint8[B, 28, 28], labels int32[B])`` for (Fashion-)MNIST; the model
+    it gets scales the images to float32 in [0, 1] (:func:`model_choice`)."""
     dims = ", ".join(str(d) for d in (batch_size, *ds.x_train.shape[1:]))
-    return f"(images float32[{dims}], labels {ds.y_train.dtype}[{batch_size}])"
+    x, y = ds.x_train.dtype, ds.y_train.dtype
+    return f"(images {x}[{dims}], labels {y}[{batch_size}])"
 
 
 def check_first_batch(spec: str, model, loss_fn, ds, batch_size: int) -> None:
     """Traces a model file's ``loss_fn`` (or the default loss) once on the batch
-    form the command lines pass (:func:`batch_form`, the images scaled to [0, 1]):
+    form the command lines pass (:func:`batch_form`; ``model`` scales the images):
     nothing runs, and a loss written for another form (``batch["image"]``) is one
     line before any work, not a traceback from inside a compiled step.
 
@@ -246,14 +253,13 @@ def check_first_batch(spec: str, model, loss_fn, ds, batch_size: int) -> None:
         something other than a scalar or ``(scalar, {name: scalar})``.
     """
     import jax
-    import jax.numpy as jnp
 
     from lrjax._src.step import classification_loss, loss_and_metrics, split_model
 
     loss = classification_loss() if loss_fn is None else loss_fn
     m, params, rest = split_model(model)
     batch = (
-        jax.ShapeDtypeStruct((batch_size, *ds.x_train.shape[1:]), jnp.float32),
+        jax.ShapeDtypeStruct((batch_size, *ds.x_train.shape[1:]), ds.x_train.dtype),
         jax.ShapeDtypeStruct((batch_size,), ds.y_train.dtype),
     )
 

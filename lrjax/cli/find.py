@@ -295,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from lrjax._src.batches import scale_images
     from lrjax._src.data import DatasetError
     from lrjax._src.range_test import check_sweep, lr_range_test
     from lrjax._src.specs import Divergence, Execution, Population, Sweep
@@ -324,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
             (ds.x_train, ds.y_train),
             key=key,
             loss_fn=choice.loss_fn,
-            preprocess=scale_images,
             method=args.method,
             sweep=Sweep(
                 num_steps=args.steps,

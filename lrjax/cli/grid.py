@@ -228,7 +228,6 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
     import jax
     import numpy as np
 
-    from lrjax._src.batches import scale_images
     from lrjax._src.lr_grid import recipe_grid
     from lrjax._src.range_test import lr_range_test
     from lrjax._src.specs import Execution, GridConfig, Population, Sweep
@@ -244,7 +243,6 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
             (ds.x_train, ds.y_train),
             key=key,
             loss_fn=choice.loss_fn,
-            preprocess=scale_images,
             sweep=Sweep(
                 init_value=args.find_min_lr,
                 end_value=args.find_max_lr,
@@ -271,7 +269,6 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
         families={n: unit_schedule(n, steps, args.epochs) for n in names},
         key=key,
         loss_fn=choice.loss_fn,
-        preprocess=scale_images,
         config=GridConfig(epochs=args.epochs, batch_size=args.batch_size),
         population=Population(seeds=args.seeds),
         execution=execution,

@@ -613,14 +613,13 @@ def _plot(metrics: dict, out: Path) -> None:
     save_png(fig, out / "learning_curves.png", dpi=90)
 
 
-def softmax_outputs(model, x, preprocess, batch_size: int = 1000):
+def softmax_outputs(model, x, batch_size: int = 1000):
     """Softmax outputs ``float32[N, C]`` of ``model`` in eval mode on images ``x``.
 
     One jitted batch at a time (a convolution inside ``lax.map`` is slow on
-    XLA:CPU); ``preprocess`` is the training's ``(x, y) -> (x, y)``.
+    XLA:CPU).
     """
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from lrjax._src.step import split_model
@@ -629,7 +628,6 @@ def softmax_outputs(model, x, preprocess, batch_size: int = 1000):
 
     @jax.jit
     def probs(params, rest, xb):
-        xb, _ = preprocess((xb, jnp.zeros(xb.shape[0], jnp.int32)))
         return jax.nn.softmax(spec.merge(params, rest, train=False)(xb), -1)
 
     out = [
@@ -786,7 +784,6 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
     """
     import jax
 
-    from lrjax._src.batches import scale_images
     from lrjax._src.range_test import lr_range_test
     from lrjax._src.specs import Execution, Sweep
 
@@ -806,7 +803,6 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
             (setup.ds.x_train, setup.ds.y_train),
             key=jax.random.fold_in(key, 2),
             loss_fn=setup.choice.loss_fn,
-            preprocess=scale_images,
             method=method,
             sweep=Sweep(batch_size=args.batch_size),
             execution=Execution(progress=progress),
@@ -916,7 +912,6 @@ def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
     import jax
 
     from lrjax._src import hooks
-    from lrjax._src.batches import scale_images
     from lrjax._src.fit import FitConfig, fit
 
     ds, out = setup.ds, setup.out
@@ -943,7 +938,6 @@ def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
             key=jax.random.fold_in(key, 1),
             config=config,
             loss_fn=setup.choice.loss_fn,
-            preprocess=scale_images,
             val_data=(ds.x_val, ds.y_val),
             test_data=(ds.x_test, ds.y_test) if len(ds.y_test) else None,
             hooks=[
@@ -1060,8 +1054,6 @@ def _write_outputs(args, setup: _Setup, result, metrics: dict) -> None:
     """
     import numpy as np
 
-    from lrjax._src.batches import scale_images
-
     ds, out = setup.ds, setup.out
     if args.save_probs and len(ds.y_test):
         import io
@@ -1071,7 +1063,7 @@ def _write_outputs(args, setup: _Setup, result, metrics: dict) -> None:
             probs["test_probs_average.npy"] = result.averaged_model
         for name, m in probs.items():
             buf = io.BytesIO()
-            np.save(buf, softmax_outputs(m, ds.x_test, scale_images))
+            np.save(buf, softmax_outputs(m, ds.x_test))
             write_atomic(out / name, buf.getvalue())
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if not args.no_plot:
