@@ -118,8 +118,19 @@ def test_sections_not_measured_yet_and_then_measured(report, tmp_path):
     )
     assert " | none (--lr given) | " in row and "calibration" in row
     assert "missed" not in row and "met" not in row.split(" | ")[-1]
+    # --augment: the data change, so beside the target, not held to it
+    for seed in cnn["per_seed"].values():
+        seed["lr_method"] = "balanced"
+    (results / "cnn_results_auto_augment.json").write_text(json.dumps(cnn))
+    row = next(
+        line
+        for line in report.BLOCKS["cnn_results"](results).splitlines()
+        if line.startswith("| `cnn_results_auto_augment")
+    )
+    assert row.endswith("| beside the target (--augment changes the data) |")
     targets = report.BLOCKS["targets"](results)
     assert "cnn_results_onecycle_p01" not in targets
+    assert "cnn_results_auto_augment" not in targets
     assert "`cnn_results_auto.json`" in targets
     finder = report.BLOCKS["finder_quality_cnn"](results)
     assert "model `cnn`" in finder and "| knee | **" in finder
