@@ -232,6 +232,20 @@ def test_an_unknown_keyword_or_a_wrong_spec_is_named(function, kw, message):
     assert str(e.value) == message
 
 
+def test_the_drivers_signatures_are_their_own():
+    """The 0.2 keywords are caught by a decorator, not a ``**moved`` parameter:
+    what ``inspect`` (the API docs, editors) shows is what the driver takes."""
+    import inspect
+
+    for name, params in [
+        ("lr_range_test", 11), ("step_range_test", 9), ("lr_grid", 12), ("fit", 11),
+    ]:  # fmt: skip
+        sig = inspect.signature(getattr(lrjax, name))
+        kinds = {p.kind for p in sig.parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD not in kinds, name
+        assert len(sig.parameters) == params, (name, list(sig.parameters))
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [

@@ -75,6 +75,7 @@ from lrjax._src.specs import (
     check_moved,
     refuse_unless,
     spec_or_default,
+    takes_moved_keywords,
 )
 from lrjax._src.step import (
     STATEFUL_EVAL,
@@ -392,6 +393,7 @@ def _make_evaluate(eval_pop, val, n_val: int, batch: int, dispatch: bool, exampl
     return evaluate
 
 
+@takes_moved_keywords("lr_grid")
 def lr_grid(
     model: Any,
     optimizer: OptimizerFactory,
@@ -406,7 +408,6 @@ def lr_grid(
     config: GridConfig | None = None,
     population: Population | None = None,
     execution: Execution | None = None,
-    **moved: Any,
 ) -> GridResult:
     """Trains one model per (lr, seed) in one compiled program; returns the grid.
 
@@ -481,7 +482,6 @@ def lr_grid(
     >>> bool(grid.best_accuracy > 0.9), grid.best_lr in (0.01, 1.0)
     (True, True)
     """
-    check_moved("lr_grid", moved)
     specs = _grid_specs("lr_grid", config, population, execution)
     return _grid(model, optimizer, train_data, val_data, {None: specs[0].schedule},
                  lrs=lrs, key=key, loss_fn=loss_fn, model_state=model_state,

@@ -44,9 +44,9 @@ from lrjax._src.specs import (
     Divergence,
     Execution,
     Sweep,
-    check_moved,
     refuse_unless,
     spec_or_default,
+    takes_moved_keywords,
 )
 from lrjax._src.suggestions import (
     DEFAULT_METHOD,
@@ -502,6 +502,7 @@ def _run(train_step, state, batches, setter, record: _Record, graph: bool, calls
     return first_s, time.perf_counter() - start, pending[1]["loss"], reason
 
 
+@takes_moved_keywords("step_range_test")
 def step_range_test(
     train_step: Callable[[Any, Any], Any],
     state: Any,
@@ -513,7 +514,6 @@ def step_range_test(
     sweep: Sweep | None = None,  # required: None only to name moved keywords
     divergence: Divergence | None = None,
     execution: Execution | None = None,
-    **moved: Any,
 ) -> RangeTestResult:
     """The learning-rate range test through your own train step, unchanged.
 
@@ -602,7 +602,6 @@ def step_range_test(
         point at one); a step that recomputes the lr itself (a schedule); a step
         whose output is not ``(state, metrics)`` or whose metrics lack a loss.
     """
-    check_moved("step_range_test", moved)
     caller = "step_range_test"
     sweep = spec_or_default(caller, "sweep", sweep, Sweep)
     divergence = spec_or_default(caller, "divergence", divergence, Divergence)

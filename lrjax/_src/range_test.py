@@ -63,10 +63,10 @@ from lrjax._src.specs import (
     Execution,
     Population,
     Sweep,
-    check_moved,
     check_steps,
     check_sweep_over,
     spec_or_default,
+    takes_moved_keywords,
 )
 from lrjax._src.step import (
     LossFn,
@@ -523,6 +523,7 @@ def _check_method(method: str) -> str:
     return method
 
 
+@takes_moved_keywords("lr_range_test")
 def lr_range_test(
     model: Any,
     optimizer: OptimizerFactory,
@@ -536,7 +537,6 @@ def lr_range_test(
     divergence: Divergence | None = None,
     population: Population | None = None,
     execution: Execution | None = None,
-    **moved: Any,
 ) -> RangeTestResult:
     """Runs the learning-rate range test and suggests a learning rate.
 
@@ -629,7 +629,6 @@ def lr_range_test(
     >>> 1e-5 < result.suggested_lr < 10.0  # inside the swept range
     True
     """
-    check_moved("lr_range_test", moved)
     caller = "lr_range_test"
     sweep = spec_or_default(caller, "sweep", sweep, Sweep)
     divergence = spec_or_default(caller, "divergence", divergence, Divergence)

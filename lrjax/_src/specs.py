@@ -21,9 +21,11 @@ gets one ``TypeError`` line saying where it went (:func:`check_moved`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -439,7 +441,8 @@ def _shown(value: Any) -> str:
 def check_moved(function: str, moved: Mapping[str, Any]) -> None:
     """Refuses the keywords a 0.2 caller passed that 0.3 moved into a spec.
 
-    ``moved`` is what the function's ``**moved`` caught. One ``TypeError``
+    ``moved`` are the keywords the function does not take
+    (:func:`takes_moved_keywords`). One ``TypeError``
     line names every moved keyword and the spec it goes to; a keyword that
     never existed gets Python's own message.
 
@@ -474,6 +477,33 @@ sweep=lrjax.Sweep(num_steps=100), population=lrjax.Population(seeds=3)
         for spec, given in fields.items()
     )
     raise TypeError(f"{function}: {', '.join(moved)} moved in 0.3.0: pass {specs}")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def takes_moved_keywords(
+    function: str,
+) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """A driver whose 0.2 keywords are refused with where they went.
+
+    The driver keeps its own signature (``inspect.signature``, the docs and type
+    checkers see it); a keyword it does not have goes to :func:`check_moved`,
+    which names the spec it moved to, or gives Python's own message.
+    """
+
+    def decorate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        names = set(inspect.signature(fn).parameters)
+
+        @functools.wraps(fn)
+        def driver(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            check_moved(function, {k: v for k, v in kwargs.items() if k not in names})
+            return fn(*args, **kwargs)
+
+        return driver
+
+    return decorate
 
 
 _Spec = TypeVar("_Spec", "Sweep", "Divergence", "Population", "Execution", "GridConfig")
