@@ -42,9 +42,9 @@ class BNMLP(nnx.Module):
 def bn_run(epochs=2, hooks=(), **kw):
     kw.setdefault("chunks_per_epoch", 3)
     return fit(BNMLP(rngs=nnx.Rngs(0)), lambda lr: optax.sgd(lr, momentum=0.9),
-               TRAIN, key=jax.random.key(1), val_data=VAL, test_data=TEST, hooks=hooks,
+               TRAIN, key=jax.random.key(1), val_data=VAL, test_data=TEST,
                config=FitConfig(epochs=epochs, batch_size=BATCH, learning_rate=0.05,
-                                **kw))  # fmt: skip
+                                hooks=hooks, **kw))  # fmt: skip
 
 
 class Carries(Hook):

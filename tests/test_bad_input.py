@@ -266,8 +266,10 @@ def test_preprocess_is_refused_with_where_it_went(images):
         with pytest.raises(TypeError, match=rf"^{call.__name__}: " + where + "$"):
             call(scaled_mlp(), optax.sgd, images, images, lrs=[0.1], key=KEY,
                  preprocess=scale_images, **families)  # fmt: skip
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'preprocess'"):
+    with pytest.raises(TypeError, match=r"^fit: " + where + "$"):
         fit(images, preprocess=scale_images)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'preprocess'"):
+        lrjax.evaluate(scaled_mlp(), images, preprocess=scale_images)
     with pytest.raises(TypeError, match=r"takes the images, not an \(x, y\) batch"):
         scale_images(images)
     with pytest.raises(TypeError, match=r"integer images in \[0, 255\], got float32"):

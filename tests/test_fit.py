@@ -58,11 +58,10 @@ def run(epochs, m=None, data=TRAIN, hooks=(), loss_fn=None, **kw):
         optax.sgd,
         data,
         key=jax.random.key(1),
-        config=FitConfig(epochs=epochs, batch_size=BATCH, **kw),
+        config=FitConfig(epochs=epochs, batch_size=BATCH, hooks=hooks, **kw),
         loss_fn=loss_fn,
         val_data=VAL,
         test_data=TEST,
-        hooks=hooks,
     )
 
 
@@ -254,7 +253,8 @@ def cnn_run(tmp, module, **kw):
                test_data=synthetic(32, 7),
                config=FitConfig(epochs=2, batch_size=16, learning_rate=0.05,
                                 chunks_per_epoch=2, snapshot_steps=ends,
-                                checkpoint_dir=tmp, **kw.pop("config", {})),
+                                checkpoint_dir=tmp, hooks=kw.pop("hooks", ()),
+                                **kw.pop("config", {})),
                **kw)  # fmt: skip
 
 

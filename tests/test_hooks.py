@@ -106,9 +106,10 @@ def fit(*hooks, epochs=2, **config):
         optax.sgd,
         TRAIN,
         key=jax.random.key(0),
-        config=FitConfig(epochs=epochs, batch_size=BATCH, learning_rate=0.1, **config),
+        config=FitConfig(
+            epochs=epochs, batch_size=BATCH, learning_rate=0.1, hooks=hooks, **config
+        ),
         val_data=VAL,
-        hooks=hooks,
     )
 
 
@@ -311,6 +312,22 @@ def test_execution_hooks_are_checked():
         Execution(hooks=[lambda end: None])
     with pytest.raises(ValueError, match="a sequence of lrjax.Hook objects"):
         Execution(hooks=Seen())
+
+
+def test_fit_takes_its_hooks_in_its_config_and_checks_them():
+    """FitConfig.hooks, as Execution.hooks; 0.2's fit(..., hooks=) is told where
+    it went; a bad hook is one line before any update."""
+    seen = Seen()
+    r = fit(seen, epochs=1)  # the helper: FitConfig(hooks=(seen,))
+    assert r.epochs_run == 1 and seen.his() == [SPE // 2, SPE]  # 2 chunks an epoch
+    moved = r"^fit: hooks moved in 0.3.0: pass config=lrjax.FitConfig\(hooks=\.\.\.\)$"
+    with pytest.raises(TypeError, match=moved):
+        lrjax.fit(model, optax.sgd, TRAIN, key=jax.random.key(0), hooks=[seen])
+    with pytest.raises(ValueError, match="lrjax.Hook objects, got builtin_function"):
+        fit(print, epochs=1)
+    with pytest.raises(ValueError, match="a sequence of lrjax.Hook objects, got Seen"):
+        lrjax.fit(model, optax.sgd, TRAIN, key=jax.random.key(0),
+                  config=FitConfig(hooks=seen))  # fmt: skip
 
 
 def test_one_progress_bar_for_every_driver(capsys):

@@ -259,9 +259,9 @@ def test_fit_resumes_bit_identically_with_snapshots_and_the_average(data, tmp_pa
 
     def run(directory, hooks=(), **more):
         kw = fit_kw(linen_loss, linen_eval, val, checkpoint_dir=directory,
-                    **config, **more)  # fmt: skip
+                    hooks=hooks, **config, **more)  # fmt: skip
         return lrjax.fit(params, sgd, train, model_state=state, test_data=val,
-                         hooks=hooks, **kw)  # fmt: skip
+                         **kw)  # fmt: skip
 
     full = run(tmp_path / "full")
     # Stopped by a hook mid-epoch 2 (after 3 of 6 chunks), then resumed.

@@ -116,9 +116,9 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
                 checkpoint_dir=ckpt,
                 resume=resume,
                 logdir=logdir,
+                hooks=[losses],
             ),
             val_data=val,
-            hooks=[losses],
         )
         params = [np.asarray(a).tolist() for a in jax.tree.leaves(res.params)]
         return {
@@ -160,8 +160,9 @@ def worker(mode: str, out: Path, port: int, rank: int, nproc: int) -> None:
         optax.sgd,
         mine,
         key=jax.random.key(1),
-        config=FitConfig(epochs=1, batch_size=BATCH, learning_rate=0.05),
-        hooks=[losses],
+        config=FitConfig(
+            epochs=1, batch_size=BATCH, learning_rate=0.05, hooks=[losses]
+        ),
     )
     doc["fit_iterable"] = {"losses": losses.losses}
     rt = lr_range_test(

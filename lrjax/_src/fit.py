@@ -77,6 +77,7 @@ from lrjax._src.hooks import (
 )
 from lrjax._src.loop import Program, check_loop, drive, epoch_plan
 from lrjax._src.results import Timings, describe_devices
+from lrjax._src.specs import check_hooks, takes_moved_keywords
 from lrjax._src.step import (
     STATEFUL_EVAL,
     LossFn,
@@ -153,6 +154,12 @@ class FitConfig:
         from ``latest``.
       logdir: TensorBoard event files (:class:`lrjax._src.hooks.TensorBoard`).
       progress: a tqdm progress bar per epoch (:class:`lrjax.hooks.ProgressBar`).
+      hooks: your :class:`lrjax.Hook` objects (a sequence, kept as a tuple),
+        acting after the built-in ones (TensorBoard, checkpoints, progress) when
+        their trigger fires; ``run`` is a :class:`lrjax.hooks.FitRun` (its
+        ``carry``, ``best``, ``history``), an epoch's ``end.record`` its history
+        entry. The best epoch and early stopping are the run's, kept before any
+        hook acts. The range tests and grids take them in ``Execution.hooks``.
     """
 
     epochs: int = 30
@@ -177,6 +184,7 @@ class FitConfig:
     max_to_keep: int = 2
     logdir: str | Path | None = None
     progress: bool = False
+    hooks: Sequence[Hook] = ()
 
 
 @dataclasses.dataclass
@@ -467,7 +475,7 @@ def _check(cfg: FitConfig) -> FitConfig:
         raise ValueError(f"monitor must be a metric name, got {cfg.monitor!r}")
     check_loop(cfg.loop)
     check_accumulate(cfg.accumulate_steps)
-    return cfg
+    return dataclasses.replace(cfg, hooks=check_hooks(cfg.hooks))
 
 
 def _snapshot_steps(steps) -> np.ndarray | None:
@@ -495,6 +503,7 @@ def _init_model(model, key, has_loss_fn: bool, model_state):
     return spec, params, rest, graphdef
 
 
+@takes_moved_keywords("fit")
 def fit(
     model: Any,
     optimizer: OptimizerFactory,
@@ -507,7 +516,6 @@ def fit(
     eval_fn: Callable | None = None,
     val_data: Any = None,
     test_data: Any = None,
-    hooks: Sequence[Hook] = (),
 ) -> FitResult:
     """Trains ``model`` on ``data``; the caller's model is never changed.
 
@@ -542,11 +550,6 @@ def fit(
         is ``val_data`` or ``test_data``.
       val_data: evaluated after every epoch (``val_<name>`` in the history).
       test_data: evaluated once at the end (``FitResult.test``).
-      hooks: your :class:`lrjax.Hook` objects, acting after the built-in ones
-        (TensorBoard, checkpoints, progress) when their trigger fires; ``run``
-        is a :class:`lrjax.hooks.FitRun` (its ``carry``, ``best``, ``history``),
-        an epoch's ``end.record`` its history entry. The best epoch and early
-        stopping are the run's, kept before any hook acts.
 
     Raises:
       ValueError, TypeError: bad arguments. CheckpointError: an unreadable or
@@ -619,7 +622,7 @@ def fit(
         spec=spec, num_snaps=num_snaps,
     )  # fmt: skip
     run = _new_run(cfg, spe, num_snaps, carry, best_state)
-    actions, ckpt = _actions(cfg, hooks)
+    actions, ckpt = _actions(cfg)
     on_chunk = _OnChunk(record)
     reason = _train(
         program, run, source, actions, on_chunk,
@@ -840,9 +843,7 @@ def _new_run(cfg: FitConfig, spe: int, num_snaps: int, carry, best_state) -> Fit
     )
 
 
-def _actions(
-    cfg: FitConfig, hooks: Sequence[Hook]
-) -> tuple[list[Hook], Checkpoints | None]:
+def _actions(cfg: FitConfig) -> tuple[list[Hook], Checkpoints | None]:
     """The built-in hooks the config asks for, then the caller's; and the
     checkpoints (None without ``checkpoint_dir``). No hook reads what another
     wrote: the best epoch and early stopping are the run's (:class:`_OnChunk`)."""
@@ -855,7 +856,7 @@ def _actions(
         actions.append(ckpt)
     if cfg.progress:
         actions.append(ProgressBar(unit="step", per_epoch=True, postfix=_postfix))
-    actions.extend(hooks)
+    actions.extend(cfg.hooks)
     return actions, ckpt
 
 

@@ -231,8 +231,8 @@ class Hook:
     """A host action between chunks (``act``) and when it runs (``trigger``).
 
     Override what you need; every method is a no-op. The same hook serves
-    ``fit(..., hooks=[...])``, ``lr_range_test`` and ``lr_grid``
-    (``execution=lrjax.Execution(hooks=[...])``).
+    ``fit`` (``config=lrjax.FitConfig(hooks=[...])``), ``lr_range_test`` and
+    ``lr_grid`` (``execution=lrjax.Execution(hooks=[...])``).
     """
 
     trigger: Trigger = Trigger()  # after every chunk; set yours on the class or self

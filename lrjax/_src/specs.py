@@ -293,7 +293,7 @@ class Execution:
       hooks: your :class:`lrjax.Hook` objects (a sequence, kept as a tuple),
         called between chunks when their trigger fires, after the progress
         bar; a reason one returns stops the run there (the result's
-        ``stop_reason``). ``lrjax.fit`` takes them as ``hooks=``.
+        ``stop_reason``). ``lrjax.fit`` takes them in ``FitConfig.hooks``.
 
     >>> Execution(loop="dispatch", progress=True)
     Execution(chunks=8, loop='dispatch', progress=True, hooks=())
@@ -317,17 +317,27 @@ class Execution:
         check_loop(self.loop)
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True or False, got {self.progress!r}")
-        if isinstance(self.hooks, Hook) or not isinstance(self.hooks, Sequence):
+        _set(self, "hooks", check_hooks(self.hooks))
+
+
+def check_hooks(hooks: Any) -> tuple[Hook, ...]:
+    """``hooks`` as a tuple of :class:`lrjax.Hook` objects (``Execution.hooks``,
+    ``FitConfig.hooks``).
+
+    Raises:
+      ValueError: not a sequence, or an element that is not a Hook, in one line.
+    """
+    if isinstance(hooks, Hook) or not isinstance(hooks, Sequence):
+        raise ValueError(
+            "hooks must be a sequence of lrjax.Hook objects, got "
+            f"{type(hooks).__name__}"
+        )
+    for h in hooks:
+        if not isinstance(h, Hook):
             raise ValueError(
-                "hooks must be a sequence of lrjax.Hook objects, got "
-                f"{type(self.hooks).__name__}"
+                f"hooks must be lrjax.Hook objects, got {type(h).__name__}"
             )
-        for h in self.hooks:
-            if not isinstance(h, Hook):
-                raise ValueError(
-                    f"hooks must be lrjax.Hook objects, got {type(h).__name__}"
-                )
-        _set(self, "hooks", tuple(self.hooks))
+    return tuple(hooks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,6 +387,7 @@ _SPEC_PARAM = {
     "Population": "population",
     "Execution": "execution",
     "GridConfig": "config",
+    "FitConfig": "config",
 }
 _RANGE_TEST_MOVED = {
     "num_steps": ("Sweep", "num_steps"),
@@ -412,6 +423,7 @@ _STEP_MOVED = {
     )
 }  # fmt: skip
 MOVED: dict[str, dict[str, tuple[str, str]]] = {
+    "fit": {"hooks": ("FitConfig", "hooks")},
     "lr_range_test": _RANGE_TEST_MOVED,
     "step_range_test": _STEP_MOVED,
     "lr_grid": _GRID_MOVED,
@@ -430,12 +442,18 @@ REMOVED = {
 
 
 def _shown(value: Any) -> str:
-    """A value as it would be written in the call (``...`` for a function)."""
+    """A value as it would be written in the call: a literal (numbers, strings,
+    and lists, tuples and dicts of them) up to 60 characters, else ``...`` (a
+    function, a hook object)."""
+    return repr(value) if _literal(value) and len(repr(value)) <= 60 else "..."
+
+
+def _literal(value: Any) -> bool:
     if value is None or isinstance(value, bool | int | float | str):
-        return repr(value)
-    if isinstance(value, Mapping | list | tuple) and len(repr(value)) <= 60:
-        return repr(value)
-    return "..."
+        return True
+    if isinstance(value, Mapping):
+        return all(_literal(k) and _literal(v) for k, v in value.items())
+    return isinstance(value, list | tuple) and all(_literal(v) for v in value)
 
 
 def check_moved(function: str, moved: Mapping[str, Any]) -> None:

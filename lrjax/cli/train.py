@@ -915,6 +915,7 @@ def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
     from lrjax._src.fit import FitConfig, fit
 
     ds, out = setup.ds, setup.out
+    stop = hooks.StopOnSignals()
     config = FitConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -929,8 +930,9 @@ def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
         resume=args.resume,
         max_to_keep=args.max_to_keep,
         progress=progress,
+        hooks=[hooks.EpochEnd(lambda rec: say(_epoch_line(rec, args.epochs))), stop],
     )
-    with hooks.StopOnSignals() as stop:
+    with stop:
         result = fit(
             model,
             setup.opt,
@@ -940,10 +942,6 @@ def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
             loss_fn=setup.choice.loss_fn,
             val_data=(ds.x_val, ds.y_val),
             test_data=(ds.x_test, ds.y_test) if len(ds.y_test) else None,
-            hooks=[
-                hooks.EpochEnd(lambda rec: say(_epoch_line(rec, args.epochs))),
-                stop,
-            ],
         )
         return result, stop.received
 
