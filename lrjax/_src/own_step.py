@@ -511,7 +511,7 @@ def step_range_test(
     key: jax.Array | None = None,
     hyperparam: str | Callable[[Any, np.float32], Any] = "learning_rate",
     method: str = DEFAULT_METHOD,
-    sweep: Sweep | None = None,  # required: None only to name moved keywords
+    sweep: Sweep | None = None,  # required; None: a one-line "needs num_steps"
     divergence: Divergence | None = None,
     execution: Execution | None = None,
 ) -> RangeTestResult:
