@@ -40,8 +40,8 @@ SPECS = ("Sweep", "Divergence", "Population", "Execution", "GridConfig")
 # The public modules and their names; everything else lives in lrjax._src.
 PUBLIC_MODULES = {
     "distributed": {"initialize", "is_main", "process_count", "process_index"},
-    "hooks": {"ChunkEnd", "FitRun", "Hook", "ProgressBar", "Run", "StopOnSignals",
-              "Trigger"},
+    "hooks": {"ChunkEnd", "FitRun", "Hook", "ProgressBar", "ProgressLines", "Run",
+              "StopOnSignals", "Trigger"},
     "models": {"CNN", "MLP", "Augment", "cnn", "mlp"},
     "recipes": {"AUTO_FAMILIES", "FAMILIES", "OPTIMIZER_KINDS", "PEAK_RULES", "SHAPES",
                 "REFERENCE_STEPS", "PeakRule", "Recipe", "build_schedule",

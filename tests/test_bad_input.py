@@ -249,6 +249,27 @@ def test_float_labels_are_refused(images):
         range_test((x, y + 1))  # the default loss: the labels as given
 
 
+def test_the_default_loss_names_a_batch_that_is_not_x_y(images):
+    # a dict batch used to unpack into its two keys and fail inside the model
+    x, y = images
+    also = ": give a loss_fn\\(model, batch\\) for batches of another form"
+    dicts = r"^the default classification loss takes \(x, y\) batches, got a dict with keys \['image', 'label'\]"  # noqa: E501
+    batches = {"image": x, "label": y}
+    for call in (range_test, fit):
+        with pytest.raises(TypeError, match=dicts + also):
+            call(batches)
+    stream = iter([{"image": x[:32], "label": y[:32]}] * 8)
+    with pytest.raises(TypeError, match=dicts + also):
+        range_test(stream)
+    with pytest.raises(TypeError, match=r"got a tuple of 3" + also):
+        range_test((x, y, y))
+
+    def from_dicts(model, batch):  # the form this test's data has, as its loss
+        return lrjax.classification_loss()(model, (batch["image"], batch["label"]))
+
+    assert range_test(batches, loss_fn=from_dicts).steps_run == 8
+
+
 # --------------------------------------- 7. preprocess= is gone: one line says where
 
 

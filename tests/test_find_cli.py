@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import sys
 
 import numpy as np
 import pytest
 
+import lrjax
+import lrjax.hooks
 from lrjax import find
+from lrjax.cli import find as find_cli
+from lrjax.cli import progress
 from tests.test_records import RANGE_CONFIG, RANGE_TIMINGS
 
 
@@ -318,3 +325,67 @@ def test_bad_sweep_is_one_line_and_exit_2(tiny_fashion_mnist, capsys, argv, need
     assert err.count("\n") == 1 and err.startswith("lrjax.find: error: ")
     assert needle in err
     assert "Traceback" not in err and out == ""
+
+
+class CtrlC(lrjax.hooks.Hook):
+    """Sends this process SIGINT after its first chunk, as a user's Ctrl-C."""
+
+    def act(self, run, end):
+        if not getattr(self, "sent", False):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def ctrl_c_in_the_run(monkeypatch, module):
+    """The command line's progress hooks replaced by :class:`CtrlC`."""
+    monkeypatch.setattr(
+        module, "progress", lambda prog, quiet: {"progress": False, "hooks": [CtrlC()]}
+    )
+
+
+def test_ctrl_c_stops_the_sweep_and_writes_the_curve_so_far(
+    tiny_fashion_mnist, tmp_path, monkeypatch, capsys
+):
+    ctrl_c_in_the_run(monkeypatch, find_cli)
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys, "--data-dir", str(tiny_fashion_mnist), "--out", str(out),
+        "--steps", "1000000", "--batch-size", "16", "--no-plot",
+    )  # fmt: skip
+    doc = json.loads((out / "lr_find.json").read_text())
+    steps = doc["steps_run"]
+    assert code == 130 and doc["stop_reason"] == "signal"
+    assert 0 < steps < 1_000_000 and len(doc["lrs"]) == steps
+    assert err == (
+        f"lrjax.find: stopped by signal 2 at step {steps} of 1000000; the curve so "
+        f"far is in {out}\n"
+    )
+    assert f"steps run:    {steps} of 1000000" in stdout
+
+
+def test_ctrl_c_before_the_sweep_is_one_line(
+    tiny_fashion_mnist, tmp_path, monkeypatch, capsys
+):
+    def load(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(find_cli, "load_data", load)
+    code, stdout, err = run(capsys, "--out", str(tmp_path / "o"))
+    assert (code, stdout) == (130, "")
+    assert err == "lrjax.find: interrupted\n"
+
+
+def test_progress_is_a_bar_on_a_terminal_lines_on_a_pipe(monkeypatch):
+    assert progress("p", quiet=True) == {"progress": False, "hooks": []}
+    (lines,) = progress("p", quiet=False)["hooks"]  # stderr is pytest's capture
+    assert isinstance(lines, lrjax.hooks.ProgressLines) and lines.desc == "p"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert progress("p", quiet=False) == {"progress": True, "hooks": []}
+
+
+def test_steps_beyond_the_step_counter_are_refused(tmp_path, capsys):
+    code, stdout, err = run(capsys, "--steps", str(2**31 + 1), "--out", str(tmp_path))
+    assert code == 2 and stdout == ""
+    assert err == (
+        "lrjax.find: error: argument --steps: must be <= 2147483648, got 2147483649\n"
+    )

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from lrjax import grid
+from lrjax.cli import grid as grid_cli
+from tests.test_find_cli import ctrl_c_in_the_run
 from tests.test_records import (
     GRID_CONFIG,
     GRID_MEMORY,
@@ -212,3 +214,39 @@ def test_around_recipe_centres_the_grid_on_the_recipe_peak(
     assert rec["val_accuracy"] == pytest.approx(final[1])
     assert rec["regret_pp"] == pytest.approx(100 * (final.max() - final[1]))
     assert "recipe wsd: " in stdout and "regret" in stdout
+
+
+def test_ctrl_c_stops_the_grid_after_an_epoch_and_writes_the_epochs_so_far(
+    tiny_fashion_mnist, tmp_path, monkeypatch, capsys
+):
+    ctrl_c_in_the_run(monkeypatch, grid_cli)
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys, "--data-dir", str(tiny_fashion_mnist), "--out", str(out),
+        "--epochs", "3", "--num", "2", "--batch-size", "32",
+    )  # fmt: skip
+    doc = json.loads((out / "grid.json").read_text())
+    assert code == 130 and doc["stop_reason"] == "signal" and doc["epochs"] == 1
+    assert np.asarray(doc["val_accuracy"]).shape == (2, 1, 1)  # [lrs, seeds, epochs]
+    assert err == (
+        f"lrjax.grid: stopped by signal 2 after epoch 1 of 3; the epochs so far "
+        f"are in {out}\n"
+    )
+    assert "val acc (mean over 1 seed(s), epoch 1)" in stdout
+
+
+def test_ctrl_c_in_the_range_test_of_find_writes_nothing(
+    tiny_fashion_mnist, tmp_path, monkeypatch, capsys
+):
+    ctrl_c_in_the_run(monkeypatch, grid_cli)
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys, "--data-dir", str(tiny_fashion_mnist), "--out", str(out),
+        "--find", "--num", "2", "--batch-size", "32",
+    )  # fmt: skip
+    assert (code, stdout) == (130, "")
+    assert (
+        err
+        == "lrjax.grid: interrupted during the range test (--find); nothing written\n"
+    )  # noqa: E501
+    assert not (out / "grid.json").exists()

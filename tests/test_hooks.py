@@ -6,7 +6,9 @@ what it sees is checked against the results' own arrays.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ import optax
 import pytest
 
 import lrjax
+import lrjax.hooks
 from lrjax import Divergence, Execution, FitConfig, GridConfig, Hook, Sweep, Trigger
 from lrjax._src.hooks import Checkpoints, ChunkEnd, Run
 from lrjax._src.loop import epoch_plan, uniform_plan
@@ -356,3 +359,59 @@ def test_one_progress_bar_for_every_driver(capsys):
     assert "epoch 1/2:" in err and "epoch 2/2:" in err and f"{SPE}/{SPE}" in err
     assert "loss=" in err and "lr=0.1" in err
     assert not tqdm._instances  # every bar closed
+
+
+LINE = re.compile(
+    r"^(\w+): step (\d+) of (\d+) \((\d+\.\d)%\)(?:, epoch (\d+) of (\d+))?, "
+    r"([0-9.e+]+) steps/s(, about \S+ (?:s|min|h|days) left)?$"
+)
+
+
+def progress_lines(text: str) -> list[tuple]:
+    """Each line's (desc, step, total, percent, epoch, epochs, rate, left)."""
+    rows = [LINE.match(line) for line in text.splitlines()]
+    assert all(rows), text
+    return [m.groups() for m in rows if m]
+
+
+def test_progress_lines_count_every_drivers_steps():
+    """Every chunk's line (``every_seconds`` tiny, nothing first): the step it
+    ended, its percent, the epoch where the run has epochs, a time left until
+    the last."""
+    lines = lrjax.hooks.ProgressLines("rt", first_after=0, every_seconds=1e-9)
+    lines.file = io.StringIO()
+    range_test(lines, num_steps=40, chunks=4)
+    rows = progress_lines(lines.file.getvalue())
+    assert [(d, int(s), int(t)) for d, s, t, *_ in rows] == [
+        ("rt", s, 40) for s in (10, 20, 30, 40)
+    ]
+    assert [p for *_, p, _, _, _, _ in rows] == ["25.0", "50.0", "75.0", "100.0"]
+    assert all(r[6] is not None and float(r[6]) > 0 for r in rows)
+    assert [r[7] is None for r in rows] == [False, False, False, True]
+    assert all(r[4] is None for r in rows)  # no epochs in a range test
+
+    lines.file = io.StringIO()
+    grid(lines, epochs=2)
+    rows = progress_lines(lines.file.getvalue())
+    assert [(int(s), int(t), e, es) for _, s, t, _, e, es, _, _ in rows] == [
+        (SPE, 2 * SPE, "1", "2"), (2 * SPE, 2 * SPE, "2", "2"),
+    ]  # fmt: skip
+
+
+def test_progress_lines_wait_first_after_then_every_seconds(monkeypatch):
+    clock = iter([0.0, 1.0, 4.0, 6.0, 7.0, 40.0])  # start, then one per chunk
+    monkeypatch.setattr(lrjax._src.hooks.time, "perf_counter", lambda: next(clock))
+    lines = lrjax.hooks.ProgressLines("p", file=io.StringIO())  # 5 s, then 30 s
+    run = Run(total_steps=1000)
+    lines.start(run)
+    for hi in (100, 200, 300, 400, 500):  # at 1, 4, 6, 7, 40 s
+        lines.act(run, ChunkEnd(hi - 100, hi, {}, None))
+    rows = progress_lines(lines.file.getvalue())
+    # at 6 s (first after 5 s) and 40 s (30 s later); the rate counts from the
+    # first chunk's end (1 s, step 100): 200 / 5 s, then 400 / 39 s
+    assert [(s, rate, left) for _, s, _, _, _, _, rate, left in rows] == [
+        ("300", "40", ", about 18 s left"),
+        ("500", "10.26", ", about 49 s left"),
+    ]
+    with pytest.raises(ValueError, match="every_seconds must be > 0 or None, got 0"):
+        lrjax.hooks.ProgressLines("p", every_seconds=0)

@@ -206,7 +206,7 @@ LOSSES = {
         "        logits, batch['label']).mean()\n",
         "loss_fn in {path} failed on the first batch (images uint8[B, 28, 28], "
         "labels int32[B]): TypeError: tuple indices must be integers or slices, not "
-        "str; the command lines pass these (x, y) tuples",
+        "str; the command lines pass every batch as that (x, y) tuple",
     ),
     "logits": (
         "def loss_fn(model, batch):\n"

@@ -150,7 +150,9 @@ BAD = {
         lambda: eqx.partition(eqx_mlp(), eqx.is_inexact_array)[0],
         {},
         TypeError,
-        ["an Equinox module (MLP) without a loss_fn", "eqx.combine"],
+        ["the array half of an Equinox module (MLP, as eqx.partition gives it) "
+         "without a loss_fn", "give a loss_fn(params, batch) that calls "
+         "eqx.combine(params, static)"],
     ),
     "train state": (
         lambda: TrainState.create(

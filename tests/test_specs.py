@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import lrjax
-from lrjax import Divergence, Execution, GridConfig, Population, Sweep
+from lrjax import Divergence, Execution, FitConfig, GridConfig, Population, Sweep
 from lrjax._src.batches import batch_indices
 from lrjax._src.step import init_state, make_optimizer, make_step, split_model
 
@@ -66,6 +66,11 @@ from lrjax._src.step import init_state, make_optimizer, make_step, split_model
             dict(eval_batch_size=0),
             "eval_batch_size must be an integer >= 1",
         ),
+        (FitConfig, dict(epochs=0), "epochs must be an integer >= 1, got 0"),
+        (FitConfig, dict(epochs=1.5), "epochs must be an integer >= 1, got 1.5"),
+        (FitConfig, dict(patience=-1), "patience must be an integer >= 0, got -1"),
+        (FitConfig, dict(monitor_mode="up"), "monitor_mode must be 'min' or 'max'"),
+        (FitConfig, dict(hooks=[1]), "hooks must be lrjax.Hook objects, got int"),
     ],
 )
 def test_a_bad_field_is_one_line_naming_it(spec, fields, match):

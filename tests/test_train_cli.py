@@ -447,3 +447,12 @@ def test_resume_continues_the_saved_flags_and_refuses_others(
     assert (
         json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs_run"] == 2
     )
+
+
+def test_ctrl_c_before_training_is_one_line(tiny, tmp_path, monkeypatch, capsys):
+    def setup(args):
+        raise KeyboardInterrupt  # e.g. while the data load
+
+    monkeypatch.setattr(train, "_setup", setup)
+    assert train.main([*tiny, "--logdir", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr() == ("", "lrjax.train: interrupted\n")

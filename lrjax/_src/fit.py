@@ -186,6 +186,9 @@ class FitConfig:
     progress: bool = False
     hooks: Sequence[Hook] = ()
 
+    def __post_init__(self):
+        _check(self)  # a bad value is refused here, as by the other specs
+
 
 @dataclasses.dataclass
 class FitResult:
@@ -439,7 +442,9 @@ def _batch_sharding(mesh: jax.sharding.Mesh, k: int) -> jax.sharding.NamedShardi
     )
 
 
-def _check(cfg: FitConfig) -> FitConfig:
+def _check(cfg: FitConfig) -> None:
+    """Every field of ``cfg`` in range (one line each); ``hooks`` as a tuple."""
+
     def integer(v: Any) -> bool:
         return not isinstance(v, bool) and isinstance(v, int)
 
@@ -475,7 +480,7 @@ def _check(cfg: FitConfig) -> FitConfig:
         raise ValueError(f"monitor must be a metric name, got {cfg.monitor!r}")
     check_loop(cfg.loop)
     check_accumulate(cfg.accumulate_steps)
-    return dataclasses.replace(cfg, hooks=check_hooks(cfg.hooks))
+    object.__setattr__(cfg, "hooks", check_hooks(cfg.hooks))
 
 
 def _snapshot_steps(steps) -> np.ndarray | None:
@@ -666,7 +671,7 @@ def _checked(
     test_data: Any,
 ) -> tuple[FitConfig, np.ndarray | None]:
     """``(config, snapshot steps)``, checked with what the run will evaluate."""
-    cfg = _check(config or FitConfig())
+    cfg = config or FitConfig()  # checked when it was built
     check_optimizer(optimizer)
     if val_data is None and cfg.monitor.startswith("val_") and cfg.patience:
         raise ValueError(f"patience needs val_data to monitor {cfg.monitor!r}")

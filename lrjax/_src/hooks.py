@@ -558,6 +558,84 @@ class ProgressBar(Hook):
             self.bar = None
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.4 h``, ``2.1 days``: an estimate, not a timing.
+
+    >>> [_duration(s) for s in (42.4, 725, 12240, 181440)]
+    ['42 s', '12 min', '3.4 h', '2.1 days']
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+class ProgressLines(Hook):
+    """Progress as plain lines, for a log or a pipe where a tqdm bar cannot redraw.
+
+    After the first chunk that ends ``first_after`` seconds or more after the
+    start, then every ``every_seconds``, process 0 writes ``"{desc}: step i of N
+    (p%), r steps/s, about T left"`` (``, epoch e of E`` where the run has
+    epochs) to ``file`` (default ``sys.stderr``). The rate counts the updates
+    since the first chunk ended, so compilation is not in it (the first line,
+    before a second chunk, counts from the start). A range test usually stops
+    at divergence before its last step: its time left is at most ``T``.
+
+    >>> import io
+    >>> lines = ProgressLines("find", first_after=0, file=io.StringIO())
+    >>> run = Run(total_steps=400)
+    >>> lines.start(run)
+    >>> run.step = 100
+    >>> lines.act(run, ChunkEnd(0, 100, {}, None))
+    >>> lines.file.getvalue().startswith("find: step 100 of 400 (25.0%), ")
+    True
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        *,
+        every_seconds: float = 30.0,
+        first_after: float = 5.0,
+        file: Any = None,
+    ):
+        _every("every_seconds", every_seconds, False)
+        if not first_after >= 0:
+            raise ValueError(f"first_after must be >= 0 seconds, got {first_after!r}")
+        self.desc, self.every, self.first_after = desc, every_seconds, first_after
+        self.file = file
+        self.t_next = 0.0
+        self.origin = (0.0, 0)  # (time, step) the rate counts from
+        self.first_chunk: tuple[float, int] | None = None
+
+    def start(self, run: Run) -> None:
+        now = time.perf_counter()
+        self.t_next = now + self.first_after
+        self.origin, self.first_chunk = (now, run.step), None
+
+    def act(self, run: Run, end: ChunkEnd) -> str | None:
+        now = time.perf_counter()
+        t0, s0 = self.origin if self.first_chunk is None else self.first_chunk
+        if self.first_chunk is None:
+            self.first_chunk = (now, end.hi)
+        if now < self.t_next or not is_main():
+            return None
+        self.t_next = now + self.every
+        rate = (end.hi - s0) / max(now - t0, 1e-9)
+        total = run.total_steps
+        line = f"{self.desc}: step {end.hi} of {total} ({100 * end.hi / total:.1f}%)"
+        if run.epochs is not None:
+            line += f", epoch {run.epoch} of {run.epochs}"
+        line += f", {rate:.4g} steps/s"
+        if rate > 0 and end.hi < total:
+            line += f", about {_duration((total - end.hi) / rate)} left"
+        print(line, file=self.file or sys.stderr, flush=True)
+        return None
+
+
 class EpochEnd(Hook):
     """Calls ``fn(record)`` after every epoch (e.g. to print a summary line)."""
 

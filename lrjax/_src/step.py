@@ -296,6 +296,15 @@ def _refuse_foreign(model: Any, has_loss_fn: bool, what: str) -> bool:
             "'Your own train step'); or pass state.params with a loss_fn",
         )
     equinox = foreign == "equinox"
+    if equinox and not has_loss_fn and _has_only_arrays(model):
+        _refuse(
+            what,
+            f"the array half of an Equinox module ({type(model).__name__}, as "
+            "eqx.partition gives it) without a loss_fn",
+            "give a loss_fn(params, batch) that calls eqx.combine(params, "
+            "static); with an eqx.nn.State pass model_state=state and "
+            "loss_fn(params, model_state, batch, key)",
+        )
     if equinox and not (has_loss_fn and _has_only_arrays(model)):
         _refuse(
             what,
@@ -576,6 +585,8 @@ def classification_loss(apply: Callable | None = None) -> LossFn:
     ``logits = model(x)``, or ``apply(params, x)`` when ``apply`` is given: the
     one-line replacement of the earlier ``(apply, params)`` calls is
     ``loss_fn=lrjax.classification_loss(apply)`` with ``params`` as the model.
+    A batch that is not an ``(x, y)`` pair (a dict, a triple) is refused with a
+    one-line ``TypeError`` when the step is traced, before any update.
 
     >>> loss_fn = classification_loss(lambda p, x: x @ p)
     >>> loss, m = loss_fn(jnp.eye(2), (jnp.array([[5.0, 0.0]]), jnp.array([0])))
@@ -584,12 +595,28 @@ def classification_loss(apply: Callable | None = None) -> LossFn:
     """
 
     def loss_fn(model, batch):
-        x, y = batch
+        x, y = _pair(batch)
         logits = model(x) if apply is None else apply(model, x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
 
     return loss_fn
+
+
+def _pair(batch: Any) -> tuple[Any, Any]:
+    """The ``(x, y)`` of a batch of the default loss; anything else in one line."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, Mapping):
+        got = f"a dict with keys {sorted(map(str, batch))}"
+    elif isinstance(batch, (tuple, list)):
+        got = f"a {type(batch).__name__} of {len(batch)}"
+    else:
+        got = f"a {type(batch).__name__}"
+    raise TypeError(
+        f"the default classification loss takes (x, y) batches, got {got}: "
+        "give a loss_fn(model, batch) for batches of another form"
+    )
 
 
 def check_classification_data(

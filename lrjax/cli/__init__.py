@@ -38,6 +38,25 @@ def fail(prog: str, message: str) -> int:
     return 2
 
 
+def progress(prog: str, quiet: bool) -> dict:
+    """``Execution``'s progress for a command line: a tqdm bar on a terminal,
+    :class:`lrjax.hooks.ProgressLines` on a pipe or in a log, nothing with
+    ``--quiet``. ``{"progress": bool, "hooks": [...]}``."""
+    if quiet:
+        return {"progress": False, "hooks": []}
+    if sys.stderr.isatty():
+        return {"progress": True, "hooks": []}
+    from lrjax._src.hooks import ProgressLines
+
+    return {"progress": False, "hooks": [ProgressLines(prog)]}
+
+
+def interrupted(prog: str, what: str = "") -> int:
+    """Ctrl-C outside a run that stops at a chunk boundary: one line, exit 130."""
+    print(f"{prog}: interrupted{what and ' '}{what}", file=sys.stderr)
+    return 130
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -48,7 +67,7 @@ def positive_float(text: str) -> float:
     return value
 
 
-def int_at_least(low: int):
+def int_at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -58,6 +77,8 @@ def int_at_least(low: int):
             ) from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
         return value
 
     return parse
@@ -275,7 +296,7 @@ def check_first_batch(spec: str, model, loss_fn, ds, batch_size: int) -> None:
         )
         raise UsageError(
             f"--model {spec}: {what} failed on the first batch {batch_form(ds)}: "
-            f"{_why(e)}; the command lines pass these (x, y) tuples, not dicts "
+            f"{_why(e)}; the command lines pass every batch as that (x, y) tuple "
             "(docs/guide.md, 'Your own model on the command line')"
         ) from None
 

@@ -23,11 +23,13 @@ from lrjax.cli import (
     add_model_args,
     fail,
     int_at_least,
+    interrupted,
     load_data,
     model_choice,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
+    progress,
     save_png,
     setup_jax,
     write_atomic,
@@ -120,7 +122,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-lr", type=positive_float, default=10.0)
     p.add_argument(
         "--steps",
-        type=int_at_least(2),
+        type=int_at_least(2, 2**31),
         default=None,
         help="sweep length (default: one epoch)",
     )
@@ -280,6 +282,13 @@ def _summary(r, out, total_s) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # outside the sweep (in it: StopOnSignals)
+        return interrupted(PROG)
+
+
+def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
@@ -296,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from lrjax._src.data import DatasetError
+    from lrjax._src.hooks import StopOnSignals
     from lrjax._src.range_test import check_sweep, lr_range_test
     from lrjax._src.specs import Divergence, Execution, Population, Sweep
 
@@ -316,30 +326,42 @@ def main(argv: list[str] | None = None) -> int:
     key = jax.random.key(args.seed)
     build = choice.build
 
-    try:
-        result = lr_range_test(
-            build(key) if seeds == 1 else build,
-            opt,
-            (ds.x_train, ds.y_train),
-            key=key,
-            loss_fn=choice.loss_fn,
-            method=args.method,
-            sweep=Sweep(
-                num_steps=args.steps,
-                init_value=args.min_lr,
-                end_value=args.max_lr,
-                mode=args.mode,
-                batch_size=args.batch_size,
-            ),
-            divergence=Divergence(
-                smooth_beta=args.smooth, threshold=args.diverge_threshold
-            ),
-            population=Population(seeds=seeds, sweep_over=sweep_over),
-            execution=Execution(progress=not args.quiet and sys.stderr.isatty()),
-        )
-    except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
-        return fail(PROG, str(e))
+    shown = progress(PROG, args.quiet)
+    stop = StopOnSignals()  # Ctrl-C: the curve so far, at a chunk boundary
+    with stop:
+        try:
+            result = lr_range_test(
+                build(key) if seeds == 1 else build,
+                opt,
+                (ds.x_train, ds.y_train),
+                key=key,
+                loss_fn=choice.loss_fn,
+                method=args.method,
+                sweep=Sweep(
+                    num_steps=args.steps,
+                    init_value=args.min_lr,
+                    end_value=args.max_lr,
+                    mode=args.mode,
+                    batch_size=args.batch_size,
+                ),
+                divergence=Divergence(
+                    smooth_beta=args.smooth, threshold=args.diverge_threshold
+                ),
+                population=Population(seeds=seeds, sweep_over=sweep_over),
+                execution=Execution(
+                    progress=shown["progress"], hooks=[*shown["hooks"], stop]
+                ),
+            )
+        except ValueError as e:  # e.g. a population too big to fit (MemoryRefused)
+            return fail(PROG, str(e))
     _write(args, result, choice.config, out, time.perf_counter() - t_start)
+    if result.stop_reason == "signal" and stop.received is not None:
+        print(
+            f"{PROG}: stopped by signal {stop.received} at step {result.steps_run} "
+            f"of {result.config.num_steps}; the curve so far is in {out}",
+            file=sys.stderr,
+        )
+        return 128 + stop.received
     return 0
 
 

@@ -26,12 +26,14 @@ from lrjax.cli import (
     add_model_args,
     fail,
     int_at_least,
+    interrupted,
     load_data,
     model_choice,
     nonneg_float,
     optimizer_factory,
     positive_float,
     prepare_out_dir,
+    progress,
     save_png,
     setup_jax,
     write_atomic,
@@ -183,6 +185,13 @@ def _summary(r, find, out, total_s, full: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # outside the runs (in them: StopOnSignals)
+        return interrupted(PROG)
+
+
+def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
@@ -204,13 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         out = prepare_out_dir(args.out, "grid", args.force)
     except (UsageError, data.DatasetError) as e:
         return fail(PROG, str(e))
+    from lrjax._src.hooks import StopOnSignals
+
+    stop = StopOnSignals()  # Ctrl-C: the epochs so far, at an epoch's end
     try:  # e.g. a population too big to fit (MemoryRefused): one line
-        find, results = _run(args, ds, choice, opt)
+        with stop:
+            find, results = _run(args, ds, choice, opt, stop)
     except ValueError as e:
         return fail(PROG, str(e))
+    if not results:
+        return interrupted(PROG, "during the range test (--find); nothing written")
+    stopped = next(iter(results.values())).stop_reason == "signal"
     steps = (len(ds.y_train) // args.batch_size) * args.epochs
     recipes = {}
-    if find is not None:
+    if find is not None and not stopped:  # a recipe is for the whole budget
         recipes = recommended(find, results, steps, args.optimizer)
     doc = _document(args, choice, results, find, recipes)
     write_atomic(out / "grid.json", json.dumps(doc, indent=1) + "\n")
@@ -219,12 +235,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc))
     elif not args.quiet:
         _print_summary(results, find, recipes, out, time.perf_counter() - t_start)
+    if stopped and stop.received is not None:
+        ran = next(iter(results.values())).epochs
+        print(
+            f"{PROG}: stopped by signal {stop.received} after epoch {ran} of "
+            f"{args.epochs}; the epochs so far are in {out}",
+            file=sys.stderr,
+        )
+        return 128 + stop.received
     return 0
 
 
-def _run(args, ds, choice, opt) -> tuple[Any, dict]:
+def _run(args, ds, choice, opt, stop) -> tuple[Any, dict]:
     """``(range test | None, {family: GridResult})``: the optional range test
-    (``--find``), then the grid, one population for every family asked for."""
+    (``--find``), then the grid, one population for every family asked for;
+    ``{}`` for the grid when ``stop`` (a signal) ended the range test."""
     import jax
     import numpy as np
 
@@ -234,7 +259,8 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
 
     key = jax.random.key(args.seed)
     model = choice.build  # one initialisation per seed
-    execution = Execution(progress=not args.quiet and sys.stderr.isatty())
+    shown = progress(PROG, args.quiet)
+    execution = Execution(progress=shown["progress"], hooks=[*shown["hooks"], stop])
     find = None
     if args.find:
         find = lr_range_test(
@@ -251,6 +277,8 @@ def _run(args, ds, choice, opt) -> tuple[Any, dict]:
             population=Population(seeds=args.seeds),
             execution=execution,
         )
+        if find.stop_reason == "signal":
+            return find, {}
     steps = len(ds.y_train) // args.batch_size
     names = list(FAMILIES) if args.schedule == "all" else [args.schedule]
     lo, hi = args.min_lr, args.max_lr

@@ -33,11 +33,13 @@ from lrjax.cli import (
     add_model_args,
     fail,
     int_at_least,
+    interrupted,
     load_data,
     model_choice,
     nonneg_float,
     optimizer_factory,
     positive_float,
+    progress,
     save_png,
     setup_jax,
     write_atomic,
@@ -639,6 +641,13 @@ def softmax_outputs(model, x, batch_size: int = 1000):
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ``python -m lrjax.train``; returns the exit code (module docstring)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # outside the training (in it: StopOnSignals)
+        return interrupted(PROG)
+
+
+def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -661,10 +670,10 @@ def main(argv: list[str] | None = None) -> int:
 
     key = jax.random.key(args.seed)
     model = setup.choice.build(jax.random.fold_in(key, 0))
-    progress = not args.quiet and sys.stderr.isatty()
+    shown = progress(PROG, args.quiet)  # a bar, or lines on a pipe
     say = (lambda *a: None) if (args.quiet or args.json) else print
     try:
-        peak, finder_doc = _peak_lr(args, setup, model, key, progress, say)
+        peak, finder_doc = _peak_lr(args, setup, model, key, shown, say)
     except _Exit as e:
         return e.code
     if not args.resume:
@@ -676,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = _plan(args, peak, finder_doc, steps_per_epoch, say)
 
     try:
-        result, signum = _train(args, setup, model, key, plan, progress, say)
+        result, signum = _train(args, setup, model, key, plan, shown, say)
     except OSError as e:  # hooks.WriteError: a full disk, a lost mount, ...
         return fail(PROG, _write_failed(e, out, steps_per_epoch))
     except (hooks.CheckpointError, ValueError) as e:
@@ -764,7 +773,7 @@ def _setup(args) -> _Setup:
     return _Setup(ds, choice, opt, steps_per_epoch, _prepare_logdir(args))
 
 
-def _peak_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
+def _peak_lr(args, setup: _Setup, model, key, shown: dict, say) -> tuple:
     """``(peak lr, the range test's record or None)``: the resumed run's, the
     range test's (``--lr auto``, :func:`_auto_lr`) or ``--lr``'s."""
     resume_meta = setup.out / "run.json"
@@ -772,11 +781,11 @@ def _peak_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
         prev = json.loads(resume_meta.read_text())
         return prev["lr"], prev.get("lr_finder")
     if args.lr == "auto":
-        return _auto_lr(args, setup, model, key, progress, say)
+        return _auto_lr(args, setup, model, key, shown, say)
     return float(args.lr), None
 
 
-def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
+def _auto_lr(args, setup: _Setup, model, key, shown: dict, say) -> tuple:
     """``--lr auto``: the range test's suggestion, or a recipe's peak from it.
 
     Raises:
@@ -805,7 +814,7 @@ def _auto_lr(args, setup: _Setup, model, key, progress: bool, say) -> tuple:
             loss_fn=setup.choice.loss_fn,
             method=method,
             sweep=Sweep(batch_size=args.batch_size),
-            execution=Execution(progress=progress),
+            execution=Execution(**shown),
         )
     except KeyboardInterrupt:  # before any training: nothing to save
         print(f"{PROG}: interrupted during the range test", file=sys.stderr)
@@ -906,7 +915,7 @@ def _epoch_line(rec: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
+def _train(args, setup: _Setup, model, key, plan: _Plan, shown: dict, say):
     """``(FitResult, the signal received or None)``: :func:`lrjax.fit` with the
     flags' config, stopped at a chunk boundary by SIGINT / SIGTERM."""
     import jax
@@ -929,8 +938,12 @@ def _train(args, setup: _Setup, model, key, plan: _Plan, progress: bool, say):
         checkpoint_dir=out / "checkpoints",
         resume=args.resume,
         max_to_keep=args.max_to_keep,
-        progress=progress,
-        hooks=[hooks.EpochEnd(lambda rec: say(_epoch_line(rec, args.epochs))), stop],
+        progress=shown["progress"],
+        hooks=[
+            hooks.EpochEnd(lambda rec: say(_epoch_line(rec, args.epochs))),
+            *shown["hooks"],
+            stop,
+        ],
     )
     with stop:
         result = fit(
