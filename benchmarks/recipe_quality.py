@@ -557,10 +557,14 @@ def _loo_rows(loo: dict) -> list[str]:
 
 
 def _rule_words(r: dict) -> str:
-    """``"2.83 x knee"``, or with a budget exponent ``"2 x knee x (1000 / T)^0.3"``."""
+    """``"2.83 x knee"``, or with a budget exponent ``"2 x knee x (1000 / T)^0.3"``
+    and the budgets it holds between (``", T in [429, 8590]"``)."""
     if not r.get("budget_exponent"):
         return f"{r['factor']:g} x {r['method']}"
-    return f"{r['factor']:g} x {r['method']} x (1000 / T)^{r['budget_exponent']:g}"
+    held = f", T in [{r['budgets'][0]}, {r['budgets'][1]}]" if r.get("budgets") else ""
+    return (
+        f"{r['factor']:g} x {r['method']} x (1000 / T)^{r['budget_exponent']:g}{held}"
+    )
 
 
 def choose(mine: list[dict]) -> dict:
@@ -574,7 +578,9 @@ def choose(mine: list[dict]) -> dict:
     factor and an exponent are the same number). The rule lrjax uses is ONE rule
     for all families (``shared``): the lowest mean over the families of their
     worst regret, ties to the smaller exponent. The auto family is the one with
-    the lowest worst regret under that rule (``auto``).
+    the lowest worst regret under that rule (``auto``). A rule with an exponent
+    keeps the shortest and longest budgets it was fitted on (``budgets``):
+    outside them lrjax holds its multiple at the nearest one.
     """
     from lrjax._src.recipes import FAMILIES
     from lrjax._src.suggestions import METHODS
@@ -625,12 +631,14 @@ def choose(mine: list[dict]) -> dict:
     mean, worst, exponent, method, factor = shared[0]
     chosen = {fam: scores[fam, method, factor, exponent] for fam in FAMILIES}
     scored = {fam: v[0] for fam, v in chosen.items() if v is not None}
+    # an exponent holds between the budgets it was fitted on, not beyond them
+    span = (min(budgets), max(budgets)) if exponent else None
     return {
-        "rule": (method, factor, exponent),
+        "rule": (method, factor, exponent, span),
         "auto": min(scored, key=lambda f: (scored[f], f)),
         "families": families,
         "shared": {
-            **_rule(method, factor, exponent),
+            **_rule(method, factor, exponent, budgets=span),
             "mean_of_family_worst_pp": mean,
             "worst_pp": worst,
             "runners_up": [
@@ -669,11 +677,15 @@ def leave_one_out(docs: list[dict]) -> dict:
         for i, d in enumerate(mine):
             c = choose(mine[:i] + mine[i + 1 :])
             r = score_rules(d, {c["auto"]: c["rule"]})[c["auto"]]
+            method, factor, exponent, span = c["rule"]
             rows.append(
                 {
                     "setting": d["setting"],
                     **_rule(
-                        *c["rule"],
+                        method,
+                        factor,
+                        exponent,
+                        budgets=span,
                         family=c["auto"],
                         peak=r["peak"],
                         regret_pp=r["regret_pp"],

@@ -324,6 +324,29 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
     assert after == before
 
 
+def test_a_checkpoint_of_another_run_is_one_line_naming_the_difference(tmp_path):
+    """Resuming with fewer epochs than saved (an IndexError before), another
+    batch size or another optimizer: one line each, the checkpoint left as it
+    was. (Another model's shapes: hooks._why_unreadable's example; a failed
+    array read leaves Orbax tasks that the next test's warnings would catch.)"""
+    run(2, checkpoint_dir=tmp_path)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [  # (match, epochs, batch size, model, optimizer)
+        (r"holds 2 epochs, more than this run's 1: resume with epochs >= 2 \(it "
+         r"continues\)", 1, BATCH, model(), optax.sgd),
+        (rf"from a different run: steps_per_epoch {SPE} saved, {SPE // 2} now "
+         r"\(another batch_size", 3, 2 * BATCH, model(), optax.sgd),
+        (r"arranged as another model's or optimizer's", 3, BATCH, model(), optax.adam),
+    ]  # fmt: skip
+    for match, epochs, batch, m, optimizer in cases:
+        config = FitConfig(epochs=epochs, batch_size=batch, learning_rate=SCHED,
+                           checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+        with pytest.raises(CheckpointError, match=match) as e:
+            fit(m, optimizer, TRAIN, key=jax.random.key(1), config=config)
+        assert "\n" not in str(e.value) and "left untouched" in str(e.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="epochs must be"):
         run(-1)

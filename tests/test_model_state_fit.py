@@ -220,6 +220,10 @@ def test_linen_fit_equals_a_hand_written_loop(data):
     ev = lrjax.evaluate(got.params, val, model_state=got.model_state,
                         eval_fn=linen_eval)  # fmt: skip
     assert ev["accuracy"] == pytest.approx(got.history[-1]["val_accuracy"])
+    # Without the eval_fn, the line says that is what is missing (it named loss_fn)
+    with pytest.raises(ValueError, match=r"^with model_state, evaluation .* needs "
+                       r"eval_fn\(params, model_state, batch\)"):  # fmt: skip
+        lrjax.evaluate(got.params, val, model_state=got.model_state)
 
 
 def test_equinox_fit_equals_a_hand_written_loop(data):

@@ -407,6 +407,10 @@ def test_a_one_shot_iterator_that_runs_out_says_so(images):
     )
     assert r.stop_reason == "data" and r.steps_run == 10
     assert r.diverged_at_lr is None
+    assert r.warning == (  # its suggestion is from the first 10 steps: said
+        f"the sweep stopped at step 10 of 50 (lr {r.lrs[-1]:.3g}), the data ran "
+        "out: the suggestion is from the lrs swept"
+    )
 
 
 def test_a_list_of_batches_is_restarted(images):

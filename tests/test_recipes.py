@@ -26,7 +26,11 @@ class FakeResult:
 @pytest.mark.parametrize("total", [2, 7, 100, 1719])
 def test_shapes_peak_start_and_end(family, total):
     if family == "one_cycle" and total < 4:  # PyTorch's first phase would be empty
-        with pytest.raises(ValueError, match="pct_start"):
+        with pytest.raises(
+            ValueError,
+            match=r"total_steps must be an integer >= 4 for one_cycle \(its warmup "
+            rf"needs an update\), got {total}",
+        ):
             build_schedule(family, 0.3, total)
         return
     """Every family peaks at peak_lr (never above), starts low, ends at its final lr."""
@@ -125,6 +129,43 @@ def test_a_budget_exponent_lowers_the_multiple_as_the_budget_grows(monkeypatch):
     assert given.rule == "peak = 3 x knee (0.01)"
 
 
+def test_a_budget_outside_the_fitted_ones_gets_the_nearest_ones_multiple():
+    """Adam's rule was fitted on 429 and 8590 updates: 62 updates get the
+    multiple of 429 (10.23 x knee, not the power law's 39.6 x, which a user's
+    run diverged at), 10^6 that of 8590; the rule's words say so."""
+    rule = recipes.PEAK_RULES["adam"]["one_cycle"]
+    assert rule.budgets == (429, 8590)
+    at_429 = 5.657 * (1000 / 429) ** 0.7
+    assert rule.multiple(62) == rule.multiple(429) == pytest.approx(at_429)
+    assert 5.657 * (1000 / 62) ** 0.7 == pytest.approx(39.6, abs=0.05)  # was
+    assert rule.multiple(10**6) == pytest.approx(5.657 * (1000 / 8590) ** 0.7)
+    assert rule.multiple(2000) == pytest.approx(5.657 * 0.5**0.7)  # inside: as is
+    r = FakeResult(knee=0.01)
+    short = recommend(r, 62, optimizer="adam")
+    assert short.peak_lr == pytest.approx(0.01 * at_429)
+    assert short.rule == (
+        "peak = 10.23 x knee (0.01); 5.657 x (1000 / 429 updates)^0.7, the "
+        "shortest budget the rule was fitted on"
+    )
+    assert recommend(r, 10**6, optimizer="adamw").rule.endswith(
+        "(1000 / 8590 updates)^0.7, the longest budget the rule was fitted on"
+    )
+
+
+def test_recommend_takes_numpy_budgets_and_refuses_too_short_a_one_cycle():
+    r = FakeResult(knee=0.01)
+    assert recommend(r, np.int64(1000), "wsd", optimizer="sgd").total_steps == 1000
+    for total in (2, 3):  # one_cycle's warmup is 30% of the run: >= 4 updates
+        with pytest.raises(
+            ValueError,
+            match=r"^total_steps must be an integer >= 4 for one_cycle \(its warmup "
+            rf"needs an update\), got {total}$",
+        ):
+            recommend(r, total, optimizer="adam")  # auto: one_cycle
+    assert recommend(r, 3, "wsd", optimizer="adam").total_steps == 3
+    assert recommend(r, 4, optimizer="adam").family == "one_cycle"
+
+
 def test_the_rules_are_the_fitted_ones():
     """PEAK_RULES and AUTO_FAMILIES are what ``benchmarks/recipe_quality.py --fit``
     wrote to benchmarks/results/recipe_fit.json (each kind's shared rule and its
@@ -139,7 +180,10 @@ def test_the_rules_are_the_fitted_ones():
     assert set(fitted["kinds"]) == set(recipes.PEAK_RULES) == kinds
     for kind, k in fitted["kinds"].items():
         sh = k["shared"]
-        rule = recipes.PeakRule(sh["method"], sh["factor"], sh["budget_exponent"])
+        span = None if sh["budgets"] is None else tuple(sh["budgets"])
+        rule = recipes.PeakRule(
+            sh["method"], sh["factor"], sh["budget_exponent"], budgets=span
+        )
         assert recipes.PEAK_RULES[kind] == dict.fromkeys(FAMILIES, rule), kind
     assert recipes.AUTO_FAMILIES == fitted["auto_families"]
     from lrjax._src.suggestions import METHODS
@@ -168,15 +212,21 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
     kw = dict(key=jax.random.key(1), sweep=lrjax.Sweep(num_steps=40, batch_size=32))
     for factory, name, kind in [
         (optax.adamw, "adamw", "adam"),
-        (functools.partial(optax.sgd, momentum=0.9), "sgd", "sgd"),
-    ]:
+        (functools.partial(optax.sgd), "sgd", "sgd"),
+        # a momentum given by a partial is the momentum kind (it was "sgd")
+        (functools.partial(optax.sgd, momentum=0.9), "momentum", "momentum"),
+        (functools.partial(optax.sgd, momentum=0.9, nesterov=True), "nesterov",
+         "momentum"),
+    ]:  # fmt: skip
         res = lrjax.lr_range_test(model, factory, (x, y), **kw)
         assert res.config.optimizer == name
-        if res.suggestions.get("knee") is not None:
-            rule = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]]
-            method, factor = rule.method, rule.multiple(100)
+        rule = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]]
+        if res.suggestions.get(rule.method) is not None:
             rec = recommend(res, 100)
-            assert rec.peak_lr == pytest.approx(factor * res.suggestions[method])
+            assert rec.family == recipes.AUTO_FAMILIES[kind]
+            assert rec.peak_lr == pytest.approx(
+                rule.multiple(100) * res.suggestions[rule.method]
+            )
     res = lrjax.lr_range_test(model, lambda lr: optax.sgd(lr), (x, y), **kw)
     assert res.config.optimizer is None
     with pytest.raises(ValueError, match="no peak rule for the optimizer None"):
@@ -203,7 +253,8 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
                 optimizer="momentum",
             ),
             r"no 'balanced' suggestion \(the loss never diverged, .*; it has knee, "
-            "valley\\)",
+            r"valley\); pass method= one it has, or build the schedule at a peak of "
+            r"your own: lrjax.recipes.build_schedule\(family, peak_lr, total_steps\)",
         ),
         (lambda: recommend(FakeResult(knee=0.1), 100), "no peak rule for the opt"),
         (lambda: recommend(FakeResult(knee=0.1), 100, optimizer="lion"), "'lion'"),

@@ -402,11 +402,11 @@ def evaluate(
     >>> round(m["accuracy"], 6), round(m["loss"], 4)  # mean of log(1 + e**-2), ...
     (0.75, 0.4505)
     """
+    if model_state is not None and eval_fn is None:
+        raise ValueError(STATEFUL_EVAL)  # what is missing, before the model's form
     own = loss_fn is not None or eval_fn is not None
     form = model_form(model, has_loss_fn=own, model_state=model_state, factory=False)
     if form == "stateful":
-        if eval_fn is None:
-            raise ValueError(STATEFUL_EVAL)
         # the key of the update rngs: never used by an evaluation
         spec, params, rest = split_stateful(model, model_state, jax.random.key(0))
     else:

@@ -689,6 +689,31 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read (corrupt, or from an incompatible run)."""
 
 
+def _why_unreadable(e: Exception) -> str:
+    """Orbax's error on a restore, as what it means for the run (one line).
+
+    >>> print(_why_unreadable(ValueError("Requested shape: (64,) is not "
+    ...     "compatible with the stored shape: (128,). Truncating/padding is off.")))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    an array of this run has shape (64,) where the saved one has (128,): another
+    model or optimizer?
+    """
+    text = str(e).strip()
+    shapes = re.search(r"Requested shape: (\(.*?\)).*stored shape: (\(.*?\))", text)
+    if shapes:
+        return (
+            f"an array of this run has shape {shapes[1]} where the saved one has "
+            f"{shapes[2]}: another model or optimizer?"
+        )
+    if "tree structures do not match" in text:
+        return (
+            "the saved arrays are arranged as another model's or optimizer's "
+            "(their tree structures differ)"
+        )
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+
+
 def _is_key(a) -> bool:
     return jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
 
@@ -870,16 +895,31 @@ class Checkpoints(Hook):
             if not isinstance(meta, dict) or "epoch" not in meta:
                 raise ValueError("metadata is missing")
         except Exception as e:  # orbax raises many kinds; report one clear line
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(
-                f"cannot resume from checkpoint {where}: {type(e).__name__}: "
-                f"{msg[:300]}; it was left untouched (delete it or use a new logdir)"
+                f"cannot resume from checkpoint {where}: {_why_unreadable(e)}; it "
+                "was left untouched (delete it or use another directory)"
             ) from None
         saved = {k: meta.get(k) for k in run.signature}
         if saved != run.signature:
+            differ = ", ".join(
+                f"{k} {saved[k]} saved, {v} now"
+                for k, v in run.signature.items()
+                if saved[k] != v
+            )
+            hint = (
+                " (another batch_size, accumulate_steps or data size?)"
+                if saved["steps_per_epoch"] != run.signature["steps_per_epoch"]
+                else ""
+            )
             raise CheckpointError(
-                f"checkpoint {where} is from a different run ({saved}; now "
-                f"{run.signature}); it was left untouched"
+                f"checkpoint {where} is from a different run: {differ}{hint}; it "
+                "was left untouched"
+            )
+        if meta["step"] > run.total_steps:
+            raise CheckpointError(
+                f"checkpoint {where} holds {meta['epoch']} epochs, more than this "
+                f"run's {run.epochs}: resume with epochs >= {meta['epoch']} (it "
+                "continues) or train in another directory; it was left untouched"
             )
         run.carry = from_disk(run.carry, tree["carry"])
         run.best_state = from_disk(run.best_state, tree["best"])

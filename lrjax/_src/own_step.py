@@ -37,7 +37,7 @@ from lrjax._src.range_test import (
     RangeTestResult,
     RangeTestSettings,
     _check_method,
-    _nonfinite_warning,
+    result_warning,
 )
 from lrjax._src.results import Timings, describe_devices
 from lrjax._src.specs import (
@@ -732,5 +732,7 @@ def _result(
         timings=timings,
         device=device,
         config=config,
-        warning=_nonfinite_warning(losses[None], smoothed[None], lrs, [at]),
+        warning=result_warning(
+            losses[None], smoothed[None], lrs, [at], stop_reason, config.num_steps
+        ),
     )

@@ -517,6 +517,30 @@ def _nonfinite_warning(losses, smoothed, lrs, diverged) -> str | None:
     )
 
 
+def result_warning(
+    losses, smoothed, lrs, diverged, stop_reason: str | None, num_steps: int
+) -> str | None:
+    """``RangeTestResult.warning``: a loss not finite before any descent
+    (:func:`_nonfinite_warning`), and a sweep cut short by anything but its
+    divergence (the data ran out, a hook stopped it): its suggestion is from
+    the part swept.
+
+    >>> losses, lrs = [[1.0, 0.9]], [1e-3, 2e-3]
+    >>> print(result_warning(losses, losses, lrs, [None], "data", num_steps=100))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    the sweep stopped at step 2 of 100 (lr 0.002), the data ran out: the
+    suggestion is from the lrs swept
+    """
+    said = [_nonfinite_warning(losses, smoothed, lrs, diverged)]
+    if stop_reason not in (None, "diverged") and len(lrs):
+        why = "the data ran out" if stop_reason == "data" else f"by {stop_reason!r}"
+        said.append(
+            f"the sweep stopped at step {len(lrs)} of {num_steps} (lr "
+            f"{lrs[-1]:.3g}), {why}: the suggestion is from the lrs swept"
+        )
+    return "; ".join(w for w in said if w) or None
+
+
 def _check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -1016,7 +1040,12 @@ def _result(
         device=describe_devices(pop.layout.devices()),
         config=config,
         sweep=summary.sweep,
-        warning=_nonfinite_warning(
-            curves.losses, curves.smoothed, curves.lrs, curves.diverged
+        warning=result_warning(
+            curves.losses,
+            curves.smoothed,
+            curves.lrs,
+            curves.diverged,
+            out.stop_reason,
+            config.num_steps,
         ),
     )

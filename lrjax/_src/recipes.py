@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -80,19 +81,31 @@ class PeakRule(NamedTuple):
     """``peak = multiple(total_steps) x suggestions[method]``, with
     ``multiple(T) = factor x (REFERENCE_STEPS / T) ** budget_exponent``: a
     multiple of one suggestion that falls with the budget when the exponent is
-    > 0 (the recipe grids' best peak does: docs/results.md).
+    > 0 (the recipe grids' best peak does: docs/results.md). ``budgets`` are
+    the shortest and longest budgets (updates) the exponent was fitted on: a
+    budget outside them gets the multiple of the nearest, not an extrapolation.
 
     >>> PeakRule("knee", 2.0, 0.5).multiple(4000)
     1.0
+    >>> PeakRule("knee", 2.0, 0.5, budgets=(1000, 4000)).multiple(10)
+    2.0
     """
 
     method: str
     factor: float
     budget_exponent: float = 0.0
+    budgets: tuple[int, int] | None = None
+
+    def budget(self, total_steps: int) -> int:
+        """``total_steps`` held within ``budgets``: the budget the multiple uses."""
+        if self.budgets is None:
+            return total_steps
+        return min(max(total_steps, self.budgets[0]), self.budgets[1])
 
     def multiple(self, total_steps: int) -> float:
         """The multiple of ``suggestions[method]`` for a budget of ``total_steps``."""
-        return self.factor * (REFERENCE_STEPS / total_steps) ** self.budget_exponent
+        t = self.budget(total_steps)
+        return self.factor * (REFERENCE_STEPS / t) ** self.budget_exponent
 
 
 # One PeakRule per optimizer kind, the same for every family, fitted by `python
@@ -103,7 +116,9 @@ class PeakRule(NamedTuple):
 PEAK_RULES: dict[str, dict[str, PeakRule]] = {
     "sgd": dict.fromkeys(FAMILIES, PeakRule("knee", 2.828)),
     "momentum": dict.fromkeys(FAMILIES, PeakRule("balanced", 2.0)),
-    "adam": dict.fromkeys(FAMILIES, PeakRule("knee", 5.657, 0.7)),
+    # fitted on 429 (CNN, one epoch at batch 128) and 8590 updates (MLP, ten
+    # epochs at batch 64): not extrapolated beyond them
+    "adam": dict.fromkeys(FAMILIES, PeakRule("knee", 5.657, 0.7, (429, 8590))),
 }
 AUTO_FAMILIES: dict[str, str] = {
     "sgd": "wsd",
@@ -141,12 +156,22 @@ def optimizer_kind(optimizer: str | None) -> str:
     )
 
 
-def _check_total(total_steps: Any) -> int:
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int):
-        raise ValueError(f"total_steps must be an integer >= 2, got {total_steps!r}")
-    if total_steps < 2:
-        raise ValueError(f"total_steps must be an integer >= 2, got {total_steps}")
-    return total_steps
+def _check_total(total_steps: Any, family: str | None = None) -> int:
+    """``total_steps`` as an int (numpy integers too), long enough for
+    ``family``: a one-cycle's warmup (``pct_start`` of the run) needs an update."""
+    least = 2
+    if family == "one_cycle":
+        least = math.floor(1 / SHAPES["one_cycle"]["pct_start"]) + 1
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
+        raise ValueError(
+            f"total_steps must be an integer >= {least}, got {total_steps!r}"
+        )
+    if total_steps < least:
+        why = "" if least == 2 else f" for {family} (its warmup needs an update)"
+        raise ValueError(
+            f"total_steps must be an integer >= {least}{why}, got {total_steps}"
+        )
+    return int(total_steps)
 
 
 def build_schedule(
@@ -164,6 +189,10 @@ def build_schedule(
       ``(schedule, params)``: a pure ``step -> lr`` function, and every number
       of it (``family``, ``peak_lr``, ``total_steps`` and the family's own:
       ``initial_lr``, ``final_lr``, ``warmup_steps``, ...), JSON-ready.
+      ``final_lr`` is where the schedule ends: one_cycle's at its last update
+      (step ``total_steps - 1``, as PyTorch's ``OneCycleLR``), the others' at
+      step ``total_steps`` (as optax's decay schedules), so their last update
+      still applies a small lr above it.
 
     Raises:
       ValueError: an unknown family, a peak that is not > 0, a budget < 2.
@@ -175,7 +204,7 @@ def build_schedule(
     from lrjax._src import schedules
 
     _check_family(family)
-    total = _check_total(total_steps)
+    total = _check_total(total_steps, family)
     peak = float(peak_lr)
     if not (math.isfinite(peak) and peak > 0):
         raise ValueError(f"peak_lr must be a finite number > 0, got {peak_lr!r}")
@@ -334,7 +363,7 @@ def recommend(
     0.004
     """
     _check_family(family, allow_auto=True)
-    total = _check_total(total_steps)
+    total = _check_total(total_steps)  # and for the family, once it is known
     if optimizer is None:  # a RangeTestResult's config is a RangeTestSettings
         optimizer = getattr(getattr(result, "config", None), "optimizer", None)
     name = family
@@ -346,6 +375,7 @@ def recommend(
                 f"of these, or a family ({', '.join(FAMILIES)})"
             )
         name = AUTO_FAMILIES[optimizer_kind(optimizer)]
+    _check_total(total, name)
     budget = ""
     if method is None:
         peak_rule = PEAK_RULES[optimizer_kind(optimizer)][name]
@@ -353,10 +383,14 @@ def recommend(
         if factor is None:
             factor = peak_rule.multiple(total)
             if peak_rule.budget_exponent:
+                held = peak_rule.budget(total)
                 budget = (
-                    f"; {peak_rule.factor:g} x ({REFERENCE_STEPS} / {total} "
+                    f"; {peak_rule.factor:g} x ({REFERENCE_STEPS} / {held} "
                     f"updates)^{peak_rule.budget_exponent:g}"
                 )
+                if held != total:
+                    end = "shortest" if held > total else "longest"
+                    budget += f", the {end} budget the rule was fitted on"
     elif factor is None:
         factor = 1.0
     factor = float(factor)
@@ -377,7 +411,9 @@ def recommend(
     if value is None or not math.isfinite(value) or value <= 0:
         raise ValueError(
             f"the range test gave no {method!r} suggestion "
-            f"({_why_none(suggestions, method)}); pass a learning rate instead"
+            f"({_why_none(suggestions, method)}); pass method= one it has, or "
+            "build the schedule at a peak of your own: "
+            "lrjax.recipes.build_schedule(family, peak_lr, total_steps)"
         )
     peak = factor * float(value)
     sched, params = build_schedule(name, peak, total)

@@ -492,16 +492,24 @@ def init_member(
 def optimizer_name(optimizer: Any) -> str | None:
     """The ``__name__`` of an optimizer factory, through ``functools.partial``
     (``optax.adamw`` -> ``"adamw"``); None for a lambda or an unnamed callable.
+    ``optax.sgd`` given a momentum by a partial is ``"momentum"`` (``"nesterov"``
+    with ``nesterov=True``): the recipes' peak rules differ for those.
 
     >>> import functools
     >>> optimizer_name(optax.adamw), optimizer_name(functools.partial(optax.sgd))
     ('adamw', 'sgd')
+    >>> optimizer_name(functools.partial(optax.sgd, momentum=0.9, nesterov=True))
+    'nesterov'
     >>> optimizer_name(lambda lr: optax.sgd(lr)) is None
     True
     """
+    keywords: dict[str, Any] = {}
     while isinstance(optimizer, functools.partial):
+        keywords = {**optimizer.keywords, **keywords}  # the outer partial's win
         optimizer = optimizer.func
     name = getattr(optimizer, "__name__", None)
+    if optimizer is optax.sgd and keywords.get("momentum"):
+        return "nesterov" if keywords.get("nesterov") else "momentum"
     return name if isinstance(name, str) and name != "<lambda>" else None
 
 
