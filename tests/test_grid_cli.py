@@ -57,6 +57,7 @@ def test_grid_with_find_writes_json_and_png(tiny_fashion_mnist, tmp_path, capsys
     ]  # fmt: skip
     assert list(doc["config"]) == GRID_CONFIG + ["family"] + flags
     assert doc["config"]["around_recipe"] is None
+    assert doc["config"]["weight_decay"] == 0.0  # applied (momentum: none)
     assert doc["config"]["family"] == "cosine"
     assert list(doc["range_test"]["timings"]) == RANGE_TIMINGS + ["population"]
     assert list(doc["range_test"]["config"]) == RANGE_CONFIG  # no flags there

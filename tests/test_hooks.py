@@ -317,6 +317,24 @@ def test_execution_hooks_are_checked():
         Execution(hooks=Seen())
 
 
+def test_the_first_epochs_time_leaves_out_the_hooks_start(monkeypatch):
+    """A hook's ``start`` (TensorBoard's writer took 2.3 s) is not epoch 1's time:
+    a start that moves the clock 100 s on leaves ``epoch_s[0]`` under it."""
+    import time
+
+    real = time.perf_counter
+    offset = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
+
+    class SlowStart(Hook):
+        def start(self, run):
+            offset[0] += 100.0
+
+    r = fit(SlowStart(), epochs=2)
+    assert r.timings.epoch_s[0] < 50 and r.timings.run_s < 50
+    assert r.timings.total_s > 100  # the hook's start happened, inside the run
+
+
 def test_fit_takes_its_hooks_in_its_config_and_checks_them():
     """FitConfig.hooks, as Execution.hooks; 0.2's fit(..., hooks=) is told where
     it went; a bad hook is one line before any update."""
@@ -395,6 +413,20 @@ def test_progress_lines_count_every_drivers_steps():
     rows = progress_lines(lines.file.getvalue())
     assert [(int(s), int(t), e, es) for _, s, t, _, e, es, _, _ in rows] == [
         (SPE, 2 * SPE, "1", "2"), (2 * SPE, 2 * SPE, "2", "2"),
+    ]  # fmt: skip
+
+
+def test_progress_lines_name_the_epoch_a_step_is_in():
+    lines = lrjax.hooks.ProgressLines("fit", first_after=0, every_seconds=1e-9)
+    lines.file = io.StringIO()
+    run = Run(total_steps=4 * SPE, steps_per_epoch=SPE)
+    lines.start(run)
+    for hi in (SPE // 2, SPE, SPE + 1):  # inside epoch 1, its end, epoch 2's start
+        run.step, run.epoch = hi, hi // SPE
+        lines.act(run, ChunkEnd(hi - 1, hi, {}, None))
+    rows = progress_lines(lines.file.getvalue())
+    assert [(int(s), e, es) for _, s, _, _, e, es, _, _ in rows] == [
+        (SPE // 2, "1", "4"), (SPE, "1", "4"), (SPE + 1, "2", "4"),
     ]  # fmt: skip
 
 

@@ -456,3 +456,21 @@ def test_ctrl_c_before_training_is_one_line(tiny, tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(train, "_setup", setup)
     assert train.main([*tiny, "--logdir", str(tmp_path / "o")]) == 130
     assert capsys.readouterr() == ("", "lrjax.train: interrupted\n")
+
+
+def test_weight_decay_is_what_was_applied_for_every_optimizer(tiny, tmp_path):
+    """metrics.json records the decay the optimizer applied (adamw's default 1e-4
+    was recorded as null); adam takes --weight-decay as L2 (the guide's table),
+    as lrjax-grid and lrjax-find --sweep already did (it was refused here)."""
+    from lrjax.cli import decay_of
+
+    assert [decay_of(o, None) for o in ("sgd", "adam", "adamw")] == [0.0, 0.0, 1e-4]
+    assert decay_of("adamw", 0.0) == 0.0 and decay_of("sgd", 5e-4) == 5e-4
+    for opt, flag, applied in (("adam", ["--weight-decay", "1e-3"], 1e-3),
+                               ("adamw", [], 1e-4)):  # fmt: skip
+        logdir = tmp_path / opt
+        argv = [*tiny, "--optimizer", opt, *flag, "--lr", "0.001", "--epochs", "1",
+                "--schedule", "constant", "--logdir", str(logdir), "--no-plot",
+                "--quiet"]  # fmt: skip
+        assert train.main(argv) == 0
+        assert read(logdir)["weight_decay"] == applied

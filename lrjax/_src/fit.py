@@ -908,12 +908,16 @@ class _OnChunk:
 class _EpochClock(Hook):
     """Restarts the epoch's clock after the hooks acted at its end (it acts last),
     so that an epoch's ``time_s`` leaves out the checkpoint and logs of the one
-    before, as it always did."""
+    before, as it always did; and after every hook started (it starts last), so
+    that the first epoch's leaves out opening TensorBoard's writer."""
 
     trigger = Trigger(every_epochs=1)
 
     def __init__(self, on_chunk: _OnChunk):
         self.on_chunk = on_chunk
+
+    def start(self, run: Run) -> None:
+        self.on_chunk.start_clock()
 
     def act(self, run: Run, end: ChunkEnd) -> str | None:
         self.on_chunk.start_clock()

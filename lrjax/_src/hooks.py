@@ -579,7 +579,8 @@ class ProgressLines(Hook):
     After the first chunk that ends ``first_after`` seconds or more after the
     start, then every ``every_seconds``, process 0 writes ``"{desc}: step i of N
     (p%), r steps/s, about T left"`` (``, epoch e of E`` where the run has
-    epochs) to ``file`` (default ``sys.stderr``). The rate counts the updates
+    epochs: the epoch step ``i`` is in, counted from 1) to ``file`` (default
+    ``sys.stderr``). The rate counts the updates
     since the first chunk ended, so compilation is not in it (the first line,
     before a second chunk, counts from the start). A range test usually stops
     at divergence before its last step: its time left is at most ``T``.
@@ -627,8 +628,9 @@ class ProgressLines(Hook):
         rate = (end.hi - s0) / max(now - t0, 1e-9)
         total = run.total_steps
         line = f"{self.desc}: step {end.hi} of {total} ({100 * end.hi / total:.1f}%)"
-        if run.epochs is not None:
-            line += f", epoch {run.epoch} of {run.epochs}"
+        spe = run.steps_per_epoch
+        if spe:  # the epoch the step is in, as the epoch lines number it
+            line += f", epoch {-(-end.hi // spe)} of {run.epochs}"
         line += f", {rate:.4g} steps/s"
         if rate > 0 and end.hi < total:
             line += f", about {_duration((total - end.hi) / rate)} left"

@@ -346,6 +346,14 @@ def nonneg_float(text: str) -> float:
     return value
 
 
+def decay_of(name: str, weight_decay: float | None) -> float:
+    """The weight decay ``optimizer_factory(name, weight_decay)`` applies: 1e-4
+    for adamw when none is given, else the flag's (0 for none)."""
+    if weight_decay is None:
+        return 1e-4 if name == "adamw" else 0.0
+    return weight_decay
+
+
 def optimizer_factory(name: str, weight_decay: float | None = None):
     """``name -> (learning_rate -> optax.GradientTransformation)``.
 
@@ -365,7 +373,7 @@ def optimizer_factory(name: str, weight_decay: float | None = None):
         weight_decay >= 0 and math.isfinite(weight_decay)
     ):
         raise UsageError(f"weight decay must be finite and >= 0, got {weight_decay}")
-    adamw_decay = 1e-4 if weight_decay is None else weight_decay
+    adamw_decay = decay_of("adamw", weight_decay)
     factories = {
         "sgd": optax.sgd,
         "momentum": lambda lr: optax.sgd(lr, momentum=0.9),

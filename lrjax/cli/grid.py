@@ -24,6 +24,7 @@ from lrjax.cli import (
     ArgumentParser,
     UsageError,
     add_model_args,
+    decay_of,
     fail,
     int_at_least,
     interrupted,
@@ -313,7 +314,7 @@ def _document(args, choice, results: dict, find, recipes: dict) -> dict:
     flags = {
         "dataset": args.dataset,
         "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
+        "weight_decay": decay_of(args.optimizer, args.weight_decay),  # applied
         **choice.config,
         "seed": args.seed,
         "schedule": args.schedule,

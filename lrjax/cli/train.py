@@ -31,6 +31,7 @@ from lrjax.cli import (
     ModelChoice,
     UsageError,
     add_model_args,
+    decay_of,
     fail,
     int_at_least,
     interrupted,
@@ -121,8 +122,8 @@ def _lr_args(p: ArgumentParser) -> None:
         "--weight-decay",
         type=nonneg_float,
         default=None,
-        help="decoupled weight decay (adamw, default 1e-4; added to the gradient for "
-        "sgd/momentum, default none)",
+        help="decoupled weight decay (adamw, default 1e-4); for the others L2 "
+        "added to the gradient (default none)",
     )
     a(
         "--lr",
@@ -162,8 +163,9 @@ def _schedule_args(g) -> None:
         type=positive_float,
         default=None,
         help="cosine_restarts: first period; cyclic: a full cycle (up + down), in "
-        "epochs (default: ceil(epochs / snapshots) with --snapshots, else 2 for "
-        "cosine_restarts (2+4+8+16 = 30 epochs) and 5 for the others)",
+        "epochs (default: with --snapshots M, M cycles of T // M updates, the "
+        "first also taking the T mod M left over; else 2 for cosine_restarts "
+        "(2+4+8+16 = 30 epochs) and 5 for the others)",
     )
     a(
         "--first-cycle-epochs",
@@ -273,7 +275,7 @@ def _output_args(g) -> None:
         "--average-from also test_probs_average.npy, the weight average's",
     )
     a("--json", action="store_true", help="print metrics.json to stdout")
-    a("--quiet", action="store_true", help="no progress bar or epoch lines")
+    a("--quiet", action="store_true", help="no progress bar, epoch lines or summary")
     a("--no-plot", action="store_true", help="do not write learning_curves.png")
 
 
@@ -325,8 +327,6 @@ def _check(args) -> None:
         raise UsageError("--resume and --force exclude each other")
     if args.resume and args.logdir is None:
         raise UsageError("--resume needs --logdir DIR of the run to continue")
-    if args.weight_decay and args.optimizer in ("adam",):
-        raise UsageError("--weight-decay with adam: use --optimizer adamw")
 
 
 # Flags that say where the run's files and data are and how it reports, not what
@@ -975,7 +975,7 @@ def _metrics(args, setup: _Setup, result, plan: _Plan, t_start: float) -> dict:
         "lr_finder": plan.finder_doc,
         "schedule": plan.desc,
         "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
+        "weight_decay": decay_of(args.optimizer, args.weight_decay),  # applied
         "batch_size": args.batch_size,
         **setup.choice.config,
         "seed": args.seed,
