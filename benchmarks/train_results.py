@@ -312,9 +312,11 @@ def load_snapshots(run_dir: Path):
     model state being empty, then count).
     """
     import jax
-    import orbax.checkpoint as ocp
 
+    from lrjax._src.hooks import orbax_checkpoint
     from lrjax._src.models import mlp, pure
+
+    ocp = orbax_checkpoint()
 
     d = (run_dir / "checkpoints" / "latest").absolute()
     mngr = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions())

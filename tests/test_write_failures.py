@@ -123,7 +123,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_partial_s
     """Orbax raises TensorStore's error as a ValueError whose text carries the
     os error code; its threads log tracebacks. One line names the step and the
     cause, the partial step directory is removed, epoch 1's checkpoint is kept."""
-    import orbax.checkpoint as ocp
+    ocp = hooks.orbax_checkpoint()  # as lrjax imports it
 
     original = ocp.CheckpointManager.save
 

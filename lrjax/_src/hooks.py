@@ -687,6 +687,21 @@ class StopOnSignals(Hook, contextlib.AbstractContextManager):
         return "signal" if self.got else None
 
 
+def orbax_checkpoint() -> Any:
+    """``orbax.checkpoint``, imported without the deprecation warnings its own
+    import raises: a newer jax deprecates names that orbax still reads at import
+    (``jax.sharding.SingleDeviceSharding`` under jax 0.12 and orbax 0.12.8), which
+    no lrjax user can act on and which ``python -W error`` turns into a crash."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, module=r"orbax(\.|$)"
+        )
+        import orbax.checkpoint as ocp
+    return ocp
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read (corrupt, or from an incompatible run)."""
 
@@ -808,8 +823,7 @@ class Checkpoints(Hook):
     trigger = Trigger(every_epochs=1)
 
     def __init__(self, directory: str | Path, max_to_keep: int = 2):
-        import orbax.checkpoint as ocp
-
+        ocp = orbax_checkpoint()
         self.ocp = ocp
         self.directory = Path(directory).absolute()
         self.latest = ocp.CheckpointManager(
