@@ -77,7 +77,7 @@ from lrjax._src.hooks import (
 )
 from lrjax._src.loop import Program, check_loop, drive, epoch_plan
 from lrjax._src.results import Timings, describe_devices
-from lrjax._src.specs import check_hooks, takes_moved_keywords
+from lrjax._src.specs import _set, check_hooks, takes_moved_keywords
 from lrjax._src.step import (
     STATEFUL_EVAL,
     LossFn,
@@ -480,7 +480,7 @@ def _check(cfg: FitConfig) -> None:
         raise ValueError(f"monitor must be a metric name, got {cfg.monitor!r}")
     check_loop(cfg.loop)
     check_accumulate(cfg.accumulate_steps)
-    object.__setattr__(cfg, "hooks", check_hooks(cfg.hooks))
+    _set(cfg, "hooks", check_hooks(cfg.hooks))
 
 
 def _snapshot_steps(steps) -> np.ndarray | None:

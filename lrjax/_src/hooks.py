@@ -580,10 +580,10 @@ class ProgressLines(Hook):
     start, then every ``every_seconds``, process 0 writes ``"{desc}: step i of N
     (p%), r steps/s, about T left"`` (``, epoch e of E`` where the run has
     epochs: the epoch step ``i`` is in, counted from 1) to ``file`` (default
-    ``sys.stderr``). The rate counts the updates
-    since the first chunk ended, so compilation is not in it (the first line,
-    before a second chunk, counts from the start). A range test usually stops
-    at divergence before its last step: its time left is at most ``T``.
+    ``sys.stderr``). The rate counts the updates since the first chunk ended, so
+    compilation is not in it (the first line, before a second chunk, counts from
+    the start). A range test usually stops at divergence before its last step:
+    its time left is at most ``T``.
 
     >>> import io
     >>> lines = ProgressLines("find", first_after=0, file=io.StringIO())

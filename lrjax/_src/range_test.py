@@ -214,12 +214,14 @@ class RangeTestResult:
     seeds of each method; ``spread`` is None for one seed, else per-seed values of the
     chosen method (``per_seed``), their ``min`` and ``max``, and every method's
     per-seed values (``per_method``). ``stop_reason`` is ``"diverged"``,
-    ``"data"`` (a one-shot iterable ran out), or None (the sweep ran to its end).
-    ``warning`` says when the loss was not finite before any descent (NaN/inf
-    inputs, a broken model or loss, or a sweep that started too high): then the
-    curve says nothing about the lr. ``timings`` (:class:`lrjax.Timings`) says
-    where the time went and which loop ran, ``config``
-    (:class:`RangeTestSettings`) what the sweep ran with.
+    ``"data"`` (a one-shot iterable ran out), a hook's reason (``"signal"``), or
+    None (the sweep ran to its end). ``warning`` says when the loss was not
+    finite before any descent (NaN/inf inputs, a broken model or loss, or a sweep
+    that started too high): then the curve says nothing about the lr; and when
+    the sweep stopped short of its end for any reason but divergence: then the
+    suggestion is from the lrs swept (:func:`result_warning`). ``timings``
+    (:class:`lrjax.Timings`) says where the time went and which loop ran,
+    ``config`` (:class:`RangeTestSettings`) what the sweep ran with.
     """
 
     lrs: np.ndarray
