@@ -345,6 +345,11 @@ def test_a_checkpoint_of_another_run_is_one_line_naming_the_difference(tmp_path)
             fit(m, optimizer, TRAIN, key=jax.random.key(1), config=config)
         assert "\n" not in str(e.value) and "left untouched" in str(e.value)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    # Saved inside epoch 3 (stopped after 2 of its 3 chunks), resumed for 2.
+    run(3, checkpoint_dir=tmp_path / "mid", hooks=[StopAfter(8)])
+    with pytest.raises(CheckpointError, match=r"holds 2 epochs and 10 updates, more "
+                       r"than this run's 2: resume with epochs >= 3 \(it"):  # fmt: skip
+        run(2, checkpoint_dir=tmp_path / "mid", resume=True)
 
 
 def test_rejects_bad_arguments():

@@ -201,3 +201,27 @@ def test_model_state_needs_params_and_a_loss_fn(data):
     with pytest.raises(TypeError, match=r"must be a pytree of arrays.*'function'"):
         lrjax.lr_range_test(lambda k: variables["params"], optax.sgd, data,
                             loss_fn=linen_loss, **kw)  # fmt: skip
+
+
+def test_a_loss_of_the_other_arity_is_refused_before_any_work(data):
+    """A two-argument loss with model_state, or the four-argument one without
+    it, is one line naming the call it gets (Python's own error was "takes 2
+    positional arguments but 4 were given", from deep inside the trace)."""
+    variables = LinenNet().init(jax.random.key(1), jnp.zeros((1, 8)), train=False)
+    params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    kw = dict(key=jax.random.key(0), sweep=lrjax.Sweep(num_steps=3))
+
+    def two(params, batch):
+        return linen_loss(params, state, batch, None)[0]
+
+    with pytest.raises(
+        TypeError,
+        match=r"called as loss_fn\(params, model_state, "
+        r"batch, key\), but its signature is \(params, batch\)$",
+    ):
+        lrjax.lr_range_test(params, optax.sgd, data, loss_fn=two, model_state=state,
+                            **kw)  # fmt: skip
+    with pytest.raises(TypeError, match=r"called as loss_fn\(model, batch\) \(no "
+                       r"model_state given\), but its signature is \(params, state, "
+                       r"batch, key\)$"):  # fmt: skip
+        lrjax.lr_range_test(params, optax.sgd, data, loss_fn=linen_loss, **kw)

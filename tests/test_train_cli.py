@@ -142,11 +142,13 @@ SNAP_ARGS = [
 
 def test_full_run_writes_metrics_plot_events_checkpoints(tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = train.main([*tiny, *SNAP_ARGS, "--logdir", str(out), "--json"])
-    stdout = capsys.readouterr().out
+    loud = [a for a in tiny if a != "--quiet"]
+    rc = train.main([*loud, *SNAP_ARGS, "--logdir", str(out), "--json"])
+    stdout, stderr = capsys.readouterr()
     assert rc == 0
     m = read(out)
-    assert json.loads(stdout.strip().splitlines()[-1]) == m
+    assert json.loads(stdout) == m  # stdout is the JSON alone
+    assert "epoch   1/3" in stderr and "epoch   3/3" in stderr  # epoch lines: stderr
     for k in (
         "test_accuracy",
         "val_accuracy",

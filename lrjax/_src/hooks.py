@@ -932,9 +932,12 @@ class Checkpoints(Hook):
                 "was left untouched"
             )
         if meta["step"] > run.total_steps:
+            spe = run.steps_per_epoch
+            part = meta["step"] - meta["epoch"] * spe  # saved inside an epoch
+            held = f"{meta['epoch']} epochs" + (f" and {part} updates" if part else "")
             raise CheckpointError(
-                f"checkpoint {where} holds {meta['epoch']} epochs, more than this "
-                f"run's {run.epochs}: resume with epochs >= {meta['epoch']} (it "
+                f"checkpoint {where} holds {held}, more than this run's "
+                f"{run.epochs}: resume with epochs >= {-(-meta['step'] // spe)} (it "
                 "continues) or train in another directory; it was left untouched"
             )
         run.carry = from_disk(run.carry, tree["carry"])

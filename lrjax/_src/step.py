@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple, NoReturn
@@ -425,6 +426,26 @@ def _array_tree(tree: Any, what: str, *, empty: bool = False) -> Any:
             + (f" with leaves of type {sorted(bad)}" if bad else " with no arrays")
         )
     return jax.tree.map(jnp.asarray, tree)
+
+
+def _check_call(fn: Callable, n: int, how: str) -> None:
+    """Refuses ``fn`` that cannot be called with ``n`` positional arguments, as
+    it will be (``how``); a callable without a signature passes.
+
+    >>> _check_call(lambda params, batch: 0.0, 4, "loss_fn(p, s, batch, key)")
+    Traceback (most recent call last):
+    TypeError: loss_fn is called as loss_fn(p, s, batch, key), but its ...
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or an odd callable: try it
+        return
+    try:
+        sig.bind(*range(n))
+    except TypeError:
+        raise TypeError(
+            f"loss_fn is called as {how}, but its signature is {sig}"
+        ) from None
 
 
 def split_stateful(
@@ -833,6 +854,10 @@ def make_step(
     {'loss': 2.5, 'lr': 0.1}
     """
     k = check_accumulate(accumulate_steps)
+    if model.stateful:
+        _check_call(loss_fn, 4, "loss_fn(params, model_state, batch, key)")
+    else:
+        _check_call(loss_fn, 2, "loss_fn(model, batch) (no model_state given)")
 
     def grads_of(params, model_state, batch, key=None):
         if constrain is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import shutil
 import signal
@@ -274,7 +275,11 @@ def _output_args(g) -> None:
         "split, float32 [N, classes] (to ensemble independent runs); with "
         "--average-from also test_probs_average.npy, the weight average's",
     )
-    a("--json", action="store_true", help="print metrics.json to stdout")
+    a(
+        "--json",
+        action="store_true",
+        help="print metrics.json to stdout (the epoch lines go to stderr)",
+    )
     a("--quiet", action="store_true", help="no progress bar, epoch lines or summary")
     a("--no-plot", action="store_true", help="do not write learning_curves.png")
 
@@ -647,6 +652,16 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted(PROG)
 
 
+def _say(args: argparse.Namespace) -> Callable[..., None]:
+    """Where the epoch lines go: stdout, stderr under ``--json`` (stdout is the
+    JSON alone), nowhere under ``--quiet``."""
+    if args.quiet:
+        return lambda *a: None
+    if args.json:
+        return functools.partial(print, file=sys.stderr)
+    return print
+
+
 def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     try:
@@ -671,7 +686,7 @@ def _main(argv: list[str] | None) -> int:
     key = jax.random.key(args.seed)
     model = setup.choice.build(jax.random.fold_in(key, 0))
     shown = progress(PROG, args.quiet)  # a bar, or lines on a pipe
-    say = (lambda *a: None) if (args.quiet or args.json) else print
+    say = _say(args)
     try:
         peak, finder_doc = _peak_lr(args, setup, model, key, shown, say)
     except _Exit as e:
