@@ -64,10 +64,11 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
         "RangeTestResult",
         "RangeTestSettings",
         "SweepOver",
+        "SweepResult",
         "lr_range_test",
     ),
     "recipes": ("Recipe", "recommend"),
-    "results": ("MemoryEstimate", "Timings"),
+    "results": ("MemoryEstimate", "MemoryRefused", "Timings"),
     "schedules": (
         "Schedule",
         "cosine_restart_steps",
@@ -155,10 +156,12 @@ if _typing.TYPE_CHECKING:
     from lrjax._src.range_test import RangeTestResult as RangeTestResult
     from lrjax._src.range_test import RangeTestSettings as RangeTestSettings
     from lrjax._src.range_test import SweepOver as SweepOver
+    from lrjax._src.range_test import SweepResult as SweepResult
     from lrjax._src.range_test import lr_range_test as lr_range_test
     from lrjax._src.recipes import Recipe as Recipe
     from lrjax._src.recipes import recommend as recommend
     from lrjax._src.results import MemoryEstimate as MemoryEstimate
+    from lrjax._src.results import MemoryRefused as MemoryRefused
     from lrjax._src.results import Timings as Timings
     from lrjax._src.schedules import Schedule as Schedule
     from lrjax._src.schedules import cosine_restart_steps as cosine_restart_steps

@@ -33,6 +33,8 @@ PUBLIC = {
     # 0.3: the results' timings, memory and settings as typed records (#18)
     "Timings", "MemoryEstimate", "RangeTestSettings", "SweepOver", "GridSettings",
     "GridMemory",
+    # 0.3: what a result's docs name, catchable and typed without lrjax._src
+    "MemoryRefused", "SweepResult",
 }  # fmt: skip
 SPECS = ("Sweep", "Divergence", "Population", "Execution", "GridConfig")
 
@@ -162,4 +164,4 @@ def test_console_scripts_run_the_command_lines():
                 p.wait()
     for name, (stdout, stderr) in outs.items():
         assert procs[name].returncode == 0, stderr
-        assert stdout.startswith(f"usage: python -m lrjax.{name} ")
+        assert stdout.startswith(f"usage: lrjax-{name} ")  # the script's own name

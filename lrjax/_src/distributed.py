@@ -84,10 +84,14 @@ def initialize(
 
 
 def process_count() -> int:
+    """The processes of this run (``jax.process_count()``; 1 without
+    :func:`initialize`)."""
     return jax.process_count()
 
 
 def process_index() -> int:
+    """This process's index, 0 to :func:`process_count` - 1 (0 is the main
+    process: :func:`is_main`)."""
     return jax.process_index()
 
 

@@ -228,37 +228,43 @@ class FitResult:
     run was interrupted (``average_count`` still says how far it got).
     """
 
-    model: Any
-    params: Any
+    model: Any  #: the trained model: a new module, or the params pytree
+    params: Any  #: the trained params (final, or best with ``restore_best``)
+    #: the model's other state (batch statistics, rngs), the caller's kind
     model_state: Any
-    spec: Model
-    history: list[dict[str, Any]]  # one record per epoch
-    best_epoch: int | None  # 1-based epoch of the best monitored value
-    epochs_run: int
-    stopped_early: bool
-    interrupted: bool  # a hook (a signal) stopped it; the checkpoint is saved
+    spec: Model  #: how lrjax split the model (what :func:`lrjax.ensemble_curve` needs)
+    history: list[dict[str, Any]]  #: one record per epoch
+    best_epoch: int | None  #: 1-based epoch of the best monitored value
+    epochs_run: int  #: epochs completed (resumed ones included)
+    stopped_early: bool  #: early stopping (``patience``) ended the run
+    interrupted: bool  #: a hook (a signal) stopped it; the checkpoint is saved
+    #: ``"early_stop"``, a hook's reason (``"signal"``), ``"data"``, or None
     stop_reason: str | None
-    step: int
+    step: int  #: updates completed
+    #: ``(params, model_state)`` at the snapshot steps, stacked ``[m, ...]``
     snapshots: Any
-    snapshot_steps: list[int]
-    snapshot_epochs: list[float]
-    timings: Timings  # driver "fit": compile_s, run_s, epoch_s, ..., total_s
-    device: str
-    test: dict[str, float] | None = None  # eval metrics of ``model`` on test_data
-    snapshot_test_accuracy: list[float] | None = None
-    ensemble_curve: list[float] | None = None  # last-m ensembles, m = 1..M
+    snapshot_steps: list[int]  #: the updates after which the snapshots were taken
+    snapshot_epochs: list[float]  #: the same, in epochs
+    timings: Timings  #: driver "fit": compile_s, run_s, epoch_s, ..., total_s
+    device: str  #: the device the run used, in words
+    test: dict[str, float] | None = None  #: eval metrics of ``model`` on test_data
+    snapshot_test_accuracy: list[float] | None = None  #: each snapshot's test accuracy
+    ensemble_curve: list[float] | None = None  #: last-m ensembles, m = 1..M
+    #: each snapshot's validation accuracy
     snapshot_val_accuracy: list[float] | None = None
-    ensemble_val_curve: list[float] | None = None  # the same ensembles on val_data
-    averaged_model: Any = None  # the weight average, BatchNorm re-estimated
-    average_params: Any = None
-    average_model_state: Any = None
-    average_start: int | None = None  # first update index averaged
-    average_count: int = 0  # weights averaged
-    average_bn_batches: int = 0  # batches of the BatchNorm re-estimation
+    ensemble_val_curve: list[float] | None = None  #: the same ensembles on val_data
+    averaged_model: Any = None  #: the weight average, BatchNorm re-estimated
+    average_params: Any = None  #: the weight average (``FitConfig.average_start``)
+    average_model_state: Any = None  #: its state, BatchNorm statistics re-estimated
+    average_start: int | None = None  #: first update index averaged
+    average_count: int = 0  #: weights averaged
+    average_bn_batches: int = 0  #: batches of the BatchNorm re-estimation
+    #: the average's metrics on ``val_data``
     average_val: dict[str, float] | None = None
+    #: the average's metrics on ``test_data``
     average_test: dict[str, float] | None = None
-    average_val_no_bn: dict[str, float] | None = None  # only with BatchNorm
-    average_test_no_bn: dict[str, float] | None = None  # only with BatchNorm
+    average_val_no_bn: dict[str, float] | None = None  #: only with BatchNorm
+    average_test_no_bn: dict[str, float] | None = None  #: only with BatchNorm
 
     def __repr__(self) -> str:
         from lrjax._src.results import short_repr
@@ -557,8 +563,8 @@ def fit(
       test_data: evaluated once at the end (``FitResult.test``).
 
     Raises:
-      ValueError, TypeError: bad arguments. CheckpointError: an unreadable or
-      incompatible checkpoint.
+      ValueError, TypeError: bad arguments.
+      CheckpointError: an unreadable or incompatible checkpoint.
 
     A Linen model with BatchNorm and Dropout, its state carried by lrjax:
 

@@ -238,13 +238,21 @@ class Hook:
     trigger: Trigger = Trigger()  # after every chunk; set yours on the class or self
 
     def start(self, run: Run) -> None:
-        pass
+        """Called once before the first chunk (after a resume: with ``run`` as
+        restored); open files or writers here. Its time is not the first
+        epoch's."""
 
     def act(self, run: Run, end: ChunkEnd) -> str | None:
+        """Called after a chunk when ``trigger`` fires. Return a stop reason
+        (a short string, e.g. ``"requested"``: the run's ``stop_reason``) to
+        stop the run after this chunk, or None to go on. Every hook acts after
+        a chunk even when an earlier one asked to stop."""
         return None
 
     def end(self, run: Run, reason: str | None) -> None:
-        pass
+        """Called once when the run ends, however it ended: ``reason`` is the
+        stop reason (None: the plan ran to its end; ``"error"``: an exception
+        is on its way to the caller). Close what ``start`` opened."""
 
 
 #: A driver's own books after a chunk, before any hook: ``(run, end) -> reason``.

@@ -464,7 +464,7 @@ def lr_grid(
     Raises:
       ValueError, TypeError: a bad argument, naming it and what is allowed; a
         keyword of 0.2 that moved into a spec (``epochs=2``) names the spec.
-      lrjax._src.results.MemoryRefused: a ValueError, in one line, when the
+      lrjax.MemoryRefused: a ValueError, in one line, when the
         population's estimated memory exceeds what the device has; raised
         after building the first member, before the others or any compile.
 

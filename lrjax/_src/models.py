@@ -19,7 +19,11 @@ Apply = Callable[[Params, jax.Array], jax.Array]
 
 
 class MLP(nnx.Module):
-    """Flatten -> Dense(h, relu) for each hidden size -> Dense(num_classes).
+    """Flatten -> Dense(relu) per hidden layer -> Dense, the widths from ``sizes``.
+
+    ``sizes`` are every layer's width, the input's first and the classes' last:
+    ``MLP((784, 300, 100, 10), rngs=...)`` is the 784-300-100-10 MLP
+    (:func:`lrjax.mlp` builds it from the input size, classes and hidden sizes).
 
     Returns logits; the softmax lives in the loss (and in ensemble prediction).
     """

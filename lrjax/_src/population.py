@@ -249,7 +249,7 @@ def check_memory(
     padded ones too (:func:`lrjax._src.results.estimate_population`).
 
     Raises:
-      lrjax._src.results.MemoryRefused: more than the device has; ``fewer`` names
+      lrjax.MemoryRefused: more than the device has; ``fewer`` names
         the setting to lower.
     """
     batch = 0

@@ -224,24 +224,32 @@ class RangeTestResult:
     ``config`` (:class:`RangeTestSettings`) what the sweep ran with.
     """
 
-    lrs: np.ndarray
-    losses: np.ndarray
+    lrs: np.ndarray  #: the lr of each update run, ``[steps_run]``
+    losses: np.ndarray  #: the raw loss per update, ``[seeds, steps_run]``
+    #: the smoothed loss the suggestions read, ``[seeds, steps_run]``
     smoothed_losses: np.ndarray
+    #: the loss function's other metrics, each ``[seeds, steps_run]``
     metrics: dict[str, np.ndarray]
+    #: the median over seeds of the lr where each diverged (None: most did not)
     diverged_at_lr: float | None
+    #: each seed's divergence step (None: it did not)
     diverged_at_step: list[int | None]
+    #: every method's suggested lr (median over seeds)
     suggestions: dict[str, float | None]
+    #: ``method``'s suggestion, else valley's, else minimum's
     suggested_lr: float | None
-    method: str
-    seeds: int
+    method: str  #: the suggestion method chosen (``lrjax.METHODS``)
+    seeds: int  #: the number of seeds swept
+    #: per-seed suggestions and their range (None for one seed)
     spread: dict[str, Any] | None
-    steps_run: int
-    stop_reason: str | None
-    timings: Timings
-    device: str
-    config: RangeTestSettings
+    steps_run: int  #: updates run (the sweep may stop early)
+    stop_reason: str | None  #: ``"diverged"``, ``"data"``, a hook's reason, or None
+    timings: Timings  #: where the time went (:class:`lrjax.Timings`)
+    device: str  #: the device the sweep ran on, in words
+    config: RangeTestSettings  #: what the sweep ran with (:class:`RangeTestSettings`)
+    #: with ``sweep_over``: every value's result (:class:`SweepResult`)
     sweep: SweepResult | None = None
-    warning: str | None = None
+    warning: str | None = None  #: why the curve or suggestion may mislead, or None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN and inf become None)."""

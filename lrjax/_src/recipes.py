@@ -258,14 +258,16 @@ class Recipe:
     chosen, e.g. ``"peak = 3 x knee (0.0105)"``.
     """
 
-    family: str
-    peak_lr: float
-    total_steps: int
-    method: str
-    suggestion: float
-    factor: float
-    rule: str
+    family: str  #: the schedule family (``lrjax.recipes.FAMILIES``)
+    peak_lr: float  #: the schedule's peak lr
+    total_steps: int  #: the budget in updates the schedule is shaped for
+    method: str  #: the range-test suggestion the peak is built from
+    suggestion: float  #: that suggestion's lr
+    factor: float  #: peak / suggestion (the rule's multiple at this budget)
+    rule: str  #: how the peak was chosen, in words
+    #: every number of the schedule (:func:`lrjax.recipes.build_schedule`)
     params: dict[str, Any]
+    #: the ``step -> lr`` function
     schedule: Schedule = dataclasses.field(repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:

@@ -27,6 +27,18 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def usage_name(script: str) -> str:
+    """The name ``--help`` shows: the console script's (``lrjax-find``) when it
+    runs as one, else the module's.
+
+    >>> usage_name("lrjax-no-such-script")
+    'python -m lrjax.no.such.script'
+    """
+    if Path(sys.argv[0]).name == script:
+        return script
+    return "python -m " + script.replace("-", ".")
+
+
 def fail(prog: str, message: str) -> int:
     """Prints ``prog: error: message`` as ONE line on stderr and returns 2.
 
@@ -120,7 +132,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--augment",
         action="store_true",
         help="random 2-pixel shifts and horizontal flips of the training images, on "
-        "the device (lrjax._src.models.Augment in front of the model)",
+        "the device (lrjax.models.Augment in front of the model)",
     )
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument("--batch-size", type=int_at_least(1), default=32)

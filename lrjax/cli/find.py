@@ -32,6 +32,7 @@ from lrjax.cli import (
     progress,
     save_png,
     setup_jax,
+    usage_name,
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
@@ -113,7 +114,7 @@ def sweep_factory(name: str):
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
-        prog="python -m lrjax.find",
+        prog=usage_name("lrjax-find"),
         description="LR range test: sweep the learning rate over one epoch, record "
         "the loss, and suggest a learning rate.",
     )

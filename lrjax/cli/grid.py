@@ -37,6 +37,7 @@ from lrjax.cli import (
     progress,
     save_png,
     setup_jax,
+    usage_name,
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
@@ -47,7 +48,7 @@ SCHEDULES = ("constant", "cosine", "restarts", "step", *FAMILIES, "all")
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
-        prog="python -m lrjax.grid",
+        prog=usage_name("lrjax-grid"),
         description="Train one model per learning rate (and seed) in one compiled "
         "program and report validation accuracy per lr.",
     )

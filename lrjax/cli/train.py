@@ -44,6 +44,7 @@ from lrjax.cli import (
     progress,
     save_png,
     setup_jax,
+    usage_name,
     write_atomic,
 )
 from lrjax.cli.distributed import add_distributed_args, init_distributed
@@ -100,7 +101,7 @@ def lr_value(text: str):
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
-        prog="python -m lrjax.train",
+        prog=usage_name("lrjax-train"),
         description="Train a model (--model) with a learning rate (or 'auto': the "
         "range test's suggestion) and a schedule; early stopping, checkpoints, "
         "TensorBoard and snapshot ensembles.",
