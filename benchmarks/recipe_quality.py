@@ -578,9 +578,9 @@ def choose(mine: list[dict]) -> dict:
     factor and an exponent are the same number). The rule lrjax uses is ONE rule
     for all families (``shared``): the lowest mean over the families of their
     worst regret, ties to the smaller exponent. The auto family is the one with
-    the lowest worst regret under that rule (``auto``). A rule with an exponent
-    keeps the shortest and longest budgets it was fitted on (``budgets``):
-    outside them lrjax holds its multiple at the nearest one.
+    the lowest worst regret under that rule (``auto``). A rule keeps the
+    shortest and longest budgets it was fitted on (``budgets``): outside them
+    lrjax holds an exponent's multiple at the nearest one, and says so.
     """
     from lrjax._src.recipes import FAMILIES
     from lrjax._src.suggestions import METHODS
@@ -631,8 +631,9 @@ def choose(mine: list[dict]) -> dict:
     mean, worst, exponent, method, factor = shared[0]
     chosen = {fam: scores[fam, method, factor, exponent] for fam in FAMILIES}
     scored = {fam: v[0] for fam, v in chosen.items() if v is not None}
-    # an exponent holds between the budgets it was fitted on, not beyond them
-    span = (min(budgets), max(budgets)) if exponent else None
+    # the budgets the rule was fitted on: an exponent holds between them, not
+    # beyond them, and recommend says when a budget lies outside them
+    span = (min(budgets), max(budgets))
     return {
         "rule": (method, factor, exponent, span),
         "auto": min(scored, key=lambda f: (scored[f], f)),

@@ -11,5 +11,6 @@ from lrjax._src.recipes import SHAPES as SHAPES
 from lrjax._src.recipes import PeakRule as PeakRule
 from lrjax._src.recipes import Recipe as Recipe
 from lrjax._src.recipes import build_schedule as build_schedule
+from lrjax._src.recipes import optimizer_kind as optimizer_kind
 from lrjax._src.recipes import recommend as recommend
 from lrjax._src.recipes import unit_schedule as unit_schedule

@@ -47,7 +47,7 @@ PUBLIC_MODULES = {
     "models": {"CNN", "MLP", "Augment", "cnn", "mlp"},
     "recipes": {"AUTO_FAMILIES", "FAMILIES", "OPTIMIZER_KINDS", "PEAK_RULES", "SHAPES",
                 "REFERENCE_STEPS", "PeakRule", "Recipe", "build_schedule",
-                "recommend", "unit_schedule"},
+                "optimizer_kind", "recommend", "unit_schedule"},
 }  # fmt: skip
 
 

@@ -98,6 +98,11 @@ def test_summary_names_the_best_lr(tiny_fashion_mnist, tmp_path, capsys):
         ),
         (["--around-recipe", "1", "--schedule", "wsd"], "must be > 1"),
         (["--around-recipe", "2"], "needs a recipe family (one_cycle, "),
+        (  # 600 // 200 = 3 updates: too short for a one-cycle, refused at once
+            ["--schedule", "all", "--batch-size", "200", "--epochs", "1"],
+            "--schedule all needs at least 4 updates, got 3 (1 epoch(s) of 3 at "
+            "--batch-size 200): raise --epochs or lower --batch-size",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -215,6 +220,22 @@ def test_around_recipe_centres_the_grid_on_the_recipe_peak(
     assert rec["val_accuracy"] == pytest.approx(final[1])
     assert rec["regret_pp"] == pytest.approx(100 * (final.max() - final[1]))
     assert "recipe wsd: " in stdout and "regret" in stdout
+    assert stdout.startswith("--- schedule wsd\n")  # which family the table is
+    from lrjax._src.recipes import build_schedule
+
+    assert doc["config"]["shape"] == build_schedule("wsd", 1.0, steps)[1]
+    # the peak lrjax-train trains with for the same flags and seed (the grid ran
+    # its range test with another model key, 1.4x off on the MLP, before)
+    from lrjax import train
+
+    logdir = tmp_path / "train"
+    assert train.main([
+        "--data-dir", str(tiny_fashion_mnist), "--logdir", str(logdir),
+        "--hidden", "16", "--batch-size", "20", "--optimizer", "momentum",
+        "--epochs", "2", "--schedule", "wsd", "--lr", "auto", "--quiet", "--no-plot",
+    ]) == 0  # fmt: skip
+    trained = json.loads((logdir / "metrics.json").read_text())
+    assert trained["lr"] == pytest.approx(peak, rel=1e-6)
 
 
 def test_ctrl_c_stops_the_grid_after_an_epoch_and_writes_the_epochs_so_far(

@@ -48,6 +48,49 @@ def test_shapes_peak_start_and_end(family, total):
     else:
         assert lr[total] == 0.0 and p["final_lr"] == 0.0
         assert p["warmup_steps"] == min(round(0.05 * total), total - 1)
+    # the last update applies a decayed lr at every budget (a wsd of 2-7 updates
+    # used to decay over one step, whose lr is the peak: a constant lr)
+    assert lr[total - 1] < peak * (1 - 1e-3)
+
+
+def test_a_rules_peak_is_capped_at_the_divergence_suggestion():
+    """Above half the lr where the range test diverged no recipe grid's best
+    cell lies; a short budget's range test can put a rule's multiple there (an
+    MLP of 55 updates at 2.828 x knee trained at chance). A factor the caller
+    gives is not capped."""
+    r = FakeResult(knee=0.5, divergence=0.8)
+    rec = recommend(r, 1000, "wsd", optimizer="sgd")  # 2.828 x 0.5 = 1.414 > 0.8
+    assert rec.peak_lr == 0.8 and rec.factor == pytest.approx(1.6)
+    assert rec.params["peak_lr"] == 0.8
+    assert float(rec.schedule(500)) == pytest.approx(0.8)  # float32
+    assert rec.rule == (
+        "peak = 2.828 x knee (0.5), capped at the divergence suggestion (0.8)"
+    )
+    assert rec.to_json()["optimizer_kind"] == "sgd"
+    assert rec.describe().endswith(", sgd rule")
+    assert recommend(FakeResult(knee=0.2, divergence=0.8), 1000, "wsd",
+                     optimizer="sgd").peak_lr == pytest.approx(0.5656)  # fmt: skip
+    mine = recommend(r, 100, "wsd", method="knee", factor=3)
+    assert mine.peak_lr == 1.5 and mine.optimizer_kind is None
+
+
+def test_a_budget_outside_the_fitted_ones_is_said():
+    """Every rule keeps the budgets it was fitted on (recipe_fit.json); a
+    constant multiple applies at any budget, and the rule says when the budget
+    lies outside its evidence."""
+    r = FakeResult(knee=0.01, balanced=0.02, divergence=1.0)
+    assert recipes.PEAK_RULES["sgd"]["wsd"].budgets == (429, 51540)
+    inside = recommend(r, 1000, "wsd", optimizer="sgd")
+    assert inside.rule == "peak = 2.828 x knee (0.01)"
+    short = recommend(r, 100, "wsd", optimizer="sgd")
+    assert short.peak_lr == inside.peak_lr
+    assert short.rule == (
+        "peak = 2.828 x knee (0.01); 100 updates, outside the 429-51540 it was "
+        "fitted on"
+    )
+    assert recommend(r, 6435, optimizer="nesterov").rule == (
+        "peak = 2 x balanced (0.02); 6435 updates, outside the 1287 it was fitted on"
+    )
 
 
 def test_shapes_match_their_definitions_at_worked_values():
@@ -188,7 +231,7 @@ def test_the_rules_are_the_fitted_ones():
     assert recipes.AUTO_FAMILIES == fitted["auto_families"]
     from lrjax._src.suggestions import METHODS
 
-    r = FakeResult(**dict.fromkeys(METHODS, 0.01))
+    r = FakeResult(**{**dict.fromkeys(METHODS, 0.01), "divergence": 1.0})  # no cap
     for opt, kind in recipes.OPTIMIZER_KINDS.items():
         factor = recipes.PEAK_RULES[kind][recipes.AUTO_FAMILIES[kind]].multiple(500)
         rec = recommend(r, 500, optimizer=opt)
@@ -224,12 +267,14 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
         if res.suggestions.get(rule.method) is not None:
             rec = recommend(res, 100)
             assert rec.family == recipes.AUTO_FAMILIES[kind]
-            assert rec.peak_lr == pytest.approx(
-                rule.multiple(100) * res.suggestions[rule.method]
-            )
+            assert rec.optimizer_kind == kind
+            by_rule = rule.multiple(100) * res.suggestions[rule.method]
+            cap = res.suggestions["divergence"] or by_rule
+            assert rec.peak_lr == pytest.approx(min(by_rule, cap))
+            assert ("capped at the divergence" in rec.rule) == (cap < by_rule)
     res = lrjax.lr_range_test(model, lambda lr: optax.sgd(lr), (x, y), **kw)
     assert res.config.optimizer is None
-    with pytest.raises(ValueError, match="no peak rule for the optimizer None"):
+    with pytest.raises(ValueError, match="^the range test could not name its optim"):
         recommend(res, 100)
     method = "knee" if res.suggestions.get("knee") else "steep"
     assert recommend(res, 100, "wsd", method=method).factor == 1.0
@@ -256,10 +301,25 @@ def test_recommend_reads_the_optimizer_the_range_test_recorded():
             r"valley\); pass method= one it has, or build the schedule at a peak of "
             r"your own: lrjax.recipes.build_schedule\(family, peak_lr, total_steps\)",
         ),
-        (lambda: recommend(FakeResult(knee=0.1), 100), "no peak rule for the opt"),
+        (lambda: recommend(FakeResult(knee=0.1), 100), "could not name its optim"),
+        (
+            lambda: recommend(FakeResult(knee=0.1), 100, method="knee"),
+            "family='auto' is chosen per optimizer kind, and the range test could "
+            "not name its optimizer",
+        ),
+        (lambda: build_schedule("wsd", "0.1", 100), "peak_lr must be .*got '0.1'"),
+        (lambda: build_schedule("wsd", None, 100), "peak_lr must be .*got None"),
+        (
+            lambda: recommend(FakeResult(knee=0.1), 100, optimizer="sgd", factor="x"),
+            "factor must be a finite number > 0, got 'x'",
+        ),
+        (
+            lambda: recipes.PeakRule("knee", 2, 0.5, budgets=(4000, 1000)).multiple(9),
+            r"budgets must be \(shortest, longest\)",
+        ),
+        (lambda: recipes.PeakRule("knee", 2, 0.5).multiple(0), "total_steps must be"),
         (lambda: recommend(FakeResult(knee=0.1), 100, optimizer="lion"), "'lion'"),
         (lambda: recommend(FakeResult(knee=0.1), 100, "wsd", method="no"), "unknown s"),
-        (lambda: recommend(FakeResult(knee=0.1), 100, method="knee"), "family='auto'"),
         (
             lambda: recommend(FakeResult(knee=0.1), 9, optimizer="sgd", factor=-1),
             "factor must be",

@@ -77,6 +77,21 @@ def one_line_error(capsys, rc) -> str:
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--patience", "-2"], "--patience must be >= 0"),
         (["--snapshots", "2", "--schedule", "constant"], "needs a cyclic schedule"),
+        # a shape flag of another schedule would be ignored: refused
+        (
+            ["--schedule", "wsd", "--min-lr", "0.05", "--lr", "0.1"],
+            "--min-lr 0.05 shapes --schedule cosine_restarts, not --schedule wsd",
+        ),
+        (["--cycle-epochs", "1", "--schedule", "auto"], "--cycle-epochs 1 shapes"),
+        (["--base-lr", "0.01", "--schedule", "one_cycle"], "--base-lr 0.01 shapes"),
+        (["--period-mult", "2", "--schedule", "triangular"], "--period-mult 2 shapes"),
+        (["--factor", "0.1", "--schedule", "constant"], "--factor 0.1 shapes --sch"),
+        (["--lr", "0.1", "--lr-method", "knee"], "--lr-method chooses the peak"),
+        (  # 512 // 171 = 2 updates: refused before the range test
+            ["--batch-size", "171", "--epochs", "1", "--optimizer", "momentum"],
+            "--schedule auto (one_cycle for momentum) needs at least 4 updates, got "
+            "2 (1 epoch(s) of 2 at --batch-size 171): raise --epochs",
+        ),
         (
             ["--snapshots", "5", "--epochs", "2", "--cycle-epochs", "1"],
             "more than the 2 complete cycles",

@@ -97,10 +97,22 @@ class PeakRule(NamedTuple):
     budgets: tuple[int, int] | None = None
 
     def budget(self, total_steps: int) -> int:
-        """``total_steps`` held within ``budgets``: the budget the multiple uses."""
+        """``total_steps`` held within ``budgets``: the budget the multiple uses.
+
+        Raises:
+          ValueError: ``total_steps`` < 1, or ``budgets`` not (shortest, longest).
+        """
+        if isinstance(total_steps, bool) or not total_steps >= 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
         if self.budgets is None:
             return total_steps
-        return min(max(total_steps, self.budgets[0]), self.budgets[1])
+        lo, hi = self.budgets
+        if not 1 <= lo <= hi:
+            raise ValueError(
+                f"budgets must be (shortest, longest) with 1 <= shortest <= "
+                f"longest, got {self.budgets!r}"
+            )
+        return min(max(total_steps, lo), hi)
 
     def multiple(self, total_steps: int) -> float:
         """The multiple of ``suggestions[method]`` for a budget of ``total_steps``."""
@@ -114,10 +126,11 @@ class PeakRule(NamedTuple):
 # benchmarks/results/recipe_fit.json). AUTO_FAMILIES: per kind, the family with
 # the lowest worst regret under the kind's rule on its grids.
 PEAK_RULES: dict[str, dict[str, PeakRule]] = {
-    "sgd": dict.fromkeys(FAMILIES, PeakRule("knee", 2.828)),
-    "momentum": dict.fromkeys(FAMILIES, PeakRule("balanced", 2.0)),
-    # fitted on 429 (CNN, one epoch at batch 128) and 8590 updates (MLP, ten
-    # epochs at batch 64): not extrapolated beyond them
+    # budgets: the shortest and longest the rule was fitted on (recommend says
+    # when a budget lies outside them; an exponent is not extrapolated beyond)
+    "sgd": dict.fromkeys(FAMILIES, PeakRule("knee", 2.828, 0.0, (429, 51540))),
+    "momentum": dict.fromkeys(FAMILIES, PeakRule("balanced", 2.0, 0.0, (1287, 1287))),
+    # 429 updates: the CNN, one epoch at batch 128; 8590: the MLP, ten at 64
     "adam": dict.fromkeys(FAMILIES, PeakRule("knee", 5.657, 0.7, (429, 8590))),
 }
 AUTO_FAMILIES: dict[str, str] = {
@@ -125,6 +138,25 @@ AUTO_FAMILIES: dict[str, str] = {
     "momentum": "one_cycle",
     "adam": "one_cycle",
 }
+
+
+def _positive(name: str, value: Any) -> float:
+    """``value`` as a finite float > 0 (a number, not a string or a bool).
+
+    >>> _positive("peak_lr", "0.1")
+    Traceback (most recent call last):
+    ValueError: peak_lr must be a finite number > 0, got '0.1'
+    """
+    bad = ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if value is None or isinstance(value, str | bytes | bool):
+        raise bad
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if not (math.isfinite(number) and number > 0):
+        raise bad
+    return number
 
 
 def _check_family(family: str, allow_auto: bool = False) -> str:
@@ -148,8 +180,14 @@ def optimizer_kind(optimizer: str | None) -> str:
     """
     if isinstance(optimizer, str) and optimizer in OPTIMIZER_KINDS:
         return OPTIMIZER_KINDS[optimizer]
+    which = (
+        "the range test could not name its optimizer (a lambda, an optax.chain or "
+        "your own train step)"
+        if optimizer is None
+        else f"no peak rule for the optimizer {optimizer!r}"
+    )
     raise ValueError(
-        f"no peak rule for the optimizer {optimizer!r}: the rules are fitted for "
+        f"{which}: the rules are fitted for "
         f"{', '.join(OPTIMIZER_KINDS)}; pass optimizer= the nearest of these (e.g. "
         "'momentum' for an SGD variant with momentum, 'adam' for an Adam variant), "
         "or method= and factor= for a rule of your own"
@@ -205,9 +243,7 @@ def build_schedule(
 
     _check_family(family)
     total = _check_total(total_steps, family)
-    peak = float(peak_lr)
-    if not (math.isfinite(peak) and peak > 0):
-        raise ValueError(f"peak_lr must be a finite number > 0, got {peak_lr!r}")
+    peak = _positive("peak_lr", peak_lr)
     shape = SHAPES[family]
     params: dict[str, Any] = {"family": family, "peak_lr": peak, "total_steps": total}
     if family == "one_cycle":
@@ -234,7 +270,8 @@ def build_schedule(
     elif family == "linear_decay":
         sched = schedules.linear_decay(peak, total, warmup_steps=warmup)
     else:
-        decay = max(1, min(round(shape["decay_fraction"] * total), total - warmup))
+        # at least two updates, so that one applies a decayed lr
+        decay = min(max(2, round(shape["decay_fraction"] * total)), total - warmup)
         params.update(decay_steps=decay, decay="linear")
         sched = schedules.wsd(peak, total, warmup_steps=warmup, decay_steps=decay)
     return sched, params
@@ -269,6 +306,8 @@ class Recipe:
     params: dict[str, Any]
     #: the ``step -> lr`` function
     schedule: Schedule = dataclasses.field(repr=False, compare=False)
+    #: the optimizer kind whose rule or auto family was used (None: neither)
+    optimizer_kind: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The recipe as a JSON-ready dict (without the function)."""
@@ -278,6 +317,7 @@ class Recipe:
             "suggestion": self.suggestion,
             "factor": self.factor,
             "rule": self.rule,
+            "optimizer_kind": self.optimizer_kind,
         }
 
     def describe(self) -> str:
@@ -288,9 +328,10 @@ class Recipe:
             for k, v in p.items()
             if k not in ("family", "peak_lr", "total_steps")
         )
+        kind = "" if self.optimizer_kind is None else f", {self.optimizer_kind} rule"
         return (
             f"{self.family} peak {self.peak_lr:.4g} ({self.rule}) over "
-            f"{self.total_steps} updates: {extra}"
+            f"{self.total_steps} updates: {extra}{kind}"
         )
 
 
@@ -321,7 +362,9 @@ def recommend(
     :data:`PEAK_RULES` for the optimizer's kind and the family (fitted on recipe
     grids). A method given here overrides the rule's and then means that
     suggestion itself (``factor`` 1) unless a factor is given too; a factor given
-    is the multiple itself, whatever the budget.
+    is the multiple itself, whatever the budget. A rule's peak is capped at the
+    range test's ``divergence`` suggestion (half the lr where its loss diverged),
+    above which no recipe grid's best peak lies; ``rule`` then says so.
 
     Args:
       result: a :class:`lrjax.RangeTestResult` (or anything with a
@@ -368,21 +411,29 @@ def recommend(
     total = _check_total(total_steps)  # and for the family, once it is known
     if optimizer is None:  # a RangeTestResult's config is a RangeTestSettings
         optimizer = getattr(getattr(result, "config", None), "optimizer", None)
-    name = family
+    name, kind = family, None
     if family == "auto":
         if method is not None and optimizer not in OPTIMIZER_KINDS:
-            raise ValueError(
-                f"family='auto' is chosen per optimizer kind, and {optimizer!r} is "
-                f"none of {', '.join(OPTIMIZER_KINDS)}: pass optimizer= the nearest "
-                f"of these, or a family ({', '.join(FAMILIES)})"
+            which = (
+                "the range test could not name its optimizer"
+                if optimizer is None
+                else f"{optimizer!r} is none of {', '.join(OPTIMIZER_KINDS)}"
             )
-        name = AUTO_FAMILIES[optimizer_kind(optimizer)]
+            raise ValueError(
+                f"family='auto' is chosen per optimizer kind, and {which}: pass "
+                f"optimizer= the nearest of {', '.join(OPTIMIZER_KINDS)}, or a "
+                f"family ({', '.join(FAMILIES)})"
+            )
+        kind = optimizer_kind(optimizer)
+        name = AUTO_FAMILIES[kind]
     _check_total(total, name)
-    budget = ""
+    budget, by_rule = "", False
     if method is None:
-        peak_rule = PEAK_RULES[optimizer_kind(optimizer)][name]
+        kind = optimizer_kind(optimizer)
+        peak_rule = PEAK_RULES[kind][name]
         method = peak_rule.method
         if factor is None:
+            by_rule = True
             factor = peak_rule.multiple(total)
             if peak_rule.budget_exponent:
                 held = peak_rule.budget(total)
@@ -393,11 +444,13 @@ def recommend(
                 if held != total:
                     end = "shortest" if held > total else "longest"
                     budget += f", the {end} budget the rule was fitted on"
+            elif peak_rule.budget(total) != total:  # outside the fitted budgets
+                lo, hi = peak_rule.budgets or (total, total)
+                fitted = f"{lo}" if lo == hi else f"{lo}-{hi}"
+                budget = f"; {total} updates, outside the {fitted} it was fitted on"
     elif factor is None:
         factor = 1.0
-    factor = float(factor)
-    if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
+    factor = _positive("factor", factor)
     suggestions = getattr(result, "suggestions", None)
     if not isinstance(suggestions, Mapping):
         raise ValueError(
@@ -418,8 +471,14 @@ def recommend(
             "lrjax.recipes.build_schedule(family, peak_lr, total_steps)"
         )
     peak = factor * float(value)
-    sched, params = build_schedule(name, peak, total)
     rule = f"peak = {factor:.4g} x {method} ({float(value):.4g}){budget}"
+    cap = suggestions.get("divergence")
+    if by_rule and cap is not None and math.isfinite(cap) and 0 < cap < peak:
+        # No recipe grid's best cell lies above it (docs/results.md); a short
+        # budget's range test can put a rule's multiple there, and train at chance.
+        peak, factor = float(cap), float(cap) / float(value)
+        rule += f", capped at the divergence suggestion ({float(cap):.4g})"
+    sched, params = build_schedule(name, peak, total)
     return Recipe(
         family=name,
         peak_lr=peak,
@@ -430,4 +489,5 @@ def recommend(
         rule=rule,
         params=params,
         schedule=sched,
+        optimizer_kind=kind,
     )

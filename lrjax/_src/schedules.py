@@ -843,7 +843,10 @@ def one_cycle(
     Optax's ``cosine_onecycle_schedule(T, peak_value, pct_start, div_factor,
     final_div_factor)`` peaks at step ``int(pct_start * T)``, one step later
     than PyTorch; lrjax follows PyTorch and peaks at step ``pct_start * T - 1``.
-    :func:`one_cycle_momentum` is the matching momentum (or Adam ``b1``).
+    Where that is not a whole step the lr applied never equals ``peak_value``:
+    a short cycle stays below it (``T = 4``: the highest is 0.81 x peak), as
+    PyTorch's does. :func:`one_cycle_momentum` is the matching momentum (or Adam
+    ``b1``).
 
     Args:
       peak_value: highest lr (PyTorch's ``max_lr``), > 0.
@@ -1084,8 +1087,9 @@ def wsd(
       total_steps: step at which the lr reaches ``end_value``, an integer >= 1.
       warmup_steps: steps of linear warmup, an integer >= 0.
       decay_steps: steps of the final decay, an integer >= 1 with
-        ``warmup_steps + decay_steps <= total_steps``; defaults to
-        ``max(1, round(0.2 * total_steps))``.
+        ``warmup_steps + decay_steps <= total_steps`` (its first step applies the
+        peak: 1 decays nothing); defaults to ``round(0.2 * total_steps)``, at
+        least 2 (1 when ``total_steps`` is 1).
       init_value: lr at step 0 (if ``warmup_steps > 0``), >= 0.
       end_value: lr at ``total_steps`` and after, >= 0.
       decay: shape of the decay, ``"linear"``, ``"cosine"`` or ``"sqrt"``.
@@ -1107,7 +1111,7 @@ def wsd(
         peak_value, total_steps, warmup_steps, init_value, end_value
     )
     if decay_steps is None:
-        length = max(1, round(0.2 * total))
+        length = max(min(2, total), round(0.2 * total))
     else:
         length = _check_int("decay_steps", decay_steps, 1, total)
     if warmup + length > total:

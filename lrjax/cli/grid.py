@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lrjax._src.recipes import FAMILIES
+from lrjax._src.recipes import FAMILIES, build_schedule
 from lrjax.cli import (
     ArgumentParser,
     UsageError,
@@ -98,8 +98,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--find",
         action="store_true",
-        help="run the range test first (same model, optimizer, seeds) and mark its "
-        "suggestions",
+        help="run lrjax-train --lr auto's range test for this --seed first (the "
+        "same initialisation, optimizer and batch size; --seeds runs of it) and mark "
+        "its suggestions",
     )
     p.add_argument("--find-min-lr", type=positive_float, default=1e-5)
     p.add_argument("--find-max-lr", type=positive_float, default=10.0)
@@ -193,6 +194,24 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted(PROG)
 
 
+def _check_budget(args, steps_per_epoch: int) -> None:
+    """Refuses a family's budget too short for its shape, before any work.
+
+    Raises:
+      UsageError: naming the flags that set the budget.
+    """
+    if args.schedule not in (*FAMILIES, "all"):
+        return
+    total = args.epochs * steps_per_epoch
+    least = 4 if args.schedule in ("one_cycle", "all") else 2  # its warmup needs one
+    if total < least:
+        raise UsageError(
+            f"--schedule {args.schedule} needs at least {least} updates, got {total} "
+            f"({args.epochs} epoch(s) of {steps_per_epoch} at --batch-size "
+            f"{args.batch_size}): raise --epochs or lower --batch-size"
+        )
+
+
 def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     try:
@@ -211,6 +230,7 @@ def _main(argv: list[str] | None) -> int:
         if len(ds.y_val) == 0:
             raise UsageError(f"dataset {args.dataset} has no validation split")
         choice = model_choice(args, ds)
+        _check_budget(args, len(ds.y_train) // args.batch_size)
         opt = optimizer_factory(args.optimizer, args.weight_decay)
         out = prepare_out_dir(args.out, "grid", args.force)
     except (UsageError, data.DatasetError) as e:
@@ -230,7 +250,9 @@ def _main(argv: list[str] | None) -> int:
     recipes = {}
     if find is not None and not stopped:  # a recipe is for the whole budget
         recipes = recommended(find, results, steps, args.optimizer)
-    doc = _document(args, choice, results, find, recipes)
+    doc = _document(
+        args, choice, results, find, recipes, len(ds.y_train) // args.batch_size
+    )
     write_atomic(out / "grid.json", json.dumps(doc, indent=1) + "\n")
     _plot(args, results, find, recipes, out / "grid.png")
     if args.json:
@@ -264,12 +286,12 @@ def _run(args, ds, choice, opt, stop) -> tuple[Any, dict]:
     shown = progress(PROG, args.quiet)
     execution = Execution(progress=shown["progress"], hooks=[*shown["hooks"], stop])
     find = None
-    if args.find:
-        find = lr_range_test(
-            model,
+    if args.find:  # lrjax-train --lr auto's range test for this --seed, the same
+        find = lr_range_test(  # model and key, so that the recipe is the one it trains
+            choice.build(jax.random.fold_in(key, 0)),
             opt,
             (ds.x_train, ds.y_train),
-            key=key,
+            key=jax.random.fold_in(key, 2),
             loss_fn=choice.loss_fn,
             sweep=Sweep(
                 init_value=args.find_min_lr,
@@ -306,7 +328,9 @@ def _run(args, ds, choice, opt, stop) -> tuple[Any, dict]:
     return find, results
 
 
-def _document(args, choice, results: dict, find, recipes: dict) -> dict:
+def _document(
+    args, choice, results: dict, find, recipes: dict, steps_per_epoch: int
+) -> dict:
     """``grid.json``: one grid (or every family's and the best cell), the range
     test and the recipes' regrets when ``--find`` ran. Each grid's ``config``
     holds the command line's settings beside the grid's; ``min_lr`` and
@@ -324,15 +348,20 @@ def _document(args, choice, results: dict, find, recipes: dict) -> dict:
         "around_recipe": args.around_recipe,
     }
 
-    def grid_json(r) -> dict:
+    total = args.epochs * steps_per_epoch  # the planned budget
+
+    def grid_json(name: str, r) -> dict:
         doc = r.to_json()
         doc["config"] |= flags
+        if name in FAMILIES:  # the shape every member's lr scales (peak 1)
+            _, shape = build_schedule(name, 1.0, total)
+            doc["config"]["shape"] = shape
         return doc
 
     if args.schedule == "all":
         best = max(results, key=lambda n: results[n].best_accuracy)
         doc = {
-            "families": {n: grid_json(r) for n, r in results.items()},
+            "families": {n: grid_json(n, r) for n, r in results.items()},
             "best": {
                 "family": best,
                 "lr": results[best].best_lr,
@@ -340,7 +369,7 @@ def _document(args, choice, results: dict, find, recipes: dict) -> dict:
             },
         }
     else:
-        doc = grid_json(results[args.schedule])
+        doc = grid_json(args.schedule, results[args.schedule])
     if find is not None:
         doc["range_test"] = {
             "suggestions": find.suggestions,
@@ -378,13 +407,17 @@ def _plot(args, results: dict, find, recipes: dict, path: Path) -> None:
             ax,
             suggestions=None if find is None else find.suggestions,
         )
+        ax.set_title(f"{args.schedule}: {ax.get_title()}")
+        if args.schedule in recipes:
+            peak = recipes[args.schedule]["peak_lr"]
+            ax.axvline(peak, color="black", ls=":", lw=1.5, label=f"recipe: {peak:.3g}")
+            ax.legend(fontsize=8, loc="lower left")
     save_png(fig, path)
 
 
 def _print_summary(results: dict, find, recipes: dict, out: Path, total_s: float):
     for i, (name, r) in enumerate(results.items()):
-        if len(results) > 1:
-            print(f"--- {name}")
+        print(f"--- schedule {name}")
         last = i == len(results) - 1
         print(_summary(r, find if last else None, out, total_s, full=last))
     for name, rec in recipes.items():

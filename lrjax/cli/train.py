@@ -301,6 +301,7 @@ def _check(args) -> None:
         )
         restarts = any(v not in (None, 0) for v in restart_flags)
         args.schedule = "cosine_restarts" if restarts else DEFAULT_SCHEDULE
+    _check_unused(args)
     if args.period_mult is None:
         # SGDR 2+4+8+16 only when nothing fixes the cycles; else constant cycles.
         fixed = args.snapshots or args.cycle_epochs is not None
@@ -351,6 +352,45 @@ RESUME_OWN_FLAGS = (
     "max_to_keep",
 )
 PROCESS_FLAGS = ("coordinator", "num_processes", "process_id", "distributed")
+
+
+# The shape flags and the schedules that read them; given with another schedule
+# they would be ignored, so they are refused. A value that changes nothing (the
+# default; 1 for the restart multipliers, which _check sets) passes.
+SHAPE_FLAGS = {
+    "cycle_epochs": CYCLIC,
+    "period_mult": ("cosine_restarts",),
+    "peak_decay": ("cosine_restarts",),
+    "min_lr": ("cosine_restarts",),
+    "base_lr": ("triangular", "triangular2", "exp_range"),
+    "gamma": ("exp_range",),
+    "step_epochs": ("step",),
+    "factor": ("step",),
+}
+
+
+def _check_unused(args) -> None:
+    """Refuses a flag that the run would ignore: a shape flag of another
+    schedule, ``--lr-method`` with a learning rate given.
+
+    Raises:
+      UsageError: naming the flag and what it applies to.
+    """
+    defaults = build_parser()
+    for dest, users in SHAPE_FLAGS.items():
+        value = getattr(args, dest)
+        multiplier = dest in ("period_mult", "peak_decay")
+        inert = (defaults.get_default(dest), *((1.0,) if multiplier else ()))
+        if args.schedule not in users and value not in inert:
+            raise UsageError(
+                f"{_flag(dest, value)} shapes --schedule {' / '.join(users)}, not "
+                f"--schedule {args.schedule}: drop it (it would be ignored)"
+            )
+    if args.lr_method is not None and args.lr != "auto":
+        raise UsageError(
+            f"--lr-method chooses the peak of --lr auto, and --lr {args.lr:g} is "
+            "given: drop one of them"
+        )
 
 
 def _flag(dest: str, value) -> str:
@@ -434,11 +474,7 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
     if family is not None:
         from lrjax._src.recipes import build_schedule
 
-        if total < 2:
-            raise UsageError(
-                f"--schedule {s} needs at least 2 updates, got {total} "
-                f"({args.epochs} epoch(s) of {steps_per_epoch})"
-            )
+        _check_budget(args, steps_per_epoch)
         recipe, params = build_schedule(family, peak, total)
         return recipe, {"name": s, **params, "cycle_ends": []}, None
     desc: dict = {"name": s, "peak_lr": peak}
@@ -478,6 +514,25 @@ def make_schedule(args, peak: float, steps_per_epoch: int):
         snaps = np.asarray(ends[-args.snapshots :], np.int64)
     desc["cycle_ends"] = [int(e) for e in ends]
     return sched, desc, snaps
+
+
+def _check_budget(args, steps_per_epoch: int) -> None:
+    """Refuses a recipe family's budget too short for its shape (before the
+    range test runs).
+
+    Raises:
+      UsageError: naming the flags that set the budget.
+    """
+    family = recipe_family(args.schedule, args.optimizer)
+    least = 4 if family == "one_cycle" else 2  # a one-cycle's warmup needs one
+    total = args.epochs * steps_per_epoch
+    if family is not None and total < least:
+        which = "" if family == args.schedule else f" ({family} for {args.optimizer})"
+        raise UsageError(
+            f"--schedule {args.schedule}{which} needs at least {least} updates, got "
+            f"{total} ({args.epochs} epoch(s) of {steps_per_epoch} at --batch-size "
+            f"{args.batch_size}): raise --epochs or lower --batch-size"
+        )
 
 
 def _cycle_steps(args, total: int, steps_per_epoch: int) -> tuple[int, int | None]:
@@ -680,6 +735,7 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         setup = _setup(args)
+        _check_budget(args, setup.steps_per_epoch)
     except (UsageError, DatasetError, ValueError) as e:
         return fail(PROG, str(e))
     out, steps_per_epoch = setup.out, setup.steps_per_epoch
