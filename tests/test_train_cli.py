@@ -491,3 +491,20 @@ def test_weight_decay_is_what_was_applied_for_every_optimizer(tiny, tmp_path):
                 "--quiet"]  # fmt: skip
         assert train.main(argv) == 0
         assert read(logdir)["weight_decay"] == applied
+
+
+def test_the_summary_line_names_the_ensemble_chosen_on_validation():
+    """The all-M ensemble overstated nothing but was not the one best_ensemble
+    chose: the line shows the chosen m and its test accuracy."""
+    metrics = {
+        "test_accuracy": 0.85, "ensemble_curve": [{}, {}, {}],
+        "ensemble_test_accuracy": 0.8555, "average": None, "best_epoch": 4,
+        "epochs_run": 4, "stopped_early": False,
+        "best_ensemble": {"m": 2, "chosen_on": "val", "val_accuracy": 0.8762,
+                          "test_accuracy": 0.8604},
+    }  # fmt: skip
+    assert train._test_line(metrics) == (
+        "test accuracy 0.8500  ensemble(last 2 of 3, m chosen on val) 0.8604  "
+        "best epoch 4  epochs 4"
+    )
+    assert "ensemble(3) 0.8555" in train._test_line({**metrics, "best_ensemble": None})

@@ -180,7 +180,7 @@ class Trigger:
       every_epochs: the chunk ended epoch ``e`` (1-based) with ``e % n == 0``
         (``fit`` and ``lr_grid``; a range test has no epochs).
       at_end: once after the last chunk run, however the run stopped (unless
-        the hook acted after that chunk already).
+        the hook acted after that chunk already, or an exception ended the run).
 
     ``Trigger()``, no condition: after every chunk.
 
@@ -244,9 +244,10 @@ class Hook:
 
     def act(self, run: Run, end: ChunkEnd) -> str | None:
         """Called after a chunk when ``trigger`` fires. Return a stop reason
-        (a short string, e.g. ``"requested"``: the run's ``stop_reason``) to
-        stop the run after this chunk, or None to go on. Every hook acts after
-        a chunk even when an earlier one asked to stop."""
+        (a short string, e.g. ``"requested"``: the run's ``stop_reason``, unless
+        the chunk was the plan's last) to stop the run after this chunk, or None
+        to go on. Every hook acts after a chunk even when an earlier one asked
+        to stop."""
         return None
 
     def end(self, run: Run, reason: str | None) -> None:
@@ -430,7 +431,8 @@ class TensorBoard(Hook):
     """Scalars for TensorBoard (tensorboardX's event files, no TensorFlow).
 
     ``train/<metric>`` (``loss``, the loss function's metrics) at global steps
-    ``s = k * log_every``: the mean over that window's updates within the chunk;
+    ``s = k * log_every``: the mean of updates ``s - log_every .. s - 1`` (across
+    chunk boundaries; after a resume the first window starts at the resume);
     ``train/lr``: the lr applied by update ``s - 1``. Per epoch:
     ``train/epoch_<metric>``, ``val/<metric>``, and after a snapshot
     ``ensemble/accuracy`` (validation) and ``ensemble/members``. Under several
@@ -443,23 +445,42 @@ class TensorBoard(Hook):
     def __init__(self, logdir: str | Path, log_every: int = 10):
         self.logdir, self.log_every = Path(logdir), log_every
         self.writer: _EventFile | None = None
+        # the last updates of the previous chunk (up to log_every - 1), which
+        # the next chunk's first window includes; ``_tail_at``: where they end
+        self._tail: dict[str, np.ndarray] = {}
+        self._tail_at: int | None = None
 
     def start(self, run: Run) -> None:
+        self._tail, self._tail_at = {}, None
         if is_main():
-            self.writer = _EventFile(self.logdir, purge_step=run.step or None)
+            # a resume drops what a later, lost part of the run wrote, and keeps
+            # everything up to the checkpoint's step (its epoch's scalars too)
+            purge = run.step + 1 if run.step else None
+            self.writer = _EventFile(self.logdir, purge_step=purge)
 
     def act(self, run: Run, end: ChunkEnd) -> str | None:
         every, w = self.log_every, self.writer
         if w is None:
             return None
+        joined = {}  # name -> (the tail + this chunk's values, the tail's length)
+        for name, v in end.metrics.items():
+            tail = self._tail.get(name) if self._tail_at == end.lo else None
+            joined[name] = (
+                (v, 0) if tail is None else (np.concatenate([tail, v]), len(tail))
+            )
         for j in range(-(end.lo + 1) % every, end.hi - end.lo, every):
             s = end.lo + j + 1
             for name, v in end.metrics.items():
                 if name == "lr":
                     w.scalar("train/lr", float(v[j]), s)
                 else:
-                    window = np.asarray(v[max(0, j + 1 - every) : j + 1], np.float64)
+                    seen, k = joined[name][0], j + joined[name][1]
+                    window = np.asarray(seen[max(0, k + 1 - every) : k + 1], np.float64)
                     w.scalar(f"train/{name}", float(window.mean()), s)
+        keep = every - 1
+        self._tail = {n: seen[len(seen) - min(keep, len(seen)) :]
+                      for n, (seen, _) in joined.items()}  # fmt: skip
+        self._tail_at = end.hi
         if end.record is not None:
             self._epoch(w, end.record)
         return None
@@ -663,7 +684,8 @@ class EpochEnd(Hook):
 class StopOnSignals(Hook, contextlib.AbstractContextManager):
     """A context manager whose handlers only record SIGINT/SIGTERM; as a hook it
     stops the run at the next chunk boundary (reason ``"signal"``), where the
-    checkpoint hook saves. Exit with ``128 + received``.
+    checkpoint hook saves. The ``with`` block ends normally: exiting (the command
+    lines exit with ``128 + received``) is the caller's choice.
 
     >>> with StopOnSignals() as stop:
     ...     stop.received is None
@@ -907,22 +929,20 @@ class Checkpoints(Hook):
             return False
         where = self.latest.directory / str(step)
         a = self.ocp.args
-        try:
-            out = self.latest.restore(
-                step,
-                args=a.Composite(
-                    state=a.StandardRestore(_abstract(self._tree(run))),
-                    meta=a.JsonRestore(),
-                ),
+
+        def unreadable(e: Exception) -> CheckpointError:
+            return CheckpointError(
+                f"cannot resume from checkpoint {where}: {_why_unreadable(e)}; it "
+                "was left untouched (delete it or use another directory)"
             )
-            tree, meta = out["state"], out["meta"]
+
+        try:  # the metadata first: a different run is named before its arrays
+            meta = self.latest.restore(step, args=a.Composite(meta=a.JsonRestore()))
+            meta = meta["meta"]
             if not isinstance(meta, dict) or "epoch" not in meta:
                 raise ValueError("metadata is missing")
         except Exception as e:  # orbax raises many kinds; report one clear line
-            raise CheckpointError(
-                f"cannot resume from checkpoint {where}: {_why_unreadable(e)}; it "
-                "was left untouched (delete it or use another directory)"
-            ) from None
+            raise unreadable(e) from None
         saved = {k: meta.get(k) for k in run.signature}
         if saved != run.signature:
             differ = ", ".join(
@@ -948,6 +968,14 @@ class Checkpoints(Hook):
                 f"{run.epochs}: resume with epochs >= {-(-meta['step'] // spe)} (it "
                 "continues) or train in another directory; it was left untouched"
             )
+        try:
+            out = self.latest.restore(
+                step,
+                args=a.Composite(state=a.StandardRestore(_abstract(self._tree(run)))),
+            )
+            tree = out["state"]
+        except Exception as e:
+            raise unreadable(e) from None
         run.carry = from_disk(run.carry, tree["carry"])
         run.best_state = from_disk(run.best_state, tree["best"])
         run.load_host_state(meta)

@@ -1156,14 +1156,18 @@ def _write_outputs(args, setup: _Setup, result, metrics: dict) -> None:
 def _test_line(metrics: dict) -> str:
     """The summary line of ``metrics.json``: test accuracy, ensemble, average."""
     curve = metrics.get("ensemble_curve") or []
-    average = metrics.get("average")
+    average, best = metrics.get("average"), metrics.get("best_ensemble")
+    ensemble = ""
+    if best:  # the ensemble chosen on validation (best_ensemble), not all M
+        ensemble = (
+            f"  ensemble(last {best['m']} of {len(curve)}, m chosen on val) "
+            f"{best['test_accuracy']:.4f}"
+        )
+    elif curve:
+        ensemble = f"  ensemble({len(curve)}) {metrics['ensemble_test_accuracy']:.4f}"
     return (
         f"test accuracy {metrics['test_accuracy'] or float('nan'):.4f}"
-        + (
-            f"  ensemble({len(curve)}) {metrics['ensemble_test_accuracy']:.4f}"
-            if curve
-            else ""
-        )
+        + ensemble
         + (
             f"  average({average['count']}) {average['test_accuracy']:.4f}"
             + (
