@@ -117,6 +117,12 @@ def snapshot_steps(
     :func:`lrjax.cosine_restarts` (``cosine_restart_steps``); the
     snapshot holds the model after that update.
 
+    Args:
+      first_period: updates of the first cycle (the schedule's ``first_period``).
+      period_mult: each cycle's length over the previous one's, >= 1.
+      num_steps: the run's updates.
+      num_snapshots: the last cycle ends kept, >= 1.
+
     Raises:
       ValueError: if fewer than ``num_snapshots`` cycles complete.
 
@@ -198,6 +204,14 @@ def member_probs(
     dispatch of the plain forward pass, since XLA:CPU runs a vmapped convolution
     (a grouped one) or one inside a loop body several times slower (the rule of
     :mod:`lrjax._src.loop`; ``benchmarks/bench_predict.py`` measures both ways).
+
+    Args:
+      model: what the snapshots belong to: the module (``FitResult.spec`` for
+        :func:`lrjax.fit`'s) or an ``apply(params, x) -> logits`` function.
+      stacked: the snapshots stacked on a leading axis ``[M, ...]``
+        (``FitResult.snapshots``, or params for an ``apply``).
+      x: the inputs, ``[N, ...]``.
+      batch_size: inputs per forward pass.
 
     >>> apply = lambda p, x: x @ p  # a linear model, p: float32[2, 2]
     >>> w = jnp.stack([jnp.eye(2), -jnp.eye(2), jnp.zeros((2, 2))])  # M = 3 members

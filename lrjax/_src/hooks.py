@@ -685,7 +685,9 @@ class StopOnSignals(Hook, contextlib.AbstractContextManager):
     """A context manager whose handlers only record SIGINT/SIGTERM; as a hook it
     stops the run at the next chunk boundary (reason ``"signal"``), where the
     checkpoint hook saves. The ``with`` block ends normally: exiting (the command
-    lines exit with ``128 + received``) is the caller's choice.
+    lines exit with ``128 + received``) is the caller's choice. ``signals``: the
+    signals it records (default SIGINT and SIGTERM); ``received``: the first one
+    received, or None.
 
     >>> with StopOnSignals() as stop:
     ...     stop.received is None
