@@ -56,7 +56,7 @@ def test_shapes_peak_start_and_end(family, total):
 def test_a_rules_peak_is_capped_at_the_divergence_suggestion():
     """Above half the lr where the range test diverged no recipe grid's best
     cell lies; a short budget's range test can put a rule's multiple there (an
-    MLP of 55 updates at 2.828 x knee trained at chance). A factor the caller
+    MLP of 55 updates at 2.828 x knee trained to 10-23%). A factor the caller
     gives is not capped."""
     r = FakeResult(knee=0.5, divergence=0.8)
     rec = recommend(r, 1000, "wsd", optimizer="sgd")  # 2.828 x 0.5 = 1.414 > 0.8

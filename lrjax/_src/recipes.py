@@ -475,7 +475,7 @@ def recommend(
     cap = suggestions.get("divergence")
     if by_rule and cap is not None and math.isfinite(cap) and 0 < cap < peak:
         # No recipe grid's best cell lies above it (docs/results.md); a short
-        # budget's range test can put a rule's multiple there, and train at chance.
+        # budget's range test can put a rule's multiple there, where it trains badly.
         peak, factor = float(cap), float(cap) / float(value)
         rule += f", capped at the divergence suggestion ({float(cap):.4g})"
     sched, params = build_schedule(name, peak, total)
