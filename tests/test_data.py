@@ -652,6 +652,17 @@ def test_sha256_constants_match_the_debian_files():
         assert hashlib.sha256(raw).hexdigest() == f.raw_sha256, f.filename
 
 
+@pytest.mark.skipif(not HAVE_REAL, reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_files_given_as_mnist_are_refused(monkeypatch, tmp_path):
+    """MNIST's decompressed bytes are not pinned, Fashion-MNIST's are: its files
+    named as MNIST (the same layout and counts) used to load as MNIST."""
+    monkeypatch.setenv("LRJAX_CACHE_DIR", str(tmp_path / "cache"))
+    said = r"these are Fashion-MNIST's train images .*not MNIST's: use --dataset"
+    with pytest.raises(data.DatasetError, match=said):
+        data.load_dataset("mnist", data_dir=REAL_DIR, download=False)
+    assert not (tmp_path / "cache" / "mnist").exists()  # nothing cached
+
+
 def test_official_gz_sha256_matches_tfds_registry():
     """An independent reference: TFDS pins the same URLs with their SHA-256."""
     spec = importlib.util.find_spec("tensorflow_datasets")

@@ -139,7 +139,8 @@ def test_an_impossible_population_is_one_line_and_exit_2_in_seconds(
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("lrjax.grid: error: ")
     assert "10000000 members need about " in err
-    assert " GiB available; lower the number of lrs or seeds (--num, --seeds)" in err
+    assert " GiB available; lower the number of lrs or seeds (lrs, " in err
+    assert "lrjax-grid --num, --seeds)" in err
 
 
 def test_schedule_all_is_a_family_x_peak_grid_with_recipe_regret(

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from lrjax._src.batches import batch_indices, scale_images
-from lrjax._src.lr_grid import accuracy_at, lr_grid
+from lrjax._src.lr_grid import GridResult, accuracy_at, lr_grid
 from lrjax._src.models import mlp, pure
 from lrjax._src.results import MemoryRefused, tree_bytes
 from lrjax._src.schedules import cosine_restarts
@@ -348,7 +348,7 @@ def test_a_population_over_the_device_limit_is_refused_in_one_line(monkeypatch):
     assert "\n" not in message and isinstance(e.value, ValueError)
     assert message.startswith("100 members need about ")
     assert " GiB available; lower the number of lrs or seeds " in message
-    assert message.endswith("(--num, --seeds)")
+    assert message.endswith("(lrs, Population.seeds; lrjax-grid --num, --seeds)")
 
 
 def test_an_impossible_population_is_refused_before_it_is_built():
@@ -395,6 +395,13 @@ def test_a_diverged_member_does_not_poison_the_others():
         ({"lrs": [0.1, -0.5]}, r"learning rates must be finite and > 0, got -0.5"),
         ({"lrs": [0.1, 0.0]}, r"learning rates must be finite and > 0, got 0.0"),
         ({"lrs": [math.nan]}, r"learning rates must be finite and > 0, got nan"),
+        # out of order: accuracy_at's interpolation and the plots read an axis
+        (
+            {"lrs": [1.0, 0.001, 0.1]},
+            r"lrs must increase \(sorted, no repeats\): "
+            r"lrs\[0\] = 1 is followed by 0.001; pass np.unique\(lrs\)",
+        ),
+        ({"lrs": [0.1, 0.1]}, r"lrs\[0\] = 0.1 is followed by 0.1"),
         ({"epochs": 0}, r"epochs must be an integer >= 1, got 0"),
         ({"seeds": 0}, r"seeds must be an integer >= 1, got 0"),
         ({"batch_size": 1000}, r"batch_size must be an integer .*\(256\), got 1000"),
@@ -462,3 +469,14 @@ def test_population_spread_over_two_host_devices_matches(sharded_grids, populati
     for i, lr in enumerate([0.01, 0.05, 0.2]):
         vl, *_ = reference(init, lr, 0, 1, key)
         np.testing.assert_allclose(doc["val_loss"][i][0], vl, rtol=RTOL, atol=ATOL)
+
+
+def test_accuracy_at_refuses_a_hand_built_result_with_unsorted_lrs():
+    """np.interp reads an increasing axis: lrs [0.001, 0.1, 0.01, 1] with
+    accuracies [.4, .8, .6, .2] gave 0.4 at lr 0.1, where the grid has 0.8."""
+    acc = np.array([0.4, 0.8, 0.6, 0.2]).reshape(4, 1, 1)
+    lrs = np.array([0.001, 0.1, 0.01, 1.0])
+    r = GridResult(lrs, 1, 1, acc, acc, acc, acc, 0.1, 0.8, 1,
+                         timings=None, device="", memory=None, config=None)  # fmt: skip
+    with pytest.raises(ValueError, match=r"lrs\[1\] = 0.1 is followed by 0.01"):
+        accuracy_at(r, 0.1)

@@ -406,10 +406,18 @@ def _load_idx_files(
             )
         for raw, path, role in ((iraw, ip, "images"), (lraw, lp, "labels")):
             want = spec.file(f"{split}_{role}").raw_sha256
-            if not want:
-                continue
             got = hashlib.sha256(raw).hexdigest()
-            if got != want:
+            other = _pinned().get(got)
+            if other is not None and other.name != spec.name:
+                # e.g. Fashion-MNIST's files given as MNIST, whose bytes are not
+                # pinned: the same layout, so only the content tells them apart
+                raise DatasetError(
+                    f"{path}: these are {other.title}'s {split} {role} (their "
+                    f"content SHA-256 is {other.title}'s), not {spec.title}'s: use "
+                    f"--dataset {other.name} (dataset={other.name!r}) or "
+                    f"{spec.title}'s files"
+                )
+            if want and got != want:
                 raise DatasetError(
                     f"{path}: content SHA-256 {got[:12]}... does not match "
                     f"{spec.title} ({want[:12]}...); wrong dataset or corrupted "
@@ -418,6 +426,13 @@ def _load_idx_files(
         out += [images, labels.astype(np.int32)]
     x_train, y_train, x_test, y_test = out
     return x_train, y_train, x_test, y_test
+
+
+def _pinned() -> dict[str, _IdxSpec]:
+    """The dataset whose decompressed file has each pinned SHA-256."""
+    return {
+        f.raw_sha256: sp for sp in _SPECS.values() for f in sp.files if f.raw_sha256
+    }
 
 
 # -------------------------------------------------------------------- search order

@@ -284,6 +284,7 @@ def accuracy_at(result: GridResult, lr: float, epoch: int = -1) -> float | None:
     (0.6, None)
     """
     lrs = np.asarray(result.lrs, np.float64)
+    _check_increasing(lrs)
     if lr is None or not (lrs[0] * (1 - 1e-9) <= lr <= lrs[-1] * (1 + 1e-9)):
         return None
     acc = np.nanmean(np.asarray(result.val_accuracy)[:, :, epoch], axis=1)
@@ -297,7 +298,25 @@ def _check_lrs(lrs) -> np.ndarray:
     bad = [float(v) for v in arr if not (math.isfinite(v) and v > 0)]
     if bad:
         raise ValueError(f"learning rates must be finite and > 0, got {bad[0]}")
+    _check_increasing(arr)
     return arr
+
+
+def _check_increasing(lrs: np.ndarray) -> None:
+    """Refuses lrs out of order: the result's interpolation (:func:`accuracy_at`)
+    and plots read them as an increasing axis.
+
+    >>> _check_increasing(np.array([0.1, 0.01]))
+    Traceback (most recent call last):
+    ValueError: lrs must increase (sorted, no repeats): lrs[0] = 0.1 is ...
+    """
+    down = np.flatnonzero(np.diff(lrs) <= 0)
+    if down.size:
+        i = int(down[0])
+        raise ValueError(
+            f"lrs must increase (sorted, no repeats): lrs[{i}] = {lrs[i]:g} is "
+            f"followed by {lrs[i + 1]:g}; pass np.unique(lrs)"
+        )
 
 
 def _grid_specs(
@@ -770,7 +789,10 @@ def _memory_check(
         # A member's inputs: its batch, and with several seeds its own row of
         # the epoch chunk's indices (int32[steps, batch]).
         own = 4 * grid.steps * batch_size if grid.seeds > 1 else 0
-        fewer = "the number of lrs or seeds (--num, --seeds)"
+        fewer = (
+            "the number of lrs or seeds (lrs, Population.seeds; lrjax-grid --num, "
+            "--seeds)"
+        )
         estimates.append(
             check_memory(one, train_data, batch_size, own, grid.layout, fewer)
         )

@@ -680,7 +680,9 @@ def lr_range_test(
         if loss_fn is None and is_arrays(data):
             check_classification_data(spec, params, rest, data, batch_size=bs)
         opt = swept.opt_shape(sweep.init_value, params)
-        fewer = "seeds (--seeds)" + ("" if swept.values is None else " or values")
+        fewer = "seeds (Population.seeds; lrjax-find --seeds)" + (
+            "" if swept.values is None else " or values"
+        )
         estimates.append(
             check_memory((params, rest, opt), data, bs * k, 0, pop.layout, fewer)
         )
