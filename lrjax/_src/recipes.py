@@ -194,12 +194,22 @@ def optimizer_kind(optimizer: str | None) -> str:
     )
 
 
+def min_total_steps(family: str | None) -> int:
+    """The fewest updates ``family``'s shape takes: 2, and for a one-cycle enough
+    that its warmup (``pct_start`` of the run) has an update.
+
+    >>> min_total_steps("one_cycle"), min_total_steps("wsd")
+    (4, 2)
+    """
+    if family == "one_cycle":
+        return math.floor(1 / SHAPES["one_cycle"]["pct_start"]) + 1
+    return 2
+
+
 def _check_total(total_steps: Any, family: str | None = None) -> int:
     """``total_steps`` as an int (numpy integers too), long enough for
-    ``family``: a one-cycle's warmup (``pct_start`` of the run) needs an update."""
-    least = 2
-    if family == "one_cycle":
-        least = math.floor(1 / SHAPES["one_cycle"]["pct_start"]) + 1
+    ``family`` (:func:`min_total_steps`)."""
+    least = min_total_steps(family)
     if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
         raise ValueError(
             f"total_steps must be an integer >= {least}, got {total_steps!r}"

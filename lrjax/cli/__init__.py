@@ -358,6 +358,25 @@ def nonneg_float(text: str) -> float:
     return value
 
 
+def check_budget(args, steps_per_epoch: int, families, label: str) -> None:
+    """Refuses a budget (``--epochs`` x ``steps_per_epoch``) too short for the
+    recipe ``families``' shapes, before any work, naming the flags that set it.
+
+    Raises:
+      UsageError: ``--schedule {label} needs at least ... updates``.
+    """
+    from lrjax._src.recipes import min_total_steps
+
+    least = max((min_total_steps(f) for f in families), default=0)
+    total = args.epochs * steps_per_epoch
+    if total < least:
+        raise UsageError(
+            f"--schedule {label} needs at least {least} updates, got {total} "
+            f"({args.epochs} epoch(s) of {steps_per_epoch} at --batch-size "
+            f"{args.batch_size}): raise --epochs or lower --batch-size"
+        )
+
+
 def decay_of(name: str, weight_decay: float | None) -> float:
     """The weight decay ``optimizer_factory(name, weight_decay)`` applies: 1e-4
     for adamw when none is given, else the flag's (0 for none)."""

@@ -24,6 +24,7 @@ from lrjax.cli import (
     ArgumentParser,
     UsageError,
     add_model_args,
+    check_budget,
     decay_of,
     fail,
     int_at_least,
@@ -194,24 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted(PROG)
 
 
-def _check_budget(args, steps_per_epoch: int) -> None:
-    """Refuses a family's budget too short for its shape, before any work.
-
-    Raises:
-      UsageError: naming the flags that set the budget.
-    """
-    if args.schedule not in (*FAMILIES, "all"):
-        return
-    total = args.epochs * steps_per_epoch
-    least = 4 if args.schedule in ("one_cycle", "all") else 2  # its warmup needs one
-    if total < least:
-        raise UsageError(
-            f"--schedule {args.schedule} needs at least {least} updates, got {total} "
-            f"({args.epochs} epoch(s) of {steps_per_epoch} at --batch-size "
-            f"{args.batch_size}): raise --epochs or lower --batch-size"
-        )
-
-
 def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     try:
@@ -230,7 +213,10 @@ def _main(argv: list[str] | None) -> int:
         if len(ds.y_val) == 0:
             raise UsageError(f"dataset {args.dataset} has no validation split")
         choice = model_choice(args, ds)
-        _check_budget(args, len(ds.y_train) // args.batch_size)
+        spe = len(ds.y_train) // args.batch_size  # updates an epoch
+        if args.schedule in (*FAMILIES, "all"):
+            names = FAMILIES if args.schedule == "all" else [args.schedule]
+            check_budget(args, spe, names, args.schedule)
         opt = optimizer_factory(args.optimizer, args.weight_decay)
         out = prepare_out_dir(args.out, "grid", args.force)
     except (UsageError, data.DatasetError) as e:
@@ -246,13 +232,11 @@ def _main(argv: list[str] | None) -> int:
     if not results:
         return interrupted(PROG, "during the range test (--find); nothing written")
     stopped = next(iter(results.values())).stop_reason == "signal"
-    steps = (len(ds.y_train) // args.batch_size) * args.epochs
+    steps = spe * args.epochs
     recipes = {}
     if find is not None and not stopped:  # a recipe is for the whole budget
         recipes = recommended(find, results, steps, args.optimizer)
-    doc = _document(
-        args, choice, results, find, recipes, len(ds.y_train) // args.batch_size
-    )
+    doc = _document(args, choice, results, find, recipes, spe)
     write_atomic(out / "grid.json", json.dumps(doc, indent=1) + "\n")
     _plot(args, results, find, recipes, out / "grid.png")
     if args.json:

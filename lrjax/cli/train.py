@@ -32,6 +32,7 @@ from lrjax.cli import (
     ModelChoice,
     UsageError,
     add_model_args,
+    check_budget,
     decay_of,
     fail,
     int_at_least,
@@ -524,15 +525,9 @@ def _check_budget(args, steps_per_epoch: int) -> None:
       UsageError: naming the flags that set the budget.
     """
     family = recipe_family(args.schedule, args.optimizer)
-    least = 4 if family == "one_cycle" else 2  # a one-cycle's warmup needs one
-    total = args.epochs * steps_per_epoch
-    if family is not None and total < least:
+    if family is not None:
         which = "" if family == args.schedule else f" ({family} for {args.optimizer})"
-        raise UsageError(
-            f"--schedule {args.schedule}{which} needs at least {least} updates, got "
-            f"{total} ({args.epochs} epoch(s) of {steps_per_epoch} at --batch-size "
-            f"{args.batch_size}): raise --epochs or lower --batch-size"
-        )
+        check_budget(args, steps_per_epoch, [family], args.schedule + which)
 
 
 def _cycle_steps(args, total: int, steps_per_epoch: int) -> tuple[int, int | None]:
