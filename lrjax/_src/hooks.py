@@ -392,7 +392,13 @@ class _EventFile:
         from tensorboardX.summary import scalar
 
         self._event, self._scalar = Event, scalar
-        name = f"events.out.tfevents.{str(time.time())[:10]}.{socket.gethostname()}"
+        # A new file per writer, named so that the names sort as they were made
+        # (TensorBoard reads a directory's files in name order): a resume within
+        # the same second wrote to, and truncated, the file it resumed from.
+        name = (
+            f"events.out.tfevents.{time.time():017.6f}.{socket.gethostname()}."
+            f"{os.getpid()}"
+        )
         self.path = logdir / name
         with self._io():
             logdir.mkdir(parents=True, exist_ok=True)
